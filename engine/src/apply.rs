@@ -1,0 +1,206 @@
+//! The state machine: applying committed writes to the `data` column family.
+//!
+//! Writes of one round go into an [`ApplyBatch`] together with each region's
+//! apply state, so data and applied index land atomically: after a crash an
+//! entry is applied again only if its data was lost with it. Later entries of
+//! the same round read the values earlier ones wrote from the batch's overlay.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::command::{Command, Condition, WriteOutcome, WriteRequest};
+use crate::db::cf;
+use crate::error::Result;
+use crate::hash::route_hash;
+use crate::keys::{self, CF_DATA};
+use crate::region::Region;
+use crate::value::ValueRecord;
+
+/// Unsynced write of applied data and apply states.
+#[derive(Default)]
+pub struct ApplyBatch {
+    /// The RocksDB batch.
+    pub inner: rocksdb::WriteBatch,
+    /// Values written in this batch, by data key (`None` = deleted).
+    overlay: HashMap<Vec<u8>, Option<ValueRecord>>,
+    /// Entries applied into this batch.
+    pub entries: u64,
+}
+
+impl ApplyBatch {
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Takes the RocksDB batch out and starts a new, empty one.
+    pub fn take(&mut self) -> rocksdb::WriteBatch {
+        self.overlay.clear();
+        self.entries = 0;
+        std::mem::take(&mut self.inner)
+    }
+
+    fn current(&self, db: &rocksdb::DB, data_key: &[u8]) -> Result<Option<ValueRecord>> {
+        if let Some(v) = self.overlay.get(data_key) {
+            return Ok(v.clone());
+        }
+        match db.get_pinned_cf(cf(db, CF_DATA), data_key)? {
+            Some(b) => Ok(Some(ValueRecord::decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&mut self, db: &rocksdb::DB, data_key: Vec<u8>, record: ValueRecord) {
+        self.inner.put_cf(cf(db, CF_DATA), &data_key, record.encode());
+        self.overlay.insert(data_key, Some(record));
+    }
+
+    fn delete(&mut self, db: &rocksdb::DB, data_key: Vec<u8>) {
+        self.inner.delete_cf(cf(db, CF_DATA), &data_key);
+        self.overlay.insert(data_key, None);
+    }
+}
+
+/// Reads the live value of `key` at `now_ms` (unix ms). Expired values are
+/// never returned.
+pub fn get(db: &rocksdb::DB, key: &[u8], now_ms: u64) -> Result<Option<ValueRecord>> {
+    let dk = keys::data_key(route_hash(key), key);
+    match db.get_pinned_cf(cf(db, CF_DATA), &dk)? {
+        Some(b) => {
+            let r = ValueRecord::decode(&b)?;
+            Ok(if r.is_expired(now_ms) { None } else { Some(r) })
+        }
+        None => Ok(None),
+    }
+}
+
+fn expiry(now_ms: u64, ttl_ms: Option<u64>) -> u64 {
+    ttl_ms.map_or(0, |t| now_ms.saturating_add(t))
+}
+
+/// Applies one committed write at log `index` of `region`.
+pub fn apply_command(
+    db: &rocksdb::DB,
+    batch: &mut ApplyBatch,
+    region: &Region,
+    index: u64,
+    cmd: &Command,
+) -> Result<WriteOutcome> {
+    if cmd.request.keys().any(|k| !region.contains(route_hash(k))) {
+        return Ok(WriteOutcome::WrongRegion);
+    }
+    let now = cmd.now_ms;
+    let live = |batch: &ApplyBatch, dk: &[u8]| -> Result<Option<ValueRecord>> {
+        Ok(batch.current(db, dk)?.filter(|r| !r.is_expired(now)))
+    };
+    let outcome = match &cmd.request {
+        WriteRequest::Put {
+            key,
+            value,
+            ttl_ms,
+            condition,
+        } => {
+            let dk = keys::data_key(route_hash(key), key);
+            let current = live(batch, &dk)?;
+            let holds = match condition {
+                Condition::None => true,
+                Condition::IfAbsent => current.is_none(),
+                Condition::IfVersion(v) => current.as_ref().map(|c| c.version) == Some(*v),
+            };
+            if !holds {
+                return Ok(WriteOutcome::ConditionFailed {
+                    current_version: current.map(|c| c.version),
+                });
+            }
+            let record = ValueRecord {
+                version: index,
+                expire_at_ms: expiry(now, *ttl_ms),
+                value: value.clone(),
+            };
+            batch.put(db, dk, record);
+            WriteOutcome::Written { version: index }
+        }
+        WriteRequest::Delete { key, if_version } => {
+            let dk = keys::data_key(route_hash(key), key);
+            let current = live(batch, &dk)?;
+            if let Some(v) = if_version {
+                if current.as_ref().map(|c| c.version) != Some(*v) {
+                    return Ok(WriteOutcome::ConditionFailed {
+                        current_version: current.map(|c| c.version),
+                    });
+                }
+            }
+            batch.delete(db, dk);
+            WriteOutcome::Deleted {
+                existed: current.is_some(),
+            }
+        }
+        WriteRequest::Cas {
+            key,
+            expected,
+            value,
+            ttl_ms,
+        } => {
+            let dk = keys::data_key(route_hash(key), key);
+            let current = live(batch, &dk)?;
+            let matches = match (expected, &current) {
+                (None, None) => true,
+                (Some(x), Some(c)) => c.value == *x,
+                _ => false,
+            };
+            if !matches {
+                return Ok(WriteOutcome::ConditionFailed {
+                    current_version: current.map(|c| c.version),
+                });
+            }
+            let record = ValueRecord {
+                version: index,
+                expire_at_ms: expiry(now, *ttl_ms),
+                value: value.clone(),
+            };
+            batch.put(db, dk, record);
+            WriteOutcome::Written { version: index }
+        }
+        WriteRequest::Incr { key, delta } => {
+            let dk = keys::data_key(route_hash(key), key);
+            let current = live(batch, &dk)?;
+            let (old, expire_at_ms) = match &current {
+                None => (0i64, 0),
+                Some(c) => match std::str::from_utf8(&c.value)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                {
+                    Some(n) => (n, c.expire_at_ms),
+                    None => return Ok(WriteOutcome::NotANumber),
+                },
+            };
+            let Some(new) = old.checked_add(*delta) else {
+                return Ok(WriteOutcome::NotANumber);
+            };
+            let record = ValueRecord {
+                version: index,
+                expire_at_ms,
+                value: Bytes::from(new.to_string()),
+            };
+            batch.put(db, dk, record);
+            WriteOutcome::Counter {
+                value: new,
+                version: index,
+            }
+        }
+        WriteRequest::BatchPut { items } => {
+            for item in items {
+                let dk = keys::data_key(route_hash(&item.key), &item.key);
+                let record = ValueRecord {
+                    version: index,
+                    expire_at_ms: expiry(now, item.ttl_ms),
+                    value: item.value.clone(),
+                };
+                batch.put(db, dk, record);
+            }
+            WriteOutcome::Written { version: index }
+        }
+    };
+    Ok(outcome)
+}

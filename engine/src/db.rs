@@ -1,0 +1,119 @@
+//! The node's one RocksDB: opening it with its column families and tuning, and
+//! the write batch every region of a shard adds its output to.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteOptions, DB};
+
+use crate::error::{Error, Result};
+use crate::keys::{CF_DATA, CF_META, CF_RAFT};
+
+/// Shared handle to the node's database. Every shard holds a clone.
+pub type Db = Arc<DB>;
+
+/// RocksDB settings of a node.
+#[derive(Clone, Debug)]
+pub struct DbConfig {
+    /// Shared block cache for the data CF, in bytes. Default 256 MiB.
+    pub block_cache_bytes: usize,
+    /// Memtable size of each column family, in bytes. Default 64 MiB.
+    pub write_buffer_bytes: usize,
+    /// Bloom filter bits per key in the data CF. Default 10.
+    pub bloom_bits_per_key: f64,
+    /// Background flush and compaction threads. Default 2.
+    pub background_jobs: i32,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig {
+            block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 64 << 20,
+            bloom_bits_per_key: 10.0,
+            background_jobs: 2,
+        }
+    }
+}
+
+/// Opens (creating if missing) the database at `path` with every column family.
+pub fn open(path: &Path, cfg: &DbConfig) -> Result<Db> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(cfg.background_jobs);
+    opts.set_bytes_per_sync(1 << 20);
+    // The raft log is synced by the log writer; RocksDB must not lose a synced
+    // write, and must refuse to open a damaged WAL rather than drop its tail.
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
+
+    let cache = Cache::new_lru_cache(cfg.block_cache_bytes);
+
+    let mut raft_opts = Options::default();
+    raft_opts.set_write_buffer_size(cfg.write_buffer_bytes);
+    raft_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+
+    let mut meta_opts = Options::default();
+    meta_opts.set_write_buffer_size(4 << 20);
+
+    let mut data_block = BlockBasedOptions::default();
+    data_block.set_block_cache(&cache);
+    data_block.set_bloom_filter(cfg.bloom_bits_per_key, false);
+    data_block.set_cache_index_and_filter_blocks(true);
+    data_block.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut data_opts = Options::default();
+    data_opts.set_write_buffer_size(cfg.write_buffer_bytes);
+    data_opts.set_block_based_table_factory(&data_block);
+    data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    data_opts.set_memtable_whole_key_filtering(true);
+    data_opts.set_memtable_prefix_bloom_ratio(0.1);
+
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(CF_RAFT, raft_opts),
+        ColumnFamilyDescriptor::new(CF_META, meta_opts),
+        ColumnFamilyDescriptor::new(CF_DATA, data_opts),
+    ];
+    let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+    Ok(Arc::new(db))
+}
+
+/// Looks up a column family the engine created at open.
+pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .unwrap_or_else(|| panic!("column family {name} was created at open"))
+}
+
+/// One atomic RocksDB write gathering the output of many regions, with counters
+/// of what it carries. The caller decides when to write it and whether to sync.
+#[derive(Default)]
+pub struct LogBatch {
+    /// The RocksDB batch.
+    pub inner: rocksdb::WriteBatch,
+    /// Raft log entries appended.
+    pub entries: u64,
+    /// Bytes of those entries.
+    pub entry_bytes: u64,
+    /// True when something in it must be synced before raft is told it is
+    /// persisted (entries, a vote, a snapshot).
+    pub must_sync: bool,
+}
+
+impl LogBatch {
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Bytes of the encoded batch.
+    pub fn size_in_bytes(&self) -> usize {
+        self.inner.size_in_bytes()
+    }
+}
+
+/// Writes a batch, syncing the WAL first if `sync`. A failure here is fatal for
+/// the node: the caller must stop rather than acknowledge anything.
+pub fn write(db: &DB, batch: rocksdb::WriteBatch, sync: bool) -> Result<()> {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(sync);
+    db.write_opt(batch, &wo).map_err(Error::Storage)
+}

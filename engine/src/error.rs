@@ -1,0 +1,124 @@
+//! Errors of the region engine.
+//!
+//! Two families, kept apart on purpose (STYLE rule 5):
+//! - *retryable* errors tell the caller to try elsewhere or later (`NotLeader`,
+//!   `EpochNotMatch`, `RegionNotFound`, `Busy`, `Timeout`, `ProposalDropped`);
+//! - *request* errors say the request itself is wrong (`KeyTooLarge`, ...);
+//! - *fatal* errors (`Storage`, `Corruption`) mean this node cannot go on.
+//!
+//! Every client-visible variant has a stable numeric [`Error::code`].
+
+use crate::region::Region;
+
+/// Result of engine operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Engine error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This replica is not the leader of the region.
+    #[error("region {region_id}: not leader (leader hint: node {leader_node:?})")]
+    NotLeader {
+        /// Region asked for.
+        region_id: u64,
+        /// Node that holds the leader as far as this replica knows.
+        leader_node: Option<u64>,
+    },
+    /// The request was routed with an epoch that no longer matches.
+    #[error("region {region_id}: epoch does not match")]
+    EpochNotMatch {
+        /// Region asked for.
+        region_id: u64,
+        /// The regions that now cover the range the request was routed to.
+        current: Vec<Region>,
+    },
+    /// No replica of the region lives here.
+    #[error("region {0} not found")]
+    RegionNotFound(u64),
+    /// The key is empty or longer than the limit.
+    #[error("key of {len} bytes is outside 1..={max}")]
+    KeyTooLarge {
+        /// Length of the key that was sent.
+        len: usize,
+        /// Largest key accepted.
+        max: usize,
+    },
+    /// The value is longer than the configured limit.
+    #[error("value of {len} bytes is over the limit of {max}")]
+    ValueTooLarge {
+        /// Length of the value that was sent.
+        len: usize,
+        /// Largest value accepted.
+        max: usize,
+    },
+    /// The request is malformed (bad batch, ttl overflow, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Too much work in flight; retry later.
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    /// Raft dropped the proposal (leadership changing, transfer in progress).
+    #[error("proposal dropped by raft; retry")]
+    ProposalDropped,
+    /// No answer in time: the request may or may not have taken effect.
+    #[error("timed out: outcome unknown")]
+    Timeout,
+    /// The log entries needed are compacted.
+    #[error("log compacted")]
+    Compacted,
+    /// Stored bytes failed to decode: the data directory is damaged.
+    #[error("corruption: {0}")]
+    Corruption(String),
+    /// RocksDB failed: the node must stop (fail-stop).
+    #[error("storage failure: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// Raft failed in a way the engine cannot recover from.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// Configuration rejected by [`crate::Config::validate`].
+    #[error("invalid config: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Stable code carried on the wire for this error.
+    pub fn code(&self) -> u16 {
+        match self {
+            Error::NotLeader { .. } => 1,
+            Error::EpochNotMatch { .. } => 2,
+            Error::RegionNotFound(_) => 3,
+            Error::KeyTooLarge { .. } => 4,
+            Error::ValueTooLarge { .. } => 5,
+            Error::InvalidRequest(_) => 6,
+            Error::Busy(_) => 7,
+            Error::ProposalDropped => 8,
+            Error::Timeout => 9,
+            Error::Compacted => 10,
+            Error::Corruption(_) => 100,
+            Error::Storage(_) => 101,
+            Error::Raft(_) => 102,
+            Error::Config(_) => 103,
+        }
+    }
+
+    /// True when the node that produced this error cannot go on.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Error::Corruption(_) | Error::Storage(_) | Error::Raft(_)
+        )
+    }
+
+    /// True when the same request may succeed if retried (elsewhere or later)
+    /// without risk of applying it twice.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. }
+                | Error::EpochNotMatch { .. }
+                | Error::RegionNotFound(_)
+                | Error::Busy(_)
+                | Error::ProposalDropped
+        )
+    }
+}

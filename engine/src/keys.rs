@@ -1,0 +1,152 @@
+//! Column families and key layouts of the node's one RocksDB.
+//!
+//! All integers are big-endian so that RocksDB's byte order is numeric order.
+//!
+//! | CF | key | value |
+//! |---|---|---|
+//! | `raft` | `0x01 region_id index` | raft `Entry` (protobuf) |
+//! | `raft` | `0x02 region_id` | raft `HardState` (protobuf) |
+//! | `meta` | `0x01 region_id` | [`crate::state::RegionLocalState`] |
+//! | `meta` | `0x02 region_id` | [`crate::state::ApplyState`] |
+//! | `meta` | `0x03` | [`crate::state::StoreIdent`] |
+//! | `data` | `route_hash key` | [`crate::value::ValueRecord`] |
+//!
+//! Data keys are ordered by routing hash, so a region's data is one contiguous
+//! key range whatever its id: a split moves no data, and a snapshot is one scan.
+
+/// Column family of raft logs and hard states.
+pub const CF_RAFT: &str = "raft";
+/// Column family of region metadata, apply states and the node identity.
+pub const CF_META: &str = "meta";
+/// Column family of user data.
+pub const CF_DATA: &str = "data";
+/// Every column family the engine opens (besides RocksDB's `default`).
+pub const COLUMN_FAMILIES: [&str; 3] = [CF_RAFT, CF_META, CF_DATA];
+
+const RAFT_LOG: u8 = 0x01;
+const RAFT_HARD_STATE: u8 = 0x02;
+const META_REGION: u8 = 0x01;
+const META_APPLY: u8 = 0x02;
+const META_IDENT: u8 = 0x03;
+
+fn region_key(tag: u8, region_id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = tag;
+    k[1..9].copy_from_slice(&region_id.to_be_bytes());
+    k
+}
+
+/// Key of raft log entry `index` of `region_id`.
+pub fn raft_log_key(region_id: u64, index: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = RAFT_LOG;
+    k[1..9].copy_from_slice(&region_id.to_be_bytes());
+    k[9..17].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Decodes the index from a raft log key of `region_id`, or `None` if the key
+/// belongs to something else.
+pub fn raft_log_index(region_id: u64, key: &[u8]) -> Option<u64> {
+    if key.len() != 17 || key[0] != RAFT_LOG || key[1..9] != region_id.to_be_bytes() {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
+}
+
+/// Key of the hard state of `region_id`.
+pub fn hard_state_key(region_id: u64) -> [u8; 9] {
+    region_key(RAFT_HARD_STATE, region_id)
+}
+
+/// Key of the local state (metadata) of `region_id`.
+pub fn region_state_key(region_id: u64) -> [u8; 9] {
+    region_key(META_REGION, region_id)
+}
+
+/// First key after every region state key.
+pub fn region_state_end() -> [u8; 1] {
+    [META_REGION + 1]
+}
+
+/// Key of the apply state of `region_id`.
+pub fn apply_state_key(region_id: u64) -> [u8; 9] {
+    region_key(META_APPLY, region_id)
+}
+
+/// Key of the node identity.
+pub fn store_ident_key() -> [u8; 1] {
+    [META_IDENT]
+}
+
+/// Key of a user key in the data CF.
+#[inline]
+pub fn data_key(hash: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&hash.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Splits a data key into its hash and user key.
+pub fn split_data_key(k: &[u8]) -> Option<(u64, &[u8])> {
+    if k.len() < 9 {
+        return None;
+    }
+    Some((u64::from_be_bytes(k[..8].try_into().unwrap()), &k[8..]))
+}
+
+/// First data key of the hash range starting at `start_hash`.
+pub fn data_range_start(start_hash: u64) -> Vec<u8> {
+    start_hash.to_be_bytes().to_vec()
+}
+
+/// First data key past a hash range ending at `end_hash` (0 = end of space).
+/// For the end of the space this is a key greater than every data key: keys
+/// are at most [`crate::config::KEY_BYTES_MAX`] bytes, so 8 + 4097 bytes of
+/// 0xFF sort after all of them.
+pub fn data_range_end(end_hash: u64) -> Vec<u8> {
+    if end_hash == 0 {
+        vec![0xFF; 8 + crate::config::KEY_BYTES_MAX + 1]
+    } else {
+        end_hash.to_be_bytes().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_region_then_index() {
+        let mut keys = vec![
+            raft_log_key(2, 1),
+            raft_log_key(1, 300),
+            raft_log_key(1, 2),
+            raft_log_key(1, 1 << 40),
+        ];
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                raft_log_key(1, 2),
+                raft_log_key(1, 300),
+                raft_log_key(1, 1 << 40),
+                raft_log_key(2, 1)
+            ]
+        );
+        assert_eq!(raft_log_index(1, &raft_log_key(1, 77)), Some(77));
+        assert_eq!(raft_log_index(2, &raft_log_key(1, 77)), None);
+    }
+
+    #[test]
+    fn data_range_end_of_space_is_above_every_key() {
+        let end = data_range_end(0);
+        let top = data_key(u64::MAX, &[0xFF; crate::config::KEY_BYTES_MAX]);
+        assert!(top.as_slice() < end.as_slice());
+        let k = data_key(5, b"x");
+        assert!(data_range_start(5).as_slice() <= k.as_slice());
+        assert!(k.as_slice() < data_range_end(6).as_slice());
+        assert_eq!(split_data_key(&k), Some((5, &b"x"[..])));
+    }
+}

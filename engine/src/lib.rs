@@ -1,0 +1,53 @@
+//! corekv region engine: one region replica and everything it needs, with no
+//! sockets, threads or wall clock of its own (time comes in as ticks and `now`
+//! parameters).
+//!
+//! # Layout
+//! - `error`: the engine's typed errors (retryable / request / fatal) and codes.
+//! - `config`: [`Config`], every limit and timeout of a region peer, validated.
+//! - `hash`: the stable routing hash (xxh3-64, seed 0).
+//! - `codec`: the explicit binary codec of stored and replicated records.
+//! - `keys`: column families and key layouts of the shared RocksDB.
+//! - `db`: opening RocksDB, the shared [`LogBatch`], synced writes.
+//! - `region`: region metadata: hash range, epoch, replicas.
+//! - `state`: per-region local and apply state records, node identity.
+//! - `storage`: `raft::Storage` of one region over the shared RocksDB.
+//! - `value`: how a user value is stored (version, expiry, bytes).
+//! - `command`: client writes as logged, their validation and outcomes.
+//! - `apply`: the state machine applying committed writes; reads.
+//! - `snapshot`: building and decoding region snapshots.
+//! - `read`: ReadIndex batching and the leader lease.
+//! - `peer`: [`Peer`], one region replica (RawNode + state machine).
+//! - `replicas`: [`Replicas`], all replicas one owner drives, one round at a time.
+//! - `sim`: deterministic in-process cluster with a faulty network, for tests
+//!   and the demo.
+#![deny(missing_docs)]
+
+pub mod apply;
+pub mod codec;
+pub mod command;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod hash;
+pub mod keys;
+pub mod peer;
+pub mod read;
+pub mod region;
+pub mod replicas;
+pub mod sim;
+pub mod snapshot;
+pub mod state;
+pub mod storage;
+pub mod value;
+
+pub use command::{Condition, PutItem, SessionTag, WriteOutcome, WriteRequest};
+pub use config::Config;
+pub use db::{Db, DbConfig, LogBatch};
+pub use error::{Error, Result};
+pub use hash::route_hash;
+pub use peer::{Peer, PeerStatus, Reply, Response};
+pub use read::Consistency;
+pub use region::{Epoch, PeerMeta, PeerRole, Region};
+pub use replicas::{RaftEnvelope, Replicas, Round};
+pub use value::ValueRecord;

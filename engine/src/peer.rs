@@ -1,0 +1,740 @@
+//! One region replica: raft-rs `RawNode` plus the state machine, pending
+//! proposals and pending reads. No I/O of its own (STYLE rule 1): it takes
+//! events (ticks, messages, proposals, reads) and hands back what must be
+//! written, sent and answered.
+//!
+//! Protocol with the caller, per round (see `docs/architecture.md`):
+//! 1. feed events: [`Peer::tick`], [`Peer::step`], [`Peer::propose`], [`Peer::read`];
+//! 2. [`Peer::handle_ready`]: log writes go into the shared [`LogBatch`], applied
+//!    data into the shared [`ApplyBatch`]; messages that may leave now and
+//!    replies are returned in [`ReadyOutput`], messages that must wait for the
+//!    log to be durable come back with the ready number;
+//! 3. the caller writes the apply batch (no sync), then sends the replies;
+//! 4. once the log batch is synced: [`Peer::on_persisted`] with that number,
+//!    then send the held-back messages;
+//! 5. [`Peer::serve_reads`] answers the reads whose read index is applied.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message};
+use raft::{RawNode, StateRole};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::apply::{self, ApplyBatch};
+use crate::command::{Command, SessionTag, WriteOutcome, WriteRequest};
+use crate::config::Config;
+use crate::db::{cf, Db, LogBatch};
+use crate::error::{Error, Result};
+use crate::hash::route_hash;
+use crate::keys::{self, CF_META};
+use crate::read::{Consistency, PendingRead, ReadQueue};
+use crate::region::Region;
+use crate::state::{PeerState, RegionLocalState};
+use crate::storage::RegionStorage;
+use crate::value::ValueRecord;
+
+/// What a request was answered with.
+#[derive(Debug)]
+pub enum Response {
+    /// A write was applied (or its condition failed).
+    Write(WriteOutcome),
+    /// The value read (`None` = no live value).
+    Value(Option<ValueRecord>),
+}
+
+/// The answer to request `id`.
+#[derive(Debug)]
+pub struct Reply {
+    /// Caller's request id.
+    pub id: u64,
+    /// Outcome.
+    pub result: Result<Response>,
+}
+
+/// What one ready produced for the caller.
+#[derive(Default)]
+pub struct ReadyOutput {
+    /// Messages that may be sent at once.
+    pub messages: Vec<Message>,
+    /// Answers to send once the apply batch is written.
+    pub replies: Vec<Reply>,
+}
+
+/// A ready whose log writes are in a batch not yet durable.
+pub struct PendingPersist {
+    /// Ready number to pass to [`Peer::on_persisted`].
+    pub number: u64,
+    /// Messages to send only after the batch is durable.
+    pub messages: Vec<Message>,
+}
+
+#[derive(Debug)]
+struct Proposal {
+    id: u64,
+    index: u64,
+    term: u64,
+    deadline_ms: u64,
+}
+
+/// A snapshot of a peer's raft state, for tests and status pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Region id.
+    pub region_id: u64,
+    /// This replica's raft id.
+    pub peer_id: u64,
+    /// Role.
+    pub role: StateRole,
+    /// Current term.
+    pub term: u64,
+    /// Leader's raft id (0 = unknown).
+    pub leader_id: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// First index in the log.
+    pub first_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+}
+
+/// One region replica.
+pub struct Peer {
+    cfg: Arc<Config>,
+    node_id: u64,
+    peer_id: u64,
+    region: Region,
+    raw: RawNode<RegionStorage>,
+    proposals: VecDeque<Proposal>,
+    reads: ReadQueue,
+    stale_reads: Vec<PendingRead>,
+    lease_until_ms: u64,
+    lease_wanted: bool,
+    rng: SmallRng,
+    role_term: (StateRole, u64),
+    now_ms: u64,
+    ticks: u64,
+    applied_bytes_since_compact: u64,
+    /// Ready number and index of a snapshot being persisted.
+    snapshot_persisting: Option<(u64, u64)>,
+}
+
+fn raft_config(cfg: &Config, peer_id: u64, applied: u64) -> raft::Config {
+    raft::Config {
+        id: peer_id,
+        election_tick: cfg.election_tick,
+        heartbeat_tick: cfg.heartbeat_tick,
+        min_election_tick: cfg.election_tick,
+        max_election_tick: cfg.election_tick_max,
+        applied,
+        max_size_per_msg: cfg.msg_bytes_max,
+        max_inflight_msgs: cfg.inflight_msgs_max,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: raft::ReadOnlyOption::Safe,
+        batch_append: true,
+        max_uncommitted_size: cfg.uncommitted_bytes_max,
+        max_committed_size_per_ready: cfg.committed_bytes_per_ready_max,
+        ..Default::default()
+    }
+}
+
+/// Loads the local state (metadata) of `region_id`, if this node has it.
+pub fn load_region_state(db: &Db, region_id: u64) -> Result<Option<RegionLocalState>> {
+    match db.get_cf(cf(db, CF_META), keys::region_state_key(region_id))? {
+        Some(b) => Ok(Some(RegionLocalState::decode(&b)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every region replica stored on this node (tombstones excluded).
+pub fn list_regions(db: &Db) -> Result<Vec<Region>> {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(keys::region_state_end().to_vec());
+    let mut it = db.raw_iterator_cf_opt(cf(db, CF_META), opts);
+    it.seek(keys::region_state_key(0));
+    let mut out = Vec::new();
+    while it.valid() {
+        let s = RegionLocalState::decode(it.value().unwrap())?;
+        if s.state == PeerState::Normal {
+            out.push(s.region);
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
+impl Peer {
+    /// Opens the replica of `region_id` stored on node `node_id`.
+    /// `seed` makes its election timeouts reproducible.
+    pub fn open(
+        cfg: Arc<Config>,
+        db: Db,
+        node_id: u64,
+        region_id: u64,
+        seed: u64,
+        logger: &slog::Logger,
+    ) -> Result<Peer> {
+        let local = load_region_state(&db, region_id)?.ok_or(Error::RegionNotFound(region_id))?;
+        let region = local.region;
+        let peer_id = region
+            .peer_on_node(node_id)
+            .ok_or_else(|| {
+                Error::Corruption(format!("region {region_id} has no replica on node {node_id}"))
+            })?
+            .id;
+        let storage = RegionStorage::open(db, region_id, cfg.entry_cache_entries)?;
+        let applied = storage.applied_index();
+        let rc = raft_config(&cfg, peer_id, applied);
+        rc.validate()?;
+        let logger = logger.new(slog::o!("region" => region_id, "peer" => peer_id));
+        let mut raw = RawNode::new(&rc, storage, &logger)?;
+        let mut rng = SmallRng::seed_from_u64(seed ^ region_id.rotate_left(32) ^ node_id);
+        let timeout = rng.gen_range(cfg.election_tick..cfg.election_tick_max);
+        raw.raft.set_randomized_election_timeout(timeout);
+        let role_term = (raw.raft.state, raw.raft.term);
+        Ok(Peer {
+            cfg,
+            node_id,
+            peer_id,
+            region,
+            raw,
+            proposals: VecDeque::new(),
+            reads: ReadQueue::default(),
+            stale_reads: Vec::new(),
+            lease_until_ms: 0,
+            lease_wanted: false,
+            rng,
+            role_term,
+            now_ms: 0,
+            ticks: 0,
+            applied_bytes_since_compact: 0,
+            snapshot_persisting: None,
+        })
+    }
+
+    /// Region metadata as applied here.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Region id.
+    pub fn region_id(&self) -> u64 {
+        self.region.id
+    }
+
+    /// Node hosting this replica.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// This replica's raft id.
+    pub fn peer_id(&self) -> u64 {
+        self.peer_id
+    }
+
+    /// True when this replica is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Node of the leader as far as this replica knows.
+    pub fn leader_node(&self) -> Option<u64> {
+        let leader = self.raw.raft.leader_id;
+        self.region.peer(leader).map(|p| p.node_id)
+    }
+
+    /// Proposals waiting for apply.
+    pub fn proposals_pending(&self) -> usize {
+        self.proposals.len()
+    }
+
+    /// Reads waiting for their read index.
+    pub fn reads_pending(&self) -> usize {
+        self.reads.pending() + self.stale_reads.len()
+    }
+
+    /// Raft state in brief.
+    pub fn status(&self) -> PeerStatus {
+        let store = self.raw.store();
+        PeerStatus {
+            region_id: self.region.id,
+            peer_id: self.peer_id,
+            role: self.raw.raft.state,
+            term: self.raw.raft.term,
+            leader_id: self.raw.raft.leader_id,
+            commit_index: self.raw.raft.raft_log.committed,
+            applied_index: store.applied_index(),
+            first_index: store.first_index_now(),
+            last_index: store.last_index_now(),
+        }
+    }
+
+    /// The raft storage (read-only).
+    pub fn storage(&self) -> &RegionStorage {
+        self.raw.store()
+    }
+
+    fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            region_id: self.region.id,
+            leader_node: self.leader_node(),
+        }
+    }
+
+    fn epoch_not_match(&self) -> Error {
+        Error::EpochNotMatch {
+            region_id: self.region.id,
+            current: vec![self.region.clone()],
+        }
+    }
+
+    /// Called after every input that may change the role or term.
+    fn after_input(&mut self, replies: &mut Vec<Reply>) {
+        let now = (self.raw.raft.state, self.raw.raft.term);
+        if now == self.role_term {
+            return;
+        }
+        // raft drew a new election timeout from its own RNG: draw ours instead
+        // so that a seeded run replays.
+        let timeout = self
+            .rng
+            .gen_range(self.cfg.election_tick..self.cfg.election_tick_max);
+        self.raw.raft.set_randomized_election_timeout(timeout);
+        let was_leader = self.role_term.0 == StateRole::Leader;
+        self.role_term = now;
+        self.lease_until_ms = 0;
+        if was_leader {
+            let mut drained = Vec::new();
+            self.reads.take_all(&mut drained);
+            for r in drained {
+                replies.push(Reply {
+                    id: r.id,
+                    result: Err(self.not_leader()),
+                });
+            }
+        }
+    }
+
+    /// Advances raft's logical clock by one tick. `now_ms` is the caller's
+    /// monotonic clock, used for leases and request deadlines.
+    pub fn tick(&mut self, now_ms: u64, replies: &mut Vec<Reply>) {
+        self.now_ms = now_ms;
+        self.ticks += 1;
+        self.raw.tick();
+        self.after_input(replies);
+        self.expire_requests(replies);
+        if !self.is_leader() || !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        for issue in self
+            .reads
+            .reissue(now_ms, self.ticks, self.cfg.read_retry_ticks)
+        {
+            self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
+        }
+        // Renew the lease ahead of its end while lease reads keep coming.
+        let renew_at = self.lease_until_ms.saturating_sub(self.cfg.lease_ms() / 2);
+        if self.lease_wanted && now_ms >= renew_at && !self.reads.has_unconfirmed() {
+            self.lease_wanted = false;
+            let issue = self.reads.renew(now_ms, self.ticks);
+            self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
+        }
+    }
+
+    fn expire_requests(&mut self, replies: &mut Vec<Reply>) {
+        let now = self.now_ms;
+        self.proposals.retain(|p| {
+            if p.deadline_ms <= now {
+                replies.push(Reply {
+                    id: p.id,
+                    result: Err(Error::Timeout),
+                });
+                false
+            } else {
+                true
+            }
+        });
+        let mut expired = Vec::new();
+        self.reads.take_expired(now, &mut expired);
+        for r in expired {
+            replies.push(Reply {
+                id: r.id,
+                result: Err(Error::Timeout),
+            });
+        }
+    }
+
+    /// Steps a raft message from another replica.
+    pub fn step(&mut self, msg: Message, replies: &mut Vec<Reply>) -> Result<()> {
+        let r = self.raw.step(msg);
+        self.after_input(replies);
+        match r {
+            Ok(()) => Ok(()),
+            // Messages from peers raft no longer knows, or stale local types,
+            // are dropped, as raft-rs intends.
+            Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts an election now (tests, leader balancing).
+    pub fn campaign(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
+        self.raw.campaign()?;
+        self.after_input(replies);
+        Ok(())
+    }
+
+    /// Asks raft to hand leadership to `peer_id`. The lease ends at once.
+    pub fn transfer_leader(&mut self, peer_id: u64) {
+        self.lease_until_ms = 0;
+        self.raw.transfer_leader(peer_id);
+    }
+
+    /// Proposes a write. Errors known before raft (limits, not leader, busy)
+    /// are answered at once through `replies`; otherwise the reply comes when
+    /// the entry is applied.
+    pub fn propose(
+        &mut self,
+        id: u64,
+        request: WriteRequest,
+        session: Option<SessionTag>,
+        wall_ms: u64,
+        replies: &mut Vec<Reply>,
+    ) {
+        let fail = |replies: &mut Vec<Reply>, e: Error| replies.push(Reply { id, result: Err(e) });
+        if let Err(e) = request.validate(&self.cfg) {
+            return fail(replies, e);
+        }
+        if !self.is_leader() {
+            return fail(replies, self.not_leader());
+        }
+        if request.keys().any(|k| !self.region.contains(route_hash(k))) {
+            return fail(replies, self.epoch_not_match());
+        }
+        if self.proposals.len() >= self.cfg.proposals_inflight_max {
+            return fail(replies, Error::Busy("too many proposals in flight"));
+        }
+        let cmd = Command {
+            now_ms: wall_ms,
+            session,
+            request,
+        };
+        if let Err(e) = self.raw.propose(vec![], cmd.encode()) {
+            let e = match e {
+                raft::Error::ProposalDropped => Error::ProposalDropped,
+                other => Error::Raft(other),
+            };
+            return fail(replies, e);
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        // Proposals at this index or later from an older term are not in the
+        // leader's log, so they were never committed.
+        while self.proposals.back().is_some_and(|p| p.index >= index) {
+            let p = self.proposals.pop_back().unwrap();
+            debug_assert!(p.term < term);
+            replies.push(Reply {
+                id: p.id,
+                result: Err(Error::ProposalDropped),
+            });
+        }
+        self.proposals.push_back(Proposal {
+            id,
+            index,
+            term,
+            deadline_ms: self.now_ms + self.cfg.request_timeout_ms,
+        });
+    }
+
+    /// Queues a read of `key`.
+    pub fn read(
+        &mut self,
+        id: u64,
+        key: Bytes,
+        consistency: Consistency,
+        replies: &mut Vec<Reply>,
+    ) {
+        if let Err(e) = crate::command::check_key(&key) {
+            return replies.push(Reply { id, result: Err(e) });
+        }
+        if !self.region.contains(route_hash(&key)) {
+            return replies.push(Reply {
+                id,
+                result: Err(self.epoch_not_match()),
+            });
+        }
+        if self.reads_pending() >= self.cfg.reads_pending_max {
+            return replies.push(Reply {
+                id,
+                result: Err(Error::Busy("too many reads pending")),
+            });
+        }
+        let read = PendingRead {
+            id,
+            key,
+            deadline_ms: self.now_ms + self.cfg.request_timeout_ms,
+        };
+        if consistency == Consistency::Stale {
+            self.stale_reads.push(read);
+            return;
+        }
+        if !self.is_leader() {
+            return replies.push(Reply {
+                id,
+                result: Err(self.not_leader()),
+            });
+        }
+        if consistency == Consistency::Lease {
+            self.lease_wanted = true;
+            if self.now_ms < self.lease_until_ms && self.raw.raft.commit_to_current_term() {
+                let index = self.raw.raft.raft_log.committed;
+                self.reads.push_with_index(read, index);
+                return;
+            }
+        }
+        self.reads.push(read);
+    }
+
+    /// True if [`Peer::handle_ready`] has work (or reads to issue).
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// Collects this round's output. Returns the ready to confirm with
+    /// [`Peer::on_persisted`] once `log` is durable, if there was one.
+    pub fn handle_ready(
+        &mut self,
+        log: &mut LogBatch,
+        apply: &mut ApplyBatch,
+        out: &mut ReadyOutput,
+    ) -> Result<Option<PendingPersist>> {
+        let can_issue = self.is_leader() && self.raw.raft.commit_to_current_term();
+        if let Some(issue) = self.reads.seal(can_issue, self.now_ms, self.ticks) {
+            self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
+        }
+        if !self.raw.has_ready() {
+            return Ok(None);
+        }
+        let mut rd = self.raw.ready();
+        out.messages.extend(rd.take_messages());
+
+        let mut snapshot_index = None;
+        if !rd.snapshot().is_empty() {
+            let region = self.raw.mut_store().apply_snapshot(rd.snapshot(), log)?;
+            let index = rd.snapshot().get_metadata().index;
+            self.region = region;
+            snapshot_index = Some(index);
+            // Whether proposals up to the snapshot were applied is unknown here.
+            while self.proposals.front().is_some_and(|p| p.index <= index) {
+                let p = self.proposals.pop_front().unwrap();
+                out.replies.push(Reply {
+                    id: p.id,
+                    result: Err(Error::Timeout),
+                });
+            }
+        }
+
+        let committed = rd.take_committed_entries();
+        let applied_before = self.raw.store().applied_index();
+        self.apply_entries(committed, apply, &mut out.replies)?;
+
+        self.raw.mut_store().append(rd.entries(), log)?;
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs.clone(), log);
+        }
+        for rs in rd.take_read_states() {
+            let ctx = rs.request_ctx.as_slice();
+            if ctx.len() != 8 {
+                continue;
+            }
+            let ctx = u64::from_be_bytes(ctx.try_into().unwrap());
+            if let Some(issued_ms) = self.reads.confirm(ctx, rs.index) {
+                if self.is_leader() {
+                    let until = issued_ms + self.cfg.lease_ms();
+                    self.lease_until_ms = self.lease_until_ms.max(until);
+                }
+            }
+        }
+        let persisted_messages = rd.take_persisted_messages();
+        let number = rd.number();
+        self.raw.advance_append_async(rd);
+        let applied = self.raw.store().applied_index();
+        if applied > applied_before && snapshot_index.is_none() {
+            self.raw.advance_apply_to(applied);
+        }
+        if let Some(index) = snapshot_index {
+            self.snapshot_persisting = Some((number, index));
+        }
+        Ok(Some(PendingPersist {
+            number,
+            messages: persisted_messages,
+        }))
+    }
+
+    fn apply_entries(
+        &mut self,
+        entries: Vec<raft::eraftpb::Entry>,
+        apply: &mut ApplyBatch,
+        replies: &mut Vec<Reply>,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let db = self.raw.store().db().clone();
+        for e in entries {
+            let applied = self.raw.store().applied_index();
+            if e.index <= applied {
+                continue;
+            }
+            assert_eq!(
+                e.index,
+                applied + 1,
+                "region {}: apply skips from {} to {}",
+                self.region.id,
+                applied,
+                e.index
+            );
+            let mut outcome = None;
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let cmd = Command::decode(&e.data)?;
+                    outcome = Some(apply::apply_command(
+                        &db,
+                        apply,
+                        &self.region,
+                        e.index,
+                        &cmd,
+                    )?);
+                    self.applied_bytes_since_compact += e.data.len() as u64;
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|err| Error::Corruption(format!("conf change: {err}")))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(cs);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                        .map_err(|err| Error::Corruption(format!("conf change: {err}")))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(cs);
+                }
+            }
+            apply.entries += 1;
+            self.raw.mut_store().set_applied(e.index, e.term);
+            self.resolve_proposals(e.index, e.term, outcome, replies);
+        }
+        self.maybe_compact(apply)?;
+        self.raw.store().persist_apply_state(&mut apply.inner);
+        Ok(())
+    }
+
+    fn resolve_proposals(
+        &mut self,
+        index: u64,
+        term: u64,
+        mut outcome: Option<WriteOutcome>,
+        replies: &mut Vec<Reply>,
+    ) {
+        while self.proposals.front().is_some_and(|p| p.index <= index) {
+            let p = self.proposals.pop_front().unwrap();
+            let result = if p.index == index && p.term == term {
+                match outcome.take() {
+                    Some(WriteOutcome::WrongRegion) => Err(self.epoch_not_match()),
+                    Some(o) => Ok(Response::Write(o)),
+                    None => Err(Error::Corruption(format!(
+                        "region {}: proposal at {index} applied as an empty entry",
+                        self.region.id
+                    ))),
+                }
+            } else {
+                // Another entry took this index: the proposal was never committed.
+                Err(Error::ProposalDropped)
+            };
+            replies.push(Reply { id: p.id, result });
+        }
+    }
+
+    fn maybe_compact(&mut self, apply: &mut ApplyBatch) -> Result<()> {
+        let store = self.raw.store();
+        let applied = store.applied_index();
+        let truncated = store.first_index_now() - 1;
+        let in_log = applied - truncated;
+        if in_log < self.cfg.log_compact_entries
+            && self.applied_bytes_since_compact < self.cfg.log_compact_bytes
+        {
+            return Ok(());
+        }
+        let mut target = applied.saturating_sub(self.cfg.log_retain_entries);
+        if self.is_leader() {
+            // Keep what a follower still needs, unless it lags so far that a
+            // snapshot is cheaper than the log.
+            let slowest = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .map(|(_, pr)| pr.matched)
+                .min()
+                .unwrap_or(applied);
+            let hard_limit = self.cfg.log_compact_entries * 4;
+            if slowest < target && applied - slowest < hard_limit {
+                target = slowest;
+            }
+        }
+        if target <= truncated {
+            return Ok(());
+        }
+        self.raw.mut_store().compact_to(target, &mut apply.inner)?;
+        self.applied_bytes_since_compact = 0;
+        Ok(())
+    }
+
+    /// Confirms that the log batch holding ready `number` is durable.
+    pub fn on_persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+        if let Some((n, index)) = self.snapshot_persisting {
+            if n <= number {
+                self.snapshot_persisting = None;
+                self.raw.advance_apply_to(index);
+            }
+        }
+    }
+
+    /// Answers every read that can be served now, from `db` as of the last
+    /// written apply batch. `wall_ms` (unix ms) decides expiry.
+    pub fn serve_reads(&mut self, wall_ms: u64, replies: &mut Vec<Reply>) -> Result<()> {
+        if self.snapshot_persisting.is_some() {
+            return Ok(());
+        }
+        let mut ready = std::mem::take(&mut self.stale_reads);
+        self.reads
+            .take_ready(self.raw.store().applied_index(), &mut ready);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let db = self.raw.store().db().clone();
+        for r in ready {
+            let result = if self.region.contains(route_hash(&r.key)) {
+                apply::get(&db, &r.key, wall_ms).map(Response::Value)
+            } else {
+                Err(self.epoch_not_match())
+            };
+            if let Err(e) = &result {
+                if e.is_fatal() {
+                    return Err(Error::Corruption(format!("read failed: {e}")));
+                }
+            }
+            replies.push(Reply { id: r.id, result });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,225 @@
+//! All the region replicas one owner drives together (a node in the simulator,
+//! a shard in the server), and the per-round batching of their output
+//! (STYLE rule 2: begin → handle each region → end, one batch per round).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raft::eraftpb::Message;
+
+use crate::apply::ApplyBatch;
+use crate::command::{SessionTag, WriteRequest};
+use crate::config::Config;
+use crate::db::{Db, LogBatch};
+use crate::error::{Error, Result};
+use crate::peer::{list_regions, PendingPersist, Peer, ReadyOutput, Reply};
+use crate::read::Consistency;
+use crate::region::Region;
+use crate::storage::RegionStorage;
+
+/// A raft message addressed to a region replica on another node.
+#[derive(Clone, Debug)]
+pub struct RaftEnvelope {
+    /// Region the message belongs to.
+    pub region_id: u64,
+    /// Node that sent it.
+    pub from_node: u64,
+    /// Node it goes to.
+    pub to_node: u64,
+    /// The raft message.
+    pub message: Message,
+}
+
+/// Output of one round over every replica.
+#[derive(Default)]
+pub struct Round {
+    /// Raft log writes; must be durable before `persist` is confirmed.
+    pub log: LogBatch,
+    /// Applied data; write it (no sync needed) before sending `replies`.
+    pub apply: ApplyBatch,
+    /// Messages to send now.
+    pub messages: Vec<RaftEnvelope>,
+    /// Answers, to send once `apply` is written.
+    pub replies: Vec<Reply>,
+    /// Readies to confirm with [`Replicas::on_persisted`] once `log` is durable.
+    pub persist: Vec<(u64, PendingPersist)>,
+}
+
+impl Round {
+    /// True when the round produced nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+            && self.apply.is_empty()
+            && self.messages.is_empty()
+            && self.replies.is_empty()
+            && self.persist.is_empty()
+    }
+}
+
+/// The region replicas of one owner.
+pub struct Replicas {
+    node_id: u64,
+    peers: HashMap<u64, Peer>,
+}
+
+/// Writes the initial state of every region in `regions` that has a replica
+/// on `node_id` (a new cluster's bootstrap), synced.
+pub fn bootstrap_regions(db: &Db, node_id: u64, regions: &[Region]) -> Result<()> {
+    let mut batch = LogBatch::default();
+    for r in regions.iter().filter(|r| r.peer_on_node(node_id).is_some()) {
+        RegionStorage::bootstrap(r, db, &mut batch)?;
+    }
+    crate::db::write(db, batch.inner, true)
+}
+
+fn envelope(node_id: u64, peer: &Peer, message: Message) -> Option<RaftEnvelope> {
+    let to_node = peer.region().peer(message.to)?.node_id;
+    Some(RaftEnvelope {
+        region_id: peer.region_id(),
+        from_node: node_id,
+        to_node,
+        message,
+    })
+}
+
+impl Replicas {
+    /// Opens every replica stored in `db` for which `owns(region)` holds.
+    pub fn open(
+        cfg: Arc<Config>,
+        db: Db,
+        node_id: u64,
+        seed: u64,
+        logger: &slog::Logger,
+        owns: impl Fn(&Region) -> bool,
+    ) -> Result<Replicas> {
+        let mut peers = HashMap::new();
+        for region in list_regions(&db)? {
+            if !owns(&region) || region.peer_on_node(node_id).is_none() {
+                continue;
+            }
+            let peer = Peer::open(cfg.clone(), db.clone(), node_id, region.id, seed, logger)?;
+            peers.insert(region.id, peer);
+        }
+        Ok(Replicas { node_id, peers })
+    }
+
+    /// Node these replicas live on.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The replica of `region_id`.
+    pub fn peer(&self, region_id: u64) -> Option<&Peer> {
+        self.peers.get(&region_id)
+    }
+
+    /// The replica of `region_id`, mutable.
+    pub fn peer_mut(&mut self, region_id: u64) -> Option<&mut Peer> {
+        self.peers.get_mut(&region_id)
+    }
+
+    /// Every replica.
+    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.values()
+    }
+
+    /// Ticks every replica.
+    pub fn tick(&mut self, now_ms: u64, replies: &mut Vec<Reply>) {
+        for p in self.peers.values_mut() {
+            p.tick(now_ms, replies);
+        }
+    }
+
+    /// Delivers a raft message to its replica. Messages for regions not here
+    /// are dropped (the sender will retry or be told by membership changes).
+    pub fn step(&mut self, env: RaftEnvelope, replies: &mut Vec<Reply>) -> Result<()> {
+        match self.peers.get_mut(&env.region_id) {
+            Some(p) => p.step(env.message, replies),
+            None => Ok(()),
+        }
+    }
+
+    /// Proposes a write to `region_id`.
+    pub fn propose(
+        &mut self,
+        region_id: u64,
+        id: u64,
+        request: WriteRequest,
+        session: Option<SessionTag>,
+        wall_ms: u64,
+        replies: &mut Vec<Reply>,
+    ) {
+        match self.peers.get_mut(&region_id) {
+            Some(p) => p.propose(id, request, session, wall_ms, replies),
+            None => replies.push(Reply {
+                id,
+                result: Err(Error::RegionNotFound(region_id)),
+            }),
+        }
+    }
+
+    /// Queues a read on `region_id`.
+    pub fn read(
+        &mut self,
+        region_id: u64,
+        id: u64,
+        key: Bytes,
+        consistency: Consistency,
+        replies: &mut Vec<Reply>,
+    ) {
+        match self.peers.get_mut(&region_id) {
+            Some(p) => p.read(id, key, consistency, replies),
+            None => replies.push(Reply {
+                id,
+                result: Err(Error::RegionNotFound(region_id)),
+            }),
+        }
+    }
+
+    /// Collects the output of every replica into one round.
+    pub fn collect(&mut self, round: &mut Round) -> Result<()> {
+        let mut out = ReadyOutput::default();
+        for (region_id, p) in self.peers.iter_mut() {
+            if let Some(pending) = p.handle_ready(&mut round.log, &mut round.apply, &mut out)? {
+                round.persist.push((*region_id, pending));
+            }
+            round.replies.append(&mut out.replies);
+            for m in out.messages.drain(..) {
+                round.messages.extend(envelope(self.node_id, p, m));
+            }
+        }
+        Ok(())
+    }
+
+    /// Confirms that a round's log batch is durable; returns the messages that
+    /// were waiting for it.
+    pub fn on_persisted(
+        &mut self,
+        persist: Vec<(u64, PendingPersist)>,
+        messages: &mut Vec<RaftEnvelope>,
+    ) {
+        for (region_id, pending) in persist {
+            let Some(p) = self.peers.get_mut(&region_id) else {
+                continue;
+            };
+            p.on_persisted(pending.number);
+            for m in pending.messages {
+                messages.extend(envelope(self.node_id, p, m));
+            }
+        }
+    }
+
+    /// Serves every read whose index is applied.
+    pub fn serve_reads(&mut self, wall_ms: u64, replies: &mut Vec<Reply>) -> Result<()> {
+        for p in self.peers.values_mut() {
+            p.serve_reads(wall_ms, replies)?;
+        }
+        Ok(())
+    }
+
+    /// True if any replica has output waiting.
+    pub fn has_ready(&self) -> bool {
+        self.peers.values().any(|p| p.has_ready())
+    }
+}

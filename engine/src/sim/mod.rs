@@ -1,0 +1,15 @@
+//! Deterministic multi-node simulation of region replicas (STYLE rule 9).
+//!
+//! In-process nodes, each with its own RocksDB directory, exchange raft
+//! messages through [`SimNetwork`], whose filters drop, delay, partition and
+//! isolate. Time advances only when the test says so, in ticks; the network
+//! and the election timeouts draw from one seeded RNG, so a failing run
+//! replays from its seed. Each node runs the same round as a server shard:
+//! collect → write apply batch → write log batch (synced) → confirm → send →
+//! serve reads.
+
+mod cluster;
+mod network;
+
+pub use cluster::{SimCluster, SimOptions};
+pub use network::{Filters, SimNetwork};

@@ -1,0 +1,505 @@
+//! Multi-node behaviour of region replicas in the deterministic simulator.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use corekv_engine::sim::{SimCluster, SimOptions};
+use corekv_engine::{Condition, Config, Consistency, Error, Response, WriteOutcome, WriteRequest};
+use raft::StateRole;
+
+fn b(s: impl AsRef<[u8]>) -> Bytes {
+    Bytes::copy_from_slice(s.as_ref())
+}
+
+fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> WriteRequest {
+    WriteRequest::Put {
+        key: b(key),
+        value: b(value),
+        ttl_ms: None,
+        condition: Condition::None,
+    }
+}
+
+fn cluster(regions: u64, seed: u64, config: Config) -> (tempfile::TempDir, SimCluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = SimCluster::new(
+        dir.path(),
+        SimOptions {
+            nodes: 3,
+            regions,
+            seed,
+            config,
+        },
+    )
+    .unwrap();
+    (dir, c)
+}
+
+fn must_elect(c: &mut SimCluster, region: u64) -> u64 {
+    assert!(
+        c.run_until(3000, |c| c.leader(region).is_some()).unwrap(),
+        "no leader for region {region} within 3 s (seed {})",
+        c.seed()
+    );
+    c.leader(region).unwrap()
+}
+
+fn must_put(c: &mut SimCluster, key: &str, value: &str) -> u64 {
+    match c.write(put(key, value), 5000).unwrap() {
+        WriteOutcome::Written { version } => version,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn must_get(c: &mut SimCluster, key: &str) -> Option<Bytes> {
+    c.get(key.as_bytes(), Consistency::Linearizable, 5000)
+        .unwrap()
+        .map(|v| v.value)
+}
+
+#[test]
+fn elects_one_leader_per_region() {
+    let (_d, mut c) = cluster(4, 7, Config::default());
+    for r in 1..=4 {
+        let leader = must_elect(&mut c, r);
+        let term = c.status(leader, r).unwrap().term;
+        let leaders: Vec<_> = c
+            .node_ids()
+            .to_vec()
+            .into_iter()
+            .filter(|&n| {
+                let s = c.status(n, r).unwrap();
+                s.role == StateRole::Leader && s.term == term
+            })
+            .collect();
+        assert_eq!(leaders, vec![leader], "region {r}");
+    }
+}
+
+#[test]
+fn replicates_ten_thousand_writes_to_every_replica() {
+    let (_d, mut c) = cluster(2, 11, Config::default());
+    must_elect(&mut c, 1);
+    must_elect(&mut c, 2);
+    // Pipeline: many proposals in flight per round.
+    let mut pending = Vec::new();
+    for i in 0..10_000u32 {
+        let key = format!("key-{i}");
+        let region = c.region_of(key.as_bytes());
+        let leader = c.leader(region).unwrap();
+        pending.push(c.propose(leader, put(&key, format!("value-{i}"))));
+        if pending.len() == 500 {
+            for id in pending.drain(..) {
+                let r = c.wait(id, 5000).unwrap().expect("answered");
+                assert!(matches!(r.result, Ok(Response::Write(WriteOutcome::Written { .. }))));
+            }
+        }
+    }
+    for id in pending.drain(..) {
+        let r = c.wait(id, 5000).unwrap().expect("answered");
+        assert!(r.result.is_ok());
+    }
+    c.run_ms(500).unwrap();
+    let reference = c.dump_data(1).unwrap();
+    assert_eq!(reference.len(), 10_000);
+    for n in [2, 3] {
+        assert_eq!(c.dump_data(n).unwrap(), reference, "node {n} diverges");
+    }
+    assert_eq!(reference[&b"key-1234".to_vec()].value, b("value-1234"));
+}
+
+#[test]
+fn isolated_leader_cannot_commit_or_read_and_a_new_leader_takes_over() {
+    let (_d, mut c) = cluster(1, 3, Config::default());
+    let old = must_elect(&mut c, 1);
+    must_put(&mut c, "k", "v1");
+    c.net.filters.isolated.insert(old);
+
+    // The old leader accepts the proposal but can never commit it.
+    let w = c.propose(old, put("k", "from-old-leader"));
+    // A linearizable read on the old leader must not be answered with data.
+    let r = c.read(old, b"k", Consistency::Linearizable);
+    c.run_until(3000, |c| c.leader(1).is_some_and(|l| l != old))
+        .unwrap();
+    let new = c.leader(1).expect("new leader");
+    assert_ne!(new, old);
+    must_put(&mut c, "k", "v2");
+    c.run_ms(1000).unwrap();
+    let w_reply = c.take_reply(w);
+    assert!(
+        !matches!(
+            w_reply,
+            Some(corekv_engine::Reply {
+                result: Ok(_),
+                ..
+            })
+        ),
+        "isolated leader committed: {w_reply:?}"
+    );
+    let r_reply = c.take_reply(r);
+    assert!(
+        !matches!(
+            r_reply,
+            Some(corekv_engine::Reply {
+                result: Ok(_),
+                ..
+            })
+        ),
+        "isolated leader served a read: {r_reply:?}"
+    );
+    // Check-quorum: the old leader stepped down.
+    assert_ne!(c.status(old, 1).unwrap().role, StateRole::Leader);
+
+    c.net.filters.isolated.clear();
+    c.run_ms(1000).unwrap();
+    assert_eq!(must_get(&mut c, "k"), Some(b("v2")));
+    assert_eq!(c.local_get(old, b"k").unwrap().unwrap().value, b("v2"));
+}
+
+#[test]
+fn minority_side_cannot_write_and_replicas_converge_after_healing() {
+    let (_d, mut c) = cluster(1, 5, Config::default());
+    let leader = must_elect(&mut c, 1);
+    must_put(&mut c, "a", "1");
+    // Leader alone on the minority side.
+    let others: HashSet<u64> = c.node_ids().iter().copied().filter(|&n| n != leader).collect();
+    c.net.filters.partition = vec![HashSet::from([leader]), others.clone()];
+    let ids: Vec<u64> = (0..20)
+        .map(|i| c.propose(leader, put(format!("minority-{i}"), "x")))
+        .collect();
+    c.run_until(3000, |c| {
+        c.leader(1)
+            .is_some_and(|l| others.contains(&l))
+    })
+    .unwrap();
+    for i in 0..20 {
+        must_put(&mut c, &format!("majority-{i}"), "y");
+    }
+    c.run_ms(500).unwrap();
+    for id in &ids {
+        if let Some(r) = c.take_reply(*id) {
+            assert!(r.result.is_err(), "minority write succeeded: {r:?}");
+        }
+    }
+    c.net.filters.partition.clear();
+    c.run_ms(2000).unwrap();
+    let reference = c.dump_data(1).unwrap();
+    for n in [2, 3] {
+        assert_eq!(c.dump_data(n).unwrap(), reference, "node {n}");
+    }
+    assert!(reference.keys().all(|k| !k.starts_with(b"minority")));
+    assert_eq!(reference.len(), 21);
+}
+
+#[test]
+fn restart_recovers_term_log_and_data() {
+    let (_d, mut c) = cluster(1, 9, Config::default());
+    must_elect(&mut c, 1);
+    for i in 0..100 {
+        must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
+    }
+    c.run_ms(200).unwrap();
+    let before: Vec<_> = [1, 2, 3].iter().map(|&n| c.status(n, 1).unwrap()).collect();
+    for n in [1, 2, 3] {
+        c.crash(n);
+    }
+    for n in [1, 2, 3] {
+        c.restart(n).unwrap();
+    }
+    for (i, n) in [1u64, 2, 3].iter().enumerate() {
+        let s = c.status(*n, 1).unwrap();
+        assert_eq!(s.term, before[i].term, "term of node {n}");
+        assert_eq!(s.last_index, before[i].last_index, "log of node {n}");
+        assert_eq!(s.applied_index, before[i].applied_index, "applied of node {n}");
+    }
+    must_elect(&mut c, 1);
+    assert_eq!(must_get(&mut c, "k42"), Some(b("v42")));
+    must_put(&mut c, "after", "restart");
+    assert_eq!(must_get(&mut c, "after"), Some(b("restart")));
+}
+
+fn small_log_config() -> Config {
+    Config {
+        log_compact_entries: 200,
+        log_retain_entries: 50,
+        entry_cache_entries: 64,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn lagging_node_catches_up_by_snapshot() {
+    let (_d, mut c) = cluster(1, 13, small_log_config());
+    let leader = must_elect(&mut c, 1);
+    let lagging = c.node_ids().iter().copied().find(|&n| n != leader).unwrap();
+    c.crash(lagging);
+    for i in 0..1500 {
+        must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
+    }
+    c.run_ms(200).unwrap();
+    let s = c.status(leader, 1).unwrap();
+    assert!(
+        s.first_index > 1000,
+        "leader compacted past the lagging node ({s:?})"
+    );
+    c.restart(lagging).unwrap();
+    let before = c.status(lagging, 1).unwrap();
+    assert!(before.last_index < s.first_index, "it needs a snapshot");
+    assert!(c
+        .run_until(5000, |c| c.status(lagging, 1).unwrap().applied_index
+            >= c.status(leader, 1).unwrap().applied_index)
+        .unwrap());
+    let after = c.status(lagging, 1).unwrap();
+    assert!(
+        after.first_index > before.last_index + 1,
+        "log restarted from a snapshot: {after:?}"
+    );
+    assert_eq!(c.dump_data(lagging).unwrap(), c.dump_data(leader).unwrap());
+    // And it keeps replicating normally afterwards.
+    must_put(&mut c, "post", "snap");
+    c.run_ms(200).unwrap();
+    assert_eq!(c.local_get(lagging, b"post").unwrap().unwrap().value, b("snap"));
+}
+
+#[test]
+fn log_stays_bounded_under_sustained_writes() {
+    let cfg = small_log_config();
+    let bound = cfg.log_compact_entries + 100;
+    let (_d, mut c) = cluster(1, 17, cfg);
+    must_elect(&mut c, 1);
+    let mut max_len = 0;
+    for i in 0..5000 {
+        must_put(&mut c, &format!("k{}", i % 100), &format!("v{i}"));
+        if i % 50 == 0 {
+            for n in [1, 2, 3] {
+                let s = c.status(n, 1).unwrap();
+                max_len = max_len.max(s.last_index + 1 - s.first_index);
+            }
+        }
+    }
+    assert!(max_len <= bound, "log grew to {max_len} entries (bound {bound})");
+    let s = c.status(1, 1).unwrap();
+    assert!(s.last_index > 5000);
+}
+
+#[test]
+fn oversize_key_and_value_are_refused_before_raft() {
+    let (_d, mut c) = cluster(1, 19, Config::default());
+    let leader = must_elect(&mut c, 1);
+    let last = c.status(leader, 1).unwrap().last_index;
+    let big_key = WriteRequest::Put {
+        key: Bytes::from(vec![b'k'; 4097]),
+        value: b("v"),
+        ttl_ms: None,
+        condition: Condition::None,
+    };
+    let id = c.propose(leader, big_key);
+    let r = c.take_reply(id).expect("answered at once");
+    assert!(matches!(r.result, Err(Error::KeyTooLarge { len: 4097, max: 4096 })));
+    let big_value = put("k", vec![b'v'; (1 << 20) + 1]);
+    let id = c.propose(leader, big_value);
+    let r = c.take_reply(id).expect("answered at once");
+    assert!(matches!(r.result, Err(Error::ValueTooLarge { .. })));
+    let id = c.read(leader, &[], Consistency::Linearizable);
+    assert!(matches!(
+        c.take_reply(id).unwrap().result,
+        Err(Error::KeyTooLarge { len: 0, .. })
+    ));
+    c.run_ms(100).unwrap();
+    assert_eq!(c.status(leader, 1).unwrap().last_index, last, "nothing reached the log");
+}
+
+#[test]
+fn ttl_expiry_is_identical_on_every_replica() {
+    let (_d, mut c) = cluster(1, 23, Config::default());
+    must_elect(&mut c, 1);
+    let w = WriteRequest::Put {
+        key: b("session"),
+        value: b("token"),
+        ttl_ms: Some(1000),
+        condition: Condition::None,
+    };
+    c.write(w, 5000).unwrap();
+    c.run_ms(100).unwrap();
+    let records: Vec<_> = [1, 2, 3]
+        .iter()
+        .map(|&n| c.dump_data(n).unwrap()[&b"session".to_vec()].clone())
+        .collect();
+    assert!(records[0].expire_at_ms > 0);
+    assert!(records.iter().all(|r| r == &records[0]), "{records:?}");
+    assert_eq!(must_get(&mut c, "session"), Some(b("token")));
+    let expire_at = records[0].expire_at_ms;
+    c.run_until(5000, |c| c.wall_ms() >= expire_at).unwrap();
+    assert_eq!(must_get(&mut c, "session"), None, "expired value returned");
+    for n in [1, 2, 3] {
+        assert_eq!(c.local_get(n, b"session").unwrap(), None, "node {n}");
+    }
+    // Expiry counts as absent for conditions, identically on every replica.
+    let again = WriteRequest::Put {
+        key: b("session"),
+        value: b("new"),
+        ttl_ms: None,
+        condition: Condition::IfAbsent,
+    };
+    assert!(matches!(c.write(again, 5000).unwrap(), WriteOutcome::Written { .. }));
+}
+
+#[test]
+fn conditional_writes_and_counters() {
+    let (_d, mut c) = cluster(1, 29, Config::default());
+    must_elect(&mut c, 1);
+    let v1 = must_put(&mut c, "k", "a");
+    let if_absent = WriteRequest::Put {
+        key: b("k"),
+        value: b("b"),
+        ttl_ms: None,
+        condition: Condition::IfAbsent,
+    };
+    assert_eq!(
+        c.write(if_absent, 5000).unwrap(),
+        WriteOutcome::ConditionFailed {
+            current_version: Some(v1)
+        }
+    );
+    let wrong_version = WriteRequest::Put {
+        key: b("k"),
+        value: b("b"),
+        ttl_ms: None,
+        condition: Condition::IfVersion(v1 + 100),
+    };
+    assert!(matches!(
+        c.write(wrong_version, 5000).unwrap(),
+        WriteOutcome::ConditionFailed { .. }
+    ));
+    let right_version = WriteRequest::Put {
+        key: b("k"),
+        value: b("b"),
+        ttl_ms: None,
+        condition: Condition::IfVersion(v1),
+    };
+    let WriteOutcome::Written { version: v2 } = c.write(right_version, 5000).unwrap() else {
+        panic!()
+    };
+    assert!(v2 > v1, "versions grow");
+    let cas = |expected: Option<&str>, value: &str| WriteRequest::Cas {
+        key: b("k"),
+        expected: expected.map(b),
+        value: b(value),
+        ttl_ms: None,
+    };
+    assert!(matches!(
+        c.write(cas(Some("a"), "c"), 5000).unwrap(),
+        WriteOutcome::ConditionFailed { .. }
+    ));
+    assert!(matches!(
+        c.write(cas(Some("b"), "c"), 5000).unwrap(),
+        WriteOutcome::Written { .. }
+    ));
+    assert_eq!(must_get(&mut c, "k"), Some(b("c")));
+    let del = |v: Option<u64>| WriteRequest::Delete {
+        key: b("k"),
+        if_version: v,
+    };
+    assert!(matches!(
+        c.write(del(Some(1)), 5000).unwrap(),
+        WriteOutcome::ConditionFailed { .. }
+    ));
+    assert_eq!(
+        c.write(del(None), 5000).unwrap(),
+        WriteOutcome::Deleted { existed: true }
+    );
+    assert_eq!(
+        c.write(del(None), 5000).unwrap(),
+        WriteOutcome::Deleted { existed: false }
+    );
+    for expect in [5, 10, 3] {
+        let delta = if expect == 3 { -7 } else { 5 };
+        let r = c
+            .write(
+                WriteRequest::Incr {
+                    key: b("n"),
+                    delta,
+                },
+                5000,
+            )
+            .unwrap();
+        assert!(matches!(r, WriteOutcome::Counter { value, .. } if value == expect));
+    }
+    must_put(&mut c, "text", "abc");
+    assert_eq!(
+        c.write(
+            WriteRequest::Incr {
+                key: b("text"),
+                delta: 1
+            },
+            5000
+        )
+        .unwrap(),
+        WriteOutcome::NotANumber
+    );
+}
+
+#[test]
+fn crash_and_restart_never_applies_twice_or_skips() {
+    let (_d, mut c) = cluster(1, 31, Config::default());
+    must_elect(&mut c, 1);
+    let mut acked = 0i64;
+    for round in 0..5 {
+        for _ in 0..40 {
+            if let Ok(WriteOutcome::Counter { .. }) = c.write(
+                WriteRequest::Incr {
+                    key: b("ctr"),
+                    delta: 1,
+                },
+                3000,
+            ) {
+                acked += 1;
+            }
+        }
+        // Crash a different node each round, twice the whole cluster.
+        let victims: Vec<u64> = if round % 2 == 0 {
+            vec![1, 2, 3]
+        } else {
+            vec![round as u64 % 3 + 1]
+        };
+        for &v in &victims {
+            c.crash(v);
+        }
+        for &v in &victims {
+            c.restart(v).unwrap();
+        }
+        must_elect(&mut c, 1);
+    }
+    assert_eq!(acked, 200, "every increment was acknowledged");
+    let got = must_get(&mut c, "ctr").unwrap();
+    assert_eq!(got, b("200"));
+    c.run_ms(300).unwrap();
+    for n in [1, 2, 3] {
+        assert_eq!(c.local_get(n, b"ctr").unwrap().unwrap().value, b("200"));
+    }
+}
+
+#[test]
+fn lease_reads_stop_when_the_lease_cannot_be_renewed() {
+    let (_d, mut c) = cluster(1, 37, Config::default());
+    let leader = must_elect(&mut c, 1);
+    must_put(&mut c, "k", "v");
+    // Establish the lease with one lease read.
+    assert_eq!(
+        c.get(b"k", Consistency::Lease, 2000).unwrap().unwrap().value,
+        b("v")
+    );
+    // Within the lease a lease read needs no network at all.
+    c.net.filters.isolated.insert(leader);
+    let id = c.read(leader, b"k", Consistency::Lease);
+    c.tick().unwrap();
+    let r = c.take_reply(id).expect("served from the lease");
+    assert!(matches!(r.result, Ok(Response::Value(Some(_)))));
+    // After the lease ran out the isolated leader answers none.
+    c.run_ms(c.config().election_timeout_ms()).unwrap();
+    let id = c.read(leader, b"k", Consistency::Lease);
+    c.run_ms(500).unwrap();
+    if let Some(r) = c.take_reply(id) {
+        assert!(r.result.is_err(), "stale lease read: {r:?}");
+    }
+}
