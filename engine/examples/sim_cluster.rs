@@ -88,7 +88,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         condition: Condition::None,
     };
     c.write(w, 5000)?;
-    let v = c.get(key, Consistency::Linearizable, 5000)?.ok_or("missing")?;
+    let v = c
+        .get(key, Consistency::Linearizable, 5000)?
+        .ok_or("missing")?;
     println!(
         "[t={:>5} ms] write after failover acknowledged; linearizable read: {} (version {})",
         c.now_ms(),

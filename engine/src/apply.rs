@@ -52,7 +52,8 @@ impl ApplyBatch {
     }
 
     fn put(&mut self, db: &rocksdb::DB, data_key: Vec<u8>, record: ValueRecord) {
-        self.inner.put_cf(cf(db, CF_DATA), &data_key, record.encode());
+        self.inner
+            .put_cf(cf(db, CF_DATA), &data_key, record.encode());
         self.overlay.insert(data_key, Some(record));
     }
 

@@ -156,7 +156,12 @@ mod tests {
     #[test]
     fn round_trip_and_truncation() {
         let mut e = Encoder::default();
-        e.u8(7).u32(9).u64(u64::MAX).i64(-5).bytes(b"abc").raw(b"tail");
+        e.u8(7)
+            .u32(9)
+            .u64(u64::MAX)
+            .i64(-5)
+            .bytes(b"abc")
+            .raw(b"tail");
         let buf = e.finish();
         let mut d = Decoder::new(&buf, "test");
         assert_eq!(d.u8().unwrap(), 7);

@@ -470,10 +470,15 @@ mod tests {
             ttl_ms: None,
             condition: Condition::None,
         };
-        assert!(put(KEY_BYTES_MAX, cfg.value_bytes_max).validate(&cfg).is_ok());
+        assert!(put(KEY_BYTES_MAX, cfg.value_bytes_max)
+            .validate(&cfg)
+            .is_ok());
         assert!(matches!(
             put(KEY_BYTES_MAX + 1, 1).validate(&cfg),
-            Err(Error::KeyTooLarge { len: 4097, max: 4096 })
+            Err(Error::KeyTooLarge {
+                len: 4097,
+                max: 4096
+            })
         ));
         assert!(matches!(
             put(0, 1).validate(&cfg),

@@ -137,7 +137,10 @@ fn raft_config(cfg: &Config, peer_id: u64, applied: u64) -> raft::Config {
         check_quorum: true,
         pre_vote: true,
         read_only_option: raft::ReadOnlyOption::Safe,
-        batch_append: true,
+        // raft-rs 0.7 may merge fresh entries into a pending empty append
+        // after a probe reset, producing an append whose entries do not follow
+        // its index; keep every append message as raft built it.
+        batch_append: false,
         max_uncommitted_size: cfg.uncommitted_bytes_max,
         max_committed_size_per_ready: cfg.committed_bytes_per_ready_max,
         ..Default::default()
@@ -186,7 +189,9 @@ impl Peer {
         let peer_id = region
             .peer_on_node(node_id)
             .ok_or_else(|| {
-                Error::Corruption(format!("region {region_id} has no replica on node {node_id}"))
+                Error::Corruption(format!(
+                    "region {region_id} has no replica on node {node_id}"
+                ))
             })?
             .id;
         let storage = RegionStorage::open(db, region_id, cfg.entry_cache_entries)?;
@@ -389,6 +394,23 @@ impl Peer {
         self.raw.campaign()?;
         self.after_input(replies);
         Ok(())
+    }
+
+    /// Tells raft whether a snapshot sent to `to` arrived (it keeps the
+    /// follower paused until told).
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// Tells raft that `to` could not be reached (it stops streaming appends
+    /// to it and probes instead).
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
     }
 
     /// Asks raft to hand leadership to `peer_id`. The lease ends at once.

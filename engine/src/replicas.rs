@@ -2,7 +2,7 @@
 //! a shard in the server), and the per-round batching of their output
 //! (STYLE rule 2: begin → handle each region → end, one batch per round).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use crate::command::{SessionTag, WriteRequest};
 use crate::config::Config;
 use crate::db::{Db, LogBatch};
 use crate::error::{Error, Result};
-use crate::peer::{list_regions, PendingPersist, Peer, ReadyOutput, Reply};
+use crate::peer::{list_regions, Peer, PendingPersist, ReadyOutput, Reply};
 use crate::read::Consistency;
 use crate::region::Region;
 use crate::storage::RegionStorage;
@@ -60,7 +60,7 @@ impl Round {
 /// The region replicas of one owner.
 pub struct Replicas {
     node_id: u64,
-    peers: HashMap<u64, Peer>,
+    peers: BTreeMap<u64, Peer>,
 }
 
 /// Writes the initial state of every region in `regions` that has a replica
@@ -93,7 +93,7 @@ impl Replicas {
         logger: &slog::Logger,
         owns: impl Fn(&Region) -> bool,
     ) -> Result<Replicas> {
-        let mut peers = HashMap::new();
+        let mut peers = BTreeMap::new();
         for region in list_regions(&db)? {
             if !owns(&region) || region.peer_on_node(node_id).is_none() {
                 continue;
@@ -137,6 +137,20 @@ impl Replicas {
         match self.peers.get_mut(&env.region_id) {
             Some(p) => p.step(env.message, replies),
             None => Ok(()),
+        }
+    }
+
+    /// Reports the fate of a message this node sent: a snapshot's arrival or
+    /// loss, and unreachable peers.
+    pub fn report_delivery(&mut self, env: &RaftEnvelope, delivered: bool) {
+        let Some(p) = self.peers.get_mut(&env.region_id) else {
+            return;
+        };
+        if env.message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            p.report_snapshot(env.message.to, delivered);
+        }
+        if !delivered {
+            p.report_unreachable(env.message.to);
         }
     }
 

@@ -105,8 +105,10 @@ pub fn build(db: &rocksdb::DB, region_id: u64) -> Result<Snapshot> {
         applied_index: apply.applied_index,
         pairs,
     };
-    let mut s = Snapshot::default();
-    s.data = Bytes::from(data.encode());
+    let mut s = Snapshot {
+        data: Bytes::from(data.encode()),
+        ..Default::default()
+    };
     let m = s.mut_metadata();
     m.index = apply.applied_index;
     m.term = apply.applied_term;

@@ -153,8 +153,10 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_reject_damage() {
-        let mut cs = ConfState::default();
-        cs.voters = vec![1, 2, 3];
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
         let a = ApplyState {
             applied_index: 10,
             applied_term: 2,

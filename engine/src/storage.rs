@@ -68,9 +68,11 @@ impl RegionStorage {
             truncated_term: INIT_TERM,
             conf_state: conf_state_of(region),
         };
-        let mut hs = HardState::default();
-        hs.term = INIT_TERM;
-        hs.commit = INIT_INDEX;
+        let hs = HardState {
+            term: INIT_TERM,
+            commit: INIT_INDEX,
+            ..Default::default()
+        };
         let local = RegionLocalState {
             state: PeerState::Normal,
             region: region.clone(),
@@ -95,7 +97,7 @@ impl RegionStorage {
     pub fn open(db: Db, region_id: u64, cache_entries: usize) -> Result<RegionStorage> {
         let raft_cf = cf(&db, CF_RAFT);
         let meta_cf = cf(&db, CF_META);
-        let hard_state = match db.get_cf(raft_cf, keys::hard_state_key(region_id))? {
+        let mut hard_state = match db.get_cf(raft_cf, keys::hard_state_key(region_id))? {
             Some(b) => HardState::parse_from_bytes(&b)
                 .map_err(|e| Error::Corruption(format!("hard state of {region_id}: {e}")))?,
             None => HardState::default(),
@@ -130,11 +132,16 @@ impl RegionStorage {
             hard_state.commit
         );
         assert!(
-            apply.applied_index <= hard_state.commit.max(apply.truncated_index),
-            "region {region_id}: applied {} past commit {}",
+            apply.applied_index <= last_index,
+            "region {region_id}: applied {} past last index {last_index}",
             apply.applied_index,
-            hard_state.commit
         );
+        // The apply batch is written before the round's log batch, so a crash
+        // between the two leaves the stored commit index behind the applied
+        // index. Applied entries are committed: move the commit index up.
+        if hard_state.commit < apply.applied_index {
+            hard_state.commit = apply.applied_index;
+        }
         Ok(RegionStorage {
             region_id,
             db,
@@ -477,6 +484,15 @@ impl raft::Storage for RegionStorage {
             out.extend(self.cache.iter().skip(skip).take(take).cloned());
         }
         raft::util::limit_size(&mut out, max_size);
+        if let (Some(first), Some(last)) = (out.first(), out.last()) {
+            assert!(
+                first.index == low && last.index == low + out.len() as u64 - 1,
+                "region {}: entries [{low}, {high}) returned {}..={}",
+                self.region_id,
+                first.index,
+                last.index
+            );
+        }
         Ok(out)
     }
 

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use corekv_engine::sim::{SimCluster, SimOptions};
+use corekv_engine::sim::{CrashPoint, SimCluster, SimOptions};
 use corekv_engine::{Condition, Config, Consistency, Error, Response, WriteOutcome, WriteRequest};
 use raft::StateRole;
 
@@ -91,7 +91,10 @@ fn replicates_ten_thousand_writes_to_every_replica() {
         if pending.len() == 500 {
             for id in pending.drain(..) {
                 let r = c.wait(id, 5000).unwrap().expect("answered");
-                assert!(matches!(r.result, Ok(Response::Write(WriteOutcome::Written { .. }))));
+                assert!(matches!(
+                    r.result,
+                    Ok(Response::Write(WriteOutcome::Written { .. }))
+                ));
             }
         }
     }
@@ -127,24 +130,12 @@ fn isolated_leader_cannot_commit_or_read_and_a_new_leader_takes_over() {
     c.run_ms(1000).unwrap();
     let w_reply = c.take_reply(w);
     assert!(
-        !matches!(
-            w_reply,
-            Some(corekv_engine::Reply {
-                result: Ok(_),
-                ..
-            })
-        ),
+        !matches!(w_reply, Some(corekv_engine::Reply { result: Ok(_), .. })),
         "isolated leader committed: {w_reply:?}"
     );
     let r_reply = c.take_reply(r);
     assert!(
-        !matches!(
-            r_reply,
-            Some(corekv_engine::Reply {
-                result: Ok(_),
-                ..
-            })
-        ),
+        !matches!(r_reply, Some(corekv_engine::Reply { result: Ok(_), .. })),
         "isolated leader served a read: {r_reply:?}"
     );
     // Check-quorum: the old leader stepped down.
@@ -162,16 +153,18 @@ fn minority_side_cannot_write_and_replicas_converge_after_healing() {
     let leader = must_elect(&mut c, 1);
     must_put(&mut c, "a", "1");
     // Leader alone on the minority side.
-    let others: HashSet<u64> = c.node_ids().iter().copied().filter(|&n| n != leader).collect();
+    let others: HashSet<u64> = c
+        .node_ids()
+        .iter()
+        .copied()
+        .filter(|&n| n != leader)
+        .collect();
     c.net.filters.partition = vec![HashSet::from([leader]), others.clone()];
     let ids: Vec<u64> = (0..20)
         .map(|i| c.propose(leader, put(format!("minority-{i}"), "x")))
         .collect();
-    c.run_until(3000, |c| {
-        c.leader(1)
-            .is_some_and(|l| others.contains(&l))
-    })
-    .unwrap();
+    c.run_until(3000, |c| c.leader(1).is_some_and(|l| others.contains(&l)))
+        .unwrap();
     for i in 0..20 {
         must_put(&mut c, &format!("majority-{i}"), "y");
     }
@@ -210,7 +203,10 @@ fn restart_recovers_term_log_and_data() {
         let s = c.status(*n, 1).unwrap();
         assert_eq!(s.term, before[i].term, "term of node {n}");
         assert_eq!(s.last_index, before[i].last_index, "log of node {n}");
-        assert_eq!(s.applied_index, before[i].applied_index, "applied of node {n}");
+        assert_eq!(
+            s.applied_index, before[i].applied_index,
+            "applied of node {n}"
+        );
     }
     must_elect(&mut c, 1);
     assert_eq!(must_get(&mut c, "k42"), Some(b("v42")));
@@ -232,7 +228,23 @@ fn lagging_node_catches_up_by_snapshot() {
     let (_d, mut c) = cluster(1, 13, small_log_config());
     let leader = must_elect(&mut c, 1);
     let lagging = c.node_ids().iter().copied().find(|&n| n != leader).unwrap();
+    for i in 0..50 {
+        must_put(&mut c, &format!("old-{i}"), "before");
+    }
+    c.run_ms(100).unwrap();
+    assert!(c.local_get(lagging, b"old-7").unwrap().is_some());
     c.crash(lagging);
+    // While it is down these keys are deleted: the snapshot must remove them.
+    for i in 0..50 {
+        let del = WriteRequest::Delete {
+            key: b(format!("old-{i}")),
+            if_version: None,
+        };
+        assert_eq!(
+            c.write(del, 5000).unwrap(),
+            WriteOutcome::Deleted { existed: true }
+        );
+    }
     for i in 0..1500 {
         must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
     }
@@ -255,10 +267,14 @@ fn lagging_node_catches_up_by_snapshot() {
         "log restarted from a snapshot: {after:?}"
     );
     assert_eq!(c.dump_data(lagging).unwrap(), c.dump_data(leader).unwrap());
+    assert_eq!(c.local_get(lagging, b"old-7").unwrap(), None);
     // And it keeps replicating normally afterwards.
     must_put(&mut c, "post", "snap");
     c.run_ms(200).unwrap();
-    assert_eq!(c.local_get(lagging, b"post").unwrap().unwrap().value, b("snap"));
+    assert_eq!(
+        c.local_get(lagging, b"post").unwrap().unwrap().value,
+        b("snap")
+    );
 }
 
 #[test]
@@ -277,7 +293,10 @@ fn log_stays_bounded_under_sustained_writes() {
             }
         }
     }
-    assert!(max_len <= bound, "log grew to {max_len} entries (bound {bound})");
+    assert!(
+        max_len <= bound,
+        "log grew to {max_len} entries (bound {bound})"
+    );
     let s = c.status(1, 1).unwrap();
     assert!(s.last_index > 5000);
 }
@@ -295,7 +314,13 @@ fn oversize_key_and_value_are_refused_before_raft() {
     };
     let id = c.propose(leader, big_key);
     let r = c.take_reply(id).expect("answered at once");
-    assert!(matches!(r.result, Err(Error::KeyTooLarge { len: 4097, max: 4096 })));
+    assert!(matches!(
+        r.result,
+        Err(Error::KeyTooLarge {
+            len: 4097,
+            max: 4096
+        })
+    ));
     let big_value = put("k", vec![b'v'; (1 << 20) + 1]);
     let id = c.propose(leader, big_value);
     let r = c.take_reply(id).expect("answered at once");
@@ -306,7 +331,11 @@ fn oversize_key_and_value_are_refused_before_raft() {
         Err(Error::KeyTooLarge { len: 0, .. })
     ));
     c.run_ms(100).unwrap();
-    assert_eq!(c.status(leader, 1).unwrap().last_index, last, "nothing reached the log");
+    assert_eq!(
+        c.status(leader, 1).unwrap().last_index,
+        last,
+        "nothing reached the log"
+    );
 }
 
 #[test]
@@ -341,7 +370,10 @@ fn ttl_expiry_is_identical_on_every_replica() {
         ttl_ms: None,
         condition: Condition::IfAbsent,
     };
-    assert!(matches!(c.write(again, 5000).unwrap(), WriteOutcome::Written { .. }));
+    assert!(matches!(
+        c.write(again, 5000).unwrap(),
+        WriteOutcome::Written { .. }
+    ));
 }
 
 #[test]
@@ -415,13 +447,7 @@ fn conditional_writes_and_counters() {
     for expect in [5, 10, 3] {
         let delta = if expect == 3 { -7 } else { 5 };
         let r = c
-            .write(
-                WriteRequest::Incr {
-                    key: b("n"),
-                    delta,
-                },
-                5000,
-            )
+            .write(WriteRequest::Incr { key: b("n"), delta }, 5000)
             .unwrap();
         assert!(matches!(r, WriteOutcome::Counter { value, .. } if value == expect));
     }
@@ -480,13 +506,68 @@ fn crash_and_restart_never_applies_twice_or_skips() {
 }
 
 #[test]
+fn crash_between_apply_and_log_writes_applies_each_entry_once() {
+    let (_d, mut c) = cluster(1, 41, Config::default());
+    must_elect(&mut c, 1);
+    let incr = || WriteRequest::Incr {
+        key: b("ctr"),
+        delta: 1,
+    };
+    let mut acked = 0i64;
+    let mut unknown = 0i64;
+    for round in 0..12u64 {
+        let victim = round % 3 + 1;
+        let point = if round % 2 == 0 {
+            CrashPoint::AfterApplyWrite
+        } else {
+            CrashPoint::BeforeWrites
+        };
+        c.crash_in_next_apply(victim, point);
+        for _ in 0..10 {
+            match c.write(incr(), 2000) {
+                Ok(WriteOutcome::Counter { .. }) => acked += 1,
+                Err(Error::Timeout) => unknown += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            !c.crash_pending(),
+            "round {round}: the planned crash struck"
+        );
+        if !c.is_up(victim) {
+            c.restart(victim).unwrap();
+        }
+        must_elect(&mut c, 1);
+    }
+    c.run_ms(500).unwrap();
+    let value: i64 = std::str::from_utf8(&must_get(&mut c, "ctr").unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        value >= acked && value <= acked + unknown,
+        "counter {value}: {acked} acknowledged, {unknown} unknown"
+    );
+    for n in [1, 2, 3] {
+        let local: i64 = std::str::from_utf8(&c.local_get(n, b"ctr").unwrap().unwrap().value)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(local, value, "node {n}");
+    }
+}
+
+#[test]
 fn lease_reads_stop_when_the_lease_cannot_be_renewed() {
     let (_d, mut c) = cluster(1, 37, Config::default());
     let leader = must_elect(&mut c, 1);
     must_put(&mut c, "k", "v");
     // Establish the lease with one lease read.
     assert_eq!(
-        c.get(b"k", Consistency::Lease, 2000).unwrap().unwrap().value,
+        c.get(b"k", Consistency::Lease, 2000)
+            .unwrap()
+            .unwrap()
+            .value,
         b("v")
     );
     // Within the lease a lease read needs no network at all.

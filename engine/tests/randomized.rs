@@ -15,7 +15,9 @@ use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Write { value: Bytes },
+    Write {
+        value: Bytes,
+    },
     Read {
         #[allow(dead_code)] // shown in failure reports
         consistency: Consistency,
@@ -84,8 +86,7 @@ fn run(seed: u64, duration_ms: u64) -> (Vec<Op>, SimCluster, tempfile::TempDir) 
                 }
                 1 => {
                     let lone = nodes[rng.gen_range(0..nodes.len())];
-                    let rest: HashSet<u64> =
-                        nodes.iter().copied().filter(|&n| n != lone).collect();
+                    let rest: HashSet<u64> = nodes.iter().copied().filter(|&n| n != lone).collect();
                     f.partition = vec![HashSet::from([lone]), rest];
                 }
                 2 => {
@@ -122,8 +123,12 @@ fn run(seed: u64, duration_ms: u64) -> (Vec<Op>, SimCluster, tempfile::TempDir) 
             }
             let key = KEYS[rng.gen_range(0..KEYS.len())];
             let region = c.region_of(key.as_bytes());
-            let node = match c.leader(region) {
-                Some(l) if rng.gen_ratio(9, 10) => l,
+            // Mostly the current leader; sometimes any node that believes it
+            // leads (a client with a stale route); sometimes any node.
+            let leaders = c.leaders(region);
+            let node = match (c.leader(region), rng.gen_range(0..10)) {
+                (Some(l), 0..=5) => l,
+                (_, 6..=8) if !leaders.is_empty() => leaders[rng.gen_range(0..leaders.len())],
                 _ => nodes[rng.gen_range(0..nodes.len())],
             };
             let (kind, id) = if rng.gen_bool(0.5) {
@@ -145,7 +150,10 @@ fn run(seed: u64, duration_ms: u64) -> (Vec<Op>, SimCluster, tempfile::TempDir) 
                 } else {
                     Consistency::Linearizable
                 };
-                (Kind::Read { consistency }, c.read(node, key.as_bytes(), consistency))
+                (
+                    Kind::Read { consistency },
+                    c.read(node, key.as_bytes(), consistency),
+                )
             };
             ops.push(Op {
                 key,
@@ -177,7 +185,10 @@ fn run(seed: u64, duration_ms: u64) -> (Vec<Op>, SimCluster, tempfile::TempDir) 
                 Some(Err(_)) | None if is_write => Outcome::Unknown,
                 Some(Err(_)) | None => Outcome::ReadFailed,
             };
-            if matches!(op.outcome, Outcome::Written(_) | Outcome::Read(_) | Outcome::Failed) {
+            if matches!(
+                op.outcome,
+                Outcome::Written(_) | Outcome::Read(_) | Outcome::Failed
+            ) {
                 op.complete_ms = c.now_ms();
             }
         }
@@ -238,7 +249,9 @@ fn check(ops: &[Op]) -> Result<(), String> {
         for (a, va) in &acked {
             for (b, vb) in &acked {
                 if a.complete_ms < b.invoke_ms && va >= vb {
-                    return Err(format!("{key}: write {a:?} precedes {b:?} but has version {va} >= {vb}"));
+                    return Err(format!(
+                        "{key}: write {a:?} precedes {b:?} but has version {va} >= {vb}"
+                    ));
                 }
             }
         }
@@ -289,7 +302,7 @@ fn check(ops: &[Op]) -> Result<(), String> {
 fn seeds() -> Vec<u64> {
     match std::env::var("COREKV_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("COREKV_SIM_SEED is a number")],
-        Err(_) => vec![101, 202, 303, 404],
+        Err(_) => vec![101, 202, 303, 404, 505, 606, 707, 808],
     }
 }
 
@@ -310,7 +323,10 @@ fn random_faults_keep_reads_linearizable_and_acked_writes_durable() {
             ops.len(),
             c.net.dropped
         );
-        assert!(acked > 100 && reads > 100, "seed {seed}: too little progress");
+        assert!(
+            acked > 100 && reads > 100,
+            "seed {seed}: too little progress"
+        );
         if let Err(e) = check(&ops) {
             panic!("seed {seed}: history is not linearizable: {e}");
         }
@@ -337,9 +353,17 @@ fn the_checker_catches_a_stale_read() {
         complete_ms: comp,
         outcome: Outcome::Read(value.map(|(s, v)| (Bytes::copy_from_slice(s.as_bytes()), v))),
     };
-    let good = vec![w("a", 10, 0, 5), w("b", 20, 6, 9), r(Some(("b", 20)), 10, 12)];
+    let good = vec![
+        w("a", 10, 0, 5),
+        w("b", 20, 6, 9),
+        r(Some(("b", 20)), 10, 12),
+    ];
     assert!(check(&good).is_ok());
-    let stale = vec![w("a", 10, 0, 5), w("b", 20, 6, 9), r(Some(("a", 10)), 10, 12)];
+    let stale = vec![
+        w("a", 10, 0, 5),
+        w("b", 20, 6, 9),
+        r(Some(("a", 10)), 10, 12),
+    ];
     assert!(check(&stale).is_err());
     let back = vec![
         w("a", 10, 0, 5),

@@ -27,11 +27,12 @@ fn region(id: u64) -> Region {
 }
 
 fn entry(index: u64, term: u64, size: usize) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = vec![index as u8; size].into();
-    e
+    Entry {
+        index,
+        term,
+        data: vec![index as u8; size].into(),
+        ..Default::default()
+    }
 }
 
 fn open_fresh(dir: &std::path::Path, cache: usize) -> (Db, RegionStorage) {
@@ -108,9 +109,17 @@ fn entries_respect_bounds_and_max_size() {
 fn conflicting_tail_is_replaced_in_memory_and_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let (db, mut s) = open_fresh(dir.path(), 64);
-    append(&db, &mut s, &(6..=20).map(|i| entry(i, 6, 8)).collect::<Vec<_>>());
+    append(
+        &db,
+        &mut s,
+        &(6..=20).map(|i| entry(i, 6, 8)).collect::<Vec<_>>(),
+    );
     // A new leader overwrites from 15 with a shorter log.
-    append(&db, &mut s, &(15..=16).map(|i| entry(i, 7, 8)).collect::<Vec<_>>());
+    append(
+        &db,
+        &mut s,
+        &(15..=16).map(|i| entry(i, 7, 8)).collect::<Vec<_>>(),
+    );
     assert_eq!(s.last_index().unwrap(), 16);
     assert_eq!(s.term(14).unwrap(), 6);
     assert_eq!(s.term(16).unwrap(), 7);
@@ -126,7 +135,13 @@ fn conflicting_tail_is_replaced_in_memory_and_on_disk() {
 fn compaction_moves_first_index_and_keeps_boundary_term() {
     let dir = tempfile::tempdir().unwrap();
     let (db, mut s) = open_fresh(dir.path(), 2);
-    append(&db, &mut s, &(6..=30).map(|i| entry(i, 6 + i / 10, 8)).collect::<Vec<_>>());
+    append(
+        &db,
+        &mut s,
+        &(6..=30)
+            .map(|i| entry(i, 6 + i / 10, 8))
+            .collect::<Vec<_>>(),
+    );
     commit(&db, &mut s, 30);
     s.set_applied(25, s.term(25).unwrap());
     let mut b = ApplyBatch::default();
@@ -134,7 +149,11 @@ fn compaction_moves_first_index_and_keeps_boundary_term() {
     s.persist_apply_state(&mut b.inner);
     db::write(&db, b.take(), false).unwrap();
     assert_eq!(s.first_index().unwrap(), 21);
-    assert_eq!(s.term(20).unwrap(), 8, "term of the truncated index is kept");
+    assert_eq!(
+        s.term(20).unwrap(),
+        8,
+        "term of the truncated index is kept"
+    );
     assert!(is_compacted(s.term(19)));
     assert!(is_compacted(s.entries(20, 22, None, ctx())));
     // Served from RocksDB: the cache holds only 2 applied entries.
@@ -156,7 +175,11 @@ fn compaction_moves_first_index_and_keeps_boundary_term() {
 fn compaction_past_applied_index_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (db, mut s) = open_fresh(dir.path(), 2);
-    append(&db, &mut s, &(6..=10).map(|i| entry(i, 6, 8)).collect::<Vec<_>>());
+    append(
+        &db,
+        &mut s,
+        &(6..=10).map(|i| entry(i, 6, 8)).collect::<Vec<_>>(),
+    );
     let mut b = ApplyBatch::default();
     let _ = s.compact_to(9, &mut b.inner);
 }
@@ -165,7 +188,11 @@ fn compaction_past_applied_index_is_refused() {
 fn snapshot_boundaries_and_install() {
     let dir = tempfile::tempdir().unwrap();
     let (db, mut s) = open_fresh(dir.path(), 8);
-    append(&db, &mut s, &(6..=12).map(|i| entry(i, 6, 8)).collect::<Vec<_>>());
+    append(
+        &db,
+        &mut s,
+        &(6..=12).map(|i| entry(i, 6, 8)).collect::<Vec<_>>(),
+    );
     commit(&db, &mut s, 12);
     s.set_applied(12, 6);
     let mut b = ApplyBatch::default();
@@ -177,13 +204,19 @@ fn snapshot_boundaries_and_install() {
     assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
     assert!(matches!(
         s.snapshot(13, 2),
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable
+        ))
     ));
 
     // Install it on another node's storage that has a divergent log.
     let dir2 = tempfile::tempdir().unwrap();
     let (db2, mut s2) = open_fresh(dir2.path(), 8);
-    append(&db2, &mut s2, &(6..=8).map(|i| entry(i, 5, 8)).collect::<Vec<_>>());
+    append(
+        &db2,
+        &mut s2,
+        &(6..=8).map(|i| entry(i, 5, 8)).collect::<Vec<_>>(),
+    );
     let mut b = LogBatch::default();
     let r = s2.apply_snapshot(&snap, &mut b).unwrap();
     assert_eq!(r.id, 1);
@@ -195,7 +228,10 @@ fn snapshot_boundaries_and_install() {
     assert_eq!(s2.applied_index(), 12);
     drop(s2);
     let s2 = RegionStorage::open(db2, 1, 8).unwrap();
-    assert_eq!((s2.first_index().unwrap(), s2.last_index().unwrap()), (13, 12));
+    assert_eq!(
+        (s2.first_index().unwrap(), s2.last_index().unwrap()),
+        (13, 12)
+    );
 }
 
 #[test]
@@ -203,11 +239,17 @@ fn restart_recovers_hard_state_and_log_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (db, mut s) = open_fresh(dir.path(), 4);
-        append(&db, &mut s, &(6..=40).map(|i| entry(i, 9, 32)).collect::<Vec<_>>());
-        let mut hs = HardState::default();
-        hs.term = 9;
-        hs.vote = 2;
-        hs.commit = 33;
+        append(
+            &db,
+            &mut s,
+            &(6..=40).map(|i| entry(i, 9, 32)).collect::<Vec<_>>(),
+        );
+        let hs = HardState {
+            term: 9,
+            vote: 2,
+            commit: 33,
+            ..Default::default()
+        };
         let mut b = LogBatch::default();
         s.set_hard_state(hs, &mut b);
         assert!(b.must_sync, "a vote change must be synced");
@@ -239,8 +281,11 @@ fn many_regions_share_one_batch() {
     let mut batch = LogBatch::default();
     for (i, s) in stores.iter_mut().enumerate() {
         let n = 2 + i as u64;
-        s.append(&(6..6 + n).map(|x| entry(x, 6, 4)).collect::<Vec<_>>(), &mut batch)
-            .unwrap();
+        s.append(
+            &(6..6 + n).map(|x| entry(x, 6, 4)).collect::<Vec<_>>(),
+            &mut batch,
+        )
+        .unwrap();
     }
     assert_eq!(batch.entries, 2 + 3 + 4);
     db::write(&db, batch.inner, true).unwrap();

@@ -21,6 +21,16 @@ use crate::region::{Epoch, PeerMeta, PeerRole, Region};
 use crate::replicas::{bootstrap_regions, RaftEnvelope, Replicas, Round};
 use crate::value::ValueRecord;
 
+/// Where in a round a planned crash strikes (see
+/// [`SimCluster::crash_in_next_apply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After the round was collected, before anything of it is written.
+    BeforeWrites,
+    /// After the apply batch was written, before the log batch.
+    AfterApplyWrite,
+}
+
 /// Unix time (ms) that simulated time 0 maps to.
 pub const WALL_BASE_MS: u64 = 1_700_000_000_000;
 
@@ -67,6 +77,7 @@ pub struct SimCluster {
     now_ms: u64,
     next_id: u64,
     replies: HashMap<u64, Reply>,
+    crash_plan: Option<(u64, CrashPoint)>,
     logger: slog::Logger,
 }
 
@@ -119,7 +130,8 @@ impl SimCluster {
             now_ms: 0,
             next_id: 1,
             replies: HashMap::new(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            crash_plan: None,
+            logger: super::log::logger(),
         };
         for &n in &all_nodes {
             let db = db::open(&c.node_dir(n), &db_config())?;
@@ -195,13 +207,26 @@ impl SimCluster {
 
     /// Stops `node` at once (its RocksDB is closed; messages to it are lost).
     pub fn crash(&mut self, node: u64) {
+        slog::info!(self.logger, "SIM crash node {node} at {} ms", self.now_ms);
         self.nodes.remove(&node);
         self.net.forget_node(node);
+    }
+
+    /// Crashes `node` in the middle of its next round that applies entries,
+    /// at `point`.
+    pub fn crash_in_next_apply(&mut self, node: u64, point: CrashPoint) {
+        self.crash_plan = Some((node, point));
+    }
+
+    /// True while a planned crash has not struck yet.
+    pub fn crash_pending(&self) -> bool {
+        self.crash_plan.is_some()
     }
 
     /// Starts a crashed `node` again from its data directory.
     pub fn restart(&mut self, node: u64) -> Result<()> {
         assert!(!self.is_up(node), "node {node} is running");
+        slog::info!(self.logger, "SIM restart node {node} at {} ms", self.now_ms);
         self.start(node)
     }
 
@@ -220,6 +245,16 @@ impl SimCluster {
             })
             .max()
             .map(|(_, n)| n)
+    }
+
+    /// Every node whose replica of `region` believes it leads (a deposed
+    /// leader that has not heard of its successor included).
+    pub fn leaders(&self, region: u64) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.replicas.peer(region).is_some_and(|p| p.is_leader()))
+            .map(|(&n, _)| n)
+            .collect()
     }
 
     /// Advances time by one tick: deliver due messages, tick every replica,
@@ -282,6 +317,11 @@ impl SimCluster {
                 }
             }
             self.collect_replies(replies);
+            for (env, delivered) in self.net.take_snapshot_reports() {
+                if let Some(node) = self.nodes.get_mut(&env.from_node) {
+                    node.replicas.report_delivery(&env, delivered);
+                }
+            }
             let ids: Vec<u64> = self.nodes.keys().copied().collect();
             for id in ids {
                 moved |= self.round(id)?;
@@ -297,7 +337,9 @@ impl SimCluster {
     fn round(&mut self, node: u64) -> Result<bool> {
         let wall = self.wall_ms();
         let now = self.now_ms;
-        let n = self.nodes.get_mut(&node).expect("live node");
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return Ok(false);
+        };
         let mut round = Round::default();
         n.replicas.collect(&mut round)?;
         let Round {
@@ -307,11 +349,27 @@ impl SimCluster {
             mut replies,
             persist,
         } = round;
-        let produced =
-            !(log.is_empty() && apply.is_empty() && messages.is_empty() && persist.is_empty())
-                || !replies.is_empty();
+        let produced = !(log.is_empty()
+            && apply.is_empty()
+            && messages.is_empty()
+            && persist.is_empty()
+            && replies.is_empty());
+        let crash = match self.crash_plan {
+            Some((victim, point)) if victim == node && !apply.is_empty() => Some(point),
+            _ => None,
+        };
+        if crash == Some(CrashPoint::BeforeWrites) {
+            self.crash_plan = None;
+            self.crash(node);
+            return Ok(true);
+        }
         if !apply.is_empty() {
             db::write(&n.db, apply.take(), false)?;
+        }
+        if crash == Some(CrashPoint::AfterApplyWrite) {
+            self.crash_plan = None;
+            self.crash(node);
+            return Ok(true);
         }
         let mut outbox: Vec<RaftEnvelope> = messages;
         if !log.is_empty() {

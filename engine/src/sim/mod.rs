@@ -9,7 +9,8 @@
 //! serve reads.
 
 mod cluster;
+mod log;
 mod network;
 
-pub use cluster::{SimCluster, SimOptions};
+pub use cluster::{CrashPoint, SimCluster, SimOptions};
 pub use network::{Filters, SimNetwork};

@@ -50,6 +50,13 @@ pub struct SimNetwork {
     pub dropped: u64,
     /// Messages delivered so far.
     pub delivered: u64,
+    /// Snapshot messages whose fate the sender has not been told yet:
+    /// (message, delivered).
+    snapshot_reports: Vec<(RaftEnvelope, bool)>,
+}
+
+fn is_snapshot(env: &RaftEnvelope) -> bool {
+    env.message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
 }
 
 impl SimNetwork {
@@ -59,6 +66,9 @@ impl SimNetwork {
             || (self.filters.drop_rate > 0.0 && rng.gen_bool(self.filters.drop_rate.min(1.0)))
         {
             self.dropped += 1;
+            if is_snapshot(&env) {
+                self.snapshot_reports.push((env, false));
+            }
             return;
         }
         let (lo, hi) = self.filters.delay_ms;
@@ -74,7 +84,11 @@ impl SimNetwork {
         let due = std::mem::replace(&mut self.in_flight, later);
         let mut out = Vec::with_capacity(due.len());
         for (_, env) in due {
-            if self.filters.connected(env.from_node, env.to_node) {
+            let connected = self.filters.connected(env.from_node, env.to_node);
+            if is_snapshot(&env) {
+                self.snapshot_reports.push((env.clone(), connected));
+            }
+            if connected {
                 self.delivered += 1;
                 out.push(env);
             } else {
@@ -84,6 +98,11 @@ impl SimNetwork {
         out
     }
 
+    /// Takes the snapshot deliveries and losses to report to their senders.
+    pub fn take_snapshot_reports(&mut self) -> Vec<(RaftEnvelope, bool)> {
+        std::mem::take(&mut self.snapshot_reports)
+    }
+
     /// Messages in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
@@ -91,6 +110,14 @@ impl SimNetwork {
 
     /// Loses every message in flight to or from `node` (it crashed).
     pub fn forget_node(&mut self, node: u64) {
+        let lost: Vec<RaftEnvelope> = self
+            .in_flight
+            .values()
+            .filter(|e| (e.from_node == node || e.to_node == node) && is_snapshot(e))
+            .cloned()
+            .collect();
+        self.snapshot_reports
+            .extend(lost.into_iter().map(|e| (e, false)));
         self.in_flight
             .retain(|_, e| e.from_node != node && e.to_node != node);
     }
