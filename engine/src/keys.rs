@@ -9,6 +9,7 @@
 //! | `meta` | `0x01 region_id` | [`crate::state::RegionLocalState`] |
 //! | `meta` | `0x02 region_id` | [`crate::state::ApplyState`] |
 //! | `meta` | `0x03` | [`crate::state::StoreIdent`] |
+//! | `meta` | `0x04 region_id` | shard owning the region (u32, node runtime) |
 //! | `data` | `route_hash key` | [`crate::value::ValueRecord`] |
 //!
 //! Data keys are ordered by routing hash, so a region's data is one contiguous
@@ -28,6 +29,7 @@ const RAFT_HARD_STATE: u8 = 0x02;
 const META_REGION: u8 = 0x01;
 const META_APPLY: u8 = 0x02;
 const META_IDENT: u8 = 0x03;
+const META_PLACEMENT: u8 = 0x04;
 
 fn region_key(tag: u8, region_id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -77,6 +79,11 @@ pub fn apply_state_key(region_id: u64) -> [u8; 9] {
 /// Key of the node identity.
 pub fn store_ident_key() -> [u8; 1] {
     [META_IDENT]
+}
+
+/// Key of the shard placement of `region_id` (written by the node runtime).
+pub fn placement_key(region_id: u64) -> [u8; 9] {
+    region_key(META_PLACEMENT, region_id)
 }
 
 /// Key of a user key in the data CF.

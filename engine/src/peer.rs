@@ -255,6 +255,15 @@ impl Peer {
         self.region.peer(leader).map(|p| p.node_id)
     }
 
+    /// True when this replica leads and `peer_id`'s log matches its own up to
+    /// the last index (a leader transfer to it would be quick).
+    pub fn is_caught_up(&self, peer_id: u64) -> bool {
+        self.is_leader()
+            && self.raw.raft.prs().get(peer_id).is_some_and(|pr| {
+                pr.matched == self.raw.raft.raft_log.last_index() && pr.recent_active
+            })
+    }
+
     /// Proposals waiting for apply.
     pub fn proposals_pending(&self) -> usize {
         self.proposals.len()

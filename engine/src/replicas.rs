@@ -232,6 +232,11 @@ impl Replicas {
         Ok(())
     }
 
+    /// Drops every replica (the owner stopped).
+    pub fn close(&mut self) {
+        self.peers.clear();
+    }
+
     /// True if any replica has output waiting.
     pub fn has_ready(&self) -> bool {
         self.peers.values().any(|p| p.has_ready())

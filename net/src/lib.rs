@@ -1,8 +1,25 @@
-//! corekv wire formats, raft transport and client library (not built yet; see
-//! the README status table).
+//! corekv wire formats, the raft transport codec and the native client.
 //!
 //! # Layout
-//! - `schema/*.fbs` and `generated`: the flatbuffers client protocol.
-//! - `frame`: length-prefixed framing.
-//! - `transport`: raft messages between nodes over io_uring TCP.
-//! - `client`: the native client with its region cache and retries.
+//! - `wire`: the generated flatbuffers code of `schema/corekv.fbs`.
+//! - `frame`: length-prefixed framing and stream reassembly.
+//! - `message`: client-protocol messages as Rust values; encode and decode.
+//! - `peer_codec`: frames of the raft transport between nodes.
+//! - `client`: the blocking native client (region cache, leader hints, retries).
+//! - `listen`: listening sockets shared by a node's shards, and the check that
+//!   no other process holds the port.
+//! - `server`: a shard's client listener (glommio): connections, hello, limits.
+//! - `transport`: a shard's raft transport (glommio): links with backoff and
+//!   bounded queues, and the peer acceptor.
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod frame;
+pub mod listen;
+pub mod message;
+pub mod peer_codec;
+pub mod server;
+pub mod transport;
+pub mod wire;
+
+pub use client::{Client, ClientConfig, ClientError, PutOptions, Value};

@@ -1,9 +1,23 @@
-//! corekv node runtime (not built yet; see the README status table).
+//! corekv node runtime.
 //!
 //! # Layout
-//! - `config`: node settings from flags or `node.toml`, validated.
-//! - `shard`: one pinned glommio executor running the round of DESIGN §5 over
-//!   its region replicas.
+//! - `config`: `corekv-server` flags and TOML file, validated into `NodeConfig`.
+//! - `bootstrap`: the initial region layout, node identity, region → shard
+//!   placement (persisted) and the `Router`.
+//! - `node`: state shared by a node's shards (router, leaders, log writer queue).
 //! - `log_writer`: the node-wide group commit of every shard's log batch.
-//! - `placement`: which shard owns which region, persisted.
+//! - `shard`: one pinned glommio executor running rounds over its regions.
+//! - `wake`: the wake-up signal of a shard's round loop.
+//! - `raft_log`: raft-rs logs into `tracing`.
+//! - `server`: start (memlock, ports, executors) and clean shutdown.
 //! - `bin/corekv-server`: the server binary.
+#![deny(missing_docs)]
+
+pub mod bootstrap;
+pub mod config;
+pub mod log_writer;
+pub mod node;
+pub mod raft_log;
+pub mod server;
+pub mod shard;
+pub mod wake;

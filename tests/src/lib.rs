@@ -1,6 +1,198 @@
-//! Black-box tests of real corekv clusters (not built yet; see the README
-//! status table). Engine-level cluster tests live in `engine/tests/`.
+//! Black-box tests of real corekv clusters: `corekv-server` processes on
+//! 127.0.0.1, driven through the native client and raw protocol frames.
 //!
 //! # Layout
-//! - `cluster`: starting and stopping `corekv-server` processes on loopback.
-//! - `tests/*.rs`: multi-node, fault-injection and linearizability tests.
+//! - this file: [`TestCluster`] (ports, data directories, process cleanup,
+//!   one cluster at a time per test binary) and raw-protocol helpers.
+//! - `tests/*.rs`: the tests.
+#![deny(missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use corekv_net::frame::FrameBuffer;
+use corekv_net::message::{decode_frame, encode_hello, encode_requests, Frame, Request};
+use corekv_net::{Client, ClientConfig};
+use corekv_tools::dev::{server_binary, DevOptions, LocalCluster};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT_BASE: AtomicU16 = AtomicU16::new(0);
+
+/// A cluster of real processes for one test. Dropping it kills every process
+/// and removes its data.
+pub struct TestCluster {
+    /// The processes.
+    pub cluster: LocalCluster,
+    _dir: tempfile::TempDir,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn ports_free(base: u16, nodes: u16) -> bool {
+    (1..=nodes).all(|i| {
+        [base + i, base + 100 + i]
+            .iter()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+    })
+}
+
+fn pick_base(nodes: u16) -> u16 {
+    // Spread test binaries over 20000..60000 by pid, then probe.
+    let _ = NEXT_BASE.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 200) as u16 * 200,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let base = NEXT_BASE.fetch_add(200, Ordering::SeqCst);
+        let base = if base > 59_000 {
+            20_000 + base % 39_000
+        } else {
+            base
+        };
+        if ports_free(base, nodes) {
+            return base;
+        }
+    }
+}
+
+impl TestCluster {
+    /// Starts `nodes` servers with `shards` shards each and waits until every
+    /// region has a leader.
+    pub fn start(nodes: u64, shards: usize, extra: &[&str]) -> TestCluster {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            server_binary().is_file(),
+            "{} not built: run the tests with `cargo test --release --workspace`",
+            server_binary().display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let base = pick_base(nodes as u16);
+        let cluster = LocalCluster::start(DevOptions {
+            nodes,
+            base_port: base,
+            data_dir: dir.path().to_path_buf(),
+            shards: Some(shards),
+            regions: Some(8),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        })
+        .unwrap();
+        let mut t = TestCluster {
+            cluster,
+            _dir: dir,
+            _serial: serial,
+        };
+        t.must_be_ready(Duration::from_secs(30));
+        t
+    }
+
+    /// Waits until every running node sees a leader for every region.
+    pub fn must_be_ready(&mut self, timeout: Duration) -> Duration {
+        self.cluster
+            .wait_ready(timeout)
+            .unwrap_or_else(|e| panic!("cluster not ready: {e:#}"))
+    }
+
+    /// Client endpoints.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.cluster
+            .nodes
+            .iter()
+            .map(|n| n.client_addr.clone())
+            .collect()
+    }
+
+    /// A client of the whole cluster.
+    pub fn client(&self) -> Client {
+        Client::connect(ClientConfig::new(self.endpoints())).unwrap()
+    }
+
+    /// A client that only knows node `index`.
+    pub fn client_of(&self, index: usize) -> Client {
+        Client::connect(ClientConfig::new(vec![self.cluster.nodes[index]
+            .client_addr
+            .clone()]))
+        .unwrap()
+    }
+}
+
+/// A raw protocol connection, for tests that speak frames directly.
+pub struct RawConn {
+    /// The socket.
+    pub stream: TcpStream,
+    frames: FrameBuffer,
+}
+
+impl RawConn {
+    /// Connects and exchanges hellos.
+    pub fn connect(addr: &str) -> RawConn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut c = RawConn {
+            stream,
+            frames: FrameBuffer::new(64 << 20),
+        };
+        c.stream.write_all(&encode_hello(0, 0, &[])).unwrap();
+        match c.read_frame() {
+            Some(Frame::Hello { .. }) => c,
+            other => panic!("expected hello, got {other:?}"),
+        }
+    }
+
+    /// Connects without the hello.
+    pub fn connect_bare(addr: &str) -> RawConn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        RawConn {
+            stream,
+            frames: FrameBuffer::new(64 << 20),
+        }
+    }
+
+    /// Sends requests.
+    pub fn send(&mut self, reqs: &[Request]) {
+        self.stream.write_all(&encode_requests(reqs)).unwrap();
+    }
+
+    /// Reads the next frame; `None` if the server closed the connection (or
+    /// nothing came within the read timeout).
+    pub fn read_frame(&mut self) -> Option<Frame> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(body) = self.frames.next_frame().ok()? {
+                return Some(decode_frame(body).expect("server frames decode"));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            let spare = self.frames.spare(64 * 1024);
+            match self.stream.read(spare) {
+                Ok(0) | Err(_) => {
+                    self.frames.filled(64 * 1024, 0);
+                    return None;
+                }
+                Ok(n) => self.frames.filled(64 * 1024, n),
+            }
+        }
+    }
+}
+
+/// One key per region of `client`'s routing table (found by trying names).
+pub fn key_per_region(client: &Client) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for r in client.routes() {
+        let key = (0..)
+            .map(|i| format!("probe-{i}"))
+            .find(|k| r.region.contains(corekv_engine::route_hash(k.as_bytes())))
+            .unwrap();
+        out.push((r.region.id, key));
+    }
+    out
+}

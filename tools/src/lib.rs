@@ -1,5 +1,9 @@
-//! corekv command-line tools (not built yet; see the README status table).
+//! corekv command-line tools.
 //!
 //! # Layout
-//! - `bin/corekv`: get/put/del/incr/watch, `ctl` (regions, split, balance,
-//!   status) and `dev` (a local cluster on loopback).
+//! - `dev`: starts a local cluster of `corekv-server` processes on loopback
+//!   and stops it cleanly (the `corekv dev` command).
+//! - `bin/corekv`: the CLI: put/get/del/incr and `dev`.
+#![deny(missing_docs)]
+
+pub mod dev;

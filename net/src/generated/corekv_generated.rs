@@ -2,3225 +2,3972 @@
 // @generated
 extern crate alloc;
 
-
 #[allow(unused_imports, dead_code)]
 pub mod corekv {
 
-#[allow(unused_imports, dead_code)]
-pub mod wire {
-
-
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_CONSISTENCY: u8 = 0;
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_CONSISTENCY: u8 = 2;
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-#[allow(non_camel_case_types)]
-pub const ENUM_VALUES_CONSISTENCY: [Consistency; 3] = [
-  Consistency::Linearizable,
-  Consistency::Lease,
-  Consistency::Stale,
-];
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[repr(transparent)]
-pub struct Consistency(pub u8);
-#[allow(non_upper_case_globals)]
-impl Consistency {
-  pub const Linearizable: Self = Self(0);
-  pub const Lease: Self = Self(1);
-  pub const Stale: Self = Self(2);
-
-  pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 2;
-  pub const ENUM_VALUES: &'static [Self] = &[
-    Self::Linearizable,
-    Self::Lease,
-    Self::Stale,
-  ];
-  /// Returns the variant's name or "" if unknown.
-  pub fn variant_name(self) -> Option<&'static str> {
-    match self {
-      Self::Linearizable => Some("Linearizable"),
-      Self::Lease => Some("Lease"),
-      Self::Stale => Some("Stale"),
-      _ => None,
-    }
-  }
-}
-impl ::core::fmt::Debug for Consistency {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
-    if let Some(name) = self.variant_name() {
-      f.write_str(name)
-    } else {
-      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
-    }
-  }
-}
-impl<'a> ::flatbuffers::Follow<'a> for Consistency {
-  type Inner = Self;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
-    Self(b)
-  }
-}
-
-impl ::flatbuffers::Push for Consistency {
-    type Output = Consistency;
-    #[inline]
-    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
-    }
-}
-
-impl ::flatbuffers::EndianScalar for Consistency {
-  type Scalar = u8;
-  #[inline]
-  fn to_little_endian(self) -> u8 {
-    self.0.to_le()
-  }
-  #[inline]
-  #[allow(clippy::wrong_self_convention)]
-  fn from_little_endian(v: u8) -> Self {
-    let b = u8::from_le(v);
-    Self(b)
-  }
-}
-
-impl<'a> ::flatbuffers::Verifiable for Consistency {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    u8::run_verifier(v, pos)
-  }
-}
-
-impl ::flatbuffers::SimpleToVerifyInSlice for Consistency {}
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_ERROR_CODE: u16 = 0;
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 100;
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-#[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 16] = [
-  ErrorCode::None,
-  ErrorCode::NotLeader,
-  ErrorCode::EpochNotMatch,
-  ErrorCode::RegionNotFound,
-  ErrorCode::KeyTooLarge,
-  ErrorCode::ValueTooLarge,
-  ErrorCode::InvalidRequest,
-  ErrorCode::Busy,
-  ErrorCode::ProposalDropped,
-  ErrorCode::Timeout,
-  ErrorCode::ConditionFailed,
-  ErrorCode::NotANumber,
-  ErrorCode::BadFrame,
-  ErrorCode::UnsupportedVersion,
-  ErrorCode::ShuttingDown,
-  ErrorCode::Internal,
-];
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[repr(transparent)]
-pub struct ErrorCode(pub u16);
-#[allow(non_upper_case_globals)]
-impl ErrorCode {
-  pub const None: Self = Self(0);
-  pub const NotLeader: Self = Self(1);
-  pub const EpochNotMatch: Self = Self(2);
-  pub const RegionNotFound: Self = Self(3);
-  pub const KeyTooLarge: Self = Self(4);
-  pub const ValueTooLarge: Self = Self(5);
-  pub const InvalidRequest: Self = Self(6);
-  pub const Busy: Self = Self(7);
-  pub const ProposalDropped: Self = Self(8);
-  pub const Timeout: Self = Self(9);
-  pub const ConditionFailed: Self = Self(20);
-  pub const NotANumber: Self = Self(21);
-  pub const BadFrame: Self = Self(30);
-  pub const UnsupportedVersion: Self = Self(31);
-  pub const ShuttingDown: Self = Self(32);
-  pub const Internal: Self = Self(100);
-
-  pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 100;
-  pub const ENUM_VALUES: &'static [Self] = &[
-    Self::None,
-    Self::NotLeader,
-    Self::EpochNotMatch,
-    Self::RegionNotFound,
-    Self::KeyTooLarge,
-    Self::ValueTooLarge,
-    Self::InvalidRequest,
-    Self::Busy,
-    Self::ProposalDropped,
-    Self::Timeout,
-    Self::ConditionFailed,
-    Self::NotANumber,
-    Self::BadFrame,
-    Self::UnsupportedVersion,
-    Self::ShuttingDown,
-    Self::Internal,
-  ];
-  /// Returns the variant's name or "" if unknown.
-  pub fn variant_name(self) -> Option<&'static str> {
-    match self {
-      Self::None => Some("None"),
-      Self::NotLeader => Some("NotLeader"),
-      Self::EpochNotMatch => Some("EpochNotMatch"),
-      Self::RegionNotFound => Some("RegionNotFound"),
-      Self::KeyTooLarge => Some("KeyTooLarge"),
-      Self::ValueTooLarge => Some("ValueTooLarge"),
-      Self::InvalidRequest => Some("InvalidRequest"),
-      Self::Busy => Some("Busy"),
-      Self::ProposalDropped => Some("ProposalDropped"),
-      Self::Timeout => Some("Timeout"),
-      Self::ConditionFailed => Some("ConditionFailed"),
-      Self::NotANumber => Some("NotANumber"),
-      Self::BadFrame => Some("BadFrame"),
-      Self::UnsupportedVersion => Some("UnsupportedVersion"),
-      Self::ShuttingDown => Some("ShuttingDown"),
-      Self::Internal => Some("Internal"),
-      _ => None,
-    }
-  }
-}
-impl ::core::fmt::Debug for ErrorCode {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
-    if let Some(name) = self.variant_name() {
-      f.write_str(name)
-    } else {
-      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
-    }
-  }
-}
-impl<'a> ::flatbuffers::Follow<'a> for ErrorCode {
-  type Inner = Self;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    let b = unsafe { ::flatbuffers::read_scalar_at::<u16>(buf, loc) };
-    Self(b)
-  }
-}
-
-impl ::flatbuffers::Push for ErrorCode {
-    type Output = ErrorCode;
-    #[inline]
-    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-        unsafe { ::flatbuffers::emplace_scalar::<u16>(dst, self.0) };
-    }
-}
-
-impl ::flatbuffers::EndianScalar for ErrorCode {
-  type Scalar = u16;
-  #[inline]
-  fn to_little_endian(self) -> u16 {
-    self.0.to_le()
-  }
-  #[inline]
-  #[allow(clippy::wrong_self_convention)]
-  fn from_little_endian(v: u16) -> Self {
-    let b = u16::from_le(v);
-    Self(b)
-  }
-}
-
-impl<'a> ::flatbuffers::Verifiable for ErrorCode {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    u16::run_verifier(v, pos)
-  }
-}
-
-impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_OP: u8 = 0;
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 7;
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-#[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 8] = [
-  Op::NONE,
-  Op::Get,
-  Op::Put,
-  Op::Delete,
-  Op::Incr,
-  Op::Cas,
-  Op::BatchPut,
-  Op::Routes,
-];
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[repr(transparent)]
-pub struct Op(pub u8);
-#[allow(non_upper_case_globals)]
-impl Op {
-  pub const NONE: Self = Self(0);
-  pub const Get: Self = Self(1);
-  pub const Put: Self = Self(2);
-  pub const Delete: Self = Self(3);
-  pub const Incr: Self = Self(4);
-  pub const Cas: Self = Self(5);
-  pub const BatchPut: Self = Self(6);
-  pub const Routes: Self = Self(7);
-
-  pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
-  pub const ENUM_VALUES: &'static [Self] = &[
-    Self::NONE,
-    Self::Get,
-    Self::Put,
-    Self::Delete,
-    Self::Incr,
-    Self::Cas,
-    Self::BatchPut,
-    Self::Routes,
-  ];
-  /// Returns the variant's name or "" if unknown.
-  pub fn variant_name(self) -> Option<&'static str> {
-    match self {
-      Self::NONE => Some("NONE"),
-      Self::Get => Some("Get"),
-      Self::Put => Some("Put"),
-      Self::Delete => Some("Delete"),
-      Self::Incr => Some("Incr"),
-      Self::Cas => Some("Cas"),
-      Self::BatchPut => Some("BatchPut"),
-      Self::Routes => Some("Routes"),
-      _ => None,
-    }
-  }
-}
-impl ::core::fmt::Debug for Op {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
-    if let Some(name) = self.variant_name() {
-      f.write_str(name)
-    } else {
-      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
-    }
-  }
-}
-impl<'a> ::flatbuffers::Follow<'a> for Op {
-  type Inner = Self;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
-    Self(b)
-  }
-}
-
-impl ::flatbuffers::Push for Op {
-    type Output = Op;
-    #[inline]
-    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
-    }
-}
-
-impl ::flatbuffers::EndianScalar for Op {
-  type Scalar = u8;
-  #[inline]
-  fn to_little_endian(self) -> u8 {
-    self.0.to_le()
-  }
-  #[inline]
-  #[allow(clippy::wrong_self_convention)]
-  fn from_little_endian(v: u8) -> Self {
-    let b = u8::from_le(v);
-    Self(b)
-  }
-}
-
-impl<'a> ::flatbuffers::Verifiable for Op {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    u8::run_verifier(v, pos)
-  }
-}
-
-impl ::flatbuffers::SimpleToVerifyInSlice for Op {}
-pub struct OpUnionTableOffset {}
-
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_BODY: u8 = 0;
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 4;
-#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-#[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 5] = [
-  Body::NONE,
-  Body::Hello,
-  Body::RequestBatch,
-  Body::ResponseBatch,
-  Body::Error,
-];
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[repr(transparent)]
-pub struct Body(pub u8);
-#[allow(non_upper_case_globals)]
-impl Body {
-  pub const NONE: Self = Self(0);
-  pub const Hello: Self = Self(1);
-  pub const RequestBatch: Self = Self(2);
-  pub const ResponseBatch: Self = Self(3);
-  pub const Error: Self = Self(4);
-
-  pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 4;
-  pub const ENUM_VALUES: &'static [Self] = &[
-    Self::NONE,
-    Self::Hello,
-    Self::RequestBatch,
-    Self::ResponseBatch,
-    Self::Error,
-  ];
-  /// Returns the variant's name or "" if unknown.
-  pub fn variant_name(self) -> Option<&'static str> {
-    match self {
-      Self::NONE => Some("NONE"),
-      Self::Hello => Some("Hello"),
-      Self::RequestBatch => Some("RequestBatch"),
-      Self::ResponseBatch => Some("ResponseBatch"),
-      Self::Error => Some("Error"),
-      _ => None,
-    }
-  }
-}
-impl ::core::fmt::Debug for Body {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
-    if let Some(name) = self.variant_name() {
-      f.write_str(name)
-    } else {
-      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
-    }
-  }
-}
-impl<'a> ::flatbuffers::Follow<'a> for Body {
-  type Inner = Self;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
-    Self(b)
-  }
-}
-
-impl ::flatbuffers::Push for Body {
-    type Output = Body;
-    #[inline]
-    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
-    }
-}
-
-impl ::flatbuffers::EndianScalar for Body {
-  type Scalar = u8;
-  #[inline]
-  fn to_little_endian(self) -> u8 {
-    self.0.to_le()
-  }
-  #[inline]
-  #[allow(clippy::wrong_self_convention)]
-  fn from_little_endian(v: u8) -> Self {
-    let b = u8::from_le(v);
-    Self(b)
-  }
-}
-
-impl<'a> ::flatbuffers::Verifiable for Body {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    u8::run_verifier(v, pos)
-  }
-}
-
-impl ::flatbuffers::SimpleToVerifyInSlice for Body {}
-pub struct BodyUnionTableOffset {}
-
-// struct Epoch, aligned to 8
-#[repr(transparent)]
-#[derive(Clone, Copy, PartialEq)]
-pub struct Epoch(pub [u8; 16]);
-impl Default for Epoch { 
-  fn default() -> Self { 
-    Self([0; 16])
-  }
-}
-impl ::core::fmt::Debug for Epoch {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
-    f.debug_struct("Epoch")
-      .field("conf_ver", &self.conf_ver())
-      .field("version", &self.version())
-      .finish()
-  }
-}
-
-impl ::flatbuffers::SimpleToVerifyInSlice for Epoch {}
-impl<'a> ::flatbuffers::Follow<'a> for Epoch {
-  type Inner = &'a Epoch;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    unsafe { <&'a Epoch>::follow(buf, loc) }
-  }
-}
-impl<'a> ::flatbuffers::Follow<'a> for &'a Epoch {
-  type Inner = &'a Epoch;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    unsafe { ::flatbuffers::follow_cast_ref::<Epoch>(buf, loc) }
-  }
-}
-impl<'b> ::flatbuffers::Push for Epoch {
-    type Output = Epoch;
-    #[inline]
-    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-        let src = unsafe { ::core::slice::from_raw_parts(self as *const Epoch as *const u8, <Self as ::flatbuffers::Push>::size()) };
-        dst.copy_from_slice(src);
-    }
-    #[inline]
-    fn alignment() -> ::flatbuffers::PushAlignment {
-        ::flatbuffers::PushAlignment::new(8)
-    }
-}
-
-impl<'a> ::flatbuffers::Verifiable for Epoch {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.in_buffer::<Self>(pos)
-  }
-}
-
-impl<'a> Epoch {
-  #[allow(clippy::too_many_arguments)]
-  pub fn new(
-    conf_ver: u64,
-    version: u64,
-  ) -> Self {
-    let mut s = Self([0; 16]);
-    s.set_conf_ver(conf_ver);
-    s.set_version(version);
-    s
-  }
-
-  pub fn conf_ver(&self) -> u64 {
-    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
-    // Safety:
-    // Created from a valid Table for this object
-    // Which contains a valid value in this slot
-    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
-      ::core::ptr::copy_nonoverlapping(
-        self.0[0..].as_ptr(),
-        mem.as_mut_ptr() as *mut u8,
-        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
-      );
-      mem.assume_init()
-    })
-  }
-
-  pub fn set_conf_ver(&mut self, x: u64) {
-    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
-    // Safety:
-    // Created from a valid Table for this object
-    // Which contains a valid value in this slot
-    unsafe {
-      ::core::ptr::copy_nonoverlapping(
-        &x_le as *const _ as *const u8,
-        self.0[0..].as_mut_ptr(),
-        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
-      );
-    }
-  }
-
-  pub fn version(&self) -> u64 {
-    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
-    // Safety:
-    // Created from a valid Table for this object
-    // Which contains a valid value in this slot
-    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
-      ::core::ptr::copy_nonoverlapping(
-        self.0[8..].as_ptr(),
-        mem.as_mut_ptr() as *mut u8,
-        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
-      );
-      mem.assume_init()
-    })
-  }
-
-  pub fn set_version(&mut self, x: u64) {
-    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
-    // Safety:
-    // Created from a valid Table for this object
-    // Which contains a valid value in this slot
-    unsafe {
-      ::core::ptr::copy_nonoverlapping(
-        &x_le as *const _ as *const u8,
-        self.0[8..].as_mut_ptr(),
-        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
-      );
-    }
-  }
-
-}
-
-pub enum PeerInfoOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct PeerInfo<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for PeerInfo<'a> {
-  type Inner = PeerInfo<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> PeerInfo<'a> {
-  pub const VT_PEER_ID: ::flatbuffers::VOffsetT = 4;
-  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
-  pub const VT_LEARNER: ::flatbuffers::VOffsetT = 8;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    PeerInfo { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args PeerInfoArgs
-  ) -> ::flatbuffers::WIPOffset<PeerInfo<'bldr>> {
-    let mut builder = PeerInfoBuilder::new(_fbb);
-    builder.add_node_id(args.node_id);
-    builder.add_peer_id(args.peer_id);
-    builder.add_learner(args.learner);
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn peer_id(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(PeerInfo::VT_PEER_ID, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn node_id(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(PeerInfo::VT_NODE_ID, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn learner(&self) -> bool {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(PeerInfo::VT_LEARNER, Some(false)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for PeerInfo<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<u64>("peer_id", Self::VT_PEER_ID, false)?
-     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
-     .visit_field::<bool>("learner", Self::VT_LEARNER, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct PeerInfoArgs {
-    pub peer_id: u64,
-    pub node_id: u64,
-    pub learner: bool,
-}
-impl<'a> Default for PeerInfoArgs {
-  #[inline]
-  fn default() -> Self {
-    PeerInfoArgs {
-      peer_id: 0,
-      node_id: 0,
-      learner: false,
-    }
-  }
-}
-
-pub struct PeerInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PeerInfoBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_peer_id(&mut self, peer_id: u64) {
-    self.fbb_.push_slot::<u64>(PeerInfo::VT_PEER_ID, peer_id, 0);
-  }
-  #[inline]
-  pub fn add_node_id(&mut self, node_id: u64) {
-    self.fbb_.push_slot::<u64>(PeerInfo::VT_NODE_ID, node_id, 0);
-  }
-  #[inline]
-  pub fn add_learner(&mut self, learner: bool) {
-    self.fbb_.push_slot::<bool>(PeerInfo::VT_LEARNER, learner, false);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PeerInfoBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    PeerInfoBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<PeerInfo<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for PeerInfo<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("PeerInfo");
-      ds.field("peer_id", &self.peer_id());
-      ds.field("node_id", &self.node_id());
-      ds.field("learner", &self.learner());
-      ds.finish()
-  }
-}
-pub enum RegionInfoOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct RegionInfo<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for RegionInfo<'a> {
-  type Inner = RegionInfo<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> RegionInfo<'a> {
-  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
-  pub const VT_START_HASH: ::flatbuffers::VOffsetT = 6;
-  pub const VT_END_HASH: ::flatbuffers::VOffsetT = 8;
-  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 10;
-  pub const VT_PEERS: ::flatbuffers::VOffsetT = 12;
-  pub const VT_LEADER_NODE: ::flatbuffers::VOffsetT = 14;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    RegionInfo { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args RegionInfoArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<RegionInfo<'bldr>> {
-    let mut builder = RegionInfoBuilder::new(_fbb);
-    builder.add_leader_node(args.leader_node);
-    builder.add_end_hash(args.end_hash);
-    builder.add_start_hash(args.start_hash);
-    builder.add_id(args.id);
-    if let Some(x) = args.peers { builder.add_peers(x); }
-    if let Some(x) = args.epoch { builder.add_epoch(x); }
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn id(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(RegionInfo::VT_ID, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn start_hash(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(RegionInfo::VT_START_HASH, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn end_hash(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(RegionInfo::VT_END_HASH, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn epoch(&self) -> Option<&'a Epoch> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<Epoch>(RegionInfo::VT_EPOCH, None)}
-  }
-  #[inline]
-  pub fn peers(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerInfo<'a>>>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerInfo>>>>(RegionInfo::VT_PEERS, None)}
-  }
-  #[inline]
-  pub fn leader_node(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(RegionInfo::VT_LEADER_NODE, Some(0)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for RegionInfo<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<u64>("id", Self::VT_ID, false)?
-     .visit_field::<u64>("start_hash", Self::VT_START_HASH, false)?
-     .visit_field::<u64>("end_hash", Self::VT_END_HASH, false)?
-     .visit_field::<Epoch>("epoch", Self::VT_EPOCH, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PeerInfo>>>>("peers", Self::VT_PEERS, false)?
-     .visit_field::<u64>("leader_node", Self::VT_LEADER_NODE, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct RegionInfoArgs<'a> {
-    pub id: u64,
-    pub start_hash: u64,
-    pub end_hash: u64,
-    pub epoch: Option<&'a Epoch>,
-    pub peers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerInfo<'a>>>>>,
-    pub leader_node: u64,
-}
-impl<'a> Default for RegionInfoArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    RegionInfoArgs {
-      id: 0,
-      start_hash: 0,
-      end_hash: 0,
-      epoch: None,
-      peers: None,
-      leader_node: 0,
-    }
-  }
-}
-
-pub struct RegionInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RegionInfoBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_id(&mut self, id: u64) {
-    self.fbb_.push_slot::<u64>(RegionInfo::VT_ID, id, 0);
-  }
-  #[inline]
-  pub fn add_start_hash(&mut self, start_hash: u64) {
-    self.fbb_.push_slot::<u64>(RegionInfo::VT_START_HASH, start_hash, 0);
-  }
-  #[inline]
-  pub fn add_end_hash(&mut self, end_hash: u64) {
-    self.fbb_.push_slot::<u64>(RegionInfo::VT_END_HASH, end_hash, 0);
-  }
-  #[inline]
-  pub fn add_epoch(&mut self, epoch: &Epoch) {
-    self.fbb_.push_slot_always::<&Epoch>(RegionInfo::VT_EPOCH, epoch);
-  }
-  #[inline]
-  pub fn add_peers(&mut self, peers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PeerInfo<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RegionInfo::VT_PEERS, peers);
-  }
-  #[inline]
-  pub fn add_leader_node(&mut self, leader_node: u64) {
-    self.fbb_.push_slot::<u64>(RegionInfo::VT_LEADER_NODE, leader_node, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RegionInfoBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    RegionInfoBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<RegionInfo<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for RegionInfo<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("RegionInfo");
-      ds.field("id", &self.id());
-      ds.field("start_hash", &self.start_hash());
-      ds.field("end_hash", &self.end_hash());
-      ds.field("epoch", &self.epoch());
-      ds.field("peers", &self.peers());
-      ds.field("leader_node", &self.leader_node());
-      ds.finish()
-  }
-}
-pub enum NodeInfoOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct NodeInfo<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for NodeInfo<'a> {
-  type Inner = NodeInfo<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> NodeInfo<'a> {
-  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
-  pub const VT_CLIENT_ADDR: ::flatbuffers::VOffsetT = 6;
-  pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 8;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    NodeInfo { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args NodeInfoArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<NodeInfo<'bldr>> {
-    let mut builder = NodeInfoBuilder::new(_fbb);
-    builder.add_node_id(args.node_id);
-    builder.add_shard_count(args.shard_count);
-    if let Some(x) = args.client_addr { builder.add_client_addr(x); }
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn node_id(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(NodeInfo::VT_NODE_ID, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn client_addr(&self) -> Option<&'a str> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeInfo::VT_CLIENT_ADDR, None)}
-  }
-  #[inline]
-  pub fn shard_count(&self) -> u32 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(NodeInfo::VT_SHARD_COUNT, Some(0)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for NodeInfo<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_addr", Self::VT_CLIENT_ADDR, false)?
-     .visit_field::<u32>("shard_count", Self::VT_SHARD_COUNT, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct NodeInfoArgs<'a> {
-    pub node_id: u64,
-    pub client_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
-    pub shard_count: u32,
-}
-impl<'a> Default for NodeInfoArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    NodeInfoArgs {
-      node_id: 0,
-      client_addr: None,
-      shard_count: 0,
-    }
-  }
-}
-
-pub struct NodeInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeInfoBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_node_id(&mut self, node_id: u64) {
-    self.fbb_.push_slot::<u64>(NodeInfo::VT_NODE_ID, node_id, 0);
-  }
-  #[inline]
-  pub fn add_client_addr(&mut self, client_addr: ::flatbuffers::WIPOffset<&'b  str>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeInfo::VT_CLIENT_ADDR, client_addr);
-  }
-  #[inline]
-  pub fn add_shard_count(&mut self, shard_count: u32) {
-    self.fbb_.push_slot::<u32>(NodeInfo::VT_SHARD_COUNT, shard_count, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeInfoBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    NodeInfoBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<NodeInfo<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for NodeInfo<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("NodeInfo");
-      ds.field("node_id", &self.node_id());
-      ds.field("client_addr", &self.client_addr());
-      ds.field("shard_count", &self.shard_count());
-      ds.finish()
-  }
-}
-pub enum HelloOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct Hello<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
-  type Inner = Hello<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> Hello<'a> {
-  pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
-  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
-  pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 8;
-  pub const VT_SHARD_PORTS: ::flatbuffers::VOffsetT = 10;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Hello { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args HelloArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
-    let mut builder = HelloBuilder::new(_fbb);
-    builder.add_node_id(args.node_id);
-    if let Some(x) = args.shard_ports { builder.add_shard_ports(x); }
-    builder.add_shard_count(args.shard_count);
-    builder.add_protocol_version(args.protocol_version);
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn protocol_version(&self) -> u32 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(Hello::VT_PROTOCOL_VERSION, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn node_id(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Hello::VT_NODE_ID, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn shard_count(&self) -> u32 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(Hello::VT_SHARD_COUNT, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn shard_ports(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(Hello::VT_SHARD_PORTS, None)}
-  }
-}
-
-impl ::flatbuffers::Verifiable for Hello<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
-     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
-     .visit_field::<u32>("shard_count", Self::VT_SHARD_COUNT, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("shard_ports", Self::VT_SHARD_PORTS, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct HelloArgs<'a> {
-    pub protocol_version: u32,
-    pub node_id: u64,
-    pub shard_count: u32,
-    pub shard_ports: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
-}
-impl<'a> Default for HelloArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    HelloArgs {
-      protocol_version: 0,
-      node_id: 0,
-      shard_count: 0,
-      shard_ports: None,
-    }
-  }
-}
-
-pub struct HelloBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_protocol_version(&mut self, protocol_version: u32) {
-    self.fbb_.push_slot::<u32>(Hello::VT_PROTOCOL_VERSION, protocol_version, 0);
-  }
-  #[inline]
-  pub fn add_node_id(&mut self, node_id: u64) {
-    self.fbb_.push_slot::<u64>(Hello::VT_NODE_ID, node_id, 0);
-  }
-  #[inline]
-  pub fn add_shard_count(&mut self, shard_count: u32) {
-    self.fbb_.push_slot::<u32>(Hello::VT_SHARD_COUNT, shard_count, 0);
-  }
-  #[inline]
-  pub fn add_shard_ports(&mut self, shard_ports: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_SHARD_PORTS, shard_ports);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    HelloBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Hello<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for Hello<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Hello");
-      ds.field("protocol_version", &self.protocol_version());
-      ds.field("node_id", &self.node_id());
-      ds.field("shard_count", &self.shard_count());
-      ds.field("shard_ports", &self.shard_ports());
-      ds.finish()
-  }
-}
-pub enum GetOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct Get<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for Get<'a> {
-  type Inner = Get<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> Get<'a> {
-  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-  pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 6;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Get { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args GetArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<Get<'bldr>> {
-    let mut builder = GetBuilder::new(_fbb);
-    if let Some(x) = args.key { builder.add_key(x); }
-    builder.add_consistency(args.consistency);
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Get::VT_KEY, None)}
-  }
-  #[inline]
-  pub fn consistency(&self) -> Consistency {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<Consistency>(Get::VT_CONSISTENCY, Some(Consistency::Linearizable)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for Get<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
-     .visit_field::<Consistency>("consistency", Self::VT_CONSISTENCY, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct GetArgs<'a> {
-    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub consistency: Consistency,
-}
-impl<'a> Default for GetArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    GetArgs {
-      key: None,
-      consistency: Consistency::Linearizable,
-    }
-  }
-}
-
-pub struct GetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Get::VT_KEY, key);
-  }
-  #[inline]
-  pub fn add_consistency(&mut self, consistency: Consistency) {
-    self.fbb_.push_slot::<Consistency>(Get::VT_CONSISTENCY, consistency, Consistency::Linearizable);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    GetBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Get<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for Get<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Get");
-      ds.field("key", &self.key());
-      ds.field("consistency", &self.consistency());
-      ds.finish()
-  }
-}
-pub enum PutOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct Put<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for Put<'a> {
-  type Inner = Put<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> Put<'a> {
-  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
-  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 8;
-  pub const VT_IF_ABSENT: ::flatbuffers::VOffsetT = 10;
-  pub const VT_IF_VERSION: ::flatbuffers::VOffsetT = 12;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Put { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args PutArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<Put<'bldr>> {
-    let mut builder = PutBuilder::new(_fbb);
-    builder.add_if_version(args.if_version);
-    builder.add_ttl_ms(args.ttl_ms);
-    if let Some(x) = args.value { builder.add_value(x); }
-    if let Some(x) = args.key { builder.add_key(x); }
-    builder.add_if_absent(args.if_absent);
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Put::VT_KEY, None)}
-  }
-  #[inline]
-  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Put::VT_VALUE, None)}
-  }
-  #[inline]
-  pub fn ttl_ms(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Put::VT_TTL_MS, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn if_absent(&self) -> bool {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(Put::VT_IF_ABSENT, Some(false)).unwrap()}
-  }
-  #[inline]
-  pub fn if_version(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Put::VT_IF_VERSION, Some(0)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for Put<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
-     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
-     .visit_field::<bool>("if_absent", Self::VT_IF_ABSENT, false)?
-     .visit_field::<u64>("if_version", Self::VT_IF_VERSION, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct PutArgs<'a> {
-    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub ttl_ms: u64,
-    pub if_absent: bool,
-    pub if_version: u64,
-}
-impl<'a> Default for PutArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    PutArgs {
-      key: None,
-      value: None,
-      ttl_ms: 0,
-      if_absent: false,
-      if_version: 0,
-    }
-  }
-}
-
-pub struct PutBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Put::VT_KEY, key);
-  }
-  #[inline]
-  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Put::VT_VALUE, value);
-  }
-  #[inline]
-  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
-    self.fbb_.push_slot::<u64>(Put::VT_TTL_MS, ttl_ms, 0);
-  }
-  #[inline]
-  pub fn add_if_absent(&mut self, if_absent: bool) {
-    self.fbb_.push_slot::<bool>(Put::VT_IF_ABSENT, if_absent, false);
-  }
-  #[inline]
-  pub fn add_if_version(&mut self, if_version: u64) {
-    self.fbb_.push_slot::<u64>(Put::VT_IF_VERSION, if_version, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PutBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    PutBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Put<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for Put<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Put");
-      ds.field("key", &self.key());
-      ds.field("value", &self.value());
-      ds.field("ttl_ms", &self.ttl_ms());
-      ds.field("if_absent", &self.if_absent());
-      ds.field("if_version", &self.if_version());
-      ds.finish()
-  }
-}
-pub enum DeleteOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct Delete<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for Delete<'a> {
-  type Inner = Delete<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> Delete<'a> {
-  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-  pub const VT_IF_VERSION: ::flatbuffers::VOffsetT = 6;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Delete { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args DeleteArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<Delete<'bldr>> {
-    let mut builder = DeleteBuilder::new(_fbb);
-    builder.add_if_version(args.if_version);
-    if let Some(x) = args.key { builder.add_key(x); }
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Delete::VT_KEY, None)}
-  }
-  #[inline]
-  pub fn if_version(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Delete::VT_IF_VERSION, Some(0)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for Delete<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
-     .visit_field::<u64>("if_version", Self::VT_IF_VERSION, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct DeleteArgs<'a> {
-    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub if_version: u64,
-}
-impl<'a> Default for DeleteArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    DeleteArgs {
-      key: None,
-      if_version: 0,
-    }
-  }
-}
-
-pub struct DeleteBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Delete::VT_KEY, key);
-  }
-  #[inline]
-  pub fn add_if_version(&mut self, if_version: u64) {
-    self.fbb_.push_slot::<u64>(Delete::VT_IF_VERSION, if_version, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    DeleteBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Delete<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for Delete<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Delete");
-      ds.field("key", &self.key());
-      ds.field("if_version", &self.if_version());
-      ds.finish()
-  }
-}
-pub enum IncrOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct Incr<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for Incr<'a> {
-  type Inner = Incr<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> Incr<'a> {
-  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-  pub const VT_DELTA: ::flatbuffers::VOffsetT = 6;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Incr { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args IncrArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<Incr<'bldr>> {
-    let mut builder = IncrBuilder::new(_fbb);
-    builder.add_delta(args.delta);
-    if let Some(x) = args.key { builder.add_key(x); }
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Incr::VT_KEY, None)}
-  }
-  #[inline]
-  pub fn delta(&self) -> i64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<i64>(Incr::VT_DELTA, Some(0)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for Incr<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
-     .visit_field::<i64>("delta", Self::VT_DELTA, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct IncrArgs<'a> {
-    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub delta: i64,
-}
-impl<'a> Default for IncrArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    IncrArgs {
-      key: None,
-      delta: 0,
-    }
-  }
-}
-
-pub struct IncrBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> IncrBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Incr::VT_KEY, key);
-  }
-  #[inline]
-  pub fn add_delta(&mut self, delta: i64) {
-    self.fbb_.push_slot::<i64>(Incr::VT_DELTA, delta, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> IncrBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    IncrBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Incr<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for Incr<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Incr");
-      ds.field("key", &self.key());
-      ds.field("delta", &self.delta());
-      ds.finish()
-  }
-}
-pub enum CasOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct Cas<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for Cas<'a> {
-  type Inner = Cas<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> Cas<'a> {
-  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-  pub const VT_EXPECTED: ::flatbuffers::VOffsetT = 6;
-  pub const VT_EXPECT_ABSENT: ::flatbuffers::VOffsetT = 8;
-  pub const VT_VALUE: ::flatbuffers::VOffsetT = 10;
-  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 12;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Cas { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args CasArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<Cas<'bldr>> {
-    let mut builder = CasBuilder::new(_fbb);
-    builder.add_ttl_ms(args.ttl_ms);
-    if let Some(x) = args.value { builder.add_value(x); }
-    if let Some(x) = args.expected { builder.add_expected(x); }
-    if let Some(x) = args.key { builder.add_key(x); }
-    builder.add_expect_absent(args.expect_absent);
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Cas::VT_KEY, None)}
-  }
-  #[inline]
-  pub fn expected(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Cas::VT_EXPECTED, None)}
-  }
-  #[inline]
-  pub fn expect_absent(&self) -> bool {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(Cas::VT_EXPECT_ABSENT, Some(false)).unwrap()}
-  }
-  #[inline]
-  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Cas::VT_VALUE, None)}
-  }
-  #[inline]
-  pub fn ttl_ms(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Cas::VT_TTL_MS, Some(0)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for Cas<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("expected", Self::VT_EXPECTED, false)?
-     .visit_field::<bool>("expect_absent", Self::VT_EXPECT_ABSENT, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
-     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct CasArgs<'a> {
-    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub expected: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub expect_absent: bool,
-    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub ttl_ms: u64,
-}
-impl<'a> Default for CasArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    CasArgs {
-      key: None,
-      expected: None,
-      expect_absent: false,
-      value: None,
-      ttl_ms: 0,
-    }
-  }
-}
-
-pub struct CasBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CasBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Cas::VT_KEY, key);
-  }
-  #[inline]
-  pub fn add_expected(&mut self, expected: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Cas::VT_EXPECTED, expected);
-  }
-  #[inline]
-  pub fn add_expect_absent(&mut self, expect_absent: bool) {
-    self.fbb_.push_slot::<bool>(Cas::VT_EXPECT_ABSENT, expect_absent, false);
-  }
-  #[inline]
-  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Cas::VT_VALUE, value);
-  }
-  #[inline]
-  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
-    self.fbb_.push_slot::<u64>(Cas::VT_TTL_MS, ttl_ms, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CasBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    CasBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Cas<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for Cas<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Cas");
-      ds.field("key", &self.key());
-      ds.field("expected", &self.expected());
-      ds.field("expect_absent", &self.expect_absent());
-      ds.field("value", &self.value());
-      ds.field("ttl_ms", &self.ttl_ms());
-      ds.finish()
-  }
-}
-pub enum KeyValueOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct KeyValue<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for KeyValue<'a> {
-  type Inner = KeyValue<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> KeyValue<'a> {
-  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
-  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 8;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    KeyValue { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args KeyValueArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<KeyValue<'bldr>> {
-    let mut builder = KeyValueBuilder::new(_fbb);
-    builder.add_ttl_ms(args.ttl_ms);
-    if let Some(x) = args.value { builder.add_value(x); }
-    if let Some(x) = args.key { builder.add_key(x); }
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyValue::VT_KEY, None)}
-  }
-  #[inline]
-  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyValue::VT_VALUE, None)}
-  }
-  #[inline]
-  pub fn ttl_ms(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(KeyValue::VT_TTL_MS, Some(0)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for KeyValue<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
-     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct KeyValueArgs<'a> {
-    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub ttl_ms: u64,
-}
-impl<'a> Default for KeyValueArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    KeyValueArgs {
-      key: None,
-      value: None,
-      ttl_ms: 0,
-    }
-  }
-}
-
-pub struct KeyValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyValueBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_KEY, key);
-  }
-  #[inline]
-  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_VALUE, value);
-  }
-  #[inline]
-  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
-    self.fbb_.push_slot::<u64>(KeyValue::VT_TTL_MS, ttl_ms, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyValueBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    KeyValueBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeyValue<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for KeyValue<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("KeyValue");
-      ds.field("key", &self.key());
-      ds.field("value", &self.value());
-      ds.field("ttl_ms", &self.ttl_ms());
-      ds.finish()
-  }
-}
-pub enum BatchPutOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct BatchPut<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for BatchPut<'a> {
-  type Inner = BatchPut<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> BatchPut<'a> {
-  pub const VT_ITEMS: ::flatbuffers::VOffsetT = 4;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    BatchPut { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args BatchPutArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<BatchPut<'bldr>> {
-    let mut builder = BatchPutBuilder::new(_fbb);
-    if let Some(x) = args.items { builder.add_items(x); }
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn items(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue>>>>(BatchPut::VT_ITEMS, None)}
-  }
-}
-
-impl ::flatbuffers::Verifiable for BatchPut<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>>>("items", Self::VT_ITEMS, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct BatchPutArgs<'a> {
-    pub items: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>>,
-}
-impl<'a> Default for BatchPutArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    BatchPutArgs {
-      items: None,
-    }
-  }
-}
-
-pub struct BatchPutBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BatchPutBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_items(&mut self, items: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyValue<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BatchPut::VT_ITEMS, items);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BatchPutBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    BatchPutBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<BatchPut<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for BatchPut<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("BatchPut");
-      ds.field("items", &self.items());
-      ds.finish()
-  }
-}
-pub enum RoutesOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct Routes<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for Routes<'a> {
-  type Inner = Routes<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> Routes<'a> {
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Routes { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    _args: &'args RoutesArgs
-  ) -> ::flatbuffers::WIPOffset<Routes<'bldr>> {
-    let mut builder = RoutesBuilder::new(_fbb);
-    builder.finish()
-  }
-
-}
-
-impl ::flatbuffers::Verifiable for Routes<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct RoutesArgs {
-}
-impl<'a> Default for RoutesArgs {
-  #[inline]
-  fn default() -> Self {
-    RoutesArgs {
-    }
-  }
-}
-
-pub struct RoutesBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RoutesBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RoutesBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    RoutesBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Routes<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for Routes<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Routes");
-      ds.finish()
-  }
-}
-pub enum RequestOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct Request<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for Request<'a> {
-  type Inner = Request<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> Request<'a> {
-  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
-  pub const VT_REGION_ID: ::flatbuffers::VOffsetT = 6;
-  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 8;
-  pub const VT_OP_TYPE: ::flatbuffers::VOffsetT = 10;
-  pub const VT_OP: ::flatbuffers::VOffsetT = 12;
-  pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 14;
-  pub const VT_SEQ: ::flatbuffers::VOffsetT = 16;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Request { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args RequestArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<Request<'bldr>> {
-    let mut builder = RequestBuilder::new(_fbb);
-    builder.add_seq(args.seq);
-    builder.add_client_id(args.client_id);
-    builder.add_region_id(args.region_id);
-    builder.add_id(args.id);
-    if let Some(x) = args.op { builder.add_op(x); }
-    if let Some(x) = args.epoch { builder.add_epoch(x); }
-    builder.add_op_type(args.op_type);
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn id(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Request::VT_ID, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn region_id(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Request::VT_REGION_ID, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn epoch(&self) -> Option<&'a Epoch> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<Epoch>(Request::VT_EPOCH, None)}
-  }
-  #[inline]
-  pub fn op_type(&self) -> Op {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<Op>(Request::VT_OP_TYPE, Some(Op::NONE)).unwrap()}
-  }
-  #[inline]
-  pub fn op(&self) -> Option<::flatbuffers::Table<'a>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(Request::VT_OP, None)}
-  }
-  #[inline]
-  pub fn client_id(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Request::VT_CLIENT_ID, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn seq(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Request::VT_SEQ, Some(0)).unwrap()}
-  }
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn op_as_get(&self) -> Option<Get<'a>> {
-    if self.op_type() == Op::Get {
-      self.op().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { Get::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
-
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn op_as_put(&self) -> Option<Put<'a>> {
-    if self.op_type() == Op::Put {
-      self.op().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { Put::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
-
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn op_as_delete(&self) -> Option<Delete<'a>> {
-    if self.op_type() == Op::Delete {
-      self.op().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { Delete::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
-
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn op_as_incr(&self) -> Option<Incr<'a>> {
-    if self.op_type() == Op::Incr {
-      self.op().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { Incr::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
-
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn op_as_cas(&self) -> Option<Cas<'a>> {
-    if self.op_type() == Op::Cas {
-      self.op().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { Cas::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
-
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn op_as_batch_put(&self) -> Option<BatchPut<'a>> {
-    if self.op_type() == Op::BatchPut {
-      self.op().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { BatchPut::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
-
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn op_as_routes(&self) -> Option<Routes<'a>> {
-    if self.op_type() == Op::Routes {
-      self.op().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { Routes::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
-
-}
-
-impl ::flatbuffers::Verifiable for Request<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<u64>("id", Self::VT_ID, false)?
-     .visit_field::<u64>("region_id", Self::VT_REGION_ID, false)?
-     .visit_field::<Epoch>("epoch", Self::VT_EPOCH, false)?
-     .visit_union::<Op, _>("op_type", Self::VT_OP_TYPE, "op", Self::VT_OP, false, |key, v, pos| {
-        match key {
-          Op::Get => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Get>>("Op::Get", pos),
-          Op::Put => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Put>>("Op::Put", pos),
-          Op::Delete => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Delete>>("Op::Delete", pos),
-          Op::Incr => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Incr>>("Op::Incr", pos),
-          Op::Cas => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Cas>>("Op::Cas", pos),
-          Op::BatchPut => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchPut>>("Op::BatchPut", pos),
-          Op::Routes => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Routes>>("Op::Routes", pos),
-          _ => Ok(()),
+    #[allow(unused_imports, dead_code)]
+    pub mod wire {
+
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_CONSISTENCY: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_CONSISTENCY: u8 = 2;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_CONSISTENCY: [Consistency; 3] = [
+            Consistency::Linearizable,
+            Consistency::Lease,
+            Consistency::Stale,
+        ];
+
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct Consistency(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl Consistency {
+            pub const Linearizable: Self = Self(0);
+            pub const Lease: Self = Self(1);
+            pub const Stale: Self = Self(2);
+
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 2;
+            pub const ENUM_VALUES: &'static [Self] =
+                &[Self::Linearizable, Self::Lease, Self::Stale];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Linearizable => Some("Linearizable"),
+                    Self::Lease => Some("Lease"),
+                    Self::Stale => Some("Stale"),
+                    _ => None,
+                }
+            }
         }
-     })?
-     .visit_field::<u64>("client_id", Self::VT_CLIENT_ID, false)?
-     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct RequestArgs<'a> {
-    pub id: u64,
-    pub region_id: u64,
-    pub epoch: Option<&'a Epoch>,
-    pub op_type: Op,
-    pub op: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
-    pub client_id: u64,
-    pub seq: u64,
-}
-impl<'a> Default for RequestArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    RequestArgs {
-      id: 0,
-      region_id: 0,
-      epoch: None,
-      op_type: Op::NONE,
-      op: None,
-      client_id: 0,
-      seq: 0,
-    }
-  }
-}
+        impl ::core::fmt::Debug for Consistency {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for Consistency {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+                Self(b)
+            }
+        }
 
-pub struct RequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_id(&mut self, id: u64) {
-    self.fbb_.push_slot::<u64>(Request::VT_ID, id, 0);
-  }
-  #[inline]
-  pub fn add_region_id(&mut self, region_id: u64) {
-    self.fbb_.push_slot::<u64>(Request::VT_REGION_ID, region_id, 0);
-  }
-  #[inline]
-  pub fn add_epoch(&mut self, epoch: &Epoch) {
-    self.fbb_.push_slot_always::<&Epoch>(Request::VT_EPOCH, epoch);
-  }
-  #[inline]
-  pub fn add_op_type(&mut self, op_type: Op) {
-    self.fbb_.push_slot::<Op>(Request::VT_OP_TYPE, op_type, Op::NONE);
-  }
-  #[inline]
-  pub fn add_op(&mut self, op: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Request::VT_OP, op);
-  }
-  #[inline]
-  pub fn add_client_id(&mut self, client_id: u64) {
-    self.fbb_.push_slot::<u64>(Request::VT_CLIENT_ID, client_id, 0);
-  }
-  #[inline]
-  pub fn add_seq(&mut self, seq: u64) {
-    self.fbb_.push_slot::<u64>(Request::VT_SEQ, seq, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    RequestBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Request<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
+        impl ::flatbuffers::Push for Consistency {
+            type Output = Consistency;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+            }
+        }
 
-impl ::core::fmt::Debug for Request<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Request");
-      ds.field("id", &self.id());
-      ds.field("region_id", &self.region_id());
-      ds.field("epoch", &self.epoch());
-      ds.field("op_type", &self.op_type());
-      match self.op_type() {
-        Op::Get => {
-          if let Some(x) = self.op_as_get() {
-            ds.field("op", &x)
-          } else {
-            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Op::Put => {
-          if let Some(x) = self.op_as_put() {
-            ds.field("op", &x)
-          } else {
-            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Op::Delete => {
-          if let Some(x) = self.op_as_delete() {
-            ds.field("op", &x)
-          } else {
-            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Op::Incr => {
-          if let Some(x) = self.op_as_incr() {
-            ds.field("op", &x)
-          } else {
-            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Op::Cas => {
-          if let Some(x) = self.op_as_cas() {
-            ds.field("op", &x)
-          } else {
-            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Op::BatchPut => {
-          if let Some(x) = self.op_as_batch_put() {
-            ds.field("op", &x)
-          } else {
-            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Op::Routes => {
-          if let Some(x) = self.op_as_routes() {
-            ds.field("op", &x)
-          } else {
-            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        _ => {
-          let x: Option<()> = None;
-          ds.field("op", &x)
-        },
-      };
-      ds.field("client_id", &self.client_id());
-      ds.field("seq", &self.seq());
-      ds.finish()
-  }
-}
-pub enum ErrorOffset {}
-#[derive(Copy, Clone, PartialEq)]
+        impl ::flatbuffers::EndianScalar for Consistency {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
 
-pub struct Error<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
+        impl<'a> ::flatbuffers::Verifiable for Consistency {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                u8::run_verifier(v, pos)
+            }
+        }
 
-impl<'a> ::flatbuffers::Follow<'a> for Error<'a> {
-  type Inner = Error<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
+        impl ::flatbuffers::SimpleToVerifyInSlice for Consistency {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_ERROR_CODE: u16 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_ERROR_CODE: u16 = 100;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 16] = [
+            ErrorCode::None,
+            ErrorCode::NotLeader,
+            ErrorCode::EpochNotMatch,
+            ErrorCode::RegionNotFound,
+            ErrorCode::KeyTooLarge,
+            ErrorCode::ValueTooLarge,
+            ErrorCode::InvalidRequest,
+            ErrorCode::Busy,
+            ErrorCode::ProposalDropped,
+            ErrorCode::Timeout,
+            ErrorCode::ConditionFailed,
+            ErrorCode::NotANumber,
+            ErrorCode::BadFrame,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Internal,
+        ];
 
-impl<'a> Error<'a> {
-  pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
-  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
-  pub const VT_LEADER_NODE: ::flatbuffers::VOffsetT = 8;
-  pub const VT_REGIONS: ::flatbuffers::VOffsetT = 10;
-  pub const VT_CURRENT_VERSION: ::flatbuffers::VOffsetT = 12;
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct ErrorCode(pub u16);
+        #[allow(non_upper_case_globals)]
+        impl ErrorCode {
+            pub const None: Self = Self(0);
+            pub const NotLeader: Self = Self(1);
+            pub const EpochNotMatch: Self = Self(2);
+            pub const RegionNotFound: Self = Self(3);
+            pub const KeyTooLarge: Self = Self(4);
+            pub const ValueTooLarge: Self = Self(5);
+            pub const InvalidRequest: Self = Self(6);
+            pub const Busy: Self = Self(7);
+            pub const ProposalDropped: Self = Self(8);
+            pub const Timeout: Self = Self(9);
+            pub const ConditionFailed: Self = Self(20);
+            pub const NotANumber: Self = Self(21);
+            pub const BadFrame: Self = Self(30);
+            pub const UnsupportedVersion: Self = Self(31);
+            pub const ShuttingDown: Self = Self(32);
+            pub const Internal: Self = Self(100);
 
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Error { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args ErrorArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
-    let mut builder = ErrorBuilder::new(_fbb);
-    builder.add_current_version(args.current_version);
-    builder.add_leader_node(args.leader_node);
-    if let Some(x) = args.regions { builder.add_regions(x); }
-    if let Some(x) = args.message { builder.add_message(x); }
-    builder.add_code(args.code);
-    builder.finish()
-  }
+            pub const ENUM_MIN: u16 = 0;
+            pub const ENUM_MAX: u16 = 100;
+            pub const ENUM_VALUES: &'static [Self] = &[
+                Self::None,
+                Self::NotLeader,
+                Self::EpochNotMatch,
+                Self::RegionNotFound,
+                Self::KeyTooLarge,
+                Self::ValueTooLarge,
+                Self::InvalidRequest,
+                Self::Busy,
+                Self::ProposalDropped,
+                Self::Timeout,
+                Self::ConditionFailed,
+                Self::NotANumber,
+                Self::BadFrame,
+                Self::UnsupportedVersion,
+                Self::ShuttingDown,
+                Self::Internal,
+            ];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::None => Some("None"),
+                    Self::NotLeader => Some("NotLeader"),
+                    Self::EpochNotMatch => Some("EpochNotMatch"),
+                    Self::RegionNotFound => Some("RegionNotFound"),
+                    Self::KeyTooLarge => Some("KeyTooLarge"),
+                    Self::ValueTooLarge => Some("ValueTooLarge"),
+                    Self::InvalidRequest => Some("InvalidRequest"),
+                    Self::Busy => Some("Busy"),
+                    Self::ProposalDropped => Some("ProposalDropped"),
+                    Self::Timeout => Some("Timeout"),
+                    Self::ConditionFailed => Some("ConditionFailed"),
+                    Self::NotANumber => Some("NotANumber"),
+                    Self::BadFrame => Some("BadFrame"),
+                    Self::UnsupportedVersion => Some("UnsupportedVersion"),
+                    Self::ShuttingDown => Some("ShuttingDown"),
+                    Self::Internal => Some("Internal"),
+                    _ => None,
+                }
+            }
+        }
+        impl ::core::fmt::Debug for ErrorCode {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for ErrorCode {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = unsafe { ::flatbuffers::read_scalar_at::<u16>(buf, loc) };
+                Self(b)
+            }
+        }
 
+        impl ::flatbuffers::Push for ErrorCode {
+            type Output = ErrorCode;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                unsafe { ::flatbuffers::emplace_scalar::<u16>(dst, self.0) };
+            }
+        }
 
-  #[inline]
-  pub fn code(&self) -> ErrorCode {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<ErrorCode>(Error::VT_CODE, Some(ErrorCode::None)).unwrap()}
-  }
-  #[inline]
-  pub fn message(&self) -> Option<&'a str> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Error::VT_MESSAGE, None)}
-  }
-  #[inline]
-  pub fn leader_node(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Error::VT_LEADER_NODE, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn regions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo<'a>>>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo>>>>(Error::VT_REGIONS, None)}
-  }
-  #[inline]
-  pub fn current_version(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Error::VT_CURRENT_VERSION, Some(0)).unwrap()}
-  }
-}
+        impl ::flatbuffers::EndianScalar for ErrorCode {
+            type Scalar = u16;
+            #[inline]
+            fn to_little_endian(self) -> u16 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u16) -> Self {
+                let b = u16::from_le(v);
+                Self(b)
+            }
+        }
 
-impl ::flatbuffers::Verifiable for Error<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
-     .visit_field::<u64>("leader_node", Self::VT_LEADER_NODE, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RegionInfo>>>>("regions", Self::VT_REGIONS, false)?
-     .visit_field::<u64>("current_version", Self::VT_CURRENT_VERSION, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct ErrorArgs<'a> {
-    pub code: ErrorCode,
-    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
-    pub leader_node: u64,
-    pub regions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo<'a>>>>>,
-    pub current_version: u64,
-}
-impl<'a> Default for ErrorArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    ErrorArgs {
-      code: ErrorCode::None,
-      message: None,
-      leader_node: 0,
-      regions: None,
-      current_version: 0,
-    }
-  }
-}
+        impl<'a> ::flatbuffers::Verifiable for ErrorCode {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                u16::run_verifier(v, pos)
+            }
+        }
 
-pub struct ErrorBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_code(&mut self, code: ErrorCode) {
-    self.fbb_.push_slot::<ErrorCode>(Error::VT_CODE, code, ErrorCode::None);
-  }
-  #[inline]
-  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_MESSAGE, message);
-  }
-  #[inline]
-  pub fn add_leader_node(&mut self, leader_node: u64) {
-    self.fbb_.push_slot::<u64>(Error::VT_LEADER_NODE, leader_node, 0);
-  }
-  #[inline]
-  pub fn add_regions(&mut self, regions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<RegionInfo<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_REGIONS, regions);
-  }
-  #[inline]
-  pub fn add_current_version(&mut self, current_version: u64) {
-    self.fbb_.push_slot::<u64>(Error::VT_CURRENT_VERSION, current_version, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    ErrorBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Error<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
+        impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_OP: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_OP: u8 = 7;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_OP: [Op; 8] = [
+            Op::NONE,
+            Op::Get,
+            Op::Put,
+            Op::Delete,
+            Op::Incr,
+            Op::Cas,
+            Op::BatchPut,
+            Op::Routes,
+        ];
 
-impl ::core::fmt::Debug for Error<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Error");
-      ds.field("code", &self.code());
-      ds.field("message", &self.message());
-      ds.field("leader_node", &self.leader_node());
-      ds.field("regions", &self.regions());
-      ds.field("current_version", &self.current_version());
-      ds.finish()
-  }
-}
-pub enum ResponseOffset {}
-#[derive(Copy, Clone, PartialEq)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct Op(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl Op {
+            pub const NONE: Self = Self(0);
+            pub const Get: Self = Self(1);
+            pub const Put: Self = Self(2);
+            pub const Delete: Self = Self(3);
+            pub const Incr: Self = Self(4);
+            pub const Cas: Self = Self(5);
+            pub const BatchPut: Self = Self(6);
+            pub const Routes: Self = Self(7);
 
-pub struct Response<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 7;
+            pub const ENUM_VALUES: &'static [Self] = &[
+                Self::NONE,
+                Self::Get,
+                Self::Put,
+                Self::Delete,
+                Self::Incr,
+                Self::Cas,
+                Self::BatchPut,
+                Self::Routes,
+            ];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::NONE => Some("NONE"),
+                    Self::Get => Some("Get"),
+                    Self::Put => Some("Put"),
+                    Self::Delete => Some("Delete"),
+                    Self::Incr => Some("Incr"),
+                    Self::Cas => Some("Cas"),
+                    Self::BatchPut => Some("BatchPut"),
+                    Self::Routes => Some("Routes"),
+                    _ => None,
+                }
+            }
+        }
+        impl ::core::fmt::Debug for Op {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for Op {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+                Self(b)
+            }
+        }
 
-impl<'a> ::flatbuffers::Follow<'a> for Response<'a> {
-  type Inner = Response<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
+        impl ::flatbuffers::Push for Op {
+            type Output = Op;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+            }
+        }
 
-impl<'a> Response<'a> {
-  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
-  pub const VT_ERROR: ::flatbuffers::VOffsetT = 6;
-  pub const VT_FOUND: ::flatbuffers::VOffsetT = 8;
-  pub const VT_VALUE: ::flatbuffers::VOffsetT = 10;
-  pub const VT_VERSION: ::flatbuffers::VOffsetT = 12;
-  pub const VT_EXPIRE_AT_MS: ::flatbuffers::VOffsetT = 14;
-  pub const VT_EXISTED: ::flatbuffers::VOffsetT = 16;
-  pub const VT_COUNTER: ::flatbuffers::VOffsetT = 18;
-  pub const VT_ROUTES: ::flatbuffers::VOffsetT = 20;
-  pub const VT_NODES: ::flatbuffers::VOffsetT = 22;
+        impl ::flatbuffers::EndianScalar for Op {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
 
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Response { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args ResponseArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<Response<'bldr>> {
-    let mut builder = ResponseBuilder::new(_fbb);
-    builder.add_counter(args.counter);
-    builder.add_expire_at_ms(args.expire_at_ms);
-    builder.add_version(args.version);
-    builder.add_id(args.id);
-    if let Some(x) = args.nodes { builder.add_nodes(x); }
-    if let Some(x) = args.routes { builder.add_routes(x); }
-    if let Some(x) = args.value { builder.add_value(x); }
-    if let Some(x) = args.error { builder.add_error(x); }
-    builder.add_existed(args.existed);
-    builder.add_found(args.found);
-    builder.finish()
-  }
+        impl<'a> ::flatbuffers::Verifiable for Op {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                u8::run_verifier(v, pos)
+            }
+        }
 
+        impl ::flatbuffers::SimpleToVerifyInSlice for Op {}
+        pub struct OpUnionTableOffset {}
 
-  #[inline]
-  pub fn id(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Response::VT_ID, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn error(&self) -> Option<Error<'a>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Error>>(Response::VT_ERROR, None)}
-  }
-  #[inline]
-  pub fn found(&self) -> bool {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(Response::VT_FOUND, Some(false)).unwrap()}
-  }
-  #[inline]
-  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Response::VT_VALUE, None)}
-  }
-  #[inline]
-  pub fn version(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Response::VT_VERSION, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn expire_at_ms(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Response::VT_EXPIRE_AT_MS, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn existed(&self) -> bool {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(Response::VT_EXISTED, Some(false)).unwrap()}
-  }
-  #[inline]
-  pub fn counter(&self) -> i64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<i64>(Response::VT_COUNTER, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn routes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo<'a>>>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo>>>>(Response::VT_ROUTES, None)}
-  }
-  #[inline]
-  pub fn nodes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo<'a>>>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo>>>>(Response::VT_NODES, None)}
-  }
-}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_BODY: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_BODY: u8 = 4;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_BODY: [Body; 5] = [
+            Body::NONE,
+            Body::Hello,
+            Body::RequestBatch,
+            Body::ResponseBatch,
+            Body::Error,
+        ];
 
-impl ::flatbuffers::Verifiable for Response<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<u64>("id", Self::VT_ID, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<Error>>("error", Self::VT_ERROR, false)?
-     .visit_field::<bool>("found", Self::VT_FOUND, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
-     .visit_field::<u64>("version", Self::VT_VERSION, false)?
-     .visit_field::<u64>("expire_at_ms", Self::VT_EXPIRE_AT_MS, false)?
-     .visit_field::<bool>("existed", Self::VT_EXISTED, false)?
-     .visit_field::<i64>("counter", Self::VT_COUNTER, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RegionInfo>>>>("routes", Self::VT_ROUTES, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeInfo>>>>("nodes", Self::VT_NODES, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct ResponseArgs<'a> {
-    pub id: u64,
-    pub error: Option<::flatbuffers::WIPOffset<Error<'a>>>,
-    pub found: bool,
-    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub version: u64,
-    pub expire_at_ms: u64,
-    pub existed: bool,
-    pub counter: i64,
-    pub routes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo<'a>>>>>,
-    pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo<'a>>>>>,
-}
-impl<'a> Default for ResponseArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    ResponseArgs {
-      id: 0,
-      error: None,
-      found: false,
-      value: None,
-      version: 0,
-      expire_at_ms: 0,
-      existed: false,
-      counter: 0,
-      routes: None,
-      nodes: None,
-    }
-  }
-}
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct Body(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl Body {
+            pub const NONE: Self = Self(0);
+            pub const Hello: Self = Self(1);
+            pub const RequestBatch: Self = Self(2);
+            pub const ResponseBatch: Self = Self(3);
+            pub const Error: Self = Self(4);
 
-pub struct ResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResponseBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_id(&mut self, id: u64) {
-    self.fbb_.push_slot::<u64>(Response::VT_ID, id, 0);
-  }
-  #[inline]
-  pub fn add_error(&mut self, error: ::flatbuffers::WIPOffset<Error<'b >>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Error>>(Response::VT_ERROR, error);
-  }
-  #[inline]
-  pub fn add_found(&mut self, found: bool) {
-    self.fbb_.push_slot::<bool>(Response::VT_FOUND, found, false);
-  }
-  #[inline]
-  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_VALUE, value);
-  }
-  #[inline]
-  pub fn add_version(&mut self, version: u64) {
-    self.fbb_.push_slot::<u64>(Response::VT_VERSION, version, 0);
-  }
-  #[inline]
-  pub fn add_expire_at_ms(&mut self, expire_at_ms: u64) {
-    self.fbb_.push_slot::<u64>(Response::VT_EXPIRE_AT_MS, expire_at_ms, 0);
-  }
-  #[inline]
-  pub fn add_existed(&mut self, existed: bool) {
-    self.fbb_.push_slot::<bool>(Response::VT_EXISTED, existed, false);
-  }
-  #[inline]
-  pub fn add_counter(&mut self, counter: i64) {
-    self.fbb_.push_slot::<i64>(Response::VT_COUNTER, counter, 0);
-  }
-  #[inline]
-  pub fn add_routes(&mut self, routes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<RegionInfo<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_ROUTES, routes);
-  }
-  #[inline]
-  pub fn add_nodes(&mut self, nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<NodeInfo<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_NODES, nodes);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResponseBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    ResponseBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Response<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 4;
+            pub const ENUM_VALUES: &'static [Self] = &[
+                Self::NONE,
+                Self::Hello,
+                Self::RequestBatch,
+                Self::ResponseBatch,
+                Self::Error,
+            ];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::NONE => Some("NONE"),
+                    Self::Hello => Some("Hello"),
+                    Self::RequestBatch => Some("RequestBatch"),
+                    Self::ResponseBatch => Some("ResponseBatch"),
+                    Self::Error => Some("Error"),
+                    _ => None,
+                }
+            }
+        }
+        impl ::core::fmt::Debug for Body {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for Body {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+                Self(b)
+            }
+        }
 
-impl ::core::fmt::Debug for Response<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Response");
-      ds.field("id", &self.id());
-      ds.field("error", &self.error());
-      ds.field("found", &self.found());
-      ds.field("value", &self.value());
-      ds.field("version", &self.version());
-      ds.field("expire_at_ms", &self.expire_at_ms());
-      ds.field("existed", &self.existed());
-      ds.field("counter", &self.counter());
-      ds.field("routes", &self.routes());
-      ds.field("nodes", &self.nodes());
-      ds.finish()
-  }
-}
-pub enum RequestBatchOffset {}
-#[derive(Copy, Clone, PartialEq)]
+        impl ::flatbuffers::Push for Body {
+            type Output = Body;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+            }
+        }
 
-pub struct RequestBatch<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
+        impl ::flatbuffers::EndianScalar for Body {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
 
-impl<'a> ::flatbuffers::Follow<'a> for RequestBatch<'a> {
-  type Inner = RequestBatch<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
+        impl<'a> ::flatbuffers::Verifiable for Body {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                u8::run_verifier(v, pos)
+            }
+        }
 
-impl<'a> RequestBatch<'a> {
-  pub const VT_REQUESTS: ::flatbuffers::VOffsetT = 4;
+        impl ::flatbuffers::SimpleToVerifyInSlice for Body {}
+        pub struct BodyUnionTableOffset {}
 
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    RequestBatch { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args RequestBatchArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<RequestBatch<'bldr>> {
-    let mut builder = RequestBatchBuilder::new(_fbb);
-    if let Some(x) = args.requests { builder.add_requests(x); }
-    builder.finish()
-  }
+        // struct Epoch, aligned to 8
+        #[repr(transparent)]
+        #[derive(Clone, Copy, PartialEq)]
+        pub struct Epoch(pub [u8; 16]);
+        impl Default for Epoch {
+            fn default() -> Self {
+                Self([0; 16])
+            }
+        }
+        impl ::core::fmt::Debug for Epoch {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                f.debug_struct("Epoch")
+                    .field("conf_ver", &self.conf_ver())
+                    .field("version", &self.version())
+                    .finish()
+            }
+        }
 
+        impl ::flatbuffers::SimpleToVerifyInSlice for Epoch {}
+        impl<'a> ::flatbuffers::Follow<'a> for Epoch {
+            type Inner = &'a Epoch;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                unsafe { <&'a Epoch>::follow(buf, loc) }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for &'a Epoch {
+            type Inner = &'a Epoch;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                unsafe { ::flatbuffers::follow_cast_ref::<Epoch>(buf, loc) }
+            }
+        }
+        impl<'b> ::flatbuffers::Push for Epoch {
+            type Output = Epoch;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                let src = unsafe {
+                    ::core::slice::from_raw_parts(
+                        self as *const Epoch as *const u8,
+                        <Self as ::flatbuffers::Push>::size(),
+                    )
+                };
+                dst.copy_from_slice(src);
+            }
+            #[inline]
+            fn alignment() -> ::flatbuffers::PushAlignment {
+                ::flatbuffers::PushAlignment::new(8)
+            }
+        }
 
-  #[inline]
-  pub fn requests(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Request<'a>>>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Request>>>>(RequestBatch::VT_REQUESTS, None)}
-  }
-}
+        impl<'a> ::flatbuffers::Verifiable for Epoch {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.in_buffer::<Self>(pos)
+            }
+        }
 
-impl ::flatbuffers::Verifiable for RequestBatch<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Request>>>>("requests", Self::VT_REQUESTS, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct RequestBatchArgs<'a> {
-    pub requests: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Request<'a>>>>>,
-}
-impl<'a> Default for RequestBatchArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    RequestBatchArgs {
-      requests: None,
-    }
-  }
-}
+        impl<'a> Epoch {
+            #[allow(clippy::too_many_arguments)]
+            pub fn new(conf_ver: u64, version: u64) -> Self {
+                let mut s = Self([0; 16]);
+                s.set_conf_ver(conf_ver);
+                s.set_version(version);
+                s
+            }
 
-pub struct RequestBatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestBatchBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_requests(&mut self, requests: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Request<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RequestBatch::VT_REQUESTS, requests);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestBatchBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    RequestBatchBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<RequestBatch<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
+            pub fn conf_ver(&self) -> u64 {
+                let mut mem = ::core::mem::MaybeUninit::<
+                    <u64 as ::flatbuffers::EndianScalar>::Scalar,
+                >::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        self.0[0..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
 
-impl ::core::fmt::Debug for RequestBatch<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("RequestBatch");
-      ds.field("requests", &self.requests());
-      ds.finish()
-  }
-}
-pub enum ResponseBatchOffset {}
-#[derive(Copy, Clone, PartialEq)]
+            pub fn set_conf_ver(&mut self, x: u64) {
+                let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[0..].as_mut_ptr(),
+                        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                }
+            }
 
-pub struct ResponseBatch<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
+            pub fn version(&self) -> u64 {
+                let mut mem = ::core::mem::MaybeUninit::<
+                    <u64 as ::flatbuffers::EndianScalar>::Scalar,
+                >::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        self.0[8..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
 
-impl<'a> ::flatbuffers::Follow<'a> for ResponseBatch<'a> {
-  type Inner = ResponseBatch<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
+            pub fn set_version(&mut self, x: u64) {
+                let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[8..].as_mut_ptr(),
+                        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+        }
 
-impl<'a> ResponseBatch<'a> {
-  pub const VT_RESPONSES: ::flatbuffers::VOffsetT = 4;
+        pub enum PeerInfoOffset {}
+        #[derive(Copy, Clone, PartialEq)]
 
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    ResponseBatch { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args ResponseBatchArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<ResponseBatch<'bldr>> {
-    let mut builder = ResponseBatchBuilder::new(_fbb);
-    if let Some(x) = args.responses { builder.add_responses(x); }
-    builder.finish()
-  }
+        pub struct PeerInfo<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
 
+        impl<'a> ::flatbuffers::Follow<'a> for PeerInfo<'a> {
+            type Inner = PeerInfo<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
 
-  #[inline]
-  pub fn responses(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Response<'a>>>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Response>>>>(ResponseBatch::VT_RESPONSES, None)}
-  }
-}
+        impl<'a> PeerInfo<'a> {
+            pub const VT_PEER_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_LEARNER: ::flatbuffers::VOffsetT = 8;
 
-impl ::flatbuffers::Verifiable for ResponseBatch<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Response>>>>("responses", Self::VT_RESPONSES, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct ResponseBatchArgs<'a> {
-    pub responses: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Response<'a>>>>>,
-}
-impl<'a> Default for ResponseBatchArgs<'a> {
-  #[inline]
-  fn default() -> Self {
-    ResponseBatchArgs {
-      responses: None,
-    }
-  }
-}
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                PeerInfo { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args PeerInfoArgs,
+            ) -> ::flatbuffers::WIPOffset<PeerInfo<'bldr>> {
+                let mut builder = PeerInfoBuilder::new(_fbb);
+                builder.add_node_id(args.node_id);
+                builder.add_peer_id(args.peer_id);
+                builder.add_learner(args.learner);
+                builder.finish()
+            }
 
-pub struct ResponseBatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResponseBatchBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_responses(&mut self, responses: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Response<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResponseBatch::VT_RESPONSES, responses);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResponseBatchBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    ResponseBatchBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<ResponseBatch<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
+            #[inline]
+            pub fn peer_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(PeerInfo::VT_PEER_ID, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn node_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(PeerInfo::VT_NODE_ID, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn learner(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(PeerInfo::VT_LEARNER, Some(false))
+                        .unwrap()
+                }
+            }
+        }
 
-impl ::core::fmt::Debug for ResponseBatch<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("ResponseBatch");
-      ds.field("responses", &self.responses());
-      ds.finish()
-  }
-}
-pub enum FrameOffset {}
-#[derive(Copy, Clone, PartialEq)]
+        impl ::flatbuffers::Verifiable for PeerInfo<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("peer_id", Self::VT_PEER_ID, false)?
+                    .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+                    .visit_field::<bool>("learner", Self::VT_LEARNER, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct PeerInfoArgs {
+            pub peer_id: u64,
+            pub node_id: u64,
+            pub learner: bool,
+        }
+        impl<'a> Default for PeerInfoArgs {
+            #[inline]
+            fn default() -> Self {
+                PeerInfoArgs {
+                    peer_id: 0,
+                    node_id: 0,
+                    learner: false,
+                }
+            }
+        }
 
-pub struct Frame<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
+        pub struct PeerInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PeerInfoBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_peer_id(&mut self, peer_id: u64) {
+                self.fbb_.push_slot::<u64>(PeerInfo::VT_PEER_ID, peer_id, 0);
+            }
+            #[inline]
+            pub fn add_node_id(&mut self, node_id: u64) {
+                self.fbb_.push_slot::<u64>(PeerInfo::VT_NODE_ID, node_id, 0);
+            }
+            #[inline]
+            pub fn add_learner(&mut self, learner: bool) {
+                self.fbb_
+                    .push_slot::<bool>(PeerInfo::VT_LEARNER, learner, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> PeerInfoBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                PeerInfoBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<PeerInfo<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
 
-impl<'a> ::flatbuffers::Follow<'a> for Frame<'a> {
-  type Inner = Frame<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
+        impl ::core::fmt::Debug for PeerInfo<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("PeerInfo");
+                ds.field("peer_id", &self.peer_id());
+                ds.field("node_id", &self.node_id());
+                ds.field("learner", &self.learner());
+                ds.finish()
+            }
+        }
+        pub enum RegionInfoOffset {}
+        #[derive(Copy, Clone, PartialEq)]
 
-impl<'a> Frame<'a> {
-  pub const VT_BODY_TYPE: ::flatbuffers::VOffsetT = 4;
-  pub const VT_BODY: ::flatbuffers::VOffsetT = 6;
+        pub struct RegionInfo<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
 
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    Frame { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args FrameArgs
-  ) -> ::flatbuffers::WIPOffset<Frame<'bldr>> {
-    let mut builder = FrameBuilder::new(_fbb);
-    if let Some(x) = args.body { builder.add_body(x); }
-    builder.add_body_type(args.body_type);
-    builder.finish()
-  }
+        impl<'a> ::flatbuffers::Follow<'a> for RegionInfo<'a> {
+            type Inner = RegionInfo<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
 
+        impl<'a> RegionInfo<'a> {
+            pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_START_HASH: ::flatbuffers::VOffsetT = 6;
+            pub const VT_END_HASH: ::flatbuffers::VOffsetT = 8;
+            pub const VT_EPOCH: ::flatbuffers::VOffsetT = 10;
+            pub const VT_PEERS: ::flatbuffers::VOffsetT = 12;
+            pub const VT_LEADER_NODE: ::flatbuffers::VOffsetT = 14;
 
-  #[inline]
-  pub fn body_type(&self) -> Body {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<Body>(Frame::VT_BODY_TYPE, Some(Body::NONE)).unwrap()}
-  }
-  #[inline]
-  pub fn body(&self) -> Option<::flatbuffers::Table<'a>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(Frame::VT_BODY, None)}
-  }
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn body_as_hello(&self) -> Option<Hello<'a>> {
-    if self.body_type() == Body::Hello {
-      self.body().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { Hello::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                RegionInfo { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args RegionInfoArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<RegionInfo<'bldr>> {
+                let mut builder = RegionInfoBuilder::new(_fbb);
+                builder.add_leader_node(args.leader_node);
+                builder.add_end_hash(args.end_hash);
+                builder.add_start_hash(args.start_hash);
+                builder.add_id(args.id);
+                if let Some(x) = args.peers {
+                    builder.add_peers(x);
+                }
+                if let Some(x) = args.epoch {
+                    builder.add_epoch(x);
+                }
+                builder.finish()
+            }
 
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn body_as_request_batch(&self) -> Option<RequestBatch<'a>> {
-    if self.body_type() == Body::RequestBatch {
-      self.body().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { RequestBatch::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
+            #[inline]
+            pub fn id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(RegionInfo::VT_ID, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn start_hash(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(RegionInfo::VT_START_HASH, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn end_hash(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(RegionInfo::VT_END_HASH, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn epoch(&self) -> Option<&'a Epoch> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<Epoch>(RegionInfo::VT_EPOCH, None) }
+            }
+            #[inline]
+            pub fn peers(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerInfo<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerInfo>>,
+                    >>(RegionInfo::VT_PEERS, None)
+                }
+            }
+            #[inline]
+            pub fn leader_node(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(RegionInfo::VT_LEADER_NODE, Some(0))
+                        .unwrap()
+                }
+            }
+        }
 
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn body_as_response_batch(&self) -> Option<ResponseBatch<'a>> {
-    if self.body_type() == Body::ResponseBatch {
-      self.body().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { ResponseBatch::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
+        impl ::flatbuffers::Verifiable for RegionInfo<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("id", Self::VT_ID, false)?
+                    .visit_field::<u64>("start_hash", Self::VT_START_HASH, false)?
+                    .visit_field::<u64>("end_hash", Self::VT_END_HASH, false)?
+                    .visit_field::<Epoch>("epoch", Self::VT_EPOCH, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PeerInfo>>,
+                    >>("peers", Self::VT_PEERS, false)?
+                    .visit_field::<u64>("leader_node", Self::VT_LEADER_NODE, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct RegionInfoArgs<'a> {
+            pub id: u64,
+            pub start_hash: u64,
+            pub end_hash: u64,
+            pub epoch: Option<&'a Epoch>,
+            pub peers: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PeerInfo<'a>>>,
+                >,
+            >,
+            pub leader_node: u64,
+        }
+        impl<'a> Default for RegionInfoArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                RegionInfoArgs {
+                    id: 0,
+                    start_hash: 0,
+                    end_hash: 0,
+                    epoch: None,
+                    peers: None,
+                    leader_node: 0,
+                }
+            }
+        }
 
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn body_as_error(&self) -> Option<Error<'a>> {
-    if self.body_type() == Body::Error {
-      self.body().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { Error::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
+        pub struct RegionInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RegionInfoBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_id(&mut self, id: u64) {
+                self.fbb_.push_slot::<u64>(RegionInfo::VT_ID, id, 0);
+            }
+            #[inline]
+            pub fn add_start_hash(&mut self, start_hash: u64) {
+                self.fbb_
+                    .push_slot::<u64>(RegionInfo::VT_START_HASH, start_hash, 0);
+            }
+            #[inline]
+            pub fn add_end_hash(&mut self, end_hash: u64) {
+                self.fbb_
+                    .push_slot::<u64>(RegionInfo::VT_END_HASH, end_hash, 0);
+            }
+            #[inline]
+            pub fn add_epoch(&mut self, epoch: &Epoch) {
+                self.fbb_
+                    .push_slot_always::<&Epoch>(RegionInfo::VT_EPOCH, epoch);
+            }
+            #[inline]
+            pub fn add_peers(
+                &mut self,
+                peers: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<PeerInfo<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(RegionInfo::VT_PEERS, peers);
+            }
+            #[inline]
+            pub fn add_leader_node(&mut self, leader_node: u64) {
+                self.fbb_
+                    .push_slot::<u64>(RegionInfo::VT_LEADER_NODE, leader_node, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> RegionInfoBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                RegionInfoBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<RegionInfo<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
 
-}
+        impl ::core::fmt::Debug for RegionInfo<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("RegionInfo");
+                ds.field("id", &self.id());
+                ds.field("start_hash", &self.start_hash());
+                ds.field("end_hash", &self.end_hash());
+                ds.field("epoch", &self.epoch());
+                ds.field("peers", &self.peers());
+                ds.field("leader_node", &self.leader_node());
+                ds.finish()
+            }
+        }
+        pub enum NodeInfoOffset {}
+        #[derive(Copy, Clone, PartialEq)]
 
-impl ::flatbuffers::Verifiable for Frame<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
+        pub struct NodeInfo<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for NodeInfo<'a> {
+            type Inner = NodeInfo<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> NodeInfo<'a> {
+            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_CLIENT_ADDR: ::flatbuffers::VOffsetT = 6;
+            pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                NodeInfo { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args NodeInfoArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<NodeInfo<'bldr>> {
+                let mut builder = NodeInfoBuilder::new(_fbb);
+                builder.add_node_id(args.node_id);
+                builder.add_shard_count(args.shard_count);
+                if let Some(x) = args.client_addr {
+                    builder.add_client_addr(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn node_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(NodeInfo::VT_NODE_ID, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn client_addr(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(NodeInfo::VT_CLIENT_ADDR, None)
+                }
+            }
+            #[inline]
+            pub fn shard_count(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(NodeInfo::VT_SHARD_COUNT, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for NodeInfo<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "client_addr",
+                        Self::VT_CLIENT_ADDR,
+                        false,
+                    )?
+                    .visit_field::<u32>("shard_count", Self::VT_SHARD_COUNT, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct NodeInfoArgs<'a> {
+            pub node_id: u64,
+            pub client_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub shard_count: u32,
+        }
+        impl<'a> Default for NodeInfoArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                NodeInfoArgs {
+                    node_id: 0,
+                    client_addr: None,
+                    shard_count: 0,
+                }
+            }
+        }
+
+        pub struct NodeInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeInfoBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_node_id(&mut self, node_id: u64) {
+                self.fbb_.push_slot::<u64>(NodeInfo::VT_NODE_ID, node_id, 0);
+            }
+            #[inline]
+            pub fn add_client_addr(&mut self, client_addr: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    NodeInfo::VT_CLIENT_ADDR,
+                    client_addr,
+                );
+            }
+            #[inline]
+            pub fn add_shard_count(&mut self, shard_count: u32) {
+                self.fbb_
+                    .push_slot::<u32>(NodeInfo::VT_SHARD_COUNT, shard_count, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> NodeInfoBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                NodeInfoBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<NodeInfo<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for NodeInfo<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("NodeInfo");
+                ds.field("node_id", &self.node_id());
+                ds.field("client_addr", &self.client_addr());
+                ds.field("shard_count", &self.shard_count());
+                ds.finish()
+            }
+        }
+        pub enum HelloOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Hello<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
+            type Inner = Hello<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Hello<'a> {
+            pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
+            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 8;
+            pub const VT_SHARD_PORTS: ::flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Hello { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args HelloArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
+                let mut builder = HelloBuilder::new(_fbb);
+                builder.add_node_id(args.node_id);
+                if let Some(x) = args.shard_ports {
+                    builder.add_shard_ports(x);
+                }
+                builder.add_shard_count(args.shard_count);
+                builder.add_protocol_version(args.protocol_version);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn protocol_version(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(Hello::VT_PROTOCOL_VERSION, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn node_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Hello::VT_NODE_ID, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn shard_count(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(Hello::VT_SHARD_COUNT, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn shard_ports(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(
+                            Hello::VT_SHARD_PORTS,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Hello<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
+                    .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+                    .visit_field::<u32>("shard_count", Self::VT_SHARD_COUNT, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>(
+                        "shard_ports",
+                        Self::VT_SHARD_PORTS,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct HelloArgs<'a> {
+            pub protocol_version: u32,
+            pub node_id: u64,
+            pub shard_count: u32,
+            pub shard_ports: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+        }
+        impl<'a> Default for HelloArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                HelloArgs {
+                    protocol_version: 0,
+                    node_id: 0,
+                    shard_count: 0,
+                    shard_ports: None,
+                }
+            }
+        }
+
+        pub struct HelloBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_protocol_version(&mut self, protocol_version: u32) {
+                self.fbb_
+                    .push_slot::<u32>(Hello::VT_PROTOCOL_VERSION, protocol_version, 0);
+            }
+            #[inline]
+            pub fn add_node_id(&mut self, node_id: u64) {
+                self.fbb_.push_slot::<u64>(Hello::VT_NODE_ID, node_id, 0);
+            }
+            #[inline]
+            pub fn add_shard_count(&mut self, shard_count: u32) {
+                self.fbb_
+                    .push_slot::<u32>(Hello::VT_SHARD_COUNT, shard_count, 0);
+            }
+            #[inline]
+            pub fn add_shard_ports(
+                &mut self,
+                shard_ports: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u16>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    Hello::VT_SHARD_PORTS,
+                    shard_ports,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> HelloBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                HelloBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Hello<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Hello<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Hello");
+                ds.field("protocol_version", &self.protocol_version());
+                ds.field("node_id", &self.node_id());
+                ds.field("shard_count", &self.shard_count());
+                ds.field("shard_ports", &self.shard_ports());
+                ds.finish()
+            }
+        }
+        pub enum GetOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Get<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Get<'a> {
+            type Inner = Get<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Get<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+            pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Get { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args GetArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Get<'bldr>> {
+                let mut builder = GetBuilder::new(_fbb);
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.add_consistency(args.consistency);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Get::VT_KEY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn consistency(&self) -> Consistency {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Consistency>(Get::VT_CONSISTENCY, Some(Consistency::Linearizable))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Get<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .visit_field::<Consistency>("consistency", Self::VT_CONSISTENCY, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct GetArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub consistency: Consistency,
+        }
+        impl<'a> Default for GetArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                GetArgs {
+                    key: None,
+                    consistency: Consistency::Linearizable,
+                }
+            }
+        }
+
+        pub struct GetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Get::VT_KEY, key);
+            }
+            #[inline]
+            pub fn add_consistency(&mut self, consistency: Consistency) {
+                self.fbb_.push_slot::<Consistency>(
+                    Get::VT_CONSISTENCY,
+                    consistency,
+                    Consistency::Linearizable,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> GetBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                GetBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Get<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Get<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Get");
+                ds.field("key", &self.key());
+                ds.field("consistency", &self.consistency());
+                ds.finish()
+            }
+        }
+        pub enum PutOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Put<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Put<'a> {
+            type Inner = Put<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Put<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+            pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 8;
+            pub const VT_IF_ABSENT: ::flatbuffers::VOffsetT = 10;
+            pub const VT_IF_VERSION: ::flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Put { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args PutArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Put<'bldr>> {
+                let mut builder = PutBuilder::new(_fbb);
+                builder.add_if_version(args.if_version);
+                builder.add_ttl_ms(args.ttl_ms);
+                if let Some(x) = args.value {
+                    builder.add_value(x);
+                }
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.add_if_absent(args.if_absent);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Put::VT_KEY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Put::VT_VALUE,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn ttl_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Put::VT_TTL_MS, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn if_absent(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(Put::VT_IF_ABSENT, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn if_version(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Put::VT_IF_VERSION, Some(0)).unwrap() }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Put<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "value",
+                        Self::VT_VALUE,
+                        false,
+                    )?
+                    .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+                    .visit_field::<bool>("if_absent", Self::VT_IF_ABSENT, false)?
+                    .visit_field::<u64>("if_version", Self::VT_IF_VERSION, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct PutArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub ttl_ms: u64,
+            pub if_absent: bool,
+            pub if_version: u64,
+        }
+        impl<'a> Default for PutArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                PutArgs {
+                    key: None,
+                    value: None,
+                    ttl_ms: 0,
+                    if_absent: false,
+                    if_version: 0,
+                }
+            }
+        }
+
+        pub struct PutBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Put::VT_KEY, key);
+            }
+            #[inline]
+            pub fn add_value(
+                &mut self,
+                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Put::VT_VALUE, value);
+            }
+            #[inline]
+            pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+                self.fbb_.push_slot::<u64>(Put::VT_TTL_MS, ttl_ms, 0);
+            }
+            #[inline]
+            pub fn add_if_absent(&mut self, if_absent: bool) {
+                self.fbb_
+                    .push_slot::<bool>(Put::VT_IF_ABSENT, if_absent, false);
+            }
+            #[inline]
+            pub fn add_if_version(&mut self, if_version: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Put::VT_IF_VERSION, if_version, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> PutBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                PutBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Put<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Put<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Put");
+                ds.field("key", &self.key());
+                ds.field("value", &self.value());
+                ds.field("ttl_ms", &self.ttl_ms());
+                ds.field("if_absent", &self.if_absent());
+                ds.field("if_version", &self.if_version());
+                ds.finish()
+            }
+        }
+        pub enum DeleteOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Delete<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Delete<'a> {
+            type Inner = Delete<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Delete<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+            pub const VT_IF_VERSION: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Delete { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args DeleteArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Delete<'bldr>> {
+                let mut builder = DeleteBuilder::new(_fbb);
+                builder.add_if_version(args.if_version);
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Delete::VT_KEY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn if_version(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Delete::VT_IF_VERSION, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Delete<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .visit_field::<u64>("if_version", Self::VT_IF_VERSION, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct DeleteArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub if_version: u64,
+        }
+        impl<'a> Default for DeleteArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                DeleteArgs {
+                    key: None,
+                    if_version: 0,
+                }
+            }
+        }
+
+        pub struct DeleteBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Delete::VT_KEY, key);
+            }
+            #[inline]
+            pub fn add_if_version(&mut self, if_version: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Delete::VT_IF_VERSION, if_version, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> DeleteBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                DeleteBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Delete<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Delete<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Delete");
+                ds.field("key", &self.key());
+                ds.field("if_version", &self.if_version());
+                ds.finish()
+            }
+        }
+        pub enum IncrOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Incr<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Incr<'a> {
+            type Inner = Incr<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Incr<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+            pub const VT_DELTA: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Incr { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args IncrArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Incr<'bldr>> {
+                let mut builder = IncrBuilder::new(_fbb);
+                builder.add_delta(args.delta);
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Incr::VT_KEY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn delta(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<i64>(Incr::VT_DELTA, Some(0)).unwrap() }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Incr<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .visit_field::<i64>("delta", Self::VT_DELTA, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct IncrArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub delta: i64,
+        }
+        impl<'a> Default for IncrArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                IncrArgs {
+                    key: None,
+                    delta: 0,
+                }
+            }
+        }
+
+        pub struct IncrBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> IncrBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Incr::VT_KEY, key);
+            }
+            #[inline]
+            pub fn add_delta(&mut self, delta: i64) {
+                self.fbb_.push_slot::<i64>(Incr::VT_DELTA, delta, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> IncrBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                IncrBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Incr<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Incr<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Incr");
+                ds.field("key", &self.key());
+                ds.field("delta", &self.delta());
+                ds.finish()
+            }
+        }
+        pub enum CasOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Cas<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Cas<'a> {
+            type Inner = Cas<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Cas<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+            pub const VT_EXPECTED: ::flatbuffers::VOffsetT = 6;
+            pub const VT_EXPECT_ABSENT: ::flatbuffers::VOffsetT = 8;
+            pub const VT_VALUE: ::flatbuffers::VOffsetT = 10;
+            pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Cas { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args CasArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Cas<'bldr>> {
+                let mut builder = CasBuilder::new(_fbb);
+                builder.add_ttl_ms(args.ttl_ms);
+                if let Some(x) = args.value {
+                    builder.add_value(x);
+                }
+                if let Some(x) = args.expected {
+                    builder.add_expected(x);
+                }
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.add_expect_absent(args.expect_absent);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Cas::VT_KEY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn expected(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Cas::VT_EXPECTED,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn expect_absent(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(Cas::VT_EXPECT_ABSENT, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Cas::VT_VALUE,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn ttl_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Cas::VT_TTL_MS, Some(0)).unwrap() }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Cas<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "expected",
+                        Self::VT_EXPECTED,
+                        false,
+                    )?
+                    .visit_field::<bool>("expect_absent", Self::VT_EXPECT_ABSENT, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "value",
+                        Self::VT_VALUE,
+                        false,
+                    )?
+                    .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct CasArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub expected: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub expect_absent: bool,
+            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub ttl_ms: u64,
+        }
+        impl<'a> Default for CasArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                CasArgs {
+                    key: None,
+                    expected: None,
+                    expect_absent: false,
+                    value: None,
+                    ttl_ms: 0,
+                }
+            }
+        }
+
+        pub struct CasBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CasBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Cas::VT_KEY, key);
+            }
+            #[inline]
+            pub fn add_expected(
+                &mut self,
+                expected: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Cas::VT_EXPECTED, expected);
+            }
+            #[inline]
+            pub fn add_expect_absent(&mut self, expect_absent: bool) {
+                self.fbb_
+                    .push_slot::<bool>(Cas::VT_EXPECT_ABSENT, expect_absent, false);
+            }
+            #[inline]
+            pub fn add_value(
+                &mut self,
+                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Cas::VT_VALUE, value);
+            }
+            #[inline]
+            pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+                self.fbb_.push_slot::<u64>(Cas::VT_TTL_MS, ttl_ms, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> CasBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                CasBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Cas<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Cas<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Cas");
+                ds.field("key", &self.key());
+                ds.field("expected", &self.expected());
+                ds.field("expect_absent", &self.expect_absent());
+                ds.field("value", &self.value());
+                ds.field("ttl_ms", &self.ttl_ms());
+                ds.finish()
+            }
+        }
+        pub enum KeyValueOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct KeyValue<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for KeyValue<'a> {
+            type Inner = KeyValue<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> KeyValue<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+            pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                KeyValue { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args KeyValueArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<KeyValue<'bldr>> {
+                let mut builder = KeyValueBuilder::new(_fbb);
+                builder.add_ttl_ms(args.ttl_ms);
+                if let Some(x) = args.value {
+                    builder.add_value(x);
+                }
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            KeyValue::VT_KEY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            KeyValue::VT_VALUE,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn ttl_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(KeyValue::VT_TTL_MS, Some(0)).unwrap() }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for KeyValue<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "value",
+                        Self::VT_VALUE,
+                        false,
+                    )?
+                    .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct KeyValueArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub ttl_ms: u64,
+        }
+        impl<'a> Default for KeyValueArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                KeyValueArgs {
+                    key: None,
+                    value: None,
+                    ttl_ms: 0,
+                }
+            }
+        }
+
+        pub struct KeyValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyValueBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_KEY, key);
+            }
+            #[inline]
+            pub fn add_value(
+                &mut self,
+                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_VALUE, value);
+            }
+            #[inline]
+            pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+                self.fbb_.push_slot::<u64>(KeyValue::VT_TTL_MS, ttl_ms, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> KeyValueBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                KeyValueBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<KeyValue<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for KeyValue<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("KeyValue");
+                ds.field("key", &self.key());
+                ds.field("value", &self.value());
+                ds.field("ttl_ms", &self.ttl_ms());
+                ds.finish()
+            }
+        }
+        pub enum BatchPutOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct BatchPut<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for BatchPut<'a> {
+            type Inner = BatchPut<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> BatchPut<'a> {
+            pub const VT_ITEMS: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                BatchPut { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args BatchPutArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<BatchPut<'bldr>> {
+                let mut builder = BatchPutBuilder::new(_fbb);
+                if let Some(x) = args.items {
+                    builder.add_items(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn items(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue>>,
+                    >>(BatchPut::VT_ITEMS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for BatchPut<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>,
+                    >>("items", Self::VT_ITEMS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct BatchPutArgs<'a> {
+            pub items: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for BatchPutArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                BatchPutArgs { items: None }
+            }
+        }
+
+        pub struct BatchPutBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BatchPutBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_items(
+                &mut self,
+                items: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<KeyValue<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(BatchPut::VT_ITEMS, items);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> BatchPutBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                BatchPutBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<BatchPut<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for BatchPut<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("BatchPut");
+                ds.field("items", &self.items());
+                ds.finish()
+            }
+        }
+        pub enum RoutesOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Routes<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Routes<'a> {
+            type Inner = Routes<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Routes<'a> {
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Routes { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                _args: &'args RoutesArgs,
+            ) -> ::flatbuffers::WIPOffset<Routes<'bldr>> {
+                let mut builder = RoutesBuilder::new(_fbb);
+                builder.finish()
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Routes<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?.finish();
+                Ok(())
+            }
+        }
+        pub struct RoutesArgs {}
+        impl<'a> Default for RoutesArgs {
+            #[inline]
+            fn default() -> Self {
+                RoutesArgs {}
+            }
+        }
+
+        pub struct RoutesBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RoutesBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> RoutesBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                RoutesBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Routes<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Routes<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Routes");
+                ds.finish()
+            }
+        }
+        pub enum RequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Request<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Request<'a> {
+            type Inner = Request<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Request<'a> {
+            pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_REGION_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_EPOCH: ::flatbuffers::VOffsetT = 8;
+            pub const VT_OP_TYPE: ::flatbuffers::VOffsetT = 10;
+            pub const VT_OP: ::flatbuffers::VOffsetT = 12;
+            pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 14;
+            pub const VT_SEQ: ::flatbuffers::VOffsetT = 16;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Request { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args RequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Request<'bldr>> {
+                let mut builder = RequestBuilder::new(_fbb);
+                builder.add_seq(args.seq);
+                builder.add_client_id(args.client_id);
+                builder.add_region_id(args.region_id);
+                builder.add_id(args.id);
+                if let Some(x) = args.op {
+                    builder.add_op(x);
+                }
+                if let Some(x) = args.epoch {
+                    builder.add_epoch(x);
+                }
+                builder.add_op_type(args.op_type);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Request::VT_ID, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn region_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Request::VT_REGION_ID, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn epoch(&self) -> Option<&'a Epoch> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<Epoch>(Request::VT_EPOCH, None) }
+            }
+            #[inline]
+            pub fn op_type(&self) -> Op {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Op>(Request::VT_OP_TYPE, Some(Op::NONE))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn op(&self) -> Option<::flatbuffers::Table<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(
+                            Request::VT_OP,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn client_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Request::VT_CLIENT_ID, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn seq(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Request::VT_SEQ, Some(0)).unwrap() }
+            }
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_get(&self) -> Option<Get<'a>> {
+                if self.op_type() == Op::Get {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Get::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_put(&self) -> Option<Put<'a>> {
+                if self.op_type() == Op::Put {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Put::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_delete(&self) -> Option<Delete<'a>> {
+                if self.op_type() == Op::Delete {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Delete::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_incr(&self) -> Option<Incr<'a>> {
+                if self.op_type() == Op::Incr {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Incr::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_cas(&self) -> Option<Cas<'a>> {
+                if self.op_type() == Op::Cas {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Cas::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_batch_put(&self) -> Option<BatchPut<'a>> {
+                if self.op_type() == Op::BatchPut {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { BatchPut::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_routes(&self) -> Option<Routes<'a>> {
+                if self.op_type() == Op::Routes {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Routes::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Request<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("id", Self::VT_ID, false)?
+                    .visit_field::<u64>("region_id", Self::VT_REGION_ID, false)?
+                    .visit_field::<Epoch>("epoch", Self::VT_EPOCH, false)?
+                    .visit_union::<Op, _>(
+                        "op_type",
+                        Self::VT_OP_TYPE,
+                        "op",
+                        Self::VT_OP,
+                        false,
+                        |key, v, pos| match key {
+                            Op::Get => v
+                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Get>>(
+                                    "Op::Get", pos,
+                                ),
+                            Op::Put => v
+                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Put>>(
+                                    "Op::Put", pos,
+                                ),
+                            Op::Delete => v
+                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Delete>>(
+                                    "Op::Delete",
+                                    pos,
+                                ),
+                            Op::Incr => v
+                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Incr>>(
+                                    "Op::Incr", pos,
+                                ),
+                            Op::Cas => v
+                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Cas>>(
+                                    "Op::Cas", pos,
+                                ),
+                            Op::BatchPut => v
+                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchPut>>(
+                                    "Op::BatchPut",
+                                    pos,
+                                ),
+                            Op::Routes => v
+                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Routes>>(
+                                    "Op::Routes",
+                                    pos,
+                                ),
+                            _ => Ok(()),
+                        },
+                    )?
+                    .visit_field::<u64>("client_id", Self::VT_CLIENT_ID, false)?
+                    .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct RequestArgs<'a> {
+            pub id: u64,
+            pub region_id: u64,
+            pub epoch: Option<&'a Epoch>,
+            pub op_type: Op,
+            pub op: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+            pub client_id: u64,
+            pub seq: u64,
+        }
+        impl<'a> Default for RequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                RequestArgs {
+                    id: 0,
+                    region_id: 0,
+                    epoch: None,
+                    op_type: Op::NONE,
+                    op: None,
+                    client_id: 0,
+                    seq: 0,
+                }
+            }
+        }
+
+        pub struct RequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_id(&mut self, id: u64) {
+                self.fbb_.push_slot::<u64>(Request::VT_ID, id, 0);
+            }
+            #[inline]
+            pub fn add_region_id(&mut self, region_id: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Request::VT_REGION_ID, region_id, 0);
+            }
+            #[inline]
+            pub fn add_epoch(&mut self, epoch: &Epoch) {
+                self.fbb_
+                    .push_slot_always::<&Epoch>(Request::VT_EPOCH, epoch);
+            }
+            #[inline]
+            pub fn add_op_type(&mut self, op_type: Op) {
+                self.fbb_
+                    .push_slot::<Op>(Request::VT_OP_TYPE, op_type, Op::NONE);
+            }
+            #[inline]
+            pub fn add_op(&mut self, op: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Request::VT_OP, op);
+            }
+            #[inline]
+            pub fn add_client_id(&mut self, client_id: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Request::VT_CLIENT_ID, client_id, 0);
+            }
+            #[inline]
+            pub fn add_seq(&mut self, seq: u64) {
+                self.fbb_.push_slot::<u64>(Request::VT_SEQ, seq, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> RequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                RequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Request<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Request<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Request");
+                ds.field("id", &self.id());
+                ds.field("region_id", &self.region_id());
+                ds.field("epoch", &self.epoch());
+                ds.field("op_type", &self.op_type());
+                match self.op_type() {
+                    Op::Get => {
+                        if let Some(x) = self.op_as_get() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Put => {
+                        if let Some(x) = self.op_as_put() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Delete => {
+                        if let Some(x) = self.op_as_delete() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Incr => {
+                        if let Some(x) = self.op_as_incr() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Cas => {
+                        if let Some(x) = self.op_as_cas() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::BatchPut => {
+                        if let Some(x) = self.op_as_batch_put() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Routes => {
+                        if let Some(x) = self.op_as_routes() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    _ => {
+                        let x: Option<()> = None;
+                        ds.field("op", &x)
+                    }
+                };
+                ds.field("client_id", &self.client_id());
+                ds.field("seq", &self.seq());
+                ds.finish()
+            }
+        }
+        pub enum ErrorOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Error<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Error<'a> {
+            type Inner = Error<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Error<'a> {
+            pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
+            pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_LEADER_NODE: ::flatbuffers::VOffsetT = 8;
+            pub const VT_REGIONS: ::flatbuffers::VOffsetT = 10;
+            pub const VT_CURRENT_VERSION: ::flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Error { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ErrorArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
+                let mut builder = ErrorBuilder::new(_fbb);
+                builder.add_current_version(args.current_version);
+                builder.add_leader_node(args.leader_node);
+                if let Some(x) = args.regions {
+                    builder.add_regions(x);
+                }
+                if let Some(x) = args.message {
+                    builder.add_message(x);
+                }
+                builder.add_code(args.code);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn code(&self) -> ErrorCode {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<ErrorCode>(Error::VT_CODE, Some(ErrorCode::None))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn message(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Error::VT_MESSAGE, None)
+                }
+            }
+            #[inline]
+            pub fn leader_node(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Error::VT_LEADER_NODE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn regions(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo>>,
+                    >>(Error::VT_REGIONS, None)
+                }
+            }
+            #[inline]
+            pub fn current_version(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Error::VT_CURRENT_VERSION, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Error<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "message",
+                        Self::VT_MESSAGE,
+                        false,
+                    )?
+                    .visit_field::<u64>("leader_node", Self::VT_LEADER_NODE, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RegionInfo>>,
+                    >>("regions", Self::VT_REGIONS, false)?
+                    .visit_field::<u64>("current_version", Self::VT_CURRENT_VERSION, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ErrorArgs<'a> {
+            pub code: ErrorCode,
+            pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub leader_node: u64,
+            pub regions: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo<'a>>>,
+                >,
+            >,
+            pub current_version: u64,
+        }
+        impl<'a> Default for ErrorArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ErrorArgs {
+                    code: ErrorCode::None,
+                    message: None,
+                    leader_node: 0,
+                    regions: None,
+                    current_version: 0,
+                }
+            }
+        }
+
+        pub struct ErrorBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_code(&mut self, code: ErrorCode) {
+                self.fbb_
+                    .push_slot::<ErrorCode>(Error::VT_CODE, code, ErrorCode::None);
+            }
+            #[inline]
+            pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_MESSAGE, message);
+            }
+            #[inline]
+            pub fn add_leader_node(&mut self, leader_node: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Error::VT_LEADER_NODE, leader_node, 0);
+            }
+            #[inline]
+            pub fn add_regions(
+                &mut self,
+                regions: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<RegionInfo<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_REGIONS, regions);
+            }
+            #[inline]
+            pub fn add_current_version(&mut self, current_version: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Error::VT_CURRENT_VERSION, current_version, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ErrorBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ErrorBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Error<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Error<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Error");
+                ds.field("code", &self.code());
+                ds.field("message", &self.message());
+                ds.field("leader_node", &self.leader_node());
+                ds.field("regions", &self.regions());
+                ds.field("current_version", &self.current_version());
+                ds.finish()
+            }
+        }
+        pub enum ResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Response<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Response<'a> {
+            type Inner = Response<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Response<'a> {
+            pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_ERROR: ::flatbuffers::VOffsetT = 6;
+            pub const VT_FOUND: ::flatbuffers::VOffsetT = 8;
+            pub const VT_VALUE: ::flatbuffers::VOffsetT = 10;
+            pub const VT_VERSION: ::flatbuffers::VOffsetT = 12;
+            pub const VT_EXPIRE_AT_MS: ::flatbuffers::VOffsetT = 14;
+            pub const VT_EXISTED: ::flatbuffers::VOffsetT = 16;
+            pub const VT_COUNTER: ::flatbuffers::VOffsetT = 18;
+            pub const VT_ROUTES: ::flatbuffers::VOffsetT = 20;
+            pub const VT_NODES: ::flatbuffers::VOffsetT = 22;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Response { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Response<'bldr>> {
+                let mut builder = ResponseBuilder::new(_fbb);
+                builder.add_counter(args.counter);
+                builder.add_expire_at_ms(args.expire_at_ms);
+                builder.add_version(args.version);
+                builder.add_id(args.id);
+                if let Some(x) = args.nodes {
+                    builder.add_nodes(x);
+                }
+                if let Some(x) = args.routes {
+                    builder.add_routes(x);
+                }
+                if let Some(x) = args.value {
+                    builder.add_value(x);
+                }
+                if let Some(x) = args.error {
+                    builder.add_error(x);
+                }
+                builder.add_existed(args.existed);
+                builder.add_found(args.found);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Response::VT_ID, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn error(&self) -> Option<Error<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<Error>>(Response::VT_ERROR, None)
+                }
+            }
+            #[inline]
+            pub fn found(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(Response::VT_FOUND, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Response::VT_VALUE,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn version(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Response::VT_VERSION, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn expire_at_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Response::VT_EXPIRE_AT_MS, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn existed(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(Response::VT_EXISTED, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn counter(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<i64>(Response::VT_COUNTER, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn routes(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo>>,
+                    >>(Response::VT_ROUTES, None)
+                }
+            }
+            #[inline]
+            pub fn nodes(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo>>,
+                    >>(Response::VT_NODES, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Response<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("id", Self::VT_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<Error>>(
+                        "error",
+                        Self::VT_ERROR,
+                        false,
+                    )?
+                    .visit_field::<bool>("found", Self::VT_FOUND, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "value",
+                        Self::VT_VALUE,
+                        false,
+                    )?
+                    .visit_field::<u64>("version", Self::VT_VERSION, false)?
+                    .visit_field::<u64>("expire_at_ms", Self::VT_EXPIRE_AT_MS, false)?
+                    .visit_field::<bool>("existed", Self::VT_EXISTED, false)?
+                    .visit_field::<i64>("counter", Self::VT_COUNTER, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RegionInfo>>,
+                    >>("routes", Self::VT_ROUTES, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeInfo>>,
+                    >>("nodes", Self::VT_NODES, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ResponseArgs<'a> {
+            pub id: u64,
+            pub error: Option<::flatbuffers::WIPOffset<Error<'a>>>,
+            pub found: bool,
+            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub version: u64,
+            pub expire_at_ms: u64,
+            pub existed: bool,
+            pub counter: i64,
+            pub routes: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RegionInfo<'a>>>,
+                >,
+            >,
+            pub nodes: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for ResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ResponseArgs {
+                    id: 0,
+                    error: None,
+                    found: false,
+                    value: None,
+                    version: 0,
+                    expire_at_ms: 0,
+                    existed: false,
+                    counter: 0,
+                    routes: None,
+                    nodes: None,
+                }
+            }
+        }
+
+        pub struct ResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_id(&mut self, id: u64) {
+                self.fbb_.push_slot::<u64>(Response::VT_ID, id, 0);
+            }
+            #[inline]
+            pub fn add_error(&mut self, error: ::flatbuffers::WIPOffset<Error<'b>>) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<Error>>(Response::VT_ERROR, error);
+            }
+            #[inline]
+            pub fn add_found(&mut self, found: bool) {
+                self.fbb_
+                    .push_slot::<bool>(Response::VT_FOUND, found, false);
+            }
+            #[inline]
+            pub fn add_value(
+                &mut self,
+                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_VALUE, value);
+            }
+            #[inline]
+            pub fn add_version(&mut self, version: u64) {
+                self.fbb_.push_slot::<u64>(Response::VT_VERSION, version, 0);
+            }
+            #[inline]
+            pub fn add_expire_at_ms(&mut self, expire_at_ms: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Response::VT_EXPIRE_AT_MS, expire_at_ms, 0);
+            }
+            #[inline]
+            pub fn add_existed(&mut self, existed: bool) {
+                self.fbb_
+                    .push_slot::<bool>(Response::VT_EXISTED, existed, false);
+            }
+            #[inline]
+            pub fn add_counter(&mut self, counter: i64) {
+                self.fbb_.push_slot::<i64>(Response::VT_COUNTER, counter, 0);
+            }
+            #[inline]
+            pub fn add_routes(
+                &mut self,
+                routes: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<RegionInfo<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_ROUTES, routes);
+            }
+            #[inline]
+            pub fn add_nodes(
+                &mut self,
+                nodes: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<NodeInfo<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_NODES, nodes);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Response<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Response<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Response");
+                ds.field("id", &self.id());
+                ds.field("error", &self.error());
+                ds.field("found", &self.found());
+                ds.field("value", &self.value());
+                ds.field("version", &self.version());
+                ds.field("expire_at_ms", &self.expire_at_ms());
+                ds.field("existed", &self.existed());
+                ds.field("counter", &self.counter());
+                ds.field("routes", &self.routes());
+                ds.field("nodes", &self.nodes());
+                ds.finish()
+            }
+        }
+        pub enum RequestBatchOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct RequestBatch<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for RequestBatch<'a> {
+            type Inner = RequestBatch<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> RequestBatch<'a> {
+            pub const VT_REQUESTS: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                RequestBatch { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args RequestBatchArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<RequestBatch<'bldr>> {
+                let mut builder = RequestBatchBuilder::new(_fbb);
+                if let Some(x) = args.requests {
+                    builder.add_requests(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn requests(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Request<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Request>>,
+                    >>(RequestBatch::VT_REQUESTS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for RequestBatch<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Request>>,
+                    >>("requests", Self::VT_REQUESTS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct RequestBatchArgs<'a> {
+            pub requests: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Request<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for RequestBatchArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                RequestBatchArgs { requests: None }
+            }
+        }
+
+        pub struct RequestBatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestBatchBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_requests(
+                &mut self,
+                requests: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Request<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    RequestBatch::VT_REQUESTS,
+                    requests,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> RequestBatchBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                RequestBatchBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<RequestBatch<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for RequestBatch<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("RequestBatch");
+                ds.field("requests", &self.requests());
+                ds.finish()
+            }
+        }
+        pub enum ResponseBatchOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct ResponseBatch<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ResponseBatch<'a> {
+            type Inner = ResponseBatch<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ResponseBatch<'a> {
+            pub const VT_RESPONSES: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ResponseBatch { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ResponseBatchArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ResponseBatch<'bldr>> {
+                let mut builder = ResponseBatchBuilder::new(_fbb);
+                if let Some(x) = args.responses {
+                    builder.add_responses(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn responses(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Response<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Response>>,
+                    >>(ResponseBatch::VT_RESPONSES, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ResponseBatch<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Response>>,
+                    >>("responses", Self::VT_RESPONSES, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ResponseBatchArgs<'a> {
+            pub responses: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Response<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for ResponseBatchArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ResponseBatchArgs { responses: None }
+            }
+        }
+
+        pub struct ResponseBatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResponseBatchBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_responses(
+                &mut self,
+                responses: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Response<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ResponseBatch::VT_RESPONSES,
+                    responses,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ResponseBatchBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ResponseBatchBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ResponseBatch<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ResponseBatch<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ResponseBatch");
+                ds.field("responses", &self.responses());
+                ds.finish()
+            }
+        }
+        pub enum FrameOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Frame<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Frame<'a> {
+            type Inner = Frame<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Frame<'a> {
+            pub const VT_BODY_TYPE: ::flatbuffers::VOffsetT = 4;
+            pub const VT_BODY: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Frame { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args FrameArgs,
+            ) -> ::flatbuffers::WIPOffset<Frame<'bldr>> {
+                let mut builder = FrameBuilder::new(_fbb);
+                if let Some(x) = args.body {
+                    builder.add_body(x);
+                }
+                builder.add_body_type(args.body_type);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn body_type(&self) -> Body {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Body>(Frame::VT_BODY_TYPE, Some(Body::NONE))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn body(&self) -> Option<::flatbuffers::Table<'a>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(
+                            Frame::VT_BODY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_hello(&self) -> Option<Hello<'a>> {
+                if self.body_type() == Body::Hello {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Hello::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_request_batch(&self) -> Option<RequestBatch<'a>> {
+                if self.body_type() == Body::RequestBatch {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { RequestBatch::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_response_batch(&self) -> Option<ResponseBatch<'a>> {
+                if self.body_type() == Body::ResponseBatch {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { ResponseBatch::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_error(&self) -> Option<Error<'a>> {
+                if self.body_type() == Body::Error {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Error::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Frame<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
      .visit_union::<Body, _>("body_type", Self::VT_BODY_TYPE, "body", Self::VT_BODY, false, |key, v, pos| {
         match key {
           Body::Hello => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Hello>>("Body::Hello", pos),
@@ -3231,163 +3978,187 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
         }
      })?
      .finish();
-    Ok(())
-  }
-}
-pub struct FrameArgs {
-    pub body_type: Body,
-    pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
-}
-impl<'a> Default for FrameArgs {
-  #[inline]
-  fn default() -> Self {
-    FrameArgs {
-      body_type: Body::NONE,
-      body: None,
-    }
-  }
-}
+                Ok(())
+            }
+        }
+        pub struct FrameArgs {
+            pub body_type: Body,
+            pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+        }
+        impl<'a> Default for FrameArgs {
+            #[inline]
+            fn default() -> Self {
+                FrameArgs {
+                    body_type: Body::NONE,
+                    body: None,
+                }
+            }
+        }
 
-pub struct FrameBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FrameBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_body_type(&mut self, body_type: Body) {
-    self.fbb_.push_slot::<Body>(Frame::VT_BODY_TYPE, body_type, Body::NONE);
-  }
-  #[inline]
-  pub fn add_body(&mut self, body: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Frame::VT_BODY, body);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FrameBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    FrameBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<Frame<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
+        pub struct FrameBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FrameBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_body_type(&mut self, body_type: Body) {
+                self.fbb_
+                    .push_slot::<Body>(Frame::VT_BODY_TYPE, body_type, Body::NONE);
+            }
+            #[inline]
+            pub fn add_body(
+                &mut self,
+                body: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Frame::VT_BODY, body);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> FrameBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                FrameBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Frame<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
 
-impl ::core::fmt::Debug for Frame<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("Frame");
-      ds.field("body_type", &self.body_type());
-      match self.body_type() {
-        Body::Hello => {
-          if let Some(x) = self.body_as_hello() {
-            ds.field("body", &x)
-          } else {
-            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Body::RequestBatch => {
-          if let Some(x) = self.body_as_request_batch() {
-            ds.field("body", &x)
-          } else {
-            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Body::ResponseBatch => {
-          if let Some(x) = self.body_as_response_batch() {
-            ds.field("body", &x)
-          } else {
-            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Body::Error => {
-          if let Some(x) = self.body_as_error() {
-            ds.field("body", &x)
-          } else {
-            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        _ => {
-          let x: Option<()> = None;
-          ds.field("body", &x)
-        },
-      };
-      ds.finish()
-  }
-}
-#[inline]
-/// Verifies that a buffer of bytes contains a `Frame`
-/// and returns it.
-/// Note that verification is still experimental and may not
-/// catch every error, or be maximally performant. For the
-/// previous, unchecked, behavior use
-/// `root_as_frame_unchecked`.
-pub fn root_as_frame(buf: &[u8]) -> Result<Frame<'_>, ::flatbuffers::InvalidFlatbuffer> {
-  ::flatbuffers::root::<Frame>(buf)
-}
-#[inline]
-/// Verifies that a buffer of bytes contains a size prefixed
-/// `Frame` and returns it.
-/// Note that verification is still experimental and may not
-/// catch every error, or be maximally performant. For the
-/// previous, unchecked, behavior use
-/// `size_prefixed_root_as_frame_unchecked`.
-pub fn size_prefixed_root_as_frame(buf: &[u8]) -> Result<Frame<'_>, ::flatbuffers::InvalidFlatbuffer> {
-  ::flatbuffers::size_prefixed_root::<Frame>(buf)
-}
-#[inline]
-/// Verifies, with the given options, that a buffer of bytes
-/// contains a `Frame` and returns it.
-/// Note that verification is still experimental and may not
-/// catch every error, or be maximally performant. For the
-/// previous, unchecked, behavior use
-/// `root_as_frame_unchecked`.
-pub fn root_as_frame_with_opts<'b, 'o>(
-  opts: &'o ::flatbuffers::VerifierOptions,
-  buf: &'b [u8],
-) -> Result<Frame<'b>, ::flatbuffers::InvalidFlatbuffer> {
-  ::flatbuffers::root_with_opts::<Frame<'b>>(opts, buf)
-}
-#[inline]
-/// Verifies, with the given verifier options, that a buffer of
-/// bytes contains a size prefixed `Frame` and returns
-/// it. Note that verification is still experimental and may not
-/// catch every error, or be maximally performant. For the
-/// previous, unchecked, behavior use
-/// `root_as_frame_unchecked`.
-pub fn size_prefixed_root_as_frame_with_opts<'b, 'o>(
-  opts: &'o ::flatbuffers::VerifierOptions,
-  buf: &'b [u8],
-) -> Result<Frame<'b>, ::flatbuffers::InvalidFlatbuffer> {
-  ::flatbuffers::size_prefixed_root_with_opts::<Frame<'b>>(opts, buf)
-}
-#[inline]
-/// Assumes, without verification, that a buffer of bytes contains a Frame and returns it.
-/// # Safety
-/// Callers must trust the given bytes do indeed contain a valid `Frame`.
-pub unsafe fn root_as_frame_unchecked(buf: &[u8]) -> Frame<'_> {
-  unsafe { ::flatbuffers::root_unchecked::<Frame>(buf) }
-}
-#[inline]
-/// Assumes, without verification, that a buffer of bytes contains a size prefixed Frame and returns it.
-/// # Safety
-/// Callers must trust the given bytes do indeed contain a valid size prefixed `Frame`.
-pub unsafe fn size_prefixed_root_as_frame_unchecked(buf: &[u8]) -> Frame<'_> {
-  unsafe { ::flatbuffers::size_prefixed_root_unchecked::<Frame>(buf) }
-}
-#[inline]
-pub fn finish_frame_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(
-    fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-    root: ::flatbuffers::WIPOffset<Frame<'a>>) {
-  fbb.finish(root, None);
-}
+        impl ::core::fmt::Debug for Frame<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Frame");
+                ds.field("body_type", &self.body_type());
+                match self.body_type() {
+                    Body::Hello => {
+                        if let Some(x) = self.body_as_hello() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Body::RequestBatch => {
+                        if let Some(x) = self.body_as_request_batch() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Body::ResponseBatch => {
+                        if let Some(x) = self.body_as_response_batch() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Body::Error => {
+                        if let Some(x) = self.body_as_error() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    _ => {
+                        let x: Option<()> = None;
+                        ds.field("body", &x)
+                    }
+                };
+                ds.finish()
+            }
+        }
+        #[inline]
+        /// Verifies that a buffer of bytes contains a `Frame`
+        /// and returns it.
+        /// Note that verification is still experimental and may not
+        /// catch every error, or be maximally performant. For the
+        /// previous, unchecked, behavior use
+        /// `root_as_frame_unchecked`.
+        pub fn root_as_frame(buf: &[u8]) -> Result<Frame<'_>, ::flatbuffers::InvalidFlatbuffer> {
+            ::flatbuffers::root::<Frame>(buf)
+        }
+        #[inline]
+        /// Verifies that a buffer of bytes contains a size prefixed
+        /// `Frame` and returns it.
+        /// Note that verification is still experimental and may not
+        /// catch every error, or be maximally performant. For the
+        /// previous, unchecked, behavior use
+        /// `size_prefixed_root_as_frame_unchecked`.
+        pub fn size_prefixed_root_as_frame(
+            buf: &[u8],
+        ) -> Result<Frame<'_>, ::flatbuffers::InvalidFlatbuffer> {
+            ::flatbuffers::size_prefixed_root::<Frame>(buf)
+        }
+        #[inline]
+        /// Verifies, with the given options, that a buffer of bytes
+        /// contains a `Frame` and returns it.
+        /// Note that verification is still experimental and may not
+        /// catch every error, or be maximally performant. For the
+        /// previous, unchecked, behavior use
+        /// `root_as_frame_unchecked`.
+        pub fn root_as_frame_with_opts<'b, 'o>(
+            opts: &'o ::flatbuffers::VerifierOptions,
+            buf: &'b [u8],
+        ) -> Result<Frame<'b>, ::flatbuffers::InvalidFlatbuffer> {
+            ::flatbuffers::root_with_opts::<Frame<'b>>(opts, buf)
+        }
+        #[inline]
+        /// Verifies, with the given verifier options, that a buffer of
+        /// bytes contains a size prefixed `Frame` and returns
+        /// it. Note that verification is still experimental and may not
+        /// catch every error, or be maximally performant. For the
+        /// previous, unchecked, behavior use
+        /// `root_as_frame_unchecked`.
+        pub fn size_prefixed_root_as_frame_with_opts<'b, 'o>(
+            opts: &'o ::flatbuffers::VerifierOptions,
+            buf: &'b [u8],
+        ) -> Result<Frame<'b>, ::flatbuffers::InvalidFlatbuffer> {
+            ::flatbuffers::size_prefixed_root_with_opts::<Frame<'b>>(opts, buf)
+        }
+        #[inline]
+        /// Assumes, without verification, that a buffer of bytes contains a Frame and returns it.
+        /// # Safety
+        /// Callers must trust the given bytes do indeed contain a valid `Frame`.
+        pub unsafe fn root_as_frame_unchecked(buf: &[u8]) -> Frame<'_> {
+            unsafe { ::flatbuffers::root_unchecked::<Frame>(buf) }
+        }
+        #[inline]
+        /// Assumes, without verification, that a buffer of bytes contains a size prefixed Frame and returns it.
+        /// # Safety
+        /// Callers must trust the given bytes do indeed contain a valid size prefixed `Frame`.
+        pub unsafe fn size_prefixed_root_as_frame_unchecked(buf: &[u8]) -> Frame<'_> {
+            unsafe { ::flatbuffers::size_prefixed_root_unchecked::<Frame>(buf) }
+        }
+        #[inline]
+        pub fn finish_frame_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(
+            fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            root: ::flatbuffers::WIPOffset<Frame<'a>>,
+        ) {
+            fbb.finish(root, None);
+        }
 
-#[inline]
-pub fn finish_size_prefixed_frame_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>, root: ::flatbuffers::WIPOffset<Frame<'a>>) {
-  fbb.finish_size_prefixed(root, None);
-}
-}  // pub mod wire
-}  // pub mod corekv
-
+        #[inline]
+        pub fn finish_size_prefixed_frame_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(
+            fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            root: ::flatbuffers::WIPOffset<Frame<'a>>,
+        ) {
+            fbb.finish_size_prefixed(root, None);
+        }
+    } // pub mod wire
+} // pub mod corekv

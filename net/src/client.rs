@@ -1,0 +1,621 @@
+//! The native client: a blocking library usable from any application thread
+//! (no async runtime needed).
+//!
+//! It keeps a region cache (hash range → region, epoch, leader node) loaded
+//! from any endpoint, sends each request straight to the region's leader,
+//! follows `NotLeader` hints and `EpochNotMatch` updates, and retries with
+//! capped exponential backoff. A write whose outcome is unknown (timeout, or
+//! the connection dropped after it was sent) is never retried blindly: it is
+//! reported as [`ClientError::Unknown`].
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corekv_engine::{route_hash, Condition, Consistency, PutItem, SessionTag, WriteRequest};
+use rand::Rng;
+
+use crate::frame::FrameBuffer;
+use crate::message::{
+    decode_frame_with_fields, encode_hello, encode_requests, Frame, NodeInfo, Op, Outcome, Request,
+    Response, ResponseFields, RouteInfo, WireError,
+};
+use crate::wire::ErrorCode;
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Addresses to load the routing table from (`host:port`).
+    pub endpoints: Vec<String>,
+    /// Time budget of one operation, retries included. Default 5 s.
+    pub request_timeout: Duration,
+    /// Time budget of one connection attempt. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Attempts per operation. Default 20.
+    pub attempts_max: u32,
+    /// First retry delay; doubles per attempt. Default 10 ms.
+    pub backoff_base: Duration,
+    /// Longest retry delay. Default 500 ms.
+    pub backoff_max: Duration,
+    /// Largest response frame accepted. Default 64 MiB.
+    pub frame_bytes_max: usize,
+}
+
+impl ClientConfig {
+    /// Defaults with these endpoints.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        ClientConfig {
+            endpoints,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            attempts_max: 20,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(500),
+            frame_bytes_max: 64 << 20,
+        }
+    }
+}
+
+/// Errors of client operations.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The write's condition did not hold; nothing was written.
+    #[error("condition failed (current version: {current_version:?})")]
+    ConditionFailed {
+        /// Version of the live value, if any.
+        current_version: Option<u64>,
+    },
+    /// Incr on a value that is not a decimal i64, or an overflow.
+    #[error("value is not a decimal 64-bit integer, or the result overflows")]
+    NotANumber,
+    /// The request itself is invalid (key or value too large, bad ttl, ...).
+    #[error("{code:?}: {message}")]
+    Invalid {
+        /// Error code.
+        code: ErrorCode,
+        /// Detail from the server.
+        message: String,
+    },
+    /// The write may or may not have been applied (timeout, or the connection
+    /// was lost after it was sent). Read the key to find out.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// No replica could serve the request within the attempts and time.
+    #[error("unavailable after {attempts} attempts: {last}")]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// Last error seen.
+        last: String,
+    },
+    /// The server answered something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Result of client operations.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A value read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Value {
+    /// The bytes.
+    pub value: Bytes,
+    /// Version (raft index of the write).
+    pub version: u64,
+    /// Absolute expiry in unix ms; 0 = none.
+    pub expire_at_ms: u64,
+}
+
+/// Options of a put.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PutOptions {
+    /// Time to live.
+    pub ttl: Option<Duration>,
+    /// Write only if absent.
+    pub if_absent: bool,
+    /// Write only if the current version is this.
+    pub if_version: Option<u64>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    frames: FrameBuffer,
+}
+
+enum CallError {
+    /// Nothing was sent: safe to retry anything.
+    NotSent(String),
+    /// Sent, no answer: a write's outcome is unknown.
+    Lost(String),
+}
+
+/// A connection-pooling, region-aware client.
+pub struct Client {
+    cfg: ClientConfig,
+    routes: Vec<RouteInfo>,
+    nodes: HashMap<u64, String>,
+    conns: HashMap<String, Conn>,
+    next_id: u64,
+    client_id: u64,
+    seq: u64,
+}
+
+fn wire_to_client(e: WireError) -> ClientError {
+    match e.code {
+        ErrorCode::ConditionFailed => ClientError::ConditionFailed {
+            current_version: (e.current_version != 0).then_some(e.current_version),
+        },
+        ErrorCode::NotANumber => ClientError::NotANumber,
+        code => ClientError::Invalid {
+            code,
+            message: e.message,
+        },
+    }
+}
+
+impl Client {
+    /// Connects to the cluster: loads the routing table from the first
+    /// endpoint that answers.
+    pub fn connect(cfg: ClientConfig) -> Result<Client> {
+        if cfg.endpoints.is_empty() {
+            return Err(ClientError::Protocol("no endpoints".into()));
+        }
+        let mut c = Client {
+            cfg,
+            routes: Vec::new(),
+            nodes: HashMap::new(),
+            conns: HashMap::new(),
+            next_id: 1,
+            client_id: rand::thread_rng().gen_range(1..u64::MAX),
+            seq: 0,
+        };
+        let deadline = Instant::now() + c.cfg.request_timeout;
+        let mut last = String::new();
+        for attempt in 0..c.cfg.attempts_max {
+            match c.refresh_routes(deadline) {
+                Ok(()) => return Ok(c),
+                Err(e) => last = e,
+            }
+            if !c.backoff(attempt, deadline) {
+                break;
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts: c.cfg.attempts_max,
+            last,
+        })
+    }
+
+    /// The regions as last loaded.
+    pub fn routes(&self) -> &[RouteInfo] {
+        &self.routes
+    }
+
+    /// Node client addresses as last loaded.
+    pub fn nodes(&self) -> &HashMap<u64, String> {
+        &self.nodes
+    }
+
+    fn backoff(&self, attempt: u32, deadline: Instant) -> bool {
+        let exp = self
+            .cfg
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16));
+        let d = exp.min(self.cfg.backoff_max);
+        let now = Instant::now();
+        if now + d >= deadline {
+            return false;
+        }
+        std::thread::sleep(d);
+        true
+    }
+
+    fn conn(&mut self, addr: &str, deadline: Instant) -> std::result::Result<&mut Conn, String> {
+        if !self.conns.contains_key(addr) {
+            let sa = addr
+                .to_socket_addrs()
+                .map_err(|e| format!("{addr}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{addr}: no address"))?;
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.cfg.connect_timeout);
+            if budget.is_zero() {
+                return Err("deadline passed".into());
+            }
+            let mut stream =
+                TcpStream::connect_timeout(&sa, budget).map_err(|e| format!("{addr}: {e}"))?;
+            stream.set_nodelay(true).ok();
+            stream
+                .write_all(&encode_hello(0, 0, &[]))
+                .map_err(|e| format!("{addr}: {e}"))?;
+            let mut conn = Conn {
+                stream,
+                frames: FrameBuffer::new(self.cfg.frame_bytes_max),
+            };
+            match read_frame(&mut conn, deadline)? {
+                Frame::Hello { .. } => {}
+                Frame::Error(e) => return Err(format!("{addr}: {}", e.message)),
+                other => return Err(format!("{addr}: expected hello, got {other:?}")),
+            }
+            self.conns.insert(addr.to_string(), conn);
+        }
+        Ok(self.conns.get_mut(addr).unwrap())
+    }
+
+    fn call(
+        &mut self,
+        addr: &str,
+        reqs: &[Request],
+        deadline: Instant,
+    ) -> std::result::Result<Vec<(Response, ResponseFields)>, CallError> {
+        let conn = self.conn(addr, deadline).map_err(CallError::NotSent)?;
+        let frame = encode_requests(reqs);
+        if let Err(e) = conn.stream.write_all(&frame) {
+            self.conns.remove(addr);
+            // A partial write may have delivered the frame.
+            return Err(CallError::Lost(format!("{addr}: {e}")));
+        }
+        let mut got: Vec<Option<(Response, ResponseFields)>> = vec![None; reqs.len()];
+        let mut missing = reqs.len();
+        while missing > 0 {
+            let conn = self.conns.get_mut(addr).unwrap();
+            let (frame, fields) = match read_frame_with_fields(conn, deadline) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.conns.remove(addr);
+                    return Err(CallError::Lost(e));
+                }
+            };
+            match frame {
+                Frame::Responses(rs) => {
+                    for (r, f) in rs.into_iter().zip(fields) {
+                        if let Some(i) = reqs.iter().position(|q| q.id == r.id) {
+                            if got[i].is_none() {
+                                missing -= 1;
+                            }
+                            got[i] = Some((r, f));
+                        }
+                    }
+                }
+                Frame::Error(e) => {
+                    self.conns.remove(addr);
+                    return Err(CallError::Lost(format!("{addr}: {}", e.message)));
+                }
+                other => {
+                    self.conns.remove(addr);
+                    return Err(CallError::Lost(format!("{addr}: unexpected {other:?}")));
+                }
+            }
+        }
+        Ok(got.into_iter().map(Option::unwrap).collect())
+    }
+
+    fn refresh_routes(&mut self, deadline: Instant) -> std::result::Result<(), String> {
+        let mut candidates: Vec<String> = self.nodes.values().cloned().collect();
+        candidates.extend(self.cfg.endpoints.iter().cloned());
+        let mut last = String::from("no endpoint answered");
+        for addr in candidates {
+            let id = self.new_id();
+            let req = Request {
+                id,
+                region_id: 0,
+                epoch: Default::default(),
+                op: Op::Routes,
+                session: None,
+            };
+            match self.call(&addr, &[req], deadline) {
+                Ok(mut rs) => match rs.remove(0).0.result {
+                    Ok(Outcome::Routes { regions, nodes }) => {
+                        self.install_routes(regions, nodes);
+                        return Ok(());
+                    }
+                    Ok(other) => last = format!("{addr}: unexpected {other:?}"),
+                    Err(e) => last = format!("{addr}: {}", e.message),
+                },
+                Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn install_routes(&mut self, mut regions: Vec<RouteInfo>, nodes: Vec<NodeInfo>) {
+        regions.sort_by_key(|r| r.region.start_hash);
+        self.routes = regions;
+        for n in nodes {
+            if !n.client_addr.is_empty() {
+                self.nodes.insert(n.node_id, n.client_addr);
+            }
+        }
+    }
+
+    fn route_index(&self, hash: u64) -> Option<usize> {
+        self.routes.iter().position(|r| r.region.contains(hash))
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Picks the node to send to for region `i`: the leader if known,
+    /// otherwise a replica chosen by attempt number.
+    fn target(&self, i: usize, attempt: u32) -> Option<String> {
+        let r = &self.routes[i];
+        if r.leader_node != 0 {
+            if let Some(a) = self.nodes.get(&r.leader_node) {
+                return Some(a.clone());
+            }
+        }
+        let peers = &r.region.peers;
+        if peers.is_empty() {
+            return None;
+        }
+        let p = &peers[attempt as usize % peers.len()];
+        self.nodes.get(&p.node_id).cloned()
+    }
+
+    /// Runs one operation on the region owning `key`, with retries.
+    fn execute(
+        &mut self,
+        key: &[u8],
+        op: Op,
+        idempotent: bool,
+    ) -> Result<(Outcome, ResponseFields)> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let hash = route_hash(key);
+        let session = match (&op, idempotent) {
+            (Op::Write(_), false) => {
+                self.seq += 1;
+                Some(SessionTag {
+                    client_id: self.client_id,
+                    seq: self.seq,
+                })
+            }
+            _ => None,
+        };
+        let mut last = String::new();
+        let mut attempt = 0;
+        while attempt < self.cfg.attempts_max && Instant::now() < deadline {
+            attempt += 1;
+            let Some(i) = self.route_index(hash) else {
+                if let Err(e) = self.refresh_routes(deadline) {
+                    last = e;
+                    self.backoff(attempt, deadline);
+                }
+                continue;
+            };
+            let Some(addr) = self.target(i, attempt) else {
+                last = "no replica address known".into();
+                let _ = self.refresh_routes(deadline);
+                self.backoff(attempt, deadline);
+                continue;
+            };
+            let (region_id, epoch) = (self.routes[i].region.id, self.routes[i].region.epoch);
+            let req = Request {
+                id: self.new_id(),
+                region_id,
+                epoch,
+                op: op.clone(),
+                session,
+            };
+            match self.call(&addr, std::slice::from_ref(&req), deadline) {
+                Ok(mut rs) => {
+                    let (resp, fields) = rs.remove(0);
+                    match resp.result {
+                        Ok(o) => return Ok((o, fields)),
+                        Err(e) => {
+                            last = format!("{addr}: {:?} {}", e.code, e.message);
+                            match e.code {
+                                ErrorCode::NotLeader => {
+                                    let hinted = e.leader_node != 0
+                                        && e.leader_node != self.routes[i].leader_node;
+                                    self.routes[i].leader_node = e.leader_node;
+                                    if !hinted {
+                                        self.backoff(attempt, deadline);
+                                    }
+                                }
+                                ErrorCode::EpochNotMatch | ErrorCode::RegionNotFound => {
+                                    let _ = self.refresh_routes(deadline);
+                                }
+                                ErrorCode::Busy
+                                | ErrorCode::ProposalDropped
+                                | ErrorCode::ShuttingDown => {
+                                    self.routes[i].leader_node = 0;
+                                    self.backoff(attempt, deadline);
+                                }
+                                ErrorCode::Timeout if idempotent => {
+                                    self.backoff(attempt, deadline);
+                                }
+                                ErrorCode::Timeout => return Err(ClientError::Unknown(last)),
+                                _ => return Err(wire_to_client(e)),
+                            }
+                        }
+                    }
+                }
+                Err(CallError::NotSent(e)) => {
+                    last = e;
+                    self.routes[i].leader_node = 0;
+                    self.backoff(attempt, deadline);
+                }
+                Err(CallError::Lost(e)) => {
+                    if !idempotent {
+                        return Err(ClientError::Unknown(e));
+                    }
+                    last = e;
+                    self.routes[i].leader_node = 0;
+                    self.backoff(attempt, deadline);
+                }
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts: attempt,
+            last,
+        })
+    }
+
+    /// Reads `key`.
+    pub fn get(&mut self, key: &[u8], consistency: Consistency) -> Result<Option<Value>> {
+        let op = Op::Get {
+            key: Bytes::copy_from_slice(key),
+            consistency,
+        };
+        match self.execute(key, op, true)? {
+            (Outcome::Value(v), _) => Ok(v.map(|r| Value {
+                value: r.value,
+                version: r.version,
+                expire_at_ms: r.expire_at_ms,
+            })),
+            (other, _) => Err(ClientError::Protocol(format!("get answered {other:?}"))),
+        }
+    }
+
+    /// Writes `key`; returns the new version.
+    pub fn put(&mut self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<u64> {
+        let condition = match (opts.if_absent, opts.if_version) {
+            (false, None) => Condition::None,
+            (true, None) => Condition::IfAbsent,
+            (false, Some(v)) => Condition::IfVersion(v),
+            (true, Some(_)) => {
+                return Err(ClientError::Invalid {
+                    code: ErrorCode::InvalidRequest,
+                    message: "if_absent and if_version together".into(),
+                })
+            }
+        };
+        let w = WriteRequest::Put {
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+            ttl_ms: opts.ttl.map(|t| t.as_millis().max(1) as u64),
+            condition,
+        };
+        let (_, f) = self.execute(key, Op::Write(w), false)?;
+        Ok(f.version)
+    }
+
+    /// Deletes `key`; returns whether a live value was removed.
+    pub fn delete(&mut self, key: &[u8], if_version: Option<u64>) -> Result<bool> {
+        let w = WriteRequest::Delete {
+            key: Bytes::copy_from_slice(key),
+            if_version,
+        };
+        let (_, f) = self.execute(key, Op::Write(w), false)?;
+        Ok(f.existed)
+    }
+
+    /// Adds `delta` to the integer at `key`; returns the new value.
+    pub fn incr(&mut self, key: &[u8], delta: i64) -> Result<i64> {
+        let w = WriteRequest::Incr {
+            key: Bytes::copy_from_slice(key),
+            delta,
+        };
+        let (_, f) = self.execute(key, Op::Write(w), false)?;
+        Ok(f.counter)
+    }
+
+    /// Replaces the value of `key` if it is `expected` (`None` = absent);
+    /// returns the new version.
+    pub fn cas(
+        &mut self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<u64> {
+        let w = WriteRequest::Cas {
+            key: Bytes::copy_from_slice(key),
+            expected: expected.map(Bytes::copy_from_slice),
+            value: Bytes::copy_from_slice(value),
+            ttl_ms: ttl.map(|t| t.as_millis().max(1) as u64),
+        };
+        let (_, f) = self.execute(key, Op::Write(w), false)?;
+        Ok(f.version)
+    }
+
+    /// Reads several keys; one result per key, in order.
+    pub fn batch_get(
+        &mut self,
+        keys: &[&[u8]],
+        consistency: Consistency,
+    ) -> Vec<Result<Option<Value>>> {
+        keys.iter().map(|k| self.get(k, consistency)).collect()
+    }
+
+    /// Writes several pairs. Pairs in the same region are written atomically
+    /// in one entry; each key's result says whether its region's write
+    /// succeeded (with the version) or not.
+    pub fn batch_put(&mut self, items: &[(&[u8], &[u8])]) -> Vec<Result<u64>> {
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut out: Vec<Option<Result<u64>>> = vec![None; items.len()];
+        for (n, (k, _)) in items.iter().enumerate() {
+            let region = self.route_index(route_hash(k)).unwrap_or(usize::MAX);
+            match groups.iter_mut().find(|(r, _)| *r == region) {
+                Some((_, v)) => v.push(n),
+                None => groups.push((region, vec![n])),
+            }
+        }
+        for (_, members) in groups {
+            let batch: Vec<PutItem> = members
+                .iter()
+                .map(|&n| PutItem {
+                    key: Bytes::copy_from_slice(items[n].0),
+                    value: Bytes::copy_from_slice(items[n].1),
+                    ttl_ms: None,
+                })
+                .collect();
+            let first = items[members[0]].0;
+            let r = self
+                .execute(
+                    first,
+                    Op::Write(WriteRequest::BatchPut { items: batch }),
+                    false,
+                )
+                .map(|(_, f)| f.version);
+            for n in members {
+                out[n] = Some(r.clone());
+            }
+        }
+        out.into_iter().map(Option::unwrap).collect()
+    }
+}
+
+fn read_frame(conn: &mut Conn, deadline: Instant) -> std::result::Result<Frame, String> {
+    read_frame_with_fields(conn, deadline).map(|(f, _)| f)
+}
+
+fn read_frame_with_fields(
+    conn: &mut Conn,
+    deadline: Instant,
+) -> std::result::Result<(Frame, Vec<ResponseFields>), String> {
+    loop {
+        match conn.frames.next_frame() {
+            Ok(Some(body)) => {
+                return decode_frame_with_fields(body).map_err(|e| e.to_string());
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out waiting for the server".into());
+        }
+        conn.stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        let spare = conn.frames.spare(64 * 1024);
+        match conn.stream.read(spare) {
+            Ok(0) => {
+                conn.frames.filled(64 * 1024, 0);
+                return Err("connection closed by the server".into());
+            }
+            Ok(n) => conn.frames.filled(64 * 1024, n),
+            Err(e) => {
+                conn.frames.filled(64 * 1024, 0);
+                return Err(format!("read: {e}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Listening sockets of a node.
+//!
+//! Every shard binds the same address with `SO_REUSEPORT`, so the kernel
+//! spreads connections over shards. `SO_REUSEPORT` would also let a second
+//! server process share the port silently, so [`check_free`] first binds
+//! without it: that fails while any other process listens there. Both set
+//! `SO_REUSEADDR`, so connections of a previous run lingering in TIME_WAIT do
+//! not block a restart.
+
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+fn socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    Ok(s)
+}
+
+/// Fails if another process listens on `addr`.
+pub fn check_free(addr: SocketAddr) -> std::io::Result<()> {
+    let s = socket(addr)?;
+    s.bind(&addr.into())?;
+    Ok(())
+}
+
+/// A listening socket on `addr` that other shards of this process may bind
+/// too.
+pub fn shared_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let s = socket(addr)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}

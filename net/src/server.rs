@@ -1,0 +1,252 @@
+//! The client listener of one shard (glommio, io_uring).
+//!
+//! Each accepted connection gets a reader task and a writer task. The reader
+//! expects a `Hello` first, answers it, then decodes request batches and hands
+//! them to the shard's [`RequestHandler`]. Responses are queued on a bounded
+//! per-connection queue drained by the writer; a client that does not read
+//! its responses fills the queue and is disconnected. A malformed or oversized
+//! frame gets an error frame and the connection is closed; the listener keeps
+//! serving everyone else.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::frame::FrameBuffer;
+use crate::message::{
+    decode_frame, encode_error_frame, encode_hello, encode_responses, Frame, Request, Response,
+    WireError,
+};
+use crate::wire::{ErrorCode, PROTOCOL_VERSION};
+
+/// Limits of one shard's client listener.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Largest request frame, in bytes.
+    pub frame_bytes_max: usize,
+    /// Open connections per shard; more are refused with an error frame.
+    pub connections_max: usize,
+    /// Response frames queued per connection before it is closed.
+    pub queued_frames_max: usize,
+}
+
+/// What the listener tells the server about itself in `Hello`.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    /// Node id.
+    pub node_id: u64,
+    /// Shards of the node.
+    pub shard_count: u32,
+    /// Per-shard client ports (may be empty).
+    pub shard_ports: Vec<u16>,
+}
+
+/// One client connection, as the shard sees it.
+pub struct ClientConn {
+    /// Shard-local connection id.
+    pub id: u64,
+    out: RefCell<Option<LocalSender<Vec<u8>>>>,
+}
+
+impl ClientConn {
+    /// Queues responses as one frame. Returns false (and closes the
+    /// connection) if the client is not reading.
+    pub fn send(&self, responses: &[Response]) -> bool {
+        self.push(encode_responses(responses))
+    }
+
+    fn push(&self, frame: Vec<u8>) -> bool {
+        let ok = match self.out.borrow().as_ref() {
+            Some(q) => q.try_send(frame).is_ok(),
+            None => return false,
+        };
+        if !ok {
+            self.close();
+        }
+        ok
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.out.borrow().is_none()
+    }
+
+    /// Stops the connection: queued frames are still written, then it closes.
+    pub fn close(&self) {
+        self.out.borrow_mut().take();
+    }
+}
+
+/// The shard side of the listener.
+pub trait RequestHandler {
+    /// A batch of requests arrived on `conn`.
+    fn on_requests(&self, conn: &Rc<ClientConn>, requests: Vec<Request>);
+    /// `conn` is gone; answers for it can be dropped.
+    fn on_close(&self, conn_id: u64);
+}
+
+/// Accepts connections until the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    info: ServerInfo,
+    limits: ServerLimits,
+    handler: Rc<dyn RequestHandler>,
+) {
+    let open = Rc::new(Cell::new(0usize));
+    let next_id = Rc::new(Cell::new(1u64));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(_) => {
+                // Out of file descriptors and the like: back off briefly.
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if open.get() >= limits.connections_max {
+            glommio::spawn_local(refuse(stream)).detach();
+            continue;
+        }
+        let id = next_id.get();
+        next_id.set(id + 1);
+        open.set(open.get() + 1);
+        let (info, limits, handler, open) =
+            (info.clone(), limits.clone(), handler.clone(), open.clone());
+        glommio::spawn_local(async move {
+            connection(stream, id, info, limits, handler.clone()).await;
+            handler.on_close(id);
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let e = WireError::new(ErrorCode::Busy, "too many connections");
+    let _ = stream.write_all(&encode_error_frame(&e)).await;
+    let _ = stream.close().await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    id: u64,
+    info: ServerInfo,
+    limits: ServerLimits,
+    handler: Rc<dyn RequestHandler>,
+) {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(limits.queued_frames_max);
+    let conn = Rc::new(ClientConn {
+        id,
+        out: RefCell::new(Some(tx)),
+    });
+    let writer_task = glommio::spawn_local(async move {
+        while let Some(frame) = rx.recv().await {
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.close().await;
+    });
+
+    let mut frames = FrameBuffer::new(limits.frame_bytes_max);
+    let mut greeted = false;
+    let fail = |conn: &ClientConn, code: ErrorCode, msg: String| {
+        conn.push(encode_error_frame(&WireError::new(code, msg)));
+        conn.close();
+    };
+    'read: loop {
+        let spare = frames.spare(64 * 1024);
+        let n = match reader.read(spare).await {
+            Ok(0) | Err(_) => {
+                frames.filled(64 * 1024, 0);
+                conn.close();
+                break;
+            }
+            Ok(n) => n,
+        };
+        frames.filled(64 * 1024, n);
+        loop {
+            let body = match frames.next_frame() {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => {
+                    fail(&conn, ErrorCode::BadFrame, e.to_string());
+                    break 'read;
+                }
+            };
+            match decode_frame(body) {
+                Ok(Frame::Hello {
+                    protocol_version, ..
+                }) => {
+                    if protocol_version != PROTOCOL_VERSION {
+                        fail(
+                            &conn,
+                            ErrorCode::UnsupportedVersion,
+                            format!(
+                                "protocol version {protocol_version} (this server speaks {PROTOCOL_VERSION})"
+                            ),
+                        );
+                        break 'read;
+                    }
+                    greeted = true;
+                    let hello = encode_hello(info.node_id, info.shard_count, &info.shard_ports);
+                    if !conn.push(hello) {
+                        break 'read;
+                    }
+                }
+                Ok(Frame::Requests(reqs)) if greeted => handler.on_requests(&conn, reqs),
+                Ok(Frame::Requests(_)) => {
+                    fail(&conn, ErrorCode::BadFrame, "hello expected first".into());
+                    break 'read;
+                }
+                Ok(other) => {
+                    fail(
+                        &conn,
+                        ErrorCode::BadFrame,
+                        format!("unexpected frame from a client: {other:?}"),
+                    );
+                    break 'read;
+                }
+                Err(e) => {
+                    fail(&conn, ErrorCode::BadFrame, e.to_string());
+                    break 'read;
+                }
+            }
+            if conn.is_closed() {
+                break 'read;
+            }
+        }
+    }
+    writer_task.await;
+}
+
+/// Shard-local registry of open connections, for routing answers back.
+#[derive(Default)]
+pub struct Connections {
+    conns: RefCell<std::collections::HashMap<u64, Rc<ClientConn>>>,
+}
+
+impl Connections {
+    /// Remembers `conn`.
+    pub fn insert(&self, conn: &Rc<ClientConn>) {
+        self.conns
+            .borrow_mut()
+            .entry(conn.id)
+            .or_insert_with(|| conn.clone());
+    }
+
+    /// Forgets a closed connection.
+    pub fn remove(&self, id: u64) {
+        self.conns.borrow_mut().remove(&id);
+    }
+
+    /// The connection `id`, if open.
+    pub fn get(&self, id: u64) -> Option<Rc<ClientConn>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+}

@@ -1,0 +1,240 @@
+//! The raft transport of one shard (glommio, io_uring TCP).
+//!
+//! Outgoing: one link per destination node, created on first use. A link has a
+//! bounded queue of frames (each frame = every message of one round for that
+//! node) and a task that connects with capped exponential backoff, sends a
+//! hello, then writes frames in order. When the queue is full the frame is
+//! dropped and its messages are reported undelivered, so raft treats the peer
+//! as unreachable instead of memory growing. A frame lost with a broken
+//! connection is not resent: raft retransmits.
+//!
+//! Incoming: [`serve_peers`] accepts connections, checks the hello and hands
+//! every decoded batch to the shard's [`RaftHandler`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use corekv_engine::RaftEnvelope;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use raft::eraftpb::MessageType;
+
+use crate::frame::FrameBuffer;
+use crate::peer_codec::{decode_peer_frame, encode_peer_hello, encode_raft_batch, PeerFrame};
+
+/// Transport settings.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This node.
+    pub node_id: u64,
+    /// This node's shard count (sent in the hello).
+    pub shard_count: u32,
+    /// This node's client address (sent in the hello).
+    pub client_addr: String,
+    /// Frames queued per destination before frames are dropped.
+    pub queued_frames_max: usize,
+    /// Largest transport frame accepted, in bytes.
+    pub frame_bytes_max: usize,
+    /// First reconnect delay; doubles per failure.
+    pub backoff_base: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+/// The shard side of the transport.
+pub trait RaftHandler {
+    /// Messages arrived from another node.
+    fn on_messages(&self, messages: Vec<RaftEnvelope>);
+    /// A peer introduced itself.
+    fn on_peer(&self, node_id: u64, shard_count: u32, client_addr: String);
+    /// The fate of messages this shard sent that raft must hear about:
+    /// snapshots (delivered or not) and messages that could not be sent.
+    fn on_report(&self, messages: Vec<RaftEnvelope>, delivered: bool);
+}
+
+struct Link {
+    queue: LocalSender<Outgoing>,
+}
+
+struct Outgoing {
+    frame: Vec<u8>,
+    /// Messages whose fate raft must hear about (snapshots).
+    tracked: Vec<RaftEnvelope>,
+}
+
+/// Outgoing links of one shard.
+pub struct Transport {
+    cfg: TransportConfig,
+    peers: HashMap<u64, SocketAddr>,
+    links: RefCell<HashMap<u64, Link>>,
+    handler: Rc<dyn RaftHandler>,
+}
+
+fn must_track(e: &RaftEnvelope) -> bool {
+    e.message.get_msg_type() == MessageType::MsgSnapshot
+}
+
+impl Transport {
+    /// A transport that sends to `peers` (node id → peer address).
+    pub fn new(
+        cfg: TransportConfig,
+        peers: HashMap<u64, SocketAddr>,
+        handler: Rc<dyn RaftHandler>,
+    ) -> Rc<Transport> {
+        Rc::new(Transport {
+            cfg,
+            peers,
+            links: RefCell::new(HashMap::new()),
+            handler,
+        })
+    }
+
+    /// Sends one round's messages for `to_node` as one frame.
+    pub fn send(self: &Rc<Self>, to_node: u64, messages: Vec<RaftEnvelope>) {
+        if messages.is_empty() {
+            return;
+        }
+        let Some(&addr) = self.peers.get(&to_node) else {
+            self.handler.on_report(messages, false);
+            return;
+        };
+        let tracked: Vec<RaftEnvelope> =
+            messages.iter().filter(|e| must_track(e)).cloned().collect();
+        let out = Outgoing {
+            frame: encode_raft_batch(&messages),
+            tracked,
+        };
+        let mut links = self.links.borrow_mut();
+        let link = links.entry(to_node).or_insert_with(|| {
+            let (tx, rx) = local_channel::new_bounded(self.cfg.queued_frames_max);
+            let me = self.clone();
+            glommio::spawn_local(async move { me.run_link(addr, rx).await }).detach();
+            Link { queue: tx }
+        });
+        if let Err(e) = link.queue.try_send(out) {
+            drop(links);
+            let out = match e {
+                glommio::GlommioError::Closed(glommio::ResourceType::Channel(o))
+                | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(o)) => o,
+                _ => return,
+            };
+            // Full: drop, and let raft know the peer is unreachable.
+            self.handler.on_report(messages, false);
+            drop(out);
+        }
+    }
+
+    async fn run_link(
+        self: Rc<Self>,
+        addr: SocketAddr,
+        rx: local_channel::LocalReceiver<Outgoing>,
+    ) {
+        let hello = encode_peer_hello(
+            self.cfg.node_id,
+            self.cfg.shard_count,
+            &self.cfg.client_addr,
+        );
+        let mut stream: Option<TcpStream> = None;
+        let mut delay = self.cfg.backoff_base;
+        while let Some(out) = rx.recv().await {
+            if stream.is_none() {
+                if let Ok(mut s) =
+                    TcpStream::connect_timeout(addr, Duration::from_millis(500)).await
+                {
+                    let _ = s.set_nodelay(true);
+                    if s.write_all(&hello).await.is_ok() {
+                        stream = Some(s);
+                        delay = self.cfg.backoff_base;
+                    }
+                }
+            }
+            let Some(s) = stream.as_mut() else {
+                // Not connected: this frame is lost; wait before the next try
+                // and report what raft must know.
+                if !out.tracked.is_empty() {
+                    self.handler.on_report(out.tracked, false);
+                }
+                glommio::timer::sleep(delay).await;
+                delay = (delay * 2).min(self.cfg.backoff_max);
+                continue;
+            };
+            match s.write_all(&out.frame).await {
+                Ok(()) => {
+                    if !out.tracked.is_empty() {
+                        self.handler.on_report(out.tracked, true);
+                    }
+                }
+                Err(_) => {
+                    stream = None;
+                    if !out.tracked.is_empty() {
+                        self.handler.on_report(out.tracked, false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Accepts raft connections from other nodes until the listener fails.
+pub async fn serve_peers(
+    listener: TcpListener,
+    frame_bytes_max: usize,
+    handler: Rc<dyn RaftHandler>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(_) => {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        glommio::spawn_local(
+            async move { peer_connection(stream, frame_bytes_max, handler).await },
+        )
+        .detach();
+    }
+}
+
+async fn peer_connection(
+    mut stream: TcpStream,
+    frame_bytes_max: usize,
+    handler: Rc<dyn RaftHandler>,
+) {
+    let mut frames = FrameBuffer::new(frame_bytes_max);
+    let mut greeted = false;
+    loop {
+        let spare = frames.spare(256 * 1024);
+        let n = match stream.read(spare).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        frames.filled(256 * 1024, n);
+        loop {
+            let body = match frames.next_frame() {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            match decode_peer_frame(body) {
+                Ok(PeerFrame::Hello {
+                    node_id,
+                    shard_count,
+                    client_addr,
+                }) => {
+                    greeted = true;
+                    handler.on_peer(node_id, shard_count, client_addr);
+                }
+                Ok(PeerFrame::Raft(envs)) if greeted => handler.on_messages(envs),
+                // Not a corekv peer, or a broken one: drop the connection.
+                Ok(PeerFrame::Raft(_)) | Err(_) => return,
+            }
+        }
+    }
+}

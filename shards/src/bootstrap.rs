@@ -1,0 +1,257 @@
+//! A node's data directory on first start and on restart: the cluster's
+//! initial regions, this node's identity, and which shard owns each region.
+//!
+//! Layout of a new cluster (the same on every node, computed from
+//! `--initial-cluster` and `--regions`): region `r` (ids 1..=R) covers the
+//! r-th of R equal slices of the hash space; its replicas are on
+//! `min(3, N)` nodes starting at node index `(r-1) mod N`; replica ids are
+//! `r * 1000 + node_id`. Its preferred leader is the first of those nodes, so
+//! leaders spread evenly over nodes, and on each node region `r` is placed on
+//! shard `(r-1) mod shards`, so they spread over cores too.
+
+use std::collections::BTreeMap;
+
+use corekv_engine::db::{self, cf, Db};
+use corekv_engine::keys::{self, CF_META};
+use corekv_engine::peer::list_regions;
+use corekv_engine::replicas::bootstrap_regions;
+use corekv_engine::state::StoreIdent;
+use corekv_engine::{route_hash, Epoch, PeerMeta, PeerRole, Region};
+
+use crate::config::NodeConfig;
+
+/// Replicas per region.
+pub const REPLICAS: usize = 3;
+
+/// The regions of a new cluster of `nodes` (sorted ids) with `count` regions.
+pub fn initial_regions(nodes: &[u64], count: u64) -> Vec<Region> {
+    let n = nodes.len();
+    let replicas = REPLICAS.min(n);
+    Region::even_ranges(count)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (start_hash, end_hash))| {
+            let id = i as u64 + 1;
+            let peers = (0..replicas)
+                .map(|k| {
+                    let node_id = nodes[(i + k) % n];
+                    PeerMeta {
+                        id: id * 1000 + node_id,
+                        node_id,
+                        role: PeerRole::Voter,
+                    }
+                })
+                .collect();
+            Region {
+                id,
+                start_hash,
+                end_hash,
+                epoch: Epoch {
+                    conf_ver: 1,
+                    version: 1,
+                },
+                peers,
+            }
+        })
+        .collect()
+}
+
+/// The node that should lead `region` when it is up: its first replica.
+pub fn preferred_leader(region: &Region) -> u64 {
+    region.peers.first().map_or(0, |p| p.node_id)
+}
+
+/// What [`open`] found or created.
+pub struct Opened {
+    /// The node's database.
+    pub db: Db,
+    /// True if this start created the data directory's state.
+    pub fresh: bool,
+    /// Regions with a replica on this node, with their shard.
+    pub placement: Vec<(Region, usize)>,
+}
+
+/// Opens (bootstrapping if empty) the data directory of `cfg`.
+pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("data dir {}: {e}", cfg.data_dir.display()))?;
+    let db = db::open(&cfg.data_dir.join("db"), &cfg.db)
+        .map_err(|e| format!("opening RocksDB in {}: {e}", cfg.data_dir.display()))?;
+    let meta = cf(&db, CF_META);
+    let ident = db
+        .get_cf(meta, keys::store_ident_key())
+        .map_err(|e| e.to_string())?;
+    let fresh = match ident {
+        Some(b) => {
+            let ident = StoreIdent::decode(&b).map_err(|e| e.to_string())?;
+            if ident.node_id != cfg.node_id {
+                return Err(format!(
+                    "data dir {} belongs to node {}, not {}",
+                    cfg.data_dir.display(),
+                    ident.node_id,
+                    cfg.node_id
+                ));
+            }
+            false
+        }
+        None => {
+            let nodes: Vec<u64> = cfg.initial_cluster.keys().copied().collect();
+            let regions = initial_regions(&nodes, cfg.regions);
+            bootstrap_regions(&db, cfg.node_id, &regions).map_err(|e| e.to_string())?;
+            let mut wb = rocksdb::WriteBatch::default();
+            for r in regions
+                .iter()
+                .filter(|r| r.peer_on_node(cfg.node_id).is_some())
+            {
+                let shard = ((r.id - 1) % cfg.shards as u64) as u32;
+                wb.put_cf(meta, keys::placement_key(r.id), shard.to_be_bytes());
+            }
+            let cluster_id = route_hash(
+                format!("{:?}", cfg.initial_cluster.keys().collect::<Vec<_>>()).as_bytes(),
+            );
+            // The identity goes last: a crash before it leaves a directory
+            // that bootstraps again from scratch.
+            wb.put_cf(
+                meta,
+                keys::store_ident_key(),
+                StoreIdent {
+                    cluster_id,
+                    node_id: cfg.node_id,
+                }
+                .encode(),
+            );
+            db::write(&db, wb, true).map_err(|e| e.to_string())?;
+            true
+        }
+    };
+    let mut placement = Vec::new();
+    let mut moved = rocksdb::WriteBatch::default();
+    for r in list_regions(&db).map_err(|e| e.to_string())? {
+        let stored = db
+            .get_cf(meta, keys::placement_key(r.id))
+            .map_err(|e| e.to_string())?
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map(u32::from_be_bytes);
+        let shard = match stored {
+            Some(s) if (s as usize) < cfg.shards => s as usize,
+            // New region, or fewer shards than before: place it again.
+            _ => {
+                let s = ((r.id - 1) % cfg.shards as u64) as u32;
+                moved.put_cf(meta, keys::placement_key(r.id), s.to_be_bytes());
+                s as usize
+            }
+        };
+        placement.push((r, shard));
+    }
+    if !moved.is_empty() {
+        db::write(&db, moved, true).map_err(|e| e.to_string())?;
+    }
+    Ok(Opened {
+        db,
+        fresh,
+        placement,
+    })
+}
+
+/// Regions by id with their owning shard: O(1) lookups, immutable while the
+/// node runs, shared by every shard without locks.
+pub struct Router {
+    regions: Vec<(Region, usize)>,
+    by_id: BTreeMap<u64, usize>,
+}
+
+impl Router {
+    /// A router over `placement`.
+    pub fn new(mut placement: Vec<(Region, usize)>) -> Router {
+        placement.sort_by_key(|(r, _)| r.start_hash);
+        let by_id = placement
+            .iter()
+            .enumerate()
+            .map(|(i, (r, _))| (r.id, i))
+            .collect();
+        Router {
+            regions: placement,
+            by_id,
+        }
+    }
+
+    /// Index of region `id`.
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// Index of the region owning `hash` on this node, if any.
+    pub fn index_of_hash(&self, hash: u64) -> Option<usize> {
+        let i = self
+            .regions
+            .partition_point(|(r, _)| r.start_hash <= hash)
+            .checked_sub(1)?;
+        self.regions[i].0.contains(hash).then_some(i)
+    }
+
+    /// Region and shard at `index`.
+    pub fn get(&self, index: usize) -> (&Region, usize) {
+        let (r, s) = &self.regions[index];
+        (r, *s)
+    }
+
+    /// Every region with its shard.
+    pub fn iter(&self) -> impl Iterator<Item = (&Region, usize)> {
+        self.regions.iter().map(|(r, s)| (r, *s))
+    }
+
+    /// Number of regions.
+    pub fn len(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// True if the node has no region.
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_layout_spreads_replicas_and_leaders() {
+        let regions = initial_regions(&[1, 2, 3], 8);
+        assert_eq!(regions.len(), 8);
+        for r in &regions {
+            assert_eq!(r.peers.len(), 3);
+            let mut nodes: Vec<u64> = r.peers.iter().map(|p| p.node_id).collect();
+            nodes.sort();
+            assert_eq!(nodes, vec![1, 2, 3]);
+        }
+        let leaders: Vec<u64> = regions.iter().map(preferred_leader).collect();
+        assert_eq!(leaders, vec![1, 2, 3, 1, 2, 3, 1, 2]);
+        let single = initial_regions(&[7], 2);
+        assert_eq!(single[0].peers.len(), 1);
+        let five = initial_regions(&[1, 2, 3, 4, 5], 5);
+        assert!(five.iter().all(|r| r.peers.len() == 3));
+        assert_eq!(
+            five[4].peers.iter().map(|p| p.node_id).collect::<Vec<_>>(),
+            vec![5, 1, 2]
+        );
+    }
+
+    #[test]
+    fn router_finds_regions_by_hash_and_id() {
+        let placement: Vec<(Region, usize)> = initial_regions(&[1, 2, 3], 8)
+            .into_iter()
+            .map(|r| {
+                let s = (r.id % 2) as usize;
+                (r, s)
+            })
+            .collect();
+        let router = Router::new(placement);
+        for h in [0u64, 1, u64::MAX / 3, u64::MAX / 2, u64::MAX] {
+            let i = router.index_of_hash(h).unwrap();
+            assert!(router.get(i).0.contains(h));
+        }
+        assert_eq!(router.get(router.index_of(5).unwrap()).0.id, 5);
+        assert_eq!(router.index_of(99), None);
+    }
+}

@@ -1,0 +1,369 @@
+//! Node settings: command-line flags, optionally on top of a TOML file
+//! (`--config node.toml`, same names in kebab-case), validated into a
+//! [`NodeConfig`] before anything is written. See `docs/node.example.toml`.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use corekv_engine::{Config as EngineConfig, DbConfig};
+use serde::Deserialize;
+
+/// Flags of `corekv-server`; every field may also come from the file.
+#[derive(clap::Parser, Debug, Default, Deserialize)]
+#[command(
+    name = "corekv-server",
+    version,
+    about = "corekv node: a shard per core, raft regions on a shared RocksDB"
+)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerArgs {
+    /// TOML file with any of these settings; flags win over it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id (1..=999), one of --initial-cluster.
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Data directory (created if missing).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address for raft traffic from other nodes, HOST:PORT.
+    #[arg(long)]
+    pub peer_listen: Option<String>,
+    /// Address for clients, HOST:PORT.
+    #[arg(long)]
+    pub client_listen: Option<String>,
+    /// Peer addresses of every node: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Shards (pinned executors). Default: number of cores.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Regions a new cluster starts with (bootstrap only). Default 8.
+    #[arg(long)]
+    pub regions: Option<u64>,
+    /// Raft tick, ms. Default 10.
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Minimum election timeout, in ticks. Default 15.
+    #[arg(long)]
+    pub election_ticks: Option<usize>,
+    /// Heartbeat interval, in ticks. Default 3.
+    #[arg(long)]
+    pub heartbeat_ticks: Option<usize>,
+    /// A request pending this long is answered Timeout (outcome unknown), ms.
+    /// Default 5000.
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// Largest value, bytes. Default 1 MiB; at most 8 MiB.
+    #[arg(long)]
+    pub value_bytes_max: Option<usize>,
+    /// Largest client frame, bytes. Default 16 MiB.
+    #[arg(long)]
+    pub frame_bytes_max: Option<usize>,
+    /// Client connections per shard. Default 10000.
+    #[arg(long)]
+    pub connections_max: Option<usize>,
+    /// RocksDB block cache, MiB. Default 256.
+    #[arg(long)]
+    pub block_cache_mb: Option<usize>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
+    /// Default: $COREKV_LOG, else info.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// Validated settings of a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Node id.
+    pub node_id: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Raft listen address.
+    pub peer_listen: SocketAddr,
+    /// Client listen address.
+    pub client_listen: SocketAddr,
+    /// Peer address of every node.
+    pub initial_cluster: BTreeMap<u64, SocketAddr>,
+    /// Shards.
+    pub shards: usize,
+    /// Regions at bootstrap.
+    pub regions: u64,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// RocksDB settings.
+    pub db: DbConfig,
+    /// Largest client frame, bytes.
+    pub frame_bytes_max: usize,
+    /// Client connections per shard.
+    pub connections_max: usize,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// Largest node id (peer ids are `region_id * 1000 + node_id`).
+pub const NODE_ID_MAX: u64 = 999;
+/// Most regions a cluster may start with.
+pub const REGIONS_MAX: u64 = 4096;
+/// Most shards per node.
+pub const SHARDS_MAX: usize = 64;
+
+fn addr(what: &str, s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("{what} {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{what} {s:?}: no address"))
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, a) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster entry {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("--initial-cluster entry {part:?}: {id:?} is not a node id"))?;
+        if id == 0 || id > NODE_ID_MAX {
+            return Err(format!(
+                "--initial-cluster: node id {id} outside 1..={NODE_ID_MAX}"
+            ));
+        }
+        let a = addr("--initial-cluster address", a.trim())?;
+        if out.insert(id, a).is_some() {
+            return Err(format!("--initial-cluster: node {id} listed twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("--initial-cluster is empty".into());
+    }
+    Ok(out)
+}
+
+impl ServerArgs {
+    /// Reads `--config` (if any) and lets the flags override it.
+    pub fn merge_file(self) -> Result<ServerArgs, String> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        let file: ServerArgs =
+            toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))?;
+        macro_rules! pick {
+            ($($f:ident),*) => { ServerArgs { config: self.config, $($f: self.$f.or(file.$f),)* } };
+        }
+        Ok(pick!(
+            id,
+            data_dir,
+            peer_listen,
+            client_listen,
+            initial_cluster,
+            shards,
+            regions,
+            tick_ms,
+            election_ticks,
+            heartbeat_ticks,
+            request_timeout_ms,
+            value_bytes_max,
+            frame_bytes_max,
+            connections_max,
+            block_cache_mb,
+            log_level
+        ))
+    }
+
+    /// Checks every setting; the message says which one is wrong and why.
+    pub fn validate(self) -> Result<NodeConfig, String> {
+        let node_id = self.id.ok_or("--id is required")?;
+        if node_id == 0 || node_id > NODE_ID_MAX {
+            return Err(format!("--id {node_id} outside 1..={NODE_ID_MAX}"));
+        }
+        let data_dir = self.data_dir.ok_or("--data-dir is required")?;
+        let peer_listen = addr(
+            "--peer-listen",
+            self.peer_listen
+                .as_deref()
+                .ok_or("--peer-listen is required")?,
+        )?;
+        let client_listen = addr(
+            "--client-listen",
+            self.client_listen
+                .as_deref()
+                .ok_or("--client-listen is required")?,
+        )?;
+        if peer_listen == client_listen {
+            return Err("--peer-listen and --client-listen must differ".into());
+        }
+        let initial_cluster = parse_cluster(
+            self.initial_cluster
+                .as_deref()
+                .ok_or("--initial-cluster is required")?,
+        )?;
+        match initial_cluster.get(&node_id) {
+            None => return Err(format!("--initial-cluster does not list this node ({node_id})")),
+            Some(a) if a.port() != peer_listen.port() => {
+                return Err(format!(
+                    "--initial-cluster gives node {node_id} the peer address {a}, but --peer-listen is {peer_listen}"
+                ))
+            }
+            _ => {}
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = self.shards.unwrap_or(cores);
+        if shards == 0 || shards > SHARDS_MAX {
+            return Err(format!("--shards {shards} outside 1..={SHARDS_MAX}"));
+        }
+        let regions = self.regions.unwrap_or(8);
+        if regions == 0 || regions > REGIONS_MAX {
+            return Err(format!("--regions {regions} outside 1..={REGIONS_MAX}"));
+        }
+        let mut engine = EngineConfig::default();
+        if let Some(t) = self.tick_ms {
+            engine.tick_interval_ms = t;
+        }
+        if let Some(e) = self.election_ticks {
+            engine.election_tick = e;
+            engine.election_tick_max = 2 * e;
+        }
+        if let Some(h) = self.heartbeat_ticks {
+            engine.heartbeat_tick = h;
+        }
+        if let Some(t) = self.request_timeout_ms {
+            engine.request_timeout_ms = t;
+        }
+        if let Some(v) = self.value_bytes_max {
+            engine.value_bytes_max = v;
+            engine.entry_bytes_max = engine.entry_bytes_max.max(v + (64 << 10));
+        }
+        engine.lease_margin_ms = engine
+            .lease_margin_ms
+            .min(engine.election_tick as u64 * engine.tick_interval_ms / 2);
+        let engine = engine.validate().map_err(|e| e.to_string())?;
+        let frame_bytes_max = self.frame_bytes_max.unwrap_or(16 << 20);
+        if frame_bytes_max < engine.entry_bytes_max + (64 << 10) {
+            return Err(format!(
+                "--frame-bytes-max {frame_bytes_max} must exceed the largest entry ({} bytes) by 64 KiB",
+                engine.entry_bytes_max
+            ));
+        }
+        let connections_max = self.connections_max.unwrap_or(10_000);
+        if connections_max == 0 {
+            return Err("--connections-max must be > 0".into());
+        }
+        let mut db = DbConfig::default();
+        if let Some(mb) = self.block_cache_mb {
+            db.block_cache_bytes = mb << 20;
+        }
+        let log_level = self
+            .log_level
+            .or_else(|| std::env::var("COREKV_LOG").ok())
+            .unwrap_or_else(|| "info".into());
+        Ok(NodeConfig {
+            node_id,
+            data_dir,
+            peer_listen,
+            client_listen,
+            initial_cluster,
+            shards,
+            regions,
+            engine,
+            db,
+            frame_bytes_max,
+            connections_max,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServerArgs {
+        let mut flags = vec![
+            ("--id", "1"),
+            ("--data-dir", "/tmp/x"),
+            ("--peer-listen", "127.0.0.1:7201"),
+            ("--client-listen", "127.0.0.1:7101"),
+            ("--initial-cluster", "1=127.0.0.1:7201,2=127.0.0.1:7202"),
+        ];
+        for pair in extra.chunks(2) {
+            match flags.iter_mut().find(|(f, _)| *f == pair[0]) {
+                Some(slot) => slot.1 = pair[1],
+                None => flags.push((pair[0], pair[1])),
+            }
+        }
+        let mut v = vec!["corekv-server"];
+        for (f, val) in flags {
+            v.push(f);
+            v.push(val);
+        }
+        ServerArgs::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn valid_flags_give_a_config() {
+        let c = args(&["--shards", "2", "--regions", "16"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.regions, 16);
+        assert_eq!(c.initial_cluster.len(), 2);
+    }
+
+    #[test]
+    fn invalid_settings_say_what_is_wrong() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--shards", "0"], "--shards"),
+            (&["--regions", "0"], "--regions"),
+            (&["--id", "5"], "does not list this node"),
+            (&["--peer-listen", "127.0.0.1:9999"], "--peer-listen is"),
+            (&["--initial-cluster", "x=1"], "is not a node id"),
+            (
+                &["--initial-cluster", "1=nohost"],
+                "--initial-cluster address",
+            ),
+            (&["--value-bytes-max", "99999999"], "value_bytes_max"),
+            (&["--heartbeat-ticks", "50"], "election_tick"),
+        ];
+        for (extra, needle) in cases {
+            let err = args(extra).validate().unwrap_err();
+            assert!(err.contains(needle), "{extra:?}: {err}");
+        }
+        let missing = ServerArgs::try_parse_from(["corekv-server"]).unwrap();
+        assert!(missing.validate().unwrap_err().contains("--id"));
+    }
+
+    #[test]
+    fn file_settings_are_overridden_by_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "id = 2\ndata-dir = \"/tmp/n2\"\npeer-listen = \"127.0.0.1:7202\"\nclient-listen = \"127.0.0.1:7102\"\ninitial-cluster = \"1=127.0.0.1:7201,2=127.0.0.1:7202\"\nshards = 3\n",
+        )
+        .unwrap();
+        let a = ServerArgs::try_parse_from([
+            "corekv-server",
+            "--config",
+            path.to_str().unwrap(),
+            "--shards",
+            "1",
+        ])
+        .unwrap();
+        let c = a.merge_file().unwrap().validate().unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.shards, 1, "flag wins");
+        std::fs::write(&path, "bogus-key = 1\n").unwrap();
+        let a = ServerArgs::try_parse_from(["corekv-server", "--config", path.to_str().unwrap()])
+            .unwrap();
+        assert!(a.merge_file().unwrap_err().contains("bogus-key"));
+    }
+}

@@ -1,0 +1,137 @@
+//! The node-wide log writer: group commit of every shard's round.
+//!
+//! Shards send their round's [`LogBatch`] over a bounded crossbeam channel.
+//! The writer takes everything waiting (up to a bound), writes the batches in
+//! order, syncing the WAL once with the last of them, and then tells each shard
+//! which of its rounds are durable. One fsync therefore covers the entries of
+//! many regions from many shards. A write or sync failure stops the process
+//! at once (fail-stop): nothing written after the failure is ever
+//! acknowledged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use corekv_engine::db::{self, Db, LogBatch};
+use crossbeam_channel::{Receiver, Sender};
+
+/// Batches merged into one synced write at most.
+pub const GROUP_BATCHES_MAX: usize = 256;
+/// Bytes merged into one synced write at most (a group may exceed it by one batch).
+pub const GROUP_BYTES_MAX: usize = 64 << 20;
+
+/// One shard round to persist.
+pub struct WriteTask {
+    /// Shard that sent it.
+    pub shard: usize,
+    /// Per-shard sequence number, increasing.
+    pub seq: u64,
+    /// The writes.
+    pub batch: LogBatch,
+    /// Where to report `seq` once durable.
+    pub done: Sender<u64>,
+}
+
+/// Counters of the log writer (monotonic).
+#[derive(Default, Debug)]
+pub struct LogStats {
+    /// Synced writes (fsyncs of the WAL).
+    pub fsyncs: AtomicU64,
+    /// Groups written (synced or not).
+    pub groups: AtomicU64,
+    /// Shard batches written.
+    pub batches: AtomicU64,
+    /// Raft entries written.
+    pub entries: AtomicU64,
+    /// Bytes written.
+    pub bytes: AtomicU64,
+}
+
+impl LogStats {
+    /// (fsyncs, batches, entries, bytes).
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.fsyncs.load(Ordering::Relaxed),
+            self.batches.load(Ordering::Relaxed),
+            self.entries.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Handle of the writer thread.
+pub struct LogWriter {
+    /// Counters.
+    pub stats: Arc<LogStats>,
+    handle: JoinHandle<()>,
+}
+
+impl LogWriter {
+    /// Starts the writer on its own thread, reading tasks from `rx`. It ends
+    /// when every sender is dropped.
+    pub fn start(db: Db, rx: Receiver<WriteTask>) -> LogWriter {
+        let stats = Arc::new(LogStats::default());
+        let s = stats.clone();
+        let handle = std::thread::Builder::new()
+            .name("corekv-log-writer".into())
+            .spawn(move || run(db, rx, s))
+            .expect("spawn log writer");
+        LogWriter { stats, handle }
+    }
+
+    /// Waits for the writer to drain and end.
+    pub fn join(self) {
+        let _ = self.handle.join();
+    }
+}
+
+fn run(db: Db, rx: Receiver<WriteTask>, stats: Arc<LogStats>) {
+    // Ends when every sender is gone (the node stopped).
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        let mut bytes = group[0].batch.size_in_bytes();
+        while group.len() < GROUP_BATCHES_MAX && bytes < GROUP_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(t) => {
+                    bytes += t.batch.size_in_bytes();
+                    group.push(t);
+                }
+                Err(_) => break,
+            }
+        }
+        write_group(&db, &mut group, &stats);
+        for t in group {
+            // A shard that stopped no longer listens; nothing to do.
+            let _ = t.done.send(t.seq);
+        }
+    }
+}
+
+/// Writes one group, syncing once if any batch needs it. Exits the process on
+/// failure.
+pub fn write_group(db: &Db, group: &mut [WriteTask], stats: &LogStats) {
+    let sync = group.iter().any(|t| t.batch.must_sync);
+    let last = group.len() - 1;
+    let mut entries = 0;
+    let mut bytes = 0;
+    for (i, t) in group.iter_mut().enumerate() {
+        entries += t.batch.entries;
+        bytes += t.batch.size_in_bytes() as u64;
+        let batch = std::mem::take(&mut t.batch.inner);
+        if let Err(e) = db::write(db, batch, sync && i == last) {
+            // Fail-stop: the shards are only told about durable rounds, and
+            // this process ends before anything else is acknowledged.
+            eprintln!("corekv: FATAL: raft log write failed, stopping the node: {e}");
+            std::process::exit(74);
+        }
+    }
+    if sync {
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+    stats.groups.fetch_add(1, Ordering::Relaxed);
+    stats
+        .batches
+        .fetch_add(group.len() as u64, Ordering::Relaxed);
+    stats.entries.fetch_add(entries, Ordering::Relaxed);
+    stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+}

@@ -1,0 +1,63 @@
+//! State shared by every shard of a node (read-mostly, no locks on the hot
+//! path) and the node's start and stop.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use corekv_engine::Db;
+use corekv_net::message::NodeInfo;
+
+use crate::bootstrap::Router;
+use crate::config::NodeConfig;
+use crate::log_writer::{LogStats, WriteTask};
+
+/// Everything the shards of one node share.
+pub struct NodeShared {
+    /// Settings.
+    pub cfg: NodeConfig,
+    /// The node's RocksDB.
+    pub db: Db,
+    /// Region → shard.
+    pub router: Router,
+    /// Leader node of each region (by router index), as last seen; 0 = unknown.
+    pub leaders: Vec<AtomicU64>,
+    /// Client addresses of the nodes heard from (and this one).
+    pub nodes: Mutex<BTreeMap<u64, NodeInfo>>,
+    /// Queue of the log writer.
+    pub log_tx: crossbeam_channel::Sender<WriteTask>,
+    /// Log writer counters.
+    pub log_stats: Arc<LogStats>,
+    /// Set when the node is shutting down (shared with the signal thread).
+    pub stopping: Arc<AtomicBool>,
+    /// Monotonic clock origin.
+    pub started: Instant,
+}
+
+impl NodeShared {
+    /// Monotonic milliseconds since start.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// True once shutdown began.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Number of regions whose leader is known.
+    pub fn regions_with_leader(&self) -> usize {
+        self.leaders
+            .iter()
+            .filter(|l| l.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+}
+
+/// Unix time in ms (expiry is absolute wall-clock time).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

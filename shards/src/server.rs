@@ -1,0 +1,292 @@
+//! Starting and stopping a node: check the settings' resources, open or
+//! bootstrap the data directory, start the log writer and one pinned glommio
+//! executor per shard, and shut down cleanly on SIGTERM/SIGINT.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use corekv_engine::Replicas;
+use corekv_net::message::NodeInfo;
+use corekv_net::server::{serve, ServerInfo, ServerLimits};
+use corekv_net::transport::{serve_peers, Transport, TransportConfig};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::bootstrap::{self, Router};
+use crate::config::NodeConfig;
+use crate::log_writer::LogWriter;
+use crate::node::NodeShared;
+use crate::shard::{Shard, ShardClients, ShardMsg, ShardPeers};
+
+/// Messages queued between two shards.
+pub const MESH_QUEUE: usize = 4096;
+/// Rounds queued for the log writer before shards wait.
+pub const LOG_QUEUE: usize = 4096;
+/// Largest raft transport frame (a snapshot travels in one).
+pub const PEER_FRAME_BYTES_MAX: usize = 1 << 30;
+
+/// Raises RLIMIT_MEMLOCK (io_uring locks memory for its rings). Returns a
+/// warning to print if it stays low.
+pub fn raise_memlock() -> Option<String> {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) != 0 {
+            return Some("cannot read RLIMIT_MEMLOCK".into());
+        }
+        if rl.rlim_cur == libc::RLIM_INFINITY {
+            return None;
+        }
+        let want = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &want) == 0 {
+            return None;
+        }
+        let up = libc::rlimit {
+            rlim_cur: rl.rlim_max,
+            rlim_max: rl.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_MEMLOCK, &up);
+        let now = if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) == 0 {
+            rl.rlim_cur
+        } else {
+            0
+        };
+        Some(format!(
+            "RLIMIT_MEMLOCK is {} KiB and could not be raised; io_uring may fail to start. \
+             Run as root, or raise it: `ulimit -l unlimited` in the shell, \
+             LimitMEMLOCK=infinity in a systemd unit, or a memlock line in /etc/security/limits.conf",
+            now / 1024
+        ))
+    }
+}
+
+fn check_free(what: &str, addr: std::net::SocketAddr) -> Result<(), String> {
+    corekv_net::listen::check_free(addr).map_err(|e| format!("{what} {addr}: {e}"))
+}
+
+/// A glommio listener on `addr` shared with the other shards.
+fn listener(what: &str, addr: std::net::SocketAddr) -> Result<TcpListener, String> {
+    use std::os::fd::IntoRawFd;
+    let l = corekv_net::listen::shared_listener(addr, 1024)
+        .map_err(|e| format!("{what} {addr}: {e}"))?;
+    // SAFETY: the fd is a bound, listening TCP socket we own; ownership moves
+    // to the glommio listener.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(l.into_raw_fd()) })
+}
+
+/// Runs a node until SIGTERM/SIGINT. Errors are fit to show the user.
+pub fn run(cfg: NodeConfig) -> Result<(), String> {
+    if let Some(w) = raise_memlock() {
+        tracing::warn!("{w}");
+    }
+    check_free("--peer-listen", cfg.peer_listen)?;
+    check_free("--client-listen", cfg.client_listen)?;
+    let opened = bootstrap::open(&cfg)?;
+    let db = opened.db.clone();
+    let (log_tx, log_rx) = crossbeam_channel::bounded(LOG_QUEUE);
+    let writer = LogWriter::start(db.clone(), log_rx);
+    let placement: HashMap<u64, usize> = opened.placement.iter().map(|(r, s)| (r.id, *s)).collect();
+    let router = Router::new(opened.placement);
+    let regions = router.len();
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        cfg.node_id,
+        NodeInfo {
+            node_id: cfg.node_id,
+            client_addr: cfg.client_listen.to_string(),
+            shard_count: cfg.shards as u32,
+        },
+    );
+    let stopping = Arc::new(AtomicBool::new(false));
+    let node = Arc::new(NodeShared {
+        leaders: (0..router.len()).map(|_| AtomicU64::new(0)).collect(),
+        router,
+        cfg: cfg.clone(),
+        db,
+        nodes: Mutex::new(nodes),
+        log_tx,
+        log_stats: writer.stats.clone(),
+        stopping: stopping.clone(),
+        started: Instant::now(),
+    });
+
+    let n = stopping;
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("corekv-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!(signal = sig, "shutting down");
+                    n.store(true, Ordering::SeqCst);
+                } else {
+                    eprintln!("corekv-server: second signal, exiting at once");
+                    std::process::exit(130);
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let mesh = MeshBuilder::<ShardMsg, _>::full(cfg.shards, MESH_QUEUE);
+    let placement = Arc::new(placement);
+    let mut handles = Vec::new();
+    for i in 0..cfg.shards {
+        let (node, mesh, placement) = (node.clone(), mesh.clone(), placement.clone());
+        let h = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
+            .name(&format!("corekv-shard-{i}"))
+            .spawn(move || async move { shard_main(i, node, mesh, placement).await })
+            .map_err(|e| {
+                format!(
+                    "cannot start the io_uring executor of shard {i}: {e}. If the cause is memory, \
+                     raise RLIMIT_MEMLOCK (`ulimit -l unlimited`, or LimitMEMLOCK=infinity under systemd)"
+                )
+            })?;
+        handles.push(h);
+    }
+    tracing::info!(
+        node = cfg.node_id,
+        shards = cfg.shards,
+        regions,
+        clients = %cfg.client_listen,
+        peers = %cfg.peer_listen,
+        fresh = opened.fresh,
+        "corekv-server running"
+    );
+    let mut failed = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(format!("shard {i}: {e}")),
+            Err(e) => failed = Some(format!("shard {i} executor: {e:?}")),
+        }
+    }
+    let stats = node.log_stats.snapshot();
+    drop(node);
+    writer.join();
+    match Arc::try_unwrap(opened.db) {
+        Ok(db) => drop(db),
+        Err(_) => tracing::warn!("database still referenced at exit; the OS closes it"),
+    }
+    tracing::info!(
+        fsyncs = stats.0,
+        batches = stats.1,
+        entries = stats.2,
+        "corekv-server stopped"
+    );
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn shard_main(
+    id: usize,
+    node: Arc<NodeShared>,
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    placement: Arc<HashMap<u64, usize>>,
+) -> Result<(), String> {
+    let cfg = &node.cfg;
+    let seed = rand_seed(cfg.node_id, id);
+    let replicas = Replicas::open(
+        Arc::new(cfg.engine.clone()),
+        node.db.clone(),
+        cfg.node_id,
+        seed,
+        &crate::raft_log::logger(),
+        |r| placement.get(&r.id) == Some(&id),
+    )
+    .map_err(|e| format!("opening regions: {e}"))?;
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let shard = Shard::new(id, node.clone(), replicas, done_tx);
+
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "joining the shard mesh".to_string())?;
+    shard.set_mesh(Rc::new(senders));
+    for (_, rx) in receivers.streams() {
+        let s = Rc::downgrade(&shard);
+        glommio::spawn_local(async move {
+            while let Some(m) = rx.recv().await {
+                match s.upgrade() {
+                    Some(s) => s.on_shard_msg(m),
+                    None => return,
+                }
+            }
+        })
+        .detach();
+    }
+
+    let peers = cfg
+        .initial_cluster
+        .iter()
+        .filter(|(n, _)| **n != cfg.node_id)
+        .map(|(n, a)| (*n, *a))
+        .collect();
+    let raft_handler = Rc::new(ShardPeers(Rc::downgrade(&shard)));
+    let transport = Transport::new(
+        TransportConfig {
+            node_id: cfg.node_id,
+            shard_count: cfg.shards as u32,
+            client_addr: cfg.client_listen.to_string(),
+            queued_frames_max: 1024,
+            frame_bytes_max: PEER_FRAME_BYTES_MAX,
+            backoff_base: std::time::Duration::from_millis(20),
+            backoff_max: std::time::Duration::from_secs(1),
+        },
+        peers,
+        raft_handler.clone(),
+    );
+    shard.set_transport(transport);
+
+    let peer_listener = listener("--peer-listen", cfg.peer_listen)?;
+    glommio::spawn_local(serve_peers(
+        peer_listener,
+        PEER_FRAME_BYTES_MAX,
+        raft_handler,
+    ))
+    .detach();
+    let client_listener = listener("--client-listen", cfg.client_listen)?;
+    glommio::spawn_local(serve(
+        client_listener,
+        ServerInfo {
+            node_id: cfg.node_id,
+            shard_count: cfg.shards as u32,
+            shard_ports: Vec::new(),
+        },
+        ServerLimits {
+            frame_bytes_max: cfg.frame_bytes_max,
+            connections_max: cfg.connections_max,
+            queued_frames_max: 1024,
+        },
+        Rc::new(ShardClients(Rc::downgrade(&shard))),
+    ))
+    .detach();
+    let tick = std::time::Duration::from_millis(cfg.engine.tick_interval_ms);
+    glommio::spawn_local(Shard::run_ticker(Rc::downgrade(&shard), tick)).detach();
+    glommio::spawn_local(Shard::run_persist_listener(Rc::downgrade(&shard), done_rx)).detach();
+    shard.clone().run().await;
+    shard.close();
+    Ok(())
+}
+
+fn rand_seed(node: u64, shard: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (node << 32) ^ (shard as u64).rotate_left(17) ^ u64::from(std::process::id())
+}

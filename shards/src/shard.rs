@@ -1,0 +1,776 @@
+//! One shard: a glommio executor pinned to a core, owning a set of region
+//! replicas and running the round of DESIGN §5 over them.
+//!
+//! Tasks on the shard (client connections, peer connections, the ticker, the
+//! log-writer listener, the cross-shard mesh) only push work into the shard's
+//! inbox and wake the round loop. A round: take the inbox (bounded) → tick /
+//! step / propose / read → collect every region's ready into one log batch and
+//! one apply batch → write the apply batch (no sync) → send messages that may
+//! leave now and answers → hand the log batch to the log writer. When the log
+//! writer reports a round durable, the held-back messages go out and raft is
+//! told. Nothing on the hot path takes a lock.
+
+use std::cell::{OnceCell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corekv_engine::peer::{PendingPersist, Reply, Response as EngineResponse};
+use corekv_engine::{db, route_hash, RaftEnvelope, Replicas, Round};
+use corekv_net::message::{NodeInfo, Op, Outcome, Request, Response, RouteInfo, WireError};
+use corekv_net::server::{ClientConn, Connections, RequestHandler};
+use corekv_net::transport::{RaftHandler, Transport};
+use corekv_net::wire::ErrorCode;
+use glommio::channels::channel_mesh::Senders;
+
+use crate::bootstrap::preferred_leader;
+use crate::log_writer::WriteTask;
+use crate::node::{wall_ms, NodeShared};
+use crate::wake::Wake;
+
+/// Work items handled per round at most (the rest waits for the next round).
+pub const ROUND_REQUESTS_MAX: usize = 8192;
+/// Raft messages handled per round at most.
+pub const ROUND_MESSAGES_MAX: usize = 8192;
+/// Requests one shard holds at once (proposed or waiting to be read).
+pub const PENDING_REQUESTS_MAX: usize = 200_000;
+/// Check leader placement every this many ticks.
+pub const BALANCE_EVERY_TICKS: u64 = 100;
+
+/// Messages between the shards of one node.
+pub enum ShardMsg {
+    /// Raft messages for regions the receiving shard owns.
+    Raft(Vec<RaftEnvelope>),
+    /// Client requests for regions the receiving shard owns.
+    Requests {
+        /// Shard holding the client connection.
+        from_shard: usize,
+        /// Connection on that shard.
+        conn: u64,
+        /// The requests.
+        requests: Vec<Request>,
+    },
+    /// Answers for a connection of the receiving shard.
+    Responses {
+        /// Connection.
+        conn: u64,
+        /// The answers.
+        responses: Vec<Response>,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    Local { conn: u64, id: u64 },
+    Remote { shard: usize, conn: u64, id: u64 },
+}
+
+impl Origin {
+    fn client_id(&self) -> u64 {
+        match self {
+            Origin::Local { id, .. } | Origin::Remote { id, .. } => *id,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inbox {
+    tick: bool,
+    raft: Vec<RaftEnvelope>,
+    requests: VecDeque<(Origin, Request)>,
+    reports: Vec<(RaftEnvelope, bool)>,
+    persisted_seq: u64,
+}
+
+struct State {
+    pending: HashMap<u64, Origin, ahash::RandomState>,
+    next_id: u64,
+    log_seq: u64,
+    persisted_seq: u64,
+    in_flight: VecDeque<(u64, Vec<(u64, PendingPersist)>)>,
+    ticks: u64,
+    stop_since_ms: Option<u64>,
+    stopped: bool,
+}
+
+/// A shard's state, shared by its tasks through `Rc`.
+pub struct Shard {
+    id: usize,
+    node: Arc<NodeShared>,
+    replicas: RefCell<Replicas>,
+    inbox: RefCell<Inbox>,
+    state: RefCell<State>,
+    wake: Wake,
+    conns: Connections,
+    transport: OnceCell<Rc<Transport>>,
+    mesh: OnceCell<Rc<Senders<ShardMsg>>>,
+    done_tx: crossbeam_channel::Sender<u64>,
+}
+
+/// Outputs of one round, grouped by destination.
+#[derive(Default)]
+struct Outbox {
+    local: HashMap<u64, Vec<Response>>,
+    remote: HashMap<(usize, u64), Vec<Response>>,
+    forward: HashMap<(usize, u64), Vec<Request>>,
+    raft: HashMap<u64, Vec<RaftEnvelope>>,
+    raft_to_shards: HashMap<usize, Vec<RaftEnvelope>>,
+}
+
+impl Shard {
+    /// A shard over `replicas`; `done_tx` is the channel the log writer
+    /// reports durable rounds on.
+    pub fn new(
+        id: usize,
+        node: Arc<NodeShared>,
+        replicas: Replicas,
+        done_tx: crossbeam_channel::Sender<u64>,
+    ) -> Rc<Shard> {
+        Rc::new(Shard {
+            id,
+            node,
+            replicas: RefCell::new(replicas),
+            inbox: RefCell::new(Inbox::default()),
+            state: RefCell::new(State {
+                pending: HashMap::default(),
+                next_id: 1,
+                log_seq: 0,
+                persisted_seq: 0,
+                in_flight: VecDeque::new(),
+                ticks: 0,
+                stop_since_ms: None,
+                stopped: false,
+            }),
+            wake: Wake::default(),
+            conns: Connections::default(),
+            transport: OnceCell::new(),
+            mesh: OnceCell::new(),
+            done_tx,
+        })
+    }
+
+    /// Installs the raft transport.
+    pub fn set_transport(&self, t: Rc<Transport>) {
+        let _ = self.transport.set(t);
+    }
+
+    /// Installs the senders to the other shards.
+    pub fn set_mesh(&self, m: Rc<Senders<ShardMsg>>) {
+        let _ = self.mesh.set(m);
+    }
+
+    /// Releases the regions (and with them this shard's handles on the
+    /// database) once the loop has stopped.
+    pub fn close(&self) {
+        self.replicas.borrow_mut().close();
+    }
+
+    /// Shard index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Marks a tick due.
+    pub fn on_tick(&self) {
+        self.inbox.borrow_mut().tick = true;
+        self.wake.notify();
+    }
+
+    /// Records that the log writer made rounds up to `seq` durable.
+    pub fn on_persisted(&self, seq: u64) {
+        let mut inbox = self.inbox.borrow_mut();
+        inbox.persisted_seq = inbox.persisted_seq.max(seq);
+        drop(inbox);
+        self.wake.notify();
+    }
+
+    /// Takes a message from another shard.
+    pub fn on_shard_msg(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Raft(envs) => self.inbox.borrow_mut().raft.extend(envs),
+            ShardMsg::Requests {
+                from_shard,
+                conn,
+                requests,
+            } => {
+                let mut inbox = self.inbox.borrow_mut();
+                for r in requests {
+                    let origin = Origin::Remote {
+                        shard: from_shard,
+                        conn,
+                        id: r.id,
+                    };
+                    inbox.requests.push_back((origin, r));
+                }
+            }
+            ShardMsg::Responses { conn, responses } => {
+                if let Some(c) = self.conns.get(conn) {
+                    c.send(&responses);
+                }
+                return;
+            }
+        }
+        self.wake.notify();
+    }
+
+    /// The round loop; returns when the node stops and this shard drained.
+    pub async fn run(self: Rc<Self>) {
+        loop {
+            self.wake.wait().await;
+            loop {
+                let busy = self.round();
+                if self.state.borrow().stopped {
+                    return;
+                }
+                if !busy {
+                    break;
+                }
+                glommio::yield_if_needed().await;
+            }
+        }
+    }
+
+    /// Ticks until the shard stops.
+    pub async fn run_ticker(me: Weak<Self>, tick: Duration) {
+        loop {
+            glommio::timer::sleep(tick).await;
+            let Some(s) = me.upgrade() else { return };
+            if s.state.borrow().stopped {
+                return;
+            }
+            s.on_tick();
+        }
+    }
+
+    /// Waits for the log writer's reports (on a helper thread, since a
+    /// crossbeam receiver cannot wake the executor).
+    pub async fn run_persist_listener(me: Weak<Self>, rx: crossbeam_channel::Receiver<u64>) {
+        loop {
+            let r = rx.clone();
+            let got = glommio::executor()
+                .spawn_blocking(move || {
+                    let first = r.recv_timeout(Duration::from_millis(200));
+                    let mut max = match first {
+                        Ok(s) => s,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Some(0),
+                        Err(_) => return None,
+                    };
+                    while let Ok(s) = r.try_recv() {
+                        max = max.max(s);
+                    }
+                    Some(max)
+                })
+                .await;
+            let Some(s) = me.upgrade() else { return };
+            match got {
+                Some(0) => {}
+                Some(seq) => s.on_persisted(seq),
+                None => return,
+            }
+            if s.state.borrow().stopped {
+                return;
+            }
+        }
+    }
+
+    fn fatal(&self, what: &str, e: impl std::fmt::Display) -> ! {
+        eprintln!(
+            "corekv: FATAL: shard {}: {what}: {e}; stopping the node",
+            self.id
+        );
+        std::process::exit(70);
+    }
+
+    /// One round. Returns true if it did anything (another round may be due).
+    fn round(&self) -> bool {
+        let node = &self.node;
+        let now = node.now_ms();
+        let wall = wall_ms();
+        let mut inbox = std::mem::take(&mut *self.inbox.borrow_mut());
+        // Bound the work of one round; the rest goes back.
+        let rest_requests = if inbox.requests.len() > ROUND_REQUESTS_MAX {
+            inbox.requests.split_off(ROUND_REQUESTS_MAX)
+        } else {
+            VecDeque::new()
+        };
+        let rest_raft = if inbox.raft.len() > ROUND_MESSAGES_MAX {
+            inbox.raft.split_off(ROUND_MESSAGES_MAX)
+        } else {
+            Vec::new()
+        };
+        if !rest_requests.is_empty() || !rest_raft.is_empty() {
+            let mut ib = self.inbox.borrow_mut();
+            ib.requests = rest_requests
+                .into_iter()
+                .chain(ib.requests.drain(..))
+                .collect();
+            let later = std::mem::take(&mut ib.raft);
+            ib.raft = rest_raft;
+            ib.raft.extend(later);
+            self.wake.notify();
+        }
+
+        let mut busy = false;
+        let mut replies: Vec<Reply> = Vec::new();
+        let mut out = Outbox::default();
+        let mut replicas = self.replicas.borrow_mut();
+        let stopping = node.is_stopping();
+
+        if inbox.tick {
+            busy = true;
+            replicas.tick(now, &mut replies);
+            let ticks = {
+                let mut st = self.state.borrow_mut();
+                st.ticks += 1;
+                st.ticks
+            };
+            if ticks % BALANCE_EVERY_TICKS == 0 && !stopping {
+                self.balance_leaders(&mut replicas);
+            }
+        }
+        for env in inbox.raft.drain(..) {
+            busy = true;
+            if let Err(e) = replicas.step(env, &mut replies) {
+                self.fatal("raft step", e);
+            }
+        }
+        for (env, delivered) in inbox.reports.drain(..) {
+            replicas.report_delivery(&env, delivered);
+        }
+        // Rounds the log writer made durable.
+        let mut released = Vec::new();
+        {
+            let mut st = self.state.borrow_mut();
+            if inbox.persisted_seq > st.persisted_seq {
+                st.persisted_seq = inbox.persisted_seq;
+                while st
+                    .in_flight
+                    .front()
+                    .is_some_and(|(seq, _)| *seq <= inbox.persisted_seq)
+                {
+                    let (_, persist) = st.in_flight.pop_front().unwrap();
+                    released.extend(persist);
+                }
+            }
+        }
+        if !released.is_empty() {
+            busy = true;
+            let mut msgs = Vec::new();
+            replicas.on_persisted(released, &mut msgs);
+            for m in msgs {
+                self.route_raft(m, &mut out);
+            }
+        }
+        for (origin, req) in inbox.requests.drain(..) {
+            busy = true;
+            self.handle_request(
+                origin,
+                req,
+                &mut replicas,
+                &mut replies,
+                &mut out,
+                stopping,
+                wall,
+            );
+        }
+
+        let mut round = Round::default();
+        if let Err(e) = replicas.collect(&mut round) {
+            self.fatal("collecting ready", e);
+        }
+        let Round {
+            log,
+            mut apply,
+            messages,
+            replies: applied,
+            persist,
+        } = round;
+        replies.extend(applied);
+        if !apply.is_empty() {
+            busy = true;
+            if let Err(e) = db::write(&node.db, apply.take(), false) {
+                self.fatal("apply write", e);
+            }
+        }
+        for m in messages {
+            busy = true;
+            self.route_raft(m, &mut out);
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            if !log.is_empty() {
+                busy = true;
+                st.log_seq += 1;
+                let task = WriteTask {
+                    shard: self.id,
+                    seq: st.log_seq,
+                    batch: log,
+                    done: self.done_tx.clone(),
+                };
+                if node.log_tx.send(task).is_err() {
+                    drop(st);
+                    self.fatal("log writer", "stopped");
+                }
+                let seq = st.log_seq;
+                st.in_flight.push_back((seq, persist));
+            } else if !persist.is_empty() {
+                busy = true;
+                // Nothing to write: durable as soon as everything before it.
+                match st.in_flight.back_mut() {
+                    Some((_, v)) => v.extend(persist),
+                    None => {
+                        drop(st);
+                        let mut msgs = Vec::new();
+                        replicas.on_persisted(persist, &mut msgs);
+                        for m in msgs {
+                            self.route_raft(m, &mut out);
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = replicas.serve_reads(wall, &mut replies) {
+            self.fatal("serving reads", e);
+        }
+        if !replies.is_empty() {
+            busy = true;
+        }
+        let mut st = self.state.borrow_mut();
+        for r in replies {
+            let Some(origin) = st.pending.remove(&r.id) else {
+                continue;
+            };
+            let result = match r.result {
+                Ok(EngineResponse::Value(v)) => Ok(Outcome::Value(v)),
+                Ok(EngineResponse::Write(w)) => Ok(Outcome::Write(w)),
+                Err(e) if e.is_fatal() => {
+                    drop(st);
+                    self.fatal("request", e)
+                }
+                Err(e) => Err(WireError::from_engine(&e)),
+            };
+            push_response(&mut out, origin, result);
+        }
+        // Leaders as this shard sees them, for routing answers.
+        for p in replicas.iter() {
+            if let Some(i) = node.router.index_of(p.region_id()) {
+                let leader = p.leader_node().unwrap_or(0);
+                node.leaders[i].store(leader, Ordering::Relaxed);
+            }
+        }
+        if stopping {
+            // Everything still pending is answered: the outcome of writes in
+            // flight is unknown.
+            for (_, origin) in st.pending.drain() {
+                let e = WireError::new(ErrorCode::Timeout, "node shutting down: outcome unknown");
+                push_response(&mut out, origin, Err(e));
+            }
+            let since = *st.stop_since_ms.get_or_insert(now);
+            // Wait (bounded) for log writes in flight, then stop.
+            if st.in_flight.is_empty() || now.saturating_sub(since) > 2000 {
+                st.stopped = true;
+            }
+        }
+        drop(st);
+        drop(replicas);
+        self.flush(out);
+        busy
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_request(
+        &self,
+        origin: Origin,
+        req: Request,
+        replicas: &mut Replicas,
+        replies: &mut Vec<Reply>,
+        out: &mut Outbox,
+        stopping: bool,
+        wall: u64,
+    ) {
+        let node = &self.node;
+        if stopping {
+            let e = WireError::new(ErrorCode::ShuttingDown, "node shutting down");
+            return push_response(out, origin, Err(e));
+        }
+        let key = match &req.op {
+            Op::Routes => {
+                return push_response(out, origin, Ok(self.routes()));
+            }
+            Op::Get { key, .. } => key.clone(),
+            Op::Write(w) => match w.keys().next() {
+                Some(k) => k.clone(),
+                None => {
+                    let e = WireError::new(ErrorCode::InvalidRequest, "write without a key");
+                    return push_response(out, origin, Err(e));
+                }
+            },
+        };
+        let index = if req.region_id != 0 {
+            node.router.index_of(req.region_id)
+        } else {
+            node.router.index_of_hash(route_hash(&key))
+        };
+        let Some(index) = index else {
+            let e = WireError::new(
+                ErrorCode::RegionNotFound,
+                format!(
+                    "region {} has no replica on node {}",
+                    req.region_id, node.cfg.node_id
+                ),
+            );
+            return push_response(out, origin, Err(e));
+        };
+        let (region, owner) = node.router.get(index);
+        if owner != self.id {
+            if let Origin::Local { conn, .. } = origin {
+                out.forward.entry((owner, conn)).or_default().push(req);
+                return;
+            }
+            let e = WireError::new(ErrorCode::Internal, "request forwarded twice");
+            return push_response(out, origin, Err(e));
+        }
+        let region_id = region.id;
+        let current = replicas
+            .peer(region_id)
+            .map(|p| p.region().clone())
+            .unwrap_or_else(|| region.clone());
+        if req.region_id != 0 && req.epoch != current.epoch {
+            let mut e = WireError::new(ErrorCode::EpochNotMatch, "region epoch changed");
+            e.regions = vec![current];
+            return push_response(out, origin, Err(e));
+        }
+        let mut st = self.state.borrow_mut();
+        if st.pending.len() >= PENDING_REQUESTS_MAX {
+            drop(st);
+            let e = WireError::new(ErrorCode::Busy, "shard has too many requests pending");
+            return push_response(out, origin, Err(e));
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.pending.insert(id, origin);
+        drop(st);
+        match req.op {
+            Op::Get { key, consistency } => replicas.read(region_id, id, key, consistency, replies),
+            Op::Write(w) => replicas.propose(region_id, id, w, req.session, wall, replies),
+            Op::Routes => unreachable!("answered above"),
+        }
+    }
+
+    fn routes(&self) -> Outcome {
+        let node = &self.node;
+        let regions = node
+            .router
+            .iter()
+            .enumerate()
+            .map(|(i, (r, _))| RouteInfo {
+                region: r.clone(),
+                leader_node: node.leaders[i].load(Ordering::Relaxed),
+            })
+            .collect();
+        let nodes = node
+            .nodes
+            .lock()
+            .map(|n| n.values().cloned().collect())
+            .unwrap_or_default();
+        Outcome::Routes { regions, nodes }
+    }
+
+    /// Hands leadership of a region back to its preferred node once that node
+    /// is caught up, so leaders stay spread over nodes.
+    fn balance_leaders(&self, replicas: &mut Replicas) {
+        let me = self.node.cfg.node_id;
+        let ids: Vec<u64> = replicas
+            .iter()
+            .filter(|p| p.is_leader())
+            .map(|p| p.region_id())
+            .collect();
+        for region_id in ids {
+            let Some(p) = replicas.peer_mut(region_id) else {
+                continue;
+            };
+            let preferred = preferred_leader(p.region());
+            if preferred == me || preferred == 0 {
+                continue;
+            }
+            let Some(target) = p.region().peer_on_node(preferred).map(|t| t.id) else {
+                continue;
+            };
+            if p.is_caught_up(target) {
+                tracing::info!(
+                    region = region_id,
+                    to_node = preferred,
+                    "transferring leadership to the preferred node"
+                );
+                p.transfer_leader(target);
+            }
+        }
+    }
+
+    fn route_raft(&self, env: RaftEnvelope, out: &mut Outbox) {
+        out.raft.entry(env.to_node).or_default().push(env);
+    }
+
+    /// Routes incoming raft messages to the owning shard.
+    fn accept_raft(&self, envs: Vec<RaftEnvelope>) {
+        let mut local = Vec::new();
+        let mut out = Outbox::default();
+        for env in envs {
+            // Messages for regions not on this node are dropped.
+            if let Some(i) = self.node.router.index_of(env.region_id) {
+                let (_, owner) = self.node.router.get(i);
+                if owner == self.id {
+                    local.push(env);
+                } else {
+                    out.raft_to_shards.entry(owner).or_default().push(env);
+                }
+            }
+        }
+        if !local.is_empty() {
+            self.inbox.borrow_mut().raft.extend(local);
+            self.wake.notify();
+        }
+        self.flush(out);
+    }
+
+    fn flush(&self, out: Outbox) {
+        for (conn, resps) in out.local {
+            if let Some(c) = self.conns.get(conn) {
+                c.send(&resps);
+            }
+        }
+        if let Some(t) = self.transport.get() {
+            for (to, envs) in out.raft {
+                t.send(to, envs);
+            }
+        }
+        let mesh = self.mesh.get();
+        for ((shard, conn), responses) in out.remote {
+            if let Some(m) = mesh {
+                let m = m.clone();
+                // Answers must not be lost to a full queue: wait for room.
+                glommio::spawn_local(async move {
+                    let _ = m
+                        .send_to(shard, ShardMsg::Responses { conn, responses })
+                        .await;
+                })
+                .detach();
+            }
+        }
+        for ((shard, conn), requests) in out.forward {
+            let Some(m) = mesh else { continue };
+            if let Err(err) = m.try_send_to(
+                shard,
+                ShardMsg::Requests {
+                    from_shard: self.id,
+                    conn,
+                    requests,
+                },
+            ) {
+                if let Some(ShardMsg::Requests { requests, .. }) = returned(err) {
+                    let resps: Vec<Response> = requests
+                        .into_iter()
+                        .map(|r| Response {
+                            id: r.id,
+                            result: Err(WireError::new(ErrorCode::Busy, "shard queue full")),
+                        })
+                        .collect();
+                    if let Some(c) = self.conns.get(conn) {
+                        c.send(&resps);
+                    }
+                }
+            }
+        }
+        for (shard, envs) in out.raft_to_shards {
+            if let Some(m) = mesh {
+                // Raft tolerates loss: drop when the queue is full.
+                let _ = m.try_send_to(shard, ShardMsg::Raft(envs));
+            }
+        }
+    }
+}
+
+/// The message a failed channel send gives back.
+fn returned<T>(e: glommio::GlommioError<T>) -> Option<T> {
+    match e {
+        glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))
+        | glommio::GlommioError::Closed(glommio::ResourceType::Channel(m)) => Some(m),
+        _ => None,
+    }
+}
+
+fn push_response(out: &mut Outbox, origin: Origin, result: Result<Outcome, WireError>) {
+    let r = Response {
+        id: origin.client_id(),
+        result,
+    };
+    match origin {
+        Origin::Local { conn, .. } => out.local.entry(conn).or_default().push(r),
+        Origin::Remote { shard, conn, .. } => out.remote.entry((shard, conn)).or_default().push(r),
+    }
+}
+
+/// The client listener's view of a shard (weak: connection tasks must not
+/// keep a stopped shard alive).
+pub struct ShardClients(pub Weak<Shard>);
+
+impl RequestHandler for ShardClients {
+    fn on_requests(&self, conn: &Rc<ClientConn>, requests: Vec<Request>) {
+        let Some(s) = self.0.upgrade() else {
+            conn.close();
+            return;
+        };
+        s.conns.insert(conn);
+        let mut inbox = s.inbox.borrow_mut();
+        for r in requests {
+            let origin = Origin::Local {
+                conn: conn.id,
+                id: r.id,
+            };
+            inbox.requests.push_back((origin, r));
+        }
+        drop(inbox);
+        s.wake.notify();
+    }
+
+    fn on_close(&self, conn_id: u64) {
+        if let Some(s) = self.0.upgrade() {
+            s.conns.remove(conn_id);
+        }
+    }
+}
+
+/// The raft transport's view of a shard (weak, as for clients).
+pub struct ShardPeers(pub Weak<Shard>);
+
+impl RaftHandler for ShardPeers {
+    fn on_messages(&self, messages: Vec<RaftEnvelope>) {
+        if let Some(s) = self.0.upgrade() {
+            s.accept_raft(messages);
+        }
+    }
+
+    fn on_peer(&self, node_id: u64, shard_count: u32, client_addr: String) {
+        let Some(s) = self.0.upgrade() else { return };
+        let info = NodeInfo {
+            node_id,
+            client_addr,
+            shard_count,
+        };
+        let node = s.node.clone();
+        if let Ok(mut nodes) = node.nodes.lock() {
+            nodes.insert(node_id, info);
+        };
+    }
+
+    fn on_report(&self, messages: Vec<RaftEnvelope>, delivered: bool) {
+        let Some(s) = self.0.upgrade() else { return };
+        s.inbox
+            .borrow_mut()
+            .reports
+            .extend(messages.into_iter().map(|m| (m, delivered)));
+        s.wake.notify();
+    }
+}

@@ -1,0 +1,78 @@
+//! Group commit: one fsync covers the rounds of several shards, each carrying
+//! entries of several regions.
+
+use std::time::Duration;
+
+use corekv_engine::db::{self, DbConfig, LogBatch};
+use corekv_engine::storage::RegionStorage;
+use corekv_engine::{Epoch, PeerMeta, PeerRole, Region};
+use corekv_shards::log_writer::{LogWriter, WriteTask};
+use raft::eraftpb::Entry;
+use raft::Storage;
+
+fn region(id: u64) -> Region {
+    Region {
+        id,
+        start_hash: 0,
+        end_hash: 0,
+        epoch: Epoch::default(),
+        peers: vec![PeerMeta {
+            id: id * 1000 + 1,
+            node_id: 1,
+            role: PeerRole::Voter,
+        }],
+    }
+}
+
+#[test]
+fn one_fsync_covers_regions_of_several_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db::open(dir.path(), &DbConfig::default()).unwrap();
+    let mut boot = LogBatch::default();
+    for id in 1..=6 {
+        RegionStorage::bootstrap(&region(id), &db, &mut boot).unwrap();
+    }
+    db::write(&db, boot.inner, true).unwrap();
+
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    // Three shards, two regions each, three entries per region: queued before
+    // the writer starts, so it finds them all waiting.
+    for shard in 0..3u64 {
+        let mut batch = LogBatch::default();
+        for id in [shard * 2 + 1, shard * 2 + 2] {
+            let mut s = RegionStorage::open(db.clone(), id, 16).unwrap();
+            let entries: Vec<Entry> = (6..=8)
+                .map(|i| Entry {
+                    index: i,
+                    term: 6,
+                    data: bytes::Bytes::from(format!("r{id}-{i}")),
+                    ..Default::default()
+                })
+                .collect();
+            s.append(&entries, &mut batch).unwrap();
+        }
+        tx.send(WriteTask {
+            shard: shard as usize,
+            seq: 1,
+            batch,
+            done: done_tx.clone(),
+        })
+        .unwrap();
+    }
+    let writer = LogWriter::start(db.clone(), rx);
+    for _ in 0..3 {
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+    }
+    let (fsyncs, batches, entries, bytes) = writer.stats.snapshot();
+    assert_eq!(fsyncs, 1, "one fsync for the whole group");
+    assert_eq!(batches, 3);
+    assert_eq!(entries, 18);
+    assert!(bytes > 0);
+    drop(tx);
+    writer.join();
+    for id in 1..=6 {
+        let s = RegionStorage::open(db.clone(), id, 16).unwrap();
+        assert_eq!(s.last_index().unwrap(), 8, "region {id} durable");
+    }
+}

@@ -1,0 +1,298 @@
+//! A real 3-process cluster on 127.0.0.1: forming, reading and writing,
+//! restarts, failover, linearizable reads across a leader change, bad input.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use corekv_engine::{Consistency, Epoch};
+use corekv_net::message::{Frame, Op, Request};
+use corekv_net::wire::ErrorCode;
+use corekv_net::{ClientError, PutOptions};
+use corekv_tests::{key_per_region, RawConn, TestCluster};
+
+fn leader_counts(t: &TestCluster) -> HashMap<u64, usize> {
+    let c = t.client();
+    let mut m = HashMap::new();
+    for r in c.routes() {
+        *m.entry(r.leader_node).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn cluster_forms_and_every_region_gets_a_leader() {
+    let mut t = TestCluster::start(3, 2, &[]);
+    let took = t.must_be_ready(Duration::from_secs(10));
+    let c = t.client();
+    assert_eq!(c.routes().len(), 8);
+    assert!(c.routes().iter().all(|r| r.leader_node != 0));
+    assert_eq!(c.nodes().len(), 3, "every node's client address is known");
+    eprintln!(
+        "cluster ready; leaders per node: {:?} ({took:?})",
+        leader_counts(&t)
+    );
+}
+
+#[test]
+fn writes_are_readable_everywhere_and_survive_a_full_restart() {
+    let mut t = TestCluster::start(3, 2, &[]);
+    let mut c = t.client();
+    for i in 0..200 {
+        c.put(
+            format!("key-{i}").as_bytes(),
+            format!("value-{i}").as_bytes(),
+            PutOptions::default(),
+        )
+        .unwrap();
+    }
+    for node in 0..3 {
+        let mut only = t.client_of(node);
+        for i in (0..200).step_by(7) {
+            let v = only
+                .get(format!("key-{i}").as_bytes(), Consistency::Linearizable)
+                .unwrap()
+                .unwrap();
+            assert_eq!(v.value, format!("value-{i}").as_bytes());
+        }
+    }
+    // Every node stops cleanly on SIGTERM...
+    for i in 0..3 {
+        let st = t.cluster.stop_node(i, Duration::from_secs(10));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "node {i} did not exit cleanly: {st:?}"
+        );
+    }
+    // ...and comes back with its data.
+    for i in 0..3 {
+        t.cluster.start_node(i).unwrap();
+    }
+    t.must_be_ready(Duration::from_secs(30));
+    let mut c = t.client();
+    for i in 0..200 {
+        let v = c
+            .get(format!("key-{i}").as_bytes(), Consistency::Linearizable)
+            .unwrap()
+            .unwrap_or_else(|| panic!("key-{i} lost in the restart"));
+        assert_eq!(v.value, format!("value-{i}").as_bytes());
+    }
+}
+
+#[test]
+fn killing_the_busiest_leader_node_fails_over_and_it_catches_up() {
+    let mut t = TestCluster::start(3, 2, &[]);
+    let mut c = t.client();
+    let keys = key_per_region(&c);
+    for (_, k) in &keys {
+        c.put(k.as_bytes(), b"before", PutOptions::default())
+            .unwrap();
+    }
+    // Let leadership settle on the preferred nodes, then pick the busiest.
+    std::thread::sleep(Duration::from_secs(2));
+    let counts = leader_counts(&t);
+    let (&victim, &led) = counts.iter().max_by_key(|(_, n)| **n).unwrap();
+    let index = t.cluster.nodes.iter().position(|n| n.id == victim).unwrap();
+    let killed = Instant::now();
+    t.cluster.kill(index);
+    // Every region must accept a write again.
+    let mut c = t.client_of((index + 1) % 3);
+    let mut window = Duration::ZERO;
+    for (region, k) in &keys {
+        loop {
+            match c.put(k.as_bytes(), b"after", PutOptions::default()) {
+                Ok(_) => break,
+                Err(ClientError::Unknown(_)) | Err(ClientError::Unavailable { .. }) => {}
+                Err(e) => panic!("region {region}: {e}"),
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(20),
+                "region {region} has no leader 20 s after the kill"
+            );
+        }
+        window = window.max(killed.elapsed());
+    }
+    eprintln!(
+        "killed node {victim} (leader of {led} regions): every region accepted writes again after {window:?}"
+    );
+    // The restarted node catches up: a stale read from it sees the new values.
+    t.cluster.start_node(index).unwrap();
+    t.must_be_ready(Duration::from_secs(30));
+    let mut only = t.client_of(index);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (_, k) in &keys {
+        loop {
+            let v = only.get(k.as_bytes(), Consistency::Stale).unwrap();
+            if v.as_ref().is_some_and(|v| v.value == b"after"[..]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "restarted node did not catch up on {k}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Sends a linearizable read for `key` straight to `addr` (no client
+/// routing) and returns what it answered.
+fn read_at(
+    addr: &str,
+    region: u64,
+    epoch: Epoch,
+    key: &str,
+) -> Option<Result<Option<Vec<u8>>, ErrorCode>> {
+    let mut conn = RawConn::connect(addr);
+    conn.send(&[Request {
+        id: 1,
+        region_id: region,
+        epoch,
+        op: Op::Get {
+            key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+            consistency: Consistency::Linearizable,
+        },
+        session: None,
+    }]);
+    match conn.read_frame()? {
+        Frame::Responses(mut rs) => Some(match rs.remove(0).result {
+            Ok(corekv_net::message::Outcome::Value(v)) => Ok(v.map(|v| v.value.to_vec())),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => Err(e.code),
+        }),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_deposed_leader_never_serves_a_stale_linearizable_read() {
+    let t = TestCluster::start(3, 1, &[]);
+    let mut c = t.client();
+    let key = "linearizable-key";
+    c.put(key.as_bytes(), b"v1", PutOptions::default()).unwrap();
+    let route = c
+        .routes()
+        .iter()
+        .find(|r| r.region.contains(corekv_engine::route_hash(key.as_bytes())))
+        .unwrap()
+        .clone();
+    let old = route.leader_node;
+    let old_index = t.cluster.nodes.iter().position(|n| n.id == old).unwrap();
+    let old_addr = t.cluster.nodes[old_index].client_addr.clone();
+    // Freeze the leader: it keeps believing it leads.
+    t.cluster.signal(old_index, libc::SIGSTOP);
+    let mut other = t.client_of((old_index + 1) % 3);
+    let acked = Instant::now();
+    loop {
+        match other.put(key.as_bytes(), b"v2", PutOptions::default()) {
+            Ok(_) => break,
+            Err(ClientError::Unknown(_)) | Err(ClientError::Unavailable { .. }) => {
+                assert!(acked.elapsed() < Duration::from_secs(20), "no new leader");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // v2 is acknowledged. Wake the old leader and read from it at once.
+    t.cluster.signal(old_index, libc::SIGCONT);
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        if let Some(a) = read_at(&old_addr, route.region.id, route.region.epoch, key) {
+            answers.push(a);
+        }
+    }
+    for v in answers.iter().flatten() {
+        assert_eq!(
+            v.as_deref(),
+            Some(&b"v2"[..]),
+            "stale read from the deposed leader: {answers:?}"
+        );
+    }
+    assert!(
+        answers.iter().any(|a| a.is_err()),
+        "the deposed leader should refuse at least the first read: {answers:?}"
+    );
+    // And through the client every read sees v2.
+    for _ in 0..20 {
+        let v = c
+            .get(key.as_bytes(), Consistency::Linearizable)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.value, &b"v2"[..]);
+    }
+}
+
+#[test]
+fn bad_input_gets_an_error_and_the_server_keeps_serving() {
+    let t = TestCluster::start(3, 2, &[]);
+    let addr = t.cluster.nodes[0].client_addr.clone();
+    let mut good = t.client();
+    good.put(b"k", b"v", PutOptions::default()).unwrap();
+
+    // Random bytes (a plausible small length, then garbage).
+    let mut garbage = RawConn::connect(&addr);
+    let mut bytes = 64u32.to_le_bytes().to_vec();
+    bytes.extend((0..64u8).map(|i| i.wrapping_mul(37).wrapping_add(11)));
+    std::io::Write::write_all(&mut garbage.stream, &bytes).unwrap();
+    match garbage.read_frame() {
+        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::BadFrame),
+        other => panic!("random bytes: {other:?}"),
+    }
+    assert!(
+        garbage.read_frame().is_none(),
+        "connection closed after the error"
+    );
+
+    // A frame announcing 4 GiB.
+    let mut huge = RawConn::connect(&addr);
+    std::io::Write::write_all(&mut huge.stream, &u32::MAX.to_le_bytes()).unwrap();
+    match huge.read_frame() {
+        Some(Frame::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::BadFrame);
+            assert!(e.message.contains("over the limit"), "{}", e.message);
+        }
+        other => panic!("4 GiB frame: {other:?}"),
+    }
+
+    // A truncated frame, then the client goes away.
+    let mut cut = RawConn::connect(&addr);
+    std::io::Write::write_all(&mut cut.stream, &1000u32.to_le_bytes()).unwrap();
+    std::io::Write::write_all(&mut cut.stream, &[1, 2, 3]).unwrap();
+    drop(cut);
+
+    // Requests before the hello.
+    let mut rude = RawConn::connect_bare(&addr);
+    rude.send(&[Request {
+        id: 1,
+        region_id: 0,
+        epoch: Epoch::default(),
+        op: Op::Routes,
+        session: None,
+    }]);
+    match rude.read_frame() {
+        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::BadFrame),
+        other => panic!("no hello: {other:?}"),
+    }
+
+    // A 2 MiB value is refused with its typed error.
+    let big = vec![b'x'; 2 << 20];
+    match good.put(b"big", &big, PutOptions::default()) {
+        Err(ClientError::Invalid { code, .. }) => assert_eq!(code, ErrorCode::ValueTooLarge),
+        other => panic!("2 MiB value: {other:?}"),
+    }
+    let long_key = vec![b'k'; 5000];
+    match good.put(&long_key, b"v", PutOptions::default()) {
+        Err(ClientError::Invalid { code, .. }) => assert_eq!(code, ErrorCode::KeyTooLarge),
+        other => panic!("5000-byte key: {other:?}"),
+    }
+
+    // Everyone else is still served.
+    let mut fresh = t.client();
+    assert_eq!(
+        fresh
+            .get(b"k", Consistency::Linearizable)
+            .unwrap()
+            .unwrap()
+            .value,
+        &b"v"[..]
+    );
+    fresh.put(b"k2", b"v2", PutOptions::default()).unwrap();
+}

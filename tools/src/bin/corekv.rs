@@ -1,0 +1,213 @@
+//! `corekv`: read and write a corekv cluster, or run a local one.
+//!
+//! Exit codes: 0 success; 1 key not found; 2 condition failed; 3 error;
+//! 4 outcome unknown (the write may or may not have been applied).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use corekv_engine::Consistency;
+use corekv_net::{Client, ClientConfig, ClientError, PutOptions};
+use corekv_tools::dev::{run_dev, DevOptions};
+
+#[derive(Parser)]
+#[command(name = "corekv", version, about = "corekv command-line client")]
+struct Cli {
+    /// Client addresses of cluster nodes, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:7101",
+        env = "COREKV_ENDPOINTS"
+    )]
+    endpoints: String,
+    /// Time budget of one command, ms.
+    #[arg(long, global = true, default_value_t = 5000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ConsistencyArg {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a key; prints the new version.
+    Put {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Only if the key has no live value.
+        #[arg(long, conflicts_with = "if_version")]
+        if_absent: bool,
+        /// Only if the key's current version is V.
+        #[arg(long, value_name = "V")]
+        if_version: Option<u64>,
+    },
+    /// Read a key; prints the value and a newline.
+    Get {
+        /// Key.
+        key: String,
+        /// Consistency of the read.
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: ConsistencyArg,
+    },
+    /// Delete a key; prints 1 if a live value was removed, else 0.
+    Del {
+        /// Key.
+        key: String,
+    },
+    /// Add to an integer value (absent = 0); prints the new value.
+    Incr {
+        /// Key.
+        key: String,
+        /// Amount to add.
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
+    /// Start a local cluster on loopback and keep it running until Ctrl-C.
+    Dev {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Data directory (default: a temporary directory, removed at exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Clients on BASE+1.., peers on BASE+101...
+        #[arg(long, default_value_t = 7100)]
+        base_port: u16,
+        /// Shards per node (default: number of cores).
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Regions of the new cluster (default 8).
+        #[arg(long)]
+        regions: Option<u64>,
+    },
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(code)
+}
+
+fn client_error(e: ClientError) -> ExitCode {
+    match e {
+        ClientError::ConditionFailed { current_version } => match current_version {
+            Some(v) => fail(2, format!("condition failed: current version {v}")),
+            None => fail(2, "condition failed: key is absent"),
+        },
+        ClientError::Unknown(m) => fail(4, format!("outcome unknown: {m}")),
+        other => fail(3, format!("error: {other}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Dev {
+        nodes,
+        data_dir,
+        base_port,
+        shards,
+        regions,
+    } = cli.cmd
+    {
+        let tmp;
+        let data_dir = match data_dir {
+            Some(d) => d,
+            None => match tempfile::Builder::new().prefix("corekv-dev-").tempdir() {
+                Ok(t) => {
+                    tmp = t;
+                    tmp.path().to_path_buf()
+                }
+                Err(e) => return fail(3, format!("temporary directory: {e}")),
+            },
+        };
+        let opts = DevOptions {
+            nodes,
+            base_port,
+            data_dir,
+            shards,
+            regions,
+            extra_args: Vec::new(),
+        };
+        return match run_dev(opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(3, format!("corekv dev: {e:#}")),
+        };
+    }
+    let endpoints: Vec<String> = cli
+        .endpoints
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut cfg = ClientConfig::new(endpoints);
+    cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+    let mut client = match Client::connect(cfg) {
+        Ok(c) => c,
+        Err(e) => return fail(3, format!("cannot reach the cluster: {e}")),
+    };
+    let mut stdout = std::io::stdout();
+    match cli.cmd {
+        Cmd::Put {
+            key,
+            value,
+            ttl,
+            if_absent,
+            if_version,
+        } => {
+            let opts = PutOptions {
+                ttl: ttl.map(Duration::from_secs),
+                if_absent,
+                if_version,
+            };
+            match client.put(key.as_bytes(), value.as_bytes(), opts) {
+                Ok(v) => {
+                    let _ = writeln!(stdout, "{v}");
+                }
+                Err(e) => return client_error(e),
+            }
+        }
+        Cmd::Get { key, consistency } => {
+            let c = match consistency {
+                ConsistencyArg::Linearizable => Consistency::Linearizable,
+                ConsistencyArg::Lease => Consistency::Lease,
+                ConsistencyArg::Stale => Consistency::Stale,
+            };
+            match client.get(key.as_bytes(), c) {
+                Ok(Some(v)) => {
+                    let _ = stdout.write_all(&v.value);
+                    let _ = stdout.write_all(b"\n");
+                }
+                Ok(None) => return fail(1, "(not found)"),
+                Err(e) => return client_error(e),
+            }
+        }
+        Cmd::Del { key } => match client.delete(key.as_bytes(), None) {
+            Ok(existed) => {
+                let _ = writeln!(stdout, "{}", u8::from(existed));
+            }
+            Err(e) => return client_error(e),
+        },
+        Cmd::Incr { key, by } => match client.incr(key.as_bytes(), by) {
+            Ok(v) => {
+                let _ = writeln!(stdout, "{v}");
+            }
+            Err(e) => return client_error(e),
+        },
+        Cmd::Dev { .. } => unreachable!("handled above"),
+    }
+    ExitCode::SUCCESS
+}

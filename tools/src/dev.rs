@@ -1,0 +1,329 @@
+//! A local cluster of `corekv-server` processes on loopback.
+//!
+//! Node `i` (1-based) listens for clients on `127.0.0.1:BASE+i` and for peers
+//! on `127.0.0.1:BASE+100+i`. Children get `PR_SET_PDEATHSIG`, so they stop
+//! with their parent even if it is killed; [`LocalCluster`] stops them on drop.
+
+use std::io::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corekv_net::{Client, ClientConfig};
+
+/// Settings of a local cluster.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    /// Number of nodes.
+    pub nodes: u64,
+    /// Base port (clients on BASE+i, peers on BASE+100+i).
+    pub base_port: u16,
+    /// Data directory (one sub-directory per node).
+    pub data_dir: PathBuf,
+    /// Shards per node.
+    pub shards: Option<usize>,
+    /// Regions of the new cluster.
+    pub regions: Option<u64>,
+    /// Extra flags for every server.
+    pub extra_args: Vec<String>,
+}
+
+/// One running node.
+pub struct DevNode {
+    /// Node id.
+    pub id: u64,
+    /// Client address.
+    pub client_addr: String,
+    /// Peer address.
+    pub peer_addr: String,
+    /// Its data directory.
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running local cluster; stopping it (or dropping it) stops every child.
+pub struct LocalCluster {
+    /// The nodes.
+    pub nodes: Vec<DevNode>,
+    server_bin: PathBuf,
+    opts: DevOptions,
+}
+
+/// Finds `corekv-server`: next to the running executable, then in its parent
+/// directory (test binaries live in `target/*/deps`), then on `PATH`.
+pub fn server_binary() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let p = dir.join("corekv-server");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from("corekv-server")
+}
+
+impl LocalCluster {
+    /// Starts the nodes (not waiting for leaders; see [`LocalCluster::wait_ready`]).
+    pub fn start(opts: DevOptions) -> anyhow::Result<LocalCluster> {
+        anyhow::ensure!(
+            opts.nodes >= 1 && opts.nodes <= 99,
+            "--nodes must be 1..=99"
+        );
+        anyhow::ensure!(
+            u32::from(opts.base_port) + 100 + opts.nodes as u32 <= 65535,
+            "--base-port too high"
+        );
+        let server_bin = server_binary();
+        let mut nodes = Vec::new();
+        for i in 1..=opts.nodes {
+            nodes.push(DevNode {
+                id: i,
+                client_addr: format!("127.0.0.1:{}", opts.base_port + i as u16),
+                peer_addr: format!("127.0.0.1:{}", opts.base_port + 100 + i as u16),
+                dir: opts.data_dir.join(format!("node-{i}")),
+                child: None,
+            });
+        }
+        let mut c = LocalCluster {
+            nodes,
+            server_bin,
+            opts,
+        };
+        for i in 0..c.nodes.len() {
+            c.start_node(i)?;
+        }
+        Ok(c)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// (Re)starts node at `index` from its data directory.
+    pub fn start_node(&mut self, index: usize) -> anyhow::Result<()> {
+        let cluster = self.initial_cluster();
+        let n = &mut self.nodes[index];
+        anyhow::ensure!(n.child.is_none(), "node {} is running", n.id);
+        std::fs::create_dir_all(&n.dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(n.dir.join("server.log"))?;
+        let mut cmd = Command::new(&self.server_bin);
+        cmd.arg("--id")
+            .arg(n.id.to_string())
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .arg("--client-listen")
+            .arg(&n.client_addr)
+            .arg("--peer-listen")
+            .arg(&n.peer_addr)
+            .arg("--initial-cluster")
+            .arg(&cluster);
+        if let Some(s) = self.opts.shards {
+            cmd.arg("--shards").arg(s.to_string());
+        }
+        if let Some(r) = self.opts.regions {
+            cmd.arg("--regions").arg(r.to_string());
+        }
+        cmd.args(&self.opts.extra_args);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            anyhow::anyhow!(
+                "starting {}: {e} (build it with `cargo build --release -p corekv-shards`)",
+                self.server_bin.display()
+            )
+        })?;
+        n.child = Some(child);
+        Ok(())
+    }
+
+    /// Client endpoints, comma-separated.
+    pub fn endpoints(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.client_addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Sends `signal` to node `index`'s process.
+    pub fn signal(&self, index: usize, signal: i32) {
+        if let Some(c) = &self.nodes[index].child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, signal);
+            }
+        }
+    }
+
+    /// SIGKILLs node `index` and reaps it.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut c) = self.nodes[index].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs node `index` and waits up to `grace` before SIGKILL; returns
+    /// its exit status if it exited by itself.
+    pub fn stop_node(&mut self, index: usize, grace: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.nodes[index].child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + grace;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Returns the id of a node whose process ended by itself, if any.
+    pub fn exited(&mut self) -> Option<(u64, std::process::ExitStatus)> {
+        for n in &mut self.nodes {
+            if let Some(c) = &mut n.child {
+                if let Ok(Some(st)) = c.try_wait() {
+                    n.child = None;
+                    return Some((n.id, st));
+                }
+            }
+        }
+        None
+    }
+
+    /// True if node `index` runs.
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].child.is_some()
+    }
+
+    /// Waits until every running node answers and sees a leader for every
+    /// region; returns how long it took.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if let Some((id, st)) = self.exited() {
+                anyhow::bail!(
+                    "node {id} exited ({st}); its log:\n{}",
+                    tail(&self.nodes[id as usize - 1].dir.join("server.log"), 20)
+                );
+            }
+            let running: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .map(|n| n.client_addr.clone())
+                .collect();
+            if running.iter().all(|a| node_sees_all_leaders(a)) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                anyhow::bail!("cluster not ready after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.signal(i, libc::SIGTERM);
+        }
+        for i in 0..self.nodes.len() {
+            self.stop_node(i, Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// True if the node at `addr` answers and knows a leader for every region.
+pub fn node_sees_all_leaders(addr: &str) -> bool {
+    let mut cfg = ClientConfig::new(vec![addr.to_string()]);
+    cfg.request_timeout = Duration::from_millis(500);
+    cfg.attempts_max = 1;
+    let Ok(client) = Client::connect(cfg) else {
+        return false;
+    };
+    !client.routes().is_empty() && client.routes().iter().all(|r| r.leader_node != 0)
+}
+
+/// The last `lines` lines of a file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs `corekv dev` in the foreground: start, print `ready endpoints=...`,
+/// then wait for Ctrl-C/SIGTERM or a node dying, and stop everything.
+pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
+    let signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    let mut cluster = LocalCluster::start(opts.clone())?;
+    eprintln!(
+        "corekv dev: {} nodes, data in {}, logs in <node dir>/server.log",
+        opts.nodes,
+        opts.data_dir.display()
+    );
+    let took = match cluster.wait_ready(Duration::from_secs(60)) {
+        Ok(t) => t,
+        Err(e) => {
+            cluster.stop();
+            return Err(e);
+        }
+    };
+    println!("ready endpoints={}", cluster.endpoints());
+    std::io::stdout().flush()?;
+    eprintln!(
+        "corekv dev: every region has a leader ({took:.2?}); try `corekv --endpoints {} put greeting hello`",
+        cluster.endpoints()
+    );
+    let mut signals = signals;
+    loop {
+        if signals.pending().next().is_some() {
+            eprintln!("corekv dev: stopping");
+            break;
+        }
+        if let Some((id, st)) = cluster.exited() {
+            eprintln!(
+                "corekv dev: node {id} exited ({st}); stopping the cluster. Its log:\n{}",
+                tail(&cluster.nodes[id as usize - 1].dir.join("server.log"), 20)
+            );
+            cluster.stop();
+            anyhow::bail!("node {id} exited");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.stop();
+    Ok(())
+}
