@@ -14,6 +14,8 @@ if [ "${1:-}" = "--check" ]; then
     trap 'rm -rf "$out"' EXIT
 fi
 flatc --rust -o "$out" schema/corekv.fbs
+# Formatted like the rest of the code, so `cargo fmt` leaves it alone.
+rustfmt --edition 2021 "$out/corekv_generated.rs"
 if [ "${1:-}" = "--check" ]; then
     if ! diff -u src/generated/corekv_generated.rs "$out/corekv_generated.rs"; then
         echo "net/src/generated is out of date: run net/schema/generate.sh" >&2
