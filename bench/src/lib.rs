@@ -1,7 +1,14 @@
-//! corekv load generator and benchmarks (not built yet; see the README status
-//! table).
+//! corekv load generator.
 //!
 //! # Layout
-//! - `workload`: key choice (uniform, zipfian, hotspot) and operation mix.
-//! - `report`: hdrhistogram latencies, tables and JSON.
-//! - `bin/corekv-bench`: the load generator, with Redis and etcd baselines.
+//! - `workload`: operation mix and key distributions (uniform, zipfian, hotspot).
+//! - `driver`: simulated clients on glommio executors: routing, pipelining,
+//!   open and closed loop, the corekv and Redis protocols.
+//! - `report`: hdrhistogram latencies per operation type, error counts, the
+//!   table and the JSON report.
+//! - `bin/corekv-bench`: the command line, the embedded local cluster, preload.
+#![deny(missing_docs)]
+
+pub mod driver;
+pub mod report;
+pub mod workload;

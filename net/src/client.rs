@@ -37,7 +37,7 @@ pub struct ClientConfig {
     pub attempts_max: u32,
     /// First retry delay; doubles per attempt. Default 10 ms.
     pub backoff_base: Duration,
-    /// Longest retry delay. Default 500 ms.
+    /// Longest retry delay. Default 100 ms.
     pub backoff_max: Duration,
     /// Largest response frame accepted. Default 64 MiB.
     pub frame_bytes_max: usize,
@@ -52,7 +52,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(1),
             attempts_max: 20,
             backoff_base: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(500),
+            backoff_max: Duration::from_millis(100),
             frame_bytes_max: 64 << 20,
         }
     }

@@ -11,6 +11,7 @@
 //! - `server`: a shard's client listener (glommio): connections, hello, limits.
 //! - `transport`: a shard's raft transport (glommio): links with backoff and
 //!   bounded queues, and the peer acceptor.
+//! - `wake`: a one-slot wake-up signal for single-threaded loops.
 #![deny(missing_docs)]
 
 pub mod client;
@@ -20,6 +21,7 @@ pub mod message;
 pub mod peer_codec;
 pub mod server;
 pub mod transport;
+pub mod wake;
 pub mod wire;
 
 pub use client::{Client, ClientConfig, ClientError, PutOptions, Value};

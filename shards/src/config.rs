@@ -342,6 +342,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_file_is_valid() {
+        let file: ServerArgs =
+            toml::from_str(include_str!("../../docs/node.example.toml")).unwrap();
+        let c = file.validate().unwrap();
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.initial_cluster.len(), 3);
+    }
+
+    #[test]
     fn file_settings_are_overridden_by_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");

@@ -7,7 +7,6 @@
 //! - `node`: state shared by a node's shards (router, leaders, log writer queue).
 //! - `log_writer`: the node-wide group commit of every shard's log batch.
 //! - `shard`: one pinned glommio executor running rounds over its regions.
-//! - `wake`: the wake-up signal of a shard's round loop.
 //! - `raft_log`: raft-rs logs into `tracing`.
 //! - `server`: start (memlock, ports, executors) and clean shutdown.
 //! - `bin/corekv-server`: the server binary.
@@ -20,4 +19,3 @@ pub mod node;
 pub mod raft_log;
 pub mod server;
 pub mod shard;
-pub mod wake;

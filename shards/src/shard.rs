@@ -28,7 +28,7 @@ use glommio::channels::channel_mesh::Senders;
 use crate::bootstrap::preferred_leader;
 use crate::log_writer::WriteTask;
 use crate::node::{wall_ms, NodeShared};
-use crate::wake::Wake;
+use corekv_net::wake::Wake;
 
 /// Work items handled per round at most (the rest waits for the next round).
 pub const ROUND_REQUESTS_MAX: usize = 8192;

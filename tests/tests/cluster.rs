@@ -94,7 +94,27 @@ fn killing_the_busiest_leader_node_fails_over_and_it_catches_up() {
     let index = t.cluster.nodes.iter().position(|n| n.id == victim).unwrap();
     let killed = Instant::now();
     t.cluster.kill(index);
-    // Every region must accept a write again.
+    // Survivors elect new leaders for the victim's regions...
+    let survivor = t.cluster.nodes[(index + 1) % 3].client_addr.clone();
+    let elected = loop {
+        let routes =
+            corekv_net::Client::connect(corekv_net::ClientConfig::new(vec![survivor.clone()]))
+                .map(|c| c.routes().to_vec())
+                .unwrap_or_default();
+        if !routes.is_empty()
+            && routes
+                .iter()
+                .all(|r| r.leader_node != 0 && r.leader_node != victim)
+        {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "no new leaders 20 s after the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // ...and every region accepts a write again.
     let mut c = t.client_of((index + 1) % 3);
     let mut window = Duration::ZERO;
     for (region, k) in &keys {
@@ -112,7 +132,8 @@ fn killing_the_busiest_leader_node_fails_over_and_it_catches_up() {
         window = window.max(killed.elapsed());
     }
     eprintln!(
-        "killed node {victim} (leader of {led} regions): every region accepted writes again after {window:?}"
+        "killed node {victim} (leader of {led} regions): new leaders seen after {elected:?}, \
+         every region accepted writes again after {window:?}"
     );
     // The restarted node catches up: a stale read from it sees the new values.
     t.cluster.start_node(index).unwrap();

@@ -183,13 +183,14 @@ impl LocalCluster {
     /// SIGTERMs node `index` and waits up to `grace` before SIGKILL; returns
     /// its exit status if it exited by itself.
     pub fn stop_node(&mut self, index: usize, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(index, libc::SIGTERM);
+        self.reap(index, Instant::now() + grace)
+    }
+
+    /// Waits for node `index` to exit until `deadline`, then SIGKILLs it.
+    fn reap(&mut self, index: usize, deadline: Instant) -> Option<std::process::ExitStatus> {
         let mut c = self.nodes[index].child.take()?;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let end = Instant::now() + grace;
-        while Instant::now() < end {
+        while Instant::now() < deadline {
             if let Ok(Some(st)) = c.try_wait() {
                 return Some(st);
             }
@@ -245,13 +246,15 @@ impl LocalCluster {
         }
     }
 
-    /// Stops every node (SIGTERM, then SIGKILL after 10 s).
+    /// Stops every node: one SIGTERM each, then SIGKILL for any still running
+    /// after 10 s.
     pub fn stop(&mut self) {
         for i in 0..self.nodes.len() {
             self.signal(i, libc::SIGTERM);
         }
+        let deadline = Instant::now() + Duration::from_secs(10);
         for i in 0..self.nodes.len() {
-            self.stop_node(i, Duration::from_secs(10));
+            self.reap(i, deadline);
         }
     }
 }

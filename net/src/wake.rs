@@ -1,5 +1,6 @@
-//! A one-slot wake-up signal for a shard's round loop: any task that adds
-//! work calls [`Wake::notify`]; the loop awaits [`Wake::wait`].
+//! A one-slot wake-up signal for a single-threaded loop (a shard's rounds, a
+//! load-generator client): any task that adds work calls [`Wake::notify`];
+//! the loop awaits [`Wake::wait`].
 
 use std::cell::Cell;
 use std::future::poll_fn;

@@ -1,0 +1,258 @@
+//! `corekv-bench`: load a corekv cluster (or Redis) and report throughput and
+//! latency percentiles per operation type.
+//!
+//! Without `--endpoints` or `--target`, it starts a local 3-node cluster in a
+//! temporary directory, preloads it, runs, and stops it again.
+
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use corekv_bench::driver::{self, LoadSpec, Progress, Target};
+use corekv_bench::report::Report;
+use corekv_bench::workload::{KeyDist, Mix};
+use corekv_engine::Consistency;
+use corekv_net::{Client, ClientConfig};
+use corekv_tools::dev::{DevOptions, LocalCluster};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ConsistencyArg {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+#[derive(Parser)]
+#[command(name = "corekv-bench", version, about = "corekv load generator")]
+struct Args {
+    /// corekv client addresses (absent: start a local 3-node cluster).
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Run against another system instead: redis://HOST:PORT.
+    #[arg(long)]
+    target: Option<String>,
+    /// read-only, read-heavy (95/5), mixed (50/50), write-only.
+    #[arg(long, default_value = "read-heavy")]
+    workload: String,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 64)]
+    value_size: usize,
+    /// uniform, zipfian[:THETA], hotspot (90% of operations on 1% of keys).
+    #[arg(long, default_value = "uniform")]
+    distribution: String,
+    /// Simulated clients (each with its own connections).
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Requests in flight per client.
+    #[arg(long, default_value_t = 32)]
+    pipeline: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured seconds before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Open loop: total operations per second (latency from intended send time).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Read consistency.
+    #[arg(long, value_enum, default_value = "linearizable")]
+    consistency: ConsistencyArg,
+    /// Generator threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Skip writing every key before the run.
+    #[arg(long)]
+    no_preload: bool,
+    /// Shards per node of the embedded cluster (default: cores).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Regions of the embedded cluster.
+    #[arg(long, default_value_t = 8)]
+    regions: u64,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Seed of key and operation choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn free_base() -> u16 {
+    (0..200u16)
+        .map(|i| 40_000 + i * 200)
+        .find(|&b| {
+            (1..=3u16).all(|i| {
+                [b + i, b + 100 + i]
+                    .iter()
+                    .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            })
+        })
+        .unwrap_or(40_000)
+}
+
+fn progress_thread(p: Arc<Progress>, label: &'static str) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut last = 0;
+        let mut last_failed = 0;
+        while !p.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            let done = p.done.load(Ordering::Relaxed);
+            let failed = p.failed.load(Ordering::Relaxed);
+            eprintln!(
+                "[{label} {:>5.1}s] {:>9} ops/s  errors {:>6}/s  total {}",
+                started.elapsed().as_secs_f64(),
+                done - last,
+                failed - last_failed,
+                done
+            );
+            last = done;
+            last_failed = failed;
+        }
+    })
+}
+
+fn load(
+    spec: LoadSpec,
+    target: Target,
+    label: &'static str,
+) -> anyhow::Result<(corekv_bench::report::Stats, Duration)> {
+    let progress = Arc::new(Progress::default());
+    let t = progress_thread(progress.clone(), label);
+    let r = driver::run(spec, target, progress.clone());
+    progress.stop.store(true, Ordering::Relaxed);
+    let _ = t.join();
+    r
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let mix = Mix::parse(&a.workload).map_err(anyhow::Error::msg)?;
+    let dist = KeyDist::parse(&a.distribution).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(a.keys > 0, "--keys must be > 0");
+    anyhow::ensure!(
+        a.connections > 0 && a.pipeline > 0,
+        "--connections and --pipeline must be > 0"
+    );
+    anyhow::ensure!(a.duration > 0.0, "--duration must be > 0");
+    let consistency = match a.consistency {
+        ConsistencyArg::Linearizable => Consistency::Linearizable,
+        ConsistencyArg::Lease => Consistency::Lease,
+        ConsistencyArg::Stale => Consistency::Stale,
+    };
+
+    // The cluster: given, or embedded.
+    let mut embedded: Option<(LocalCluster, tempfile::TempDir)> = None;
+    let (target, target_name) = if let Some(t) = &a.target {
+        let addr = t
+            .strip_prefix("redis://")
+            .ok_or_else(|| anyhow::anyhow!("--target must be redis://HOST:PORT"))?;
+        (Target::Redis(addr.to_string()), t.clone())
+    } else {
+        let endpoints = if a.endpoints.is_empty() {
+            let dir = tempfile::Builder::new().prefix("corekv-bench-").tempdir()?;
+            eprintln!(
+                "starting a local 3-node cluster in {}",
+                dir.path().display()
+            );
+            let mut c = LocalCluster::start(DevOptions {
+                nodes: 3,
+                base_port: free_base(),
+                data_dir: dir.path().to_path_buf(),
+                shards: a.shards,
+                regions: Some(a.regions),
+                extra_args: Vec::new(),
+            })?;
+            c.wait_ready(Duration::from_secs(60))?;
+            // Let leaders move to their preferred nodes before measuring.
+            std::thread::sleep(Duration::from_secs(3));
+            c.wait_ready(Duration::from_secs(60))?;
+            let e = c.endpoints();
+            embedded = Some((c, dir));
+            e.split(',').map(String::from).collect()
+        } else {
+            a.endpoints.clone()
+        };
+        let client = Client::connect(ClientConfig::new(endpoints))?;
+        let routes = client.routes().to_vec();
+        let nodes = client.nodes().clone();
+        anyhow::ensure!(
+            routes.iter().all(|r| r.leader_node != 0),
+            "some regions have no leader"
+        );
+        (Target::Corekv { routes, nodes }, "corekv".to_string())
+    };
+
+    let spec = LoadSpec {
+        mix,
+        keys: a.keys,
+        value_size: a.value_size,
+        dist: dist.clone(),
+        clients: a.connections,
+        pipeline: a.pipeline,
+        duration: Duration::from_secs_f64(a.duration),
+        warmup: Duration::from_secs_f64(a.warmup),
+        rate: a.rate,
+        consistency,
+        threads: a.threads,
+        preload: false,
+        seed: a.seed,
+    };
+    if !a.no_preload && mix != Mix::WriteOnly {
+        eprintln!("preloading {} keys of {} bytes", a.keys, a.value_size);
+        let preload = LoadSpec {
+            preload: true,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(3600),
+            rate: None,
+            ..spec.clone()
+        };
+        let (stats, took) = load(preload, target.clone(), "preload")?;
+        let written = stats.write.len();
+        eprintln!(
+            "preloaded {written} keys in {took:.1?} ({:.0} writes/s), errors {:?}",
+            written as f64 / took.as_secs_f64(),
+            stats.errors
+        );
+        anyhow::ensure!(
+            written == a.keys,
+            "preload wrote {written} of {} keys",
+            a.keys
+        );
+    }
+    eprintln!(
+        "running {} for {:.0}s after {:.0}s warm-up: {} clients x {} in flight{}",
+        mix.name(),
+        a.duration,
+        a.warmup,
+        a.connections,
+        a.pipeline,
+        a.rate
+            .map(|r| format!(", open loop at {r:.0} ops/s"))
+            .unwrap_or_default()
+    );
+    let (stats, elapsed) = load(spec, target, "run")?;
+    let report = Report {
+        target: target_name,
+        workload: mix.name().to_string(),
+        distribution: dist.name(),
+        consistency: format!("{:?}", consistency).to_lowercase(),
+        elapsed,
+        stats,
+    };
+    if let Some((mut c, _dir)) = embedded {
+        c.stop();
+    }
+    let mut out = std::io::stdout();
+    write!(out, "{}", report.to_table())?;
+    if a.json {
+        writeln!(out, "{}", report.to_json())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,622 @@
+//! The load loop: simulated clients on glommio executors, each keeping up to
+//! `pipeline` requests in flight over its own connections.
+//!
+//! corekv clients route each request to the leader of its key's region (one
+//! connection per node per client) and batch everything they send in one go
+//! into one frame per node. Redis clients pipeline RESP commands on one
+//! connection. In open-loop mode (`rate`), each client sends on a fixed
+//! schedule and latency is measured from the *intended* send time, so a stall
+//! shows up in the latencies instead of hiding behind fewer requests
+//! (coordinated omission).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corekv_engine::{route_hash, Condition, Consistency, WriteRequest};
+use corekv_net::frame::FrameBuffer;
+use corekv_net::message::{
+    decode_frame, encode_hello, encode_requests, Frame, Op, Outcome, Request, RouteInfo,
+};
+use corekv_net::wake::Wake;
+use corekv_net::wire::ErrorCode;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorBuilder, Placement};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::report::{OpKind, Stats};
+use crate::workload::{key_name, KeyDist, KeyPicker, Mix};
+
+/// What to run against.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A corekv cluster: its routing table and node client addresses.
+    Corekv {
+        /// Regions with their leaders.
+        routes: Vec<RouteInfo>,
+        /// Node id → client address.
+        nodes: HashMap<u64, String>,
+    },
+    /// A Redis server at `host:port`.
+    Redis(String),
+}
+
+/// One phase of load.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// Operation mix.
+    pub mix: Mix,
+    /// Keys `0..keys`.
+    pub keys: u64,
+    /// Bytes per written value.
+    pub value_size: usize,
+    /// Key distribution.
+    pub dist: KeyDist,
+    /// Simulated clients.
+    pub clients: usize,
+    /// Requests in flight per client.
+    pub pipeline: usize,
+    /// Measured time.
+    pub duration: Duration,
+    /// Unmeasured time before it.
+    pub warmup: Duration,
+    /// Open loop: total operations per second (None = closed loop).
+    pub rate: Option<f64>,
+    /// Read consistency (corekv).
+    pub consistency: Consistency,
+    /// Generator threads (glommio executors).
+    pub threads: usize,
+    /// Write every key once, in order, instead of the mix (preload).
+    pub preload: bool,
+    /// Seed of the key and operation choices.
+    pub seed: u64,
+}
+
+/// Counters the progress line reads while the load runs.
+#[derive(Default)]
+pub struct Progress {
+    /// Operations completed successfully.
+    pub done: AtomicU64,
+    /// Operations failed.
+    pub failed: AtomicU64,
+    /// Set to stop early.
+    pub stop: AtomicBool,
+}
+
+struct Shared {
+    spec: LoadSpec,
+    target: Target,
+    progress: Arc<Progress>,
+    next_preload: AtomicU64,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// Runs `spec` against `target`; returns the merged stats and the measured
+/// time.
+pub fn run(
+    spec: LoadSpec,
+    target: Target,
+    progress: Arc<Progress>,
+) -> anyhow::Result<(Stats, Duration)> {
+    let start = Instant::now() + Duration::from_millis(200);
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.duration;
+    let threads = spec.threads.max(1);
+    let shared = Arc::new(Shared {
+        spec,
+        target,
+        progress,
+        next_preload: AtomicU64::new(0),
+        start,
+        measure_from,
+        end,
+    });
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let (shared, results) = (shared.clone(), results.clone());
+        let h = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("bench-{t}"))
+            .spawn(move || async move {
+                let mut tasks = Vec::new();
+                let clients = shared.spec.clients;
+                for c in (t..clients).step_by(threads) {
+                    let shared = shared.clone();
+                    tasks.push(glommio::spawn_local(async move { client(shared, c).await }));
+                }
+                let mut stats = Stats::default();
+                for task in tasks {
+                    stats.merge(&task.await);
+                }
+                results.lock().unwrap().push(stats);
+            })
+            .map_err(|e| anyhow::anyhow!("starting a generator executor: {e}"))?;
+        handles.push(h);
+    }
+    for h in handles {
+        h.join()
+            .map_err(|e| anyhow::anyhow!("generator thread: {e:?}"))?;
+    }
+    let mut stats = Stats::default();
+    for s in results.lock().unwrap().iter() {
+        stats.merge(s);
+    }
+    let elapsed = if shared.spec.preload {
+        shared.start.elapsed()
+    } else {
+        shared.spec.duration
+    };
+    Ok((stats, elapsed))
+}
+
+/// An operation sent and not answered yet.
+#[derive(Clone, Copy)]
+struct Sent {
+    kind: OpKind,
+    at: Instant,
+    region: u64,
+}
+
+struct ClientState {
+    stats: RefCell<Stats>,
+    inflight: Cell<usize>,
+    wake: Wake,
+    shared: Arc<Shared>,
+    /// Stale route hints learned from NotLeader answers: region → node.
+    leader_hints: RefCell<HashMap<u64, u64>>,
+}
+
+impl ClientState {
+    fn complete(&self, sent: Sent, result: Result<(), String>) {
+        let now = Instant::now();
+        let s = &self.shared;
+        match result {
+            Ok(()) => {
+                s.progress.done.fetch_add(1, Ordering::Relaxed);
+                if sent.at >= s.measure_from && now <= s.end || s.spec.preload {
+                    self.stats.borrow_mut().record(sent.kind, now - sent.at);
+                }
+            }
+            Err(kind) => {
+                s.progress.failed.fetch_add(1, Ordering::Relaxed);
+                if now >= s.measure_from || s.spec.preload {
+                    self.stats.borrow_mut().error(&kind);
+                }
+            }
+        }
+        self.inflight.set(self.inflight.get() - 1);
+        self.wake.notify();
+    }
+}
+
+/// What the generator decided to send next.
+struct NextOp {
+    kind: OpKind,
+    key: u64,
+    intended: Instant,
+}
+
+struct Generator {
+    rng: SmallRng,
+    picker: KeyPicker,
+    interval: Option<Duration>,
+    next_at: Instant,
+}
+
+impl Generator {
+    fn new(shared: &Shared, client: usize) -> Generator {
+        let spec = &shared.spec;
+        let interval = spec
+            .rate
+            .map(|r| Duration::from_secs_f64(spec.clients as f64 / r.max(1e-9)));
+        Generator {
+            rng: SmallRng::seed_from_u64(
+                spec.seed ^ (client as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ),
+            picker: KeyPicker::new(spec.keys, &spec.dist),
+            interval,
+            next_at: shared.start,
+        }
+    }
+
+    /// The next operation, or the time to wait until (open loop), or None
+    /// when the run is over.
+    fn next(&mut self, shared: &Shared) -> Result<Option<NextOp>, Instant> {
+        let now = Instant::now();
+        if now >= shared.end || shared.progress.stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let spec = &shared.spec;
+        if spec.preload {
+            let k = shared.next_preload.fetch_add(1, Ordering::Relaxed);
+            if k >= spec.keys {
+                return Ok(None);
+            }
+            return Ok(Some(NextOp {
+                kind: OpKind::Write,
+                key: k,
+                intended: now,
+            }));
+        }
+        let intended = match self.interval {
+            Some(iv) => {
+                if self.next_at > now {
+                    return Err(self.next_at);
+                }
+                let at = self.next_at;
+                self.next_at += iv;
+                at
+            }
+            None => now,
+        };
+        let kind = if self.rng.gen_range(0..100) < spec.mix.read_percent() {
+            OpKind::Read
+        } else {
+            OpKind::Write
+        };
+        Ok(Some(NextOp {
+            kind,
+            key: self.picker.next(&mut self.rng),
+            intended,
+        }))
+    }
+}
+
+async fn client(shared: Arc<Shared>, index: usize) -> Stats {
+    let now = Instant::now();
+    if shared.start > now {
+        glommio::timer::sleep(shared.start - now).await;
+    }
+    let state = Rc::new(ClientState {
+        stats: RefCell::new(Stats::default()),
+        inflight: Cell::new(0),
+        wake: Wake::default(),
+        shared: shared.clone(),
+        leader_hints: RefCell::new(HashMap::new()),
+    });
+    let result = match &shared.target {
+        Target::Corekv { .. } => corekv_client(state.clone(), index).await,
+        Target::Redis(addr) => redis_client(state.clone(), addr.clone(), index).await,
+    };
+    if let Err(e) = result {
+        state.stats.borrow_mut().error(&format!("connection: {e}"));
+    }
+    let s = state.stats.borrow().clone();
+    s
+}
+
+/// Waits for a completion, or until `until`, whichever comes first.
+async fn wait(state: &ClientState, until: Option<Instant>) {
+    match until {
+        Some(t) => {
+            let d = t.saturating_duration_since(Instant::now());
+            futures_lite::future::or(state.wake.wait(), glommio::timer::sleep(d)).await;
+        }
+        None => state.wake.wait().await,
+    }
+}
+
+/// Waits (bounded) for the operations in flight after the run ended.
+async fn drain(state: &ClientState) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state.inflight.get() > 0 && Instant::now() < deadline {
+        wait(state, Some(deadline)).await;
+    }
+}
+
+// ------------------------------------------------------------------ corekv
+
+struct NodeConn {
+    writer: futures_lite::io::WriteHalf<TcpStream>,
+}
+
+fn error_name(code: ErrorCode) -> String {
+    format!("{code:?}")
+}
+
+async fn connect_corekv(
+    state: Rc<ClientState>,
+    addr: &str,
+    sent: Rc<RefCell<HashMap<u64, Sent>>>,
+) -> anyhow::Result<NodeConn> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    stream.write_all(&encode_hello(0, 0, &[])).await?;
+    let (mut reader, writer) = futures_lite::io::split(stream);
+    glommio::spawn_local(async move {
+        let mut frames = FrameBuffer::new(64 << 20);
+        let mut greeted = false;
+        loop {
+            let spare = frames.spare(256 * 1024);
+            let n = reader.read(spare).await.unwrap_or(0);
+            frames.filled(256 * 1024, n);
+            if n == 0 {
+                // Connection gone: everything in flight on it failed.
+                let lost: Vec<Sent> = sent.borrow_mut().drain().map(|(_, s)| s).collect();
+                for s in lost {
+                    state.complete(s, Err("connection lost".into()));
+                }
+                return;
+            }
+            while let Ok(Some(body)) = frames.next_frame() {
+                match decode_frame(body) {
+                    Ok(Frame::Hello { .. }) => greeted = true,
+                    Ok(Frame::Responses(rs)) if greeted => {
+                        for r in rs {
+                            let Some(s) = sent.borrow_mut().remove(&r.id) else {
+                                continue;
+                            };
+                            match r.result {
+                                Ok(Outcome::Write(corekv_engine::WriteOutcome::Written {
+                                    ..
+                                }))
+                                | Ok(Outcome::Value(_)) => state.complete(s, Ok(())),
+                                Ok(other) => {
+                                    state.complete(s, Err(format!("unexpected {other:?}")))
+                                }
+                                Err(e) => {
+                                    if e.code == ErrorCode::NotLeader && e.leader_node != 0 {
+                                        state
+                                            .leader_hints
+                                            .borrow_mut()
+                                            .insert(s.region, e.leader_node);
+                                    }
+                                    state.complete(s, Err(error_name(e.code)));
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    })
+    .detach();
+    Ok(NodeConn { writer })
+}
+
+async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<()> {
+    let shared = state.shared.clone();
+    let Target::Corekv { routes, nodes } = &shared.target else {
+        unreachable!()
+    };
+    let mut routes: Vec<RouteInfo> = routes.clone();
+    routes.sort_by_key(|r| r.region.start_hash);
+    let spec = &shared.spec;
+    let value = Bytes::from(vec![b'v'; spec.value_size]);
+    let mut gen = Generator::new(&shared, index);
+    let mut conns: HashMap<u64, NodeConn> = HashMap::new();
+    let sent: HashMap<u64, Rc<RefCell<HashMap<u64, Sent>>>> = nodes
+        .keys()
+        .map(|n| (*n, Rc::new(RefCell::new(HashMap::new()))))
+        .collect();
+    let mut next_id = 1u64;
+    let mut key = Vec::with_capacity(32);
+    let mut batches: HashMap<u64, Vec<Request>> = HashMap::new();
+    let mut done = false;
+    while !done {
+        let mut wake_at = None;
+        while state.inflight.get() < spec.pipeline {
+            let op = match gen.next(&shared) {
+                Ok(Some(op)) => op,
+                Ok(None) => {
+                    done = true;
+                    break;
+                }
+                Err(at) => {
+                    wake_at = Some(at);
+                    break;
+                }
+            };
+            key_name(op.key, &mut key);
+            let hash = route_hash(&key);
+            let i = routes.partition_point(|r| r.region.start_hash <= hash) - 1;
+            let route = &mut routes[i];
+            if let Some(hint) = state.leader_hints.borrow_mut().remove(&route.region.id) {
+                route.leader_node = hint;
+            }
+            let node = if route.leader_node != 0 {
+                route.leader_node
+            } else {
+                route.region.peers[0].node_id
+            };
+            let k = Bytes::copy_from_slice(&key);
+            let req = Request {
+                id: next_id,
+                region_id: route.region.id,
+                epoch: route.region.epoch,
+                op: match op.kind {
+                    OpKind::Read => Op::Get {
+                        key: k,
+                        consistency: spec.consistency,
+                    },
+                    OpKind::Write => Op::Write(WriteRequest::Put {
+                        key: k,
+                        value: value.clone(),
+                        ttl_ms: None,
+                        condition: Condition::None,
+                    }),
+                },
+                session: None,
+            };
+            sent[&node].borrow_mut().insert(
+                next_id,
+                Sent {
+                    kind: op.kind,
+                    at: op.intended,
+                    region: route.region.id,
+                },
+            );
+            next_id += 1;
+            state.inflight.set(state.inflight.get() + 1);
+            batches.entry(node).or_default().push(req);
+        }
+        for (node, reqs) in batches.iter_mut() {
+            if reqs.is_empty() {
+                continue;
+            }
+            if !conns.contains_key(node) {
+                let addr = nodes
+                    .get(node)
+                    .ok_or_else(|| anyhow::anyhow!("no address for node {node}"))?;
+                let c = connect_corekv(state.clone(), addr, sent[node].clone()).await?;
+                conns.insert(*node, c);
+            }
+            let frame = encode_requests(reqs);
+            reqs.clear();
+            if let Err(e) = conns.get_mut(node).unwrap().writer.write_all(&frame).await {
+                conns.remove(node);
+                return Err(anyhow::anyhow!("write to node {node}: {e}"));
+            }
+        }
+        if !done {
+            wait(&state, wake_at).await;
+        }
+    }
+    drain(&state).await;
+    Ok(())
+}
+
+// ------------------------------------------------------------------- redis
+
+fn resp_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+    for p in parts {
+        out.extend_from_slice(format!("${}\r\n", p.len()).as_bytes());
+        out.extend_from_slice(p);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Parses one RESP reply at the start of `buf`: (bytes used, was an error).
+fn resp_reply(buf: &[u8]) -> Option<(usize, bool)> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = &buf[..line_end];
+    match line.first()? {
+        b'+' | b':' => Some((line_end + 2, false)),
+        b'-' => Some((line_end + 2, true)),
+        b'$' => {
+            let n: i64 = std::str::from_utf8(&line[1..]).ok()?.parse().ok()?;
+            if n < 0 {
+                return Some((line_end + 2, false));
+            }
+            let total = line_end + 2 + n as usize + 2;
+            (buf.len() >= total).then_some((total, false))
+        }
+        _ => Some((line_end + 2, true)),
+    }
+}
+
+async fn redis_client(state: Rc<ClientState>, addr: String, index: usize) -> anyhow::Result<()> {
+    let shared = state.shared.clone();
+    let spec = &shared.spec;
+    let stream = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let queue: Rc<RefCell<VecDeque<Sent>>> = Rc::new(RefCell::new(VecDeque::new()));
+    {
+        let (state, queue) = (state.clone(), queue.clone());
+        glommio::spawn_local(async move {
+            let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+            let mut chunk = vec![0u8; 256 * 1024];
+            loop {
+                let n = reader.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    let lost: Vec<Sent> = queue.borrow_mut().drain(..).collect();
+                    for s in lost {
+                        state.complete(s, Err("connection lost".into()));
+                    }
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let mut used = 0;
+                while let Some((len, is_err)) = resp_reply(&buf[used..]) {
+                    used += len;
+                    let Some(s) = queue.borrow_mut().pop_front() else {
+                        continue;
+                    };
+                    state.complete(
+                        s,
+                        if is_err {
+                            Err("redis error".into())
+                        } else {
+                            Ok(())
+                        },
+                    );
+                }
+                buf.drain(..used);
+            }
+        })
+        .detach();
+    }
+    let value = vec![b'v'; spec.value_size];
+    let mut gen = Generator::new(&shared, index);
+    let mut key = Vec::with_capacity(32);
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut done = false;
+    while !done {
+        let mut wake_at = None;
+        while state.inflight.get() < spec.pipeline {
+            let op = match gen.next(&shared) {
+                Ok(Some(op)) => op,
+                Ok(None) => {
+                    done = true;
+                    break;
+                }
+                Err(at) => {
+                    wake_at = Some(at);
+                    break;
+                }
+            };
+            key_name(op.key, &mut key);
+            match op.kind {
+                OpKind::Read => resp_command(&mut out, &[b"GET", &key]),
+                OpKind::Write => resp_command(&mut out, &[b"SET", &key, &value]),
+            }
+            queue.borrow_mut().push_back(Sent {
+                kind: op.kind,
+                at: op.intended,
+                region: 0,
+            });
+            state.inflight.set(state.inflight.get() + 1);
+        }
+        if !out.is_empty() {
+            writer.write_all(&out).await?;
+            out.clear();
+        }
+        if !done {
+            wait(&state, wake_at).await;
+        }
+    }
+    drain(&state).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp_replies_parse() {
+        assert_eq!(resp_reply(b"+OK\r\n"), Some((5, false)));
+        assert_eq!(resp_reply(b"$-1\r\n"), Some((5, false)));
+        assert_eq!(resp_reply(b"$3\r\nabc\r\n"), Some((9, false)));
+        assert_eq!(resp_reply(b"$3\r\nab"), None);
+        assert_eq!(resp_reply(b"-ERR x\r\n"), Some((8, true)));
+        let mut v = Vec::new();
+        resp_command(&mut v, &[b"GET", b"k"]);
+        assert_eq!(v, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    }
+}
