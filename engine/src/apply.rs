@@ -26,6 +26,9 @@ pub struct ApplyBatch {
     overlay: HashMap<Vec<u8>, Option<ValueRecord>>,
     /// Entries applied into this batch.
     pub entries: u64,
+    /// Keys written since the last [`ApplyBatch::take_touched`], with their
+    /// new state, for the read cache.
+    touched: Vec<(Bytes, Option<ValueRecord>)>,
 }
 
 impl ApplyBatch {
@@ -54,26 +57,37 @@ impl ApplyBatch {
     fn put(&mut self, db: &rocksdb::DB, data_key: Vec<u8>, record: ValueRecord) {
         self.inner
             .put_cf(cf(db, CF_DATA), &data_key, record.encode());
+        self.touched
+            .push((Bytes::copy_from_slice(&data_key[8..]), Some(record.clone())));
         self.overlay.insert(data_key, Some(record));
     }
 
     fn delete(&mut self, db: &rocksdb::DB, data_key: Vec<u8>) {
         self.inner.delete_cf(cf(db, CF_DATA), &data_key);
+        self.touched
+            .push((Bytes::copy_from_slice(&data_key[8..]), None));
         self.overlay.insert(data_key, None);
+    }
+
+    /// The keys written since the last call, with their new state.
+    pub fn take_touched(&mut self) -> std::vec::Drain<'_, (Bytes, Option<ValueRecord>)> {
+        self.touched.drain(..)
+    }
+}
+
+/// Reads the stored record of `key`, expired or not.
+pub fn load(db: &rocksdb::DB, key: &[u8]) -> Result<Option<ValueRecord>> {
+    let dk = keys::data_key(route_hash(key), key);
+    match db.get_pinned_cf(cf(db, CF_DATA), &dk)? {
+        Some(b) => Ok(Some(ValueRecord::decode(&b)?)),
+        None => Ok(None),
     }
 }
 
 /// Reads the live value of `key` at `now_ms` (unix ms). Expired values are
 /// never returned.
 pub fn get(db: &rocksdb::DB, key: &[u8], now_ms: u64) -> Result<Option<ValueRecord>> {
-    let dk = keys::data_key(route_hash(key), key);
-    match db.get_pinned_cf(cf(db, CF_DATA), &dk)? {
-        Some(b) => {
-            let r = ValueRecord::decode(&b)?;
-            Ok(if r.is_expired(now_ms) { None } else { Some(r) })
-        }
-        None => Ok(None),
-    }
+    Ok(load(db, key)?.filter(|r| !r.is_expired(now_ms)))
 }
 
 fn expiry(now_ms: u64, ttl_ms: Option<u64>) -> u64 {

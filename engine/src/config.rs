@@ -54,6 +54,9 @@ pub struct Config {
     pub log_compact_entries: u64,
     /// ... or once the applied part of the log holds this many bytes. Default 64 MiB.
     pub log_compact_bytes: u64,
+    /// Bytes of the hot-key read cache of each owner of replicas (a shard);
+    /// 0 disables it. Default 64 MiB.
+    pub read_cache_bytes: usize,
     /// Lease reads stop this long before the election timeout ends, in ms, to
     /// cover clock drift between nodes. Default 40.
     pub lease_margin_ms: u64,
@@ -81,6 +84,7 @@ impl Default for Config {
             log_compact_entries: 10_000,
             log_compact_bytes: 64 << 20,
             lease_margin_ms: 40,
+            read_cache_bytes: 64 << 20,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - `value`: how a user value is stored (version, expiry, bytes).
 //! - `command`: client writes as logged, their validation and outcomes.
 //! - `apply`: the state machine applying committed writes; reads.
+//! - `cache`: the bounded hot-key read cache kept behind the apply point.
 //! - `snapshot`: building and decoding region snapshots.
 //! - `read`: ReadIndex batching and the leader lease.
 //! - `peer`: [`Peer`], one region replica (RawNode + state machine).
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod apply;
+pub mod cache;
 pub mod codec;
 pub mod command;
 pub mod config;

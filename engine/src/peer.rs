@@ -25,6 +25,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::apply::{self, ApplyBatch};
+use crate::cache::ReadCache;
 use crate::command::{Command, SessionTag, WriteOutcome, WriteRequest};
 use crate::config::Config;
 use crate::db::{cf, Db, LogBatch};
@@ -544,6 +545,7 @@ impl Peer {
         &mut self,
         log: &mut LogBatch,
         apply: &mut ApplyBatch,
+        cache: &mut ReadCache,
         out: &mut ReadyOutput,
     ) -> Result<Option<PendingPersist>> {
         let can_issue = self.is_leader() && self.raw.raft.commit_to_current_term();
@@ -559,6 +561,8 @@ impl Peer {
         let mut snapshot_index = None;
         if !rd.snapshot().is_empty() {
             let region = self.raw.mut_store().apply_snapshot(rd.snapshot(), log)?;
+            // The region's data was replaced wholesale.
+            cache.clear();
             let index = rd.snapshot().get_metadata().index;
             self.region = region;
             snapshot_index = Some(index);
@@ -575,6 +579,9 @@ impl Peer {
         let committed = rd.take_committed_entries();
         let applied_before = self.raw.store().applied_index();
         self.apply_entries(committed, apply, &mut out.replies)?;
+        for (key, value) in apply.take_touched() {
+            cache.put(key, value);
+        }
 
         self.raw.mut_store().append(rd.entries(), log)?;
         if let Some(hs) = rd.hs() {
@@ -742,7 +749,12 @@ impl Peer {
 
     /// Answers every read that can be served now, from `db` as of the last
     /// written apply batch. `wall_ms` (unix ms) decides expiry.
-    pub fn serve_reads(&mut self, wall_ms: u64, replies: &mut Vec<Reply>) -> Result<()> {
+    pub fn serve_reads(
+        &mut self,
+        wall_ms: u64,
+        cache: &mut ReadCache,
+        replies: &mut Vec<Reply>,
+    ) -> Result<()> {
         if self.snapshot_persisting.is_some() {
             return Ok(());
         }
@@ -754,17 +766,26 @@ impl Peer {
         }
         let db = self.raw.store().db().clone();
         for r in ready {
-            let result = if self.region.contains(route_hash(&r.key)) {
-                apply::get(&db, &r.key, wall_ms).map(Response::Value)
-            } else {
-                Err(self.epoch_not_match())
-            };
-            if let Err(e) = &result {
-                if e.is_fatal() {
-                    return Err(Error::Corruption(format!("read failed: {e}")));
-                }
+            if !self.region.contains(route_hash(&r.key)) {
+                replies.push(Reply {
+                    id: r.id,
+                    result: Err(self.epoch_not_match()),
+                });
+                continue;
             }
-            replies.push(Reply { id: r.id, result });
+            let record = match cache.get(&r.key) {
+                Some(v) => v,
+                None => {
+                    let v = apply::load(&db, &r.key)?;
+                    cache.put(r.key.clone(), v.clone());
+                    v
+                }
+            };
+            let live = record.filter(|v| !v.is_expired(wall_ms));
+            replies.push(Reply {
+                id: r.id,
+                result: Ok(Response::Value(live)),
+            });
         }
         Ok(())
     }

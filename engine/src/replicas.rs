@@ -9,6 +9,7 @@ use bytes::Bytes;
 use raft::eraftpb::Message;
 
 use crate::apply::ApplyBatch;
+use crate::cache::ReadCache;
 use crate::command::{SessionTag, WriteRequest};
 use crate::config::Config;
 use crate::db::{Db, LogBatch};
@@ -61,6 +62,7 @@ impl Round {
 pub struct Replicas {
     node_id: u64,
     peers: BTreeMap<u64, Peer>,
+    cache: ReadCache,
 }
 
 /// Writes the initial state of every region in `regions` that has a replica
@@ -101,7 +103,11 @@ impl Replicas {
             let peer = Peer::open(cfg.clone(), db.clone(), node_id, region.id, seed, logger)?;
             peers.insert(region.id, peer);
         }
-        Ok(Replicas { node_id, peers })
+        Ok(Replicas {
+            node_id,
+            peers,
+            cache: ReadCache::new(cfg.read_cache_bytes),
+        })
     }
 
     /// Node these replicas live on.
@@ -195,7 +201,9 @@ impl Replicas {
     pub fn collect(&mut self, round: &mut Round) -> Result<()> {
         let mut out = ReadyOutput::default();
         for (region_id, p) in self.peers.iter_mut() {
-            if let Some(pending) = p.handle_ready(&mut round.log, &mut round.apply, &mut out)? {
+            let pending =
+                p.handle_ready(&mut round.log, &mut round.apply, &mut self.cache, &mut out)?;
+            if let Some(pending) = pending {
                 round.persist.push((*region_id, pending));
             }
             round.replies.append(&mut out.replies);
@@ -227,9 +235,15 @@ impl Replicas {
     /// Serves every read whose index is applied.
     pub fn serve_reads(&mut self, wall_ms: u64, replies: &mut Vec<Reply>) -> Result<()> {
         for p in self.peers.values_mut() {
-            p.serve_reads(wall_ms, replies)?;
+            p.serve_reads(wall_ms, &mut self.cache, replies)?;
         }
         Ok(())
+    }
+
+    /// The read cache's counters and size: (hits, misses, entries, bytes).
+    pub fn cache_stats(&self) -> (u64, u64, usize, usize) {
+        let s = self.cache.stats;
+        (s.hits, s.misses, self.cache.len(), self.cache.bytes())
     }
 
     /// Drops every replica (the owner stopped).

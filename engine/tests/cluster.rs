@@ -558,6 +558,29 @@ fn crash_between_apply_and_log_writes_applies_each_entry_once() {
 }
 
 #[test]
+fn cached_reads_follow_every_write_and_delete() {
+    let (_d, mut c) = cluster(1, 43, Config::default());
+    must_elect(&mut c, 1);
+    assert_eq!(must_get(&mut c, "k"), None, "absence is cached");
+    for i in 0..5 {
+        must_put(&mut c, "k", &format!("v{i}"));
+        assert_eq!(must_get(&mut c, "k"), Some(b(format!("v{i}"))));
+    }
+    let del = WriteRequest::Delete {
+        key: b("k"),
+        if_version: None,
+    };
+    c.write(del, 5000).unwrap();
+    assert_eq!(must_get(&mut c, "k"), None);
+    let incr = WriteRequest::Incr {
+        key: b("k"),
+        delta: 3,
+    };
+    c.write(incr, 5000).unwrap();
+    assert_eq!(must_get(&mut c, "k"), Some(b("3")));
+}
+
+#[test]
 fn lease_reads_stop_when_the_lease_cannot_be_renewed() {
     let (_d, mut c) = cluster(1, 37, Config::default());
     let leader = must_elect(&mut c, 1);
