@@ -23,7 +23,7 @@ pub struct ApplyBatch {
     /// The RocksDB batch.
     pub inner: rocksdb::WriteBatch,
     /// Values written in this batch, by data key (`None` = deleted).
-    overlay: HashMap<Vec<u8>, Option<ValueRecord>>,
+    overlay: HashMap<Vec<u8>, Option<ValueRecord>, ahash::RandomState>,
     /// Entries applied into this batch.
     pub entries: u64,
     /// Keys written since the last [`ApplyBatch::take_touched`], with their
@@ -117,16 +117,19 @@ pub fn apply_command(
             condition,
         } => {
             let dk = keys::data_key(route_hash(key), key);
-            let current = live(batch, &dk)?;
-            let holds = match condition {
-                Condition::None => true,
-                Condition::IfAbsent => current.is_none(),
-                Condition::IfVersion(v) => current.as_ref().map(|c| c.version) == Some(*v),
-            };
-            if !holds {
-                return Ok(WriteOutcome::ConditionFailed {
-                    current_version: current.map(|c| c.version),
-                });
+            // An unconditional put needs no read of the current value.
+            if *condition != Condition::None {
+                let current = live(batch, &dk)?;
+                let holds = match condition {
+                    Condition::None => true,
+                    Condition::IfAbsent => current.is_none(),
+                    Condition::IfVersion(v) => current.as_ref().map(|c| c.version) == Some(*v),
+                };
+                if !holds {
+                    return Ok(WriteOutcome::ConditionFailed {
+                        current_version: current.map(|c| c.version),
+                    });
+                }
             }
             let record = ValueRecord {
                 version: index,

@@ -17,7 +17,8 @@ pub type Db = Arc<DB>;
 pub struct DbConfig {
     /// Shared block cache for the data CF, in bytes. Default 256 MiB.
     pub block_cache_bytes: usize,
-    /// Memtable size of each column family, in bytes. Default 64 MiB.
+    /// Memtable size of the raft and data column families, in bytes. Small
+    /// memtables keep skiplist inserts and lookups cheap. Default 16 MiB.
     pub write_buffer_bytes: usize,
     /// Bloom filter bits per key in the data CF. Default 10.
     pub bloom_bits_per_key: f64,
@@ -29,7 +30,7 @@ impl Default for DbConfig {
     fn default() -> Self {
         DbConfig {
             block_cache_bytes: 256 << 20,
-            write_buffer_bytes: 64 << 20,
+            write_buffer_bytes: 16 << 20,
             bloom_bits_per_key: 10.0,
             background_jobs: 2,
         }

@@ -1,9 +1,12 @@
 //! Pending linearizable reads of one region: ReadIndex batching and the
 //! leader lease.
 //!
-//! Reads that arrive in one round form one batch and cost one `read_index`
-//! call (one heartbeat round to a quorum). A batch is served once the applied
-//! index reaches the read index raft confirmed for it. raft answers read index
+//! Reads that arrive while a read index request is in flight wait together;
+//! when it is confirmed, all of them form the next batch and cost one more
+//! `read_index` call (one heartbeat round to a quorum). So a region has at
+//! most one read index round in flight, and its batches grow with load
+//! instead of its heartbeat traffic. A batch is served once the applied index
+//! reaches the read index raft confirmed for it. raft answers read index
 //! requests in order, so a confirmed index also covers every older batch.
 //!
 //! Lease: when a read index issued at time `t` is confirmed, a quorum heard
@@ -97,10 +100,11 @@ impl ReadQueue {
         self.next_ctx
     }
 
-    /// Closes the round's batch. If `can_issue`, returns the read index request
-    /// to send for it.
+    /// Closes the waiting reads into a batch. If `can_issue`, returns the read
+    /// index request to send for it; while another request is in flight the
+    /// reads keep waiting (they join the next batch).
     pub fn seal(&mut self, can_issue: bool, now_ms: u64, tick: u64) -> Option<Issue> {
-        if self.collecting.is_empty() {
+        if self.collecting.is_empty() || (can_issue && self.has_unconfirmed()) {
             return None;
         }
         let reads = std::mem::take(&mut self.collecting);
@@ -228,18 +232,31 @@ mod tests {
         let a = q.seal(true, 0, 0).unwrap();
         assert!(q.seal(true, 0, 0).is_none(), "nothing new to seal");
         q.push(read(3));
-        let b = q.seal(true, 5, 1).unwrap();
+        assert!(
+            q.seal(true, 1, 1).is_none(),
+            "one read index in flight at a time"
+        );
+        // A retry gives the batch a new context; the old one is forgotten.
+        let retried = q.reissue(2, 20, 10);
+        assert_eq!(retried.len(), 1);
+        assert_eq!(q.confirm(a.ctx, 7), None);
+        assert_eq!(q.confirm(retried[0].ctx, 8), Some(2));
+        let b = q.seal(true, 5, 21).unwrap();
         assert_eq!(q.pending(), 3);
-        // The later context is confirmed first: it covers the older batch too.
         assert_eq!(q.confirm(b.ctx, 10), Some(5));
-        assert_eq!(q.confirm(a.ctx, 8), Some(0));
         let mut out = vec![];
+        q.take_ready(7, &mut out);
+        assert!(out.is_empty(), "index 8 not applied yet");
         q.take_ready(9, &mut out);
-        assert!(out.is_empty(), "index 10 not applied yet");
-        q.take_ready(10, &mut out);
         let mut ids: Vec<_> = out.iter().map(|r| r.id).collect();
         ids.sort();
-        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(
+            ids,
+            vec![1, 2],
+            "the read that came later waits for its own index"
+        );
+        q.take_ready(10, &mut out);
+        assert_eq!(out.len(), 3);
         assert_eq!(q.pending(), 0);
     }
 

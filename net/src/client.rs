@@ -141,7 +141,12 @@ pub struct Client {
     next_id: u64,
     client_id: u64,
     seq: u64,
+    /// Nodes that failed to answer recently, avoided until the instant given.
+    down_until: HashMap<u64, Instant>,
 }
+
+/// How long a node that did not answer is avoided.
+const DOWN_FOR: Duration = Duration::from_secs(1);
 
 fn wire_to_client(e: WireError) -> ClientError {
     match e.code {
@@ -171,6 +176,7 @@ impl Client {
             next_id: 1,
             client_id: rand::thread_rng().gen_range(1..u64::MAX),
             seq: 0,
+            down_until: HashMap::new(),
         };
         let deadline = Instant::now() + c.cfg.request_timeout;
         let mut last = String::new();
@@ -236,7 +242,10 @@ impl Client {
                 stream,
                 frames: FrameBuffer::new(self.cfg.frame_bytes_max),
             };
-            match read_frame(&mut conn, deadline)? {
+            // The hello must come back quickly: a node that accepts but does
+            // not answer (paused, overloaded) is not worth the whole budget.
+            let hello_deadline = deadline.min(Instant::now() + self.cfg.connect_timeout);
+            match read_frame(&mut conn, hello_deadline)? {
                 Frame::Hello { .. } => {}
                 Frame::Error(e) => return Err(format!("{addr}: {}", e.message)),
                 other => return Err(format!("{addr}: expected hello, got {other:?}")),
@@ -341,21 +350,44 @@ impl Client {
         self.next_id
     }
 
-    /// Picks the node to send to for region `i`: the leader if known,
-    /// otherwise a replica chosen by attempt number.
-    fn target(&self, i: usize, attempt: u32) -> Option<String> {
+    fn is_down(&self, node: u64) -> bool {
+        self.down_until
+            .get(&node)
+            .is_some_and(|t| *t > Instant::now())
+    }
+
+    fn mark_down(&mut self, addr: &str) {
+        let until = Instant::now() + DOWN_FOR;
+        for (n, a) in &self.nodes {
+            if a == addr {
+                self.down_until.insert(*n, until);
+            }
+        }
+    }
+
+    /// Picks the node to send to for region `i`: the leader if known and not
+    /// recently silent, otherwise a replica chosen by attempt number, skipping
+    /// silent ones while others remain.
+    fn target(&self, i: usize, attempt: u32) -> Option<(u64, String)> {
         let r = &self.routes[i];
-        if r.leader_node != 0 {
+        if r.leader_node != 0 && !self.is_down(r.leader_node) {
             if let Some(a) = self.nodes.get(&r.leader_node) {
-                return Some(a.clone());
+                return Some((r.leader_node, a.clone()));
             }
         }
         let peers = &r.region.peers;
         if peers.is_empty() {
             return None;
         }
-        let p = &peers[attempt as usize % peers.len()];
-        self.nodes.get(&p.node_id).cloned()
+        let n = peers.len();
+        let start = attempt as usize % n;
+        let pick = (0..n)
+            .map(|k| &peers[(start + k) % n])
+            .find(|p| !self.is_down(p.node_id))
+            .unwrap_or(&peers[start]);
+        self.nodes
+            .get(&pick.node_id)
+            .map(|a| (pick.node_id, a.clone()))
     }
 
     /// Runs one operation on the region owning `key`, with retries.
@@ -388,7 +420,7 @@ impl Client {
                 }
                 continue;
             };
-            let Some(addr) = self.target(i, attempt) else {
+            let Some((_, addr)) = self.target(i, attempt) else {
                 last = "no replica address known".into();
                 let _ = self.refresh_routes(deadline);
                 self.backoff(attempt, deadline);
@@ -438,10 +470,12 @@ impl Client {
                 }
                 Err(CallError::NotSent(e)) => {
                     last = e;
+                    self.mark_down(&addr);
                     self.routes[i].leader_node = 0;
                     self.backoff(attempt, deadline);
                 }
                 Err(CallError::Lost(e)) => {
+                    self.mark_down(&addr);
                     if !idempotent {
                         return Err(ClientError::Unknown(e));
                     }

@@ -31,9 +31,13 @@ pub fn put_header(out: &mut Vec<u8>, len: usize) {
 }
 
 /// Reassembles frames from a byte stream.
+///
+/// The buffer is zero-filled once when it grows, never per read: bytes
+/// `[start, end)` are buffered, `[end, len)` is room for the next read.
 pub struct FrameBuffer {
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     max_frame_bytes: usize,
 }
 
@@ -41,43 +45,50 @@ impl FrameBuffer {
     /// A buffer accepting frames of at most `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
         FrameBuffer {
-            buf: Vec::with_capacity(64 * 1024),
+            buf: vec![0; 64 * 1024],
             start: 0,
+            end: 0,
             max_frame_bytes,
         }
     }
 
-    /// Room to read into: the caller reads up to `n` bytes into the returned
-    /// slice and then calls [`FrameBuffer::filled`].
+    /// Room to read into: at least `n` bytes. The caller reads into the
+    /// returned slice and then calls [`FrameBuffer::filled`].
     pub fn spare(&mut self, n: usize) -> &mut [u8] {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.end {
             self.start = 0;
-        } else if self.start > self.buf.capacity() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
+            self.end = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + n, 0);
-        &mut self.buf[len..]
+        if self.buf.len() - self.end < n {
+            // Move what is buffered to the front, then grow if still short.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() - self.end < n {
+                let want = (self.end + n).next_power_of_two();
+                self.buf.resize(want, 0);
+            }
+        }
+        &mut self.buf[self.end..]
     }
 
-    /// Records that `n` bytes of the last [`FrameBuffer::spare`] slice were
-    /// filled (the rest is discarded).
+    /// Records that `n` bytes were read into the last [`FrameBuffer::spare`]
+    /// slice (`asked` is kept for symmetry with the request).
     pub fn filled(&mut self, asked: usize, n: usize) {
-        let len = self.buf.len();
-        self.buf.truncate(len - asked + n);
+        debug_assert!(n <= asked.max(self.buf.len() - self.end));
+        self.end += n;
+        assert!(self.end <= self.buf.len(), "filled past the buffer");
     }
 
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// The next whole frame, if one is buffered. The slice is valid until the
     /// next call on this buffer.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < FRAME_HEADER_BYTES {
             return Ok(None);
         }
@@ -106,7 +117,7 @@ mod tests {
 
     fn feed(fb: &mut FrameBuffer, bytes: &[u8]) {
         let spare = fb.spare(bytes.len());
-        spare.copy_from_slice(bytes);
+        spare[..bytes.len()].copy_from_slice(bytes);
         fb.filled(bytes.len(), bytes.len());
     }
 

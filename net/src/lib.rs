@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `wire`: the generated flatbuffers code of `schema/corekv.fbs`.
+//! - `faults`: fault-injection rules for the raft transport (tests, chaos runs).
 //! - `frame`: length-prefixed framing and stream reassembly.
 //! - `message`: client-protocol messages as Rust values; encode and decode.
 //! - `peer_codec`: frames of the raft transport between nodes.
@@ -15,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod faults;
 pub mod frame;
 pub mod listen;
 pub mod message;

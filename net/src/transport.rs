@@ -23,6 +23,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use raft::eraftpb::MessageType;
 
+use crate::faults::FaultRules;
 use crate::frame::FrameBuffer;
 use crate::peer_codec::{decode_peer_frame, encode_peer_hello, encode_raft_batch, PeerFrame};
 
@@ -62,6 +63,8 @@ struct Link {
 
 struct Outgoing {
     frame: Vec<u8>,
+    /// Injected delay (fault rules), ms.
+    delay_ms: u64,
     /// Messages whose fate raft must hear about (snapshots).
     tracked: Vec<RaftEnvelope>,
 }
@@ -72,6 +75,7 @@ pub struct Transport {
     peers: HashMap<u64, SocketAddr>,
     links: RefCell<HashMap<u64, Link>>,
     handler: Rc<dyn RaftHandler>,
+    faults: Rc<RefCell<FaultRules>>,
 }
 
 fn must_track(e: &RaftEnvelope) -> bool {
@@ -84,12 +88,14 @@ impl Transport {
         cfg: TransportConfig,
         peers: HashMap<u64, SocketAddr>,
         handler: Rc<dyn RaftHandler>,
+        faults: Rc<RefCell<FaultRules>>,
     ) -> Rc<Transport> {
         Rc::new(Transport {
             cfg,
             peers,
             links: RefCell::new(HashMap::new()),
             handler,
+            faults,
         })
     }
 
@@ -102,10 +108,20 @@ impl Transport {
             self.handler.on_report(messages, false);
             return;
         };
+        let delay_ms = {
+            let f = self.faults.borrow();
+            if f.blocks_to(to_node) || (f.loss > 0.0 && rand::random::<f64>() < f.loss) {
+                drop(f);
+                self.handler.on_report(messages, false);
+                return;
+            }
+            f.delay_ms
+        };
         let tracked: Vec<RaftEnvelope> =
             messages.iter().filter(|e| must_track(e)).cloned().collect();
         let out = Outgoing {
             frame: encode_raft_batch(&messages),
+            delay_ms,
             tracked,
         };
         let mut links = self.links.borrow_mut();
@@ -141,6 +157,9 @@ impl Transport {
         let mut stream: Option<TcpStream> = None;
         let mut delay = self.cfg.backoff_base;
         while let Some(out) = rx.recv().await {
+            if out.delay_ms > 0 {
+                glommio::timer::sleep(Duration::from_millis(out.delay_ms)).await;
+            }
             if stream.is_none() {
                 if let Ok(mut s) =
                     TcpStream::connect_timeout(addr, Duration::from_millis(500)).await
@@ -184,6 +203,7 @@ pub async fn serve_peers(
     listener: TcpListener,
     frame_bytes_max: usize,
     handler: Rc<dyn RaftHandler>,
+    faults: Rc<RefCell<FaultRules>>,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -194,10 +214,10 @@ pub async fn serve_peers(
             }
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        glommio::spawn_local(
-            async move { peer_connection(stream, frame_bytes_max, handler).await },
-        )
+        let (handler, faults) = (handler.clone(), faults.clone());
+        glommio::spawn_local(async move {
+            peer_connection(stream, frame_bytes_max, handler, faults).await
+        })
         .detach();
     }
 }
@@ -206,9 +226,11 @@ async fn peer_connection(
     mut stream: TcpStream,
     frame_bytes_max: usize,
     handler: Rc<dyn RaftHandler>,
+    faults: Rc<RefCell<FaultRules>>,
 ) {
     let mut frames = FrameBuffer::new(frame_bytes_max);
     let mut greeted = false;
+    let mut from = 0;
     loop {
         let spare = frames.spare(256 * 1024);
         let n = match stream.read(spare).await {
@@ -229,9 +251,14 @@ async fn peer_connection(
                     client_addr,
                 }) => {
                     greeted = true;
+                    from = node_id;
                     handler.on_peer(node_id, shard_count, client_addr);
                 }
-                Ok(PeerFrame::Raft(envs)) if greeted => handler.on_messages(envs),
+                Ok(PeerFrame::Raft(envs)) if greeted => {
+                    if !faults.borrow().blocks_from(from) {
+                        handler.on_messages(envs);
+                    }
+                }
                 // Not a corekv peer, or a broken one: drop the connection.
                 Ok(PeerFrame::Raft(_)) | Err(_) => return,
             }

@@ -68,6 +68,10 @@ pub struct ServerArgs {
     /// RocksDB block cache, MiB. Default 256.
     #[arg(long)]
     pub block_cache_mb: Option<usize>,
+    /// Fault-injection rules for raft traffic, re-read when the file changes
+    /// (testing only; see docs/reliability.md).
+    #[arg(long)]
+    pub fault_file: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     /// Default: $COREKV_LOG, else info.
     #[arg(long)]
@@ -101,6 +105,8 @@ pub struct NodeConfig {
     pub connections_max: usize,
     /// Log filter.
     pub log_level: String,
+    /// Fault-injection rules file, if any.
+    pub fault_file: Option<PathBuf>,
 }
 
 /// Largest node id (peer ids are `region_id * 1000 + node_id`).
@@ -173,6 +179,7 @@ impl ServerArgs {
             frame_bytes_max,
             connections_max,
             block_cache_mb,
+            fault_file,
             log_level
         ))
     }
@@ -276,6 +283,7 @@ impl ServerArgs {
             frame_bytes_max,
             connections_max,
             log_level,
+            fault_file: self.fault_file,
         })
     }
 }

@@ -250,6 +250,7 @@ async fn shard_main(
         },
         peers,
         raft_handler.clone(),
+        shard.faults.clone(),
     );
     shard.set_transport(transport);
 
@@ -258,6 +259,7 @@ async fn shard_main(
         peer_listener,
         PEER_FRAME_BYTES_MAX,
         raft_handler,
+        shard.faults.clone(),
     ))
     .detach();
     let client_listener = listener("--client-listen", cfg.client_listen)?;

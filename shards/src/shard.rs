@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use corekv_engine::peer::{PendingPersist, Reply, Response as EngineResponse};
 use corekv_engine::{db, route_hash, RaftEnvelope, Replicas, Round};
+use corekv_net::faults::{FaultFile, FaultRules};
 use corekv_net::message::{NodeInfo, Op, Outcome, Request, Response, RouteInfo, WireError};
 use corekv_net::server::{ClientConn, Connections, RequestHandler};
 use corekv_net::transport::{RaftHandler, Transport};
@@ -107,6 +108,9 @@ pub struct Shard {
     transport: OnceCell<Rc<Transport>>,
     mesh: OnceCell<Rc<Senders<ShardMsg>>>,
     done_tx: crossbeam_channel::Sender<u64>,
+    /// Fault-injection rules applied by the transport (empty = none).
+    pub faults: Rc<RefCell<FaultRules>>,
+    fault_file: RefCell<Option<FaultFile>>,
 }
 
 /// Outputs of one round, grouped by destination.
@@ -128,6 +132,7 @@ impl Shard {
         replicas: Replicas,
         done_tx: crossbeam_channel::Sender<u64>,
     ) -> Rc<Shard> {
+        let fault_file = node.cfg.fault_file.clone().map(FaultFile::new);
         Rc::new(Shard {
             id,
             node,
@@ -148,6 +153,8 @@ impl Shard {
             transport: OnceCell::new(),
             mesh: OnceCell::new(),
             done_tx,
+            faults: Rc::new(RefCell::new(FaultRules::default())),
+            fault_file: RefCell::new(fault_file),
         })
     }
 
@@ -232,15 +239,35 @@ impl Shard {
         }
     }
 
-    /// Ticks until the shard stops.
+    /// Ticks until the shard stops; re-reads the fault file every 10 ticks.
     pub async fn run_ticker(me: Weak<Self>, tick: Duration) {
+        let mut n = 0u64;
         loop {
             glommio::timer::sleep(tick).await;
             let Some(s) = me.upgrade() else { return };
             if s.state.borrow().stopped {
                 return;
             }
+            n += 1;
+            if n.is_multiple_of(10) {
+                s.poll_faults();
+            }
             s.on_tick();
+        }
+    }
+
+    fn poll_faults(&self) {
+        let mut file = self.fault_file.borrow_mut();
+        let Some(f) = file.as_mut() else { return };
+        match f.poll() {
+            Some(Ok(rules)) => {
+                if *self.faults.borrow() != rules {
+                    tracing::warn!(shard = self.id, ?rules, "fault injection rules changed");
+                }
+                *self.faults.borrow_mut() = rules;
+            }
+            Some(Err(e)) => tracing::error!(shard = self.id, "fault file ignored: {e}"),
+            None => {}
         }
     }
 

@@ -63,6 +63,17 @@ impl TestCluster {
     /// Starts `nodes` servers with `shards` shards each and waits until every
     /// region has a leader.
     pub fn start(nodes: u64, shards: usize, extra: &[&str]) -> TestCluster {
+        Self::start_with(nodes, shards, extra, Vec::new())
+    }
+
+    /// Like [`TestCluster::start`], with extra flags for some nodes; every node
+    /// gets a fault file ([`LocalCluster::set_faults`]).
+    pub fn start_with(
+        nodes: u64,
+        shards: usize,
+        extra: &[&str],
+        node_args: Vec<(u64, Vec<String>)>,
+    ) -> TestCluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         assert!(
             server_binary().is_file(),
@@ -78,6 +89,8 @@ impl TestCluster {
             shards: Some(shards),
             regions: Some(8),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            node_args,
+            fault_files: true,
         })
         .unwrap();
         let mut t = TestCluster {

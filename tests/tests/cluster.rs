@@ -242,6 +242,87 @@ fn a_deposed_leader_never_serves_a_stale_linearizable_read() {
 }
 
 #[test]
+fn an_isolated_leader_never_serves_a_stale_linearizable_read() {
+    // Node 1 checks its quorum only once a second, so after it is cut off it
+    // keeps believing it leads well after the others elected a new leader.
+    let mut t = TestCluster::start_with(
+        3,
+        1,
+        &[],
+        vec![(1, vec!["--election-ticks".into(), "100".into()])],
+    );
+    let c = t.client();
+    // A region whose preferred leader is node 1, and a key in it.
+    let route = c
+        .routes()
+        .iter()
+        .find(|r| r.region.peers[0].node_id == 1)
+        .unwrap()
+        .clone();
+    let key = (0..)
+        .map(|i| format!("iso-{i}"))
+        .find(|k| {
+            route
+                .region
+                .contains(corekv_engine::route_hash(k.as_bytes()))
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t
+        .client()
+        .routes()
+        .iter()
+        .find(|r| r.region.id == route.region.id)
+        .unwrap()
+        .leader_node
+        != 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never led region {}",
+            route.region.id
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.must_be_ready(Duration::from_secs(10));
+    let mut c = t.client();
+    c.put(key.as_bytes(), b"v1", PutOptions::default()).unwrap();
+
+    t.cluster.set_faults(0, "isolate\n").unwrap();
+    std::thread::sleep(Duration::from_millis(250)); // the rules are re-read every 100 ms
+    let mut other = t.client_of(1);
+    let acked = Instant::now();
+    loop {
+        match other.put(key.as_bytes(), b"v2", PutOptions::default()) {
+            Ok(_) => break,
+            Err(ClientError::Unknown(_)) | Err(ClientError::Unavailable { .. }) => {
+                assert!(acked.elapsed() < Duration::from_secs(20), "no new leader");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // v2 is acknowledged by the majority; node 1, cut off, may still think it
+    // leads. A linearizable read there must not return v1.
+    let old = t.cluster.nodes[0].client_addr.clone();
+    let answers: Vec<_> = (0..3)
+        .filter_map(|_| read_at(&old, route.region.id, route.region.epoch, &key))
+        .collect();
+    for v in answers.iter().flatten() {
+        assert_ne!(
+            v.as_deref(),
+            Some(&b"v1"[..]),
+            "stale read from the isolated leader: {answers:?}"
+        );
+    }
+    t.cluster.set_faults(0, "").unwrap();
+    let v = c
+        .get(key.as_bytes(), Consistency::Linearizable)
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.value, &b"v2"[..]);
+}
+
+#[test]
 fn bad_input_gets_an_error_and_the_server_keeps_serving() {
     let t = TestCluster::start(3, 2, &[]);
     let addr = t.cluster.nodes[0].client_addr.clone();

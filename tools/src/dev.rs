@@ -27,6 +27,11 @@ pub struct DevOptions {
     pub regions: Option<u64>,
     /// Extra flags for every server.
     pub extra_args: Vec<String>,
+    /// Extra flags for one node: (node id, flags).
+    pub node_args: Vec<(u64, Vec<String>)>,
+    /// Give every node `--fault-file <node dir>/faults` (fault injection for
+    /// tests; see [`LocalCluster::set_faults`]).
+    pub fault_files: bool,
 }
 
 /// One running node.
@@ -133,6 +138,14 @@ impl LocalCluster {
             cmd.arg("--regions").arg(r.to_string());
         }
         cmd.args(&self.opts.extra_args);
+        for (id, args) in &self.opts.node_args {
+            if *id == n.id {
+                cmd.args(args);
+            }
+        }
+        if self.opts.fault_files {
+            cmd.arg("--fault-file").arg(n.dir.join("faults"));
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -150,6 +163,22 @@ impl LocalCluster {
             )
         })?;
         n.child = Some(child);
+        Ok(())
+    }
+
+    /// Writes the fault rules of node `index` (see `corekv_net::faults`);
+    /// an empty string removes every fault. Needs `fault_files`.
+    pub fn set_faults(&self, index: usize, rules: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(self.opts.fault_files, "cluster started without fault files");
+        let path = self.nodes[index].dir.join("faults");
+        if rules.is_empty() {
+            let _ = std::fs::remove_file(&path);
+        } else {
+            // Write then rename, so the node never reads half a file.
+            let tmp = self.nodes[index].dir.join("faults.tmp");
+            std::fs::write(&tmp, rules)?;
+            std::fs::rename(&tmp, &path)?;
+        }
         Ok(())
     }
 

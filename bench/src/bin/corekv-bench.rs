@@ -168,6 +168,8 @@ fn main() -> anyhow::Result<()> {
                 shards: a.shards,
                 regions: Some(a.regions),
                 extra_args: Vec::new(),
+                node_args: Vec::new(),
+                fault_files: false,
             })?;
             c.wait_ready(Duration::from_secs(60))?;
             // Let leaders move to their preferred nodes before measuring.
@@ -179,13 +181,21 @@ fn main() -> anyhow::Result<()> {
         } else {
             a.endpoints.clone()
         };
-        let client = Client::connect(ClientConfig::new(endpoints))?;
-        let routes = client.routes().to_vec();
-        let nodes = client.nodes().clone();
-        anyhow::ensure!(
-            routes.iter().all(|r| r.leader_node != 0),
-            "some regions have no leader"
-        );
+        // Leaders may be moving (balancing after start): wait until every
+        // region has one.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (routes, nodes) = loop {
+            let client = Client::connect(ClientConfig::new(endpoints.clone()))?;
+            let routes = client.routes().to_vec();
+            if routes.iter().all(|r| r.leader_node != 0) {
+                break (routes, client.nodes().clone());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "some regions have no leader after 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         (Target::Corekv { routes, nodes }, "corekv".to_string())
     };
 

@@ -141,6 +141,8 @@ fn main() -> ExitCode {
             shards,
             regions,
             extra_args: Vec::new(),
+            node_args: Vec::new(),
+            fault_files: false,
         };
         return match run_dev(opts) {
             Ok(()) => ExitCode::SUCCESS,
