@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corekv_engine::{route_hash, Condition, Consistency, WriteRequest};
+use corekv_engine::{Condition, Consistency, WriteRequest};
 use corekv_net::frame::FrameBuffer;
 use corekv_net::message::{
     decode_frame, encode_hello, encode_requests, Frame, Op, Outcome, Request, RouteInfo,
@@ -31,7 +31,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::report::{OpKind, Stats};
-use crate::workload::{key_name, KeyDist, KeyPicker, Mix};
+use crate::workload::{KeyDist, KeyPicker, KeyTable, Mix};
 
 /// What to run against.
 #[derive(Clone, Debug)]
@@ -90,6 +90,7 @@ pub struct Progress {
 }
 
 struct Shared {
+    keys: KeyTable,
     spec: LoadSpec,
     target: Target,
     progress: Arc<Progress>,
@@ -111,6 +112,7 @@ pub fn run(
     let end = measure_from + spec.duration;
     let threads = spec.threads.max(1);
     let shared = Arc::new(Shared {
+        keys: KeyTable::new(spec.keys),
         spec,
         target,
         progress,
@@ -168,6 +170,8 @@ struct Sent {
 struct ClientState {
     stats: RefCell<Stats>,
     inflight: Cell<usize>,
+    done: Cell<u64>,
+    failed: Cell<u64>,
     wake: Wake,
     shared: Arc<Shared>,
     /// Stale route hints learned from NotLeader answers: region → node.
@@ -175,20 +179,28 @@ struct ClientState {
 }
 
 impl ClientState {
-    fn complete(&self, sent: Sent, result: Result<(), String>) {
-        let now = Instant::now();
+    /// Publishes the counts since the last call to the progress line (once per
+    /// batch of answers: a shared atomic per operation would be contended).
+    fn publish(&self) {
+        let p = &self.shared.progress;
+        p.done.fetch_add(self.done.replace(0), Ordering::Relaxed);
+        p.failed
+            .fetch_add(self.failed.replace(0), Ordering::Relaxed);
+    }
+
+    fn complete(&self, sent: Sent, now: Instant, result: Result<(), &str>) {
         let s = &self.shared;
         match result {
             Ok(()) => {
-                s.progress.done.fetch_add(1, Ordering::Relaxed);
+                self.done.set(self.done.get() + 1);
                 if sent.at >= s.measure_from && now <= s.end || s.spec.preload {
                     self.stats.borrow_mut().record(sent.kind, now - sent.at);
                 }
             }
             Err(kind) => {
-                s.progress.failed.fetch_add(1, Ordering::Relaxed);
+                self.failed.set(self.failed.get() + 1);
                 if now >= s.measure_from || s.spec.preload {
-                    self.stats.borrow_mut().error(&kind);
+                    self.stats.borrow_mut().error(kind);
                 }
             }
         }
@@ -229,8 +241,7 @@ impl Generator {
 
     /// The next operation, or the time to wait until (open loop), or None
     /// when the run is over.
-    fn next(&mut self, shared: &Shared) -> Result<Option<NextOp>, Instant> {
-        let now = Instant::now();
+    fn next(&mut self, shared: &Shared, now: Instant) -> Result<Option<NextOp>, Instant> {
         if now >= shared.end || shared.progress.stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -278,6 +289,8 @@ async fn client(shared: Arc<Shared>, index: usize) -> Stats {
     let state = Rc::new(ClientState {
         stats: RefCell::new(Stats::default()),
         inflight: Cell::new(0),
+        done: Cell::new(0),
+        failed: Cell::new(0),
         wake: Wake::default(),
         shared: shared.clone(),
         leader_hints: RefCell::new(HashMap::new()),
@@ -291,6 +304,18 @@ async fn client(shared: Arc<Shared>, index: usize) -> Stats {
     }
     let s = state.stats.borrow().clone();
     s
+}
+
+/// In-flight count under which a client sends more. A closed-loop client
+/// sends its whole pipeline at once and waits for every answer before the
+/// next batch — what `redis-benchmark -P` does — so both tools put the same
+/// load on a server; an open-loop client sends on its schedule.
+fn refill_below(spec: &LoadSpec, open_loop: bool) -> usize {
+    if open_loop {
+        spec.pipeline
+    } else {
+        1
+    }
 }
 
 /// Waits for a completion, or until `until`, whichever comes first.
@@ -322,10 +347,12 @@ fn error_name(code: ErrorCode) -> String {
     format!("{code:?}")
 }
 
+type SentMap = Rc<RefCell<HashMap<u64, Sent, ahash::RandomState>>>;
+
 async fn connect_corekv(
     state: Rc<ClientState>,
     addr: &str,
-    sent: Rc<RefCell<HashMap<u64, Sent>>>,
+    sent: SentMap,
 ) -> anyhow::Result<NodeConn> {
     let mut stream = TcpStream::connect(addr)
         .await
@@ -343,11 +370,13 @@ async fn connect_corekv(
             if n == 0 {
                 // Connection gone: everything in flight on it failed.
                 let lost: Vec<Sent> = sent.borrow_mut().drain().map(|(_, s)| s).collect();
+                let now = Instant::now();
                 for s in lost {
-                    state.complete(s, Err("connection lost".into()));
+                    state.complete(s, now, Err("connection lost"));
                 }
                 return;
             }
+            let now = Instant::now();
             while let Ok(Some(body)) = frames.next_frame() {
                 match decode_frame(body) {
                     Ok(Frame::Hello { .. }) => greeted = true,
@@ -360,10 +389,8 @@ async fn connect_corekv(
                                 Ok(Outcome::Write(corekv_engine::WriteOutcome::Written {
                                     ..
                                 }))
-                                | Ok(Outcome::Value(_)) => state.complete(s, Ok(())),
-                                Ok(other) => {
-                                    state.complete(s, Err(format!("unexpected {other:?}")))
-                                }
+                                | Ok(Outcome::Value(_)) => state.complete(s, now, Ok(())),
+                                Ok(_) => state.complete(s, now, Err("unexpected outcome")),
                                 Err(e) => {
                                     if e.code == ErrorCode::NotLeader && e.leader_node != 0 {
                                         state
@@ -371,7 +398,7 @@ async fn connect_corekv(
                                             .borrow_mut()
                                             .insert(s.region, e.leader_node);
                                     }
-                                    state.complete(s, Err(error_name(e.code)));
+                                    state.complete(s, now, Err(&error_name(e.code)));
                                 }
                             }
                         }
@@ -396,18 +423,20 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
     let value = Bytes::from(vec![b'v'; spec.value_size]);
     let mut gen = Generator::new(&shared, index);
     let mut conns: HashMap<u64, NodeConn> = HashMap::new();
-    let sent: HashMap<u64, Rc<RefCell<HashMap<u64, Sent>>>> = nodes
+    // One map of requests in flight per node connection.
+    let sent: HashMap<u64, SentMap> = nodes
         .keys()
-        .map(|n| (*n, Rc::new(RefCell::new(HashMap::new()))))
+        .map(|n| (*n, Rc::new(RefCell::new(HashMap::default()))))
         .collect();
     let mut next_id = 1u64;
-    let mut key = Vec::with_capacity(32);
     let mut batches: HashMap<u64, Vec<Request>> = HashMap::new();
     let mut done = false;
     while !done {
         let mut wake_at = None;
-        while state.inflight.get() < spec.pipeline {
-            let op = match gen.next(&shared) {
+        let now = Instant::now();
+        let refill = state.inflight.get() < refill_below(spec, gen.interval.is_some());
+        while refill && state.inflight.get() < spec.pipeline {
+            let op = match gen.next(&shared, now) {
                 Ok(Some(op)) => op,
                 Ok(None) => {
                     done = true;
@@ -418,8 +447,7 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
                     break;
                 }
             };
-            key_name(op.key, &mut key);
-            let hash = route_hash(&key);
+            let hash = shared.keys.hash(op.key);
             let i = routes.partition_point(|r| r.region.start_hash <= hash) - 1;
             let route = &mut routes[i];
             if let Some(hint) = state.leader_hints.borrow_mut().remove(&route.region.id) {
@@ -430,7 +458,7 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
             } else {
                 route.region.peers[0].node_id
             };
-            let k = Bytes::copy_from_slice(&key);
+            let k = shared.keys.name(op.key);
             let req = Request {
                 id: next_id,
                 region_id: route.region.id,
@@ -479,20 +507,40 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
                 return Err(anyhow::anyhow!("write to node {node}: {e}"));
             }
         }
+        state.publish();
         if !done {
             wait(&state, wake_at).await;
         }
     }
     drain(&state).await;
+    state.publish();
     Ok(())
 }
 
 // ------------------------------------------------------------------- redis
 
+fn put_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
 fn resp_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+    out.push(b'*');
+    put_decimal(out, parts.len());
+    out.extend_from_slice(b"\r\n");
     for p in parts {
-        out.extend_from_slice(format!("${}\r\n", p.len()).as_bytes());
+        out.push(b'$');
+        put_decimal(out, p.len());
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(p);
         out.extend_from_slice(b"\r\n");
     }
@@ -500,20 +548,27 @@ fn resp_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
 
 /// Parses one RESP reply at the start of `buf`: (bytes used, was an error).
 fn resp_reply(buf: &[u8]) -> Option<(usize, bool)> {
-    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
-    let line = &buf[..line_end];
+    let cr = buf.iter().position(|&b| b == b'\r')?;
+    if buf.get(cr + 1)? != &b'\n' {
+        return Some((cr + 1, true));
+    }
+    let line = &buf[..cr];
     match line.first()? {
-        b'+' | b':' => Some((line_end + 2, false)),
-        b'-' => Some((line_end + 2, true)),
+        b'+' | b':' => Some((cr + 2, false)),
+        b'-' => Some((cr + 2, true)),
+        b'$' if line.get(1) == Some(&b'-') => Some((cr + 2, false)),
         b'$' => {
-            let n: i64 = std::str::from_utf8(&line[1..]).ok()?.parse().ok()?;
-            if n < 0 {
-                return Some((line_end + 2, false));
+            let mut n = 0usize;
+            for &d in &line[1..] {
+                if !d.is_ascii_digit() {
+                    return Some((cr + 2, true));
+                }
+                n = n * 10 + (d - b'0') as usize;
             }
-            let total = line_end + 2 + n as usize + 2;
+            let total = cr + 2 + n + 2;
             (buf.len() >= total).then_some((total, false))
         }
-        _ => Some((line_end + 2, true)),
+        _ => Some((cr + 2, true)),
     }
 }
 
@@ -529,47 +584,51 @@ async fn redis_client(state: Rc<ClientState>, addr: String, index: usize) -> any
     {
         let (state, queue) = (state.clone(), queue.clone());
         glommio::spawn_local(async move {
-            let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+            let mut buf: Vec<u8> = Vec::with_capacity(512 * 1024);
+            let mut start = 0usize;
             let mut chunk = vec![0u8; 256 * 1024];
             loop {
                 let n = reader.read(&mut chunk).await.unwrap_or(0);
+                let now = Instant::now();
                 if n == 0 {
                     let lost: Vec<Sent> = queue.borrow_mut().drain(..).collect();
                     for s in lost {
-                        state.complete(s, Err("connection lost".into()));
+                        state.complete(s, now, Err("connection lost"));
                     }
                     return;
                 }
+                if start > 0 && start == buf.len() {
+                    buf.clear();
+                    start = 0;
+                } else if start > 128 * 1024 {
+                    buf.drain(..start);
+                    start = 0;
+                }
                 buf.extend_from_slice(&chunk[..n]);
-                let mut used = 0;
+                let mut used = start;
                 while let Some((len, is_err)) = resp_reply(&buf[used..]) {
                     used += len;
                     let Some(s) = queue.borrow_mut().pop_front() else {
                         continue;
                     };
-                    state.complete(
-                        s,
-                        if is_err {
-                            Err("redis error".into())
-                        } else {
-                            Ok(())
-                        },
-                    );
+                    let result = if is_err { Err("redis error") } else { Ok(()) };
+                    state.complete(s, now, result);
                 }
-                buf.drain(..used);
+                start = used;
             }
         })
         .detach();
     }
     let value = vec![b'v'; spec.value_size];
     let mut gen = Generator::new(&shared, index);
-    let mut key = Vec::with_capacity(32);
     let mut out = Vec::with_capacity(64 * 1024);
     let mut done = false;
     while !done {
         let mut wake_at = None;
-        while state.inflight.get() < spec.pipeline {
-            let op = match gen.next(&shared) {
+        let now = Instant::now();
+        let refill = state.inflight.get() < refill_below(spec, gen.interval.is_some());
+        while refill && state.inflight.get() < spec.pipeline {
+            let op = match gen.next(&shared, now) {
                 Ok(Some(op)) => op,
                 Ok(None) => {
                     done = true;
@@ -580,10 +639,11 @@ async fn redis_client(state: Rc<ClientState>, addr: String, index: usize) -> any
                     break;
                 }
             };
-            key_name(op.key, &mut key);
             match op.kind {
-                OpKind::Read => resp_command(&mut out, &[b"GET", &key]),
-                OpKind::Write => resp_command(&mut out, &[b"SET", &key, &value]),
+                OpKind::Read => shared.keys.put_resp_get(op.key, &mut out),
+                OpKind::Write => {
+                    resp_command(&mut out, &[b"SET", &shared.keys.name(op.key), &value])
+                }
             }
             queue.borrow_mut().push_back(Sent {
                 kind: op.kind,
@@ -596,11 +656,13 @@ async fn redis_client(state: Rc<ClientState>, addr: String, index: usize) -> any
             writer.write_all(&out).await?;
             out.clear();
         }
+        state.publish();
         if !done {
             wait(&state, wake_at).await;
         }
     }
     drain(&state).await;
+    state.publish();
     Ok(())
 }
 

@@ -134,22 +134,85 @@ impl KeyPicker {
     }
 }
 
-/// The name of key `i`.
+/// The name of key `i`: `key:` and 12 zero-padded digits, the names
+/// `redis-benchmark -r N` uses, so both tools address the same keys.
 pub fn key_name(i: u64, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"key:");
-    let mut buf = [0u8; 20];
+    let mut buf = [b'0'; 12];
     let mut n = i;
     let mut p = buf.len();
-    loop {
+    while n > 0 && p > 0 {
         p -= 1;
         buf[p] = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 {
-            break;
+    }
+    out.extend_from_slice(&buf);
+}
+
+/// Every key name, its routing hash, and its RESP `GET` and `SET` prefix,
+/// built once so the load loop only copies bytes.
+pub struct KeyTable {
+    names: bytes::Bytes,
+    offsets: Vec<u32>,
+    hashes: Vec<u64>,
+    resp_get: Vec<u8>,
+    resp_get_offsets: Vec<u32>,
+}
+
+impl KeyTable {
+    /// Keys `0..keys`.
+    pub fn new(keys: u64) -> KeyTable {
+        let mut names = Vec::with_capacity(keys as usize * 12);
+        let mut offsets = Vec::with_capacity(keys as usize + 1);
+        let mut hashes = Vec::with_capacity(keys as usize);
+        let mut resp_get = Vec::with_capacity(keys as usize * 32);
+        let mut resp_get_offsets = Vec::with_capacity(keys as usize + 1);
+        let mut k = Vec::new();
+        offsets.push(0);
+        resp_get_offsets.push(0);
+        for i in 0..keys {
+            key_name(i, &mut k);
+            names.extend_from_slice(&k);
+            offsets.push(names.len() as u32);
+            hashes.push(corekv_engine::route_hash(&k));
+            resp_get.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n${}\r\n", k.len()).as_bytes());
+            resp_get.extend_from_slice(&k);
+            resp_get.extend_from_slice(b"\r\n");
+            resp_get_offsets.push(resp_get.len() as u32);
+        }
+        KeyTable {
+            names: bytes::Bytes::from(names),
+            offsets,
+            hashes,
+            resp_get,
+            resp_get_offsets,
         }
     }
-    out.extend_from_slice(&buf[p..]);
+
+    /// Name of key `i` (shares the table's memory).
+    #[inline]
+    pub fn name(&self, i: u64) -> bytes::Bytes {
+        let i = i as usize;
+        self.names
+            .slice(self.offsets[i] as usize..self.offsets[i + 1] as usize)
+    }
+
+    /// Routing hash of key `i`.
+    #[inline]
+    pub fn hash(&self, i: u64) -> u64 {
+        self.hashes[i as usize]
+    }
+
+    /// Appends the RESP `GET` of key `i`.
+    #[inline]
+    pub fn put_resp_get(&self, i: u64, out: &mut Vec<u8>) {
+        let i = i as usize;
+        out.extend_from_slice(
+            &self.resp_get
+                [self.resp_get_offsets[i] as usize..self.resp_get_offsets[i + 1] as usize],
+        );
+    }
 }
 
 #[cfg(test)]
@@ -174,9 +237,15 @@ mod tests {
         }
         let mut k = Vec::new();
         key_name(42, &mut k);
-        assert_eq!(k, b"key:42");
+        assert_eq!(k, b"key:000000000042");
         assert!(KeyDist::parse("zipfian:1.2").is_ok());
         assert!(KeyDist::parse("zipf").is_err());
         assert_eq!(Mix::parse("read-heavy").unwrap().read_percent(), 95);
+        let t = KeyTable::new(20);
+        assert_eq!(&t.name(13)[..], b"key:000000000013");
+        assert_eq!(t.hash(13), corekv_engine::route_hash(b"key:000000000013"));
+        let mut out = Vec::new();
+        t.put_resp_get(7, &mut out);
+        assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$16\r\nkey:000000000007\r\n");
     }
 }
