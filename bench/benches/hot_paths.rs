@@ -14,7 +14,7 @@ use corekv_engine::storage::RegionStorage;
 use corekv_engine::{
     apply, route_hash, Consistency, Epoch, PeerMeta, PeerRole, Region, ValueRecord,
 };
-use corekv_net::message::{decode_frame, encode_requests, Op, Request};
+use corekv_net::message::{decode_frame, decode_frame_shared, encode_requests, Op, Request};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use raft::eraftpb::Entry;
 
@@ -80,6 +80,10 @@ fn frame_codec(c: &mut Criterion) {
     let framed = encode_requests(&reqs);
     g.bench_function("flatbuffers_decode_64", |b| {
         b.iter(|| decode_frame(black_box(&framed[4..])).unwrap())
+    });
+    let shared = Bytes::copy_from_slice(&framed[4..]);
+    g.bench_function("flatbuffers_decode_shared_64", |b| {
+        b.iter(|| decode_frame_shared(black_box(&shared)).unwrap())
     });
     manual_encode(&reqs, &mut buf);
     g.bench_function("baseline_manual_decode_64", |b| {

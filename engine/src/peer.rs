@@ -777,7 +777,9 @@ impl Peer {
                 Some(v) => v,
                 None => {
                     let v = apply::load(&db, &r.key)?;
-                    cache.put(r.key.clone(), v.clone());
+                    // The key may be a slice of a whole request frame: keep a
+                    // copy of its own, not the frame.
+                    cache.put(Bytes::copy_from_slice(&r.key), v.clone());
                     v
                 }
             };

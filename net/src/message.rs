@@ -512,8 +512,14 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
 
 // ---------------------------------------------------------------- decoding
 
-fn bytes_of(v: Option<flatbuffers::Vector<'_, u8>>) -> Bytes {
-    v.map_or_else(Bytes::new, |v| Bytes::copy_from_slice(v.bytes()))
+/// The bytes of a flatbuffers vector: a slice of `src` (no copy) when the
+/// frame is held in one, a copy otherwise.
+fn bytes_of(src: Option<&Bytes>, v: Option<flatbuffers::Vector<'_, u8>>) -> Bytes {
+    match (src, v) {
+        (_, None) => Bytes::new(),
+        (Some(src), Some(v)) => src.slice_ref(v.bytes()),
+        (None, Some(v)) => Bytes::copy_from_slice(v.bytes()),
+    }
 }
 
 fn ttl(ms: u64) -> Option<u64> {
@@ -565,7 +571,7 @@ fn decode_error(e: wire::Error<'_>) -> WireError {
     }
 }
 
-fn decode_op(r: &wire::Request<'_>) -> Result<Op, DecodeError> {
+fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeError> {
     let op = match r.op_type() {
         wire::Op::Get => {
             let g = r.op_as_get().ok_or_else(|| content("get without body"))?;
@@ -576,7 +582,7 @@ fn decode_op(r: &wire::Request<'_>) -> Result<Op, DecodeError> {
                 other => return Err(content(format!("unknown consistency {}", other.0))),
             };
             Op::Get {
-                key: bytes_of(g.key()),
+                key: bytes_of(src, g.key()),
                 consistency,
             }
         }
@@ -589,8 +595,8 @@ fn decode_op(r: &wire::Request<'_>) -> Result<Op, DecodeError> {
                 (true, _) => return Err(content("put with both if_absent and if_version")),
             };
             Op::Write(WriteRequest::Put {
-                key: bytes_of(p.key()),
-                value: bytes_of(p.value()),
+                key: bytes_of(src, p.key()),
+                value: bytes_of(src, p.value()),
                 ttl_ms: ttl(p.ttl_ms()),
                 condition,
             })
@@ -600,23 +606,23 @@ fn decode_op(r: &wire::Request<'_>) -> Result<Op, DecodeError> {
                 .op_as_delete()
                 .ok_or_else(|| content("delete without body"))?;
             Op::Write(WriteRequest::Delete {
-                key: bytes_of(d.key()),
+                key: bytes_of(src, d.key()),
                 if_version: (d.if_version() != 0).then_some(d.if_version()),
             })
         }
         wire::Op::Incr => {
             let i = r.op_as_incr().ok_or_else(|| content("incr without body"))?;
             Op::Write(WriteRequest::Incr {
-                key: bytes_of(i.key()),
+                key: bytes_of(src, i.key()),
                 delta: i.delta(),
             })
         }
         wire::Op::Cas => {
             let c = r.op_as_cas().ok_or_else(|| content("cas without body"))?;
             Op::Write(WriteRequest::Cas {
-                key: bytes_of(c.key()),
-                expected: (!c.expect_absent()).then(|| bytes_of(c.expected())),
-                value: bytes_of(c.value()),
+                key: bytes_of(src, c.key()),
+                expected: (!c.expect_absent()).then(|| bytes_of(src, c.expected())),
+                value: bytes_of(src, c.value()),
                 ttl_ms: ttl(c.ttl_ms()),
             })
         }
@@ -630,8 +636,8 @@ fn decode_op(r: &wire::Request<'_>) -> Result<Op, DecodeError> {
                     items
                         .iter()
                         .map(|kv| PutItem {
-                            key: bytes_of(kv.key()),
-                            value: bytes_of(kv.value()),
+                            key: bytes_of(src, kv.key()),
+                            value: bytes_of(src, kv.value()),
                             ttl_ms: ttl(kv.ttl_ms()),
                         })
                         .collect()
@@ -645,7 +651,7 @@ fn decode_op(r: &wire::Request<'_>) -> Result<Op, DecodeError> {
     Ok(op)
 }
 
-fn decode_response(r: wire::Response<'_>) -> Response {
+fn decode_response(r: wire::Response<'_>, src: Option<&Bytes>) -> Response {
     // Which outcome a success carries depends on the request; the client
     // reads the fields it expects through `ResponseFields`.
     let result = match r.error() {
@@ -677,7 +683,7 @@ fn decode_response(r: wire::Response<'_>) -> Response {
                 Ok(Outcome::Value(r.found().then(|| ValueRecord {
                     version: r.version(),
                     expire_at_ms: r.expire_at_ms(),
-                    value: bytes_of(r.value()),
+                    value: bytes_of(src, r.value()),
                 })))
             }
         }
@@ -701,12 +707,25 @@ pub struct ResponseFields {
 
 /// Decodes one frame body (without its length prefix).
 pub fn decode_frame(buf: &[u8]) -> Result<Frame, DecodeError> {
-    Ok(decode_frame_with_fields(buf)?.0)
+    Ok(decode_with(buf, None)?.0)
+}
+
+/// Decodes one frame body held in `body`: keys and values of the result are
+/// slices of it (no copy per key), so they keep the frame's memory alive.
+pub fn decode_frame_shared(body: &Bytes) -> Result<Frame, DecodeError> {
+    Ok(decode_with(body, Some(body))?.0)
 }
 
 /// Decodes one frame body and, for a response batch, the raw fields of
 /// every response (in the same order).
 pub fn decode_frame_with_fields(buf: &[u8]) -> Result<(Frame, Vec<ResponseFields>), DecodeError> {
+    decode_with(buf, None)
+}
+
+fn decode_with(
+    buf: &[u8],
+    src: Option<&Bytes>,
+) -> Result<(Frame, Vec<ResponseFields>), DecodeError> {
     let f = wire::root_as_frame(buf)?;
     let mut fields = Vec::new();
     let frame = match f.body_type() {
@@ -734,7 +753,7 @@ pub fn decode_frame_with_fields(buf: &[u8]) -> Result<(Frame, Vec<ResponseFields
                     id: r.id(),
                     region_id: r.region_id(),
                     epoch: decode_epoch(r.epoch()),
-                    op: decode_op(&r)?,
+                    op: decode_op(&r, src)?,
                     session: (r.client_id() != 0).then(|| SessionTag {
                         client_id: r.client_id(),
                         seq: r.seq(),
@@ -755,7 +774,7 @@ pub fn decode_frame_with_fields(buf: &[u8]) -> Result<(Frame, Vec<ResponseFields
                     existed: r.existed(),
                     counter: r.counter(),
                 });
-                out.push(decode_response(r));
+                out.push(decode_response(r, src));
             }
             Frame::Responses(out)
         }
@@ -871,7 +890,12 @@ mod tests {
             u32::from_le_bytes(framed[..4].try_into().unwrap()) as usize,
             framed.len() - 4
         );
-        assert_eq!(decode_frame(body(&framed)).unwrap(), Frame::Requests(reqs));
+        assert_eq!(
+            decode_frame(body(&framed)).unwrap(),
+            Frame::Requests(reqs.clone())
+        );
+        let shared = Bytes::copy_from_slice(body(&framed));
+        assert_eq!(decode_frame_shared(&shared).unwrap(), Frame::Requests(reqs));
     }
 
     #[test]

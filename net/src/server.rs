@@ -17,8 +17,8 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::frame::FrameBuffer;
 use crate::message::{
-    decode_frame, encode_error_frame, encode_hello, encode_responses, Frame, Request, Response,
-    WireError,
+    decode_frame_shared, encode_error_frame, encode_hello, encode_responses, Frame, Request,
+    Response, WireError,
 };
 use crate::wire::{ErrorCode, PROTOCOL_VERSION};
 
@@ -179,7 +179,9 @@ async fn connection(
                     break 'read;
                 }
             };
-            match decode_frame(body) {
+            // One copy per frame; keys and values are slices of it.
+            let body = bytes::Bytes::copy_from_slice(body);
+            match decode_frame_shared(&body) {
                 Ok(Frame::Hello {
                     protocol_version, ..
                 }) => {
