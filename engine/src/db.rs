@@ -39,7 +39,14 @@ impl Default for DbConfig {
 
 /// Opens (creating if missing) the database at `path` with every column family.
 pub fn open(path: &Path, cfg: &DbConfig) -> Result<Db> {
+    Ok(open_with_options(path, cfg)?.0)
+}
+
+/// Like [`open`], also returning the DB options, whose statistics (block cache
+/// hits and misses, ...) a node reports as metrics.
+pub fn open_with_options(path: &Path, cfg: &DbConfig) -> Result<(Db, Options)> {
     let mut opts = Options::default();
+    opts.enable_statistics();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(cfg.background_jobs);
@@ -75,7 +82,7 @@ pub fn open(path: &Path, cfg: &DbConfig) -> Result<Db> {
         ColumnFamilyDescriptor::new(CF_DATA, data_opts),
     ];
     let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-    Ok(Arc::new(db))
+    Ok((Arc::new(db), opts))
 }
 
 /// Looks up a column family the engine created at open.

@@ -81,6 +81,29 @@ struct Proposal {
     deadline_ms: u64,
 }
 
+/// Monotonic counters of one replica, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Proposals handed to raft.
+    pub proposals: u64,
+    /// Times this replica started an election (pre-vote or vote).
+    pub campaigns: u64,
+    /// Times this replica became leader.
+    pub became_leader: u64,
+    /// Times the leader it knows of changed.
+    pub leader_changes: u64,
+    /// Read index rounds issued.
+    pub read_index_rounds: u64,
+    /// Log compactions.
+    pub compactions: u64,
+    /// Snapshots sent to followers.
+    pub snapshots_sent: u64,
+    /// Snapshots received and installed.
+    pub snapshots_applied: u64,
+    /// Entries applied.
+    pub entries_applied: u64,
+}
+
 /// A snapshot of a peer's raft state, for tests and status pages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStatus {
@@ -123,6 +146,8 @@ pub struct Peer {
     applied_bytes_since_compact: u64,
     /// Ready number and index of a snapshot being persisted.
     snapshot_persisting: Option<(u64, u64)>,
+    counters: PeerCounters,
+    leader_seen: u64,
 }
 
 fn raft_config(cfg: &Config, peer_id: u64, applied: u64) -> raft::Config {
@@ -222,6 +247,8 @@ impl Peer {
             ticks: 0,
             applied_bytes_since_compact: 0,
             snapshot_persisting: None,
+            counters: PeerCounters::default(),
+            leader_seen: 0,
         })
     }
 
@@ -263,6 +290,11 @@ impl Peer {
             && self.raw.raft.prs().get(peer_id).is_some_and(|pr| {
                 pr.matched == self.raw.raft.raft_log.last_index() && pr.recent_active
             })
+    }
+
+    /// Counters of this replica.
+    pub fn counters(&self) -> PeerCounters {
+        self.counters
     }
 
     /// Proposals waiting for apply.
@@ -312,9 +344,26 @@ impl Peer {
 
     /// Called after every input that may change the role or term.
     fn after_input(&mut self, replies: &mut Vec<Reply>) {
+        let leader = self.raw.raft.leader_id;
+        if leader != self.leader_seen {
+            self.leader_seen = leader;
+            if leader != 0 {
+                self.counters.leader_changes += 1;
+            }
+        }
         let now = (self.raw.raft.state, self.raw.raft.term);
         if now == self.role_term {
             return;
+        }
+        match now.0 {
+            // An election starts with pre-vote, or directly as a candidate
+            // (leader transfer).
+            StateRole::PreCandidate => self.counters.campaigns += 1,
+            StateRole::Candidate if self.role_term.0 != StateRole::PreCandidate => {
+                self.counters.campaigns += 1
+            }
+            StateRole::Leader => self.counters.became_leader += 1,
+            _ => {}
         }
         // raft drew a new election timeout from its own RNG: draw ours instead
         // so that a seeded run replays.
@@ -353,6 +402,7 @@ impl Peer {
             .reissue(now_ms, self.ticks, self.cfg.read_retry_ticks)
         {
             self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
+            self.counters.read_index_rounds += 1;
         }
         // Renew the lease ahead of its end while lease reads keep coming.
         let renew_at = self.lease_until_ms.saturating_sub(self.cfg.lease_ms() / 2);
@@ -360,6 +410,7 @@ impl Peer {
             self.lease_wanted = false;
             let issue = self.reads.renew(now_ms, self.ticks);
             self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
+            self.counters.read_index_rounds += 1;
         }
     }
 
@@ -465,6 +516,7 @@ impl Peer {
             };
             return fail(replies, e);
         }
+        self.counters.proposals += 1;
         let index = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
         // Proposals at this index or later from an older term are not in the
@@ -551,16 +603,23 @@ impl Peer {
         let can_issue = self.is_leader() && self.raw.raft.commit_to_current_term();
         if let Some(issue) = self.reads.seal(can_issue, self.now_ms, self.ticks) {
             self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
+            self.counters.read_index_rounds += 1;
         }
         if !self.raw.has_ready() {
             return Ok(None);
         }
         let mut rd = self.raw.ready();
+        let sent_before = out.messages.len();
         out.messages.extend(rd.take_messages());
+        self.counters.snapshots_sent += out.messages[sent_before..]
+            .iter()
+            .filter(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+            .count() as u64;
 
         let mut snapshot_index = None;
         if !rd.snapshot().is_empty() {
             let region = self.raw.mut_store().apply_snapshot(rd.snapshot(), log)?;
+            self.counters.snapshots_applied += 1;
             // The region's data was replaced wholesale.
             cache.clear();
             let index = rd.snapshot().get_metadata().index;
@@ -667,6 +726,7 @@ impl Peer {
                 }
             }
             apply.entries += 1;
+            self.counters.entries_applied += 1;
             self.raw.mut_store().set_applied(e.index, e.term);
             self.resolve_proposals(e.index, e.term, outcome, replies);
         }
@@ -732,6 +792,7 @@ impl Peer {
             return Ok(());
         }
         self.raw.mut_store().compact_to(target, &mut apply.inner)?;
+        self.counters.compactions += 1;
         self.applied_bytes_since_compact = 0;
         Ok(())
     }

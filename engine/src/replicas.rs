@@ -19,6 +19,25 @@ use crate::read::Consistency;
 use crate::region::Region;
 use crate::storage::RegionStorage;
 
+/// Sums over the replicas of one owner.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplicaTotals {
+    /// Replicas.
+    pub regions: u64,
+    /// Replicas that lead.
+    pub leaders: u64,
+    /// Sum of commit index - applied index.
+    pub apply_lag: u64,
+    /// Entries held in the raft logs.
+    pub log_entries: u64,
+    /// Reads waiting for a read index.
+    pub reads_pending: u64,
+    /// Proposals waiting for apply.
+    pub proposals_pending: u64,
+    /// Summed counters of every replica (monotonic while replicas stay).
+    pub counters: crate::peer::PeerCounters,
+}
+
 /// A raft message addressed to a region replica on another node.
 #[derive(Clone, Debug)]
 pub struct RaftEnvelope {
@@ -238,6 +257,33 @@ impl Replicas {
             p.serve_reads(wall_ms, &mut self.cache, replies)?;
         }
         Ok(())
+    }
+
+    /// Totals over every replica, for metrics.
+    pub fn totals(&self) -> ReplicaTotals {
+        let mut t = ReplicaTotals::default();
+        for p in self.peers.values() {
+            let s = p.status();
+            t.regions += 1;
+            if p.is_leader() {
+                t.leaders += 1;
+            }
+            t.apply_lag += s.commit_index.saturating_sub(s.applied_index);
+            t.log_entries += (s.last_index + 1).saturating_sub(s.first_index);
+            t.reads_pending += p.reads_pending() as u64;
+            t.proposals_pending += p.proposals_pending() as u64;
+            let c = p.counters();
+            t.counters.proposals += c.proposals;
+            t.counters.campaigns += c.campaigns;
+            t.counters.became_leader += c.became_leader;
+            t.counters.leader_changes += c.leader_changes;
+            t.counters.read_index_rounds += c.read_index_rounds;
+            t.counters.compactions += c.compactions;
+            t.counters.snapshots_sent += c.snapshots_sent;
+            t.counters.snapshots_applied += c.snapshots_applied;
+            t.counters.entries_applied += c.entries_applied;
+        }
+        t
     }
 
     /// The read cache's counters and size: (hits, misses, entries, bytes).

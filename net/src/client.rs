@@ -491,6 +491,29 @@ impl Client {
         })
     }
 
+    /// The status document (JSON) of the node at `addr`.
+    pub fn status_of(&mut self, addr: &str) -> Result<String> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let req = Request {
+            id: self.new_id(),
+            region_id: 0,
+            epoch: Default::default(),
+            op: Op::Status,
+            session: None,
+        };
+        match self.call(addr, &[req], deadline) {
+            Ok(mut rs) => match rs.remove(0).0.result {
+                Ok(Outcome::Status(json)) => Ok(json),
+                Ok(other) => Err(ClientError::Protocol(format!("status answered {other:?}"))),
+                Err(e) => Err(wire_to_client(e)),
+            },
+            Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => Err(ClientError::Unavailable {
+                attempts: 1,
+                last: e,
+            }),
+        }
+    }
+
     /// Reads `key`.
     pub fn get(&mut self, key: &[u8], consistency: Consistency) -> Result<Option<Value>> {
         let op = Op::Get {

@@ -26,6 +26,8 @@ pub enum Op {
     Write(WriteRequest),
     /// The routing table and node addresses.
     Routes,
+    /// The node's status document (JSON).
+    Status,
 }
 
 /// One request of a batch.
@@ -129,6 +131,8 @@ pub enum Outcome {
         /// Nodes.
         nodes: Vec<NodeInfo>,
     },
+    /// A node's status document (JSON).
+    Status(String),
 }
 
 /// The answer to request `id`.
@@ -339,6 +343,10 @@ fn encode_op<'a>(
             let r = wire::Routes::create(fbb, &wire::RoutesArgs {});
             (wire::Op::Routes, r.as_union_value())
         }
+        Op::Status => {
+            let r = wire::Status::create(fbb, &wire::StatusArgs {});
+            (wire::Op::Status, r.as_union_value())
+        }
         Op::Write(w) => match w {
             WriteRequest::Put {
                 key,
@@ -475,6 +483,9 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
                     args.error = Some(encode_error(&mut fbb, &e));
                 }
             },
+            Ok(Outcome::Status(json)) => {
+                args.status_json = Some(fbb.create_string(json));
+            }
             Ok(Outcome::Routes { regions, nodes }) => {
                 let rs: Vec<_> = regions
                     .iter()
@@ -646,6 +657,7 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
             Op::Write(WriteRequest::BatchPut { items })
         }
         wire::Op::Routes => Op::Routes,
+        wire::Op::Status => Op::Status,
         other => return Err(content(format!("unknown op {}", other.0))),
     };
     Ok(op)
@@ -657,7 +669,9 @@ fn decode_response(r: wire::Response<'_>, src: Option<&Bytes>) -> Response {
     let result = match r.error() {
         Some(e) => Err(decode_error(e)),
         None => {
-            if let Some(routes) = r.routes() {
+            if let Some(json) = r.status_json() {
+                Ok(Outcome::Status(json.to_string()))
+            } else if let Some(routes) = r.routes() {
                 Ok(Outcome::Routes {
                     regions: routes
                         .iter()

@@ -247,6 +247,16 @@ impl Connections {
         self.conns.borrow_mut().remove(&id);
     }
 
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.conns.borrow().is_empty()
+    }
+
     /// The connection `id`, if open.
     pub fn get(&self, id: u64) -> Option<Rc<ClientConn>> {
         self.conns.borrow().get(&id).cloned()

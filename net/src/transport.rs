@@ -76,6 +76,9 @@ pub struct Transport {
     links: RefCell<HashMap<u64, Link>>,
     handler: Rc<dyn RaftHandler>,
     faults: Rc<RefCell<FaultRules>>,
+    frames_sent: std::cell::Cell<u64>,
+    bytes_sent: std::cell::Cell<u64>,
+    frames_dropped: std::cell::Cell<u64>,
 }
 
 fn must_track(e: &RaftEnvelope) -> bool {
@@ -96,7 +99,25 @@ impl Transport {
             links: RefCell::new(HashMap::new()),
             handler,
             faults,
+            frames_sent: Default::default(),
+            bytes_sent: Default::default(),
+            frames_dropped: Default::default(),
         })
+    }
+
+    /// (frames sent, bytes sent, frames dropped, frames queued now).
+    pub fn figures(&self) -> (u64, u64, u64, usize) {
+        let queued = self.links.borrow().values().map(|l| l.queue.len()).sum();
+        (
+            self.frames_sent.get(),
+            self.bytes_sent.get(),
+            self.frames_dropped.get(),
+            queued,
+        )
+    }
+
+    fn dropped(&self) {
+        self.frames_dropped.set(self.frames_dropped.get() + 1);
     }
 
     /// Sends one round's messages for `to_node` as one frame.
@@ -105,6 +126,7 @@ impl Transport {
             return;
         }
         let Some(&addr) = self.peers.get(&to_node) else {
+            self.dropped();
             self.handler.on_report(messages, false);
             return;
         };
@@ -112,6 +134,7 @@ impl Transport {
             let f = self.faults.borrow();
             if f.blocks_to(to_node) || (f.loss > 0.0 && rand::random::<f64>() < f.loss) {
                 drop(f);
+                self.dropped();
                 self.handler.on_report(messages, false);
                 return;
             }
@@ -139,6 +162,7 @@ impl Transport {
                 _ => return,
             };
             // Full: drop, and let raft know the peer is unreachable.
+            self.dropped();
             self.handler.on_report(messages, false);
             drop(out);
         }
@@ -174,6 +198,7 @@ impl Transport {
             let Some(s) = stream.as_mut() else {
                 // Not connected: this frame is lost; wait before the next try
                 // and report what raft must know.
+                self.dropped();
                 if !out.tracked.is_empty() {
                     self.handler.on_report(out.tracked, false);
                 }
@@ -183,12 +208,16 @@ impl Transport {
             };
             match s.write_all(&out.frame).await {
                 Ok(()) => {
+                    self.frames_sent.set(self.frames_sent.get() + 1);
+                    self.bytes_sent
+                        .set(self.bytes_sent.get() + out.frame.len() as u64);
                     if !out.tracked.is_empty() {
                         self.handler.on_report(out.tracked, true);
                     }
                 }
                 Err(_) => {
                     stream = None;
+                    self.dropped();
                     if !out.tracked.is_empty() {
                         self.handler.on_report(out.tracked, false);
                     }

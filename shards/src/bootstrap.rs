@@ -65,6 +65,8 @@ pub fn preferred_leader(region: &Region) -> u64 {
 pub struct Opened {
     /// The node's database.
     pub db: Db,
+    /// Its options (for statistics).
+    pub db_options: rocksdb::Options,
     /// True if this start created the data directory's state.
     pub fresh: bool,
     /// Regions with a replica on this node, with their shard.
@@ -75,7 +77,7 @@ pub struct Opened {
 pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("data dir {}: {e}", cfg.data_dir.display()))?;
-    let db = db::open(&cfg.data_dir.join("db"), &cfg.db)
+    let (db, db_options) = db::open_with_options(&cfg.data_dir.join("db"), &cfg.db)
         .map_err(|e| format!("opening RocksDB in {}: {e}", cfg.data_dir.display()))?;
     let meta = cf(&db, CF_META);
     let ident = db
@@ -148,6 +150,7 @@ pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
     }
     Ok(Opened {
         db,
+        db_options,
         fresh,
         placement,
     })

@@ -68,6 +68,12 @@ pub struct ServerArgs {
     /// RocksDB block cache, MiB. Default 256.
     #[arg(long)]
     pub block_cache_mb: Option<usize>,
+    /// Serve Prometheus metrics on HOST:PORT (`GET /metrics`). Default: off.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Requests slower than this are counted and logged, ms. Default 500.
+    #[arg(long)]
+    pub slow_request_ms: Option<u64>,
     /// Fault-injection rules for raft traffic, re-read when the file changes
     /// (testing only; see docs/reliability.md).
     #[arg(long)]
@@ -107,6 +113,10 @@ pub struct NodeConfig {
     pub log_level: String,
     /// Fault-injection rules file, if any.
     pub fault_file: Option<PathBuf>,
+    /// Metrics endpoint address, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Slow request threshold, ms.
+    pub slow_request_ms: u64,
 }
 
 /// Largest node id (peer ids are `region_id * 1000 + node_id`).
@@ -179,6 +189,8 @@ impl ServerArgs {
             frame_bytes_max,
             connections_max,
             block_cache_mb,
+            metrics_listen,
+            slow_request_ms,
             fault_file,
             log_level
         ))
@@ -284,6 +296,12 @@ impl ServerArgs {
             connections_max,
             log_level,
             fault_file: self.fault_file,
+            metrics_listen: self
+                .metrics_listen
+                .as_deref()
+                .map(|a| addr("--metrics-listen", a))
+                .transpose()?,
+            slow_request_ms: self.slow_request_ms.unwrap_or(500),
         })
     }
 }

@@ -6,7 +6,9 @@
 //!   placement (persisted) and the `Router`.
 //! - `node`: state shared by a node's shards (router, leaders, log writer queue).
 //! - `log_writer`: the node-wide group commit of every shard's log batch.
+//! - `metrics`: Prometheus metrics of the node and its `/metrics` endpoint.
 //! - `shard`: one pinned glommio executor running rounds over its regions.
+//! - `status`: the node's status document and the region size scanner.
 //! - `raft_log`: raft-rs logs into `tracing`.
 //! - `server`: start (memlock, ports, executors) and clean shutdown.
 //! - `bin/corekv-server`: the server binary.
@@ -15,7 +17,9 @@
 pub mod bootstrap;
 pub mod config;
 pub mod log_writer;
+pub mod metrics;
 pub mod node;
 pub mod raft_log;
 pub mod server;
 pub mod shard;
+pub mod status;

@@ -33,6 +33,43 @@ pub struct NodeShared {
     pub stopping: Arc<AtomicBool>,
     /// Monotonic clock origin.
     pub started: Instant,
+    /// Metrics of the node.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// What `Status` requests and `corekv ctl` show: refreshed by the shards
+    /// and the size scanner, read when asked (never on the request path).
+    pub board: Mutex<StatusBoard>,
+}
+
+/// One region replica as the status document shows it.
+#[derive(Clone, Debug)]
+pub struct RegionRow {
+    /// Region metadata as applied here.
+    pub region: corekv_engine::Region,
+    /// Shard holding the replica.
+    pub shard: usize,
+    /// `leader`, `follower`, `candidate`, `pre_candidate`.
+    pub role: &'static str,
+    /// Leader node (0 = unknown).
+    pub leader_node: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Entries in the raft log.
+    pub log_entries: u64,
+    /// Reads served per second (over the last second).
+    pub read_ops_per_sec: f64,
+    /// Writes answered per second (over the last second).
+    pub write_ops_per_sec: f64,
+}
+
+/// Status figures of the node.
+#[derive(Default)]
+pub struct StatusBoard {
+    /// Replicas by region id.
+    pub regions: std::collections::BTreeMap<u64, RegionRow>,
+    /// (keys, bytes) of each region's data, from the last scan.
+    pub sizes: std::collections::BTreeMap<u64, (u64, u64)>,
 }
 
 impl NodeShared {

@@ -108,7 +108,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         },
     );
     let stopping = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let node = Arc::new(NodeShared {
+        board: Default::default(),
+        metrics: metrics.clone(),
         leaders: (0..router.len()).map(|_| AtomicU64::new(0)).collect(),
         router,
         cfg: cfg.clone(),
@@ -120,6 +123,17 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         started: Instant::now(),
     });
 
+    crate::status::spawn_size_scanner(Arc::downgrade(&node))
+        .map_err(|e| format!("starting the size scanner: {e}"))?;
+    if let Some(addr) = cfg.metrics_listen {
+        let (stats, db, opts) = (
+            writer.stats.clone(),
+            opened.db.clone(),
+            opened.db_options.clone(),
+        );
+        crate::metrics::serve(addr, metrics, move |m| m.refresh(&stats, &db, &opts))
+            .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+    }
     let n = stopping;
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| format!("installing signal handlers: {e}"))?;

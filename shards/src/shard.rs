@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use corekv_engine::peer::{PendingPersist, Reply, Response as EngineResponse};
 use corekv_engine::{db, route_hash, RaftEnvelope, Replicas, Round};
@@ -28,7 +28,8 @@ use glommio::channels::channel_mesh::Senders;
 
 use crate::bootstrap::preferred_leader;
 use crate::log_writer::WriteTask;
-use crate::node::{wall_ms, NodeShared};
+use crate::metrics::{ShardFigures, ShardMetrics};
+use crate::node::{wall_ms, NodeShared, RegionRow};
 use corekv_net::wake::Wake;
 
 /// Work items handled per round at most (the rest waits for the next round).
@@ -39,6 +40,10 @@ pub const ROUND_MESSAGES_MAX: usize = 8192;
 pub const PENDING_REQUESTS_MAX: usize = 200_000;
 /// Check leader placement every this many ticks.
 pub const BALANCE_EVERY_TICKS: u64 = 100;
+/// Refresh metrics every this many ticks.
+pub const REPORT_EVERY_TICKS: u64 = 10;
+/// Refresh the status board (and per-region rates) every this many ticks.
+pub const STATUS_EVERY_TICKS: u64 = 100;
 
 /// Messages between the shards of one node.
 pub enum ShardMsg {
@@ -85,8 +90,16 @@ struct Inbox {
     persisted_seq: u64,
 }
 
+/// A request handed to a replica and not answered yet.
+struct Pending {
+    origin: Origin,
+    op: &'static str,
+    region: u64,
+    started: Instant,
+}
+
 struct State {
-    pending: HashMap<u64, Origin, ahash::RandomState>,
+    pending: HashMap<u64, Pending, ahash::RandomState>,
     next_id: u64,
     log_seq: u64,
     persisted_seq: u64,
@@ -111,6 +124,12 @@ pub struct Shard {
     /// Fault-injection rules applied by the transport (empty = none).
     pub faults: Rc<RefCell<FaultRules>>,
     fault_file: RefCell<Option<FaultFile>>,
+    metrics: RefCell<ShardMetrics>,
+    /// Requests answered per region since the last status refresh:
+    /// (reads, writes).
+    region_ops: RefCell<HashMap<u64, (u64, u64), ahash::RandomState>>,
+    rates_at: std::cell::Cell<Instant>,
+    last_counters: std::cell::Cell<corekv_engine::peer::PeerCounters>,
 }
 
 /// Outputs of one round, grouped by destination.
@@ -133,6 +152,7 @@ impl Shard {
         done_tx: crossbeam_channel::Sender<u64>,
     ) -> Rc<Shard> {
         let fault_file = node.cfg.fault_file.clone().map(FaultFile::new);
+        let metrics = RefCell::new(node.metrics.shard(id));
         Rc::new(Shard {
             id,
             node,
@@ -155,6 +175,10 @@ impl Shard {
             done_tx,
             faults: Rc::new(RefCell::new(FaultRules::default())),
             fault_file: RefCell::new(fault_file),
+            metrics,
+            region_ops: RefCell::new(HashMap::default()),
+            rates_at: std::cell::Cell::new(Instant::now()),
+            last_counters: Default::default(),
         })
     }
 
@@ -302,7 +326,121 @@ impl Shard {
         }
     }
 
+    /// Counts an answered request; logs it if slow.
+    fn count(
+        &self,
+        op: &'static str,
+        region: u64,
+        started: Instant,
+        result: &Result<Outcome, WireError>,
+    ) {
+        let latency = started.elapsed();
+        if region != 0 {
+            let mut ops = self.region_ops.borrow_mut();
+            let e = ops.entry(region).or_default();
+            if op == "get" {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+        }
+        let mut m = self.metrics.borrow_mut();
+        m.request(op, result_name(result), latency);
+        if latency.as_millis() as u64 >= self.node.cfg.slow_request_ms {
+            m.slow(op);
+            tracing::warn!(
+                shard = self.id,
+                op,
+                region,
+                result = result_name(result),
+                latency_ms = latency.as_millis() as u64,
+                "slow request"
+            );
+        }
+    }
+
+    /// Copies the shard's figures into its metrics; logs snapshots and
+    /// compactions since the last report.
+    fn report(&self, replicas: &Replicas) {
+        let transport = self
+            .transport
+            .get()
+            .map(|t| t.figures())
+            .unwrap_or_default();
+        let totals = replicas.totals();
+        let before = self.last_counters.replace(totals.counters);
+        for (what, now, was) in [
+            (
+                "snapshots sent",
+                totals.counters.snapshots_sent,
+                before.snapshots_sent,
+            ),
+            (
+                "snapshots installed",
+                totals.counters.snapshots_applied,
+                before.snapshots_applied,
+            ),
+        ] {
+            if now > was {
+                tracing::info!(shard = self.id, count = now - was, "{what}");
+            }
+        }
+        if totals.counters.compactions > before.compactions {
+            tracing::debug!(
+                shard = self.id,
+                count = totals.counters.compactions - before.compactions,
+                "raft logs compacted"
+            );
+        }
+        let figures = ShardFigures {
+            totals,
+            cache: replicas.cache_stats(),
+            transport,
+            connections: self.conns.len(),
+            pending: self.state.borrow().pending.len(),
+        };
+        self.metrics.borrow_mut().report(&figures);
+    }
+
+    /// Publishes this shard's region rows for `Status` requests.
+    fn publish_status(&self, replicas: &Replicas) {
+        let secs = self
+            .rates_at
+            .replace(Instant::now())
+            .elapsed()
+            .as_secs_f64()
+            .max(1e-3);
+        let ops = std::mem::take(&mut *self.region_ops.borrow_mut());
+        let Ok(mut board) = self.node.board.lock() else {
+            return;
+        };
+        for p in replicas.iter() {
+            let s = p.status();
+            let (reads, writes) = ops.get(&p.region_id()).copied().unwrap_or_default();
+            board.regions.insert(
+                p.region_id(),
+                RegionRow {
+                    region: p.region().clone(),
+                    shard: self.id,
+                    role: match s.role {
+                        raft::StateRole::Leader => "leader",
+                        raft::StateRole::Follower => "follower",
+                        raft::StateRole::Candidate => "candidate",
+                        raft::StateRole::PreCandidate => "pre_candidate",
+                    },
+                    leader_node: p.leader_node().unwrap_or(0),
+                    applied_index: s.applied_index,
+                    commit_index: s.commit_index,
+                    log_entries: (s.last_index + 1).saturating_sub(s.first_index),
+                    read_ops_per_sec: reads as f64 / secs,
+                    write_ops_per_sec: writes as f64 / secs,
+                },
+            );
+        }
+    }
+
     fn fatal(&self, what: &str, e: impl std::fmt::Display) -> ! {
+        tracing::error!(shard = self.id, "{what}: {e}; stopping the node");
         eprintln!(
             "corekv: FATAL: shard {}: {what}: {e}; stopping the node",
             self.id
@@ -355,6 +493,12 @@ impl Shard {
             };
             if ticks % BALANCE_EVERY_TICKS == 0 && !stopping {
                 self.balance_leaders(&mut replicas);
+            }
+            if ticks % REPORT_EVERY_TICKS == 0 {
+                self.report(&replicas);
+            }
+            if ticks % STATUS_EVERY_TICKS == 0 {
+                self.publish_status(&replicas);
             }
         }
         for env in inbox.raft.drain(..) {
@@ -466,7 +610,7 @@ impl Shard {
         }
         let mut st = self.state.borrow_mut();
         for r in replies {
-            let Some(origin) = st.pending.remove(&r.id) else {
+            let Some(p) = st.pending.remove(&r.id) else {
                 continue;
             };
             let result = match r.result {
@@ -478,21 +622,33 @@ impl Shard {
                 }
                 Err(e) => Err(WireError::from_engine(&e)),
             };
-            push_response(&mut out, origin, result);
+            self.count(p.op, p.region, p.started, &result);
+            push_response(&mut out, p.origin, result);
         }
+        self.metrics.borrow_mut().flush();
         // Leaders as this shard sees them, for routing answers.
         for p in replicas.iter() {
             if let Some(i) = node.router.index_of(p.region_id()) {
                 let leader = p.leader_node().unwrap_or(0);
-                node.leaders[i].store(leader, Ordering::Relaxed);
+                let before = node.leaders[i].swap(leader, Ordering::Relaxed);
+                if before != leader && leader != 0 {
+                    tracing::info!(
+                        shard = self.id,
+                        region = p.region_id(),
+                        leader_node = leader,
+                        previous = before,
+                        term = p.status().term,
+                        "region leader changed"
+                    );
+                }
             }
         }
         if stopping {
             // Everything still pending is answered: the outcome of writes in
             // flight is unknown.
-            for (_, origin) in st.pending.drain() {
+            for (_, p) in st.pending.drain() {
                 let e = WireError::new(ErrorCode::Timeout, "node shutting down: outcome unknown");
-                push_response(&mut out, origin, Err(e));
+                push_response(&mut out, p.origin, Err(e));
             }
             let since = *st.stop_since_ms.get_or_insert(now);
             // Wait (bounded) for log writes in flight, then stop.
@@ -518,20 +674,28 @@ impl Shard {
         wall: u64,
     ) {
         let node = &self.node;
+        let op = op_name(&req.op);
+        let answer = |out: &mut Outbox, result: Result<Outcome, WireError>| {
+            self.count(op, req.region_id, Instant::now(), &result);
+            push_response(out, origin, result)
+        };
         if stopping {
             let e = WireError::new(ErrorCode::ShuttingDown, "node shutting down");
-            return push_response(out, origin, Err(e));
+            return answer(out, Err(e));
         }
         let key = match &req.op {
             Op::Routes => {
-                return push_response(out, origin, Ok(self.routes()));
+                return answer(out, Ok(self.routes()));
+            }
+            Op::Status => {
+                return answer(out, Ok(Outcome::Status(crate::status::document(node))));
             }
             Op::Get { key, .. } => key.clone(),
             Op::Write(w) => match w.keys().next() {
                 Some(k) => k.clone(),
                 None => {
                     let e = WireError::new(ErrorCode::InvalidRequest, "write without a key");
-                    return push_response(out, origin, Err(e));
+                    return answer(out, Err(e));
                 }
             },
         };
@@ -548,7 +712,7 @@ impl Shard {
                     req.region_id, node.cfg.node_id
                 ),
             );
-            return push_response(out, origin, Err(e));
+            return answer(out, Err(e));
         };
         let (region, owner) = node.router.get(index);
         if owner != self.id {
@@ -557,7 +721,7 @@ impl Shard {
                 return;
             }
             let e = WireError::new(ErrorCode::Internal, "request forwarded twice");
-            return push_response(out, origin, Err(e));
+            return answer(out, Err(e));
         }
         let region_id = region.id;
         let current = replicas
@@ -567,22 +731,30 @@ impl Shard {
         if req.region_id != 0 && req.epoch != current.epoch {
             let mut e = WireError::new(ErrorCode::EpochNotMatch, "region epoch changed");
             e.regions = vec![current];
-            return push_response(out, origin, Err(e));
+            return answer(out, Err(e));
         }
         let mut st = self.state.borrow_mut();
         if st.pending.len() >= PENDING_REQUESTS_MAX {
             drop(st);
             let e = WireError::new(ErrorCode::Busy, "shard has too many requests pending");
-            return push_response(out, origin, Err(e));
+            return answer(out, Err(e));
         }
         let id = st.next_id;
         st.next_id += 1;
-        st.pending.insert(id, origin);
+        st.pending.insert(
+            id,
+            Pending {
+                origin,
+                op,
+                region: region_id,
+                started: Instant::now(),
+            },
+        );
         drop(st);
         match req.op {
             Op::Get { key, consistency } => replicas.read(region_id, id, key, consistency, replies),
             Op::Write(w) => replicas.propose(region_id, id, w, req.session, wall, replies),
-            Op::Routes => unreachable!("answered above"),
+            Op::Routes | Op::Status => unreachable!("answered above"),
         }
     }
 
@@ -725,6 +897,46 @@ fn returned<T>(e: glommio::GlommioError<T>) -> Option<T> {
         glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))
         | glommio::GlommioError::Closed(glommio::ResourceType::Channel(m)) => Some(m),
         _ => None,
+    }
+}
+
+/// Metric label of an operation.
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Get { .. } => "get",
+        Op::Routes => "routes",
+        Op::Status => "status",
+        Op::Write(w) => match w {
+            corekv_engine::WriteRequest::Put { .. } => "put",
+            corekv_engine::WriteRequest::Delete { .. } => "delete",
+            corekv_engine::WriteRequest::Cas { .. } => "cas",
+            corekv_engine::WriteRequest::Incr { .. } => "incr",
+            corekv_engine::WriteRequest::BatchPut { .. } => "batch_put",
+        },
+    }
+}
+
+/// Metric label of a result.
+fn result_name(result: &Result<Outcome, WireError>) -> &'static str {
+    use corekv_engine::WriteOutcome as W;
+    match result {
+        Ok(Outcome::Write(W::ConditionFailed { .. })) => "condition_failed",
+        Ok(Outcome::Write(W::NotANumber)) => "not_a_number",
+        Ok(Outcome::Write(W::WrongRegion)) => "epoch_not_match",
+        Ok(_) => "ok",
+        Err(e) => match e.code {
+            ErrorCode::NotLeader => "not_leader",
+            ErrorCode::EpochNotMatch => "epoch_not_match",
+            ErrorCode::RegionNotFound => "region_not_found",
+            ErrorCode::KeyTooLarge => "key_too_large",
+            ErrorCode::ValueTooLarge => "value_too_large",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Busy => "busy",
+            ErrorCode::ProposalDropped => "proposal_dropped",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::ShuttingDown => "shutting_down",
+            _ => "internal",
+        },
     }
 }
 

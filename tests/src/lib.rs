@@ -32,7 +32,7 @@ pub struct TestCluster {
 
 fn ports_free(base: u16, nodes: u16) -> bool {
     (1..=nodes).all(|i| {
-        [base + i, base + 100 + i]
+        [base + i, base + 100 + i, base + 300 + i]
             .iter()
             .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
     })
@@ -91,6 +91,7 @@ impl TestCluster {
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             node_args,
             fault_files: true,
+            metrics: true,
         })
         .unwrap();
         let mut t = TestCluster {

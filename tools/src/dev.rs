@@ -32,6 +32,8 @@ pub struct DevOptions {
     /// Give every node `--fault-file <node dir>/faults` (fault injection for
     /// tests; see [`LocalCluster::set_faults`]).
     pub fault_files: bool,
+    /// Give node `i` `--metrics-listen 127.0.0.1:BASE+300+i`.
+    pub metrics: bool,
 }
 
 /// One running node.
@@ -42,6 +44,8 @@ pub struct DevNode {
     pub client_addr: String,
     /// Peer address.
     pub peer_addr: String,
+    /// Metrics address, if enabled.
+    pub metrics_addr: Option<String>,
     /// Its data directory.
     pub dir: PathBuf,
     child: Option<Child>,
@@ -77,7 +81,7 @@ impl LocalCluster {
             "--nodes must be 1..=99"
         );
         anyhow::ensure!(
-            u32::from(opts.base_port) + 100 + opts.nodes as u32 <= 65535,
+            u32::from(opts.base_port) + 300 + opts.nodes as u32 <= 65535,
             "--base-port too high"
         );
         let server_bin = server_binary();
@@ -87,6 +91,9 @@ impl LocalCluster {
                 id: i,
                 client_addr: format!("127.0.0.1:{}", opts.base_port + i as u16),
                 peer_addr: format!("127.0.0.1:{}", opts.base_port + 100 + i as u16),
+                metrics_addr: opts
+                    .metrics
+                    .then(|| format!("127.0.0.1:{}", opts.base_port + 300 + i as u16)),
                 dir: opts.data_dir.join(format!("node-{i}")),
                 child: None,
             });
@@ -145,6 +152,9 @@ impl LocalCluster {
         }
         if self.opts.fault_files {
             cmd.arg("--fault-file").arg(n.dir.join("faults"));
+        }
+        if let Some(m) = &n.metrics_addr {
+            cmd.arg("--metrics-listen").arg(m);
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -340,6 +350,18 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         "corekv dev: every region has a leader ({took:.2?}); try `corekv --endpoints {} put greeting hello`",
         cluster.endpoints()
     );
+    let metrics: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            n.metrics_addr
+                .as_ref()
+                .map(|a| format!("http://{a}/metrics"))
+        })
+        .collect();
+    if !metrics.is_empty() {
+        eprintln!("corekv dev: metrics at {}", metrics.join(" "));
+    }
     let mut signals = signals;
     loop {
         if signals.pending().next().is_some() {

@@ -3,7 +3,9 @@
 //! # Layout
 //! - `dev`: starts a local cluster of `corekv-server` processes on loopback
 //!   and stops it cleanly (the `corekv dev` command).
-//! - `bin/corekv`: the CLI: put/get/del/incr and `dev`.
+//! - `ctl`: cluster inspection (`corekv ctl status|regions`).
+//! - `bin/corekv`: the CLI: put/get/del/incr, `ctl` and `dev`.
 #![deny(missing_docs)]
 
+pub mod ctl;
 pub mod dev;

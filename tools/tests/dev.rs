@@ -11,13 +11,13 @@ use corekv_tools::dev::server_binary;
 static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
 fn free_base() -> u16 {
-    let start = 30_000 + (std::process::id() % 50) as u16 * 200;
+    let start = 20_000 + (std::process::id() % 50) as u16 * 400;
     let skip = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    (skip..skip + 100)
-        .map(|i| start + (i % 100) * 200)
+    (skip..skip + 50)
+        .map(|i| start + (i % 50) * 400)
         .find(|&b| {
             (1..=3u16).all(|i| {
-                [b + i, b + 100 + i]
+                [b + i, b + 100 + i, b + 300 + i]
                     .iter()
                     .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
             })

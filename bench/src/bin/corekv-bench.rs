@@ -84,11 +84,11 @@ struct Args {
 }
 
 fn free_base() -> u16 {
-    (0..200u16)
-        .map(|i| 40_000 + i * 200)
+    (0..50u16)
+        .map(|i| 40_000 + i * 400)
         .find(|&b| {
             (1..=3u16).all(|i| {
-                [b + i, b + 100 + i]
+                [b + i, b + 100 + i, b + 300 + i]
                     .iter()
                     .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
             })
@@ -170,6 +170,7 @@ fn main() -> anyhow::Result<()> {
                 extra_args: Vec::new(),
                 node_args: Vec::new(),
                 fault_files: false,
+                metrics: false,
             })?;
             c.wait_ready(Duration::from_secs(60))?;
             // Let leaders move to their preferred nodes before measuring.

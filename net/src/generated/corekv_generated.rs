@@ -262,13 +262,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 7;
+        pub const ENUM_MAX_OP: u8 = 8;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 8] = [
+        pub const ENUM_VALUES_OP: [Op; 9] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -277,6 +277,7 @@ pub mod corekv {
             Op::Cas,
             Op::BatchPut,
             Op::Routes,
+            Op::Status,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -292,9 +293,10 @@ pub mod corekv {
             pub const Cas: Self = Self(5);
             pub const BatchPut: Self = Self(6);
             pub const Routes: Self = Self(7);
+            pub const Status: Self = Self(8);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 7;
+            pub const ENUM_MAX: u8 = 8;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -304,6 +306,7 @@ pub mod corekv {
                 Self::Cas,
                 Self::BatchPut,
                 Self::Routes,
+                Self::Status,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -316,6 +319,7 @@ pub mod corekv {
                     Self::Cas => Some("Cas"),
                     Self::BatchPut => Some("BatchPut"),
                     Self::Routes => Some("Routes"),
+                    Self::Status => Some("Status"),
                     _ => None,
                 }
             }
@@ -2569,6 +2573,89 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum StatusOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Status<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Status<'a> {
+            type Inner = Status<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Status<'a> {
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Status { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                _args: &'args StatusArgs,
+            ) -> ::flatbuffers::WIPOffset<Status<'bldr>> {
+                let mut builder = StatusBuilder::new(_fbb);
+                builder.finish()
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Status<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?.finish();
+                Ok(())
+            }
+        }
+        pub struct StatusArgs {}
+        impl<'a> Default for StatusArgs {
+            #[inline]
+            fn default() -> Self {
+                StatusArgs {}
+            }
+        }
+
+        pub struct StatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> StatusBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                StatusBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Status<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Status<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Status");
+                ds.finish()
+            }
+        }
         pub enum RequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -2795,6 +2882,21 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_status(&self) -> Option<Status<'a>> {
+                if self.op_type() == Op::Status {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Status::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2843,6 +2945,11 @@ pub mod corekv {
                             Op::Routes => v
                                 .verify_union_variant::<::flatbuffers::ForwardsUOffset<Routes>>(
                                     "Op::Routes",
+                                    pos,
+                                ),
+                            Op::Status => v
+                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>(
+                                    "Op::Status",
                                     pos,
                                 ),
                             _ => Ok(()),
@@ -3003,6 +3110,16 @@ pub mod corekv {
                     }
                     Op::Routes => {
                         if let Some(x) = self.op_as_routes() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Status => {
+                        if let Some(x) = self.op_as_status() {
                             ds.field("op", &x)
                         } else {
                             ds.field(
@@ -3268,6 +3385,7 @@ pub mod corekv {
             pub const VT_COUNTER: ::flatbuffers::VOffsetT = 18;
             pub const VT_ROUTES: ::flatbuffers::VOffsetT = 20;
             pub const VT_NODES: ::flatbuffers::VOffsetT = 22;
+            pub const VT_STATUS_JSON: ::flatbuffers::VOffsetT = 24;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3288,6 +3406,9 @@ pub mod corekv {
                 builder.add_expire_at_ms(args.expire_at_ms);
                 builder.add_version(args.version);
                 builder.add_id(args.id);
+                if let Some(x) = args.status_json {
+                    builder.add_status_json(x);
+                }
                 if let Some(x) = args.nodes {
                     builder.add_nodes(x);
                 }
@@ -3410,6 +3531,16 @@ pub mod corekv {
                     >>(Response::VT_NODES, None)
                 }
             }
+            #[inline]
+            pub fn status_json(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Response::VT_STATUS_JSON, None)
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -3441,6 +3572,11 @@ pub mod corekv {
                     .visit_field::<::flatbuffers::ForwardsUOffset<
                         ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeInfo>>,
                     >>("nodes", Self::VT_NODES, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "status_json",
+                        Self::VT_STATUS_JSON,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -3464,6 +3600,7 @@ pub mod corekv {
                     ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo<'a>>>,
                 >,
             >,
+            pub status_json: Option<::flatbuffers::WIPOffset<&'a str>>,
         }
         impl<'a> Default for ResponseArgs<'a> {
             #[inline]
@@ -3479,6 +3616,7 @@ pub mod corekv {
                     counter: 0,
                     routes: None,
                     nodes: None,
+                    status_json: None,
                 }
             }
         }
@@ -3549,6 +3687,13 @@ pub mod corekv {
                     .push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_NODES, nodes);
             }
             #[inline]
+            pub fn add_status_json(&mut self, status_json: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    Response::VT_STATUS_JSON,
+                    status_json,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ResponseBuilder<'a, 'b, A> {
@@ -3578,6 +3723,7 @@ pub mod corekv {
                 ds.field("counter", &self.counter());
                 ds.field("routes", &self.routes());
                 ds.field("nodes", &self.nodes());
+                ds.field("status_json", &self.status_json());
                 ds.finish()
             }
         }

@@ -77,6 +77,11 @@ enum Cmd {
         #[arg(default_value_t = 1, allow_negative_numbers = true)]
         by: i64,
     },
+    /// Inspect the cluster.
+    Ctl {
+        #[command(subcommand)]
+        cmd: CtlCmd,
+    },
     /// Start a local cluster on loopback and keep it running until Ctrl-C.
     Dev {
         /// Number of nodes.
@@ -94,6 +99,23 @@ enum Cmd {
         /// Regions of the new cluster (default 8).
         #[arg(long)]
         regions: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Nodes, shards, regions and leaders per node, log writer counters.
+    Status {
+        /// Print the nodes' status documents as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One row per region: range, epoch, peers, leader, applied index, log
+    /// size, keys, bytes, read and write rates.
+    Regions {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -143,6 +165,7 @@ fn main() -> ExitCode {
             extra_args: Vec::new(),
             node_args: Vec::new(),
             fault_files: false,
+            metrics: true,
         };
         return match run_dev(opts) {
             Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +178,27 @@ fn main() -> ExitCode {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    if let Cmd::Ctl { cmd } = &cli.cmd {
+        let docs = match corekv_tools::ctl::gather(endpoints, Duration::from_millis(cli.timeout_ms))
+        {
+            Ok(d) => d,
+            Err(e) => return fail(3, format!("cannot reach the cluster: {e}")),
+        };
+        let text = match cmd {
+            CtlCmd::Status { json: true } => serde_json::Value::Array(docs).to_string() + "\n",
+            CtlCmd::Status { json: false } => corekv_tools::ctl::status_table(&docs),
+            CtlCmd::Regions { json } => {
+                let rows = corekv_tools::ctl::merge_regions(&docs);
+                if *json {
+                    serde_json::Value::Array(rows).to_string() + "\n"
+                } else {
+                    corekv_tools::ctl::regions_table(&rows)
+                }
+            }
+        };
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    }
     let mut cfg = ClientConfig::new(endpoints);
     cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
     let mut client = match Client::connect(cfg) {
@@ -209,7 +253,7 @@ fn main() -> ExitCode {
             }
             Err(e) => return client_error(e),
         },
-        Cmd::Dev { .. } => unreachable!("handled above"),
+        Cmd::Dev { .. } | Cmd::Ctl { .. } => unreachable!("handled above"),
     }
     ExitCode::SUCCESS
 }

@@ -1,0 +1,201 @@
+//! Metrics endpoint, status documents and `corekv ctl` on a real cluster.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use corekv_net::PutOptions;
+use corekv_tests::TestCluster;
+
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_string()
+}
+
+/// Parses the text format strictly enough to catch malformed output:
+/// returns series name (with labels) -> value.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            assert!(
+                rest.starts_with("HELP ") || rest.starts_with("TYPE "),
+                "bad comment {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels in {line:?}");
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.insert(series.to_string(), v);
+    }
+    out
+}
+
+fn sum(m: &HashMap<String, f64>, prefix: &str, needle: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(prefix) && k.contains(needle))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn metrics_addrs(t: &TestCluster) -> Vec<String> {
+    t.cluster
+        .nodes
+        .iter()
+        .map(|n| n.metrics_addr.clone().expect("metrics enabled"))
+        .collect()
+}
+
+#[test]
+fn metrics_endpoint_serves_every_named_family_and_counters_move() {
+    let t = TestCluster::start(3, 2, &[]);
+    let addrs = metrics_addrs(&t);
+    let m = parse(&scrape(&addrs[0]));
+    for family in [
+        "corekv_requests_total",
+        "corekv_request_duration_seconds_bucket",
+        "corekv_proposals_total",
+        "corekv_campaigns_total",
+        "corekv_leader_changes_total",
+        "corekv_read_index_rounds_total",
+        "corekv_apply_lag_entries",
+        "corekv_raft_log_entries",
+        "corekv_log_compactions_total",
+        "corekv_snapshots_sent_total",
+        "corekv_snapshots_applied_total",
+        "corekv_log_writer_fsyncs_total",
+        "corekv_log_writer_entries_total",
+        "corekv_transport_queued_frames",
+        "corekv_transport_frames_dropped_total",
+        "corekv_client_connections",
+        "corekv_cache_bytes",
+        "corekv_rocksdb_memtable_bytes",
+        "corekv_rocksdb_pending_compaction_bytes",
+        "corekv_rocksdb_block_cache_hits",
+    ] {
+        assert!(
+            m.keys().any(|k| k.starts_with(family)),
+            "{family} missing from /metrics"
+        );
+    }
+    let before: Vec<_> = addrs.iter().map(|a| parse(&scrape(a))).collect();
+    let mut c = t.client();
+    for i in 0..50 {
+        c.put(format!("m{i}").as_bytes(), b"v", PutOptions::default())
+            .unwrap();
+        c.get(
+            format!("m{i}").as_bytes(),
+            corekv_engine::Consistency::Linearizable,
+        )
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after: Vec<_> = addrs.iter().map(|a| parse(&scrape(a))).collect();
+    let total = |ms: &[HashMap<String, f64>], needle: &str| -> f64 {
+        ms.iter()
+            .map(|m| sum(m, "corekv_requests_total", needle))
+            .sum()
+    };
+    let puts =
+        total(&after, "op=\"put\",result=\"ok\"") - total(&before, "op=\"put\",result=\"ok\"");
+    let gets =
+        total(&after, "op=\"get\",result=\"ok\"") - total(&before, "op=\"get\",result=\"ok\"");
+    assert_eq!(puts, 50.0, "successful puts counted once each");
+    assert_eq!(gets, 50.0, "successful gets counted once each");
+    let fsyncs: f64 = after
+        .iter()
+        .map(|m| sum(m, "corekv_log_writer_fsyncs_total", ""))
+        .sum::<f64>()
+        - before
+            .iter()
+            .map(|m| sum(m, "corekv_log_writer_fsyncs_total", ""))
+            .sum::<f64>();
+    assert!(fsyncs > 0.0, "writes were synced");
+    let observed: f64 = after
+        .iter()
+        .map(|m| sum(m, "corekv_request_duration_seconds_count", "op=\"put\""))
+        .sum();
+    assert!(observed >= 50.0, "latencies observed: {observed}");
+}
+
+#[test]
+fn a_leader_change_shows_in_metrics_and_status() {
+    let mut t = TestCluster::start(3, 1, &[]);
+    let addrs = metrics_addrs(&t);
+    std::thread::sleep(Duration::from_secs(2)); // leaders settle on their preferred nodes
+    let docs = corekv_tools::ctl::gather(t.endpoints(), Duration::from_secs(5)).unwrap();
+    assert_eq!(docs.len(), 3);
+    let rows = corekv_tools::ctl::merge_regions(&docs);
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|r| r["role"] == "leader"), "{rows:?}");
+    let victim = rows[0]["leader_node"].as_u64().unwrap();
+    let index = t.cluster.nodes.iter().position(|n| n.id == victim).unwrap();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != index).collect();
+    let became = |t: &TestCluster| -> f64 {
+        let _ = t;
+        survivors
+            .iter()
+            .map(|&i| sum(&parse(&scrape(&addrs[i])), "corekv_became_leader_total", ""))
+            .sum()
+    };
+    let before = became(&t);
+    t.cluster.kill(index);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if became(&t) > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader in the metrics");
+    }
+    // The survivors' status documents agree: every region has a leader again
+    // and none is the dead node.
+    let endpoints: Vec<String> = survivors
+        .iter()
+        .map(|&i| t.cluster.nodes[i].client_addr.clone())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let docs = corekv_tools::ctl::gather(endpoints.clone(), Duration::from_secs(5)).unwrap();
+        let rows = corekv_tools::ctl::merge_regions(&docs);
+        if rows.len() == 8
+            && rows
+                .iter()
+                .all(|r| r["role"] == "leader" && r["leader_node"].as_u64() != Some(victim))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regions without a live leader: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
