@@ -109,6 +109,49 @@ pub enum WriteOutcome {
     /// A key is outside the region's range at apply time (the region split
     /// after the write was routed). Nothing was written.
     WrongRegion,
+    /// A retry of a write whose first outcome is no longer remembered (see
+    /// `session`): the write may or may not have been applied.
+    ResultForgotten,
+}
+
+impl WriteOutcome {
+    /// Appends the outcome (for the session table).
+    pub fn encode_to(&self, e: &mut Encoder) {
+        match self {
+            WriteOutcome::Written { version } => e.u8(1).u64(*version),
+            WriteOutcome::Deleted { existed } => e.u8(2).u8(u8::from(*existed)),
+            WriteOutcome::Counter { value, version } => e.u8(3).i64(*value).u64(*version),
+            WriteOutcome::ConditionFailed { current_version } => {
+                e.u8(4);
+                put_opt_u64(e, *current_version);
+                e
+            }
+            WriteOutcome::NotANumber => e.u8(5),
+            WriteOutcome::WrongRegion => e.u8(6),
+            WriteOutcome::ResultForgotten => e.u8(7),
+        };
+    }
+
+    /// Reads an outcome written by [`WriteOutcome::encode_to`].
+    pub fn decode_from(d: &mut Decoder<'_>) -> Result<WriteOutcome> {
+        Ok(match d.u8()? {
+            1 => WriteOutcome::Written { version: d.u64()? },
+            2 => WriteOutcome::Deleted {
+                existed: d.u8()? != 0,
+            },
+            3 => WriteOutcome::Counter {
+                value: d.i64()?,
+                version: d.u64()?,
+            },
+            4 => WriteOutcome::ConditionFailed {
+                current_version: get_opt_u64(d)?,
+            },
+            5 => WriteOutcome::NotANumber,
+            6 => WriteOutcome::WrongRegion,
+            7 => WriteOutcome::ResultForgotten,
+            t => return Err(Error::Corruption(format!("write outcome tag {t}"))),
+        })
+    }
 }
 
 impl WriteRequest {

@@ -10,6 +10,7 @@
 //! | `meta` | `0x02 region_id` | [`crate::state::ApplyState`] |
 //! | `meta` | `0x03` | [`crate::state::StoreIdent`] |
 //! | `meta` | `0x04 region_id` | shard owning the region (u32, node runtime) |
+//! | `meta` | `0x05 region_id client_id` | [`crate::session::ClientSession`] |
 //! | `data` | `route_hash key` | [`crate::value::ValueRecord`] |
 //!
 //! Data keys are ordered by routing hash, so a region's data is one contiguous
@@ -30,6 +31,7 @@ const META_REGION: u8 = 0x01;
 const META_APPLY: u8 = 0x02;
 const META_IDENT: u8 = 0x03;
 const META_PLACEMENT: u8 = 0x04;
+const META_SESSION: u8 = 0x05;
 
 fn region_key(tag: u8, region_id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -84,6 +86,23 @@ pub fn store_ident_key() -> [u8; 1] {
 /// Key of the shard placement of `region_id` (written by the node runtime).
 pub fn placement_key(region_id: u64) -> [u8; 9] {
     region_key(META_PLACEMENT, region_id)
+}
+
+/// Key of client `client_id`'s session in `region_id`.
+pub fn session_key(region_id: u64, client_id: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = META_SESSION;
+    k[1..9].copy_from_slice(&region_id.to_be_bytes());
+    k[9..17].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// The client id of a session key of `region_id`, or `None`.
+pub fn session_client(region_id: u64, key: &[u8]) -> Option<u64> {
+    if key.len() != 17 || key[0] != META_SESSION || key[1..9] != region_id.to_be_bytes() {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
 }
 
 /// Key of a user key in the data CF.

@@ -20,6 +20,7 @@
 //! - `read`: ReadIndex batching and the leader lease.
 //! - `peer`: [`Peer`], one region replica (RawNode + state machine).
 //! - `replicas`: [`Replicas`], all replicas one owner drives, one round at a time.
+//! - `session`: per-region client sessions for exactly-once writes.
 //! - `sim`: deterministic in-process cluster with a faulty network, for tests
 //!   and the demo.
 #![deny(missing_docs)]
@@ -37,6 +38,7 @@ pub mod peer;
 pub mod read;
 pub mod region;
 pub mod replicas;
+pub mod session;
 pub mod sim;
 pub mod snapshot;
 pub mod state;

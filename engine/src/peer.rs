@@ -34,6 +34,7 @@ use crate::hash::route_hash;
 use crate::keys::{self, CF_META};
 use crate::read::{Consistency, PendingRead, ReadQueue};
 use crate::region::Region;
+use crate::session::{ClientSession, Dedup, SessionTable};
 use crate::state::{PeerState, RegionLocalState};
 use crate::storage::RegionStorage;
 use crate::value::ValueRecord;
@@ -148,6 +149,7 @@ pub struct Peer {
     snapshot_persisting: Option<(u64, u64)>,
     counters: PeerCounters,
     leader_seen: u64,
+    sessions: SessionTable,
 }
 
 fn raft_config(cfg: &Config, peer_id: u64, applied: u64) -> raft::Config {
@@ -179,6 +181,27 @@ pub fn load_region_state(db: &Db, region_id: u64) -> Result<Option<RegionLocalSt
         Some(b) => Ok(Some(RegionLocalState::decode(&b)?)),
         None => Ok(None),
     }
+}
+
+/// The session table of `region_id` as stored.
+pub fn load_sessions(db: &Db, region_id: u64) -> Result<SessionTable> {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(keys::session_key(region_id, u64::MAX).to_vec());
+    let mut it = db.raw_iterator_cf_opt(cf(db, CF_META), opts);
+    it.seek(keys::session_key(region_id, 0));
+    let mut clients = std::collections::BTreeMap::new();
+    while it.valid() {
+        if let Some(client) = keys::session_client(region_id, it.key().unwrap()) {
+            clients.insert(client, ClientSession::decode(it.value().unwrap())?);
+        }
+        it.next();
+    }
+    it.status()?;
+    // The upper bound is exclusive: the largest client id is read directly.
+    if let Some(v) = db.get_cf(cf(db, CF_META), keys::session_key(region_id, u64::MAX))? {
+        clients.insert(u64::MAX, ClientSession::decode(&v)?);
+    }
+    Ok(SessionTable::from_clients(clients))
 }
 
 /// Every region replica stored on this node (tombstones excluded).
@@ -220,6 +243,7 @@ impl Peer {
                 ))
             })?
             .id;
+        let sessions = load_sessions(&db, region_id)?;
         let storage = RegionStorage::open(db, region_id, cfg.entry_cache_entries)?;
         let applied = storage.applied_index();
         let rc = raft_config(&cfg, peer_id, applied);
@@ -247,6 +271,7 @@ impl Peer {
             ticks: 0,
             applied_bytes_since_compact: 0,
             snapshot_persisting: None,
+            sessions,
             counters: PeerCounters::default(),
             leader_seen: 0,
         })
@@ -290,6 +315,11 @@ impl Peer {
             && self.raw.raft.prs().get(peer_id).is_some_and(|pr| {
                 pr.matched == self.raw.raft.raft_log.last_index() && pr.recent_active
             })
+    }
+
+    /// The region's client sessions as applied here.
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
     }
 
     /// Counters of this replica.
@@ -618,7 +648,8 @@ impl Peer {
 
         let mut snapshot_index = None;
         if !rd.snapshot().is_empty() {
-            let region = self.raw.mut_store().apply_snapshot(rd.snapshot(), log)?;
+            let (region, sessions) = self.raw.mut_store().apply_snapshot(rd.snapshot(), log)?;
+            self.sessions = sessions;
             self.counters.snapshots_applied += 1;
             // The region's data was replaced wholesale.
             cache.clear();
@@ -703,13 +734,36 @@ impl Peer {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => {
                     let cmd = Command::decode(&e.data)?;
-                    outcome = Some(apply::apply_command(
-                        &db,
-                        apply,
-                        &self.region,
-                        e.index,
-                        &cmd,
-                    )?);
+                    let dedup = match cmd.session {
+                        Some(tag) => self.sessions.decide(tag, cmd.now_ms),
+                        None => Dedup::Apply,
+                    };
+                    let o = match dedup {
+                        Dedup::Duplicate(first) => first,
+                        Dedup::Apply => {
+                            let o = apply::apply_command(&db, apply, &self.region, e.index, &cmd)?;
+                            if let Some(tag) = cmd.session {
+                                let mut changes = Vec::new();
+                                self.sessions.record(
+                                    tag,
+                                    o.clone(),
+                                    e.index,
+                                    cmd.now_ms,
+                                    &mut changes,
+                                );
+                                let meta = cf(&db, CF_META);
+                                for (client, state) in changes {
+                                    let key = keys::session_key(self.region.id, client);
+                                    match state {
+                                        Some(s) => apply.inner.put_cf(meta, key, s.encode()),
+                                        None => apply.inner.delete_cf(meta, key),
+                                    }
+                                }
+                            }
+                            o
+                        }
+                    };
+                    outcome = Some(o);
                     self.applied_bytes_since_compact += e.data.len() as u64;
                 }
                 EntryType::EntryConfChange => {
@@ -747,6 +801,7 @@ impl Peer {
             let result = if p.index == index && p.term == term {
                 match outcome.take() {
                     Some(WriteOutcome::WrongRegion) => Err(self.epoch_not_match()),
+                    Some(WriteOutcome::ResultForgotten) => Err(Error::Timeout),
                     Some(o) => Ok(Response::Write(o)),
                     None => Err(Error::Corruption(format!(
                         "region {}: proposal at {index} applied as an empty entry",

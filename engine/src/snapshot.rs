@@ -13,6 +13,7 @@ use crate::db::cf;
 use crate::error::{Error, Result};
 use crate::keys::{self, CF_DATA, CF_META};
 use crate::region::Region;
+use crate::session::ClientSession;
 use crate::state::{ApplyState, RegionLocalState};
 
 const SNAPSHOT_FORMAT: u8 = 1;
@@ -26,6 +27,8 @@ pub struct SnapshotData {
     pub applied_index: u64,
     /// Every `data` CF pair of the region: (data key, value record).
     pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The region's client sessions.
+    pub sessions: Vec<(u64, ClientSession)>,
 }
 
 impl SnapshotData {
@@ -38,6 +41,10 @@ impl SnapshotData {
         e.u64(self.applied_index).u64(self.pairs.len() as u64);
         for (k, v) in &self.pairs {
             e.bytes(k).bytes(v);
+        }
+        e.u32(self.sessions.len() as u32);
+        for (client, s) in &self.sessions {
+            e.u64(*client).bytes(&s.encode());
         }
         e.finish()
     }
@@ -64,11 +71,18 @@ impl SnapshotData {
             }
             pairs.push((k, v));
         }
+        let n = d.u32()? as usize;
+        let mut sessions = Vec::with_capacity(n.min(crate::session::CLIENTS_PER_REGION));
+        for _ in 0..n {
+            let client = d.u64()?;
+            sessions.push((client, ClientSession::decode(d.bytes()?)?));
+        }
         d.finish()?;
         Ok(SnapshotData {
             region,
             applied_index,
             pairs,
+            sessions,
         })
     }
 }
@@ -100,10 +114,24 @@ pub fn build(db: &rocksdb::DB, region_id: u64) -> Result<Snapshot> {
     }
     it.status()?;
 
+    let mut sessions = Vec::new();
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_snapshot(&snap);
+    let mut it = db.raw_iterator_cf_opt(meta_cf, opts);
+    it.seek(keys::session_key(region_id, 0));
+    while it.valid() {
+        let Some(client) = keys::session_client(region_id, it.key().unwrap()) else {
+            break;
+        };
+        sessions.push((client, ClientSession::decode(it.value().unwrap())?));
+        it.next();
+    }
+    it.status()?;
     let data = SnapshotData {
         region,
         applied_index: apply.applied_index,
         pairs,
+        sessions,
     };
     let mut s = Snapshot {
         data: Bytes::from(data.encode()),

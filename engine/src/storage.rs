@@ -334,10 +334,14 @@ impl RegionStorage {
         Ok(true)
     }
 
-    /// Installs a snapshot received from the leader: the region's data, log and
-    /// state are replaced by the snapshot's, all in `batch`. Returns the
-    /// region as of the snapshot.
-    pub fn apply_snapshot(&mut self, snap: &Snapshot, batch: &mut LogBatch) -> Result<Region> {
+    /// Installs a snapshot received from the leader: the region's data, log,
+    /// sessions and state are replaced by the snapshot's, all in `batch`.
+    /// Returns the region and its session table as of the snapshot.
+    pub fn apply_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        batch: &mut LogBatch,
+    ) -> Result<(Region, crate::session::SessionTable)> {
         let meta = snap.get_metadata();
         let data = snapshot::SnapshotData::decode(&snap.data)?;
         if data.region.id != self.region_id || data.applied_index != meta.index {
@@ -369,6 +373,23 @@ impl RegionStorage {
             batch.inner.put_cf(data_cf, k, v);
         }
         batch.inner.delete_range_cf(
+            meta_cf,
+            keys::session_key(self.region_id, 0),
+            keys::session_key(self.region_id, u64::MAX),
+        );
+        batch
+            .inner
+            .delete_cf(meta_cf, keys::session_key(self.region_id, u64::MAX));
+        let mut clients = std::collections::BTreeMap::new();
+        for (client, s) in &data.sessions {
+            batch.inner.put_cf(
+                meta_cf,
+                keys::session_key(self.region_id, *client),
+                s.encode(),
+            );
+            clients.insert(*client, s.clone());
+        }
+        batch.inner.delete_range_cf(
             raft_cf,
             keys::raft_log_key(self.region_id, 0),
             keys::raft_log_key(self.region_id, u64::MAX),
@@ -394,7 +415,10 @@ impl RegionStorage {
         self.cache.clear();
         self.last_index = meta.index;
         self.last_term = meta.term;
-        Ok(data.region)
+        Ok((
+            data.region,
+            crate::session::SessionTable::from_clients(clients),
+        ))
     }
 
     fn load_region(&self) -> Result<Option<Region>> {

@@ -581,6 +581,72 @@ fn cached_reads_follow_every_write_and_delete() {
 }
 
 #[test]
+fn a_retried_write_is_applied_once_and_answered_with_its_first_outcome() {
+    let (_d, mut c) = cluster(1, 47, small_log_config());
+    let leader = must_elect(&mut c, 1);
+    let tag = |seq| Some(corekv_engine::SessionTag { client_id: 99, seq });
+    let incr = || WriteRequest::Incr {
+        key: b("n"),
+        delta: 1,
+    };
+    let answer = |c: &mut SimCluster, node, seq| {
+        let id = c.propose_tagged(node, incr(), tag(seq));
+        c.wait(id, 3000).unwrap().expect("answered").result
+    };
+    let first = answer(&mut c, leader, 1);
+    assert!(matches!(
+        first,
+        Ok(Response::Write(WriteOutcome::Counter { value: 1, .. }))
+    ));
+    // The reply was "lost": the client sends the same write again.
+    let again = answer(&mut c, leader, 1);
+    assert_eq!(
+        format!("{again:?}"),
+        format!("{first:?}"),
+        "first outcome returned"
+    );
+    let second = answer(&mut c, leader, 2);
+    assert!(matches!(
+        second,
+        Ok(Response::Write(WriteOutcome::Counter { value: 2, .. }))
+    ));
+    assert_eq!(must_get(&mut c, "n"), Some(b("2")));
+
+    // The table survives a full restart...
+    for n in [1, 2, 3] {
+        c.crash(n);
+    }
+    for n in [1, 2, 3] {
+        c.restart(n).unwrap();
+    }
+    let leader = must_elect(&mut c, 1);
+    let retried = answer(&mut c, leader, 2);
+    assert!(matches!(
+        retried,
+        Ok(Response::Write(WriteOutcome::Counter { value: 2, .. }))
+    ));
+    assert_eq!(must_get(&mut c, "n"), Some(b("2")));
+
+    // ...and reaches a replica that catches up by snapshot.
+    let lagging = c.node_ids().iter().copied().find(|&n| n != leader).unwrap();
+    c.crash(lagging);
+    for i in 0..1500 {
+        must_put(&mut c, &format!("k{i}"), "v");
+    }
+    c.restart(lagging).unwrap();
+    assert!(c
+        .run_until(5000, |c| c.status(lagging, 1).unwrap().applied_index
+            >= c.status(leader, 1).unwrap().applied_index)
+        .unwrap());
+    assert!(
+        c.status(lagging, 1).unwrap().first_index > 1000,
+        "caught up by snapshot"
+    );
+    assert_eq!(c.sessions(lagging, 1), c.sessions(leader, 1));
+    assert_eq!(c.sessions(lagging, 1).unwrap().len(), 1);
+}
+
+#[test]
 fn lease_reads_stop_when_the_lease_cannot_be_renewed() {
     let (_d, mut c) = cluster(1, 37, Config::default());
     let leader = must_elect(&mut c, 1);

@@ -4,9 +4,12 @@
 //! It keeps a region cache (hash range → region, epoch, leader node) loaded
 //! from any endpoint, sends each request straight to the region's leader,
 //! follows `NotLeader` hints and `EpochNotMatch` updates, and retries with
-//! capped exponential backoff. A write whose outcome is unknown (timeout, or
-//! the connection dropped after it was sent) is never retried blindly: it is
-//! reported as [`ClientError::Unknown`].
+//! capped exponential backoff. Every write carries a session tag (client id,
+//! sequence number): when its answer is lost (timeout, connection dropped
+//! after it was sent) it is retried with the same tag, and the region applies
+//! it at most once and answers with the first outcome. If no retry gets an
+//! answer within the time budget, the write is reported as
+//! [`ClientError::Unknown`].
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -411,6 +414,7 @@ impl Client {
         };
         let mut last = String::new();
         let mut attempt = 0;
+        let mut uncertain = false;
         while attempt < self.cfg.attempts_max && Instant::now() < deadline {
             attempt += 1;
             let Some(i) = self.route_index(hash) else {
@@ -459,7 +463,10 @@ impl Client {
                                     self.routes[i].leader_node = 0;
                                     self.backoff(attempt, deadline);
                                 }
-                                ErrorCode::Timeout if idempotent => {
+                                // A write with a session tag is retried with
+                                // the same tag: the region applies it once.
+                                ErrorCode::Timeout if idempotent || session.is_some() => {
+                                    uncertain |= !idempotent;
                                     self.backoff(attempt, deadline);
                                 }
                                 ErrorCode::Timeout => return Err(ClientError::Unknown(last)),
@@ -476,14 +483,19 @@ impl Client {
                 }
                 Err(CallError::Lost(e)) => {
                     self.mark_down(&addr);
-                    if !idempotent {
+                    if !idempotent && session.is_none() {
                         return Err(ClientError::Unknown(e));
                     }
+                    uncertain |= !idempotent;
                     last = e;
                     self.routes[i].leader_node = 0;
                     self.backoff(attempt, deadline);
                 }
             }
+        }
+        if uncertain {
+            // A try may have been applied and no retry got its answer.
+            return Err(ClientError::Unknown(last));
         }
         Err(ClientError::Unavailable {
             attempts: attempt,

@@ -12,6 +12,8 @@
 //! | `drop-from N` | drop messages this node receives from node N |
 //! | `loss P` | drop each outgoing frame with probability P (0..=1) |
 //! | `delay-ms D` | hold each outgoing frame D ms before sending |
+//! | `fail-log-write` | the next raft log write fails (the node must stop) |
+//! | `stale-reads` | serve linearizable reads from the local replica without ReadIndex — breaks linearizability, for checking that the checker notices |
 //!
 //! An empty or missing file means no faults.
 
@@ -32,6 +34,10 @@ pub struct FaultRules {
     pub loss: f64,
     /// Delay of outgoing frames, ms.
     pub delay_ms: u64,
+    /// Make the log writer fail.
+    pub fail_log_write: bool,
+    /// Serve linearizable reads without ReadIndex (unsafe, testing only).
+    pub stale_reads: bool,
 }
 
 impl FaultRules {
@@ -54,6 +60,8 @@ impl FaultRules {
             };
             match rule {
                 "isolate" if arg.is_none() => r.isolate = true,
+                "fail-log-write" if arg.is_none() => r.fail_log_write = true,
+                "stale-reads" if arg.is_none() => r.stale_reads = true,
                 "drop-to" => {
                     r.drop_to.insert(num(arg)?);
                 }

@@ -42,10 +42,11 @@ pub struct FrameBuffer {
 }
 
 impl FrameBuffer {
-    /// A buffer accepting frames of at most `max_frame_bytes`.
+    /// A buffer accepting frames of at most `max_frame_bytes`. It starts
+    /// small (idle connections cost little) and grows to the frames it sees.
     pub fn new(max_frame_bytes: usize) -> Self {
         FrameBuffer {
-            buf: vec![0; 64 * 1024],
+            buf: vec![0; 4096],
             start: 0,
             end: 0,
             max_frame_bytes,

@@ -482,6 +482,13 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
                     let e = WireError::new(ErrorCode::EpochNotMatch, "key moved to another region");
                     args.error = Some(encode_error(&mut fbb, &e));
                 }
+                WriteOutcome::ResultForgotten => {
+                    let e = WireError::new(
+                        ErrorCode::Timeout,
+                        "retry of a write whose first result is no longer kept: outcome unknown",
+                    );
+                    args.error = Some(encode_error(&mut fbb, &e));
+                }
             },
             Ok(Outcome::Status(json)) => {
                 args.status_json = Some(fbb.create_string(json));

@@ -6,7 +6,9 @@
 //! per-connection queue drained by the writer; a client that does not read
 //! its responses fills the queue and is disconnected. A malformed or oversized
 //! frame gets an error frame and the connection is closed; the listener keeps
-//! serving everyone else.
+//! serving everyone else. A connection with more than
+//! `inflight_requests_max` unanswered requests is not read from until answers
+//! go out, so one client cannot queue unbounded work in the shard.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -20,6 +22,7 @@ use crate::message::{
     decode_frame_shared, encode_error_frame, encode_hello, encode_responses, Frame, Request,
     Response, WireError,
 };
+use crate::wake::Wake;
 use crate::wire::{ErrorCode, PROTOCOL_VERSION};
 
 /// Limits of one shard's client listener.
@@ -31,6 +34,9 @@ pub struct ServerLimits {
     pub connections_max: usize,
     /// Response frames queued per connection before it is closed.
     pub queued_frames_max: usize,
+    /// Requests of one connection being served at once; past it the
+    /// connection is not read until answers go out (backpressure).
+    pub inflight_requests_max: usize,
 }
 
 /// What the listener tells the server about itself in `Hello`.
@@ -49,12 +55,18 @@ pub struct ClientConn {
     /// Shard-local connection id.
     pub id: u64,
     out: RefCell<Option<LocalSender<Vec<u8>>>>,
+    /// Requests handed to the shard and not answered yet.
+    inflight: Cell<usize>,
+    answered: Wake,
 }
 
 impl ClientConn {
     /// Queues responses as one frame. Returns false (and closes the
     /// connection) if the client is not reading.
     pub fn send(&self, responses: &[Response]) -> bool {
+        self.inflight
+            .set(self.inflight.get().saturating_sub(responses.len()));
+        self.answered.notify();
         self.push(encode_responses(responses))
     }
 
@@ -77,6 +89,7 @@ impl ClientConn {
     /// Stops the connection: queued frames are still written, then it closes.
     pub fn close(&self) {
         self.out.borrow_mut().take();
+        self.answered.notify();
     }
 }
 
@@ -143,6 +156,8 @@ async fn connection(
     let conn = Rc::new(ClientConn {
         id,
         out: RefCell::new(Some(tx)),
+        inflight: Cell::new(0),
+        answered: Wake::default(),
     });
     let writer_task = glommio::spawn_local(async move {
         while let Some(frame) = rx.recv().await {
@@ -155,21 +170,38 @@ async fn connection(
 
     let mut frames = FrameBuffer::new(limits.frame_bytes_max);
     let mut greeted = false;
+    // Read size adapts: small for idle or chatty clients, up to 256 KiB for
+    // clients that send large batches.
+    let mut want = 4096usize;
     let fail = |conn: &ClientConn, code: ErrorCode, msg: String| {
         conn.push(encode_error_frame(&WireError::new(code, msg)));
         conn.close();
     };
     'read: loop {
-        let spare = frames.spare(64 * 1024);
+        // A client with too much unanswered work is not read from until
+        // answers go out; its socket buffer fills and TCP slows it down.
+        while conn.inflight.get() >= limits.inflight_requests_max && !conn.is_closed() {
+            conn.answered.wait().await;
+        }
+        if conn.is_closed() {
+            break;
+        }
+        let spare = frames.spare(want);
+        let room = spare.len();
         let n = match reader.read(spare).await {
             Ok(0) | Err(_) => {
-                frames.filled(64 * 1024, 0);
+                frames.filled(room, 0);
                 conn.close();
                 break;
             }
             Ok(n) => n,
         };
-        frames.filled(64 * 1024, n);
+        frames.filled(room, n);
+        want = if n == room {
+            (want * 2).min(256 * 1024)
+        } else {
+            (want / 2).max(4096)
+        };
         loop {
             let body = match frames.next_frame() {
                 Ok(Some(b)) => b,
@@ -201,7 +233,10 @@ async fn connection(
                         break 'read;
                     }
                 }
-                Ok(Frame::Requests(reqs)) if greeted => handler.on_requests(&conn, reqs),
+                Ok(Frame::Requests(reqs)) if greeted => {
+                    conn.inflight.set(conn.inflight.get() + reqs.len());
+                    handler.on_requests(&conn, reqs)
+                }
                 Ok(Frame::Requests(_)) => {
                     fail(&conn, ErrorCode::BadFrame, "hello expected first".into());
                     break 'read;

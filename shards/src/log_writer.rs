@@ -8,7 +8,7 @@
 //! at once (fail-stop): nothing written after the failure is ever
 //! acknowledged.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -68,13 +68,14 @@ pub struct LogWriter {
 
 impl LogWriter {
     /// Starts the writer on its own thread, reading tasks from `rx`. It ends
-    /// when every sender is dropped.
-    pub fn start(db: Db, rx: Receiver<WriteTask>) -> LogWriter {
+    /// when every sender is dropped. `fail` makes the next write fail (fault
+    /// injection).
+    pub fn start(db: Db, rx: Receiver<WriteTask>, fail: Arc<AtomicBool>) -> LogWriter {
         let stats = Arc::new(LogStats::default());
         let s = stats.clone();
         let handle = std::thread::Builder::new()
             .name("corekv-log-writer".into())
-            .spawn(move || run(db, rx, s))
+            .spawn(move || run(db, rx, s, fail))
             .expect("spawn log writer");
         LogWriter { stats, handle }
     }
@@ -85,7 +86,7 @@ impl LogWriter {
     }
 }
 
-fn run(db: Db, rx: Receiver<WriteTask>, stats: Arc<LogStats>) {
+fn run(db: Db, rx: Receiver<WriteTask>, stats: Arc<LogStats>, fail: Arc<AtomicBool>) {
     // Ends when every sender is gone (the node stopped).
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -99,12 +100,23 @@ fn run(db: Db, rx: Receiver<WriteTask>, stats: Arc<LogStats>) {
                 Err(_) => break,
             }
         }
+        if fail.load(Ordering::SeqCst) {
+            stop("injected failure (fault file rule fail-log-write)");
+        }
         write_group(&db, &mut group, &stats);
         for t in group {
             // A shard that stopped no longer listens; nothing to do.
             let _ = t.done.send(t.seq);
         }
     }
+}
+
+/// Fail-stop: the shards are only told about durable rounds, and this process
+/// ends before anything else is acknowledged.
+fn stop(why: &str) -> ! {
+    tracing::error!("raft log write failed, stopping the node: {why}");
+    eprintln!("corekv: FATAL: raft log write failed, stopping the node: {why}");
+    std::process::exit(74);
 }
 
 /// Writes one group, syncing once if any batch needs it. Exits the process on
@@ -119,10 +131,7 @@ pub fn write_group(db: &Db, group: &mut [WriteTask], stats: &LogStats) {
         bytes += t.batch.size_in_bytes() as u64;
         let batch = std::mem::take(&mut t.batch.inner);
         if let Err(e) = db::write(db, batch, sync && i == last) {
-            // Fail-stop: the shards are only told about durable rounds, and
-            // this process ends before anything else is acknowledged.
-            eprintln!("corekv: FATAL: raft log write failed, stopping the node: {e}");
-            std::process::exit(74);
+            stop(&e.to_string());
         }
     }
     if sync {

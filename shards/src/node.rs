@@ -31,6 +31,8 @@ pub struct NodeShared {
     pub log_stats: Arc<LogStats>,
     /// Set when the node is shutting down (shared with the signal thread).
     pub stopping: Arc<AtomicBool>,
+    /// Fault injection: the log writer fails its next write.
+    pub fail_log_write: Arc<AtomicBool>,
     /// Monotonic clock origin.
     pub started: Instant,
     /// Metrics of the node.

@@ -70,6 +70,37 @@ pub fn raise_memlock() -> Option<String> {
     }
 }
 
+/// Raises the open-files limit to its hard limit (each client connection is a
+/// file), and warns if that is below what `--connections-max` allows.
+fn raise_nofile(wanted: usize) {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let up = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &up) == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+        if (rl.rlim_cur as usize) < wanted {
+            tracing::warn!(
+                limit = rl.rlim_cur,
+                wanted,
+                "open-files limit is below what --connections-max allows; raise it (ulimit -n, LimitNOFILE)"
+            );
+        }
+    }
+}
+
 fn check_free(what: &str, addr: std::net::SocketAddr) -> Result<(), String> {
     corekv_net::listen::check_free(addr).map_err(|e| format!("{what} {addr}: {e}"))
 }
@@ -89,12 +120,14 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
     if let Some(w) = raise_memlock() {
         tracing::warn!("{w}");
     }
+    raise_nofile(cfg.connections_max * cfg.shards + 1024);
     check_free("--peer-listen", cfg.peer_listen)?;
     check_free("--client-listen", cfg.client_listen)?;
     let opened = bootstrap::open(&cfg)?;
     let db = opened.db.clone();
     let (log_tx, log_rx) = crossbeam_channel::bounded(LOG_QUEUE);
-    let writer = LogWriter::start(db.clone(), log_rx);
+    let fail_log_write = Arc::new(AtomicBool::new(false));
+    let writer = LogWriter::start(db.clone(), log_rx, fail_log_write.clone());
     let placement: HashMap<u64, usize> = opened.placement.iter().map(|(r, s)| (r.id, *s)).collect();
     let router = Router::new(opened.placement);
     let regions = router.len();
@@ -120,6 +153,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         log_tx,
         log_stats: writer.stats.clone(),
         stopping: stopping.clone(),
+        fail_log_write,
         started: Instant::now(),
     });
 
@@ -288,6 +322,7 @@ async fn shard_main(
             frame_bytes_max: cfg.frame_bytes_max,
             connections_max: cfg.connections_max,
             queued_frames_max: 1024,
+            inflight_requests_max: 8192,
         },
         Rc::new(ShardClients(Rc::downgrade(&shard))),
     ))

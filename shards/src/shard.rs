@@ -288,6 +288,9 @@ impl Shard {
                 if *self.faults.borrow() != rules {
                     tracing::warn!(shard = self.id, ?rules, "fault injection rules changed");
                 }
+                if rules.fail_log_write {
+                    self.node.fail_log_write.store(true, Ordering::SeqCst);
+                }
                 *self.faults.borrow_mut() = rules;
             }
             Some(Err(e)) => tracing::error!(shard = self.id, "fault file ignored: {e}"),
@@ -752,7 +755,15 @@ impl Shard {
         );
         drop(st);
         match req.op {
-            Op::Get { key, consistency } => replicas.read(region_id, id, key, consistency, replies),
+            Op::Get { key, consistency } => {
+                // Fault injection only: skip ReadIndex on purpose.
+                let consistency = if self.faults.borrow().stale_reads {
+                    corekv_engine::Consistency::Stale
+                } else {
+                    consistency
+                };
+                replicas.read(region_id, id, key, consistency, replies)
+            }
             Op::Write(w) => replicas.propose(region_id, id, w, req.session, wall, replies),
             Op::Routes | Op::Status => unreachable!("answered above"),
         }
@@ -923,6 +934,7 @@ fn result_name(result: &Result<Outcome, WireError>) -> &'static str {
         Ok(Outcome::Write(W::ConditionFailed { .. })) => "condition_failed",
         Ok(Outcome::Write(W::NotANumber)) => "not_a_number",
         Ok(Outcome::Write(W::WrongRegion)) => "epoch_not_match",
+        Ok(Outcome::Write(W::ResultForgotten)) => "timeout",
         Ok(_) => "ok",
         Err(e) => match e.code {
             ErrorCode::NotLeader => "not_leader",

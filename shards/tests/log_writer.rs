@@ -60,7 +60,7 @@ fn one_fsync_covers_regions_of_several_shards() {
         })
         .unwrap();
     }
-    let writer = LogWriter::start(db.clone(), rx);
+    let writer = LogWriter::start(db.clone(), rx, Default::default());
     for _ in 0..3 {
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
     }

@@ -14,7 +14,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use corekv_net::frame::FrameBuffer;
-use corekv_net::message::{decode_frame, encode_hello, encode_requests, Frame, Request};
+use corekv_net::message::{
+    decode_frame_with_fields, encode_hello, encode_requests, Frame, Request, ResponseFields,
+};
 use corekv_net::{Client, ClientConfig};
 use corekv_tools::dev::{server_binary, DevOptions, LocalCluster};
 
@@ -178,10 +180,16 @@ impl RawConn {
     /// Reads the next frame; `None` if the server closed the connection (or
     /// nothing came within the read timeout).
     pub fn read_frame(&mut self) -> Option<Frame> {
+        self.read_frame_with_fields().map(|(f, _)| f)
+    }
+
+    /// Like [`RawConn::read_frame`], with the raw fields of each response
+    /// (write outcomes are told apart by them).
+    pub fn read_frame_with_fields(&mut self) -> Option<(Frame, Vec<ResponseFields>)> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(body) = self.frames.next_frame().ok()? {
-                return Some(decode_frame(body).expect("server frames decode"));
+                return Some(decode_frame_with_fields(body).expect("server frames decode"));
             }
             if Instant::now() > deadline {
                 return None;

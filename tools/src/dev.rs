@@ -253,6 +253,11 @@ impl LocalCluster {
         None
     }
 
+    /// Process id of node `index`, if it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.nodes[index].child.as_ref().map(|c| c.id())
+    }
+
     /// True if node `index` runs.
     pub fn is_running(&self, index: usize) -> bool {
         self.nodes[index].child.is_some()

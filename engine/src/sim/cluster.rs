@@ -235,6 +235,18 @@ impl SimCluster {
         Some(self.nodes.get(&node)?.replicas.peer(region)?.status())
     }
 
+    /// The session table of `node`'s replica of `region`.
+    pub fn sessions(&self, node: u64, region: u64) -> Option<crate::session::SessionTable> {
+        Some(
+            self.nodes
+                .get(&node)?
+                .replicas
+                .peer(region)?
+                .sessions()
+                .clone(),
+        )
+    }
+
     /// The node whose replica of `region` leads with the highest term.
     pub fn leader(&self, region: u64) -> Option<u64> {
         self.nodes
@@ -392,6 +404,16 @@ impl SimCluster {
     /// Submits a write to `node`'s replica of the key's region; returns the
     /// request id to wait on.
     pub fn propose(&mut self, node: u64, request: WriteRequest) -> u64 {
+        self.propose_tagged(node, request, None)
+    }
+
+    /// Like [`SimCluster::propose`], with a client session tag.
+    pub fn propose_tagged(
+        &mut self,
+        node: u64,
+        request: WriteRequest,
+        session: Option<crate::command::SessionTag>,
+    ) -> u64 {
         let id = self.new_id();
         let key = request.keys().next().expect("a write has a key").clone();
         let region = self.region_of(&key);
@@ -400,7 +422,7 @@ impl SimCluster {
         match self.nodes.get_mut(&node) {
             Some(n) => n
                 .replicas
-                .propose(region, id, request, None, wall, &mut replies),
+                .propose(region, id, request, session, wall, &mut replies),
             None => replies.push(Reply {
                 id,
                 result: Err(Error::Timeout),
