@@ -4,8 +4,13 @@
 //! # Layout
 //! - this file: [`TestCluster`] (ports, data directories, process cleanup,
 //!   one cluster at a time per test binary) and raw-protocol helpers.
+//! - `checker.rs`: the per-key linearizability checker.
+//! - `chaos.rs`: the fault-injection runner (binary `corekv-chaos`).
 //! - `tests/*.rs`: the tests.
 #![deny(missing_docs)]
+
+pub mod chaos;
+pub mod checker;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -40,7 +45,8 @@ fn ports_free(base: u16, nodes: u16) -> bool {
     })
 }
 
-fn pick_base(nodes: u16) -> u16 {
+/// A base port whose cluster ports are free (see `corekv dev`).
+pub fn pick_base(nodes: u16) -> u16 {
     // Spread test binaries over 20000..60000 by pid, then probe.
     let _ = NEXT_BASE.compare_exchange(
         0,

@@ -1,0 +1,758 @@
+//! The fault-injection runner behind `corekv-chaos`.
+//!
+//! It starts a local cluster of real `corekv-server` processes, runs
+//! concurrent clients doing get/put/cas/delete on register keys and
+//! get/incr on counter keys (every written value unique), and meanwhile
+//! injects faults one at a time:
+//!
+//! - `kill`: SIGKILL a node, restart it from its data directory later;
+//! - `pause`: SIGSTOP a node longer than an election timeout, then SIGCONT;
+//! - `isolate`: cut a node off from both others (minority | majority);
+//! - `one-way`: a node's messages to the others are lost, theirs still arrive;
+//! - `cut-link`: the link between two nodes is cut both ways;
+//! - `loss`: every node loses 30% of its outgoing raft frames;
+//! - `delay`: every node holds its outgoing raft frames 40 ms.
+//!
+//! Network faults use the raft transport's fault filter (`--fault-file`,
+//! see `corekv_net::faults`): the runner rewrites each node's fault file and
+//! the node applies it within 100 ms. Client traffic is never filtered.
+//!
+//! Each operation is recorded with its invocation and completion times and
+//! outcome: ok, failed (definitely not applied: the client gave up without
+//! any attempt that could have been applied), or unknown. Clients move to a
+//! fresh set of keys every `key_rotation`, which keeps each key's history
+//! small enough to check exhaustively. After the run every fault is healed,
+//! each key is read once more, and [`crate::checker`] checks every key.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corekv_engine::Consistency;
+use corekv_net::{Client, ClientConfig, ClientError, PutOptions};
+use corekv_tools::dev::{DevOptions, LocalCluster};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::checker::{check_key, describe, minimize, Input, Operation, Output, Verdict};
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// SIGKILL a node and restart it.
+    Kill,
+    /// SIGSTOP a node, then SIGCONT.
+    Pause,
+    /// Cut a node off from every other node.
+    Isolate,
+    /// A node's outgoing raft messages are dropped.
+    OneWay,
+    /// The link between two nodes is cut.
+    CutLink,
+    /// 30% of raft frames lost.
+    Loss,
+    /// Raft frames held 40 ms.
+    Delay,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Isolate,
+        FaultKind::OneWay,
+        FaultKind::CutLink,
+        FaultKind::Loss,
+        FaultKind::Delay,
+    ];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Isolate => "isolate",
+            FaultKind::OneWay => "one-way",
+            FaultKind::CutLink => "cut-link",
+            FaultKind::Loss => "loss",
+            FaultKind::Delay => "delay",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Result<FaultKind, String> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown fault {s:?} (known: {})", names.join(", "))
+            })
+    }
+}
+
+/// Settings of a run.
+#[derive(Clone, Debug)]
+pub struct ChaosOptions {
+    /// How long clients and faults run.
+    pub duration: Duration,
+    /// Seed of the fault schedule and the clients' choices.
+    pub seed: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Of those, clients that only read (they keep reading from whichever
+    /// node they believe leads, which is where stale reads would show).
+    pub readers: usize,
+    /// Register keys per key generation (plus 2 counter keys).
+    pub keys: usize,
+    /// Clients move to fresh keys this often.
+    pub key_rotation: Duration,
+    /// Faults to inject (empty: none).
+    pub faults: Vec<FaultKind>,
+    /// Pause between faults, and how long each lasts: drawn from these ranges (ms).
+    pub quiet_ms: (u64, u64),
+    /// See `quiet_ms`.
+    pub fault_ms: (u64, u64),
+    /// Nodes (3 or more) and shards per node.
+    pub nodes: u64,
+    /// Shards per node.
+    pub shards: usize,
+    /// Base port of the cluster (see `corekv dev`); `None` picks a free one.
+    pub base_port: Option<u16>,
+    /// Where the history goes.
+    pub history_file: PathBuf,
+    /// Deliberately break reads on node 1 (the `stale-reads` fault and a
+    /// slow quorum check), to show that the checker notices.
+    pub break_reads: bool,
+    /// Print progress on stderr.
+    pub progress: bool,
+}
+
+impl Default for ChaosOptions {
+    fn default() -> Self {
+        ChaosOptions {
+            duration: Duration::from_secs(60),
+            seed: 1,
+            clients: 6,
+            readers: 0,
+            keys: 6,
+            key_rotation: Duration::from_secs(10),
+            faults: FaultKind::ALL.to_vec(),
+            quiet_ms: (500, 2000),
+            fault_ms: (1000, 4000),
+            nodes: 3,
+            shards: 1,
+            base_port: None,
+            history_file: PathBuf::from("chaos-history.txt"),
+            break_reads: false,
+            progress: true,
+        }
+    }
+}
+
+/// One fault as injected.
+#[derive(Clone, Debug)]
+pub struct FaultEvent {
+    /// Kind.
+    pub kind: FaultKind,
+    /// What exactly (nodes involved).
+    pub detail: String,
+    /// Start and end, µs since the run started.
+    pub start_us: u64,
+    /// See `start_us`.
+    pub end_us: u64,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    /// Seed.
+    pub seed: u64,
+    /// Operations recorded (failed ones excluded).
+    pub operations: usize,
+    /// Operations that definitely did not apply.
+    pub failed: usize,
+    /// Operations whose outcome is unknown.
+    pub unknown: usize,
+    /// Operations by kind and outcome (`get ok`, `put unknown`, ...).
+    pub by_kind: BTreeMap<String, u64>,
+    /// Distinct keys.
+    pub keys: usize,
+    /// Faults injected, in order.
+    pub faults: Vec<FaultEvent>,
+    /// Keys whose history is not linearizable.
+    pub anomalies: Vec<String>,
+    /// Keys the checker could not decide.
+    pub undecided: Vec<String>,
+    /// A small failing sub-history of one anomalous key.
+    pub smallest_failure: Vec<Operation>,
+    /// Time spent checking.
+    pub check_time: Duration,
+    /// Time spent shrinking the first failure.
+    pub minimize_time: Duration,
+    /// Where the history was written.
+    pub history_file: PathBuf,
+}
+
+impl Report {
+    /// True when every key's history is linearizable.
+    pub fn ok(&self) -> bool {
+        self.anomalies.is_empty() && self.undecided.is_empty()
+    }
+
+    /// A human-readable summary.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+        for f in &self.faults {
+            *kinds.entry(f.kind.name()).or_default() += 1;
+        }
+        let _ = writeln!(s, "seed:        {}", self.seed);
+        let _ = writeln!(
+            s,
+            "operations:  {} recorded ({} unknown outcome), {} definitely failed",
+            self.operations, self.unknown, self.failed
+        );
+        let _ = writeln!(s, "keys:        {}", self.keys);
+        let _ = writeln!(
+            s,
+            "faults:      {} ({})",
+            self.faults.len(),
+            kinds
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "by kind:     {}",
+            self.by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(s, "history:     {}", self.history_file.display());
+        let _ = writeln!(s, "checked in:  {:.2?}", self.check_time);
+        if self.ok() {
+            let _ = writeln!(s, "verdict:     linearizable (every key)");
+        } else {
+            let _ = writeln!(
+                s,
+                "verdict:     NOT LINEARIZABLE: {} key(s) {:?}; undecided: {:?}",
+                self.anomalies.len(),
+                self.anomalies,
+                self.undecided
+            );
+            let _ = writeln!(
+                s,
+                "smallest failing sub-history ({} ops, found in {:.2?}; call µs, return µs):",
+                self.smallest_failure.len(),
+                self.minimize_time
+            );
+            for o in &self.smallest_failure {
+                let _ = writeln!(s, "  {}", describe(o));
+            }
+            let _ = writeln!(s, "rerun with --seed {}", self.seed);
+        }
+        s
+    }
+}
+
+struct Shared {
+    started: Instant,
+    stop: AtomicBool,
+    ops: Mutex<Vec<Operation>>,
+    failed: AtomicU64,
+    by_kind: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+}
+
+/// Runs the cluster, clients and faults, then checks the history.
+pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
+    anyhow::ensure!(opts.nodes >= 3, "--nodes must be at least 3");
+    anyhow::ensure!(
+        opts.clients >= 1 && opts.keys >= 1,
+        "--clients and --keys must be at least 1"
+    );
+    let dir = tempfile::tempdir()?;
+    let base_port = opts
+        .base_port
+        .unwrap_or_else(|| crate::pick_base(opts.nodes as u16));
+    let mut node_args = Vec::new();
+    if opts.break_reads {
+        // Node 1 checks its quorum only every 5 s, so once cut off it keeps
+        // believing it leads long after the others moved on.
+        node_args.push((
+            1,
+            ["--election-ticks", "500", "--request-timeout-ms", "6000"]
+                .map(String::from)
+                .to_vec(),
+        ));
+    }
+    let mut cluster = LocalCluster::start(DevOptions {
+        nodes: opts.nodes,
+        base_port,
+        data_dir: dir.path().to_path_buf(),
+        shards: Some(opts.shards),
+        regions: Some(8),
+        extra_args: Vec::new(),
+        node_args,
+        fault_files: true,
+        metrics: false,
+    })?;
+    let base_rules: Vec<String> = (0..opts.nodes)
+        .map(|i| {
+            if opts.break_reads && i == 0 {
+                "stale-reads\n".to_string()
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    for (i, r) in base_rules.iter().enumerate() {
+        cluster.set_faults(i, r)?;
+    }
+    cluster.wait_ready(Duration::from_secs(30))?;
+    if opts.break_reads {
+        wait_until_node_leads(&cluster, 1, Duration::from_secs(20))?;
+    }
+    let endpoints: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.client_addr.clone())
+        .collect();
+
+    let shared = Arc::new(Shared {
+        started: Instant::now(),
+        stop: AtomicBool::new(false),
+        ops: Mutex::new(Vec::new()),
+        failed: AtomicU64::new(0),
+        by_kind: Mutex::new(BTreeMap::new()),
+    });
+    let mut workers = Vec::new();
+    for c in 0..opts.clients {
+        let (shared, endpoints, opts) = (shared.clone(), endpoints.clone(), opts.clone());
+        workers.push(std::thread::spawn(move || {
+            client_loop(c as u64 + 1, &shared, endpoints, &opts)
+        }));
+    }
+
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut faults = Vec::new();
+    let mut last_progress = Instant::now();
+    let end = shared.started + opts.duration;
+    while Instant::now() < end {
+        sleep_until_or(end, rng.gen_range(opts.quiet_ms.0..=opts.quiet_ms.1));
+        if Instant::now() >= end || opts.faults.is_empty() {
+            continue;
+        }
+        let kind = opts.faults[rng.gen_range(0..opts.faults.len())];
+        let n = opts.nodes as usize;
+        let victim = if opts.break_reads {
+            0
+        } else {
+            rng.gen_range(0..n)
+        };
+        let other = (victim + rng.gen_range(1..n)) % n;
+        let start_us = shared.now_us();
+        let lasting = rng.gen_range(opts.fault_ms.0..=opts.fault_ms.1);
+        let detail = inject(&mut cluster, &base_rules, kind, victim, other)?;
+        sleep_until_or(end + Duration::from_secs(1), lasting);
+        heal(&mut cluster, &base_rules)?;
+        faults.push(FaultEvent {
+            kind,
+            detail,
+            start_us,
+            end_us: shared.now_us(),
+        });
+        if opts.progress && last_progress.elapsed() >= Duration::from_secs(5) {
+            last_progress = Instant::now();
+            let ops = shared.ops.lock().unwrap();
+            eprintln!(
+                "[{:>5.1}s] {} operations ({} unknown), {} faults",
+                shared.started.elapsed().as_secs_f64(),
+                ops.len(),
+                ops.iter().filter(|o| o.output.is_none()).count(),
+                faults.len()
+            );
+        }
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut used_keys = std::collections::BTreeSet::new();
+    for w in workers {
+        used_keys.extend(
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?,
+        );
+    }
+    heal(&mut cluster, &base_rules)?;
+    cluster.wait_ready(Duration::from_secs(60))?;
+    // One last read of every key, after everything healed.
+    let mut reader = connect(&endpoints, &shared)?;
+    for key in &used_keys {
+        record(&shared, 0, key, Input::Get, |s| {
+            read(&mut reader, s, key, Consistency::Linearizable)
+        });
+    }
+    cluster.stop();
+    drop(dir);
+
+    let ops = std::mem::take(&mut *shared.ops.lock().unwrap());
+    let mut text = String::new();
+    let mut sorted = ops.clone();
+    sorted.sort_by_key(|o| o.call);
+    for o in &sorted {
+        text.push_str(&describe(o));
+        text.push('\n');
+    }
+    std::fs::write(&opts.history_file, text)?;
+
+    let checked = Instant::now();
+    let mut by_key: BTreeMap<String, Vec<Operation>> = BTreeMap::new();
+    for o in &ops {
+        by_key.entry(o.key.clone()).or_default().push(o.clone());
+    }
+    let verdicts: Vec<(String, Verdict)> = std::thread::scope(|s| {
+        let handles: Vec<_> = by_key
+            .iter()
+            .map(|(k, h)| s.spawn(move || (k.clone(), check_key(h))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let anomalies: Vec<String> = verdicts
+        .iter()
+        .filter(|(_, v)| *v == Verdict::NotLinearizable)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let undecided = verdicts
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Undecided(_)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let check_time = checked.elapsed();
+    let by_kind = std::mem::take(&mut *shared.by_kind.lock().unwrap());
+    let shrinking = Instant::now();
+    // The smallest of the first few anomalies, shrunk.
+    let smallest_failure = anomalies
+        .iter()
+        .take(5)
+        .map(|k| minimize(&by_key[k]))
+        .min_by_key(|h| h.len())
+        .unwrap_or_default();
+    Ok(Report {
+        seed: opts.seed,
+        operations: ops.len(),
+        failed: shared.failed.load(Ordering::SeqCst) as usize,
+        unknown: ops.iter().filter(|o| o.output.is_none()).count(),
+        by_kind,
+        keys: by_key.len(),
+        faults,
+        anomalies,
+        undecided,
+        smallest_failure,
+        check_time,
+        minimize_time: shrinking.elapsed(),
+        history_file: opts.history_file.clone(),
+    })
+}
+
+fn sleep_until_or(limit: Instant, ms: u64) {
+    let until = (Instant::now() + Duration::from_millis(ms)).min(limit);
+    if let Some(d) = until.checked_duration_since(Instant::now()) {
+        std::thread::sleep(d);
+    }
+}
+
+fn wait_until_node_leads(
+    cluster: &LocalCluster,
+    node: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let endpoints: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.client_addr.clone())
+        .collect();
+    loop {
+        if let Ok(c) = Client::connect(ClientConfig::new(endpoints.clone())) {
+            if c.routes().iter().any(|r| r.leader_node == node) {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "node {node} never led a region");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn inject(
+    cluster: &mut LocalCluster,
+    base: &[String],
+    kind: FaultKind,
+    victim: usize,
+    other: usize,
+) -> anyhow::Result<String> {
+    let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+    let id = |i: usize| ids[i];
+    let others: Vec<u64> = (0..ids.len()).filter(|&i| i != victim).map(id).collect();
+    let rules = |extra: &str, i: usize| format!("{}{extra}", base[i]);
+    Ok(match kind {
+        FaultKind::Kill => {
+            cluster.kill(victim);
+            format!("SIGKILL node {}", id(victim))
+        }
+        FaultKind::Pause => {
+            cluster.signal(victim, libc::SIGSTOP);
+            format!("SIGSTOP node {}", id(victim))
+        }
+        FaultKind::Isolate => {
+            cluster.set_faults(victim, &rules("isolate\n", victim))?;
+            format!("node {} cut off from the others", id(victim))
+        }
+        FaultKind::OneWay => {
+            let lines: String = others.iter().map(|o| format!("drop-to {o}\n")).collect();
+            cluster.set_faults(victim, &rules(&lines, victim))?;
+            format!("node {} can hear but not speak", id(victim))
+        }
+        FaultKind::CutLink => {
+            let (a, b) = (id(victim), id(other));
+            cluster.set_faults(
+                victim,
+                &rules(&format!("drop-to {b}\ndrop-from {b}\n"), victim),
+            )?;
+            cluster.set_faults(
+                other,
+                &rules(&format!("drop-to {a}\ndrop-from {a}\n"), other),
+            )?;
+            format!("link {a}-{b} cut")
+        }
+        FaultKind::Loss => {
+            for i in 0..cluster.nodes.len() {
+                cluster.set_faults(i, &rules("loss 0.3\n", i))?;
+            }
+            "30% of raft frames lost".to_string()
+        }
+        FaultKind::Delay => {
+            for i in 0..cluster.nodes.len() {
+                cluster.set_faults(i, &rules("delay-ms 40\n", i))?;
+            }
+            "raft frames delayed 40 ms".to_string()
+        }
+    })
+}
+
+fn heal(cluster: &mut LocalCluster, base: &[String]) -> anyhow::Result<()> {
+    for (i, rules) in base.iter().enumerate() {
+        cluster.set_faults(i, rules)?;
+        cluster.signal(i, libc::SIGCONT);
+        if !cluster.is_running(i) {
+            cluster.start_node(i)?;
+        }
+    }
+    // Fault files are re-read every 100 ms.
+    std::thread::sleep(Duration::from_millis(150));
+    Ok(())
+}
+
+fn connect(endpoints: &[String], shared: &Shared) -> anyhow::Result<Client> {
+    let mut cfg = ClientConfig::new(endpoints.to_vec());
+    cfg.request_timeout = Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect(cfg.clone()) {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline || shared.stop.load(Ordering::SeqCst) => {
+                anyhow::bail!("no node answers: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// How an attempted operation ended.
+enum Done {
+    Ok(Output),
+    /// Definitely not applied.
+    Failed,
+    /// May or may not have been applied.
+    Unknown,
+}
+
+fn classify<T>(r: Result<T, ClientError>, ok: impl FnOnce(T) -> Output) -> Done {
+    match r {
+        Ok(v) => Done::Ok(ok(v)),
+        Err(ClientError::ConditionFailed { .. }) => Done::Ok(Output::Cas(false)),
+        Err(ClientError::NotANumber) => Done::Ok(Output::NotANumber),
+        // The client gives up with `Unavailable` only when no attempt could
+        // have been applied; that is a promise this run checks.
+        Err(ClientError::Unavailable { .. }) => Done::Failed,
+        Err(_) => Done::Unknown,
+    }
+}
+
+fn read(c: &mut Client, _shared: &Shared, key: &str, consistency: Consistency) -> Done {
+    match c.get(key.as_bytes(), consistency) {
+        Ok(v) => Done::Ok(Output::Value(
+            v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+        )),
+        // A read that got no answer constrains nothing.
+        Err(_) => Done::Failed,
+    }
+}
+
+fn record(shared: &Shared, client: u64, key: &str, input: Input, f: impl FnOnce(&Shared) -> Done) {
+    let call = shared.now_us();
+    let done = f(shared);
+    let ret = shared.now_us();
+    let kind = match &input {
+        Input::Get => "get",
+        Input::Put(_) => "put",
+        Input::Delete => "delete",
+        Input::Cas { .. } => "cas",
+        Input::Incr(_) => "incr",
+    };
+    let (outcome, op) = match done {
+        Done::Ok(out) => (
+            "ok",
+            Some(Operation {
+                client,
+                key: key.to_string(),
+                call,
+                ret: Some(ret),
+                input,
+                output: Some(out),
+            }),
+        ),
+        Done::Unknown => (
+            "unknown",
+            Some(Operation {
+                client,
+                key: key.to_string(),
+                call,
+                ret: None,
+                input,
+                output: None,
+            }),
+        ),
+        Done::Failed => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            ("failed", None)
+        }
+    };
+    *shared
+        .by_kind
+        .lock()
+        .unwrap()
+        .entry(format!("{kind} {outcome}"))
+        .or_default() += 1;
+    if let Some(op) = op {
+        shared.ops.lock().unwrap().push(op);
+    }
+}
+
+/// One client: random operations until told to stop. Returns the keys used.
+fn client_loop(
+    client: u64,
+    shared: &Shared,
+    endpoints: Vec<String>,
+    opts: &ChaosOptions,
+) -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ client);
+    let mut used = std::collections::BTreeSet::new();
+    let Ok(mut c) = connect(&endpoints, shared) else {
+        return Vec::new();
+    };
+    let mut last_seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut n = 0u64;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let generation =
+            shared.started.elapsed().as_millis() / opts.key_rotation.as_millis().max(1);
+        n += 1;
+        let counter = rng.gen_bool(0.2);
+        let key = if counter {
+            format!("g{generation}-counter-{}", rng.gen_range(0..2))
+        } else {
+            format!("g{generation}-reg-{}", rng.gen_range(0..opts.keys))
+        };
+        used.insert(key.clone());
+        let consistency = if rng.gen_bool(0.25) {
+            Consistency::Lease
+        } else {
+            Consistency::Linearizable
+        };
+        let value = format!("c{client}-{n}");
+        let reader = client as usize <= opts.readers;
+        let roll = if reader { 0 } else { rng.gen_range(0..100) };
+        if counter {
+            if roll < 50 {
+                record(shared, client, &key, Input::Get, |s| {
+                    read(&mut c, s, &key, consistency)
+                });
+            } else {
+                record(shared, client, &key, Input::Incr(1), |_| {
+                    classify(c.incr(key.as_bytes(), 1), Output::Counter)
+                });
+            }
+            continue;
+        }
+        match roll {
+            0..=39 => {
+                let mut seen = None;
+                record(shared, client, &key, Input::Get, |s| {
+                    let d = read(&mut c, s, &key, consistency);
+                    if let Done::Ok(Output::Value(v)) = &d {
+                        seen = Some(v.clone());
+                    }
+                    d
+                });
+                if let Some(v) = seen {
+                    last_seen.insert(key.clone(), v);
+                }
+            }
+            40..=64 => record(shared, client, &key, Input::Put(value.clone()), |_| {
+                classify(
+                    c.put(key.as_bytes(), value.as_bytes(), PutOptions::default()),
+                    |_| Output::Written,
+                )
+            }),
+            65..=84 => {
+                let expected = last_seen.get(&key).cloned().flatten();
+                record(
+                    shared,
+                    client,
+                    &key,
+                    Input::Cas {
+                        expected: expected.clone(),
+                        new: value.clone(),
+                    },
+                    |_| {
+                        classify(
+                            c.cas(
+                                key.as_bytes(),
+                                expected.as_deref().map(str::as_bytes),
+                                value.as_bytes(),
+                                None,
+                            ),
+                            |_| Output::Cas(true),
+                        )
+                    },
+                );
+            }
+            _ => record(shared, client, &key, Input::Delete, |_| {
+                classify(c.delete(key.as_bytes(), None), Output::Deleted)
+            }),
+        }
+    }
+    used.into_iter().collect()
+}
