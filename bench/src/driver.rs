@@ -453,7 +453,12 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
             if let Some(hint) = state.leader_hints.borrow_mut().remove(&route.region.id) {
                 route.leader_node = hint;
             }
-            let node = if route.leader_node != 0 {
+            let follower_read =
+                op.kind == OpKind::Read && spec.consistency == Consistency::Follower;
+            let node = if follower_read {
+                // Follower reads spread over every replica of the region.
+                route.region.peers[next_id as usize % route.region.peers.len()].node_id
+            } else if route.leader_node != 0 {
                 route.leader_node
             } else {
                 route.region.peers[0].node_id

@@ -36,6 +36,10 @@ use crate::read::{Consistency, PendingRead, ReadQueue};
 use crate::region::Region;
 use crate::session::{ClientSession, Dedup, SessionTable};
 use crate::state::{PeerState, RegionLocalState};
+
+/// Read index contexts of follower reads start above this (leader reads and
+/// lease renewals count up from 0).
+const FOLLOWER_CTX_BASE: u64 = 1 << 62;
 use crate::storage::RegionStorage;
 use crate::value::ValueRecord;
 
@@ -137,6 +141,8 @@ pub struct Peer {
     raw: RawNode<RegionStorage>,
     proposals: VecDeque<Proposal>,
     reads: ReadQueue,
+    /// Follower reads waiting for the leader's read index, then for apply.
+    follower_reads: ReadQueue,
     stale_reads: Vec<PendingRead>,
     lease_until_ms: u64,
     lease_wanted: bool,
@@ -262,6 +268,11 @@ impl Peer {
             raw,
             proposals: VecDeque::new(),
             reads: ReadQueue::default(),
+            // Contexts unique per replica: the leader keeps requests in
+            // flight by context, and every follower asks the same leader.
+            follower_reads: ReadQueue::with_ctx_base(
+                FOLLOWER_CTX_BASE | ((peer_id & 0xf_ffff) << 40),
+            ),
             stale_reads: Vec::new(),
             lease_until_ms: 0,
             lease_wanted: false,
@@ -334,7 +345,7 @@ impl Peer {
 
     /// Reads waiting for their read index.
     pub fn reads_pending(&self) -> usize {
-        self.reads.pending() + self.stale_reads.len()
+        self.reads.pending() + self.follower_reads.pending() + self.stale_reads.len()
     }
 
     /// Raft state in brief.
@@ -404,6 +415,15 @@ impl Peer {
         let was_leader = self.role_term.0 == StateRole::Leader;
         self.role_term = now;
         self.lease_until_ms = 0;
+        // Follower reads asked an old leader: answer them retryably.
+        let mut asked_old = Vec::new();
+        self.follower_reads.take_all(&mut asked_old);
+        for r in asked_old {
+            replies.push(Reply {
+                id: r.id,
+                result: Err(self.not_leader()),
+            });
+        }
         if was_leader {
             let mut drained = Vec::new();
             self.reads.take_all(&mut drained);
@@ -424,7 +444,19 @@ impl Peer {
         self.raw.tick();
         self.after_input(replies);
         self.expire_requests(replies);
-        if !self.is_leader() || !self.raw.raft.commit_to_current_term() {
+        if !self.is_leader() {
+            if self.raw.raft.leader_id != raft::INVALID_ID {
+                for issue in
+                    self.follower_reads
+                        .reissue(now_ms, self.ticks, self.cfg.read_retry_ticks)
+                {
+                    self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
+                    self.counters.read_index_rounds += 1;
+                }
+            }
+            return;
+        }
+        if !self.raw.raft.commit_to_current_term() {
             return;
         }
         for issue in self
@@ -463,6 +495,17 @@ impl Peer {
             replies.push(Reply {
                 id: r.id,
                 result: Err(Error::Timeout),
+            });
+        }
+        // A follower that got no read index in time says so retryably; it
+        // never falls back to its own, possibly stale, state.
+        let mut expired = Vec::new();
+        self.follower_reads.take_expired(now, &mut expired);
+        self.follower_reads.drop_empty();
+        for r in expired {
+            replies.push(Reply {
+                id: r.id,
+                result: Err(self.not_leader()),
             });
         }
     }
@@ -599,6 +642,23 @@ impl Peer {
             self.stale_reads.push(read);
             return;
         }
+        if consistency == Consistency::Follower && !self.is_leader() {
+            if self.raw.raft.leader_id == raft::INVALID_ID {
+                return replies.push(Reply {
+                    id,
+                    result: Err(self.not_leader()),
+                });
+            }
+            // Give up well before the client does, so it can try another
+            // replica: a follower cut off from the leader never answers
+            // from its own state.
+            let wait = (2 * self.cfg.election_timeout_ms()).min(self.cfg.request_timeout_ms);
+            self.follower_reads.push(PendingRead {
+                deadline_ms: self.now_ms + wait,
+                ..read
+            });
+            return;
+        }
         if !self.is_leader() {
             return replies.push(Reply {
                 id,
@@ -632,6 +692,16 @@ impl Peer {
     ) -> Result<Option<PendingPersist>> {
         let can_issue = self.is_leader() && self.raw.raft.commit_to_current_term();
         if let Some(issue) = self.reads.seal(can_issue, self.now_ms, self.ticks) {
+            self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
+            self.counters.read_index_rounds += 1;
+        }
+        let follower_can_issue = !self.is_leader() && self.raw.raft.leader_id != raft::INVALID_ID;
+        if let Some(issue) = self
+            .follower_reads
+            .seal(follower_can_issue, self.now_ms, self.ticks)
+        {
+            // Forwarded to the leader, which confirms its leadership with a
+            // quorum and answers with its commit index.
             self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
             self.counters.read_index_rounds += 1;
         }
@@ -683,6 +753,12 @@ impl Peer {
                 continue;
             }
             let ctx = u64::from_be_bytes(ctx.try_into().unwrap());
+            if ctx > FOLLOWER_CTX_BASE {
+                if !self.is_leader() {
+                    self.follower_reads.confirm(ctx, rs.index);
+                }
+                continue;
+            }
             if let Some(issued_ms) = self.reads.confirm(ctx, rs.index) {
                 if self.is_leader() {
                     let until = issued_ms + self.cfg.lease_ms();
@@ -875,8 +951,9 @@ impl Peer {
             return Ok(());
         }
         let mut ready = std::mem::take(&mut self.stale_reads);
-        self.reads
-            .take_ready(self.raw.store().applied_index(), &mut ready);
+        let applied = self.raw.store().applied_index();
+        self.reads.take_ready(applied, &mut ready);
+        self.follower_reads.take_ready(applied, &mut ready);
         if ready.is_empty() {
             return Ok(());
         }

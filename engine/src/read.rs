@@ -33,6 +33,10 @@ pub enum Consistency {
     Lease,
     /// Served from this replica's applied state; may be behind.
     Stale,
+    /// Linearizable, served by any replica: a follower asks the leader for
+    /// the read index, waits until it has applied that far, then reads its
+    /// own state. Spreads reads over every replica.
+    Follower,
 }
 
 /// A read waiting to be served.
@@ -93,6 +97,15 @@ impl ReadQueue {
             issued_ms: 0,
             issued_tick: 0,
         });
+    }
+
+    /// A queue whose contexts start above `base` (two queues of one region
+    /// must not share contexts).
+    pub fn with_ctx_base(base: u64) -> ReadQueue {
+        ReadQueue {
+            next_ctx: base,
+            ..ReadQueue::default()
+        }
     }
 
     fn new_ctx(&mut self) -> u64 {
@@ -200,6 +213,12 @@ impl ReadQueue {
         }
         // Empty batches stay until confirmed: they may carry a lease renewal.
         self.pending -= out.len() - before;
+    }
+
+    /// Forgets batches left without reads (their reads expired): nothing
+    /// waits for their answer.
+    pub fn drop_empty(&mut self) {
+        self.batches.retain(|b| !b.reads.is_empty());
     }
 
     /// Removes and returns every pending read (leadership lost).

@@ -673,3 +673,107 @@ fn lease_reads_stop_when_the_lease_cannot_be_renewed() {
         assert!(r.result.is_err(), "stale lease read: {r:?}");
     }
 }
+
+fn follower_read(
+    c: &mut SimCluster,
+    node: u64,
+    key: &str,
+    max_ms: u64,
+) -> Option<corekv_engine::Reply> {
+    let id = c.read(node, key.as_bytes(), Consistency::Follower);
+    c.wait(id, max_ms).unwrap()
+}
+
+fn value_of(reply: &Option<corekv_engine::Reply>) -> Option<Bytes> {
+    match reply {
+        Some(corekv_engine::Reply {
+            result: Ok(corekv_engine::Response::Value(v)),
+            ..
+        }) => v.as_ref().map(|r| r.value.clone()),
+        other => panic!("no value: {other:?}"),
+    }
+}
+
+#[test]
+fn follower_reads_see_every_acknowledged_write_across_a_leader_change() {
+    let (_d, mut c) = cluster(1, 11, Config::default());
+    let first = must_elect(&mut c, 1);
+    let followers: Vec<u64> = c
+        .node_ids()
+        .iter()
+        .copied()
+        .filter(|&n| n != first)
+        .collect();
+    for i in 0..20 {
+        let v = format!("v{i}");
+        must_put(&mut c, "k", &v);
+        // Right after the acknowledgement, on a follower that may not have
+        // applied it yet: the read index makes it wait.
+        let f = followers[i % 2];
+        assert_eq!(
+            value_of(&follower_read(&mut c, f, "k", 3000)),
+            Some(b(&v)),
+            "read {i} at {f}"
+        );
+    }
+    // The leader goes away; a new one is elected and takes a write.
+    c.net.filters.isolated.insert(first);
+    c.run_until(3000, |c| c.leader(1).is_some_and(|l| l != first))
+        .unwrap();
+    let second = c.leader(1).unwrap();
+    must_put(&mut c, "k", "after-change");
+    let other = followers.iter().copied().find(|&n| n != second).unwrap();
+    assert_eq!(
+        value_of(&follower_read(&mut c, other, "k", 3000)),
+        Some(b("after-change"))
+    );
+    // The old leader, back as a follower, also sees the latest write.
+    c.net.filters.isolated.clear();
+    // Until it hears from the new leader it answers NotLeader (retryable).
+    let early = follower_read(&mut c, first, "k", 3000);
+    assert!(
+        matches!(
+            &early,
+            Some(corekv_engine::Reply {
+                result: Err(Error::NotLeader { .. }),
+                ..
+            })
+        ) || value_of(&early) == Some(b("after-change")),
+        "{early:?}"
+    );
+    c.run_until(3000, |c| {
+        c.status(first, 1)
+            .is_some_and(|s| s.role == StateRole::Follower && s.leader_id != 0)
+    })
+    .unwrap();
+    assert_eq!(
+        value_of(&follower_read(&mut c, first, "k", 3000)),
+        Some(b("after-change"))
+    );
+}
+
+#[test]
+fn a_cut_off_follower_refuses_follower_reads_instead_of_serving_stale_data() {
+    let (_d, mut c) = cluster(1, 12, Config::default());
+    let leader = must_elect(&mut c, 1);
+    must_put(&mut c, "k", "old");
+    c.run_ms(200).unwrap();
+    let cut = c.node_ids().iter().copied().find(|&n| n != leader).unwrap();
+    assert_eq!(c.local_get(cut, b"k").unwrap().unwrap().value, b("old"));
+    c.net.filters.isolated.insert(cut);
+    must_put(&mut c, "k", "new");
+    // The cut-off replica still holds "old" locally, but must not serve it.
+    let reply = follower_read(&mut c, cut, "k", 5000).expect("answered in time");
+    match reply.result {
+        Err(corekv_engine::Error::NotLeader { .. }) => {}
+        other => panic!("a cut-off follower answered {other:?}"),
+    }
+    assert_eq!(c.local_get(cut, b"k").unwrap().unwrap().value, b("old"));
+    // Healed, it serves the latest value.
+    c.net.filters.isolated.clear();
+    c.run_ms(500).unwrap();
+    assert_eq!(
+        value_of(&follower_read(&mut c, cut, "k", 3000)),
+        Some(b("new"))
+    );
+}

@@ -146,6 +146,8 @@ pub struct Client {
     seq: u64,
     /// Nodes that failed to answer recently, avoided until the instant given.
     down_until: HashMap<u64, Instant>,
+    /// Turn of the follower-read round-robin.
+    spread: usize,
 }
 
 /// How long a node that did not answer is avoided.
@@ -180,6 +182,7 @@ impl Client {
             client_id: rand::thread_rng().gen_range(1..u64::MAX),
             seq: 0,
             down_until: HashMap::new(),
+            spread: 0,
         };
         let deadline = Instant::now() + c.cfg.request_timeout;
         let mut last = String::new();
@@ -393,6 +396,24 @@ impl Client {
             .map(|a| (pick.node_id, a.clone()))
     }
 
+    /// Picks a replica of region `i` for a follower read: round-robin over
+    /// the replicas, skipping recently silent ones while others remain, so
+    /// reads spread over every replica.
+    fn any_replica(&self, i: usize, turn: usize) -> Option<(u64, String)> {
+        let peers = &self.routes[i].region.peers;
+        let n = peers.len();
+        if n == 0 {
+            return None;
+        }
+        let pick = (0..n)
+            .map(|k| &peers[(turn + k) % n])
+            .find(|p| !self.is_down(p.node_id))
+            .unwrap_or(&peers[turn % n]);
+        self.nodes
+            .get(&pick.node_id)
+            .map(|a| (pick.node_id, a.clone()))
+    }
+
     /// Runs one operation on the region owning `key`, with retries.
     fn execute(
         &mut self,
@@ -402,6 +423,13 @@ impl Client {
     ) -> Result<(Outcome, ResponseFields)> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let hash = route_hash(key);
+        let spread = matches!(
+            op,
+            Op::Get {
+                consistency: Consistency::Follower,
+                ..
+            }
+        );
         let session = match (&op, idempotent) {
             (Op::Write(_), false) => {
                 self.seq += 1;
@@ -424,7 +452,13 @@ impl Client {
                 }
                 continue;
             };
-            let Some((_, addr)) = self.target(i, attempt) else {
+            let picked = if spread {
+                self.spread += 1;
+                self.any_replica(i, self.spread)
+            } else {
+                self.target(i, attempt)
+            };
+            let Some((_, addr)) = picked else {
                 last = "no replica address known".into();
                 let _ = self.refresh_routes(deadline);
                 self.backoff(attempt, deadline);

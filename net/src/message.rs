@@ -329,6 +329,7 @@ fn encode_op<'a>(
                 Consistency::Linearizable => wire::Consistency::Linearizable,
                 Consistency::Lease => wire::Consistency::Lease,
                 Consistency::Stale => wire::Consistency::Stale,
+                Consistency::Follower => wire::Consistency::Follower,
             };
             let g = wire::Get::create(
                 fbb,
@@ -597,6 +598,7 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
                 wire::Consistency::Linearizable => Consistency::Linearizable,
                 wire::Consistency::Lease => Consistency::Lease,
                 wire::Consistency::Stale => Consistency::Stale,
+                wire::Consistency::Follower => Consistency::Follower,
                 other => return Err(content(format!("unknown consistency {}", other.0))),
             };
             Op::Get {

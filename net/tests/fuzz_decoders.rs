@@ -20,7 +20,8 @@ fn consistency() -> impl Strategy<Value = Consistency> {
     prop_oneof![
         Just(Consistency::Linearizable),
         Just(Consistency::Lease),
-        Just(Consistency::Stale)
+        Just(Consistency::Stale),
+        Just(Consistency::Follower)
     ]
 }
 

@@ -2,7 +2,8 @@
 //!
 //! It starts a local cluster of real `corekv-server` processes, runs
 //! concurrent clients doing get/put/cas/delete on register keys and
-//! get/incr on counter keys (every written value unique), and meanwhile
+//! get/incr on counter keys (every written value unique; reads are
+//! `Linearizable`, `Lease` or `Follower`), and meanwhile
 //! injects faults one at a time:
 //!
 //! - `kill`: SIGKILL a node, restart it from its data directory later;
@@ -686,10 +687,10 @@ fn client_loop(
             format!("g{generation}-reg-{}", rng.gen_range(0..opts.keys))
         };
         used.insert(key.clone());
-        let consistency = if rng.gen_bool(0.25) {
-            Consistency::Lease
-        } else {
-            Consistency::Linearizable
+        let consistency = match rng.gen_range(0..10) {
+            0..=1 => Consistency::Lease,
+            2..=4 => Consistency::Follower,
+            _ => Consistency::Linearizable,
         };
         let value = format!("c{client}-{n}");
         let reader = client as usize <= opts.readers;

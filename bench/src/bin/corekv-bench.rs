@@ -22,6 +22,7 @@ enum ConsistencyArg {
     Linearizable,
     Lease,
     Stale,
+    Follower,
 }
 
 #[derive(Parser)]
@@ -145,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         ConsistencyArg::Linearizable => Consistency::Linearizable,
         ConsistencyArg::Lease => Consistency::Lease,
         ConsistencyArg::Stale => Consistency::Stale,
+        ConsistencyArg::Follower => Consistency::Follower,
     };
 
     // The cluster: given, or embedded.

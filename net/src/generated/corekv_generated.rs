@@ -17,16 +17,17 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_CONSISTENCY: u8 = 2;
+        pub const ENUM_MAX_CONSISTENCY: u8 = 3;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_CONSISTENCY: [Consistency; 3] = [
+        pub const ENUM_VALUES_CONSISTENCY: [Consistency; 4] = [
             Consistency::Linearizable,
             Consistency::Lease,
             Consistency::Stale,
+            Consistency::Follower,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -37,17 +38,19 @@ pub mod corekv {
             pub const Linearizable: Self = Self(0);
             pub const Lease: Self = Self(1);
             pub const Stale: Self = Self(2);
+            pub const Follower: Self = Self(3);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 2;
+            pub const ENUM_MAX: u8 = 3;
             pub const ENUM_VALUES: &'static [Self] =
-                &[Self::Linearizable, Self::Lease, Self::Stale];
+                &[Self::Linearizable, Self::Lease, Self::Stale, Self::Follower];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
                 match self {
                     Self::Linearizable => Some("Linearizable"),
                     Self::Lease => Some("Lease"),
                     Self::Stale => Some("Stale"),
+                    Self::Follower => Some("Follower"),
                     _ => None,
                 }
             }

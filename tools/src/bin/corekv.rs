@@ -36,6 +36,7 @@ enum ConsistencyArg {
     Linearizable,
     Lease,
     Stale,
+    Follower,
 }
 
 #[derive(Subcommand)]
@@ -231,6 +232,7 @@ fn main() -> ExitCode {
                 ConsistencyArg::Linearizable => Consistency::Linearizable,
                 ConsistencyArg::Lease => Consistency::Lease,
                 ConsistencyArg::Stale => Consistency::Stale,
+                ConsistencyArg::Follower => Consistency::Follower,
             };
             match client.get(key.as_bytes(), c) {
                 Ok(Some(v)) => {
