@@ -44,7 +44,7 @@ impl ApplyBatch {
         std::mem::take(&mut self.inner)
     }
 
-    fn current(&self, db: &rocksdb::DB, data_key: &[u8]) -> Result<Option<ValueRecord>> {
+    pub(crate) fn current(&self, db: &rocksdb::DB, data_key: &[u8]) -> Result<Option<ValueRecord>> {
         if let Some(v) = self.overlay.get(data_key) {
             return Ok(v.clone());
         }
@@ -62,7 +62,7 @@ impl ApplyBatch {
         self.overlay.insert(data_key, Some(record));
     }
 
-    fn delete(&mut self, db: &rocksdb::DB, data_key: Vec<u8>) {
+    pub(crate) fn delete(&mut self, db: &rocksdb::DB, data_key: Vec<u8>) {
         self.inner.delete_cf(cf(db, CF_DATA), &data_key);
         self.touched
             .push((Bytes::copy_from_slice(&data_key[8..]), None));

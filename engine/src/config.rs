@@ -60,6 +60,14 @@ pub struct Config {
     /// Lease reads stop this long before the election timeout ends, in ms, to
     /// cover clock drift between nodes. Default 40.
     pub lease_margin_ms: u64,
+    /// A leader sweeps its region for expired keys every this many ticks;
+    /// 0 turns active expiry off (expired values are still never read).
+    /// Default 100.
+    pub expire_sweep_ticks: u64,
+    /// Records looked at per sweep. Default 10000.
+    pub expire_scan_max: usize,
+    /// Keys removed per expiry entry, at most. Default 1024.
+    pub expire_keys_max: usize,
 }
 
 impl Default for Config {
@@ -85,6 +93,9 @@ impl Default for Config {
             log_compact_bytes: 64 << 20,
             lease_margin_ms: 40,
             read_cache_bytes: 64 << 20,
+            expire_sweep_ticks: 100,
+            expire_scan_max: 10_000,
+            expire_keys_max: 1024,
         }
     }
 }
@@ -97,6 +108,9 @@ impl Config {
         let fail = |m: String| Err(Error::Config(m));
         if self.tick_interval_ms == 0 {
             return fail("tick_interval_ms must be > 0".into());
+        }
+        if self.expire_scan_max == 0 || self.expire_keys_max == 0 {
+            return fail("expire_scan_max and expire_keys_max must be > 0".into());
         }
         if self.heartbeat_tick == 0 {
             return fail("heartbeat_tick must be > 0".into());

@@ -32,6 +32,7 @@ pub mod command;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod expire;
 pub mod hash;
 pub mod keys;
 pub mod peer;

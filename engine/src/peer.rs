@@ -30,6 +30,7 @@ use crate::command::{Command, SessionTag, WriteOutcome, WriteRequest};
 use crate::config::Config;
 use crate::db::{cf, Db, LogBatch};
 use crate::error::{Error, Result};
+use crate::expire::{self, ExpireCommand, SweepCursor};
 use crate::hash::route_hash;
 use crate::keys::{self, CF_META};
 use crate::read::{Consistency, PendingRead, ReadQueue};
@@ -107,6 +108,10 @@ pub struct PeerCounters {
     pub snapshots_applied: u64,
     /// Entries applied.
     pub entries_applied: u64,
+    /// Expired keys this replica removed (expiry entries applied).
+    pub expired_keys: u64,
+    /// Expiry entries this replica proposed as leader.
+    pub expire_proposals: u64,
 }
 
 /// A snapshot of a peer's raft state, for tests and status pages.
@@ -144,6 +149,8 @@ pub struct Peer {
     /// Follower reads waiting for the leader's read index, then for apply.
     follower_reads: ReadQueue,
     stale_reads: Vec<PendingRead>,
+    sweep: SweepCursor,
+    next_sweep_tick: u64,
     lease_until_ms: u64,
     lease_wanted: bool,
     rng: SmallRng,
@@ -274,6 +281,8 @@ impl Peer {
                 FOLLOWER_CTX_BASE | ((peer_id & 0xf_ffff) << 40),
             ),
             stale_reads: Vec::new(),
+            sweep: SweepCursor::default(),
+            next_sweep_tick: 0,
             lease_until_ms: 0,
             lease_wanted: false,
             rng,
@@ -610,6 +619,47 @@ impl Peer {
         });
     }
 
+    /// As leader, every `expire_sweep_ticks` ticks: looks at the next slice
+    /// of the region for keys expired at `wall_ms` (unix ms) and proposes
+    /// their removal (see [`crate::expire`]). Returns the keys proposed.
+    pub fn sweep_expired(&mut self, wall_ms: u64) -> Result<usize> {
+        if self.cfg.expire_sweep_ticks == 0
+            || self.ticks < self.next_sweep_tick
+            || !self.is_leader()
+            || !self.raw.raft.commit_to_current_term()
+        {
+            return Ok(0);
+        }
+        self.next_sweep_tick = self.ticks + self.cfg.expire_sweep_ticks;
+        let db = self.raw.store().db().clone();
+        let keys = expire::sweep(
+            &db,
+            &self.region,
+            &mut self.sweep,
+            wall_ms,
+            self.cfg.expire_scan_max,
+            self.cfg.expire_keys_max,
+        )?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let n = keys.len();
+        let cmd = ExpireCommand {
+            now_ms: wall_ms,
+            keys,
+        };
+        // Not tracked as a proposal: if it is lost, the next sweep finds the
+        // keys again; applying it twice removes nothing more.
+        if self
+            .raw
+            .propose(expire::ENTRY_CONTEXT.to_vec(), cmd.encode())
+            .is_ok()
+        {
+            self.counters.expire_proposals += 1;
+        }
+        Ok(n)
+    }
+
     /// Queues a read of `key`.
     pub fn read(
         &mut self,
@@ -808,6 +858,12 @@ impl Peer {
             let mut outcome = None;
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
+                EntryType::EntryNormal if e.get_context() == expire::ENTRY_CONTEXT => {
+                    let cmd = ExpireCommand::decode(&e.data)?;
+                    let removed = expire::apply(&db, apply, &self.region, &cmd)?;
+                    self.counters.expired_keys += removed.len() as u64;
+                    self.applied_bytes_since_compact += e.data.len() as u64;
+                }
                 EntryType::EntryNormal => {
                     let cmd = Command::decode(&e.data)?;
                     let dedup = match cmd.session {

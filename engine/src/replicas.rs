@@ -156,6 +156,16 @@ impl Replicas {
         }
     }
 
+    /// Runs the expiry sweep of every replica this node leads (each at its
+    /// own pace, see [`Peer::sweep_expired`]); returns the keys proposed.
+    pub fn sweep_expired(&mut self, wall_ms: u64) -> Result<usize> {
+        let mut n = 0;
+        for p in self.peers.values_mut() {
+            n += p.sweep_expired(wall_ms)?;
+        }
+        Ok(n)
+    }
+
     /// Delivers a raft message to its replica. Messages for regions not here
     /// are dropped (the sender will retry or be told by membership changes).
     pub fn step(&mut self, env: RaftEnvelope, replies: &mut Vec<Reply>) -> Result<()> {
@@ -282,6 +292,8 @@ impl Replicas {
             t.counters.snapshots_sent += c.snapshots_sent;
             t.counters.snapshots_applied += c.snapshots_applied;
             t.counters.entries_applied += c.entries_applied;
+            t.counters.expired_keys += c.expired_keys;
+            t.counters.expire_proposals += c.expire_proposals;
         }
         t
     }

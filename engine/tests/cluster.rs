@@ -777,3 +777,45 @@ fn a_cut_off_follower_refuses_follower_reads_instead_of_serving_stale_data() {
         Some(b("new"))
     );
 }
+
+#[test]
+fn expired_keys_are_removed_from_every_replica_through_raft() {
+    let (_d, mut c) = cluster(2, 13, Config::default());
+    must_elect(&mut c, 1);
+    must_elect(&mut c, 2);
+    for i in 0..200 {
+        let key = b(format!("session-{i}"));
+        c.write(
+            WriteRequest::Put {
+                key,
+                value: b("s"),
+                ttl_ms: Some(300),
+                condition: Condition::None,
+            },
+            3000,
+        )
+        .unwrap();
+        must_put(&mut c, &format!("config-{i}"), "c");
+    }
+    let nodes = c.node_ids().to_vec();
+    // Hidden from reads at once, and gone from storage within a few sweeps.
+    c.run_ms(400).unwrap();
+    assert_eq!(must_get(&mut c, "session-7"), None);
+    c.run_ms(3000).unwrap();
+    for &n in &nodes {
+        let data = c.dump_data(n).unwrap();
+        let sessions = data.keys().filter(|k| k.starts_with(b"session-")).count();
+        let configs = data.keys().filter(|k| k.starts_with(b"config-")).count();
+        assert_eq!((sessions, configs), (0, 200), "node {n}");
+    }
+    // Every replica applied the same removals (one leader per region swept).
+    let removed: u64 = nodes
+        .iter()
+        .map(|&n| {
+            (1..=2)
+                .map(|r| c.peer_counters(n, r).map_or(0, |p| p.expired_keys))
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(removed, 200 * nodes.len() as u64);
+}

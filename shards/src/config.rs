@@ -52,6 +52,10 @@ pub struct ServerArgs {
     /// Heartbeat interval, in ticks. Default 3.
     #[arg(long)]
     pub heartbeat_ticks: Option<usize>,
+    /// Leaders sweep their regions for expired keys this often, ms; 0 turns
+    /// active expiry off (expired values are still never read). Default 1000.
+    #[arg(long)]
+    pub expire_sweep_ms: Option<u64>,
     /// A request pending this long is answered Timeout (outcome unknown), ms.
     /// Default 5000.
     #[arg(long)]
@@ -185,6 +189,7 @@ impl ServerArgs {
             election_ticks,
             heartbeat_ticks,
             request_timeout_ms,
+            expire_sweep_ms,
             value_bytes_max,
             frame_bytes_max,
             connections_max,
@@ -251,6 +256,9 @@ impl ServerArgs {
         }
         if let Some(h) = self.heartbeat_ticks {
             engine.heartbeat_tick = h;
+        }
+        if let Some(ms) = self.expire_sweep_ms {
+            engine.expire_sweep_ticks = ms.div_ceil(engine.tick_interval_ms.max(1));
         }
         if let Some(t) = self.request_timeout_ms {
             engine.request_timeout_ms = t;

@@ -56,6 +56,10 @@ const RAFT_COUNTERS: &[(&str, &str)] = &[
         "entries_applied",
         "Raft entries applied to the state machine.",
     ),
+    (
+        "expired_keys_removed",
+        "Expired keys removed by applied expiry entries.",
+    ),
     ("cache_hits", "Reads answered from the hot-key cache."),
     ("cache_misses", "Reads that went to RocksDB."),
     (
@@ -343,6 +347,7 @@ impl ShardMetrics {
                 p.snapshots_applied,
             ),
             ("entries_applied", c.entries_applied, p.entries_applied),
+            ("expired_keys_removed", c.expired_keys, p.expired_keys),
             ("cache_hits", f.cache.0, self.last.cache_hits),
             ("cache_misses", f.cache.1, self.last.cache_misses),
             (

@@ -497,6 +497,11 @@ impl Shard {
             if ticks % BALANCE_EVERY_TICKS == 0 && !stopping {
                 self.balance_leaders(&mut replicas);
             }
+            if !stopping {
+                if let Err(e) = replicas.sweep_expired(wall) {
+                    tracing::warn!(error = %e, "expiry sweep failed");
+                }
+            }
             if ticks % REPORT_EVERY_TICKS == 0 {
                 self.report(&replicas);
             }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use corekv_engine::Consistency;
 use corekv_net::PutOptions;
 use corekv_tests::TestCluster;
 
@@ -197,5 +198,44 @@ fn a_leader_change_shows_in_metrics_and_status() {
             "regions without a live leader: {rows:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn expired_keys_are_removed_on_every_replica_and_counted() {
+    let t = TestCluster::start(3, 1, &[]);
+    let mut c = t.client();
+    for i in 0..100 {
+        let opts = PutOptions {
+            ttl: Some(Duration::from_millis(200)),
+            ..PutOptions::default()
+        };
+        c.put(format!("ttl-{i}").as_bytes(), b"x", opts).unwrap();
+        c.put(format!("stays-{i}").as_bytes(), b"y", PutOptions::default())
+            .unwrap();
+    }
+    // Each of the 3 replicas removes each of the 100 keys once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let removed = loop {
+        let removed: f64 = metrics_addrs(&t)
+            .iter()
+            .map(|a| sum(&parse(&scrape(a)), "corekv_", "expired_keys_removed"))
+            .sum();
+        if removed >= 300.0 || Instant::now() > deadline {
+            break removed;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(removed, 300.0);
+    for i in (0..100).step_by(7) {
+        assert_eq!(
+            c.get(format!("ttl-{i}").as_bytes(), Consistency::Linearizable)
+                .unwrap(),
+            None
+        );
+        assert!(c
+            .get(format!("stays-{i}").as_bytes(), Consistency::Follower)
+            .unwrap()
+            .is_some());
     }
 }

@@ -235,6 +235,11 @@ impl SimCluster {
         Some(self.nodes.get(&node)?.replicas.peer(region)?.status())
     }
 
+    /// Counters of `node`'s replica of `region`.
+    pub fn peer_counters(&self, node: u64, region: u64) -> Option<crate::peer::PeerCounters> {
+        Some(self.nodes.get(&node)?.replicas.peer(region)?.counters())
+    }
+
     /// The session table of `node`'s replica of `region`.
     pub fn sessions(&self, node: u64, region: u64) -> Option<crate::session::SessionTable> {
         Some(
@@ -275,8 +280,10 @@ impl SimCluster {
         self.now_ms += self.cfg.tick_interval_ms;
         let now = self.now_ms;
         let mut replies = Vec::new();
+        let wall = self.wall_ms();
         for node in self.nodes.values_mut() {
             node.replicas.tick(now, &mut replies);
+            node.replicas.sweep_expired(wall)?;
         }
         self.collect_replies(replies);
         self.settle()
