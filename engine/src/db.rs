@@ -62,7 +62,7 @@ pub fn open_with_options(path: &Path, cfg: &DbConfig) -> Result<(Db, Options)> {
     raft_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
 
     let mut meta_opts = Options::default();
-    meta_opts.set_write_buffer_size(4 << 20);
+    meta_opts.set_write_buffer_size(cfg.write_buffer_bytes.min(4 << 20));
 
     let mut data_block = BlockBasedOptions::default();
     data_block.set_block_cache(&cache);

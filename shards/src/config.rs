@@ -72,12 +72,24 @@ pub struct ServerArgs {
     /// RocksDB block cache, MiB. Default 256.
     #[arg(long)]
     pub block_cache_mb: Option<usize>,
+    /// Memory for caches and write buffers of the node, MiB (at least 64):
+    /// half for RocksDB's block cache, a quarter for the shards' hot-key
+    /// caches, a quarter for memtables. Replaces --block-cache-mb. Default:
+    /// none (256 MiB block cache, 64 MiB hot-key cache per shard, 16 MiB
+    /// memtables).
+    #[arg(long)]
+    pub memory_budget_mb: Option<usize>,
     /// Serve Prometheus metrics on HOST:PORT (`GET /metrics`). Default: off.
     #[arg(long)]
     pub metrics_listen: Option<String>,
     /// Requests slower than this are counted and logged, ms. Default 500.
     #[arg(long)]
     pub slow_request_ms: Option<u64>,
+    /// Disk quota for data (the data column family's files and memtables),
+    /// MiB; over it, writes that add data get `NoSpace` while reads and
+    /// deletes go on. 0 = none (default).
+    #[arg(long)]
+    pub disk_quota_mb: Option<u64>,
     /// Fault-injection rules for raft traffic, re-read when the file changes
     /// (testing only; see docs/reliability.md).
     #[arg(long)]
@@ -121,6 +133,8 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Slow request threshold, ms.
     pub slow_request_ms: u64,
+    /// Disk quota for data in bytes; 0 = none.
+    pub disk_quota_bytes: u64,
 }
 
 /// Largest node id (peer ids are `region_id * 1000 + node_id`).
@@ -135,6 +149,30 @@ fn addr(what: &str, s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{what} {s:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{what} {s:?}: no address"))
+}
+
+/// Smallest `--memory-budget-mb`.
+pub const MEMORY_BUDGET_MIN_MB: usize = 64;
+
+/// How a memory budget is divided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemorySplit {
+    /// RocksDB block cache (half).
+    pub block_cache_bytes: usize,
+    /// Hot-key cache of each shard (a quarter, shared out).
+    pub read_cache_bytes_per_shard: usize,
+    /// Memtable size of the raft, data and meta column families: each may
+    /// hold two memtables, so six of these make a quarter.
+    pub write_buffer_bytes: usize,
+}
+
+/// Divides `budget` bytes over the caches and memtables of `shards` shards.
+pub fn split_memory_budget(budget: usize, shards: usize) -> MemorySplit {
+    MemorySplit {
+        block_cache_bytes: budget / 2,
+        read_cache_bytes_per_shard: budget / 4 / shards.max(1),
+        write_buffer_bytes: budget / 24,
+    }
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -194,8 +232,10 @@ impl ServerArgs {
             frame_bytes_max,
             connections_max,
             block_cache_mb,
+            memory_budget_mb,
             metrics_listen,
             slow_request_ms,
+            disk_quota_mb,
             fault_file,
             log_level
         ))
@@ -270,7 +310,7 @@ impl ServerArgs {
         engine.lease_margin_ms = engine
             .lease_margin_ms
             .min(engine.election_tick as u64 * engine.tick_interval_ms / 2);
-        let engine = engine.validate().map_err(|e| e.to_string())?;
+        let mut engine = engine.validate().map_err(|e| e.to_string())?;
         let frame_bytes_max = self.frame_bytes_max.unwrap_or(16 << 20);
         if frame_bytes_max < engine.entry_bytes_max + (64 << 10) {
             return Err(format!(
@@ -285,6 +325,21 @@ impl ServerArgs {
         let mut db = DbConfig::default();
         if let Some(mb) = self.block_cache_mb {
             db.block_cache_bytes = mb << 20;
+        }
+        if let Some(mb) = self.memory_budget_mb {
+            if self.block_cache_mb.is_some() {
+                return Err("give --memory-budget-mb or --block-cache-mb, not both".into());
+            }
+            if mb < MEMORY_BUDGET_MIN_MB {
+                return Err(format!(
+                    "--memory-budget-mb {mb} is below the minimum of {MEMORY_BUDGET_MIN_MB}"
+                ));
+            }
+            let budget = mb << 20;
+            let split = split_memory_budget(budget, shards);
+            db.block_cache_bytes = split.block_cache_bytes;
+            db.write_buffer_bytes = split.write_buffer_bytes;
+            engine.read_cache_bytes = split.read_cache_bytes_per_shard;
         }
         let log_level = self
             .log_level
@@ -310,6 +365,7 @@ impl ServerArgs {
                 .map(|a| addr("--metrics-listen", a))
                 .transpose()?,
             slow_request_ms: self.slow_request_ms.unwrap_or(500),
+            disk_quota_bytes: self.disk_quota_mb.unwrap_or(0).saturating_mul(1 << 20),
         })
     }
 }
@@ -350,6 +406,28 @@ mod tests {
         assert_eq!(c.shards, 2);
         assert_eq!(c.regions, 16);
         assert_eq!(c.initial_cluster.len(), 2);
+    }
+
+    #[test]
+    fn a_memory_budget_is_divided_over_caches_and_memtables() {
+        let c = args(&["--shards", "2", "--memory-budget-mb", "256"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.db.block_cache_bytes, 128 << 20);
+        assert_eq!(c.engine.read_cache_bytes, 32 << 20);
+        assert_eq!(c.db.write_buffer_bytes, (256 << 20) / 24);
+        let s = split_memory_budget(1 << 30, 3);
+        // Block cache, every shard's cache and the four big memtables fit.
+        assert!(
+            s.block_cache_bytes + 3 * s.read_cache_bytes_per_shard + 6 * s.write_buffer_bytes
+                <= 1 << 30
+        );
+        let e = args(&["--memory-budget-mb", "32"]).validate().unwrap_err();
+        assert!(e.contains("minimum"), "{e}");
+        let e = args(&["--memory-budget-mb", "128", "--block-cache-mb", "64"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
     }
 
     #[test]

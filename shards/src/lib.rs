@@ -8,6 +8,7 @@
 //! - `log_writer`: the node-wide group commit of every shard's log batch.
 //! - `metrics`: Prometheus metrics of the node and its `/metrics` endpoint.
 //! - `shard`: one pinned glommio executor running rounds over its regions.
+//! - `quota`: the disk quota watcher (`--disk-quota-mb`, `NoSpace`).
 //! - `status`: the node's status document and the region size scanner.
 //! - `raft_log`: raft-rs logs into `tracing`.
 //! - `server`: start (memlock, ports, executors) and clean shutdown.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod log_writer;
 pub mod metrics;
 pub mod node;
+pub mod quota;
 pub mod raft_log;
 pub mod server;
 pub mod shard;

@@ -33,6 +33,8 @@ pub struct NodeShared {
     pub stopping: Arc<AtomicBool>,
     /// Fault injection: the log writer fails its next write.
     pub fail_log_write: Arc<AtomicBool>,
+    /// Set while the data is over `--disk-quota-mb` (see `quota`).
+    pub no_space: AtomicBool,
     /// Monotonic clock origin.
     pub started: Instant,
     /// Metrics of the node.

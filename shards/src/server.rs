@@ -154,11 +154,16 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         log_stats: writer.stats.clone(),
         stopping: stopping.clone(),
         fail_log_write,
+        no_space: AtomicBool::new(false),
         started: Instant::now(),
     });
 
     crate::status::spawn_size_scanner(Arc::downgrade(&node))
         .map_err(|e| format!("starting the size scanner: {e}"))?;
+    if cfg.disk_quota_bytes > 0 {
+        crate::quota::spawn_quota_watcher(Arc::downgrade(&node))
+            .map_err(|e| format!("starting the disk quota watcher: {e}"))?;
+    }
     if let Some(addr) = cfg.metrics_listen {
         let (stats, db, opts) = (
             writer.stats.clone(),

@@ -741,6 +741,17 @@ impl Shard {
             e.regions = vec![current];
             return answer(out, Err(e));
         }
+        if let Op::Write(w) = &req.op {
+            let adds_data = !matches!(w, corekv_engine::WriteRequest::Delete { .. });
+            if adds_data && node.no_space.load(Ordering::Relaxed) {
+                let e = WireError::new(
+                    ErrorCode::NoSpace,
+                    "node over its disk quota (--disk-quota-mb): writes that add data are \
+                     refused until deletes free space; reads and deletes work",
+                );
+                return answer(out, Err(e));
+            }
+        }
         let mut st = self.state.borrow_mut();
         if st.pending.len() >= PENDING_REQUESTS_MAX {
             drop(st);

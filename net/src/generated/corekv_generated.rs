@@ -121,7 +121,7 @@ pub mod corekv {
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 16] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
             ErrorCode::None,
             ErrorCode::NotLeader,
             ErrorCode::EpochNotMatch,
@@ -134,6 +134,7 @@ pub mod corekv {
             ErrorCode::Timeout,
             ErrorCode::ConditionFailed,
             ErrorCode::NotANumber,
+            ErrorCode::NoSpace,
             ErrorCode::BadFrame,
             ErrorCode::UnsupportedVersion,
             ErrorCode::ShuttingDown,
@@ -157,6 +158,7 @@ pub mod corekv {
             pub const Timeout: Self = Self(9);
             pub const ConditionFailed: Self = Self(20);
             pub const NotANumber: Self = Self(21);
+            pub const NoSpace: Self = Self(22);
             pub const BadFrame: Self = Self(30);
             pub const UnsupportedVersion: Self = Self(31);
             pub const ShuttingDown: Self = Self(32);
@@ -177,6 +179,7 @@ pub mod corekv {
                 Self::Timeout,
                 Self::ConditionFailed,
                 Self::NotANumber,
+                Self::NoSpace,
                 Self::BadFrame,
                 Self::UnsupportedVersion,
                 Self::ShuttingDown,
@@ -197,6 +200,7 @@ pub mod corekv {
                     Self::Timeout => Some("Timeout"),
                     Self::ConditionFailed => Some("ConditionFailed"),
                     Self::NotANumber => Some("NotANumber"),
+                    Self::NoSpace => Some("NoSpace"),
                     Self::BadFrame => Some("BadFrame"),
                     Self::UnsupportedVersion => Some("UnsupportedVersion"),
                     Self::ShuttingDown => Some("ShuttingDown"),
