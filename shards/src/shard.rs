@@ -963,6 +963,7 @@ fn result_name(result: &Result<Outcome, WireError>) -> &'static str {
             ErrorCode::ProposalDropped => "proposal_dropped",
             ErrorCode::Timeout => "timeout",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NoSpace => "no_space",
             _ => "internal",
         },
     }
