@@ -19,6 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use corekv_net::frame::FrameBuffer;
+use corekv_net::message::RouteInfo;
 use corekv_net::message::{
     decode_frame_with_fields, encode_hello, encode_requests, Frame, Request, ResponseFields,
 };
@@ -210,6 +211,56 @@ impl RawConn {
             }
         }
     }
+}
+
+/// A region whose preferred leader is `node`, once `node` leads it, and a
+/// key (named `PREFIX<n>`) in it. Panics after 20 s.
+pub fn region_led_by(t: &TestCluster, node: u64, prefix: &str) -> (RouteInfo, String) {
+    let route = t
+        .client()
+        .routes()
+        .iter()
+        .find(|r| r.region.peers[0].node_id == node)
+        .unwrap_or_else(|| panic!("no region prefers node {node}"))
+        .clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = t
+            .client()
+            .routes()
+            .iter()
+            .find(|r| r.region.id == route.region.id)
+            .map_or(0, |r| r.leader_node);
+        if leader == node {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node} never led region {}",
+            route.region.id
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let key = (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| {
+            route
+                .region
+                .contains(corekv_engine::route_hash(k.as_bytes()))
+        })
+        .unwrap();
+    (route, key)
+}
+
+/// Asserts `c` reads `k` = `v` (written by the test earlier) and can write.
+pub fn assert_still_serves(c: &mut Client) {
+    let got = c
+        .get(b"k", corekv_engine::Consistency::Linearizable)
+        .unwrap()
+        .expect("k was written before");
+    assert_eq!(got.value, &b"v"[..]);
+    c.put(b"k2", b"v2", corekv_net::PutOptions::default())
+        .unwrap();
 }
 
 /// One key per region of `client`'s routing table (found by trying names).

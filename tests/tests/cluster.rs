@@ -8,7 +8,7 @@ use corekv_engine::{Consistency, Epoch};
 use corekv_net::message::{Frame, Op, Request};
 use corekv_net::wire::ErrorCode;
 use corekv_net::{ClientError, PutOptions};
-use corekv_tests::{key_per_region, RawConn, TestCluster};
+use corekv_tests::{assert_still_serves, key_per_region, region_led_by, RawConn, TestCluster};
 
 fn leader_counts(t: &TestCluster) -> HashMap<u64, usize> {
     let c = t.client();
@@ -251,39 +251,8 @@ fn an_isolated_leader_never_serves_a_stale_linearizable_read() {
         &[],
         vec![(1, vec!["--election-ticks".into(), "100".into()])],
     );
-    let c = t.client();
     // A region whose preferred leader is node 1, and a key in it.
-    let route = c
-        .routes()
-        .iter()
-        .find(|r| r.region.peers[0].node_id == 1)
-        .unwrap()
-        .clone();
-    let key = (0..)
-        .map(|i| format!("iso-{i}"))
-        .find(|k| {
-            route
-                .region
-                .contains(corekv_engine::route_hash(k.as_bytes()))
-        })
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while t
-        .client()
-        .routes()
-        .iter()
-        .find(|r| r.region.id == route.region.id)
-        .unwrap()
-        .leader_node
-        != 1
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node 1 never led region {}",
-            route.region.id
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (route, key) = region_led_by(&t, 1, "iso-");
     t.must_be_ready(Duration::from_secs(10));
     let mut c = t.client();
     c.put(key.as_bytes(), b"v1", PutOptions::default()).unwrap();
@@ -388,15 +357,7 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
 
     // Everyone else is still served.
     let mut fresh = t.client();
-    assert_eq!(
-        fresh
-            .get(b"k", Consistency::Linearizable)
-            .unwrap()
-            .unwrap()
-            .value,
-        &b"v"[..]
-    );
-    fresh.put(b"k2", b"v2", PutOptions::default()).unwrap();
+    assert_still_serves(&mut fresh);
 }
 
 #[test]

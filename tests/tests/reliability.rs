@@ -8,7 +8,7 @@ use bytes::Bytes;
 use corekv_engine::{Consistency, Epoch, SessionTag, WriteRequest};
 use corekv_net::message::{Frame, Op, Request};
 use corekv_net::PutOptions;
-use corekv_tests::{RawConn, TestCluster};
+use corekv_tests::{assert_still_serves, region_led_by, RawConn, TestCluster};
 
 fn incr(id: u64, key: &str, seq: u64) -> Request {
     Request {
@@ -125,33 +125,7 @@ fn a_failed_log_write_stops_the_node_and_acknowledges_nothing_after_it() {
     let mut t = TestCluster::start(3, 1, &[]);
     let mut c = t.client();
     // A key led by node 1 once leadership settles on preferred nodes.
-    let route = c
-        .routes()
-        .iter()
-        .find(|r| r.region.peers[0].node_id == 1)
-        .unwrap()
-        .clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while t
-        .client()
-        .routes()
-        .iter()
-        .find(|r| r.region.id == route.region.id)
-        .unwrap()
-        .leader_node
-        != 1
-    {
-        assert!(Instant::now() < deadline, "node 1 never led");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let key = (0..)
-        .map(|i| format!("f{i}"))
-        .find(|k| {
-            route
-                .region
-                .contains(corekv_engine::route_hash(k.as_bytes()))
-        })
-        .unwrap();
+    let (_, key) = region_led_by(&t, 1, "f");
     c.put(key.as_bytes(), b"before", PutOptions::default())
         .unwrap();
 
@@ -299,15 +273,7 @@ fn abusive_clients_do_not_stop_the_server_serving_others() {
     }
     // Everyone else is still served, and memory stayed bounded.
     let mut fresh = t.client_of(0);
-    assert_eq!(
-        fresh
-            .get(b"k", Consistency::Linearizable)
-            .unwrap()
-            .unwrap()
-            .value,
-        &b"v"[..]
-    );
-    fresh.put(b"k2", b"v2", PutOptions::default()).unwrap();
+    assert_still_serves(&mut fresh);
     let rss = rss_kib(pid);
     eprintln!("after the abuse: server RSS {} MiB", rss / 1024);
     assert!(rss < 1024 * 1024, "server RSS {rss} KiB");
