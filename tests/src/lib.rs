@@ -46,22 +46,15 @@ fn ports_free(base: u16, nodes: u16) -> bool {
     })
 }
 
-/// A base port whose cluster ports are free (see `corekv dev`).
+/// A base port whose cluster ports are free (see `corekv dev`). Bases stay
+/// in 10000..31600 (ports up to base + 303), below Linux's ephemeral range
+/// (32768..), so client sockets of earlier tests never hold them.
 pub fn pick_base(nodes: u16) -> u16 {
-    // Spread test binaries over 20000..60000 by pid, then probe.
-    let _ = NEXT_BASE.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 200) as u16 * 200,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    const SLOTS: u16 = 108;
+    let seed = (std::process::id() % u32::from(SLOTS)) as u16;
     loop {
-        let base = NEXT_BASE.fetch_add(200, Ordering::SeqCst);
-        let base = if base > 59_000 {
-            20_000 + base % 39_000
-        } else {
-            base
-        };
+        let n = NEXT_BASE.fetch_add(1, Ordering::SeqCst);
+        let base = 10_000 + ((seed + n) % SLOTS) * 200;
         if ports_free(base, nodes) {
             return base;
         }

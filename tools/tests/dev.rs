@@ -10,11 +10,14 @@ use corekv_tools::dev::server_binary;
 
 static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
+/// A base port whose ports are free, below Linux's ephemeral range (32768..)
+/// so that client sockets of other tests never hold them.
 fn free_base() -> u16 {
-    let start = 20_000 + (std::process::id() % 50) as u16 * 400;
+    const SLOTS: u16 = 54;
+    let seed = (std::process::id() % u32::from(SLOTS)) as u16;
     let skip = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    (skip..skip + 50)
-        .map(|i| start + (i % 50) * 400)
+    (0..SLOTS)
+        .map(|i| 10_200 + ((seed + skip + i) % SLOTS) * 400)
         .find(|&b| {
             (1..=3u16).all(|i| {
                 [b + i, b + 100 + i, b + 300 + i]
