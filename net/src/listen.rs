@@ -17,11 +17,29 @@ fn socket(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(s)
 }
 
-/// Fails if another process listens on `addr`.
+/// How long a port still held by the closing connections of a killed
+/// process (FIN_WAIT, LAST_ACK: states `SO_REUSEADDR` does not cover) is
+/// waited for.
+const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Fails if another process listens on `addr`. A restarted node may find its
+/// port briefly held by the previous process's closing connections, so
+/// "address in use" is retried for a few seconds first.
 pub fn check_free(addr: SocketAddr) -> std::io::Result<()> {
-    let s = socket(addr)?;
-    s.bind(&addr.into())?;
-    Ok(())
+    let started = std::time::Instant::now();
+    loop {
+        let s = socket(addr)?;
+        match s.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < BIND_RETRY_FOR =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A listening socket on `addr` that other shards of this process may bind
