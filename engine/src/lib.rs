@@ -15,14 +15,16 @@
 //! - `value`: how a user value is stored (version, expiry, bytes).
 //! - `command`: client writes as logged, their validation and outcomes.
 //! - `apply`: the state machine applying committed writes; reads.
+//! - `expire`: active expiry: the leader's sweep and the replicated removal.
 //! - `cache`: the bounded hot-key read cache kept behind the apply point.
 //! - `snapshot`: building and decoding region snapshots.
-//! - `read`: ReadIndex batching and the leader lease.
+//! - `read`: ReadIndex batching (leader and follower reads) and the lease.
 //! - `peer`: [`Peer`], one region replica (RawNode + state machine).
 //! - `replicas`: [`Replicas`], all replicas one owner drives, one round at a time.
 //! - `session`: per-region client sessions for exactly-once writes.
 //! - `sim`: deterministic in-process cluster with a faulty network, for tests
 //!   and the demo.
+//! - `slog_fields`: raft-rs log records' key-value pairs as text.
 #![deny(missing_docs)]
 
 pub mod apply;
@@ -41,6 +43,7 @@ pub mod region;
 pub mod replicas;
 pub mod session;
 pub mod sim;
+pub mod slog_fields;
 pub mod snapshot;
 pub mod state;
 pub mod storage;

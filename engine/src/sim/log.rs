@@ -1,17 +1,6 @@
 //! A plain stderr logger for raft-rs inside the simulator, switched on with
 //! `COREKV_SIM_LOG=1` when a seeded run needs a closer look.
 
-use std::fmt::Write as _;
-
-struct KvLine(String);
-
-impl slog::Serializer for KvLine {
-    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
-        let _ = write!(self.0, " {key}={val}");
-        Ok(())
-    }
-}
-
 struct StderrDrain;
 
 impl slog::Drain for StderrDrain {
@@ -23,14 +12,12 @@ impl slog::Drain for StderrDrain {
         record: &slog::Record<'_>,
         values: &slog::OwnedKVList,
     ) -> Result<(), slog::Never> {
-        let mut line = KvLine(format!(
-            "{} {}",
+        eprintln!(
+            "{} {}{}",
             record.level().as_short_str(),
-            record.msg()
-        ));
-        let _ = slog::KV::serialize(&record.kv(), record, &mut line);
-        let _ = slog::KV::serialize(values, record, &mut line);
-        eprintln!("{}", line.0);
+            record.msg(),
+            crate::slog_fields::fields(record, values)
+        );
         Ok(())
     }
 }
