@@ -78,6 +78,7 @@ for w in read-only read-heavy mixed write-only; do
 done
 run corekv-lease --workload read-only --consistency lease --shards "$shards"
 run corekv-stale --workload read-only --consistency stale --shards "$shards"
+run corekv-follower --workload read-only --consistency follower --shards "$shards"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 cores=$(nproc)
@@ -138,6 +139,7 @@ row() { # key label
     done
     row corekv-lease "corekv read-only (lease reads)"
     row corekv-stale "corekv read-only (stale reads)"
+    row corekv-follower "corekv read-only (follower reads, linearizable)"
     echo
     echo "## Ratios to Redis (same workload, same run)"
     echo
