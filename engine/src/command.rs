@@ -171,6 +171,15 @@ impl WriteRequest {
         single.into_iter().chain(many.iter().map(|i| &i.key))
     }
 
+    /// True if the write gives some key an expiry.
+    pub fn sets_ttl(&self) -> bool {
+        match self {
+            WriteRequest::Put { ttl_ms, .. } | WriteRequest::Cas { ttl_ms, .. } => ttl_ms.is_some(),
+            WriteRequest::BatchPut { items } => items.iter().any(|i| i.ttl_ms.is_some()),
+            WriteRequest::Delete { .. } | WriteRequest::Incr { .. } => false,
+        }
+    }
+
     /// Refuses keys and values over the limits before anything reaches raft.
     pub fn validate(&self, cfg: &Config) -> Result<()> {
         let check_value = |v: &Bytes| {

@@ -74,6 +74,17 @@ pub struct SweepCursor {
     pub passes: u64,
 }
 
+/// What one sweep step found.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Keys expired at the sweep's time, with their expiry.
+    pub expired: Vec<(Bytes, u64)>,
+    /// Some record looked at has an expiry (expired or not).
+    pub saw_ttl: bool,
+    /// The step reached the end of the region (the cursor wrapped).
+    pub wrapped: bool,
+}
+
 /// Scans up to `scan_max` records of `region` from the cursor and returns at
 /// most `keys_max` keys expired at `now_ms`.
 pub fn sweep(
@@ -83,7 +94,7 @@ pub fn sweep(
     now_ms: u64,
     scan_max: usize,
     keys_max: usize,
-) -> Result<Vec<(Bytes, u64)>> {
+) -> Result<Swept> {
     let start = keys::data_range_start(region.start_hash);
     let end = keys::data_range_end(region.end_hash);
     let from = match cursor.next.take() {
@@ -95,14 +106,16 @@ pub fn sweep(
     opts.fill_cache(false);
     let mut it = db.raw_iterator_cf_opt(cf(db, CF_DATA), opts);
     it.seek(&from);
-    let mut found = Vec::new();
+    let mut out = Swept::default();
     let mut scanned = 0;
-    while it.valid() && scanned < scan_max && found.len() < keys_max {
+    while it.valid() && scanned < scan_max && out.expired.len() < keys_max {
         let (k, v) = (it.key().unwrap_or_default(), it.value().unwrap_or_default());
         scanned += 1;
         if let (Some((_, user_key)), Ok(rec)) = (keys::split_data_key(k), ValueRecord::decode(v)) {
+            out.saw_ttl |= rec.expire_at_ms != 0;
             if rec.is_expired(now_ms) {
-                found.push((Bytes::copy_from_slice(user_key), rec.expire_at_ms));
+                out.expired
+                    .push((Bytes::copy_from_slice(user_key), rec.expire_at_ms));
             }
         }
         it.next();
@@ -112,8 +125,9 @@ pub fn sweep(
         cursor.next = it.key().map(<[u8]>::to_vec);
     } else {
         cursor.passes += 1;
+        out.wrapped = true;
     }
-    Ok(found)
+    Ok(out)
 }
 
 /// Applies an expiry entry; returns the keys removed.
@@ -191,12 +205,15 @@ mod tests {
         // Not yet expired at 1,050; all 50 at 1,100. Small scans resume
         // where the last one stopped.
         let mut cursor = SweepCursor::default();
-        assert!(sweep(&db, &region, &mut cursor, 1_050, 1000, 1000)
-            .unwrap()
-            .is_empty());
+        let first = sweep(&db, &region, &mut cursor, 1_050, 1000, 1000).unwrap();
+        assert!(first.expired.is_empty() && first.saw_ttl && first.wrapped);
         let mut found = Vec::new();
         while cursor.passes < 2 {
-            found.extend(sweep(&db, &region, &mut cursor, 1_100, 7, 1000).unwrap());
+            found.extend(
+                sweep(&db, &region, &mut cursor, 1_100, 7, 1000)
+                    .unwrap()
+                    .expired,
+            );
         }
         found.sort();
         found.dedup();

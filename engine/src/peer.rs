@@ -112,6 +112,8 @@ pub struct PeerCounters {
     pub expired_keys: u64,
     /// Expiry entries this replica proposed as leader.
     pub expire_proposals: u64,
+    /// Sweep steps this replica ran as leader.
+    pub expire_sweeps: u64,
 }
 
 /// A snapshot of a peer's raft state, for tests and status pages.
@@ -151,6 +153,13 @@ pub struct Peer {
     stale_reads: Vec<PendingRead>,
     sweep: SweepCursor,
     next_sweep_tick: u64,
+    /// The region may hold keys with an expiry: set at start, by TTL writes
+    /// and snapshots; cleared by a full sweep pass that saw none.
+    sweep_needed: bool,
+    /// A TTL write was applied since the current sweep pass began.
+    ttl_since_pass_start: bool,
+    /// The current pass saw a record with an expiry.
+    ttl_seen_in_pass: bool,
     lease_until_ms: u64,
     lease_wanted: bool,
     rng: SmallRng,
@@ -283,6 +292,9 @@ impl Peer {
             stale_reads: Vec::new(),
             sweep: SweepCursor::default(),
             next_sweep_tick: 0,
+            sweep_needed: true,
+            ttl_since_pass_start: false,
+            ttl_seen_in_pass: false,
             lease_until_ms: 0,
             lease_wanted: false,
             rng,
@@ -624,6 +636,7 @@ impl Peer {
     /// their removal (see [`crate::expire`]). Returns the keys proposed.
     pub fn sweep_expired(&mut self, wall_ms: u64) -> Result<usize> {
         if self.cfg.expire_sweep_ticks == 0
+            || !self.sweep_needed
             || self.ticks < self.next_sweep_tick
             || !self.is_leader()
             || !self.raw.raft.commit_to_current_term()
@@ -632,7 +645,7 @@ impl Peer {
         }
         self.next_sweep_tick = self.ticks + self.cfg.expire_sweep_ticks;
         let db = self.raw.store().db().clone();
-        let keys = expire::sweep(
+        let swept = expire::sweep(
             &db,
             &self.region,
             &mut self.sweep,
@@ -640,6 +653,18 @@ impl Peer {
             self.cfg.expire_scan_max,
             self.cfg.expire_keys_max,
         )?;
+        self.counters.expire_sweeps += 1;
+        self.ttl_seen_in_pass |= swept.saw_ttl;
+        if swept.wrapped {
+            // A whole pass without a key with an expiry, and no TTL write
+            // since it began: nothing to sweep until the next TTL write.
+            if !self.ttl_seen_in_pass && !self.ttl_since_pass_start {
+                self.sweep_needed = false;
+            }
+            self.ttl_seen_in_pass = false;
+            self.ttl_since_pass_start = false;
+        }
+        let keys = swept.expired;
         if keys.is_empty() {
             return Ok(0);
         }
@@ -771,6 +796,9 @@ impl Peer {
             let (region, sessions) = self.raw.mut_store().apply_snapshot(rd.snapshot(), log)?;
             self.sessions = sessions;
             self.counters.snapshots_applied += 1;
+            // Whatever it holds may have expiries.
+            self.sweep_needed = true;
+            self.ttl_since_pass_start = true;
             // The region's data was replaced wholesale.
             cache.clear();
             let index = rd.snapshot().get_metadata().index;
@@ -873,6 +901,10 @@ impl Peer {
                     let o = match dedup {
                         Dedup::Duplicate(first) => first,
                         Dedup::Apply => {
+                            if cmd.request.sets_ttl() {
+                                self.sweep_needed = true;
+                                self.ttl_since_pass_start = true;
+                            }
                             let o = apply::apply_command(&db, apply, &self.region, e.index, &cmd)?;
                             if let Some(tag) = cmd.session {
                                 let mut changes = Vec::new();

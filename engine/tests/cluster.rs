@@ -819,3 +819,37 @@ fn expired_keys_are_removed_from_every_replica_through_raft() {
         .sum();
     assert_eq!(removed, 200 * nodes.len() as u64);
 }
+
+#[test]
+fn sweeps_stop_while_a_region_has_no_expiring_keys_and_resume_with_a_ttl_write() {
+    let (_d, mut c) = cluster(1, 14, Config::default());
+    let leader = must_elect(&mut c, 1);
+    for i in 0..50 {
+        must_put(&mut c, &format!("plain-{i}"), "v");
+    }
+    let sweeps = |c: &SimCluster| c.peer_counters(leader, 1).unwrap().expire_sweeps;
+    c.run_ms(3000).unwrap();
+    let settled = sweeps(&c);
+    c.run_ms(5000).unwrap();
+    assert_eq!(
+        sweeps(&c),
+        settled,
+        "kept sweeping a region without expiries"
+    );
+    c.write(
+        WriteRequest::Put {
+            key: b("short"),
+            value: b("lived"),
+            ttl_ms: Some(100),
+            condition: Condition::None,
+        },
+        3000,
+    )
+    .unwrap();
+    c.run_ms(3000).unwrap();
+    assert!(sweeps(&c) > settled);
+    for &n in c.node_ids() {
+        assert!(c.local_get(n, b"short").unwrap().is_none());
+        assert_eq!(c.peer_counters(n, 1).unwrap().expired_keys, 1, "node {n}");
+    }
+}
