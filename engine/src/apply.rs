@@ -94,6 +94,24 @@ fn expiry(now_ms: u64, ttl_ms: Option<u64>) -> u64 {
     ttl_ms.map_or(0, |t| now_ms.saturating_add(t))
 }
 
+/// Stores `value` at `dk` as written by the entry at `index`.
+fn write_value(
+    db: &rocksdb::DB,
+    batch: &mut ApplyBatch,
+    dk: Vec<u8>,
+    index: u64,
+    expire_at_ms: u64,
+    value: &Bytes,
+) -> WriteOutcome {
+    let record = ValueRecord {
+        version: index,
+        expire_at_ms,
+        value: value.clone(),
+    };
+    batch.put(db, dk, record);
+    WriteOutcome::Written { version: index }
+}
+
 /// Applies one committed write at log `index` of `region`.
 pub fn apply_command(
     db: &rocksdb::DB,
@@ -131,13 +149,7 @@ pub fn apply_command(
                     });
                 }
             }
-            let record = ValueRecord {
-                version: index,
-                expire_at_ms: expiry(now, *ttl_ms),
-                value: value.clone(),
-            };
-            batch.put(db, dk, record);
-            WriteOutcome::Written { version: index }
+            write_value(db, batch, dk, index, expiry(now, *ttl_ms), value)
         }
         WriteRequest::Delete { key, if_version } => {
             let dk = keys::data_key(route_hash(key), key);
@@ -172,13 +184,7 @@ pub fn apply_command(
                     current_version: current.map(|c| c.version),
                 });
             }
-            let record = ValueRecord {
-                version: index,
-                expire_at_ms: expiry(now, *ttl_ms),
-                value: value.clone(),
-            };
-            batch.put(db, dk, record);
-            WriteOutcome::Written { version: index }
+            write_value(db, batch, dk, index, expiry(now, *ttl_ms), value)
         }
         WriteRequest::Incr { key, delta } => {
             let dk = keys::data_key(route_hash(key), key);
