@@ -402,8 +402,8 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     // One last read of every key, after everything healed.
     let mut reader = connect(&endpoints, &shared)?;
     for key in &used_keys {
-        record(&shared, 0, key, Input::Get, |s| {
-            read(&mut reader, s, key, Consistency::Linearizable)
+        record(&shared, 0, key, Input::Get, || {
+            read(&mut reader, key, Consistency::Linearizable)
         });
     }
     cluster.stop();
@@ -602,7 +602,7 @@ fn classify<T>(r: Result<T, ClientError>, ok: impl FnOnce(T) -> Output) -> Done 
     }
 }
 
-fn read(c: &mut Client, _shared: &Shared, key: &str, consistency: Consistency) -> Done {
+fn read(c: &mut Client, key: &str, consistency: Consistency) -> Done {
     match c.get(key.as_bytes(), consistency) {
         Ok(v) => Done::Ok(Output::Value(
             v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
@@ -612,9 +612,9 @@ fn read(c: &mut Client, _shared: &Shared, key: &str, consistency: Consistency) -
     }
 }
 
-fn record(shared: &Shared, client: u64, key: &str, input: Input, f: impl FnOnce(&Shared) -> Done) {
+fn record(shared: &Shared, client: u64, key: &str, input: Input, f: impl FnOnce() -> Done) {
     let call = shared.now_us();
-    let done = f(shared);
+    let done = f();
     let ret = shared.now_us();
     let kind = match &input {
         Input::Get => "get",
@@ -697,11 +697,11 @@ fn client_loop(
         let roll = if reader { 0 } else { rng.gen_range(0..100) };
         if counter {
             if roll < 50 {
-                record(shared, client, &key, Input::Get, |s| {
-                    read(&mut c, s, &key, consistency)
+                record(shared, client, &key, Input::Get, || {
+                    read(&mut c, &key, consistency)
                 });
             } else {
-                record(shared, client, &key, Input::Incr(1), |_| {
+                record(shared, client, &key, Input::Incr(1), || {
                     classify(c.incr(key.as_bytes(), 1), Output::Counter)
                 });
             }
@@ -710,8 +710,8 @@ fn client_loop(
         match roll {
             0..=39 => {
                 let mut seen = None;
-                record(shared, client, &key, Input::Get, |s| {
-                    let d = read(&mut c, s, &key, consistency);
+                record(shared, client, &key, Input::Get, || {
+                    let d = read(&mut c, &key, consistency);
                     if let Done::Ok(Output::Value(v)) = &d {
                         seen = Some(v.clone());
                     }
@@ -721,7 +721,7 @@ fn client_loop(
                     last_seen.insert(key.clone(), v);
                 }
             }
-            40..=64 => record(shared, client, &key, Input::Put(value.clone()), |_| {
+            40..=64 => record(shared, client, &key, Input::Put(value.clone()), || {
                 classify(
                     c.put(key.as_bytes(), value.as_bytes(), PutOptions::default()),
                     |_| Output::Written,
@@ -737,7 +737,7 @@ fn client_loop(
                         expected: expected.clone(),
                         new: value.clone(),
                     },
-                    |_| {
+                    || {
                         classify(
                             c.cas(
                                 key.as_bytes(),
@@ -750,7 +750,7 @@ fn client_loop(
                     },
                 );
             }
-            _ => record(shared, client, &key, Input::Delete, |_| {
+            _ => record(shared, client, &key, Input::Delete, || {
                 classify(c.delete(key.as_bytes(), None), Output::Deleted)
             }),
         }

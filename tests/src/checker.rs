@@ -2,7 +2,8 @@
 //! Lowe's memoization, as in Porcupine and Knossos).
 //!
 //! Linearizability is local: a history is linearizable if and only if each
-//! key's sub-history is, so [`check_history`] checks key by key.
+//! key's sub-history is, so [`check_key`] takes one key's operations (the
+//! runner checks keys in parallel).
 //!
 //! The model of one key is a register holding an optional byte string:
 //! `get`, `put`, `delete`, `cas` on the value, and `incr` on its decimal
@@ -10,7 +11,7 @@
 //! connection) has no return event: it may take effect at any point after
 //! its invocation, or never, and its output constrains nothing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 /// What a client asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -187,21 +188,6 @@ pub fn check_key_with(ops: &[Operation], steps_max: u64) -> Verdict {
             }
         }
     }
-}
-
-/// Verdicts of a whole history, by key.
-pub fn check_history(ops: &[Operation]) -> BTreeMap<String, Verdict> {
-    let mut by_key: BTreeMap<String, Vec<Operation>> = BTreeMap::new();
-    for o in ops {
-        by_key.entry(o.key.clone()).or_default().push(o.clone());
-    }
-    by_key
-        .into_iter()
-        .map(|(k, ops)| {
-            let v = check_key(&ops);
-            (k, v)
-        })
-        .collect()
 }
 
 /// A small failing sub-history of one key's non-linearizable history.

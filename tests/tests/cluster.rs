@@ -184,6 +184,20 @@ fn read_at(
     }
 }
 
+/// Writes until a leader acknowledges the write (after failover), at most 20 s.
+fn put_once_a_leader_takes_it(c: &mut corekv_net::Client, key: &[u8], value: &[u8]) {
+    let started = Instant::now();
+    loop {
+        match c.put(key, value, PutOptions::default()) {
+            Ok(_) => return,
+            Err(ClientError::Unknown(_)) | Err(ClientError::Unavailable { .. }) => {
+                assert!(started.elapsed() < Duration::from_secs(20), "no new leader");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[test]
 fn a_deposed_leader_never_serves_a_stale_linearizable_read() {
     let t = TestCluster::start(3, 1, &[]);
@@ -202,16 +216,7 @@ fn a_deposed_leader_never_serves_a_stale_linearizable_read() {
     // Freeze the leader: it keeps believing it leads.
     t.cluster.signal(old_index, libc::SIGSTOP);
     let mut other = t.client_of((old_index + 1) % 3);
-    let acked = Instant::now();
-    loop {
-        match other.put(key.as_bytes(), b"v2", PutOptions::default()) {
-            Ok(_) => break,
-            Err(ClientError::Unknown(_)) | Err(ClientError::Unavailable { .. }) => {
-                assert!(acked.elapsed() < Duration::from_secs(20), "no new leader");
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    put_once_a_leader_takes_it(&mut other, key.as_bytes(), b"v2");
     // v2 is acknowledged. Wake the old leader and read from it at once.
     t.cluster.signal(old_index, libc::SIGCONT);
     let mut answers = Vec::new();
@@ -260,16 +265,7 @@ fn an_isolated_leader_never_serves_a_stale_linearizable_read() {
     t.cluster.set_faults(0, "isolate\n").unwrap();
     std::thread::sleep(Duration::from_millis(250)); // the rules are re-read every 100 ms
     let mut other = t.client_of(1);
-    let acked = Instant::now();
-    loop {
-        match other.put(key.as_bytes(), b"v2", PutOptions::default()) {
-            Ok(_) => break,
-            Err(ClientError::Unknown(_)) | Err(ClientError::Unavailable { .. }) => {
-                assert!(acked.elapsed() < Duration::from_secs(20), "no new leader");
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    put_once_a_leader_takes_it(&mut other, key.as_bytes(), b"v2");
     // v2 is acknowledged by the majority; node 1, cut off, may still think it
     // leads. A linearizable read there must not return v1.
     let old = t.cluster.nodes[0].client_addr.clone();
