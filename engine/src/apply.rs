@@ -16,6 +16,7 @@ use crate::hash::route_hash;
 use crate::keys::{self, CF_DATA};
 use crate::region::Region;
 use crate::value::ValueRecord;
+use crate::watch::{self, Change, ChangeKind, EntryChanges};
 
 /// Unsynced write of applied data and apply states.
 #[derive(Default)]
@@ -29,6 +30,11 @@ pub struct ApplyBatch {
     /// Keys written since the last [`ApplyBatch::take_touched`], with their
     /// new state, for the read cache.
     touched: Vec<(Bytes, Option<ValueRecord>)>,
+    /// Changes of the entry being applied.
+    entry_changes: Vec<Change>,
+    /// Changes of the entries applied since the last
+    /// [`ApplyBatch::take_changes`], for watchers.
+    changes: Vec<EntryChanges>,
 }
 
 impl ApplyBatch {
@@ -57,16 +63,70 @@ impl ApplyBatch {
     fn put(&mut self, db: &rocksdb::DB, data_key: Vec<u8>, record: ValueRecord) {
         self.inner
             .put_cf(cf(db, CF_DATA), &data_key, record.encode());
-        self.touched
-            .push((Bytes::copy_from_slice(&data_key[8..]), Some(record.clone())));
+        let key = Bytes::copy_from_slice(&data_key[8..]);
+        self.entry_changes.push(Change {
+            key: key.clone(),
+            kind: ChangeKind::Put,
+            value: record.value.clone(),
+            version: record.version,
+            expire_at_ms: record.expire_at_ms,
+        });
+        self.touched.push((key, Some(record.clone())));
         self.overlay.insert(data_key, Some(record));
     }
 
-    pub(crate) fn delete(&mut self, db: &rocksdb::DB, data_key: Vec<u8>) {
+    /// Deletes a key. `stored` says whether a record (live or expired) was
+    /// there: only then do watchers hear of it, as a change of `kind`.
+    pub(crate) fn delete(
+        &mut self,
+        db: &rocksdb::DB,
+        data_key: Vec<u8>,
+        stored: bool,
+        kind: ChangeKind,
+    ) {
         self.inner.delete_cf(cf(db, CF_DATA), &data_key);
-        self.touched
-            .push((Bytes::copy_from_slice(&data_key[8..]), None));
+        let key = Bytes::copy_from_slice(&data_key[8..]);
+        if stored {
+            self.entry_changes.push(Change {
+                key: key.clone(),
+                kind,
+                value: Bytes::new(),
+                version: 0,
+                expire_at_ms: 0,
+            });
+        }
+        self.touched.push((key, None));
         self.overlay.insert(data_key, None);
+    }
+
+    /// Closes the entry at `index` of `region_id`: its changes get their
+    /// version, go into the history (when `keep_history`) and are kept for
+    /// watchers.
+    pub fn end_entry(&mut self, db: &rocksdb::DB, region_id: u64, index: u64, keep_history: bool) {
+        if self.entry_changes.is_empty() {
+            return;
+        }
+        let mut changes = std::mem::take(&mut self.entry_changes);
+        for c in &mut changes {
+            c.version = index;
+        }
+        if keep_history {
+            self.inner.put_cf(
+                cf(db, keys::CF_HISTORY),
+                keys::history_key(region_id, index),
+                watch::encode_changes(&changes),
+            );
+        }
+        self.changes.push(EntryChanges {
+            region_id,
+            index,
+            changes,
+        });
+    }
+
+    /// The changes applied since the last call, in apply order.
+    pub fn take_changes(&mut self) -> Vec<EntryChanges> {
+        std::mem::take(&mut self.changes)
     }
 
     /// The keys written since the last call, with their new state.
@@ -153,7 +213,9 @@ pub fn apply_command(
         }
         WriteRequest::Delete { key, if_version } => {
             let dk = keys::data_key(route_hash(key), key);
-            let current = live(batch, &dk)?;
+            let stored = batch.current(db, &dk)?;
+            let in_store = stored.is_some();
+            let current = stored.filter(|r| !r.is_expired(now));
             if let Some(v) = if_version {
                 if current.as_ref().map(|c| c.version) != Some(*v) {
                     return Ok(WriteOutcome::ConditionFailed {
@@ -161,7 +223,7 @@ pub fn apply_command(
                     });
                 }
             }
-            batch.delete(db, dk);
+            batch.delete(db, dk, in_store, ChangeKind::Delete);
             WriteOutcome::Deleted {
                 existed: current.is_some(),
             }

@@ -68,6 +68,10 @@ pub struct Config {
     pub expire_scan_max: usize,
     /// Keys removed per expiry entry, at most. Default 1024.
     pub expire_keys_max: usize,
+    /// Log indexes of change history a region keeps for watchers that
+    /// resume; 0 keeps none (watchers then only see changes from now).
+    /// Default 10000.
+    pub watch_history_entries: u64,
 }
 
 impl Default for Config {
@@ -96,6 +100,7 @@ impl Default for Config {
             expire_sweep_ticks: 100,
             expire_scan_max: 10_000,
             expire_keys_max: 1024,
+            watch_history_entries: 10_000,
         }
     }
 }

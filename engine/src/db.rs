@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
 use crate::error::{Error, Result};
-use crate::keys::{CF_DATA, CF_META, CF_RAFT};
+use crate::keys::{CF_DATA, CF_HISTORY, CF_META, CF_RAFT};
 
 /// Shared handle to the node's database. Every shard holds a clone.
 pub type Db = Arc<DB>;
@@ -76,10 +76,17 @@ pub fn open_with_options(path: &Path, cfg: &DbConfig) -> Result<(Db, Options)> {
     data_opts.set_memtable_whole_key_filtering(true);
     data_opts.set_memtable_prefix_bloom_ratio(0.1);
 
+    // Written once per applied write, read by catching-up watchers, pruned
+    // by range: half-size memtables, compressed.
+    let mut history_opts = Options::default();
+    history_opts.set_write_buffer_size(cfg.write_buffer_bytes / 2);
+    history_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+
     let cfs = vec![
         ColumnFamilyDescriptor::new(CF_RAFT, raft_opts),
         ColumnFamilyDescriptor::new(CF_META, meta_opts),
         ColumnFamilyDescriptor::new(CF_DATA, data_opts),
+        ColumnFamilyDescriptor::new(CF_HISTORY, history_opts),
     ];
     let db = DB::open_cf_descriptors(&opts, path, cfs)?;
     Ok((Arc::new(db), opts))

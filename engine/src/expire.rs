@@ -148,7 +148,7 @@ pub fn apply(
             .current(db, &dk)?
             .is_some_and(|r| r.expire_at_ms == *at && r.is_expired(cmd.now_ms));
         if still {
-            batch.delete(db, dk);
+            batch.delete(db, dk, true, crate::watch::ChangeKind::Expire);
             removed.push(key.clone());
         }
     }

@@ -12,6 +12,8 @@
 //! | `meta` | `0x04 region_id` | shard owning the region (u32, node runtime) |
 //! | `meta` | `0x05 region_id client_id` | [`crate::session::ClientSession`] |
 //! | `data` | `route_hash key` | [`crate::value::ValueRecord`] |
+//! | `history` | `0x01 region_id index` | changes of one entry ([`crate::watch`]) |
+//! | `history` | `0x02 region_id` | history floor (u64) |
 //!
 //! Data keys are ordered by routing hash, so a region's data is one contiguous
 //! key range whatever its id: a split moves no data, and a snapshot is one scan.
@@ -22,8 +24,10 @@ pub const CF_RAFT: &str = "raft";
 pub const CF_META: &str = "meta";
 /// Column family of user data.
 pub const CF_DATA: &str = "data";
+/// Column family of the change history watchers resume from.
+pub const CF_HISTORY: &str = "history";
 /// Every column family the engine opens (besides RocksDB's `default`).
-pub const COLUMN_FAMILIES: [&str; 3] = [CF_RAFT, CF_META, CF_DATA];
+pub const COLUMN_FAMILIES: [&str; 4] = [CF_RAFT, CF_META, CF_DATA, CF_HISTORY];
 
 const RAFT_LOG: u8 = 0x01;
 const RAFT_HARD_STATE: u8 = 0x02;
@@ -32,6 +36,8 @@ const META_APPLY: u8 = 0x02;
 const META_IDENT: u8 = 0x03;
 const META_PLACEMENT: u8 = 0x04;
 const META_SESSION: u8 = 0x05;
+const HISTORY_RECORD: u8 = 0x01;
+const HISTORY_FLOOR: u8 = 0x02;
 
 fn region_key(tag: u8, region_id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -103,6 +109,28 @@ pub fn session_client(region_id: u64, key: &[u8]) -> Option<u64> {
         return None;
     }
     Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
+}
+
+/// Key of the history record of entry `index` of `region_id`.
+pub fn history_key(region_id: u64, index: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = HISTORY_RECORD;
+    k[1..9].copy_from_slice(&region_id.to_be_bytes());
+    k[9..17].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The index of a history record key of `region_id`, or `None`.
+pub fn history_index(region_id: u64, key: &[u8]) -> Option<u64> {
+    if key.len() != 17 || key[0] != HISTORY_RECORD || key[1..9] != region_id.to_be_bytes() {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
+}
+
+/// Key of the history floor of `region_id`.
+pub fn history_floor_key(region_id: u64) -> [u8; 9] {
+    region_key(HISTORY_FLOOR, region_id)
 }
 
 /// Key of a user key in the data CF.

@@ -25,6 +25,7 @@
 //! - `sim`: deterministic in-process cluster with a faulty network, for tests
 //!   and the demo.
 //! - `slog_fields`: raft-rs log records' key-value pairs as text.
+//! - `watch`: the per-region change history watchers read and resume from.
 #![deny(missing_docs)]
 
 pub mod apply;
@@ -48,6 +49,7 @@ pub mod snapshot;
 pub mod state;
 pub mod storage;
 pub mod value;
+pub mod watch;
 
 pub use command::{Condition, PutItem, SessionTag, WriteOutcome, WriteRequest};
 pub use config::Config;

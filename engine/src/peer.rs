@@ -37,6 +37,7 @@ use crate::read::{Consistency, PendingRead, ReadQueue};
 use crate::region::Region;
 use crate::session::{ClientSession, Dedup, SessionTable};
 use crate::state::{PeerState, RegionLocalState};
+use crate::watch;
 
 /// Read index contexts of follower reads start above this (leader reads and
 /// lease renewals count up from 0).
@@ -172,6 +173,8 @@ pub struct Peer {
     counters: PeerCounters,
     leader_seen: u64,
     sessions: SessionTable,
+    /// Watchers can resume from this version on (see `watch`).
+    history_floor: u64,
 }
 
 fn raft_config(cfg: &Config, peer_id: u64, applied: u64) -> raft::Config {
@@ -266,8 +269,18 @@ impl Peer {
             })?
             .id;
         let sessions = load_sessions(&db, region_id)?;
-        let storage = RegionStorage::open(db, region_id, cfg.entry_cache_entries)?;
+        let storage = RegionStorage::open(db.clone(), region_id, cfg.entry_cache_entries)?;
         let applied = storage.applied_index();
+        let history_floor = match watch::floor(&db, region_id)? {
+            Some(f) => f,
+            None => {
+                // No history yet: it starts at what is applied now.
+                let mut b = rocksdb::WriteBatch::default();
+                watch::set_floor(&db, &mut b, region_id, applied);
+                crate::db::write(&db, b, false)?;
+                applied
+            }
+        };
         let rc = raft_config(&cfg, peer_id, applied);
         rc.validate()?;
         let logger = logger.new(slog::o!("region" => region_id, "peer" => peer_id));
@@ -306,7 +319,18 @@ impl Peer {
             sessions,
             counters: PeerCounters::default(),
             leader_seen: 0,
+            history_floor,
         })
+    }
+
+    /// The lowest version watchers of this replica can resume from.
+    pub fn history_floor(&self) -> u64 {
+        self.history_floor
+    }
+
+    /// Index of the last entry applied here.
+    pub fn applied_index(&self) -> u64 {
+        self.raw.store().applied_index()
     }
 
     /// Region metadata as applied here.
@@ -802,6 +826,7 @@ impl Peer {
             // The region's data was replaced wholesale.
             cache.clear();
             let index = rd.snapshot().get_metadata().index;
+            self.history_floor = index;
             self.region = region;
             snapshot_index = Some(index);
             // Whether proposals up to the snapshot were applied is unknown here.
@@ -943,12 +968,19 @@ impl Peer {
                     self.raw.mut_store().set_conf_state(cs);
                 }
             }
+            apply.end_entry(
+                &db,
+                self.region.id,
+                e.index,
+                self.cfg.watch_history_entries > 0,
+            );
             apply.entries += 1;
             self.counters.entries_applied += 1;
             self.raw.mut_store().set_applied(e.index, e.term);
             self.resolve_proposals(e.index, e.term, outcome, replies);
         }
         self.maybe_compact(apply)?;
+        self.prune_history(&db, apply);
         self.raw.store().persist_apply_state(&mut apply.inner);
         Ok(())
     }
@@ -978,6 +1010,19 @@ impl Peer {
             };
             replies.push(Reply { id: p.id, result });
         }
+    }
+
+    /// Drops history older than `watch_history_entries` indexes, in steps of
+    /// a quarter of that so range deletions stay few.
+    fn prune_history(&mut self, db: &rocksdb::DB, apply: &mut ApplyBatch) {
+        let keep = self.cfg.watch_history_entries;
+        let applied = self.raw.store().applied_index();
+        if applied.saturating_sub(self.history_floor) <= keep + keep / 4 {
+            return;
+        }
+        let floor = applied - keep;
+        watch::prune(db, &mut apply.inner, self.region.id, floor);
+        self.history_floor = floor;
     }
 
     fn maybe_compact(&mut self, apply: &mut ApplyBatch) -> Result<()> {

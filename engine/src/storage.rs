@@ -394,6 +394,9 @@ impl RegionStorage {
             keys::raft_log_key(self.region_id, 0),
             keys::raft_log_key(self.region_id, u64::MAX),
         );
+        // Changes up to the snapshot are not known here: watchers resume
+        // from after it.
+        crate::watch::prune(&self.db, &mut batch.inner, self.region_id, meta.index);
         self.apply = ApplyState {
             applied_index: meta.index,
             applied_term: meta.term,

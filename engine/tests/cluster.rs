@@ -278,6 +278,70 @@ fn lagging_node_catches_up_by_snapshot() {
 }
 
 #[test]
+fn change_history_is_the_same_on_every_replica_and_bounded() {
+    let cfg = Config {
+        watch_history_entries: 200,
+        ..small_log_config()
+    };
+    let (_d, mut c) = cluster(1, 29, cfg);
+    let leader = must_elect(&mut c, 1);
+    let lagging = c.node_ids().iter().copied().find(|&n| n != leader).unwrap();
+    for i in 0..100 {
+        must_put(&mut c, &format!("k{}", i % 10), &format!("v{i}"));
+    }
+    let del = WriteRequest::Delete {
+        key: b("k3"),
+        if_version: None,
+    };
+    c.write(del, 5000).unwrap();
+    c.run_ms(200).unwrap();
+    let (_, on_leader) = c.history(leader, 1, 0).unwrap();
+    assert_eq!(on_leader.len(), 101, "one change per write");
+    assert_eq!(
+        on_leader.last().unwrap().kind,
+        corekv_engine::watch::ChangeKind::Delete
+    );
+    for n in c.node_ids().to_vec() {
+        assert_eq!(c.history(n, 1, 0).unwrap().1, on_leader, "node {n}");
+    }
+    // Versions are the data's versions.
+    let k1 = c.local_get(leader, b"k1").unwrap().unwrap();
+    let last_k1 = on_leader
+        .iter()
+        .rev()
+        .find(|ch| &ch.key[..] == b"k1")
+        .unwrap();
+    assert_eq!((last_k1.version, &last_k1.value), (k1.version, &k1.value));
+
+    // A replica that misses a lot and is restored from a snapshot keeps no
+    // history before it; afterwards it records like the others.
+    c.crash(lagging);
+    for i in 0..1500 {
+        must_put(&mut c, &format!("k{}", i % 10), &format!("w{i}"));
+    }
+    c.restart(lagging).unwrap();
+    assert!(c
+        .run_until(5000, |c| c.status(lagging, 1).unwrap().applied_index
+            >= c.status(leader, 1).unwrap().applied_index)
+        .unwrap());
+    assert!(c.peer_counters(lagging, 1).unwrap().snapshots_applied > 0);
+    let (snap_floor, _) = c.history(lagging, 1, 0).unwrap();
+    must_put(&mut c, "after", "snap");
+    c.run_ms(200).unwrap();
+    let (_, tail_lagging) = c.history(lagging, 1, snap_floor).unwrap();
+    let (leader_floor, tail_leader) = c.history(leader, 1, snap_floor).unwrap();
+    assert!(snap_floor >= leader_floor, "history starts at the snapshot");
+    assert_eq!(tail_lagging, tail_leader);
+    assert_eq!(tail_leader.last().unwrap().value, b("snap"));
+    // Bounded: the leader keeps at most 200 + 50 indexes of history.
+    let applied = c.status(leader, 1).unwrap().applied_index;
+    assert!(
+        applied - leader_floor <= 250,
+        "floor {leader_floor}, applied {applied}"
+    );
+}
+
+#[test]
 fn log_stays_bounded_under_sustained_writes() {
     let cfg = small_log_config();
     let bound = cfg.log_compact_entries + 100;

@@ -96,6 +96,16 @@ pub enum ClientError {
     /// The server answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A watch asked for changes the region no longer keeps; restart from
+    /// the current values given.
+    #[error("{message}")]
+    Compacted {
+        /// Detail from the server.
+        message: String,
+        /// The watched keys' current state: a put with the live value and
+        /// its version, or a delete (version 0) for an absent key.
+        current: Vec<corekv_engine::watch::Change>,
+    },
 }
 
 /// Result of client operations.
@@ -123,9 +133,9 @@ pub struct PutOptions {
     pub if_version: Option<u64>,
 }
 
-struct Conn {
-    stream: TcpStream,
-    frames: FrameBuffer,
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) frames: FrameBuffer,
 }
 
 enum CallError {
@@ -137,10 +147,10 @@ enum CallError {
 
 /// A connection-pooling, region-aware client.
 pub struct Client {
-    cfg: ClientConfig,
-    routes: Vec<RouteInfo>,
+    pub(crate) cfg: ClientConfig,
+    pub(crate) routes: Vec<RouteInfo>,
     nodes: HashMap<u64, String>,
-    conns: HashMap<String, Conn>,
+    pub(crate) conns: HashMap<String, Conn>,
     next_id: u64,
     client_id: u64,
     seq: u64,
@@ -153,12 +163,16 @@ pub struct Client {
 /// How long a node that did not answer is avoided.
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
-fn wire_to_client(e: WireError) -> ClientError {
+pub(crate) fn wire_to_client(e: WireError) -> ClientError {
     match e.code {
         ErrorCode::ConditionFailed => ClientError::ConditionFailed {
             current_version: (e.current_version != 0).then_some(e.current_version),
         },
         ErrorCode::NotANumber => ClientError::NotANumber,
+        ErrorCode::Compacted => ClientError::Compacted {
+            message: e.message,
+            current: e.current,
+        },
         code => ClientError::Invalid {
             code,
             message: e.message,
@@ -211,7 +225,7 @@ impl Client {
         &self.nodes
     }
 
-    fn backoff(&self, attempt: u32, deadline: Instant) -> bool {
+    pub(crate) fn backoff(&self, attempt: u32, deadline: Instant) -> bool {
         let exp = self
             .cfg
             .backoff_base
@@ -225,7 +239,11 @@ impl Client {
         true
     }
 
-    fn conn(&mut self, addr: &str, deadline: Instant) -> std::result::Result<&mut Conn, String> {
+    pub(crate) fn conn(
+        &mut self,
+        addr: &str,
+        deadline: Instant,
+    ) -> std::result::Result<&mut Conn, String> {
         if !self.conns.contains_key(addr) {
             let sa = addr
                 .to_socket_addrs()
@@ -309,7 +327,7 @@ impl Client {
         Ok(got.into_iter().map(Option::unwrap).collect())
     }
 
-    fn refresh_routes(&mut self, deadline: Instant) -> std::result::Result<(), String> {
+    pub(crate) fn refresh_routes(&mut self, deadline: Instant) -> std::result::Result<(), String> {
         let mut candidates: Vec<String> = self.nodes.values().cloned().collect();
         candidates.extend(self.cfg.endpoints.iter().cloned());
         let mut last = String::from("no endpoint answered");
@@ -347,11 +365,11 @@ impl Client {
         }
     }
 
-    fn route_index(&self, hash: u64) -> Option<usize> {
+    pub(crate) fn route_index(&self, hash: u64) -> Option<usize> {
         self.routes.iter().position(|r| r.region.contains(hash))
     }
 
-    fn new_id(&mut self) -> u64 {
+    pub(crate) fn new_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
     }
@@ -362,7 +380,7 @@ impl Client {
             .is_some_and(|t| *t > Instant::now())
     }
 
-    fn mark_down(&mut self, addr: &str) {
+    pub(crate) fn mark_down(&mut self, addr: &str) {
         let until = Instant::now() + DOWN_FOR;
         for (n, a) in &self.nodes {
             if a == addr {
@@ -374,7 +392,7 @@ impl Client {
     /// Picks the node to send to for region `i`: the leader if known and not
     /// recently silent, otherwise a replica chosen by attempt number, skipping
     /// silent ones while others remain.
-    fn target(&self, i: usize, attempt: u32) -> Option<(u64, String)> {
+    pub(crate) fn target(&self, i: usize, attempt: u32) -> Option<(u64, String)> {
         let r = &self.routes[i];
         if r.leader_node != 0 && !self.is_down(r.leader_node) {
             if let Some(a) = self.nodes.get(&r.leader_node) {

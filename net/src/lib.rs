@@ -13,6 +13,8 @@
 //! - `transport`: a shard's raft transport (glommio): links with backoff and
 //!   bounded queues, and the peer acceptor.
 //! - `wake`: a one-slot wake-up signal for single-threaded loops.
+//! - `watch_client`: watches in the native client (one resuming stream per
+//!   region).
 #![deny(missing_docs)]
 
 pub mod client;
@@ -24,6 +26,9 @@ pub mod peer_codec;
 pub mod server;
 pub mod transport;
 pub mod wake;
+pub mod watch_client;
 pub mod wire;
 
 pub use client::{Client, ClientConfig, ClientError, PutOptions, Value};
+pub use corekv_engine::watch::{Change, ChangeKind};
+pub use watch_client::Watch;

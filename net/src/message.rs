@@ -3,6 +3,7 @@
 //! garbage is an error, never a panic.
 
 use bytes::Bytes;
+use corekv_engine::watch::{Change, ChangeKind};
 use corekv_engine::{
     Condition, Consistency, Epoch, PeerMeta, PeerRole, PutItem, Region, SessionTag, ValueRecord,
     WriteOutcome, WriteRequest,
@@ -28,6 +29,19 @@ pub enum Op {
     Routes,
     /// The node's status document (JSON).
     Status,
+    /// Stream the changes of keys of one region after a version (0 = from
+    /// now).
+    Watch {
+        /// Keys (all in one region).
+        keys: Vec<Bytes>,
+        /// Resume after this version.
+        from_version: u64,
+    },
+    /// End the watch started by request `watch_id` on this connection.
+    CancelWatch {
+        /// Id of the watch request.
+        watch_id: u64,
+    },
 }
 
 /// One request of a batch.
@@ -78,6 +92,9 @@ pub struct WireError {
     pub regions: Vec<Region>,
     /// `ConditionFailed`: current version, 0 = absent.
     pub current_version: u64,
+    /// `Compacted`: the watched keys' current state (a put of the live
+    /// value, or a delete for an absent key).
+    pub current: Vec<Change>,
 }
 
 impl WireError {
@@ -89,6 +106,7 @@ impl WireError {
             leader_node: 0,
             regions: Vec::new(),
             current_version: 0,
+            current: Vec::new(),
         }
     }
 
@@ -133,6 +151,19 @@ pub enum Outcome {
     },
     /// A node's status document (JSON).
     Status(String),
+    /// A response of a watch stream: changes, and the version up to which
+    /// every change was sent.
+    Events {
+        /// Every change up to this version was sent.
+        progress: u64,
+        /// The changes, in version order.
+        events: Vec<Change>,
+    },
+    /// A watch was cancelled (`existed`: it was running).
+    Cancelled {
+        /// The watch was running.
+        existed: bool,
+    },
 }
 
 /// The answer to request `id`.
@@ -275,6 +306,7 @@ fn encode_error<'a>(
         .map(|r| encode_region(fbb, r, 0))
         .collect();
     let regions = fbb.create_vector(&regions);
+    let current = (!err.current.is_empty()).then(|| encode_events(fbb, &err.current));
     wire::Error::create(
         fbb,
         &wire::ErrorArgs {
@@ -283,8 +315,59 @@ fn encode_error<'a>(
             leader_node: err.leader_node,
             regions: Some(regions),
             current_version: err.current_version,
+            current,
         },
     )
+}
+
+fn encode_events<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    events: &[Change],
+) -> WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<wire::Event<'a>>>> {
+    let evs: Vec<_> = events
+        .iter()
+        .map(|c| {
+            let key = fbb.create_vector(&c.key);
+            let value = (c.kind == ChangeKind::Put).then(|| fbb.create_vector(&c.value));
+            wire::Event::create(
+                fbb,
+                &wire::EventArgs {
+                    key: Some(key),
+                    kind: match c.kind {
+                        ChangeKind::Put => wire::EventKind::Put,
+                        ChangeKind::Delete => wire::EventKind::Delete,
+                        ChangeKind::Expire => wire::EventKind::Expire,
+                    },
+                    value,
+                    version: c.version,
+                    expire_at_ms: c.expire_at_ms,
+                },
+            )
+        })
+        .collect();
+    fbb.create_vector(&evs)
+}
+
+fn decode_events(
+    evs: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<wire::Event<'_>>>>,
+    src: Option<&Bytes>,
+) -> Vec<Change> {
+    evs.map(|evs| {
+        evs.iter()
+            .map(|e| Change {
+                key: bytes_of(src, e.key()),
+                kind: match e.kind() {
+                    wire::EventKind::Delete => ChangeKind::Delete,
+                    wire::EventKind::Expire => ChangeKind::Expire,
+                    _ => ChangeKind::Put,
+                },
+                value: bytes_of(src, e.value()),
+                version: e.version(),
+                expire_at_ms: e.expire_at_ms(),
+            })
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Encodes a batch of requests.
@@ -339,6 +422,33 @@ fn encode_op<'a>(
                 },
             );
             (wire::Op::Get, g.as_union_value())
+        }
+        Op::Watch { keys, from_version } => {
+            let ks: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    let key = fbb.create_vector(k);
+                    wire::WatchKey::create(fbb, &wire::WatchKeyArgs { key: Some(key) })
+                })
+                .collect();
+            let ks = fbb.create_vector(&ks);
+            let w = wire::Watch::create(
+                fbb,
+                &wire::WatchArgs {
+                    keys: Some(ks),
+                    from_version: *from_version,
+                },
+            );
+            (wire::Op::Watch, w.as_union_value())
+        }
+        Op::CancelWatch { watch_id } => {
+            let c = wire::CancelWatch::create(
+                fbb,
+                &wire::CancelWatchArgs {
+                    watch_id: *watch_id,
+                },
+            );
+            (wire::Op::CancelWatch, c.as_union_value())
         }
         Op::Routes => {
             let r = wire::Routes::create(fbb, &wire::RoutesArgs {});
@@ -494,6 +604,11 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
             Ok(Outcome::Status(json)) => {
                 args.status_json = Some(fbb.create_string(json));
             }
+            Ok(Outcome::Events { progress, events }) => {
+                args.version = *progress;
+                args.events = Some(encode_events(&mut fbb, events));
+            }
+            Ok(Outcome::Cancelled { existed }) => args.existed = *existed,
             Ok(Outcome::Routes { regions, nodes }) => {
                 let rs: Vec<_> = regions
                     .iter()
@@ -587,6 +702,7 @@ fn decode_error(e: wire::Error<'_>) -> WireError {
             .map(|rs| rs.iter().map(decode_region).collect())
             .unwrap_or_default(),
         current_version: e.current_version(),
+        current: decode_events(e.current(), None),
     }
 }
 
@@ -667,6 +783,26 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
         }
         wire::Op::Routes => Op::Routes,
         wire::Op::Status => Op::Status,
+        wire::Op::Watch => {
+            let w = r
+                .op_as_watch()
+                .ok_or_else(|| content("watch without body"))?;
+            Op::Watch {
+                keys: w
+                    .keys()
+                    .map(|ks| ks.iter().map(|k| bytes_of(src, k.key())).collect())
+                    .unwrap_or_default(),
+                from_version: w.from_version(),
+            }
+        }
+        wire::Op::CancelWatch => {
+            let c = r
+                .op_as_cancel_watch()
+                .ok_or_else(|| content("cancel watch without body"))?;
+            Op::CancelWatch {
+                watch_id: c.watch_id(),
+            }
+        }
         other => return Err(content(format!("unknown op {}", other.0))),
     };
     Ok(op)
@@ -680,6 +816,11 @@ fn decode_response(r: wire::Response<'_>, src: Option<&Bytes>) -> Response {
         None => {
             if let Some(json) = r.status_json() {
                 Ok(Outcome::Status(json.to_string()))
+            } else if r.events().is_some() {
+                Ok(Outcome::Events {
+                    progress: r.version(),
+                    events: decode_events(r.events(), src),
+                })
             } else if let Some(routes) = r.routes() {
                 Ok(Outcome::Routes {
                     regions: routes
@@ -907,6 +1048,23 @@ mod tests {
                 }),
                 session: None,
             },
+            Request {
+                id: 8,
+                region_id: 2,
+                epoch: Epoch::default(),
+                op: Op::Watch {
+                    keys: vec![b("a"), b("b")],
+                    from_version: 41,
+                },
+                session: None,
+            },
+            Request {
+                id: 9,
+                region_id: 2,
+                epoch: Epoch::default(),
+                op: Op::CancelWatch { watch_id: 8 },
+                session: None,
+            },
         ];
         let framed = encode_requests(&reqs);
         assert_eq!(
@@ -958,6 +1116,53 @@ mod tests {
                     leader_node: 2,
                     regions: vec![region.clone()],
                     current_version: 0,
+                    current: Vec::new(),
+                }),
+            },
+            Response {
+                id: 5,
+                result: Ok(Outcome::Events {
+                    progress: 12,
+                    events: vec![
+                        Change {
+                            key: b("a"),
+                            kind: ChangeKind::Put,
+                            value: b("1"),
+                            version: 10,
+                            expire_at_ms: 99,
+                        },
+                        Change {
+                            key: b("b"),
+                            kind: ChangeKind::Expire,
+                            value: Bytes::new(),
+                            version: 12,
+                            expire_at_ms: 0,
+                        },
+                    ],
+                }),
+            },
+            Response {
+                id: 6,
+                result: Ok(Outcome::Events {
+                    progress: 13,
+                    events: Vec::new(),
+                }),
+            },
+            Response {
+                id: 7,
+                result: Err(WireError {
+                    code: ErrorCode::Compacted,
+                    message: "gone".into(),
+                    leader_node: 0,
+                    regions: Vec::new(),
+                    current_version: 0,
+                    current: vec![Change {
+                        key: b("a"),
+                        kind: ChangeKind::Delete,
+                        value: Bytes::new(),
+                        version: 0,
+                        expire_at_ms: 0,
+                    }],
                 }),
             },
             Response {

@@ -12,6 +12,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
@@ -50,11 +52,48 @@ pub struct ServerInfo {
     pub shard_ports: Vec<u16>,
 }
 
+/// Ties a watch, on the shard serving it, to the connection it streams to
+/// (maybe on another shard): how many of its frames are queued and not yet
+/// written, and whether the connection is gone.
+#[derive(Debug, Default)]
+pub struct WatchLink {
+    /// Frames queued on the connection and not yet written to the socket.
+    pub outstanding: AtomicUsize,
+    /// The connection closed: the watch can be dropped.
+    pub closed: AtomicBool,
+}
+
+impl WatchLink {
+    /// Frames of this watch still queued.
+    pub fn queued(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    /// True once the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection gone.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// A frame waiting for the connection's writer.
+struct OutFrame {
+    bytes: Vec<u8>,
+    /// The watch whose frame this is: told when it is written.
+    link: Option<Arc<WatchLink>>,
+}
+
 /// One client connection, as the shard sees it.
 pub struct ClientConn {
     /// Shard-local connection id.
     pub id: u64,
-    out: RefCell<Option<LocalSender<Vec<u8>>>>,
+    out: RefCell<Option<LocalSender<OutFrame>>>,
+    /// Watches streaming to this connection, told when it closes.
+    links: RefCell<Vec<Arc<WatchLink>>>,
     /// Requests handed to the shard and not answered yet.
     inflight: Cell<usize>,
     answered: Wake,
@@ -70,7 +109,36 @@ impl ClientConn {
         self.push(encode_responses(responses))
     }
 
+    /// Queues one response of a watch stream. The watch counted the frame
+    /// in its link when it made it; the count goes down once the frame is
+    /// written. Returns false (and closes the connection) if the client is
+    /// not reading.
+    pub fn send_watch(&self, response: &Response, link: &Arc<WatchLink>) -> bool {
+        if self.is_closed() {
+            link.close();
+            return false;
+        }
+        {
+            let mut links = self.links.borrow_mut();
+            links.retain(|l| !l.is_closed());
+            if !links.iter().any(|l| Arc::ptr_eq(l, link)) {
+                links.push(link.clone());
+            }
+        }
+        self.push_frame(OutFrame {
+            bytes: encode_responses(std::slice::from_ref(response)),
+            link: Some(link.clone()),
+        })
+    }
+
     fn push(&self, frame: Vec<u8>) -> bool {
+        self.push_frame(OutFrame {
+            bytes: frame,
+            link: None,
+        })
+    }
+
+    fn push_frame(&self, frame: OutFrame) -> bool {
         let ok = match self.out.borrow().as_ref() {
             Some(q) => q.try_send(frame).is_ok(),
             None => return false,
@@ -89,6 +157,9 @@ impl ClientConn {
     /// Stops the connection: queued frames are still written, then it closes.
     pub fn close(&self) {
         self.out.borrow_mut().take();
+        for l in self.links.borrow_mut().drain(..) {
+            l.close();
+        }
         self.answered.notify();
     }
 }
@@ -152,16 +223,24 @@ async fn connection(
     handler: Rc<dyn RequestHandler>,
 ) {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(limits.queued_frames_max);
+    let (tx, rx) = local_channel::new_bounded::<OutFrame>(limits.queued_frames_max);
     let conn = Rc::new(ClientConn {
         id,
         out: RefCell::new(Some(tx)),
+        links: RefCell::new(Vec::new()),
         inflight: Cell::new(0),
         answered: Wake::default(),
     });
     let writer_task = glommio::spawn_local(async move {
         while let Some(frame) = rx.recv().await {
-            if writer.write_all(&frame).await.is_err() {
+            let written = writer.write_all(&frame.bytes).await.is_ok();
+            if let Some(l) = frame.link {
+                l.outstanding.fetch_sub(1, Ordering::AcqRel);
+                if !written {
+                    l.close();
+                }
+            }
+            if !written {
                 break;
             }
         }
@@ -259,6 +338,7 @@ async fn connection(
             }
         }
     }
+    conn.close();
     writer_task.await;
 }
 

@@ -60,6 +60,13 @@ pub struct ServerArgs {
     /// Default 5000.
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// Watches one shard serves at once; more get `Busy`. Default 10000.
+    #[arg(long)]
+    pub watchers_max: Option<usize>,
+    /// Log indexes of change history each region keeps for watchers that
+    /// resume from a version; 0 = none. Default 10000.
+    #[arg(long)]
+    pub watch_history_entries: Option<u64>,
     /// Largest value, bytes. Default 1 MiB; at most 8 MiB.
     #[arg(long)]
     pub value_bytes_max: Option<usize>,
@@ -135,6 +142,8 @@ pub struct NodeConfig {
     pub slow_request_ms: u64,
     /// Disk quota for data in bytes; 0 = none.
     pub disk_quota_bytes: u64,
+    /// Watches per shard.
+    pub watchers_max: usize,
 }
 
 /// Largest node id (peer ids are `region_id * 1000 + node_id`).
@@ -161,8 +170,9 @@ pub struct MemorySplit {
     pub block_cache_bytes: usize,
     /// Hot-key cache of each shard (a quarter, shared out).
     pub read_cache_bytes_per_shard: usize,
-    /// Memtable size of the raft, data and meta column families: each may
-    /// hold two memtables, so six of these make a quarter.
+    /// Memtable size of the raft, data and meta column families (the
+    /// history family's is half of it): each may hold two memtables, so
+    /// seven of these make a quarter.
     pub write_buffer_bytes: usize,
 }
 
@@ -171,7 +181,7 @@ pub fn split_memory_budget(budget: usize, shards: usize) -> MemorySplit {
     MemorySplit {
         block_cache_bytes: budget / 2,
         read_cache_bytes_per_shard: budget / 4 / shards.max(1),
-        write_buffer_bytes: budget / 24,
+        write_buffer_bytes: budget / 28,
     }
 }
 
@@ -227,6 +237,8 @@ impl ServerArgs {
             election_ticks,
             heartbeat_ticks,
             request_timeout_ms,
+            watchers_max,
+            watch_history_entries,
             expire_sweep_ms,
             value_bytes_max,
             frame_bytes_max,
@@ -303,6 +315,13 @@ impl ServerArgs {
         if let Some(t) = self.request_timeout_ms {
             engine.request_timeout_ms = t;
         }
+        if let Some(h) = self.watch_history_entries {
+            engine.watch_history_entries = h;
+        }
+        let watchers_max = self.watchers_max.unwrap_or(10_000);
+        if watchers_max == 0 {
+            return Err("--watchers-max must be > 0".into());
+        }
         if let Some(v) = self.value_bytes_max {
             engine.value_bytes_max = v;
             engine.entry_bytes_max = engine.entry_bytes_max.max(v + (64 << 10));
@@ -366,6 +385,7 @@ impl ServerArgs {
                 .transpose()?,
             slow_request_ms: self.slow_request_ms.unwrap_or(500),
             disk_quota_bytes: self.disk_quota_mb.unwrap_or(0).saturating_mul(1 << 20),
+            watchers_max,
         })
     }
 }
@@ -415,11 +435,12 @@ mod tests {
             .unwrap();
         assert_eq!(c.db.block_cache_bytes, 128 << 20);
         assert_eq!(c.engine.read_cache_bytes, 32 << 20);
-        assert_eq!(c.db.write_buffer_bytes, (256 << 20) / 24);
+        assert_eq!(c.db.write_buffer_bytes, (256 << 20) / 28);
         let s = split_memory_budget(1 << 30, 3);
-        // Block cache, every shard's cache and the four big memtables fit.
+        // Block cache, every shard's cache and every memtable (two each of
+        // raft, data, meta, and of history at half size) fit.
         assert!(
-            s.block_cache_bytes + 3 * s.read_cache_bytes_per_shard + 6 * s.write_buffer_bytes
+            s.block_cache_bytes + 3 * s.read_cache_bytes_per_shard + 7 * s.write_buffer_bytes
                 <= 1 << 30
         );
         let e = args(&["--memory-budget-mb", "32"]).validate().unwrap_err();

@@ -25,3 +25,4 @@ pub mod raft_log;
 pub mod server;
 pub mod shard;
 pub mod status;
+pub mod watch;

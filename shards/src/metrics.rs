@@ -74,6 +74,11 @@ const RAFT_COUNTERS: &[(&str, &str)] = &[
         "transport_frames_dropped",
         "Raft transport frames dropped (queue full, unreachable, faults).",
     ),
+    ("watch_events", "Changes sent to watches."),
+    (
+        "watch_catchups",
+        "History reads of watches catching up (resumed from a version, or fell behind).",
+    ),
 ];
 
 /// Gauges per shard: (name suffix, help).
@@ -92,6 +97,7 @@ const GAUGES: &[(&str, &str)] = &[
     ("cache_entries", "Keys held by the hot-key cache."),
     ("transport_queued_frames", "Raft frames queued to peers."),
     ("client_connections", "Open client connections."),
+    ("watches", "Watches the shard serves."),
 ];
 
 /// Log writer counters: (name suffix, help).
@@ -267,6 +273,8 @@ struct Last {
     frames_sent: u64,
     bytes_sent: u64,
     frames_dropped: u64,
+    watch_events: u64,
+    watch_catchups: u64,
 }
 
 /// One shard's handles on the node metrics (single-threaded).
@@ -290,6 +298,8 @@ pub struct ShardFigures {
     pub connections: usize,
     /// Requests held.
     pub pending: usize,
+    /// Watches (served, changes sent, history catch-ups).
+    pub watches: (usize, u64, u64),
 }
 
 impl ShardMetrics {
@@ -361,6 +371,8 @@ impl ShardMetrics {
                 f.transport.2,
                 self.last.frames_dropped,
             ),
+            ("watch_events", f.watches.1, self.last.watch_events),
+            ("watch_catchups", f.watches.2, self.last.watch_catchups),
         ];
         for (name, now, before) in deltas {
             m.raft[name]
@@ -380,6 +392,7 @@ impl ShardMetrics {
             ("cache_bytes", f.cache.3 as i64),
             ("transport_queued_frames", f.transport.3 as i64),
             ("client_connections", f.connections as i64),
+            ("watches", f.watches.0 as i64),
         ] {
             m.gauges[name].with_label_values(&[l]).set(v);
         }
@@ -390,6 +403,8 @@ impl ShardMetrics {
             frames_sent: f.transport.0,
             bytes_sent: f.transport.1,
             frames_dropped: f.transport.2,
+            watch_events: f.watches.1,
+            watch_catchups: f.watches.2,
         };
     }
 }

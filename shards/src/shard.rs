@@ -21,7 +21,7 @@ use corekv_engine::peer::{PendingPersist, Reply, Response as EngineResponse};
 use corekv_engine::{db, route_hash, RaftEnvelope, Replicas, Round};
 use corekv_net::faults::{FaultFile, FaultRules};
 use corekv_net::message::{NodeInfo, Op, Outcome, Request, Response, RouteInfo, WireError};
-use corekv_net::server::{ClientConn, Connections, RequestHandler};
+use corekv_net::server::{ClientConn, Connections, RequestHandler, WatchLink};
 use corekv_net::transport::{RaftHandler, Transport};
 use corekv_net::wire::ErrorCode;
 use glommio::channels::channel_mesh::Senders;
@@ -30,6 +30,8 @@ use crate::bootstrap::preferred_leader;
 use crate::log_writer::WriteTask;
 use crate::metrics::{ShardFigures, ShardMetrics};
 use crate::node::{wall_ms, NodeShared, RegionRow};
+use crate::watch::{WatchFrame, WatchLimits, WatchTarget, Watches};
+use bytes::Bytes;
 use corekv_net::wake::Wake;
 
 /// Work items handled per round at most (the rest waits for the next round).
@@ -65,6 +67,16 @@ pub enum ShardMsg {
         /// The answers.
         responses: Vec<Response>,
     },
+    /// A frame of a watch served by the sending shard, for a connection of
+    /// the receiving shard.
+    Watch {
+        /// Connection.
+        conn: u64,
+        /// The frame's response.
+        response: Response,
+        /// The watch's link.
+        link: Arc<WatchLink>,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +89,22 @@ impl Origin {
     fn client_id(&self) -> u64 {
         match self {
             Origin::Local { id, .. } | Origin::Remote { id, .. } => *id,
+        }
+    }
+
+    /// The watch a request from here starts or names (`watch_id`).
+    fn watch_target(&self, here: usize, watch_id: u64) -> WatchTarget {
+        match *self {
+            Origin::Local { conn, .. } => WatchTarget {
+                shard: here,
+                conn,
+                watch_id,
+            },
+            Origin::Remote { shard, conn, .. } => WatchTarget {
+                shard,
+                conn,
+                watch_id,
+            },
         }
     }
 }
@@ -130,6 +158,12 @@ pub struct Shard {
     region_ops: RefCell<HashMap<u64, (u64, u64), ahash::RandomState>>,
     rates_at: std::cell::Cell<Instant>,
     last_counters: std::cell::Cell<corekv_engine::peer::PeerCounters>,
+    watches: RefCell<Watches>,
+    /// Watch frames waiting to go to other shards, in order, and whether a
+    /// task is sending them.
+    watch_out: RefCell<HashMap<usize, (VecDeque<WatchFrame>, bool)>>,
+    /// This shard, for its own tasks.
+    me: Weak<Shard>,
 }
 
 /// Outputs of one round, grouped by destination.
@@ -140,6 +174,7 @@ struct Outbox {
     forward: HashMap<(usize, u64), Vec<Request>>,
     raft: HashMap<u64, Vec<RaftEnvelope>>,
     raft_to_shards: HashMap<usize, Vec<RaftEnvelope>>,
+    watch: Vec<WatchFrame>,
 }
 
 impl Shard {
@@ -153,7 +188,10 @@ impl Shard {
     ) -> Rc<Shard> {
         let fault_file = node.cfg.fault_file.clone().map(FaultFile::new);
         let metrics = RefCell::new(node.metrics.shard(id));
-        Rc::new(Shard {
+        let watchers_max = node.cfg.watchers_max;
+        Rc::new_cyclic(|me| Shard {
+            me: me.clone(),
+            watch_out: RefCell::new(HashMap::new()),
             id,
             node,
             replicas: RefCell::new(replicas),
@@ -179,6 +217,10 @@ impl Shard {
             region_ops: RefCell::new(HashMap::default()),
             rates_at: std::cell::Cell::new(Instant::now()),
             last_counters: Default::default(),
+            watches: RefCell::new(Watches::new(WatchLimits {
+                watchers_max,
+                ..WatchLimits::default()
+            })),
         })
     }
 
@@ -240,6 +282,14 @@ impl Shard {
                 if let Some(c) = self.conns.get(conn) {
                     c.send(&responses);
                 }
+                return;
+            }
+            ShardMsg::Watch {
+                conn,
+                response,
+                link,
+            } => {
+                self.send_watch_frame(conn, &response, &link);
                 return;
             }
         }
@@ -401,6 +451,7 @@ impl Shard {
             transport,
             connections: self.conns.len(),
             pending: self.state.borrow().pending.len(),
+            watches: self.watches.borrow().figures(),
         };
         self.metrics.borrow_mut().report(&figures);
     }
@@ -573,6 +624,12 @@ impl Shard {
                 self.fatal("apply write", e);
             }
         }
+        // Written: watchers may see these changes now.
+        {
+            let mut watches = self.watches.borrow_mut();
+            watches.on_changes(&apply.take_changes(), now, &mut out.watch);
+            watches.maintain(&replicas, &node.db, now, wall, &mut out.watch);
+        }
         for m in messages {
             busy = true;
             self.route_raft(m, &mut out);
@@ -699,6 +756,19 @@ impl Shard {
                 return answer(out, Ok(Outcome::Status(crate::status::document(node))));
             }
             Op::Get { key, .. } => key.clone(),
+            Op::Watch { keys, .. } => match keys.first() {
+                Some(k) => k.clone(),
+                None => {
+                    let e = WireError::new(ErrorCode::InvalidRequest, "watch without a key");
+                    return answer(out, Err(e));
+                }
+            },
+            // Routed by the region id alone.
+            Op::CancelWatch { .. } if req.region_id != 0 => Bytes::new(),
+            Op::CancelWatch { .. } => {
+                let e = WireError::new(ErrorCode::InvalidRequest, "cancel watch without a region");
+                return answer(out, Err(e));
+            }
             Op::Write(w) => match w.keys().next() {
                 Some(k) => k.clone(),
                 None => {
@@ -741,6 +811,36 @@ impl Shard {
             e.regions = vec![current];
             return answer(out, Err(e));
         }
+        match &req.op {
+            Op::Watch { keys, from_version } => {
+                let Some(peer) = replicas.peer(region_id) else {
+                    let e = WireError::new(ErrorCode::RegionNotFound, "region not on this shard");
+                    return answer(out, Err(e));
+                };
+                let target = origin.watch_target(self.id, req.id);
+                let result = self.watches.borrow_mut().register(
+                    target,
+                    peer,
+                    keys.clone(),
+                    *from_version,
+                    &node.db,
+                    node.now_ms(),
+                    wall,
+                    &mut out.watch,
+                );
+                // Accepted: the stream's first frame is the answer.
+                if let Err(e) = result {
+                    answer(out, Err(e));
+                }
+                return;
+            }
+            Op::CancelWatch { watch_id } => {
+                let target = origin.watch_target(self.id, *watch_id);
+                let existed = self.watches.borrow_mut().cancel(target);
+                return answer(out, Ok(Outcome::Cancelled { existed }));
+            }
+            _ => {}
+        }
         if let Op::Write(w) = &req.op {
             let adds_data = !matches!(w, corekv_engine::WriteRequest::Delete { .. });
             if adds_data && node.no_space.load(Ordering::Relaxed) {
@@ -781,7 +881,9 @@ impl Shard {
                 replicas.read(region_id, id, key, consistency, replies)
             }
             Op::Write(w) => replicas.propose(region_id, id, w, req.session, wall, replies),
-            Op::Routes | Op::Status => unreachable!("answered above"),
+            Op::Routes | Op::Status | Op::Watch { .. } | Op::CancelWatch { .. } => {
+                unreachable!("answered above")
+            }
         }
     }
 
@@ -861,10 +963,70 @@ impl Shard {
         self.flush(out);
     }
 
+    /// Queues a watch frame on connection `conn` of this shard; a frame for
+    /// a connection that is gone tells the watch to stop.
+    fn send_watch_frame(&self, conn: u64, response: &Response, link: &Arc<WatchLink>) {
+        match self.conns.get(conn) {
+            Some(c) => {
+                c.send_watch(response, link);
+            }
+            None => link.close(),
+        }
+    }
+
+    /// Sends a watch frame to the shard holding its connection. Frames to
+    /// one shard leave in order (one sender task per shard at a time), so a
+    /// watch's changes arrive in version order.
+    fn forward_watch_frame(&self, mesh: &Rc<Senders<ShardMsg>>, f: WatchFrame) {
+        let shard = f.target.shard;
+        let start = {
+            let mut q = self.watch_out.borrow_mut();
+            let (queue, running) = q.entry(shard).or_default();
+            queue.push_back(f);
+            !std::mem::replace(running, true)
+        };
+        if !start {
+            return;
+        }
+        let (mesh, me) = (mesh.clone(), self.me.clone());
+        glommio::spawn_local(async move {
+            loop {
+                let next = {
+                    let Some(s) = me.upgrade() else { return };
+                    let mut q = s.watch_out.borrow_mut();
+                    let (queue, running) = q.entry(shard).or_default();
+                    let next = queue.pop_front();
+                    if next.is_none() {
+                        *running = false;
+                    }
+                    next
+                };
+                let Some(f) = next else { return };
+                let msg = ShardMsg::Watch {
+                    conn: f.target.conn,
+                    response: f.response,
+                    link: f.link.clone(),
+                };
+                if mesh.send_to(shard, msg).await.is_err() {
+                    f.link.close();
+                }
+            }
+        })
+        .detach();
+    }
+
     fn flush(&self, out: Outbox) {
         for (conn, resps) in out.local {
             if let Some(c) = self.conns.get(conn) {
                 c.send(&resps);
+            }
+        }
+        let mesh = self.mesh.get();
+        for f in out.watch {
+            if f.target.shard == self.id {
+                self.send_watch_frame(f.target.conn, &f.response, &f.link);
+            } else if let Some(m) = mesh {
+                self.forward_watch_frame(m, f);
             }
         }
         if let Some(t) = self.transport.get() {
@@ -872,7 +1034,6 @@ impl Shard {
                 t.send(to, envs);
             }
         }
-        let mesh = self.mesh.get();
         for ((shard, conn), responses) in out.remote {
             if let Some(m) = mesh {
                 let m = m.clone();
@@ -933,6 +1094,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::Get { .. } => "get",
         Op::Routes => "routes",
         Op::Status => "status",
+        Op::Watch { .. } => "watch",
+        Op::CancelWatch { .. } => "cancel_watch",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",

@@ -551,4 +551,25 @@ impl SimCluster {
         let n = self.nodes.get(&node).expect("live node");
         crate::apply::get(&n.db, key, self.wall_ms())
     }
+
+    /// `node`'s change history of `region` after version `after`, and its
+    /// floor (watchers can resume from the floor on).
+    pub fn history(
+        &self,
+        node: u64,
+        region: u64,
+        after: u64,
+    ) -> Result<(u64, Vec<crate::watch::Change>)> {
+        let n = self.nodes.get(&node).expect("live node");
+        let peer = n.replicas.peer(region).expect("replica exists");
+        let page = crate::watch::read(
+            &n.db,
+            region,
+            after,
+            peer.applied_index(),
+            usize::MAX,
+            |_| true,
+        )?;
+        Ok((peer.history_floor(), page.changes))
+    }
 }

@@ -121,7 +121,7 @@ pub mod corekv {
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
             ErrorCode::None,
             ErrorCode::NotLeader,
             ErrorCode::EpochNotMatch,
@@ -135,6 +135,7 @@ pub mod corekv {
             ErrorCode::ConditionFailed,
             ErrorCode::NotANumber,
             ErrorCode::NoSpace,
+            ErrorCode::Compacted,
             ErrorCode::BadFrame,
             ErrorCode::UnsupportedVersion,
             ErrorCode::ShuttingDown,
@@ -159,6 +160,7 @@ pub mod corekv {
             pub const ConditionFailed: Self = Self(20);
             pub const NotANumber: Self = Self(21);
             pub const NoSpace: Self = Self(22);
+            pub const Compacted: Self = Self(23);
             pub const BadFrame: Self = Self(30);
             pub const UnsupportedVersion: Self = Self(31);
             pub const ShuttingDown: Self = Self(32);
@@ -180,6 +182,7 @@ pub mod corekv {
                 Self::ConditionFailed,
                 Self::NotANumber,
                 Self::NoSpace,
+                Self::Compacted,
                 Self::BadFrame,
                 Self::UnsupportedVersion,
                 Self::ShuttingDown,
@@ -201,6 +204,7 @@ pub mod corekv {
                     Self::ConditionFailed => Some("ConditionFailed"),
                     Self::NotANumber => Some("NotANumber"),
                     Self::NoSpace => Some("NoSpace"),
+                    Self::Compacted => Some("Compacted"),
                     Self::BadFrame => Some("BadFrame"),
                     Self::UnsupportedVersion => Some("UnsupportedVersion"),
                     Self::ShuttingDown => Some("ShuttingDown"),
@@ -264,18 +268,109 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MIN_OP: u8 = 0;
+        pub const ENUM_MIN_EVENT_KIND: u8 = 0;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 8;
+        pub const ENUM_MAX_EVENT_KIND: u8 = 2;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 9] = [
+        pub const ENUM_VALUES_EVENT_KIND: [EventKind; 3] =
+            [EventKind::Put, EventKind::Delete, EventKind::Expire];
+
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct EventKind(pub u8);
+        #[allow(non_upper_case_globals)]
+        impl EventKind {
+            pub const Put: Self = Self(0);
+            pub const Delete: Self = Self(1);
+            pub const Expire: Self = Self(2);
+
+            pub const ENUM_MIN: u8 = 0;
+            pub const ENUM_MAX: u8 = 2;
+            pub const ENUM_VALUES: &'static [Self] = &[Self::Put, Self::Delete, Self::Expire];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Put => Some("Put"),
+                    Self::Delete => Some("Delete"),
+                    Self::Expire => Some("Expire"),
+                    _ => None,
+                }
+            }
+        }
+        impl ::core::fmt::Debug for EventKind {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for EventKind {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+                Self(b)
+            }
+        }
+
+        impl ::flatbuffers::Push for EventKind {
+            type Output = EventKind;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+            }
+        }
+
+        impl ::flatbuffers::EndianScalar for EventKind {
+            type Scalar = u8;
+            #[inline]
+            fn to_little_endian(self) -> u8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: u8) -> Self {
+                let b = u8::from_le(v);
+                Self(b)
+            }
+        }
+
+        impl<'a> ::flatbuffers::Verifiable for EventKind {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                u8::run_verifier(v, pos)
+            }
+        }
+
+        impl ::flatbuffers::SimpleToVerifyInSlice for EventKind {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_OP: u8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_OP: u8 = 10;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_OP: [Op; 11] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -285,6 +380,8 @@ pub mod corekv {
             Op::BatchPut,
             Op::Routes,
             Op::Status,
+            Op::Watch,
+            Op::CancelWatch,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -301,9 +398,11 @@ pub mod corekv {
             pub const BatchPut: Self = Self(6);
             pub const Routes: Self = Self(7);
             pub const Status: Self = Self(8);
+            pub const Watch: Self = Self(9);
+            pub const CancelWatch: Self = Self(10);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 8;
+            pub const ENUM_MAX: u8 = 10;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -314,6 +413,8 @@ pub mod corekv {
                 Self::BatchPut,
                 Self::Routes,
                 Self::Status,
+                Self::Watch,
+                Self::CancelWatch,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -327,6 +428,8 @@ pub mod corekv {
                     Self::BatchPut => Some("BatchPut"),
                     Self::Routes => Some("Routes"),
                     Self::Status => Some("Status"),
+                    Self::Watch => Some("Watch"),
+                    Self::CancelWatch => Some("CancelWatch"),
                     _ => None,
                 }
             }
@@ -2497,6 +2600,596 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum EventOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Event<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Event<'a> {
+            type Inner = Event<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Event<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+            pub const VT_KIND: ::flatbuffers::VOffsetT = 6;
+            pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
+            pub const VT_VERSION: ::flatbuffers::VOffsetT = 10;
+            pub const VT_EXPIRE_AT_MS: ::flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Event { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args EventArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Event<'bldr>> {
+                let mut builder = EventBuilder::new(_fbb);
+                builder.add_expire_at_ms(args.expire_at_ms);
+                builder.add_version(args.version);
+                if let Some(x) = args.value {
+                    builder.add_value(x);
+                }
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.add_kind(args.kind);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Event::VT_KEY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn kind(&self) -> EventKind {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<EventKind>(Event::VT_KIND, Some(EventKind::Put))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Event::VT_VALUE,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn version(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Event::VT_VERSION, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn expire_at_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Event::VT_EXPIRE_AT_MS, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Event<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .visit_field::<EventKind>("kind", Self::VT_KIND, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "value",
+                        Self::VT_VALUE,
+                        false,
+                    )?
+                    .visit_field::<u64>("version", Self::VT_VERSION, false)?
+                    .visit_field::<u64>("expire_at_ms", Self::VT_EXPIRE_AT_MS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct EventArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub kind: EventKind,
+            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub version: u64,
+            pub expire_at_ms: u64,
+        }
+        impl<'a> Default for EventArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                EventArgs {
+                    key: None,
+                    kind: EventKind::Put,
+                    value: None,
+                    version: 0,
+                    expire_at_ms: 0,
+                }
+            }
+        }
+
+        pub struct EventBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EventBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Event::VT_KEY, key);
+            }
+            #[inline]
+            pub fn add_kind(&mut self, kind: EventKind) {
+                self.fbb_
+                    .push_slot::<EventKind>(Event::VT_KIND, kind, EventKind::Put);
+            }
+            #[inline]
+            pub fn add_value(
+                &mut self,
+                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Event::VT_VALUE, value);
+            }
+            #[inline]
+            pub fn add_version(&mut self, version: u64) {
+                self.fbb_.push_slot::<u64>(Event::VT_VERSION, version, 0);
+            }
+            #[inline]
+            pub fn add_expire_at_ms(&mut self, expire_at_ms: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Event::VT_EXPIRE_AT_MS, expire_at_ms, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> EventBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                EventBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Event<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Event<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Event");
+                ds.field("key", &self.key());
+                ds.field("kind", &self.kind());
+                ds.field("value", &self.value());
+                ds.field("version", &self.version());
+                ds.field("expire_at_ms", &self.expire_at_ms());
+                ds.finish()
+            }
+        }
+        pub enum WatchKeyOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct WatchKey<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for WatchKey<'a> {
+            type Inner = WatchKey<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> WatchKey<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                WatchKey { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args WatchKeyArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<WatchKey<'bldr>> {
+                let mut builder = WatchKeyBuilder::new(_fbb);
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            WatchKey::VT_KEY,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for WatchKey<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct WatchKeyArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+        }
+        impl<'a> Default for WatchKeyArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                WatchKeyArgs { key: None }
+            }
+        }
+
+        pub struct WatchKeyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WatchKeyBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(WatchKey::VT_KEY, key);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> WatchKeyBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                WatchKeyBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<WatchKey<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for WatchKey<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("WatchKey");
+                ds.field("key", &self.key());
+                ds.finish()
+            }
+        }
+        pub enum WatchOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Watch<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Watch<'a> {
+            type Inner = Watch<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Watch<'a> {
+            pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
+            pub const VT_FROM_VERSION: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Watch { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args WatchArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Watch<'bldr>> {
+                let mut builder = WatchBuilder::new(_fbb);
+                builder.add_from_version(args.from_version);
+                if let Some(x) = args.keys {
+                    builder.add_keys(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn keys(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WatchKey<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WatchKey>>,
+                    >>(Watch::VT_KEYS, None)
+                }
+            }
+            #[inline]
+            pub fn from_version(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Watch::VT_FROM_VERSION, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Watch<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<WatchKey>>,
+                    >>("keys", Self::VT_KEYS, false)?
+                    .visit_field::<u64>("from_version", Self::VT_FROM_VERSION, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct WatchArgs<'a> {
+            pub keys: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WatchKey<'a>>>,
+                >,
+            >,
+            pub from_version: u64,
+        }
+        impl<'a> Default for WatchArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                WatchArgs {
+                    keys: None,
+                    from_version: 0,
+                }
+            }
+        }
+
+        pub struct WatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WatchBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_keys(
+                &mut self,
+                keys: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<WatchKey<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Watch::VT_KEYS, keys);
+            }
+            #[inline]
+            pub fn add_from_version(&mut self, from_version: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Watch::VT_FROM_VERSION, from_version, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> WatchBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                WatchBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Watch<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Watch<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Watch");
+                ds.field("keys", &self.keys());
+                ds.field("from_version", &self.from_version());
+                ds.finish()
+            }
+        }
+        pub enum CancelWatchOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct CancelWatch<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for CancelWatch<'a> {
+            type Inner = CancelWatch<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> CancelWatch<'a> {
+            pub const VT_WATCH_ID: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                CancelWatch { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args CancelWatchArgs,
+            ) -> ::flatbuffers::WIPOffset<CancelWatch<'bldr>> {
+                let mut builder = CancelWatchBuilder::new(_fbb);
+                builder.add_watch_id(args.watch_id);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn watch_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(CancelWatch::VT_WATCH_ID, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for CancelWatch<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("watch_id", Self::VT_WATCH_ID, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct CancelWatchArgs {
+            pub watch_id: u64,
+        }
+        impl<'a> Default for CancelWatchArgs {
+            #[inline]
+            fn default() -> Self {
+                CancelWatchArgs { watch_id: 0 }
+            }
+        }
+
+        pub struct CancelWatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CancelWatchBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_watch_id(&mut self, watch_id: u64) {
+                self.fbb_
+                    .push_slot::<u64>(CancelWatch::VT_WATCH_ID, watch_id, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> CancelWatchBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                CancelWatchBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<CancelWatch<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for CancelWatch<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("CancelWatch");
+                ds.field("watch_id", &self.watch_id());
+                ds.finish()
+            }
+        }
         pub enum RoutesOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -2904,6 +3597,36 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_watch(&self) -> Option<Watch<'a>> {
+                if self.op_type() == Op::Watch {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Watch::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_cancel_watch(&self) -> Option<CancelWatch<'a>> {
+                if self.op_type() == Op::CancelWatch {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { CancelWatch::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2913,58 +3636,27 @@ pub mod corekv {
                 pos: usize,
             ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
                 v.visit_table(pos)?
-                    .visit_field::<u64>("id", Self::VT_ID, false)?
-                    .visit_field::<u64>("region_id", Self::VT_REGION_ID, false)?
-                    .visit_field::<Epoch>("epoch", Self::VT_EPOCH, false)?
-                    .visit_union::<Op, _>(
-                        "op_type",
-                        Self::VT_OP_TYPE,
-                        "op",
-                        Self::VT_OP,
-                        false,
-                        |key, v, pos| match key {
-                            Op::Get => v
-                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Get>>(
-                                    "Op::Get", pos,
-                                ),
-                            Op::Put => v
-                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Put>>(
-                                    "Op::Put", pos,
-                                ),
-                            Op::Delete => v
-                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Delete>>(
-                                    "Op::Delete",
-                                    pos,
-                                ),
-                            Op::Incr => v
-                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Incr>>(
-                                    "Op::Incr", pos,
-                                ),
-                            Op::Cas => v
-                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Cas>>(
-                                    "Op::Cas", pos,
-                                ),
-                            Op::BatchPut => v
-                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchPut>>(
-                                    "Op::BatchPut",
-                                    pos,
-                                ),
-                            Op::Routes => v
-                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Routes>>(
-                                    "Op::Routes",
-                                    pos,
-                                ),
-                            Op::Status => v
-                                .verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>(
-                                    "Op::Status",
-                                    pos,
-                                ),
-                            _ => Ok(()),
-                        },
-                    )?
-                    .visit_field::<u64>("client_id", Self::VT_CLIENT_ID, false)?
-                    .visit_field::<u64>("seq", Self::VT_SEQ, false)?
-                    .finish();
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<u64>("region_id", Self::VT_REGION_ID, false)?
+     .visit_field::<Epoch>("epoch", Self::VT_EPOCH, false)?
+     .visit_union::<Op, _>("op_type", Self::VT_OP_TYPE, "op", Self::VT_OP, false, |key, v, pos| {
+        match key {
+          Op::Get => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Get>>("Op::Get", pos),
+          Op::Put => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Put>>("Op::Put", pos),
+          Op::Delete => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Delete>>("Op::Delete", pos),
+          Op::Incr => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Incr>>("Op::Incr", pos),
+          Op::Cas => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Cas>>("Op::Cas", pos),
+          Op::BatchPut => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BatchPut>>("Op::BatchPut", pos),
+          Op::Routes => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Routes>>("Op::Routes", pos),
+          Op::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Op::Status", pos),
+          Op::Watch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Watch>>("Op::Watch", pos),
+          Op::CancelWatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CancelWatch>>("Op::CancelWatch", pos),
+          _ => Ok(()),
+        }
+     })?
+     .visit_field::<u64>("client_id", Self::VT_CLIENT_ID, false)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .finish();
                 Ok(())
             }
         }
@@ -3135,6 +3827,26 @@ pub mod corekv {
                             )
                         }
                     }
+                    Op::Watch => {
+                        if let Some(x) = self.op_as_watch() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::CancelWatch => {
+                        if let Some(x) = self.op_as_cancel_watch() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
                     _ => {
                         let x: Option<()> = None;
                         ds.field("op", &x)
@@ -3168,6 +3880,7 @@ pub mod corekv {
             pub const VT_LEADER_NODE: ::flatbuffers::VOffsetT = 8;
             pub const VT_REGIONS: ::flatbuffers::VOffsetT = 10;
             pub const VT_CURRENT_VERSION: ::flatbuffers::VOffsetT = 12;
+            pub const VT_CURRENT: ::flatbuffers::VOffsetT = 14;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3186,6 +3899,9 @@ pub mod corekv {
                 let mut builder = ErrorBuilder::new(_fbb);
                 builder.add_current_version(args.current_version);
                 builder.add_leader_node(args.leader_node);
+                if let Some(x) = args.current {
+                    builder.add_current(x);
+                }
                 if let Some(x) = args.regions {
                     builder.add_regions(x);
                 }
@@ -3253,6 +3969,20 @@ pub mod corekv {
                         .unwrap()
                 }
             }
+            #[inline]
+            pub fn current(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event>>,
+                    >>(Error::VT_CURRENT, None)
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Error<'_> {
@@ -3273,6 +4003,9 @@ pub mod corekv {
                         ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RegionInfo>>,
                     >>("regions", Self::VT_REGIONS, false)?
                     .visit_field::<u64>("current_version", Self::VT_CURRENT_VERSION, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Event>>,
+                    >>("current", Self::VT_CURRENT, false)?
                     .finish();
                 Ok(())
             }
@@ -3287,6 +4020,11 @@ pub mod corekv {
                 >,
             >,
             pub current_version: u64,
+            pub current: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event<'a>>>,
+                >,
+            >,
         }
         impl<'a> Default for ErrorArgs<'a> {
             #[inline]
@@ -3297,6 +4035,7 @@ pub mod corekv {
                     leader_node: 0,
                     regions: None,
                     current_version: 0,
+                    current: None,
                 }
             }
         }
@@ -3337,6 +4076,16 @@ pub mod corekv {
                     .push_slot::<u64>(Error::VT_CURRENT_VERSION, current_version, 0);
             }
             #[inline]
+            pub fn add_current(
+                &mut self,
+                current: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Event<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_CURRENT, current);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ErrorBuilder<'a, 'b, A> {
@@ -3361,6 +4110,7 @@ pub mod corekv {
                 ds.field("leader_node", &self.leader_node());
                 ds.field("regions", &self.regions());
                 ds.field("current_version", &self.current_version());
+                ds.field("current", &self.current());
                 ds.finish()
             }
         }
@@ -3393,6 +4143,7 @@ pub mod corekv {
             pub const VT_ROUTES: ::flatbuffers::VOffsetT = 20;
             pub const VT_NODES: ::flatbuffers::VOffsetT = 22;
             pub const VT_STATUS_JSON: ::flatbuffers::VOffsetT = 24;
+            pub const VT_EVENTS: ::flatbuffers::VOffsetT = 26;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3413,6 +4164,9 @@ pub mod corekv {
                 builder.add_expire_at_ms(args.expire_at_ms);
                 builder.add_version(args.version);
                 builder.add_id(args.id);
+                if let Some(x) = args.events {
+                    builder.add_events(x);
+                }
                 if let Some(x) = args.status_json {
                     builder.add_status_json(x);
                 }
@@ -3548,6 +4302,20 @@ pub mod corekv {
                         .get::<::flatbuffers::ForwardsUOffset<&str>>(Response::VT_STATUS_JSON, None)
                 }
             }
+            #[inline]
+            pub fn events(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event>>,
+                    >>(Response::VT_EVENTS, None)
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -3584,6 +4352,9 @@ pub mod corekv {
                         Self::VT_STATUS_JSON,
                         false,
                     )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Event>>,
+                    >>("events", Self::VT_EVENTS, false)?
                     .finish();
                 Ok(())
             }
@@ -3608,6 +4379,11 @@ pub mod corekv {
                 >,
             >,
             pub status_json: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub events: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event<'a>>>,
+                >,
+            >,
         }
         impl<'a> Default for ResponseArgs<'a> {
             #[inline]
@@ -3624,6 +4400,7 @@ pub mod corekv {
                     routes: None,
                     nodes: None,
                     status_json: None,
+                    events: None,
                 }
             }
         }
@@ -3701,6 +4478,16 @@ pub mod corekv {
                 );
             }
             #[inline]
+            pub fn add_events(
+                &mut self,
+                events: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Event<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_EVENTS, events);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ResponseBuilder<'a, 'b, A> {
@@ -3731,6 +4518,7 @@ pub mod corekv {
                 ds.field("routes", &self.routes());
                 ds.field("nodes", &self.nodes());
                 ds.field("status_json", &self.status_json());
+                ds.field("events", &self.events());
                 ds.finish()
             }
         }

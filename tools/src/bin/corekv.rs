@@ -1,7 +1,8 @@
 //! `corekv`: read and write a corekv cluster, or run a local one.
 //!
 //! Exit codes: 0 success; 1 key not found; 2 condition failed; 3 error;
-//! 4 outcome unknown (the write may or may not have been applied).
+//! 4 outcome unknown (the write may or may not have been applied); 5 a watch
+//! asked for changes no longer kept (the current values are printed).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use corekv_engine::Consistency;
-use corekv_net::{Client, ClientConfig, ClientError, PutOptions};
+use corekv_net::{ChangeKind, Client, ClientConfig, ClientError, PutOptions};
 use corekv_tools::dev::{run_dev, DevOptions};
 
 #[derive(Parser)]
@@ -78,6 +79,26 @@ enum Cmd {
         #[arg(default_value_t = 1, allow_negative_numbers = true)]
         by: i64,
     },
+    /// Print every change to the keys, one line each, as it happens:
+    /// `VERSION put KEY VALUE`, `VERSION delete KEY` or `VERSION expire KEY`.
+    /// Survives leader changes and node restarts without missing or
+    /// repeating a change. Runs until Ctrl-C, --count or --for-secs.
+    Watch {
+        /// Keys to watch.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Start after this version (the last one a previous watch printed)
+        /// instead of from now. Versions are per region: give it for keys of
+        /// one region.
+        #[arg(long, value_name = "V")]
+        from_version: Option<u64>,
+        /// Exit after this many changes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long, value_name = "S")]
+        for_secs: Option<u64>,
+    },
     /// Inspect the cluster.
     Ctl {
         #[command(subcommand)]
@@ -133,6 +154,69 @@ fn client_error(e: ClientError) -> ExitCode {
         },
         ClientError::Unknown(m) => fail(4, format!("outcome unknown: {m}")),
         other => fail(3, format!("error: {other}")),
+    }
+}
+
+fn watch(
+    client: &mut Client,
+    keys: &[String],
+    from_version: Option<u64>,
+    count: Option<u64>,
+    for_secs: Option<u64>,
+) -> ExitCode {
+    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let w = match client.watch(&keys, from_version.unwrap_or(0)) {
+        Ok(w) => w,
+        Err(e) => return client_error(e),
+    };
+    let until = for_secs.map(|s| std::time::Instant::now() + Duration::from_secs(s));
+    let mut seen = 0u64;
+    let mut stdout = std::io::stdout();
+    loop {
+        if count.is_some_and(|n| seen >= n) || until.is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            return ExitCode::SUCCESS;
+        }
+        match w.next(Duration::from_millis(200)) {
+            Ok(Some(c)) => {
+                seen += 1;
+                let key = String::from_utf8_lossy(&c.key);
+                let line = match c.kind {
+                    ChangeKind::Put => {
+                        format!(
+                            "{} put {key} {}",
+                            c.version,
+                            String::from_utf8_lossy(&c.value)
+                        )
+                    }
+                    ChangeKind::Delete => format!("{} delete {key}", c.version),
+                    ChangeKind::Expire => format!("{} expire {key}", c.version),
+                };
+                if writeln!(stdout, "{line}")
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Ok(None) => {}
+            Err(ClientError::Compacted { message, current }) => {
+                for c in current {
+                    let key = String::from_utf8_lossy(&c.key);
+                    let _ = match c.kind {
+                        ChangeKind::Put => writeln!(
+                            stdout,
+                            "current {} {key} {}",
+                            c.version,
+                            String::from_utf8_lossy(&c.value)
+                        ),
+                        _ => writeln!(stdout, "current absent {key}"),
+                    };
+                }
+                return fail(5, message);
+            }
+            Err(e) => return client_error(e),
+        }
     }
 }
 
@@ -255,6 +339,12 @@ fn main() -> ExitCode {
             }
             Err(e) => return client_error(e),
         },
+        Cmd::Watch {
+            keys,
+            from_version,
+            count,
+            for_secs,
+        } => return watch(&mut client, &keys, from_version, count, for_secs),
         Cmd::Dev { .. } | Cmd::Ctl { .. } => unreachable!("handled above"),
     }
     ExitCode::SUCCESS

@@ -1,0 +1,297 @@
+//! Watches in the native client.
+//!
+//! [`crate::Client::watch`] groups the keys by region and runs one stream per
+//! region on a thread of its own, with its own connection to the region's
+//! leader. Each stream remembers the version up to which it has delivered
+//! every change (the server's progress); after a lost connection, a leader
+//! change or a server restart it asks the new leader for the changes after
+//! that version, so the caller sees every change once, in version order per
+//! region, with no gap. Only a `Compacted` answer (the region no longer
+//! keeps the changes asked for) or an invalid request ends a stream; it is
+//! passed on with the keys' current values.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corekv_engine::route_hash;
+use corekv_engine::watch::Change;
+
+use crate::client::{wire_to_client, Client, ClientError, Conn, Result};
+use crate::message::{decode_frame, encode_requests, Frame, Op, Outcome, Request};
+use crate::wire::ErrorCode;
+
+/// A connection that delivered nothing (not even progress) for this long is
+/// taken for dead; servers send progress every second.
+const SILENT_MAX: Duration = Duration::from_secs(3);
+/// How often a stream looks at its stop flag while waiting.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What streams hand to the [`Watch`].
+enum Item {
+    Event(Change),
+    Failed(ClientError),
+}
+
+/// A running watch. Dropping it stops its streams.
+pub struct Watch {
+    rx: mpsc::Receiver<Item>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Watch {
+    /// The next change, waiting up to `timeout`; `Ok(None)` if none came.
+    /// An error ends the watch of that error's keys (the other regions'
+    /// streams go on).
+    pub fn next(&self, timeout: Duration) -> Result<Option<Change>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(Item::Event(c)) => Ok(Some(c)),
+            Ok(Item::Failed(e)) => Err(e),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ClientError::Protocol(
+                "every stream of the watch ended".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Client {
+    /// Watches `keys`: every change (put, delete, expiry) made after
+    /// `from_version`, or from now when it is 0. Versions are per region;
+    /// give a version only for keys of one region (the usual case: resume
+    /// from the last version a previous watch of the same keys returned).
+    pub fn watch(&mut self, keys: &[&[u8]], from_version: u64) -> Result<Watch> {
+        if keys.is_empty() {
+            return Err(ClientError::Invalid {
+                code: ErrorCode::InvalidRequest,
+                message: "watch needs at least one key".into(),
+            });
+        }
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let mut groups: Vec<(u64, Vec<Bytes>)> = Vec::new();
+        for k in keys {
+            let hash = route_hash(k);
+            let i = match self.route_index(hash) {
+                Some(i) => i,
+                None => {
+                    self.refresh_routes(deadline)
+                        .map_err(|last| ClientError::Unavailable { attempts: 1, last })?;
+                    self.route_index(hash)
+                        .ok_or_else(|| ClientError::Protocol("no region covers the key".into()))?
+                }
+            };
+            let region = self.routes[i].region.id;
+            match groups.iter_mut().find(|(r, _)| *r == region) {
+                Some((_, g)) => g.push(Bytes::copy_from_slice(k)),
+                None => groups.push((region, vec![Bytes::copy_from_slice(k)])),
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (_, keys) in groups {
+            let client = Client::connect(self.cfg.clone())?;
+            let (tx, stop) = (tx.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("corekv-watch".into())
+                    .spawn(move || stream(client, keys, from_version, tx, stop))
+                    .map_err(|e| ClientError::Protocol(format!("starting a watch thread: {e}")))?,
+            );
+        }
+        Ok(Watch { rx, stop, threads })
+    }
+}
+
+/// How one attempt at streaming ended.
+enum Ended {
+    /// Try again (after a pause unless `hinted`).
+    Retry { hinted: bool },
+    /// The watch is over.
+    Done,
+}
+
+fn stream(
+    mut c: Client,
+    keys: Vec<Bytes>,
+    from_version: u64,
+    tx: mpsc::Sender<Item>,
+    stop: Arc<AtomicBool>,
+) {
+    let hash = route_hash(&keys[0]);
+    // Every change up to `cursor` was delivered (0 = start from now).
+    let mut cursor = from_version;
+    let mut attempt = 0u32;
+    while !stop.load(Ordering::Acquire) {
+        attempt += 1;
+        let ended = attempt_stream(&mut c, &keys, hash, &mut cursor, attempt, &tx, &stop);
+        match ended {
+            Ended::Done => return,
+            Ended::Retry { hinted: true } => {}
+            Ended::Retry { hinted: false } => {
+                let pause = Instant::now() + c.cfg.backoff_max * 2;
+                c.backoff(attempt.min(4), pause);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attempt_stream(
+    c: &mut Client,
+    keys: &[Bytes],
+    hash: u64,
+    cursor: &mut u64,
+    attempt: u32,
+    tx: &mpsc::Sender<Item>,
+    stop: &AtomicBool,
+) -> Ended {
+    let deadline = Instant::now() + c.cfg.request_timeout;
+    let Some(i) = c.route_index(hash) else {
+        let _ = c.refresh_routes(deadline);
+        return Ended::Retry { hinted: false };
+    };
+    let Some((_, addr)) = c.target(i, attempt) else {
+        let _ = c.refresh_routes(deadline);
+        return Ended::Retry { hinted: false };
+    };
+    let id = c.new_id();
+    let req = Request {
+        id,
+        region_id: c.routes[i].region.id,
+        epoch: c.routes[i].region.epoch,
+        op: Op::Watch {
+            keys: keys.to_vec(),
+            from_version: *cursor,
+        },
+        session: None,
+    };
+    let lost = |c: &mut Client, addr: &str| {
+        c.conns.remove(addr);
+        c.mark_down(addr);
+        c.routes[i].leader_node = 0;
+        Ended::Retry { hinted: false }
+    };
+    let sent = match c.conn(&addr, deadline) {
+        Ok(conn) => {
+            use std::io::Write;
+            conn.stream.write_all(&encode_requests(&[req])).is_ok()
+        }
+        Err(_) => false,
+    };
+    if !sent {
+        return lost(c, &addr);
+    }
+    let mut heard = Instant::now();
+    loop {
+        if stop.load(Ordering::Acquire) {
+            // Closing the connection ends the watch on the server.
+            c.conns.remove(&addr);
+            return Ended::Done;
+        }
+        if heard.elapsed() > SILENT_MAX {
+            return lost(c, &addr);
+        }
+        let conn = c.conns.get_mut(&addr).expect("connection open");
+        let frame = match poll_frame(conn) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(_) => return lost(c, &addr),
+        };
+        heard = Instant::now();
+        let responses = match frame {
+            Frame::Responses(rs) => rs,
+            _ => return lost(c, &addr),
+        };
+        for r in responses.into_iter().filter(|r| r.id == id) {
+            match r.result {
+                Ok(Outcome::Events { progress, events }) => {
+                    for e in events {
+                        if e.version > *cursor && tx.send(Item::Event(e)).is_err() {
+                            return Ended::Done;
+                        }
+                    }
+                    *cursor = (*cursor).max(progress);
+                }
+                Ok(other) => {
+                    let _ = tx.send(Item::Failed(ClientError::Protocol(format!(
+                        "watch answered {other:?}"
+                    ))));
+                    return Ended::Done;
+                }
+                Err(e) => {
+                    c.conns.remove(&addr);
+                    return match e.code {
+                        ErrorCode::NotLeader => {
+                            let hinted =
+                                e.leader_node != 0 && e.leader_node != c.routes[i].leader_node;
+                            c.routes[i].leader_node = e.leader_node;
+                            Ended::Retry { hinted }
+                        }
+                        ErrorCode::EpochNotMatch | ErrorCode::RegionNotFound => {
+                            let _ = c.refresh_routes(deadline);
+                            Ended::Retry { hinted: false }
+                        }
+                        ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::Timeout => {
+                            c.routes[i].leader_node = 0;
+                            Ended::Retry { hinted: false }
+                        }
+                        _ => {
+                            let _ = tx.send(Item::Failed(wire_to_client(e)));
+                            Ended::Done
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Reads one frame, waiting at most [`POLL`]; `Ok(None)` if none came.
+fn poll_frame(conn: &mut Conn) -> std::result::Result<Option<Frame>, String> {
+    use std::io::Read;
+    loop {
+        match conn.frames.next_frame() {
+            Ok(Some(body)) => return decode_frame(body).map(Some).map_err(|e| e.to_string()),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        conn.stream
+            .set_read_timeout(Some(POLL))
+            .map_err(|e| e.to_string())?;
+        let spare = conn.frames.spare(64 * 1024);
+        match conn.stream.read(spare) {
+            Ok(0) => {
+                conn.frames.filled(64 * 1024, 0);
+                return Err("connection closed by the server".into());
+            }
+            Ok(n) => conn.frames.filled(64 * 1024, n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                conn.frames.filled(64 * 1024, 0);
+                return Ok(None);
+            }
+            Err(e) => {
+                conn.frames.filled(64 * 1024, 0);
+                return Err(format!("read: {e}"));
+            }
+        }
+    }
+}
