@@ -70,7 +70,9 @@ impl Drop for Watch {
 
 impl Client {
     /// Watches `keys`: every change (put, delete, expiry) made after
-    /// `from_version`, or from now when it is 0. Versions are per region;
+    /// `from_version`, or from now when it is 0 (every change applied after
+    /// this call returns is seen: it returns once each region's leader has
+    /// accepted the watch). Versions are per region;
     /// give a version only for keys of one region (the usual case: resume
     /// from the last version a previous watch of the same keys returned).
     pub fn watch(&mut self, keys: &[&[u8]], from_version: u64) -> Result<Watch> {
@@ -100,19 +102,35 @@ impl Client {
             }
         }
         let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let streams = groups.len();
         for (_, keys) in groups {
             let client = Client::connect(self.cfg.clone())?;
-            let (tx, stop) = (tx.clone(), stop.clone());
+            let (tx, ready, stop) = (tx.clone(), ready_tx.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("corekv-watch".into())
-                    .spawn(move || stream(client, keys, from_version, tx, stop))
+                    .spawn(move || stream(client, keys, from_version, tx, ready, stop))
                     .map_err(|e| ClientError::Protocol(format!("starting a watch thread: {e}")))?,
             );
         }
-        Ok(Watch { rx, stop, threads })
+        let watch = Watch { rx, stop, threads };
+        for _ in 0..streams {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if ready_rx.recv_timeout(left).is_err() {
+                // A stream that ended with an error has passed it on.
+                if let Ok(Item::Failed(e)) = watch.rx.try_recv() {
+                    return Err(e);
+                }
+                return Err(ClientError::Unavailable {
+                    attempts: 1,
+                    last: "no leader accepted the watch in time".into(),
+                });
+            }
+        }
+        Ok(watch)
     }
 }
 
@@ -129,15 +147,25 @@ fn stream(
     keys: Vec<Bytes>,
     from_version: u64,
     tx: mpsc::Sender<Item>,
+    ready: mpsc::Sender<()>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut ready = Some(ready);
     let hash = route_hash(&keys[0]);
     // Every change up to `cursor` was delivered (0 = start from now).
     let mut cursor = from_version;
     let mut attempt = 0u32;
     while !stop.load(Ordering::Acquire) {
         attempt += 1;
-        let ended = attempt_stream(&mut c, &keys, hash, &mut cursor, attempt, &tx, &stop);
+        let ended = attempt_stream(
+            &mut c,
+            &keys,
+            hash,
+            &mut cursor,
+            attempt,
+            (&tx, &mut ready),
+            &stop,
+        );
         match ended {
             Ended::Done => return,
             Ended::Retry { hinted: true } => {}
@@ -156,7 +184,7 @@ fn attempt_stream(
     hash: u64,
     cursor: &mut u64,
     attempt: u32,
-    tx: &mpsc::Sender<Item>,
+    (tx, ready): (&mpsc::Sender<Item>, &mut Option<mpsc::Sender<()>>),
     stop: &AtomicBool,
 ) -> Ended {
     let deadline = Instant::now() + c.cfg.request_timeout;
@@ -219,6 +247,10 @@ fn attempt_stream(
         for r in responses.into_iter().filter(|r| r.id == id) {
             match r.result {
                 Ok(Outcome::Events { progress, events }) => {
+                    // The first answer accepts the watch.
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
                     for e in events {
                         if e.version > *cursor && tx.send(Item::Event(e)).is_err() {
                             return Ended::Done;

@@ -24,20 +24,26 @@
 //! fresh set of keys every `key_rotation`, which keeps each key's history
 //! small enough to check exhaustively. After the run every fault is healed,
 //! each key is read once more, and [`crate::checker`] checks every key.
+//!
+//! Meanwhile a watcher watches every key generation from before its first
+//! write (the next generation's watch opens when the current one starts);
+//! [`crate::watch_check`] checks what it saw against each key's operations:
+//! every committed change once, in order, nothing that was not written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corekv_engine::Consistency;
-use corekv_net::{Client, ClientConfig, ClientError, PutOptions};
+use corekv_net::{Change, Client, ClientConfig, ClientError, PutOptions, Watch};
 use corekv_tools::dev::{DevOptions, LocalCluster};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::checker::{check_key, describe, minimize, Input, Operation, Output, Verdict};
+use crate::watch_check::check_watch;
 
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -196,12 +202,17 @@ pub struct Report {
     pub minimize_time: Duration,
     /// Where the history was written.
     pub history_file: PathBuf,
+    /// Changes the watcher saw.
+    pub watch_events: usize,
+    /// What the watcher saw wrong (and why it stopped, if it did).
+    pub watch_anomalies: Vec<String>,
 }
 
 impl Report {
-    /// True when every key's history is linearizable.
+    /// True when every key's history is linearizable and every watch saw
+    /// exactly the committed changes.
     pub fn ok(&self) -> bool {
-        self.anomalies.is_empty() && self.undecided.is_empty()
+        self.anomalies.is_empty() && self.undecided.is_empty() && self.watch_anomalies.is_empty()
     }
 
     /// A human-readable summary.
@@ -239,8 +250,25 @@ impl Report {
                 .join(", ")
         );
         let _ = writeln!(s, "history:     {}", self.history_file.display());
+        if self.watch_anomalies.is_empty() {
+            let _ = writeln!(
+                s,
+                "watch:       {} changes seen, each committed change once and in order",
+                self.watch_events
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "watch:       {} changes seen, {} PROBLEM(S):",
+                self.watch_events,
+                self.watch_anomalies.len()
+            );
+            for p in self.watch_anomalies.iter().take(20) {
+                let _ = writeln!(s, "  {p}");
+            }
+        }
         let _ = writeln!(s, "checked in:  {:.2?}", self.check_time);
-        if self.ok() {
+        if self.anomalies.is_empty() && self.undecided.is_empty() {
             let _ = writeln!(s, "verdict:     linearizable (every key)");
         } else {
             let _ = writeln!(
@@ -259,6 +287,8 @@ impl Report {
             for o in &self.smallest_failure {
                 let _ = writeln!(s, "  {}", describe(o));
             }
+        }
+        if !self.ok() {
             let _ = writeln!(s, "rerun with --seed {}", self.seed);
         }
         s
@@ -271,6 +301,13 @@ struct Shared {
     ops: Mutex<Vec<Operation>>,
     failed: AtomicU64,
     by_kind: Mutex<BTreeMap<String, u64>>,
+    /// Values of writes reported as not applied.
+    failed_values: Mutex<HashSet<String>>,
+    /// What the watcher saw, by key.
+    watched: Mutex<BTreeMap<String, Vec<Change>>>,
+    /// Why the watcher stopped early, if it did.
+    watch_failure: Mutex<Option<String>>,
+    watch_stop: AtomicBool,
 }
 
 impl Shared {
@@ -340,7 +377,19 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         ops: Mutex::new(Vec::new()),
         failed: AtomicU64::new(0),
         by_kind: Mutex::new(BTreeMap::new()),
+        failed_values: Mutex::new(HashSet::new()),
+        watched: Mutex::new(BTreeMap::new()),
+        watch_failure: Mutex::new(None),
+        watch_stop: AtomicBool::new(false),
     });
+    // The first generation's keys are watched before anyone writes them.
+    let mut watch_client = connect(&endpoints, &shared)?;
+    let first = watch_generation(&mut watch_client, 0, opts)
+        .map_err(|e| anyhow::anyhow!("watching the first keys: {e}"))?;
+    let watcher = {
+        let (shared, opts) = (shared.clone(), opts.clone());
+        std::thread::spawn(move || watch_loop(&shared, watch_client, first, &opts))
+    };
     let mut workers = Vec::new();
     for c in 0..opts.clients {
         let (shared, endpoints, opts) = (shared.clone(), endpoints.clone(), opts.clone());
@@ -401,11 +450,39 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     cluster.wait_ready(Duration::from_secs(60))?;
     // One last read of every key, after everything healed.
     let mut reader = connect(&endpoints, &shared)?;
+    let mut finals = BTreeMap::new();
     for key in &used_keys {
         record(&shared, 0, key, Input::Get, || {
-            read(&mut reader, key, Consistency::Linearizable)
+            let d = read(&mut reader, key, Consistency::Linearizable);
+            if let Done::Ok(Output::Value(v)) = &d {
+                finals.insert(key.clone(), v.clone());
+            }
+            d
         });
     }
+    // The watcher has until every key's last change matches its final read
+    // (streams cut by the last fault reconnect within a few seconds).
+    let caught_up = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < caught_up && shared.watch_failure.lock().unwrap().is_none() {
+        let watched = shared.watched.lock().unwrap();
+        let matches = finals.iter().all(|(k, v)| {
+            let last = watched.get(k).and_then(|e| e.last());
+            let state = last.and_then(|c| {
+                (c.kind == corekv_net::ChangeKind::Put)
+                    .then(|| String::from_utf8_lossy(&c.value).into_owned())
+            });
+            state == *v
+        });
+        drop(watched);
+        if matches {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    shared.watch_stop.store(true, Ordering::SeqCst);
+    watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the watcher thread panicked"))?;
     cluster.stop();
     drop(dir);
 
@@ -443,6 +520,25 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         .collect();
     let check_time = checked.elapsed();
     let by_kind = std::mem::take(&mut *shared.by_kind.lock().unwrap());
+    let watched = std::mem::take(&mut *shared.watched.lock().unwrap());
+    let failed_values = std::mem::take(&mut *shared.failed_values.lock().unwrap());
+    let mut watch_anomalies: Vec<String> = shared
+        .watch_failure
+        .lock()
+        .unwrap()
+        .take()
+        .into_iter()
+        .collect();
+    for (key, key_ops) in &by_key {
+        let events = watched.get(key).map_or(&[][..], Vec::as_slice);
+        watch_anomalies.extend(check_watch(
+            key,
+            events,
+            key_ops,
+            &failed_values,
+            finals.get(key).cloned(),
+        ));
+    }
     let shrinking = Instant::now();
     // The smallest of the first few anomalies, shrunk.
     let smallest_failure = anomalies
@@ -465,7 +561,81 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         check_time,
         minimize_time: shrinking.elapsed(),
         history_file: opts.history_file.clone(),
+        watch_events: watched.values().map(Vec::len).sum(),
+        watch_anomalies,
     })
+}
+
+/// The keys clients use in `generation`.
+fn generation_keys(generation: u128, opts: &ChaosOptions) -> Vec<String> {
+    (0..opts.keys)
+        .map(|i| format!("g{generation}-reg-{i}"))
+        .chain((0..2).map(|i| format!("g{generation}-counter-{i}")))
+        .collect()
+}
+
+fn watch_generation(
+    c: &mut Client,
+    generation: u128,
+    opts: &ChaosOptions,
+) -> Result<Watch, String> {
+    let keys = generation_keys(generation, opts);
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    // Leaders may be changing: try for a while.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.watch(&refs, 0) {
+            Ok(w) => return Ok(w),
+            Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Watches each key generation from before it starts until told to stop,
+/// gathering the changes into `shared.watched`.
+fn watch_loop(shared: &Shared, mut c: Client, first: Watch, opts: &ChaosOptions) {
+    let mut watches = vec![first];
+    let rotation = opts.key_rotation.as_millis().max(1);
+    let fail = |m: String| *shared.watch_failure.lock().unwrap() = Some(m);
+    loop {
+        let current = shared.started.elapsed().as_millis() / rotation;
+        let next = watches.len() as u128;
+        if next <= current + 1 && !shared.stop.load(Ordering::SeqCst) {
+            // Opened a generation ahead. Had its generation begun by the
+            // time the watch was accepted, its first writes could precede
+            // the watch and the check would wrongly miss them: say so.
+            match watch_generation(&mut c, next, opts) {
+                Ok(_) if shared.started.elapsed().as_millis() / rotation >= next => {
+                    return fail(format!("the watch of generation {next} opened late"));
+                }
+                Ok(w) => watches.push(w),
+                Err(e) => return fail(format!("watching generation {next}: {e}")),
+            }
+        }
+        for w in &watches {
+            loop {
+                match w.next(Duration::ZERO) {
+                    Ok(Some(ch)) => {
+                        let key = String::from_utf8_lossy(&ch.key).into_owned();
+                        shared
+                            .watched
+                            .lock()
+                            .unwrap()
+                            .entry(key)
+                            .or_default()
+                            .push(ch);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return fail(format!("a watch ended: {e}")),
+                }
+            }
+        }
+        if shared.watch_stop.load(Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn sleep_until_or(limit: Instant, ms: u64) {
@@ -648,6 +818,9 @@ fn record(shared: &Shared, client: u64, key: &str, input: Input, f: impl FnOnce(
         ),
         Done::Failed => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
+            if let Input::Put(v) | Input::Cas { new: v, .. } = &input {
+                shared.failed_values.lock().unwrap().insert(v.clone());
+            }
             ("failed", None)
         }
     };

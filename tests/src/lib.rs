@@ -6,11 +6,13 @@
 //!   one cluster at a time per test binary) and raw-protocol helpers.
 //! - `checker.rs`: the per-key linearizability checker.
 //! - `chaos.rs`: the fault-injection runner (binary `corekv-chaos`).
+//! - `watch_check.rs`: checks a watch's changes against the recorded operations.
 //! - `tests/*.rs`: the tests.
 #![deny(missing_docs)]
 
 pub mod chaos;
 pub mod checker;
+pub mod watch_check;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

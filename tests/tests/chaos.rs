@@ -1,5 +1,6 @@
 //! Bounded fault-injection runs on real processes, checked for
-//! linearizability (the long mode is `corekv-chaos --duration N`).
+//! linearizability, and the watch of every key checked against its
+//! operations (the long mode is `corekv-chaos --duration N`).
 
 use std::time::Duration;
 
@@ -33,6 +34,14 @@ fn a_run_under_every_kind_of_fault_is_linearizable() {
     }
     let saved = std::fs::read_to_string(&report.history_file).unwrap();
     assert_eq!(saved.lines().count(), report.operations);
+    // The watcher followed the writes through every fault (the report's
+    // check already found each acknowledged write among its changes).
+    let puts = report.by_kind.get("put ok").copied().unwrap_or(0);
+    assert!(
+        report.watch_events as u64 >= puts,
+        "{} changes watched, {puts} acknowledged puts",
+        report.watch_events
+    );
 }
 
 #[test]
