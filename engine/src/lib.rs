@@ -14,6 +14,7 @@
 //! - `storage`: `raft::Storage` of one region over the shared RocksDB.
 //! - `value`: how a user value is stored (version, expiry, bytes).
 //! - `command`: client writes as logged, their validation and outcomes.
+//! - `admin`: region administration through the raft log (preferred leader).
 //! - `apply`: the state machine applying committed writes; reads.
 //! - `expire`: active expiry: the leader's sweep and the replicated removal.
 //! - `cache`: the bounded hot-key read cache kept behind the apply point.
@@ -28,6 +29,7 @@
 //! - `watch`: the per-region change history watchers read and resume from.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod apply;
 pub mod cache;
 pub mod codec;

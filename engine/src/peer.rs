@@ -24,6 +24,7 @@ use raft::{RawNode, StateRole};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::admin::{self, AdminCommand};
 use crate::apply::{self, ApplyBatch};
 use crate::cache::ReadCache;
 use crate::command::{Command, SessionTag, WriteOutcome, WriteRequest};
@@ -598,6 +599,19 @@ impl Peer {
         self.raw.transfer_leader(peer_id);
     }
 
+    /// Proposes an admin command (see [`crate::admin`]); the reply comes
+    /// when it is applied, as `Written { version: index }`.
+    pub fn propose_admin(&mut self, id: u64, cmd: AdminCommand, replies: &mut Vec<Reply>) {
+        let fail = |replies: &mut Vec<Reply>, e: Error| replies.push(Reply { id, result: Err(e) });
+        if let Err(e) = cmd.validate(&self.region) {
+            return fail(replies, e);
+        }
+        if !self.is_leader() {
+            return fail(replies, self.not_leader());
+        }
+        self.propose_entry(id, admin::ENTRY_CONTEXT.to_vec(), cmd.encode(), replies);
+    }
+
     /// Proposes a write. Errors known before raft (limits, not leader, busy)
     /// are answered at once through `replies`; otherwise the reply comes when
     /// the entry is applied.
@@ -619,15 +633,27 @@ impl Peer {
         if request.keys().any(|k| !self.region.contains(route_hash(k))) {
             return fail(replies, self.epoch_not_match());
         }
-        if self.proposals.len() >= self.cfg.proposals_inflight_max {
-            return fail(replies, Error::Busy("too many proposals in flight"));
-        }
         let cmd = Command {
             now_ms: wall_ms,
             session,
             request,
         };
-        if let Err(e) = self.raw.propose(vec![], cmd.encode()) {
+        self.propose_entry(id, vec![], cmd.encode(), replies);
+    }
+
+    /// Hands an entry to raft and tracks it until it is applied.
+    fn propose_entry(
+        &mut self,
+        id: u64,
+        context: Vec<u8>,
+        data: Vec<u8>,
+        replies: &mut Vec<Reply>,
+    ) {
+        let fail = |replies: &mut Vec<Reply>, e: Error| replies.push(Reply { id, result: Err(e) });
+        if self.proposals.len() >= self.cfg.proposals_inflight_max {
+            return fail(replies, Error::Busy("too many proposals in flight"));
+        }
+        if let Err(e) = self.raw.propose(context, data) {
             let e = match e {
                 raft::Error::ProposalDropped => Error::ProposalDropped,
                 other => Error::Raft(other),
@@ -911,6 +937,15 @@ impl Peer {
             let mut outcome = None;
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
+                EntryType::EntryNormal if e.get_context() == admin::ENTRY_CONTEXT => {
+                    let cmd = AdminCommand::decode(&e.data)?;
+                    if cmd.apply(&mut self.region) {
+                        self.raw
+                            .store()
+                            .persist_region(&self.region, &mut apply.inner);
+                    }
+                    outcome = Some(WriteOutcome::Written { version: e.index });
+                }
                 EntryType::EntryNormal if e.get_context() == expire::ENTRY_CONTEXT => {
                     let cmd = ExpireCommand::decode(&e.data)?;
                     let removed = expire::apply(&db, apply, &self.region, &cmd)?;

@@ -208,6 +208,23 @@ impl Replicas {
         }
     }
 
+    /// Proposes an admin command on `region_id`.
+    pub fn propose_admin(
+        &mut self,
+        region_id: u64,
+        id: u64,
+        cmd: crate::admin::AdminCommand,
+        replies: &mut Vec<Reply>,
+    ) {
+        match self.peers.get_mut(&region_id) {
+            Some(p) => p.propose_admin(id, cmd, replies),
+            None => replies.push(Reply {
+                id,
+                result: Err(Error::RegionNotFound(region_id)),
+            }),
+        }
+    }
+
     /// Queues a read on `region_id`.
     pub fn read(
         &mut self,

@@ -424,6 +424,20 @@ impl RegionStorage {
         ))
     }
 
+    /// Writes the region's metadata (as changed by an applied admin entry)
+    /// into `batch`.
+    pub fn persist_region(&self, region: &Region, batch: &mut rocksdb::WriteBatch) {
+        let local = RegionLocalState {
+            state: PeerState::Normal,
+            region: region.clone(),
+        };
+        batch.put_cf(
+            cf(&self.db, CF_META),
+            keys::region_state_key(self.region_id),
+            local.encode(),
+        );
+    }
+
     fn load_region(&self) -> Result<Option<Region>> {
         let meta_cf = cf(&self.db, CF_META);
         match self

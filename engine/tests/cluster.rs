@@ -342,6 +342,59 @@ fn change_history_is_the_same_on_every_replica_and_bounded() {
 }
 
 #[test]
+fn a_preferred_leader_is_replicated_persisted_and_carried_by_snapshots() {
+    use corekv_engine::admin::AdminCommand;
+    let (_d, mut c) = cluster(1, 31, small_log_config());
+    let leader = must_elect(&mut c, 1);
+    let target = c.node_ids().iter().copied().find(|&n| n != leader).unwrap();
+    let lagging = c
+        .node_ids()
+        .iter()
+        .copied()
+        .find(|&n| n != leader && n != target)
+        .unwrap();
+    // Only a voter replica of the region, and only through the leader.
+    let bad = c.propose_admin(leader, 1, AdminCommand::PreferLeader { node_id: 77 });
+    assert!(matches!(
+        c.wait(bad, 1000).unwrap().unwrap().result,
+        Err(Error::InvalidRequest(_))
+    ));
+    let follower = c.propose_admin(target, 1, AdminCommand::PreferLeader { node_id: target });
+    assert!(matches!(
+        c.wait(follower, 1000).unwrap().unwrap().result,
+        Err(Error::NotLeader { .. })
+    ));
+    c.crash(lagging);
+    let id = c.propose_admin(leader, 1, AdminCommand::PreferLeader { node_id: target });
+    match c.wait(id, 3000).unwrap().unwrap().result {
+        Ok(Response::Write(WriteOutcome::Written { .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    c.run_ms(100).unwrap();
+    for n in [leader, target] {
+        let r = c.region_meta(n, 1).unwrap();
+        assert_eq!(r.peers[0].node_id, target, "node {n}: {r:?}");
+        assert_eq!(r.peers.len(), 3);
+    }
+    // It survives a restart...
+    c.crash(target);
+    c.restart(target).unwrap();
+    assert_eq!(c.region_meta(target, 1).unwrap().peers[0].node_id, target);
+    // ...and reaches a replica that missed it through a snapshot.
+    must_elect(&mut c, 1);
+    for i in 0..1500 {
+        must_put(&mut c, &format!("k{i}"), "v");
+    }
+    c.restart(lagging).unwrap();
+    assert!(c
+        .run_until(5000, |c| c.status(lagging, 1).unwrap().applied_index
+            >= c.status(leader, 1).unwrap().applied_index)
+        .unwrap());
+    assert!(c.peer_counters(lagging, 1).unwrap().snapshots_applied > 0);
+    assert_eq!(c.region_meta(lagging, 1).unwrap().peers[0].node_id, target);
+}
+
+#[test]
 fn log_stays_bounded_under_sustained_writes() {
     let cfg = small_log_config();
     let bound = cfg.log_compact_entries + 100;

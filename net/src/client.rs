@@ -160,6 +160,15 @@ pub struct Client {
     spread: usize,
 }
 
+/// How an operation picks its region.
+#[derive(Clone, Copy)]
+enum RouteBy {
+    /// The region owning this key hash.
+    Hash(u64),
+    /// The region with this id.
+    Region(u64),
+}
+
 /// How long a node that did not answer is avoided.
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
@@ -439,8 +448,17 @@ impl Client {
         op: Op,
         idempotent: bool,
     ) -> Result<(Outcome, ResponseFields)> {
+        self.execute_on(RouteBy::Hash(route_hash(key)), op, idempotent)
+    }
+
+    /// Runs one operation on a region chosen by a key hash or by id.
+    fn execute_on(
+        &mut self,
+        by: RouteBy,
+        op: Op,
+        idempotent: bool,
+    ) -> Result<(Outcome, ResponseFields)> {
         let deadline = Instant::now() + self.cfg.request_timeout;
-        let hash = route_hash(key);
         let spread = matches!(
             op,
             Op::Get {
@@ -463,7 +481,11 @@ impl Client {
         let mut uncertain = false;
         while attempt < self.cfg.attempts_max && Instant::now() < deadline {
             attempt += 1;
-            let Some(i) = self.route_index(hash) else {
+            let found = match by {
+                RouteBy::Hash(hash) => self.route_index(hash),
+                RouteBy::Region(id) => self.routes.iter().position(|r| r.region.id == id),
+            };
+            let Some(i) = found else {
                 if let Err(e) = self.refresh_routes(deadline) {
                     last = e;
                     self.backoff(attempt, deadline);
@@ -553,6 +575,27 @@ impl Client {
             attempts: attempt,
             last,
         })
+    }
+
+    /// Makes the replica of `region_id` on `node_id` the region's preferred
+    /// leader: the current leader hands leadership over once that replica is
+    /// caught up, and later leaders hand it back there. Returns once the
+    /// preference is committed (the move follows within about a second;
+    /// watch `routes`). Replicated, so it outlives restarts and failovers.
+    pub fn transfer_leader(&mut self, region_id: u64, node_id: u64) -> Result<u64> {
+        let (_, f) = self.execute_on(
+            RouteBy::Region(region_id),
+            Op::TransferLeader { to_node: node_id },
+            true,
+        )?;
+        Ok(f.version)
+    }
+
+    /// Reloads the routing table (regions, epochs, leaders).
+    pub fn refresh(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        self.refresh_routes(deadline)
+            .map_err(|last| ClientError::Unavailable { attempts: 1, last })
     }
 
     /// The status document (JSON) of the node at `addr`.

@@ -42,6 +42,11 @@ pub enum Op {
         /// Id of the watch request.
         watch_id: u64,
     },
+    /// Make the region's replica on `to_node` its preferred leader.
+    TransferLeader {
+        /// Node of the replica.
+        to_node: u64,
+    },
 }
 
 /// One request of a batch.
@@ -450,6 +455,11 @@ fn encode_op<'a>(
             );
             (wire::Op::CancelWatch, c.as_union_value())
         }
+        Op::TransferLeader { to_node } => {
+            let t =
+                wire::TransferLeader::create(fbb, &wire::TransferLeaderArgs { to_node: *to_node });
+            (wire::Op::TransferLeader, t.as_union_value())
+        }
         Op::Routes => {
             let r = wire::Routes::create(fbb, &wire::RoutesArgs {});
             (wire::Op::Routes, r.as_union_value())
@@ -795,6 +805,14 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
                 from_version: w.from_version(),
             }
         }
+        wire::Op::TransferLeader => {
+            let t = r
+                .op_as_transfer_leader()
+                .ok_or_else(|| content("transfer leader without body"))?;
+            Op::TransferLeader {
+                to_node: t.to_node(),
+            }
+        }
         wire::Op::CancelWatch => {
             let c = r
                 .op_as_cancel_watch()
@@ -1063,6 +1081,13 @@ mod tests {
                 region_id: 2,
                 epoch: Epoch::default(),
                 op: Op::CancelWatch { watch_id: 8 },
+                session: None,
+            },
+            Request {
+                id: 10,
+                region_id: 2,
+                epoch: Epoch::default(),
+                op: Op::TransferLeader { to_node: 3 },
                 session: None,
             },
         ];

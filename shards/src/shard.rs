@@ -764,9 +764,11 @@ impl Shard {
                 }
             },
             // Routed by the region id alone.
-            Op::CancelWatch { .. } if req.region_id != 0 => Bytes::new(),
-            Op::CancelWatch { .. } => {
-                let e = WireError::new(ErrorCode::InvalidRequest, "cancel watch without a region");
+            Op::CancelWatch { .. } | Op::TransferLeader { .. } if req.region_id != 0 => {
+                Bytes::new()
+            }
+            Op::CancelWatch { .. } | Op::TransferLeader { .. } => {
+                let e = WireError::new(ErrorCode::InvalidRequest, "request without a region id");
                 return answer(out, Err(e));
             }
             Op::Write(w) => match w.keys().next() {
@@ -881,6 +883,11 @@ impl Shard {
                 replicas.read(region_id, id, key, consistency, replies)
             }
             Op::Write(w) => replicas.propose(region_id, id, w, req.session, wall, replies),
+            Op::TransferLeader { to_node } => {
+                tracing::info!(region = region_id, to_node, "preferred leader requested");
+                let cmd = corekv_engine::admin::AdminCommand::PreferLeader { node_id: to_node };
+                replicas.propose_admin(region_id, id, cmd, replies)
+            }
             Op::Routes | Op::Status | Op::Watch { .. } | Op::CancelWatch { .. } => {
                 unreachable!("answered above")
             }
@@ -1096,6 +1103,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Status => "status",
         Op::Watch { .. } => "watch",
         Op::CancelWatch { .. } => "cancel_watch",
+        Op::TransferLeader { .. } => "transfer_leader",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",

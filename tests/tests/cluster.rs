@@ -417,3 +417,60 @@ fn follower_reads_never_return_an_overwritten_value_during_a_partition_or_after_
     t.cluster.start_node(li).unwrap();
     t.must_be_ready(Duration::from_secs(30));
 }
+
+#[test]
+fn a_transferred_leader_stays_and_comes_back_after_a_failover() {
+    let mut t = TestCluster::start(3, 2, &[]);
+    let (route, key) = region_led_by(&t, 1, "moved-");
+    let region = route.region.id;
+    let mut c = t.client();
+    c.put(key.as_bytes(), b"before", PutOptions::default())
+        .unwrap();
+    let took =
+        corekv_tools::ctl::transfer_leader(&mut c, region, 3, Duration::from_secs(10)).unwrap();
+    eprintln!("leadership of region {region} moved to node 3 in {took:?}");
+    let leader_of = |t: &TestCluster| {
+        t.client()
+            .routes()
+            .iter()
+            .find(|r| r.region.id == region)
+            .map_or(0, |r| r.leader_node)
+    };
+    // The automatic balancing (every second) keeps it there.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(leader_of(&t), 3);
+    let v = c
+        .put(key.as_bytes(), b"after", PutOptions::default())
+        .unwrap();
+    assert_eq!(
+        c.get(key.as_bytes(), Consistency::Linearizable)
+            .unwrap()
+            .unwrap()
+            .version,
+        v
+    );
+    // Node 3 dies: another node leads; back up and caught up, node 3 leads
+    // again, since the preference is part of the replicated region.
+    t.cluster.kill(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ![1, 2].contains(&leader_of(&t)) {
+        assert!(Instant::now() < deadline, "no failover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.cluster.start_node(2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader_of(&t) != 3 {
+        assert!(Instant::now() < deadline, "node 3 never took the lead back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        c.get(key.as_bytes(), Consistency::Linearizable)
+            .unwrap()
+            .unwrap()
+            .value,
+        &b"after"[..]
+    );
+    // A node without a replica is refused.
+    let e = c.transfer_leader(region, 9).unwrap_err();
+    assert!(e.to_string().contains("no replica on node 9"), "{e}");
+}

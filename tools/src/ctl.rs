@@ -1,11 +1,46 @@
-//! `corekv ctl`: cluster inspection from any endpoint.
+//! `corekv ctl`: cluster inspection and leader moves from any endpoint.
 //!
 //! Every node answers a `Status` request with its status document (regions
 //! with role, indexes, sizes and rates; shards; log writer counters): `ctl`
-//! asks every node it knows of and shows the result.
+//! asks every node it knows of and shows the result. `transfer-leader` makes
+//! a replica its region's preferred leader and waits until it leads.
 
 use corekv_net::{Client, ClientConfig};
 use serde_json::Value;
+
+/// Makes `node_id`'s replica of `region_id` the region's preferred leader
+/// and waits up to `wait` until it leads. Returns how long the move took.
+pub fn transfer_leader(
+    client: &mut Client,
+    region_id: u64,
+    node_id: u64,
+    wait: std::time::Duration,
+) -> anyhow::Result<std::time::Duration> {
+    let started = std::time::Instant::now();
+    if !client.routes().iter().any(|r| r.region.id == region_id) {
+        anyhow::bail!("no region {region_id} (see `corekv ctl regions`)");
+    }
+    client.transfer_leader(region_id, node_id)?;
+    loop {
+        // A failed refresh (a node restarting) is retried until the wait ends.
+        if client.refresh().is_ok() {
+            let leader = client
+                .routes()
+                .iter()
+                .find(|r| r.region.id == region_id)
+                .map_or(0, |r| r.leader_node);
+            if leader == node_id {
+                return Ok(started.elapsed());
+            }
+        }
+        if started.elapsed() > wait {
+            anyhow::bail!(
+                "node {node_id} is region {region_id}'s preferred leader, but did not lead within                  {wait:?} (is it up and caught up?); it takes over once it is"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
 
 /// The status documents of every node reachable through `endpoints`.
 pub fn gather(endpoints: Vec<String>, timeout: std::time::Duration) -> anyhow::Result<Vec<Value>> {

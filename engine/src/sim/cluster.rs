@@ -439,6 +439,39 @@ impl SimCluster {
         id
     }
 
+    /// Submits an admin command to `node`'s replica of `region`; returns the
+    /// request id to wait on.
+    pub fn propose_admin(
+        &mut self,
+        node: u64,
+        region: u64,
+        cmd: crate::admin::AdminCommand,
+    ) -> u64 {
+        let id = self.new_id();
+        let mut replies = Vec::new();
+        match self.nodes.get_mut(&node) {
+            Some(n) => n.replicas.propose_admin(region, id, cmd, &mut replies),
+            None => replies.push(Reply {
+                id,
+                result: Err(Error::Timeout),
+            }),
+        }
+        self.collect_replies(replies);
+        id
+    }
+
+    /// The region metadata `node`'s replica of `region` has applied.
+    pub fn region_meta(&self, node: u64, region: u64) -> Option<Region> {
+        Some(
+            self.nodes
+                .get(&node)?
+                .replicas
+                .peer(region)?
+                .region()
+                .clone(),
+        )
+    }
+
     /// Submits a read of `key` to `node`; returns the request id.
     pub fn read(&mut self, node: u64, key: &[u8], consistency: Consistency) -> u64 {
         let id = self.new_id();

@@ -364,13 +364,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 10;
+        pub const ENUM_MAX_OP: u8 = 11;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 11] = [
+        pub const ENUM_VALUES_OP: [Op; 12] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -382,6 +382,7 @@ pub mod corekv {
             Op::Status,
             Op::Watch,
             Op::CancelWatch,
+            Op::TransferLeader,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -400,9 +401,10 @@ pub mod corekv {
             pub const Status: Self = Self(8);
             pub const Watch: Self = Self(9);
             pub const CancelWatch: Self = Self(10);
+            pub const TransferLeader: Self = Self(11);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 10;
+            pub const ENUM_MAX: u8 = 11;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -415,6 +417,7 @@ pub mod corekv {
                 Self::Status,
                 Self::Watch,
                 Self::CancelWatch,
+                Self::TransferLeader,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -430,6 +433,7 @@ pub mod corekv {
                     Self::Status => Some("Status"),
                     Self::Watch => Some("Watch"),
                     Self::CancelWatch => Some("CancelWatch"),
+                    Self::TransferLeader => Some("TransferLeader"),
                     _ => None,
                 }
             }
@@ -3190,6 +3194,114 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum TransferLeaderOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct TransferLeader<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for TransferLeader<'a> {
+            type Inner = TransferLeader<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> TransferLeader<'a> {
+            pub const VT_TO_NODE: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                TransferLeader { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args TransferLeaderArgs,
+            ) -> ::flatbuffers::WIPOffset<TransferLeader<'bldr>> {
+                let mut builder = TransferLeaderBuilder::new(_fbb);
+                builder.add_to_node(args.to_node);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn to_node(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TransferLeader::VT_TO_NODE, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for TransferLeader<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("to_node", Self::VT_TO_NODE, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct TransferLeaderArgs {
+            pub to_node: u64,
+        }
+        impl<'a> Default for TransferLeaderArgs {
+            #[inline]
+            fn default() -> Self {
+                TransferLeaderArgs { to_node: 0 }
+            }
+        }
+
+        pub struct TransferLeaderBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TransferLeaderBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_to_node(&mut self, to_node: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TransferLeader::VT_TO_NODE, to_node, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> TransferLeaderBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                TransferLeaderBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<TransferLeader<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for TransferLeader<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("TransferLeader");
+                ds.field("to_node", &self.to_node());
+                ds.finish()
+            }
+        }
         pub enum RoutesOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -3627,6 +3739,21 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_transfer_leader(&self) -> Option<TransferLeader<'a>> {
+                if self.op_type() == Op::TransferLeader {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { TransferLeader::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3651,6 +3778,7 @@ pub mod corekv {
           Op::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Op::Status", pos),
           Op::Watch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Watch>>("Op::Watch", pos),
           Op::CancelWatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CancelWatch>>("Op::CancelWatch", pos),
+          Op::TransferLeader => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeader>>("Op::TransferLeader", pos),
           _ => Ok(()),
         }
      })?
@@ -3839,6 +3967,16 @@ pub mod corekv {
                     }
                     Op::CancelWatch => {
                         if let Some(x) = self.op_as_cancel_watch() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::TransferLeader => {
+                        if let Some(x) = self.op_as_transfer_leader() {
                             ds.field("op", &x)
                         } else {
                             ds.field(

@@ -139,6 +139,18 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Move a region's leadership to its replica on NODE, and keep it there:
+    /// the replica becomes the region's preferred leader (replicated; the
+    /// automatic leader balancing follows it).
+    TransferLeader {
+        /// Region id (see `ctl regions`).
+        region: u64,
+        /// Node id of the replica to lead.
+        node: u64,
+        /// How long to wait for the move, ms.
+        #[arg(long, default_value_t = 10_000)]
+        wait_ms: u64,
+    },
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -263,6 +275,38 @@ fn main() -> ExitCode {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    if let Cmd::Ctl {
+        cmd:
+            CtlCmd::TransferLeader {
+                region,
+                node,
+                wait_ms,
+            },
+    } = &cli.cmd
+    {
+        let mut cfg = ClientConfig::new(endpoints);
+        cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+        let moved = Client::connect(cfg)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| {
+                corekv_tools::ctl::transfer_leader(
+                    &mut c,
+                    *region,
+                    *node,
+                    Duration::from_millis(*wait_ms),
+                )
+            });
+        return match moved {
+            Ok(took) => {
+                println!(
+                    "region {region}: node {node} leads (moved in {} ms)",
+                    took.as_millis()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(3, format!("error: {e:#}")),
+        };
+    }
     if let Cmd::Ctl { cmd } = &cli.cmd {
         let docs = match corekv_tools::ctl::gather(endpoints, Duration::from_millis(cli.timeout_ms))
         {
@@ -280,6 +324,7 @@ fn main() -> ExitCode {
                     corekv_tools::ctl::regions_table(&rows)
                 }
             }
+            CtlCmd::TransferLeader { .. } => unreachable!("handled above"),
         };
         print!("{text}");
         return ExitCode::SUCCESS;
