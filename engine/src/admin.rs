@@ -6,7 +6,7 @@
 
 use crate::codec::{Decoder, Encoder};
 use crate::error::{Error, Result};
-use crate::region::{PeerRole, Region};
+use crate::region::{Epoch, PeerMeta, PeerRole, Region};
 
 /// Raft entry context marking an admin entry.
 pub const ENTRY_CONTEXT: &[u8] = b"admin";
@@ -23,6 +23,63 @@ pub enum AdminCommand {
         /// Node of the replica.
         node_id: u64,
     },
+    /// The region becomes two: it keeps `[start, split_hash)` and a new
+    /// region `new_region_id` takes `[split_hash, end)`, with replicas
+    /// `new_peers` on the same nodes. Both get the next epoch version. The
+    /// new region's raft log starts at the split entry's index, so versions
+    /// of every key keep growing.
+    Split {
+        /// First hash of the new region.
+        split_hash: u64,
+        /// Id of the new region.
+        new_region_id: u64,
+        /// Its replicas, one per node of the region, same roles.
+        new_peers: Vec<PeerMeta>,
+    },
+}
+
+/// Largest region id a split may choose (peer ids are `region * 1000 +
+/// node`, which must fit in a u64).
+pub const REGION_ID_MAX: u64 = (1 << 48) - 1;
+
+/// The replicas a region split off `region` gets: the same nodes and roles,
+/// peer ids `new_region_id * 1000 + node`.
+pub fn split_peers(region: &Region, new_region_id: u64) -> Vec<PeerMeta> {
+    region
+        .peers
+        .iter()
+        .map(|p| PeerMeta {
+            id: new_region_id * 1000 + p.node_id,
+            node_id: p.node_id,
+            role: p.role,
+        })
+        .collect()
+}
+
+/// The two regions a split of `region` makes: (kept, new).
+pub fn split_regions(
+    region: &Region,
+    split_hash: u64,
+    new_region_id: u64,
+    new_peers: &[PeerMeta],
+) -> (Region, Region) {
+    let epoch = Epoch {
+        conf_ver: region.epoch.conf_ver,
+        version: region.epoch.version + 1,
+    };
+    let kept = Region {
+        end_hash: split_hash,
+        epoch,
+        ..region.clone()
+    };
+    let new = Region {
+        id: new_region_id,
+        start_hash: split_hash,
+        end_hash: region.end_hash,
+        epoch,
+        peers: new_peers.to_vec(),
+    };
+    (kept, new)
 }
 
 impl AdminCommand {
@@ -31,8 +88,26 @@ impl AdminCommand {
         let mut e = Encoder::with_capacity(16);
         e.u8(ADMIN_FORMAT);
         match self {
-            AdminCommand::PreferLeader { node_id } => e.u8(1).u64(*node_id),
-        };
+            AdminCommand::PreferLeader { node_id } => {
+                e.u8(1).u64(*node_id);
+            }
+            AdminCommand::Split {
+                split_hash,
+                new_region_id,
+                new_peers,
+            } => {
+                e.u8(2)
+                    .u64(*split_hash)
+                    .u64(*new_region_id)
+                    .u32(new_peers.len() as u32);
+                for p in new_peers {
+                    e.u64(p.id).u64(p.node_id).u8(match p.role {
+                        PeerRole::Voter => 0,
+                        PeerRole::Learner => 1,
+                    });
+                }
+            }
+        }
         e.finish()
     }
 
@@ -42,6 +117,28 @@ impl AdminCommand {
         d.version(ADMIN_FORMAT)?;
         let cmd = match d.u8()? {
             1 => AdminCommand::PreferLeader { node_id: d.u64()? },
+            2 => {
+                let split_hash = d.u64()?;
+                let new_region_id = d.u64()?;
+                let n = d.u32()? as usize;
+                let mut new_peers = Vec::with_capacity(n.min(16));
+                for _ in 0..n {
+                    new_peers.push(PeerMeta {
+                        id: d.u64()?,
+                        node_id: d.u64()?,
+                        role: match d.u8()? {
+                            0 => PeerRole::Voter,
+                            1 => PeerRole::Learner,
+                            t => return Err(Error::Corruption(format!("peer role {t}"))),
+                        },
+                    });
+                }
+                AdminCommand::Split {
+                    split_hash,
+                    new_region_id,
+                    new_peers,
+                }
+            }
             t => return Err(Error::Corruption(format!("admin command tag {t}"))),
         };
         d.finish()?;
@@ -62,12 +159,43 @@ impl AdminCommand {
                     region.id
                 ))),
             },
+            AdminCommand::Split {
+                split_hash,
+                new_region_id,
+                new_peers,
+            } => {
+                let inside = *split_hash > region.start_hash
+                    && (region.end_hash == 0 || *split_hash < region.end_hash);
+                if !inside {
+                    return Err(Error::InvalidRequest(format!(
+                        "split point {split_hash:016x} is not inside region {}                          [{:016x}, {:016x})",
+                        region.id, region.start_hash, region.end_hash
+                    )));
+                }
+                if *new_region_id == 0
+                    || *new_region_id > REGION_ID_MAX
+                    || *new_region_id == region.id
+                {
+                    return Err(Error::InvalidRequest(format!(
+                        "bad new region id {new_region_id}"
+                    )));
+                }
+                if *new_peers != split_peers(region, *new_region_id) {
+                    return Err(Error::InvalidRequest(
+                        "the new region's replicas must be on the region's nodes".into(),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
-    /// Applies the command to `region`; returns true if it changed.
+    /// Applies a `PreferLeader` command to `region`; returns true if it
+    /// changed. (Splits are applied by the peer, which also creates the new
+    /// region.)
     pub fn apply(&self, region: &mut Region) -> bool {
         match self {
+            AdminCommand::Split { .. } => false,
             AdminCommand::PreferLeader { node_id } => {
                 if self.validate(region).is_err() {
                     return false;
@@ -130,5 +258,46 @@ mod tests {
         assert!(AdminCommand::PreferLeader { node_id: 9 }
             .validate(&r)
             .is_err());
+    }
+
+    #[test]
+    fn splits_round_trip_and_are_checked() {
+        let r = Region {
+            start_hash: 100,
+            end_hash: 0,
+            ..region()
+        };
+        let cmd = AdminCommand::Split {
+            split_hash: 500,
+            new_region_id: 9,
+            new_peers: split_peers(&r, 9),
+        };
+        assert_eq!(AdminCommand::decode(&cmd.encode()).unwrap(), cmd);
+        assert!(cmd.validate(&r).is_ok());
+        let (kept, new) = split_regions(&r, 500, 9, &split_peers(&r, 9));
+        assert_eq!((kept.start_hash, kept.end_hash), (100, 500));
+        assert_eq!((new.start_hash, new.end_hash), (500, 0));
+        assert_eq!(kept.epoch.version, r.epoch.version + 1);
+        assert_eq!(new.epoch, kept.epoch);
+        assert_eq!(new.peers[0].id, 9001);
+        for bad in [
+            AdminCommand::Split {
+                split_hash: 100,
+                new_region_id: 9,
+                new_peers: split_peers(&r, 9),
+            },
+            AdminCommand::Split {
+                split_hash: 500,
+                new_region_id: 3,
+                new_peers: split_peers(&r, 3),
+            },
+            AdminCommand::Split {
+                split_hash: 500,
+                new_region_id: 9,
+                new_peers: split_peers(&r, 8),
+            },
+        ] {
+            assert!(bad.validate(&r).is_err(), "{bad:?}");
+        }
     }
 }

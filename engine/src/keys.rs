@@ -11,6 +11,7 @@
 //! | `meta` | `0x03` | [`crate::state::StoreIdent`] |
 //! | `meta` | `0x04 region_id` | shard owning the region (u32, node runtime) |
 //! | `meta` | `0x05 region_id client_id` | [`crate::session::ClientSession`] |
+//! | `meta` | `0x06 region_id epoch_version` | log index of the split that made that epoch (u64) |
 //! | `data` | `route_hash key` | [`crate::value::ValueRecord`] |
 //! | `history` | `0x01 region_id index` | changes of one entry ([`crate::watch`]) |
 //! | `history` | `0x02 region_id` | history floor (u64) |
@@ -36,6 +37,7 @@ const META_APPLY: u8 = 0x02;
 const META_IDENT: u8 = 0x03;
 const META_PLACEMENT: u8 = 0x04;
 const META_SESSION: u8 = 0x05;
+const META_SPLIT: u8 = 0x06;
 const HISTORY_RECORD: u8 = 0x01;
 const HISTORY_FLOOR: u8 = 0x02;
 
@@ -131,6 +133,24 @@ pub fn history_index(region_id: u64, key: &[u8]) -> Option<u64> {
 /// Key of the history floor of `region_id`.
 pub fn history_floor_key(region_id: u64) -> [u8; 9] {
     region_key(HISTORY_FLOOR, region_id)
+}
+
+/// Key of the record of the split of `region_id` that made epoch version
+/// `version`.
+pub fn split_key(region_id: u64, version: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = META_SPLIT;
+    k[1..9].copy_from_slice(&region_id.to_be_bytes());
+    k[9..17].copy_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// The epoch version of a split record key of `region_id`, or `None`.
+pub fn split_version(region_id: u64, key: &[u8]) -> Option<u64> {
+    if key.len() != 17 || key[0] != META_SPLIT || key[1..9] != region_id.to_be_bytes() {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
 }
 
 /// Key of a user key in the data CF.

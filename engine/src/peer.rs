@@ -176,6 +176,12 @@ pub struct Peer {
     sessions: SessionTable,
     /// Watchers can resume from this version on (see `watch`).
     history_floor: u64,
+    /// Regions split off and not yet opened by the owner.
+    splits: Vec<Region>,
+    /// Index of the last split applied since start (0 = none).
+    last_split_index: u64,
+    /// Splits of this region: (epoch version after it, log index).
+    split_log: Vec<(u64, u64)>,
 }
 
 fn raft_config(cfg: &Config, peer_id: u64, applied: u64) -> raft::Config {
@@ -228,6 +234,26 @@ pub fn load_sessions(db: &Db, region_id: u64) -> Result<SessionTable> {
         clients.insert(u64::MAX, ClientSession::decode(&v)?);
     }
     Ok(SessionTable::from_clients(clients))
+}
+
+/// Loads the split records of `region_id`, in epoch order.
+fn load_splits(db: &Db, region_id: u64) -> Result<Vec<(u64, u64)>> {
+    let meta = cf(db, CF_META);
+    let mut it = db.raw_iterator_cf(meta);
+    it.seek(keys::split_key(region_id, 0));
+    let mut out = Vec::new();
+    while it.valid() {
+        let Some(version) = keys::split_version(region_id, it.key().unwrap()) else {
+            break;
+        };
+        let index = <[u8; 8]>::try_from(it.value().unwrap())
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::Corruption(format!("split record of region {region_id}")))?;
+        out.push((version, index));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
 }
 
 /// Every region replica stored on this node (tombstones excluded).
@@ -321,6 +347,9 @@ impl Peer {
             counters: PeerCounters::default(),
             leader_seen: 0,
             history_floor,
+            splits: Vec::new(),
+            last_split_index: 0,
+            split_log: load_splits(&db, region_id)?,
         })
     }
 
@@ -939,12 +968,36 @@ impl Peer {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal if e.get_context() == admin::ENTRY_CONTEXT => {
                     let cmd = AdminCommand::decode(&e.data)?;
-                    if cmd.apply(&mut self.region) {
-                        self.raw
-                            .store()
-                            .persist_region(&self.region, &mut apply.inner);
-                    }
-                    outcome = Some(WriteOutcome::Written { version: e.index });
+                    let o = match &cmd {
+                        // The region may have changed since the proposal.
+                        AdminCommand::Split { .. } if cmd.validate(&self.region).is_err() => {
+                            WriteOutcome::WrongRegion
+                        }
+                        AdminCommand::Split {
+                            split_hash,
+                            new_region_id,
+                            new_peers,
+                        } => {
+                            self.apply_split(
+                                &db,
+                                apply,
+                                (e.index, e.term),
+                                *split_hash,
+                                *new_region_id,
+                                new_peers,
+                            );
+                            WriteOutcome::Written { version: e.index }
+                        }
+                        AdminCommand::PreferLeader { .. } => {
+                            if cmd.apply(&mut self.region) {
+                                self.raw
+                                    .store()
+                                    .persist_region(&self.region, &mut apply.inner);
+                            }
+                            WriteOutcome::Written { version: e.index }
+                        }
+                    };
+                    outcome = Some(o);
                 }
                 EntryType::EntryNormal if e.get_context() == expire::ENTRY_CONTEXT => {
                     let cmd = ExpireCommand::decode(&e.data)?;
@@ -1047,6 +1100,65 @@ impl Peer {
         }
     }
 
+    /// Applies a split at log position `at` (index, term): this region keeps
+    /// the hashes below `split_hash`; the new region's state (an empty log
+    /// after `at`, the sessions, the history floor) goes into the apply
+    /// batch, and the owner opens its replica once the batch is written
+    /// ([`Peer::take_splits`]).
+    fn apply_split(
+        &mut self,
+        db: &Db,
+        apply: &mut ApplyBatch,
+        at: (u64, u64),
+        split_hash: u64,
+        new_region_id: u64,
+        new_peers: &[crate::region::PeerMeta],
+    ) {
+        let (index, term) = at;
+        let (kept, new) = admin::split_regions(&self.region, split_hash, new_region_id, new_peers);
+        if new.peer_on_node(self.node_id).is_some() {
+            RegionStorage::write_initial(&new, index, term, db, &mut apply.inner);
+            let meta = cf(db, CF_META);
+            // A write retried after the split, now routed to the new region,
+            // is still recognised.
+            for (client, s) in self.sessions.clients() {
+                apply
+                    .inner
+                    .put_cf(meta, keys::session_key(new.id, *client), s.encode());
+            }
+            watch::set_floor(db, &mut apply.inner, new.id, index);
+            self.splits.push(new.clone());
+        }
+        self.region = kept;
+        self.raw
+            .store()
+            .persist_region(&self.region, &mut apply.inner);
+        self.last_split_index = index;
+        let version = self.region.epoch.version;
+        apply.inner.put_cf(
+            cf(db, CF_META),
+            keys::split_key(self.region.id, version),
+            index.to_be_bytes(),
+        );
+        self.split_log.push((version, index));
+    }
+
+    /// Log index of the first split of this region that moved it past epoch
+    /// version `version`, if this replica applied it (a replica restored
+    /// from a snapshot knows only the splits after the snapshot).
+    pub fn split_index_after(&self, version: u64) -> Option<u64> {
+        self.split_log
+            .iter()
+            .find(|(v, _)| *v > version)
+            .map(|(_, index)| *index)
+    }
+
+    /// Regions split off this one since the last call, whose state is in an
+    /// apply batch: open their replicas once that batch is written.
+    pub fn take_splits(&mut self) -> Vec<Region> {
+        std::mem::take(&mut self.splits)
+    }
+
     /// Drops history older than `watch_history_entries` indexes, in steps of
     /// a quarter of that so range deletions stay few.
     fn prune_history(&mut self, db: &rocksdb::DB, apply: &mut ApplyBatch) {
@@ -1071,6 +1183,13 @@ impl Peer {
             return Ok(());
         }
         let mut target = applied.saturating_sub(self.cfg.log_retain_entries);
+        // A replica that misses a split gets the new region only by applying
+        // the split entry from the log: keep it for a while.
+        if self.last_split_index != 0
+            && applied - self.last_split_index < self.cfg.log_compact_entries * 4
+        {
+            target = target.min(self.last_split_index - 1);
+        }
         if self.is_leader() {
             // Keep what a follower still needs, unless it lags so far that a
             // snapshot is cheaper than the log.

@@ -82,6 +82,10 @@ pub struct Replicas {
     node_id: u64,
     peers: BTreeMap<u64, Peer>,
     cache: ReadCache,
+    cfg: Arc<Config>,
+    db: Db,
+    seed: u64,
+    logger: slog::Logger,
 }
 
 /// Writes the initial state of every region in `regions` that has a replica
@@ -126,7 +130,42 @@ impl Replicas {
             node_id,
             peers,
             cache: ReadCache::new(cfg.read_cache_bytes),
+            cfg,
+            db,
+            seed,
+            logger: logger.clone(),
         })
+    }
+
+    /// Opens the replicas of regions split off this round; call once the
+    /// round's apply batch is written. A new region whose parent's replica
+    /// here leads campaigns at once, so it has a leader without waiting for
+    /// an election timeout. Returns the new regions.
+    pub fn open_splits(&mut self, replies: &mut Vec<Reply>) -> Result<Vec<Region>> {
+        let mut opened = Vec::new();
+        let parents: Vec<u64> = self.peers.keys().copied().collect();
+        for parent in parents {
+            let (splits, leads) = {
+                let p = self.peers.get_mut(&parent).expect("listed");
+                (p.take_splits(), p.is_leader())
+            };
+            for region in splits {
+                let mut peer = Peer::open(
+                    self.cfg.clone(),
+                    self.db.clone(),
+                    self.node_id,
+                    region.id,
+                    self.seed,
+                    &self.logger,
+                )?;
+                if leads {
+                    peer.campaign(replies)?;
+                }
+                self.peers.insert(region.id, peer);
+                opened.push(region);
+            }
+        }
+        Ok(opened)
     }
 
     /// Node these replicas live on.

@@ -61,16 +61,32 @@ impl RegionStorage {
     /// Adds the initial state of a new replica of `region` to `batch`: an empty
     /// log at [`INIT_INDEX`], membership from the region's peers.
     pub fn bootstrap(region: &Region, db: &Db, batch: &mut LogBatch) -> Result<()> {
+        Self::write_initial(region, INIT_INDEX, INIT_TERM, db, &mut batch.inner);
+        batch.must_sync = true;
+        Ok(())
+    }
+
+    /// Adds to `batch` the state of a replica of `region` whose log starts
+    /// empty after `index` (of `term`), everything up to it applied:
+    /// membership from the region's peers. Used at bootstrap and for the
+    /// region a split makes (its log starts at the split entry).
+    pub fn write_initial(
+        region: &Region,
+        index: u64,
+        term: u64,
+        db: &Db,
+        batch: &mut rocksdb::WriteBatch,
+    ) {
         let apply = ApplyState {
-            applied_index: INIT_INDEX,
-            applied_term: INIT_TERM,
-            truncated_index: INIT_INDEX,
-            truncated_term: INIT_TERM,
+            applied_index: index,
+            applied_term: term,
+            truncated_index: index,
+            truncated_term: term,
             conf_state: conf_state_of(region),
         };
         let hs = HardState {
-            term: INIT_TERM,
-            commit: INIT_INDEX,
+            term,
+            commit: index,
             ..Default::default()
         };
         let local = RegionLocalState {
@@ -78,19 +94,13 @@ impl RegionStorage {
             region: region.clone(),
         };
         let (raft_cf, meta_cf) = (cf(db, CF_RAFT), cf(db, CF_META));
-        batch.inner.put_cf(
+        batch.put_cf(
             raft_cf,
             keys::hard_state_key(region.id),
             hs.write_to_bytes().expect("hard state encodes"),
         );
-        batch
-            .inner
-            .put_cf(meta_cf, keys::apply_state_key(region.id), apply.encode());
-        batch
-            .inner
-            .put_cf(meta_cf, keys::region_state_key(region.id), local.encode());
-        batch.must_sync = true;
-        Ok(())
+        batch.put_cf(meta_cf, keys::apply_state_key(region.id), apply.encode());
+        batch.put_cf(meta_cf, keys::region_state_key(region.id), local.encode());
     }
 
     /// Loads the storage of `region_id` from disk.

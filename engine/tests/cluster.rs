@@ -395,6 +395,125 @@ fn a_preferred_leader_is_replicated_persisted_and_carried_by_snapshots() {
 }
 
 #[test]
+fn a_split_makes_two_regions_everywhere_and_no_replica_serves_the_other_half() {
+    use corekv_engine::admin::{split_peers, AdminCommand};
+    let (_d, mut c) = cluster(1, 37, Config::default());
+    let leader = must_elect(&mut c, 1);
+    let mut versions = Vec::new();
+    for i in 0..200 {
+        let v = match c
+            .write(put(format!("k{i}"), format!("v{i}")), 5000)
+            .unwrap()
+        {
+            WriteOutcome::Written { version } => version,
+            o => panic!("{o:?}"),
+        };
+        versions.push(v);
+    }
+    let region = c.region_meta(leader, 1).unwrap();
+    let mid = 1u64 << 63;
+    // Bad split points are refused before raft.
+    let bad = AdminCommand::Split {
+        split_hash: 0,
+        new_region_id: 77,
+        new_peers: split_peers(&region, 77),
+    };
+    let id = c.propose_admin(leader, 1, bad);
+    assert!(matches!(
+        c.wait(id, 1000).unwrap().unwrap().result,
+        Err(Error::InvalidRequest(_))
+    ));
+    // A key of the upper half, and a read of it queued on region 1 just
+    // before the split: it must not be answered from region 1 after it.
+    let upper = (0..200)
+        .map(|i| format!("k{i}"))
+        .find(|k| corekv_engine::route_hash(k.as_bytes()) >= mid)
+        .unwrap();
+    let lower = (0..200)
+        .map(|i| format!("k{i}"))
+        .find(|k| corekv_engine::route_hash(k.as_bytes()) < mid)
+        .unwrap();
+    let split = AdminCommand::Split {
+        split_hash: mid,
+        new_region_id: 77,
+        new_peers: split_peers(&region, 77),
+    };
+    let id = c.propose_admin(leader, 1, split);
+    let early_read = c.read_in(leader, 1, upper.as_bytes(), Consistency::Linearizable);
+    let split_index = match c.wait(id, 3000).unwrap().unwrap().result {
+        Ok(Response::Write(WriteOutcome::Written { version })) => version,
+        other => panic!("{other:?}"),
+    };
+    match c.wait(early_read, 3000).unwrap().unwrap().result {
+        // Served before the split applied: the value written before it.
+        Ok(Response::Value(Some(v))) => assert!(v.version < split_index),
+        Err(Error::EpochNotMatch { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(c.run_until(3000, |c| c.leader(77).is_some()).unwrap());
+    for n in c.node_ids().to_vec() {
+        let low = c.region_meta(n, 1).unwrap();
+        let high = c.region_meta(n, 77).unwrap();
+        assert_eq!((low.start_hash, low.end_hash), (0, mid), "node {n}");
+        assert_eq!((high.start_hash, high.end_hash), (mid, 0), "node {n}");
+        assert_eq!(low.epoch.version, region.epoch.version + 1);
+        assert_eq!(high.epoch, low.epoch);
+        assert!(c.status(n, 77).unwrap().applied_index >= split_index);
+    }
+    // Every key is still there, through its own region.
+    for (i, version) in versions.iter().enumerate() {
+        let v = c
+            .get(format!("k{i}").as_bytes(), Consistency::Linearizable, 5000)
+            .unwrap()
+            .unwrap();
+        assert_eq!((v.value, v.version), (b(format!("v{i}")), *version));
+    }
+    // Versions keep growing for keys that moved.
+    let after = match c.write(put(&upper, "after"), 5000).unwrap() {
+        WriteOutcome::Written { version } => version,
+        o => panic!("{o:?}"),
+    };
+    assert!(after > split_index);
+    // Region 1 refuses what is now region 77's, for writes and reads.
+    let l1 = c.leader(1).unwrap();
+    let w = c.propose_in(l1, 1, put(&upper, "wrong"));
+    assert!(matches!(
+        c.wait(w, 3000).unwrap().unwrap().result,
+        Err(Error::EpochNotMatch { .. })
+    ));
+    let r = c.read_in(l1, 1, upper.as_bytes(), Consistency::Linearizable);
+    assert!(matches!(
+        c.wait(r, 3000).unwrap().unwrap().result,
+        Err(Error::EpochNotMatch { .. })
+    ));
+    let r = c.read_in(
+        c.leader(77).unwrap(),
+        77,
+        lower.as_bytes(),
+        Consistency::Lease,
+    );
+    assert!(matches!(
+        c.wait(r, 3000).unwrap().unwrap().result,
+        Err(Error::EpochNotMatch { .. })
+    ));
+    // Both regions come back after a restart of every node.
+    for n in c.node_ids().to_vec() {
+        c.crash(n);
+    }
+    for n in c.node_ids().to_vec() {
+        c.restart(n).unwrap();
+    }
+    must_elect(&mut c, 1);
+    must_elect(&mut c, 77);
+    let v = c
+        .get(upper.as_bytes(), Consistency::Linearizable, 5000)
+        .unwrap()
+        .unwrap();
+    assert_eq!((v.value, v.version), (b("after"), after));
+    must_put(&mut c, &lower, "low");
+}
+
+#[test]
 fn log_stays_bounded_under_sustained_writes() {
     let cfg = small_log_config();
     let bound = cfg.log_compact_entries + 100;

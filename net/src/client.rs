@@ -591,6 +591,35 @@ impl Client {
         Ok(f.version)
     }
 
+    /// Splits region `region_id` at `split_hash` (`None`: the middle of its
+    /// range). Returns the split's log index once every replica will apply
+    /// it; the routing table is reloaded.
+    pub fn split(&mut self, region_id: u64, split_hash: Option<u64>) -> Result<u64> {
+        let epoch = |c: &Client| {
+            c.routes
+                .iter()
+                .find(|r| r.region.id == region_id)
+                .map_or(0, |r| r.region.epoch.version)
+        };
+        let before = epoch(self);
+        let (_, f) = self.execute_on(
+            RouteBy::Region(region_id),
+            Op::Split {
+                split_hash: split_hash.unwrap_or(0),
+            },
+            false,
+        )?;
+        // The node answering routes may apply the split a moment later.
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        loop {
+            self.refresh()?;
+            if epoch(self) > before || Instant::now() > deadline {
+                return Ok(f.version);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Reloads the routing table (regions, epochs, leaders).
     pub fn refresh(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.cfg.request_timeout;

@@ -47,6 +47,11 @@ pub enum Op {
         /// Node of the replica.
         to_node: u64,
     },
+    /// Split the region at `split_hash` (0 = the middle of its range).
+    Split {
+        /// First hash of the new region.
+        split_hash: u64,
+    },
 }
 
 /// One request of a batch.
@@ -455,6 +460,15 @@ fn encode_op<'a>(
             );
             (wire::Op::CancelWatch, c.as_union_value())
         }
+        Op::Split { split_hash } => {
+            let t = wire::Split::create(
+                fbb,
+                &wire::SplitArgs {
+                    split_hash: *split_hash,
+                },
+            );
+            (wire::Op::Split, t.as_union_value())
+        }
         Op::TransferLeader { to_node } => {
             let t =
                 wire::TransferLeader::create(fbb, &wire::TransferLeaderArgs { to_node: *to_node });
@@ -805,6 +819,14 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
                 from_version: w.from_version(),
             }
         }
+        wire::Op::Split => {
+            let t = r
+                .op_as_split()
+                .ok_or_else(|| content("split without body"))?;
+            Op::Split {
+                split_hash: t.split_hash(),
+            }
+        }
         wire::Op::TransferLeader => {
             let t = r
                 .op_as_transfer_leader()
@@ -1088,6 +1110,15 @@ mod tests {
                 region_id: 2,
                 epoch: Epoch::default(),
                 op: Op::TransferLeader { to_node: 3 },
+                session: None,
+            },
+            Request {
+                id: 11,
+                region_id: 2,
+                epoch: Epoch::default(),
+                op: Op::Split {
+                    split_hash: 1 << 62,
+                },
                 session: None,
             },
         ];

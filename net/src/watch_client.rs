@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,8 +39,40 @@ enum Item {
 /// A running watch. Dropping it stops its streams.
 pub struct Watch {
     rx: mpsc::Receiver<Item>,
+    streams: Streams,
+}
+
+/// What every stream of a watch shares, to start more streams when a split
+/// scatters a stream's keys over regions.
+#[derive(Clone)]
+struct Streams {
+    cfg: crate::ClientConfig,
+    tx: mpsc::Sender<Item>,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Streams {
+    /// Starts a stream of `keys` (one region) after `from_version`; `ready`
+    /// hears when a leader accepted it.
+    fn spawn(
+        &self,
+        client: Client,
+        keys: Vec<Bytes>,
+        from_version: u64,
+        ready: Option<mpsc::Sender<()>>,
+    ) -> Result<()> {
+        let me = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("corekv-watch".into())
+            .spawn(move || stream(client, keys, from_version, ready, me))
+            .map_err(|e| ClientError::Protocol(format!("starting a watch thread: {e}")))?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+        Ok(())
+    }
 }
 
 impl Watch {
@@ -61,9 +93,20 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        self.streams.stop.store(true, Ordering::Release);
+        loop {
+            let next = self
+                .streams
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop();
+            match next {
+                Some(t) => {
+                    let _ = t.join();
+                }
+                None => return,
+            }
         }
     }
 }
@@ -103,21 +146,22 @@ impl Client {
         }
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        let streams = groups.len();
+        let streams = Streams {
+            cfg: self.cfg.clone(),
+            tx,
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Arc::new(Mutex::new(Vec::new())),
+        };
+        let count = groups.len();
+        let watch = Watch {
+            rx,
+            streams: streams.clone(),
+        };
         for (_, keys) in groups {
             let client = Client::connect(self.cfg.clone())?;
-            let (tx, ready, stop) = (tx.clone(), ready_tx.clone(), stop.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("corekv-watch".into())
-                    .spawn(move || stream(client, keys, from_version, tx, ready, stop))
-                    .map_err(|e| ClientError::Protocol(format!("starting a watch thread: {e}")))?,
-            );
+            streams.spawn(client, keys, from_version, Some(ready_tx.clone()))?;
         }
-        let watch = Watch { rx, stop, threads };
-        for _ in 0..streams {
+        for _ in 0..count {
             let left = deadline.saturating_duration_since(Instant::now());
             if ready_rx.recv_timeout(left).is_err() {
                 // A stream that ended with an error has passed it on.
@@ -138,36 +182,69 @@ impl Client {
 enum Ended {
     /// Try again (after a pause unless `hinted`).
     Retry { hinted: bool },
+    /// The keys may be in several regions now (routes were reloaded).
+    /// Keys still in region `kept` resume from the cursor, the others from
+    /// `split_at` (0 = the cursor).
+    Regroup { kept: u64, split_at: u64 },
     /// The watch is over.
     Done,
 }
 
 fn stream(
     mut c: Client,
-    keys: Vec<Bytes>,
+    mut keys: Vec<Bytes>,
     from_version: u64,
-    tx: mpsc::Sender<Item>,
-    ready: mpsc::Sender<()>,
-    stop: Arc<AtomicBool>,
+    mut ready: Option<mpsc::Sender<()>>,
+    streams: Streams,
 ) {
-    let mut ready = Some(ready);
-    let hash = route_hash(&keys[0]);
+    let (tx, stop) = (&streams.tx, &streams.stop);
     // Every change up to `cursor` was delivered (0 = start from now).
     let mut cursor = from_version;
     let mut attempt = 0u32;
     while !stop.load(Ordering::Acquire) {
         attempt += 1;
+        let hash = route_hash(&keys[0]);
         let ended = attempt_stream(
             &mut c,
             &keys,
             hash,
             &mut cursor,
             attempt,
-            (&tx, &mut ready),
-            &stop,
+            (tx, &mut ready),
+            stop,
         );
         match ended {
             Ended::Done => return,
+            Ended::Regroup { kept, split_at } => {
+                let mut groups: Vec<(u64, Vec<Bytes>)> = Vec::new();
+                for k in keys.drain(..) {
+                    let region = c
+                        .route_index(route_hash(&k))
+                        .map_or(0, |i| c.routes[i].region.id);
+                    match groups.iter_mut().find(|(r, _)| *r == region) {
+                        Some((_, g)) => g.push(k),
+                        None => groups.push((region, vec![k])),
+                    }
+                }
+                let from = |region: u64| {
+                    if region == kept || split_at == 0 {
+                        cursor
+                    } else {
+                        split_at
+                    }
+                };
+                let (first_region, first) = groups.remove(0);
+                for (region, group) in groups {
+                    let started = Client::connect(streams.cfg.clone())
+                        .and_then(|client| streams.spawn(client, group, from(region), None));
+                    if let Err(e) = started {
+                        let _ = tx.send(Item::Failed(e));
+                        return;
+                    }
+                }
+                cursor = from(first_region);
+                keys = first;
+            }
             Ended::Retry { hinted: true } => {}
             Ended::Retry { hinted: false } => {
                 let pause = Instant::now() + c.cfg.backoff_max * 2;
@@ -275,7 +352,10 @@ fn attempt_stream(
                         }
                         ErrorCode::EpochNotMatch | ErrorCode::RegionNotFound => {
                             let _ = c.refresh_routes(deadline);
-                            Ended::Retry { hinted: false }
+                            Ended::Regroup {
+                                kept: e.regions.first().map_or(0, |r| r.id),
+                                split_at: e.current_version,
+                            }
                         }
                         ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::Timeout => {
                             c.routes[i].leader_node = 0;

@@ -10,6 +10,7 @@
 //! shard `(r-1) mod shards`, so they spread over cores too.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use corekv_engine::db::{self, cf, Db};
 use corekv_engine::keys::{self, CF_META};
@@ -156,11 +157,15 @@ pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
     })
 }
 
-/// Regions by id with their owning shard: O(1) lookups, immutable while the
-/// node runs, shared by every shard without locks.
+/// Regions by id with their owning shard and last seen leader: O(1)
+/// lookups. A router never changes its regions; a split makes a new one
+/// (see `NodeShared::update_shard_regions`), and shards pick it up at their
+/// next round, so lookups take no lock.
 pub struct Router {
     regions: Vec<(Region, usize)>,
     by_id: BTreeMap<u64, usize>,
+    /// Leader node of each region (by index), as last seen; 0 = unknown.
+    leaders: Vec<AtomicU64>,
 }
 
 impl Router {
@@ -172,10 +177,32 @@ impl Router {
             .enumerate()
             .map(|(i, (r, _))| (r.id, i))
             .collect();
+        let leaders = placement.iter().map(|_| AtomicU64::new(0)).collect();
         Router {
             regions: placement,
             by_id,
+            leaders,
         }
+    }
+
+    /// A router where `shard`'s regions are `regions` (as its replicas now
+    /// have them) and every other shard's are unchanged; known leaders carry
+    /// over.
+    pub fn with_shard_regions(&self, shard: usize, regions: Vec<Region>) -> Router {
+        let mut placement: Vec<(Region, usize)> = self
+            .regions
+            .iter()
+            .filter(|(_, s)| *s != shard)
+            .cloned()
+            .collect();
+        placement.extend(regions.into_iter().map(|r| (r, shard)));
+        let next = Router::new(placement);
+        for (i, (r, _)) in next.regions.iter().enumerate() {
+            if let Some(old) = self.index_of(r.id) {
+                next.leaders[i].store(self.leader(old), Ordering::Relaxed);
+            }
+        }
+        next
     }
 
     /// Index of region `id`.
@@ -198,6 +225,16 @@ impl Router {
         (r, *s)
     }
 
+    /// Leader node of the region at `index` as last seen (0 = unknown).
+    pub fn leader(&self, index: usize) -> u64 {
+        self.leaders[index].load(Ordering::Relaxed)
+    }
+
+    /// Records the leader of the region at `index`; returns the previous one.
+    pub fn set_leader(&self, index: usize, node: u64) -> u64 {
+        self.leaders[index].swap(node, Ordering::Relaxed)
+    }
+
     /// Every region with its shard.
     pub fn iter(&self) -> impl Iterator<Item = (&Region, usize)> {
         self.regions.iter().map(|(r, s)| (r, *s))
@@ -211,6 +248,16 @@ impl Router {
     /// True if the node has no region.
     pub fn is_empty(&self) -> bool {
         self.regions.is_empty()
+    }
+
+    /// Regions whose leader is known.
+    pub fn with_leader(&self) -> usize {
+        (0..self.len()).filter(|i| self.leader(*i) != 0).count()
+    }
+
+    /// Regions led by `node`.
+    pub fn led_by(&self, node: u64) -> usize {
+        (0..self.len()).filter(|i| self.leader(*i) == node).count()
     }
 }
 

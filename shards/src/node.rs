@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use corekv_engine::Db;
@@ -19,10 +19,10 @@ pub struct NodeShared {
     pub cfg: NodeConfig,
     /// The node's RocksDB.
     pub db: Db,
-    /// Region → shard.
-    pub router: Router,
-    /// Leader node of each region (by router index), as last seen; 0 = unknown.
-    pub leaders: Vec<AtomicU64>,
+    /// Region → shard and leader; replaced when regions split.
+    pub router: RwLock<Arc<Router>>,
+    /// Bumped whenever `router` is replaced.
+    pub router_version: AtomicU64,
     /// Client addresses of the nodes heard from (and this one).
     pub nodes: Mutex<BTreeMap<u64, NodeInfo>>,
     /// Queue of the log writer.
@@ -87,12 +87,25 @@ impl NodeShared {
         self.stopping.load(Ordering::Relaxed)
     }
 
+    /// The current router (shards keep a copy and reload it when
+    /// `router_version` moves).
+    pub fn router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the regions of `shard` in the router (after a split).
+    pub fn update_shard_regions(&self, shard: usize, regions: Vec<corekv_engine::Region>) {
+        let mut r = self.router.write().unwrap_or_else(|e| e.into_inner());
+        *r = Arc::new(r.with_shard_regions(shard, regions));
+        self.router_version.fetch_add(1, Ordering::Release);
+    }
+
     /// Number of regions whose leader is known.
     pub fn regions_with_leader(&self) -> usize {
-        self.leaders
-            .iter()
-            .filter(|l| l.load(Ordering::Relaxed) != 0)
-            .count()
+        self.router().with_leader()
     }
 }
 

@@ -145,8 +145,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
     let node = Arc::new(NodeShared {
         board: Default::default(),
         metrics: metrics.clone(),
-        leaders: (0..router.len()).map(|_| AtomicU64::new(0)).collect(),
-        router,
+        router: std::sync::RwLock::new(Arc::new(router)),
+        router_version: AtomicU64::new(0),
         cfg: cfg.clone(),
         db,
         nodes: Mutex::new(nodes),

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use corekv_engine::admin::{self, AdminCommand};
 use corekv_engine::peer::{PendingPersist, Reply, Response as EngineResponse};
 use corekv_engine::{db, route_hash, RaftEnvelope, Replicas, Round};
 use corekv_net::faults::{FaultFile, FaultRules};
@@ -164,6 +165,8 @@ pub struct Shard {
     watch_out: RefCell<HashMap<usize, (VecDeque<WatchFrame>, bool)>>,
     /// This shard, for its own tasks.
     me: Weak<Shard>,
+    /// The node's router and its version, reloaded when the version moves.
+    router: RefCell<(u64, Arc<crate::bootstrap::Router>)>,
 }
 
 /// Outputs of one round, grouped by destination.
@@ -189,7 +192,9 @@ impl Shard {
         let fault_file = node.cfg.fault_file.clone().map(FaultFile::new);
         let metrics = RefCell::new(node.metrics.shard(id));
         let watchers_max = node.cfg.watchers_max;
+        let router = RefCell::new((node.router_version.load(Ordering::Acquire), node.router()));
         Rc::new_cyclic(|me| Shard {
+            router,
             me: me.clone(),
             watch_out: RefCell::new(HashMap::new()),
             id,
@@ -624,7 +629,8 @@ impl Shard {
                 self.fatal("apply write", e);
             }
         }
-        // Written: watchers may see these changes now.
+        // Written: regions split off may open, watchers see the changes.
+        self.open_splits(&mut replicas, &mut replies);
         {
             let mut watches = self.watches.borrow_mut();
             watches.on_changes(&apply.take_changes(), now, &mut out.watch);
@@ -692,10 +698,11 @@ impl Shard {
         }
         self.metrics.borrow_mut().flush();
         // Leaders as this shard sees them, for routing answers.
+        let router = self.router();
         for p in replicas.iter() {
-            if let Some(i) = node.router.index_of(p.region_id()) {
+            if let Some(i) = router.index_of(p.region_id()) {
                 let leader = p.leader_node().unwrap_or(0);
-                let before = node.leaders[i].swap(leader, Ordering::Relaxed);
+                let before = router.set_leader(i, leader);
                 if before != leader && leader != 0 {
                     tracing::info!(
                         shard = self.id,
@@ -764,10 +771,12 @@ impl Shard {
                 }
             },
             // Routed by the region id alone.
-            Op::CancelWatch { .. } | Op::TransferLeader { .. } if req.region_id != 0 => {
+            Op::CancelWatch { .. } | Op::TransferLeader { .. } | Op::Split { .. }
+                if req.region_id != 0 =>
+            {
                 Bytes::new()
             }
-            Op::CancelWatch { .. } | Op::TransferLeader { .. } => {
+            Op::CancelWatch { .. } | Op::TransferLeader { .. } | Op::Split { .. } => {
                 let e = WireError::new(ErrorCode::InvalidRequest, "request without a region id");
                 return answer(out, Err(e));
             }
@@ -779,10 +788,11 @@ impl Shard {
                 }
             },
         };
+        let router = self.router();
         let index = if req.region_id != 0 {
-            node.router.index_of(req.region_id)
+            router.index_of(req.region_id)
         } else {
-            node.router.index_of_hash(route_hash(&key))
+            router.index_of_hash(route_hash(&key))
         };
         let Some(index) = index else {
             let e = WireError::new(
@@ -794,7 +804,7 @@ impl Shard {
             );
             return answer(out, Err(e));
         };
-        let (region, owner) = node.router.get(index);
+        let (region, owner) = router.get(index);
         if owner != self.id {
             if let Origin::Local { conn, .. } = origin {
                 out.forward.entry((owner, conn)).or_default().push(req);
@@ -808,7 +818,9 @@ impl Shard {
             .peer(region_id)
             .map(|p| p.region().clone())
             .unwrap_or_else(|| region.clone());
-        if req.region_id != 0 && req.epoch != current.epoch {
+        // A watch checks its keys itself (and says where a split moved them).
+        let is_watch = matches!(req.op, Op::Watch { .. });
+        if req.region_id != 0 && req.epoch != current.epoch && !is_watch {
             let mut e = WireError::new(ErrorCode::EpochNotMatch, "region epoch changed");
             e.regions = vec![current];
             return answer(out, Err(e));
@@ -823,7 +835,7 @@ impl Shard {
                 let result = self.watches.borrow_mut().register(
                     target,
                     peer,
-                    keys.clone(),
+                    (keys.clone(), req.epoch),
                     *from_version,
                     &node.db,
                     node.now_ms(),
@@ -883,6 +895,13 @@ impl Shard {
                 replicas.read(region_id, id, key, consistency, replies)
             }
             Op::Write(w) => replicas.propose(region_id, id, w, req.session, wall, replies),
+            Op::Split { split_hash } => match self.split_command(replicas, region_id, split_hash) {
+                Ok(cmd) => {
+                    tracing::info!(region = region_id, ?cmd, "split requested");
+                    replicas.propose_admin(region_id, id, cmd, replies)
+                }
+                Err(e) => replies.push(Reply { id, result: Err(e) }),
+            },
             Op::TransferLeader { to_node } => {
                 tracing::info!(region = region_id, to_node, "preferred leader requested");
                 let cmd = corekv_engine::admin::AdminCommand::PreferLeader { node_id: to_node };
@@ -894,15 +913,90 @@ impl Shard {
         }
     }
 
+    /// The split of `region_id` at `split_hash` (0 = the middle of its
+    /// range), with a new region id no region on this node has.
+    fn split_command(
+        &self,
+        replicas: &Replicas,
+        region_id: u64,
+        split_hash: u64,
+    ) -> Result<AdminCommand, corekv_engine::Error> {
+        use rand::Rng;
+        let region = replicas
+            .peer(region_id)
+            .ok_or(corekv_engine::Error::RegionNotFound(region_id))?
+            .region()
+            .clone();
+        let split_hash = if split_hash != 0 {
+            split_hash
+        } else {
+            let end = if region.end_hash == 0 {
+                1u128 << 64
+            } else {
+                u128::from(region.end_hash)
+            };
+            ((u128::from(region.start_hash) + end) / 2) as u64
+        };
+        let router = self.router();
+        let mut rng = rand::thread_rng();
+        let new_region_id = loop {
+            let id = rng.gen_range(1000..=admin::REGION_ID_MAX);
+            if router.index_of(id).is_none() {
+                break id;
+            }
+        };
+        let cmd = AdminCommand::Split {
+            split_hash,
+            new_region_id,
+            new_peers: admin::split_peers(&region, new_region_id),
+        };
+        cmd.validate(&region)?;
+        Ok(cmd)
+    }
+
+    /// Opens the replicas of regions split off this round (their state was
+    /// just written) and shows them to the router.
+    fn open_splits(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) {
+        let opened = match replicas.open_splits(replies) {
+            Ok(o) => o,
+            Err(e) => self.fatal("opening a split region", e),
+        };
+        if opened.is_empty() {
+            return;
+        }
+        let meta = db::cf(&self.node.db, corekv_engine::keys::CF_META);
+        let mut wb = rocksdb::WriteBatch::default();
+        for r in &opened {
+            tracing::info!(
+                shard = self.id,
+                region = r.id,
+                start = format_args!("{:016x}", r.start_hash),
+                end = format_args!("{:016x}", r.end_hash),
+                epoch = r.epoch.version,
+                "region split off"
+            );
+            wb.put_cf(
+                meta,
+                corekv_engine::keys::placement_key(r.id),
+                (self.id as u32).to_be_bytes(),
+            );
+        }
+        if let Err(e) = db::write(&self.node.db, wb, false) {
+            self.fatal("placement write", e);
+        }
+        let mine = replicas.iter().map(|p| p.region().clone()).collect();
+        self.node.update_shard_regions(self.id, mine);
+    }
+
     fn routes(&self) -> Outcome {
         let node = &self.node;
-        let regions = node
-            .router
+        let router = self.router();
+        let regions = router
             .iter()
             .enumerate()
             .map(|(i, (r, _))| RouteInfo {
                 region: r.clone(),
-                leader_node: node.leaders[i].load(Ordering::Relaxed),
+                leader_node: router.leader(i),
             })
             .collect();
         let nodes = node
@@ -948,14 +1042,25 @@ impl Shard {
         out.raft.entry(env.to_node).or_default().push(env);
     }
 
+    /// This node's router as of the last split this shard saw.
+    fn router(&self) -> Arc<crate::bootstrap::Router> {
+        let version = self.node.router_version.load(Ordering::Acquire);
+        let mut cached = self.router.borrow_mut();
+        if cached.0 != version {
+            *cached = (version, self.node.router());
+        }
+        cached.1.clone()
+    }
+
     /// Routes incoming raft messages to the owning shard.
     fn accept_raft(&self, envs: Vec<RaftEnvelope>) {
+        let router = self.router();
         let mut local = Vec::new();
         let mut out = Outbox::default();
         for env in envs {
             // Messages for regions not on this node are dropped.
-            if let Some(i) = self.node.router.index_of(env.region_id) {
-                let (_, owner) = self.node.router.get(i);
+            if let Some(i) = router.index_of(env.region_id) {
+                let (_, owner) = router.get(i);
                 if owner == self.id {
                     local.push(env);
                 } else {
@@ -1104,6 +1209,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Watch { .. } => "watch",
         Op::CancelWatch { .. } => "cancel_watch",
         Op::TransferLeader { .. } => "transfer_leader",
+        Op::Split { .. } => "split",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",

@@ -2,7 +2,6 @@
 //! `corekv ctl regions`) and the background scan that counts each region's
 //! keys and bytes.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -61,11 +60,7 @@ pub fn document(node: &NodeShared) -> String {
         (regions, shards)
     });
     let (regions, shards) = board.unwrap_or_default();
-    let leaders = node
-        .leaders
-        .iter()
-        .filter(|l| l.load(Ordering::Relaxed) == node.cfg.node_id)
-        .count();
+    let leaders = node.router().led_by(node.cfg.node_id);
     json!({
         "node_id": node.cfg.node_id,
         "client_addr": node.cfg.client_listen.to_string(),

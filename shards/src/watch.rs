@@ -66,6 +66,8 @@ impl Default for WatchLimits {
 
 struct Watcher {
     region: u64,
+    /// The region's epoch when the keys were last checked to be in it.
+    epoch: corekv_engine::Epoch,
     keys: HashSet<Bytes, ahash::RandomState>,
     /// Every change up to this version was sent.
     cursor: u64,
@@ -206,7 +208,7 @@ impl Watches {
         &mut self,
         target: WatchTarget,
         peer: &Peer,
-        keys: Vec<Bytes>,
+        (keys, client_epoch): (Vec<Bytes>, corekv_engine::Epoch),
         from_version: u64,
         db: &rocksdb::DB,
         now_ms: u64,
@@ -231,13 +233,46 @@ impl Watches {
                 ),
             ));
         }
-        if keys.iter().any(|k| !peer.region().contains(route_hash(k))) {
-            let mut e = WireError::new(
-                ErrorCode::EpochNotMatch,
-                "a watched key is not in this region: watch each region's keys separately",
-            );
-            e.regions = vec![peer.region().clone()];
-            return Err(e);
+        let moved: Vec<Bytes> = keys
+            .iter()
+            .filter(|k| !peer.region().contains(route_hash(k)))
+            .cloned()
+            .collect();
+        // A watch resuming from before a split that moved some of its keys
+        // away first gets their changes up to the split from this region's
+        // history, then ends (see `split_ending`); one resuming after it is
+        // sent to the keys' regions.
+        let mut epoch = peer.region().epoch;
+        if !moved.is_empty() {
+            let at = if from_version == 0 {
+                Some(0)
+            } else {
+                peer.split_index_after(client_epoch.version)
+            };
+            // Unknown (the keys were never here, or this replica was restored
+            // from a snapshot taken after the split): the keys' regions
+            // check the version against their own history.
+            match at.unwrap_or(0) {
+                at if from_version != 0 && from_version < at => epoch = client_epoch,
+                at => {
+                    let mut e = WireError::new(
+                        ErrorCode::EpochNotMatch,
+                        format!(
+                            "watched keys are not in region {}: watch each region's keys \
+                             separately{}",
+                            peer.region_id(),
+                            if at > 0 {
+                                format!(", the moved ones from version {at}")
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    );
+                    e.regions = vec![peer.region().clone()];
+                    e.current_version = at;
+                    return Err(e);
+                }
+            }
         }
         if self.watchers.contains_key(&target) {
             return Err(WireError::new(
@@ -276,6 +311,7 @@ impl Watches {
             target,
             Watcher {
                 region,
+                epoch,
                 keys: set,
                 cursor,
                 synced: cursor >= applied,
@@ -403,6 +439,19 @@ impl Watches {
                 continue;
             };
             let applied = peer.applied_index();
+            if peer.region().epoch != w.epoch {
+                let moved = w
+                    .keys
+                    .iter()
+                    .any(|k| !peer.region().contains(route_hash(k)));
+                if !moved {
+                    self.watchers.get_mut(&t).unwrap().epoch = peer.region().epoch;
+                } else if let Some(e) = self.split_ending(t, peer, applied, now_ms, out) {
+                    self.end(t, e, out);
+                    continue;
+                }
+            }
+            let w = &self.watchers[&t];
             if w.synced {
                 // Entries without changes to anything still move progress.
                 if now_ms.saturating_sub(w.last_sent_ms) >= self.limits.heartbeat_ms
@@ -446,6 +495,44 @@ impl Watches {
                 w.synced = true;
             }
         }
+    }
+}
+
+impl Watches {
+    /// A watch some of whose keys a split moved to another region: once it
+    /// has everything up to the split, it gets progress up to the split and
+    /// the error that ends it (`EpochNotMatch`, `current_version` = the split
+    /// index: the moved keys resume there in their new region).
+    fn split_ending(
+        &mut self,
+        t: WatchTarget,
+        peer: &Peer,
+        applied: u64,
+        now_ms: u64,
+        out: &mut Vec<WatchFrame>,
+    ) -> Option<WireError> {
+        let w = &self.watchers[&t];
+        // Unknown split (should not happen): resume everything from the
+        // cursor, which is safe if possibly Compacted.
+        let at = peer.split_index_after(w.epoch.version).unwrap_or(0);
+        let reached = if w.synced { applied } else { w.cursor };
+        if reached < at {
+            return None;
+        }
+        if at > 0 {
+            self.send(t, events(at, Vec::new()), now_ms, out);
+        }
+        let mut e = WireError::new(
+            ErrorCode::EpochNotMatch,
+            format!(
+                "region {} split at version {at}: watch the keys of each region separately, \
+                 the moved ones from version {at}",
+                peer.region_id()
+            ),
+        );
+        e.regions = vec![peer.region().clone()];
+        e.current_version = at;
+        Some(e)
     }
 }
 

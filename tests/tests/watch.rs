@@ -268,8 +268,13 @@ fn watches_resume_from_a_version_see_expiry_and_report_compacted_history() {
             .put(b"cfg", format!("n{i}").as_bytes(), PutOptions::default())
             .unwrap();
     }
-    let w = c.watch(&[b"cfg", b"never-written"], versions[2]).unwrap();
-    match w.next(Duration::from_secs(10)) {
+    // The refusal comes back from `watch` itself (it waits for the leader
+    // to accept the watch).
+    let refused = match c.watch(&[b"cfg", b"never-written"], versions[2]) {
+        Ok(w) => w.next(Duration::from_secs(10)).map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match refused {
         Err(ClientError::Compacted { message, current }) => {
             assert!(message.contains("no longer kept"), "{message}");
             let cfg = current.iter().find(|c| &c.key[..] == b"cfg").unwrap();

@@ -42,6 +42,37 @@ pub fn transfer_leader(
     }
 }
 
+/// Splits `region_id` at `at` (default: the middle of its range); returns
+/// the two regions as text.
+pub fn split(client: &mut Client, region_id: u64, at: Option<u64>) -> anyhow::Result<String> {
+    let Some(before) = client
+        .routes()
+        .iter()
+        .find(|r| r.region.id == region_id)
+        .cloned()
+    else {
+        anyhow::bail!("no region {region_id} (see `corekv ctl regions`)");
+    };
+    let index = client.split(region_id, at)?;
+    let mut out = format!("region {region_id} split at log index {index}:\n");
+    let end = before.region.end_hash;
+    for r in client.routes() {
+        let inside = r.region.start_hash >= before.region.start_hash
+            && (end == 0 || r.region.start_hash < end);
+        if inside {
+            out.push_str(&format!(
+                "  region {:<16} {:016x}-{:016x} epoch {}/{}\n",
+                r.region.id,
+                r.region.start_hash,
+                r.region.end_hash,
+                r.region.epoch.conf_ver,
+                r.region.epoch.version
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// The status documents of every node reachable through `endpoints`.
 pub fn gather(endpoints: Vec<String>, timeout: std::time::Duration) -> anyhow::Result<Vec<Value>> {
     let mut cfg = ClientConfig::new(endpoints.clone());

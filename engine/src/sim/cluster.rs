@@ -385,6 +385,19 @@ impl SimCluster {
         if !apply.is_empty() {
             db::write(&n.db, apply.take(), false)?;
         }
+        for new in n.replicas.open_splits(&mut replies)? {
+            // The cluster-wide layout follows the first node that splits.
+            if !self.regions.iter().any(|r| r.id == new.id) {
+                for r in self.regions.iter_mut() {
+                    if r.contains(new.start_hash) {
+                        r.end_hash = new.start_hash;
+                        r.epoch = new.epoch;
+                    }
+                }
+                self.regions.push(new);
+                self.regions.sort_by_key(|r| r.start_hash);
+            }
+        }
         if crash == Some(CrashPoint::AfterApplyWrite) {
             self.crash_plan = None;
             self.crash(node);
@@ -455,6 +468,38 @@ impl SimCluster {
                 id,
                 result: Err(Error::Timeout),
             }),
+        }
+        self.collect_replies(replies);
+        id
+    }
+
+    /// Submits a write to `node`'s replica of `region`, whatever region the
+    /// key belongs to (to test routing checks); returns the request id.
+    pub fn propose_in(&mut self, node: u64, region: u64, request: WriteRequest) -> u64 {
+        let id = self.new_id();
+        let wall = self.wall_ms();
+        let mut replies = Vec::new();
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.replicas
+                .propose(region, id, request, None, wall, &mut replies);
+        }
+        self.collect_replies(replies);
+        id
+    }
+
+    /// Submits a read of `key` to `node`'s replica of `region`, whatever
+    /// region the key belongs to; returns the request id.
+    pub fn read_in(&mut self, node: u64, region: u64, key: &[u8], consistency: Consistency) -> u64 {
+        let id = self.new_id();
+        let mut replies = Vec::new();
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.replicas.read(
+                region,
+                id,
+                Bytes::copy_from_slice(key),
+                consistency,
+                &mut replies,
+            );
         }
         self.collect_replies(replies);
         id

@@ -364,13 +364,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 11;
+        pub const ENUM_MAX_OP: u8 = 12;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 12] = [
+        pub const ENUM_VALUES_OP: [Op; 13] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -383,6 +383,7 @@ pub mod corekv {
             Op::Watch,
             Op::CancelWatch,
             Op::TransferLeader,
+            Op::Split,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -402,9 +403,10 @@ pub mod corekv {
             pub const Watch: Self = Self(9);
             pub const CancelWatch: Self = Self(10);
             pub const TransferLeader: Self = Self(11);
+            pub const Split: Self = Self(12);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 11;
+            pub const ENUM_MAX: u8 = 12;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -418,6 +420,7 @@ pub mod corekv {
                 Self::Watch,
                 Self::CancelWatch,
                 Self::TransferLeader,
+                Self::Split,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -434,6 +437,7 @@ pub mod corekv {
                     Self::Watch => Some("Watch"),
                     Self::CancelWatch => Some("CancelWatch"),
                     Self::TransferLeader => Some("TransferLeader"),
+                    Self::Split => Some("Split"),
                     _ => None,
                 }
             }
@@ -3302,6 +3306,110 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum SplitOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Split<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Split<'a> {
+            type Inner = Split<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Split<'a> {
+            pub const VT_SPLIT_HASH: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Split { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args SplitArgs,
+            ) -> ::flatbuffers::WIPOffset<Split<'bldr>> {
+                let mut builder = SplitBuilder::new(_fbb);
+                builder.add_split_hash(args.split_hash);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn split_hash(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Split::VT_SPLIT_HASH, Some(0)).unwrap() }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Split<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("split_hash", Self::VT_SPLIT_HASH, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct SplitArgs {
+            pub split_hash: u64,
+        }
+        impl<'a> Default for SplitArgs {
+            #[inline]
+            fn default() -> Self {
+                SplitArgs { split_hash: 0 }
+            }
+        }
+
+        pub struct SplitBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SplitBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_split_hash(&mut self, split_hash: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Split::VT_SPLIT_HASH, split_hash, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> SplitBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                SplitBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Split<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Split<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Split");
+                ds.field("split_hash", &self.split_hash());
+                ds.finish()
+            }
+        }
         pub enum RoutesOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -3754,6 +3862,21 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_split(&self) -> Option<Split<'a>> {
+                if self.op_type() == Op::Split {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Split::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3779,6 +3902,7 @@ pub mod corekv {
           Op::Watch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Watch>>("Op::Watch", pos),
           Op::CancelWatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CancelWatch>>("Op::CancelWatch", pos),
           Op::TransferLeader => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeader>>("Op::TransferLeader", pos),
+          Op::Split => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Split>>("Op::Split", pos),
           _ => Ok(()),
         }
      })?
@@ -3977,6 +4101,16 @@ pub mod corekv {
                     }
                     Op::TransferLeader => {
                         if let Some(x) = self.op_as_transfer_leader() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Split => {
+                        if let Some(x) = self.op_as_split() {
                             ds.field("op", &x)
                         } else {
                             ds.field(

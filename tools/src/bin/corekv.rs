@@ -139,6 +139,16 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Split a region in two at a hash (default: the middle of its range);
+    /// prints the two regions.
+    Split {
+        /// Region id (see `ctl regions`).
+        region: u64,
+        /// First hash of the new region, in hex (as `ctl regions` shows
+        /// ranges).
+        #[arg(long, value_name = "HASH", value_parser = parse_hex)]
+        at: Option<u64>,
+    },
     /// Move a region's leadership to its replica on NODE, and keep it there:
     /// the replica becomes the region's preferred leader (replicated; the
     /// automatic leader balancing follows it).
@@ -151,6 +161,10 @@ enum CtlCmd {
         #[arg(long, default_value_t = 10_000)]
         wait_ms: u64,
     },
+}
+
+fn parse_hex(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -307,6 +321,23 @@ fn main() -> ExitCode {
             Err(e) => fail(3, format!("error: {e:#}")),
         };
     }
+    if let Cmd::Ctl {
+        cmd: CtlCmd::Split { region, at },
+    } = &cli.cmd
+    {
+        let mut cfg = ClientConfig::new(endpoints);
+        cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+        let split = Client::connect(cfg)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| corekv_tools::ctl::split(&mut c, *region, *at));
+        return match split {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(3, format!("error: {e:#}")),
+        };
+    }
     if let Cmd::Ctl { cmd } = &cli.cmd {
         let docs = match corekv_tools::ctl::gather(endpoints, Duration::from_millis(cli.timeout_ms))
         {
@@ -324,7 +355,7 @@ fn main() -> ExitCode {
                     corekv_tools::ctl::regions_table(&rows)
                 }
             }
-            CtlCmd::TransferLeader { .. } => unreachable!("handled above"),
+            CtlCmd::TransferLeader { .. } | CtlCmd::Split { .. } => unreachable!("handled above"),
         };
         print!("{text}");
         return ExitCode::SUCCESS;

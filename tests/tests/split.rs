@@ -1,0 +1,197 @@
+//! Region splits on a real 3-process cluster: under writes and a watch,
+//! across restarts, and stale routing after them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corekv_engine::{route_hash, Consistency};
+use corekv_net::message::{Frame, Op, Request};
+use corekv_net::wire::ErrorCode;
+use corekv_net::{Change, ClientError, PutOptions};
+use corekv_tests::{region_led_by, RawConn, TestCluster};
+
+#[test]
+fn a_split_under_writes_loses_nothing_and_a_watch_across_it_sees_every_change_once() {
+    let mut t = TestCluster::start(3, 2, &[]);
+    let (route, _) = region_led_by(&t, 1, "s-");
+    let r = route.region.clone();
+    let end = if r.end_hash == 0 {
+        1u128 << 64
+    } else {
+        u128::from(r.end_hash)
+    };
+    let mid = ((u128::from(r.start_hash) + end) / 2) as u64;
+    // Keys of the region, half below the middle and half above.
+    let mut low = Vec::new();
+    let mut high = Vec::new();
+    for k in (0..).map(|i| format!("s-{i}")) {
+        let h = route_hash(k.as_bytes());
+        if !r.contains(h) {
+            continue;
+        }
+        if h < mid && low.len() < 5 {
+            low.push(k);
+        } else if h >= mid && high.len() < 5 {
+            high.push(k);
+        }
+        if low.len() == 5 && high.len() == 5 {
+            break;
+        }
+    }
+    let keys: Vec<String> = low.iter().chain(high.iter()).cloned().collect();
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let mut wc = t.client();
+    let w = wc.watch(&refs, 0).unwrap();
+
+    // Writes keep going through the split.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mut c, keys, stop) = (t.client(), keys.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut acked: HashMap<String, (String, u64)> = HashMap::new();
+            let mut tried: HashMap<String, String> = HashMap::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                let key = &keys[i % keys.len()];
+                let value = format!("w{i}");
+                tried.insert(value.clone(), key.clone());
+                match c.put(key.as_bytes(), value.as_bytes(), PutOptions::default()) {
+                    Ok(v) => {
+                        acked.insert(value, (key.clone(), v));
+                    }
+                    Err(ClientError::Unknown(_)) => {}
+                    Err(e) => panic!("put {key}: {e}"),
+                }
+                i += 1;
+            }
+            (acked, tried)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let mut admin = t.client();
+    let shown = corekv_tools::ctl::split(&mut admin, r.id, None).unwrap();
+    eprint!("{shown}");
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Release);
+    let (acked, tried) = writer.join().unwrap();
+
+    // The layout: the region keeps the lower half, a new one the upper.
+    let routes = admin.routes().to_vec();
+    assert_eq!(routes.len(), 9);
+    let kept = routes.iter().find(|x| x.region.id == r.id).unwrap();
+    assert_eq!(
+        (kept.region.start_hash, kept.region.end_hash),
+        (r.start_hash, mid)
+    );
+    assert_eq!(kept.region.epoch.version, r.epoch.version + 1);
+    let new = routes.iter().find(|x| x.region.start_hash == mid).unwrap();
+    assert_eq!(new.region.end_hash, r.end_hash);
+    let new_id = new.region.id;
+
+    // Last writes on each side: the watch must reach both.
+    let mut c = t.client();
+    let fin_low = c
+        .put(low[0].as_bytes(), b"final", PutOptions::default())
+        .unwrap();
+    let fin_high = c
+        .put(high[0].as_bytes(), b"final", PutOptions::default())
+        .unwrap();
+    let mut got: Vec<Change> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reached = |got: &Vec<Change>, k: &str, v: u64| {
+        got.iter().any(|c| c.key == k.as_bytes() && c.version == v)
+    };
+    while !(reached(&got, &low[0], fin_low) && reached(&got, &high[0], fin_high)) {
+        assert!(
+            Instant::now() < deadline,
+            "the watch stalled after {} changes",
+            got.len()
+        );
+        if let Some(ch) = w.next(Duration::from_millis(100)).unwrap() {
+            got.push(ch);
+        }
+    }
+    // Each key's changes once, in order; every acknowledged write; nothing
+    // that was not written.
+    let mut per_key: HashMap<&[u8], Vec<u64>> = HashMap::new();
+    for ch in &got {
+        per_key.entry(&ch.key[..]).or_default().push(ch.version);
+    }
+    for (k, vs) in &per_key {
+        assert!(
+            vs.windows(2).all(|p| p[0] < p[1]),
+            "{}: {vs:?}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    let seen: HashMap<String, u64> = got
+        .iter()
+        .map(|c| (String::from_utf8_lossy(&c.value).into_owned(), c.version))
+        .collect();
+    for (value, (key, version)) in &acked {
+        assert_eq!(seen.get(value), Some(version), "{key} = {value} missing");
+    }
+    let mut values = HashSet::new();
+    for ch in got.iter().filter(|c| &c.value[..] != b"final") {
+        let v = String::from_utf8_lossy(&ch.value).into_owned();
+        assert_eq!(tried.get(&v).map(String::as_bytes), Some(&ch.key[..]));
+        assert!(values.insert(v));
+    }
+    eprintln!(
+        "split of region {} into {} and {new_id}: {} writes acknowledged, {} changes watched",
+        r.id,
+        r.id,
+        acked.len(),
+        got.len()
+    );
+
+    // A request routed with the old epoch is told about the new layout.
+    let addr = t.cluster.nodes[0].client_addr.clone();
+    let mut raw = RawConn::connect(&addr);
+    raw.send(&[Request {
+        id: 1,
+        region_id: r.id,
+        epoch: r.epoch,
+        op: Op::Get {
+            key: Bytes::copy_from_slice(high[1].as_bytes()),
+            consistency: Consistency::Linearizable,
+        },
+        session: None,
+    }]);
+    match raw.read_frame() {
+        Some(Frame::Responses(rs)) => match &rs[0].result {
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::EpochNotMatch);
+                assert_eq!(e.regions[0].end_hash, mid);
+            }
+            other => panic!("expected EpochNotMatch, got {other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    drop(raw);
+
+    // Both halves survive a restart of every node.
+    for i in 0..3 {
+        t.cluster.stop_node(i, Duration::from_secs(10));
+    }
+    for i in 0..3 {
+        t.cluster.start_node(i).unwrap();
+    }
+    t.must_be_ready(Duration::from_secs(30));
+    let mut c = t.client();
+    assert_eq!(c.routes().len(), 9);
+    for k in [&low[0], &high[0]] {
+        let v = c
+            .get(k.as_bytes(), Consistency::Linearizable)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&v.value[..], b"final");
+    }
+    let v = c
+        .put(high[2].as_bytes(), b"after-restart", PutOptions::default())
+        .unwrap();
+    assert!(v > fin_high);
+}
