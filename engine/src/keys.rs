@@ -41,6 +41,23 @@ const META_SPLIT: u8 = 0x06;
 const HISTORY_RECORD: u8 = 0x01;
 const HISTORY_FLOOR: u8 = 0x02;
 
+/// `tag · region_id · sub`, for records kept per region and number.
+fn region_sub_key(tag: u8, region_id: u64, sub: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = tag;
+    k[1..9].copy_from_slice(&region_id.to_be_bytes());
+    k[9..17].copy_from_slice(&sub.to_be_bytes());
+    k
+}
+
+/// The `sub` of a [`region_sub_key`] with this tag and region, or `None`.
+fn region_sub(tag: u8, region_id: u64, key: &[u8]) -> Option<u64> {
+    if key.len() != 17 || key[0] != tag || key[1..9] != region_id.to_be_bytes() {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
+}
+
 fn region_key(tag: u8, region_id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = tag;
@@ -50,20 +67,13 @@ fn region_key(tag: u8, region_id: u64) -> [u8; 9] {
 
 /// Key of raft log entry `index` of `region_id`.
 pub fn raft_log_key(region_id: u64, index: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = RAFT_LOG;
-    k[1..9].copy_from_slice(&region_id.to_be_bytes());
-    k[9..17].copy_from_slice(&index.to_be_bytes());
-    k
+    region_sub_key(RAFT_LOG, region_id, index)
 }
 
 /// Decodes the index from a raft log key of `region_id`, or `None` if the key
 /// belongs to something else.
 pub fn raft_log_index(region_id: u64, key: &[u8]) -> Option<u64> {
-    if key.len() != 17 || key[0] != RAFT_LOG || key[1..9] != region_id.to_be_bytes() {
-        return None;
-    }
-    Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
+    region_sub(RAFT_LOG, region_id, key)
 }
 
 /// Key of the hard state of `region_id`.
@@ -98,36 +108,22 @@ pub fn placement_key(region_id: u64) -> [u8; 9] {
 
 /// Key of client `client_id`'s session in `region_id`.
 pub fn session_key(region_id: u64, client_id: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = META_SESSION;
-    k[1..9].copy_from_slice(&region_id.to_be_bytes());
-    k[9..17].copy_from_slice(&client_id.to_be_bytes());
-    k
+    region_sub_key(META_SESSION, region_id, client_id)
 }
 
 /// The client id of a session key of `region_id`, or `None`.
 pub fn session_client(region_id: u64, key: &[u8]) -> Option<u64> {
-    if key.len() != 17 || key[0] != META_SESSION || key[1..9] != region_id.to_be_bytes() {
-        return None;
-    }
-    Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
+    region_sub(META_SESSION, region_id, key)
 }
 
 /// Key of the history record of entry `index` of `region_id`.
 pub fn history_key(region_id: u64, index: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = HISTORY_RECORD;
-    k[1..9].copy_from_slice(&region_id.to_be_bytes());
-    k[9..17].copy_from_slice(&index.to_be_bytes());
-    k
+    region_sub_key(HISTORY_RECORD, region_id, index)
 }
 
 /// The index of a history record key of `region_id`, or `None`.
 pub fn history_index(region_id: u64, key: &[u8]) -> Option<u64> {
-    if key.len() != 17 || key[0] != HISTORY_RECORD || key[1..9] != region_id.to_be_bytes() {
-        return None;
-    }
-    Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
+    region_sub(HISTORY_RECORD, region_id, key)
 }
 
 /// Key of the history floor of `region_id`.
@@ -138,19 +134,12 @@ pub fn history_floor_key(region_id: u64) -> [u8; 9] {
 /// Key of the record of the split of `region_id` that made epoch version
 /// `version`.
 pub fn split_key(region_id: u64, version: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = META_SPLIT;
-    k[1..9].copy_from_slice(&region_id.to_be_bytes());
-    k[9..17].copy_from_slice(&version.to_be_bytes());
-    k
+    region_sub_key(META_SPLIT, region_id, version)
 }
 
 /// The epoch version of a split record key of `region_id`, or `None`.
 pub fn split_version(region_id: u64, key: &[u8]) -> Option<u64> {
-    if key.len() != 17 || key[0] != META_SPLIT || key[1..9] != region_id.to_be_bytes() {
-        return None;
-    }
-    Some(u64::from_be_bytes(key[9..17].try_into().unwrap()))
+    region_sub(META_SPLIT, region_id, key)
 }
 
 /// Key of a user key in the data CF.
