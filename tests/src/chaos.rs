@@ -212,7 +212,12 @@ impl Report {
     /// True when every key's history is linearizable and every watch saw
     /// exactly the committed changes.
     pub fn ok(&self) -> bool {
-        self.anomalies.is_empty() && self.undecided.is_empty() && self.watch_anomalies.is_empty()
+        self.linearizable() && self.watch_anomalies.is_empty()
+    }
+
+    /// True when every key's history is linearizable (the watch aside).
+    pub fn linearizable(&self) -> bool {
+        self.anomalies.is_empty() && self.undecided.is_empty()
     }
 
     /// A human-readable summary.
