@@ -795,19 +795,39 @@ fn read_frame_with_fields(
         if left.is_zero() {
             return Err("timed out waiting for the server".into());
         }
-        conn.stream
-            .set_read_timeout(Some(left))
+        conn.read_more(left)?;
+    }
+}
+
+impl Conn {
+    /// Reads what the server sent, waiting at most `wait`; false if nothing
+    /// came in that time.
+    pub(crate) fn read_more(&mut self, wait: Duration) -> std::result::Result<bool, String> {
+        self.stream
+            .set_read_timeout(Some(wait))
             .map_err(|e| e.to_string())?;
-        let spare = conn.frames.spare(64 * 1024);
-        match conn.stream.read(spare) {
+        let spare = self.frames.spare(64 * 1024);
+        match self.stream.read(spare) {
             Ok(0) => {
-                conn.frames.filled(64 * 1024, 0);
-                return Err("connection closed by the server".into());
+                self.frames.filled(64 * 1024, 0);
+                Err("connection closed by the server".into())
             }
-            Ok(n) => conn.frames.filled(64 * 1024, n),
+            Ok(n) => {
+                self.frames.filled(64 * 1024, n);
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.frames.filled(64 * 1024, 0);
+                Ok(false)
+            }
             Err(e) => {
-                conn.frames.filled(64 * 1024, 0);
-                return Err(format!("read: {e}"));
+                self.frames.filled(64 * 1024, 0);
+                Err(format!("read: {e}"))
             }
         }
     }

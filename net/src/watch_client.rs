@@ -374,36 +374,14 @@ fn attempt_stream(
 
 /// Reads one frame, waiting at most [`POLL`]; `Ok(None)` if none came.
 fn poll_frame(conn: &mut Conn) -> std::result::Result<Option<Frame>, String> {
-    use std::io::Read;
     loop {
         match conn.frames.next_frame() {
             Ok(Some(body)) => return decode_frame(body).map(Some).map_err(|e| e.to_string()),
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
         }
-        conn.stream
-            .set_read_timeout(Some(POLL))
-            .map_err(|e| e.to_string())?;
-        let spare = conn.frames.spare(64 * 1024);
-        match conn.stream.read(spare) {
-            Ok(0) => {
-                conn.frames.filled(64 * 1024, 0);
-                return Err("connection closed by the server".into());
-            }
-            Ok(n) => conn.frames.filled(64 * 1024, n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                conn.frames.filled(64 * 1024, 0);
-                return Ok(None);
-            }
-            Err(e) => {
-                conn.frames.filled(64 * 1024, 0);
-                return Err(format!("read: {e}"));
-            }
+        if !conn.read_more(POLL)? {
+            return Ok(None);
         }
     }
 }
