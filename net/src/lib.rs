@@ -31,4 +31,4 @@ pub mod wire;
 
 pub use client::{Client, ClientConfig, ClientError, PutOptions, Value};
 pub use corekv_engine::watch::{Change, ChangeKind};
-pub use watch_client::Watch;
+pub use watch_client::{StreamStatus, Watch};

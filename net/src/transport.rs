@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use corekv_engine::RaftEnvelope;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -63,8 +63,10 @@ struct Link {
 
 struct Outgoing {
     frame: Vec<u8>,
-    /// Injected delay (fault rules), ms.
-    delay_ms: u64,
+    /// Not before this (an injected delay, fault rules): each frame is held
+    /// from when it was queued, so a delay adds latency without limiting
+    /// how many frames a link carries.
+    send_at: Option<Instant>,
     /// Messages whose fate raft must hear about (snapshots).
     tracked: Vec<RaftEnvelope>,
 }
@@ -144,7 +146,7 @@ impl Transport {
             messages.iter().filter(|e| must_track(e)).cloned().collect();
         let out = Outgoing {
             frame: encode_raft_batch(&messages),
-            delay_ms,
+            send_at: (delay_ms > 0).then(|| Instant::now() + Duration::from_millis(delay_ms)),
             tracked,
         };
         let mut links = self.links.borrow_mut();
@@ -181,8 +183,11 @@ impl Transport {
         let mut stream: Option<TcpStream> = None;
         let mut delay = self.cfg.backoff_base;
         while let Some(out) = rx.recv().await {
-            if out.delay_ms > 0 {
-                glommio::timer::sleep(Duration::from_millis(out.delay_ms)).await;
+            if let Some(wait) = out
+                .send_at
+                .and_then(|t| t.checked_duration_since(Instant::now()))
+            {
+                glommio::timer::sleep(wait).await;
             }
             if stream.is_none() {
                 if let Ok(mut s) =

@@ -30,6 +30,59 @@ const SILENT_MAX: Duration = Duration::from_secs(3);
 /// How often a stream looks at its stop flag while waiting.
 const POLL: Duration = Duration::from_millis(200);
 
+/// What one stream of a watch is doing, for diagnostics
+/// ([`Watch::streams`]).
+#[derive(Clone, Debug, Default)]
+pub struct StreamStatus {
+    /// Keys the stream follows.
+    pub keys: usize,
+    /// Region it last asked for.
+    pub region: u64,
+    /// Address it last sent the watch to.
+    pub addr: String,
+    /// Every change up to this version was delivered.
+    pub cursor: u64,
+    /// Watch requests sent.
+    pub attempts: u32,
+    /// Times a server accepted the watch.
+    pub accepted: u32,
+    /// Changes delivered.
+    pub events: u64,
+    /// Frames received.
+    pub frames: u64,
+    /// When the last frame came.
+    pub last_frame: Option<Instant>,
+    /// Why the last attempt ended, if one did.
+    pub last_end: String,
+}
+
+impl std::fmt::Display for StreamStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "region {} via {} ({} keys): cursor {}, {} attempts, {} accepted, {} frames, {} changes, \
+             last frame {}, last end: {}",
+            self.region,
+            if self.addr.is_empty() { "-" } else { &self.addr },
+            self.keys,
+            self.cursor,
+            self.attempts,
+            self.accepted,
+            self.frames,
+            self.events,
+            self.last_frame
+                .map_or("never".to_string(), |t| format!("{} ms ago", t.elapsed().as_millis())),
+            if self.last_end.is_empty() { "-" } else { &self.last_end },
+        )
+    }
+}
+
+type SharedStatus = Arc<Mutex<StreamStatus>>;
+
+fn update(status: &SharedStatus, f: impl FnOnce(&mut StreamStatus)) {
+    f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
 /// What streams hand to the [`Watch`].
 enum Item {
     Event(Change),
@@ -50,6 +103,7 @@ struct Streams {
     tx: mpsc::Sender<Item>,
     stop: Arc<AtomicBool>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    statuses: Arc<Mutex<Vec<SharedStatus>>>,
 }
 
 impl Streams {
@@ -63,9 +117,14 @@ impl Streams {
         ready: Option<mpsc::Sender<()>>,
     ) -> Result<()> {
         let me = self.clone();
+        let status = SharedStatus::default();
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(status.clone());
         let handle = std::thread::Builder::new()
             .name("corekv-watch".into())
-            .spawn(move || stream(client, keys, from_version, ready, me))
+            .spawn(move || stream(client, keys, from_version, ready, me, status))
             .map_err(|e| ClientError::Protocol(format!("starting a watch thread: {e}")))?;
         self.threads
             .lock()
@@ -88,6 +147,20 @@ impl Watch {
                 "every stream of the watch ended".into(),
             )),
         }
+    }
+}
+
+impl Watch {
+    /// What each of the watch's streams is doing (one per region; a split
+    /// adds streams), for diagnostics.
+    pub fn streams(&self) -> Vec<StreamStatus> {
+        self.streams
+            .statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
     }
 }
 
@@ -151,6 +224,7 @@ impl Client {
             tx,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Arc::new(Mutex::new(Vec::new())),
+            statuses: Arc::new(Mutex::new(Vec::new())),
         };
         let count = groups.len();
         let watch = Watch {
@@ -196,6 +270,7 @@ fn stream(
     from_version: u64,
     mut ready: Option<mpsc::Sender<()>>,
     streams: Streams,
+    status: SharedStatus,
 ) {
     let (tx, stop) = (&streams.tx, &streams.stop);
     // Every change up to `cursor` was delivered (0 = start from now).
@@ -204,6 +279,7 @@ fn stream(
     while !stop.load(Ordering::Acquire) {
         attempt += 1;
         let hash = route_hash(&keys[0]);
+        update(&status, |s| s.keys = keys.len());
         let ended = attempt_stream(
             &mut c,
             &keys,
@@ -212,6 +288,7 @@ fn stream(
             attempt,
             (tx, &mut ready),
             stop,
+            &status,
         );
         match ended {
             Ended::Done => return,
@@ -263,16 +340,26 @@ fn attempt_stream(
     attempt: u32,
     (tx, ready): (&mpsc::Sender<Item>, &mut Option<mpsc::Sender<()>>),
     stop: &AtomicBool,
+    status: &SharedStatus,
 ) -> Ended {
+    let ended = |why: String| update(status, |s| s.last_end = why);
     let deadline = Instant::now() + c.cfg.request_timeout;
     let Some(i) = c.route_index(hash) else {
         let _ = c.refresh_routes(deadline);
+        ended("no route for the keys".into());
         return Ended::Retry { hinted: false };
     };
     let Some((_, addr)) = c.target(i, attempt) else {
         let _ = c.refresh_routes(deadline);
+        ended("no replica to ask".into());
         return Ended::Retry { hinted: false };
     };
+    update(status, |s| {
+        s.region = c.routes[i].region.id;
+        s.addr = addr.clone();
+        s.cursor = *cursor;
+        s.attempts += 1;
+    });
     let id = c.new_id();
     let req = Request {
         id,
@@ -284,7 +371,8 @@ fn attempt_stream(
         },
         session: None,
     };
-    let lost = |c: &mut Client, addr: &str| {
+    let lost = |c: &mut Client, addr: &str, why: &str| {
+        ended(why.to_string());
         c.conns.remove(addr);
         c.mark_down(addr);
         c.routes[i].leader_node = 0;
@@ -298,9 +386,10 @@ fn attempt_stream(
         Err(_) => false,
     };
     if !sent {
-        return lost(c, &addr);
+        return lost(c, &addr, "could not send the watch");
     }
     let mut heard = Instant::now();
+    let mut first = true;
     loop {
         if stop.load(Ordering::Acquire) {
             // Closing the connection ends the watch on the server.
@@ -308,19 +397,23 @@ fn attempt_stream(
             return Ended::Done;
         }
         if heard.elapsed() > SILENT_MAX {
-            return lost(c, &addr);
+            return lost(c, &addr, "the connection fell silent");
         }
         let conn = c.conns.get_mut(&addr).expect("connection open");
         let frame = match poll_frame(conn) {
             Ok(Some(f)) => f,
             Ok(None) => continue,
-            Err(_) => return lost(c, &addr),
+            Err(e) => return lost(c, &addr, &format!("connection lost: {e}")),
         };
         heard = Instant::now();
         let responses = match frame {
             Frame::Responses(rs) => rs,
-            _ => return lost(c, &addr),
+            _ => return lost(c, &addr, "the server sent a frame that is not a response"),
         };
+        update(status, |s| {
+            s.frames += 1;
+            s.last_frame = Some(heard);
+        });
         for r in responses.into_iter().filter(|r| r.id == id) {
             match r.result {
                 Ok(Outcome::Events { progress, events }) => {
@@ -328,12 +421,24 @@ fn attempt_stream(
                     if let Some(r) = ready.take() {
                         let _ = r.send(());
                     }
+                    if first {
+                        first = false;
+                        update(status, |s| s.accepted += 1);
+                    }
+                    let mut sent = 0;
                     for e in events {
-                        if e.version > *cursor && tx.send(Item::Event(e)).is_err() {
-                            return Ended::Done;
+                        if e.version > *cursor {
+                            if tx.send(Item::Event(e)).is_err() {
+                                return Ended::Done;
+                            }
+                            sent += 1;
                         }
                     }
                     *cursor = (*cursor).max(progress);
+                    update(status, |s| {
+                        s.events += sent;
+                        s.cursor = *cursor;
+                    });
                 }
                 Ok(other) => {
                     let _ = tx.send(Item::Failed(ClientError::Protocol(format!(
@@ -343,6 +448,7 @@ fn attempt_stream(
                 }
                 Err(e) => {
                     c.conns.remove(&addr);
+                    ended(format!("{:?}: {}", e.code, e.message));
                     return match e.code {
                         ErrorCode::NotLeader => {
                             let hinted =

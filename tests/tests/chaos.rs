@@ -20,7 +20,7 @@ fn a_run_under_every_kind_of_fault_is_linearizable() {
     eprintln!("{}", report.render());
     // The watch check is reported (render) but does not decide this test
     // while its open finding is investigated (docs/reliability.md).
-    assert!(report.linearizable(), "{}", report.render());
+    assert!(report.ok(), "{}", report.render());
     assert!(report.faults.len() >= 8, "{} faults", report.faults.len());
     assert!(
         report.operations >= 1000,

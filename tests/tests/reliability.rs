@@ -279,3 +279,47 @@ fn abusive_clients_do_not_stop_the_server_serving_others() {
     assert!(rss < 1024 * 1024, "server RSS {rss} KiB");
     drop(rude);
 }
+
+/// The fault tool's `delay-ms` holds each raft frame that long from when it
+/// was sent; it must not turn a link into a queue served one delay at a time
+/// (which leaves a backlog that stalls the cluster long after the fault).
+#[test]
+fn an_injected_delay_holds_raft_frames_without_throttling_the_links() {
+    let t = TestCluster::start(3, 1, &[]);
+    let mut c = t.client();
+    c.put(b"k", b"v", PutOptions::default()).unwrap();
+    for i in 0..3 {
+        t.cluster.set_faults(i, "delay-ms 40\n").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(250)); // the rules are re-read every 100 ms
+                                                    // Writes go on, each a few delays long.
+    let during = Instant::now();
+    let mut acknowledged = 0;
+    for i in 0..4 {
+        let key = format!("delayed-{i}");
+        match c.put(key.as_bytes(), b"x", PutOptions::default()) {
+            Ok(_) => acknowledged += 1,
+            Err(e) => eprintln!("{key}: {e}"),
+        }
+    }
+    let took = during.elapsed();
+    eprintln!("4 writes with raft frames held 40 ms: {acknowledged} acknowledged in {took:?}");
+    assert_eq!(acknowledged, 4);
+    for i in 0..3 {
+        t.cluster.set_faults(i, "").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(250));
+    // Healed: nothing is left queued behind the delay.
+    let after = Instant::now();
+    for i in 0..20 {
+        let key = format!("healed-{i}");
+        c.put(key.as_bytes(), b"y", PutOptions::default()).unwrap();
+    }
+    let took = after.elapsed();
+    eprintln!("20 writes right after healing: {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "writes after healing took {took:?}: frames still queued behind the delay"
+    );
+    assert_still_serves(&mut c);
+}

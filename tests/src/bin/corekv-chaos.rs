@@ -48,11 +48,6 @@ struct Args {
     /// report an anomaly.
     #[arg(long)]
     break_reads: bool,
-    /// Exit 3 when the watch check finds a problem (without it, watch
-    /// problems are printed but only linearizability decides the exit code:
-    /// the watch check has an open finding, see docs/reliability.md).
-    #[arg(long)]
-    strict_watch: bool,
 }
 
 fn main() {
@@ -103,7 +98,7 @@ fn main() {
             print!("{}", report.render());
             let code = if !report.linearizable() {
                 1
-            } else if a.strict_watch && !report.watch_anomalies.is_empty() {
+            } else if !report.watch_anomalies.is_empty() {
                 3
             } else {
                 0
