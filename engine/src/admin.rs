@@ -168,7 +168,7 @@ impl AdminCommand {
                     && (region.end_hash == 0 || *split_hash < region.end_hash);
                 if !inside {
                     return Err(Error::InvalidRequest(format!(
-                        "split point {split_hash:016x} is not inside region {}                          [{:016x}, {:016x})",
+                        "split point {split_hash:016x} is not inside region {} [{:016x}, {:016x})",
                         region.id, region.start_hash, region.end_hash
                     )));
                 }
@@ -180,7 +180,13 @@ impl AdminCommand {
                         "bad new region id {new_region_id}"
                     )));
                 }
-                if *new_peers != split_peers(region, *new_region_id) {
+                // The same replicas in any order (the first is the new
+                // region's preferred leader).
+                let mut given = new_peers.clone();
+                let mut expected = split_peers(region, *new_region_id);
+                given.sort_by_key(|p| p.id);
+                expected.sort_by_key(|p| p.id);
+                if given != expected {
                     return Err(Error::InvalidRequest(
                         "the new region's replicas must be on the region's nodes".into(),
                     ));
@@ -280,7 +286,26 @@ mod tests {
         assert_eq!(kept.epoch.version, r.epoch.version + 1);
         assert_eq!(new.epoch, kept.epoch);
         assert_eq!(new.peers[0].id, 9001);
+        // The new region may prefer another of the same replicas.
+        let mut rotated = split_peers(&r, 9);
+        rotated.rotate_left(1);
+        let moved = AdminCommand::Split {
+            split_hash: 500,
+            new_region_id: 9,
+            new_peers: rotated.clone(),
+        };
+        assert!(moved.validate(&r).is_ok());
+        let (_, new) = split_regions(&r, 500, 9, &rotated);
+        assert_eq!(new.peers[0].node_id, rotated[0].node_id);
+        let mut elsewhere = split_peers(&r, 9);
+        elsewhere[0].node_id = 77;
+        elsewhere[0].id = 9077;
         for bad in [
+            AdminCommand::Split {
+                split_hash: 500,
+                new_region_id: 9,
+                new_peers: elsewhere,
+            },
             AdminCommand::Split {
                 split_hash: 100,
                 new_region_id: 9,

@@ -63,6 +63,22 @@ pub struct ServerArgs {
     /// Watches one shard serves at once; more get `Busy`. Default 10000.
     #[arg(long)]
     pub watchers_max: Option<usize>,
+    /// A region led here that serves this many requests per second for
+    /// `--split-load-windows` seconds in a row splits where its load halves;
+    /// 0 = never by load. Default 50000.
+    #[arg(long)]
+    pub split_load_ops: Option<u64>,
+    /// Seconds in a row a region must be over `--split-load-ops`. Default 10.
+    #[arg(long)]
+    pub split_load_windows: Option<u32>,
+    /// A region with more keys than this splits at the middle of its range;
+    /// 0 = never by size. Default 4000000.
+    #[arg(long)]
+    pub split_keys: Option<u64>,
+    /// Time between two automatic splits started by one shard, ms.
+    /// Default 30000.
+    #[arg(long)]
+    pub split_cooldown_ms: Option<u64>,
     /// Log indexes of change history each region keeps for watchers that
     /// resume from a version; 0 = none. Default 10000.
     #[arg(long)]
@@ -144,6 +160,8 @@ pub struct NodeConfig {
     pub disk_quota_bytes: u64,
     /// Watches per shard.
     pub watchers_max: usize,
+    /// When regions split by themselves.
+    pub split: crate::autosplit::SplitPolicy,
 }
 
 /// Largest node id (peer ids are `region_id * 1000 + node_id`).
@@ -239,6 +257,10 @@ impl ServerArgs {
             request_timeout_ms,
             watchers_max,
             watch_history_entries,
+            split_load_ops,
+            split_load_windows,
+            split_keys,
+            split_cooldown_ms,
             expire_sweep_ms,
             value_bytes_max,
             frame_bytes_max,
@@ -322,6 +344,14 @@ impl ServerArgs {
         if watchers_max == 0 {
             return Err("--watchers-max must be > 0".into());
         }
+        let mut split = crate::autosplit::SplitPolicy::default();
+        split.load_ops = self.split_load_ops.unwrap_or(split.load_ops);
+        split.load_windows = self.split_load_windows.unwrap_or(split.load_windows);
+        split.keys_max = self.split_keys.unwrap_or(split.keys_max);
+        split.cooldown_ms = self.split_cooldown_ms.unwrap_or(split.cooldown_ms);
+        if split.load_windows == 0 {
+            return Err("--split-load-windows must be > 0".into());
+        }
         if let Some(v) = self.value_bytes_max {
             engine.value_bytes_max = v;
             engine.entry_bytes_max = engine.entry_bytes_max.max(v + (64 << 10));
@@ -386,6 +416,7 @@ impl ServerArgs {
             slow_request_ms: self.slow_request_ms.unwrap_or(500),
             disk_quota_bytes: self.disk_quota_mb.unwrap_or(0).saturating_mul(1 << 20),
             watchers_max,
+            split,
         })
     }
 }
@@ -465,6 +496,7 @@ mod tests {
             ),
             (&["--value-bytes-max", "99999999"], "value_bytes_max"),
             (&["--heartbeat-ticks", "50"], "election_tick"),
+            (&["--split-load-windows", "0"], "--split-load-windows"),
         ];
         for (extra, needle) in cases {
             let err = args(extra).validate().unwrap_err();

@@ -15,6 +15,7 @@
 //! - `bin/corekv-server`: the server binary.
 #![deny(missing_docs)]
 
+pub mod autosplit;
 pub mod bootstrap;
 pub mod config;
 pub mod log_writer;

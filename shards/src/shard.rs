@@ -27,6 +27,7 @@ use corekv_net::transport::{RaftHandler, Transport};
 use corekv_net::wire::ErrorCode;
 use glommio::channels::channel_mesh::Senders;
 
+use crate::autosplit::LoadTracker;
 use crate::bootstrap::preferred_leader;
 use crate::log_writer::WriteTask;
 use crate::metrics::{ShardFigures, ShardMetrics};
@@ -47,6 +48,30 @@ pub const BALANCE_EVERY_TICKS: u64 = 100;
 pub const REPORT_EVERY_TICKS: u64 = 10;
 /// Refresh the status board (and per-region rates) every this many ticks.
 pub const STATUS_EVERY_TICKS: u64 = 100;
+/// Request id of splits the shard starts by itself (client requests count
+/// up from 1).
+const AUTO_SPLIT_ID: u64 = u64::MAX;
+
+/// Orders a new region's peers so the first (its preferred leader) is on
+/// the node other than `me` that leads the fewest regions now, so the two
+/// halves of a split are led from different nodes.
+fn prefer_least_leading(
+    peers: &mut [corekv_engine::PeerMeta],
+    me: u64,
+    router: &crate::bootstrap::Router,
+) {
+    let leads = |node: u64| {
+        (0..router.len())
+            .filter(|&i| router.leader(i) == node)
+            .count()
+    };
+    let best = (0..peers.len())
+        .filter(|&i| peers[i].node_id != me && peers[i].role == corekv_engine::PeerRole::Voter)
+        .min_by_key(|&i| (leads(peers[i].node_id), i));
+    if let Some(best) = best {
+        peers.swap(0, best);
+    }
+}
 
 /// Messages between the shards of one node.
 pub enum ShardMsg {
@@ -167,6 +192,8 @@ pub struct Shard {
     me: Weak<Shard>,
     /// The node's router and its version, reloaded when the version moves.
     router: RefCell<(u64, Arc<crate::bootstrap::Router>)>,
+    /// Load of the regions led here, for splitting by load.
+    load: RefCell<LoadTracker>,
 }
 
 /// Outputs of one round, grouped by destination.
@@ -193,7 +220,9 @@ impl Shard {
         let metrics = RefCell::new(node.metrics.shard(id));
         let watchers_max = node.cfg.watchers_max;
         let router = RefCell::new((node.router_version.load(Ordering::Acquire), node.router()));
+        let load = RefCell::new(LoadTracker::new(node.cfg.split.clone(), node.now_ms()));
         Rc::new_cyclic(|me| Shard {
+            load,
             router,
             me: me.clone(),
             watch_out: RefCell::new(HashMap::new()),
@@ -564,6 +593,9 @@ impl Shard {
             if ticks % STATUS_EVERY_TICKS == 0 {
                 self.publish_status(&replicas);
             }
+            if !stopping {
+                self.split_by_load_or_size(&mut replicas, now, &mut replies);
+            }
         }
         for env in inbox.raft.drain(..) {
             busy = true;
@@ -681,6 +713,12 @@ impl Shard {
         }
         let mut st = self.state.borrow_mut();
         for r in replies {
+            if r.id == AUTO_SPLIT_ID {
+                if let Err(e) = &r.result {
+                    tracing::warn!(error = %e, "automatic split not applied");
+                }
+                continue;
+            }
             let Some(p) = st.pending.remove(&r.id) else {
                 continue;
             };
@@ -824,6 +862,9 @@ impl Shard {
             let mut e = WireError::new(ErrorCode::EpochNotMatch, "region epoch changed");
             e.regions = vec![current];
             return answer(out, Err(e));
+        }
+        if matches!(req.op, Op::Get { .. } | Op::Write(_)) {
+            self.load.borrow_mut().record(region_id, route_hash(&key));
         }
         match &req.op {
             Op::Watch { keys, from_version } => {
@@ -1005,6 +1046,50 @@ impl Shard {
             .map(|n| n.values().cloned().collect())
             .unwrap_or_default();
         Outcome::Routes { regions, nodes }
+    }
+
+    /// Starts the split the load or size of a region led here calls for,
+    /// if any (see [`crate::autosplit`]). The new region prefers the node
+    /// leading the fewest regions, so the halves' leaders spread.
+    fn split_by_load_or_size(&self, replicas: &mut Replicas, now: u64, replies: &mut Vec<Reply>) {
+        let mut load = self.load.borrow_mut();
+        if !load.enabled() {
+            return;
+        }
+        let router = self.router();
+        if router.len() as u64 >= crate::config::REGIONS_MAX {
+            return;
+        }
+        let leading: Vec<corekv_engine::Region> = replicas
+            .iter()
+            .filter(|p| p.is_leader())
+            .map(|p| p.region().clone())
+            .collect();
+        let sizes = self
+            .node
+            .board
+            .lock()
+            .map(|b| b.sizes.clone())
+            .unwrap_or_default();
+        let Some(plan) = load.decide(now, &leading, |id| sizes.get(&id).map(|s| s.0)) else {
+            return;
+        };
+        drop(load);
+        match self.split_command(replicas, plan.region_id, plan.split_hash) {
+            Ok(mut cmd) => {
+                if let corekv_engine::admin::AdminCommand::Split { new_peers, .. } = &mut cmd {
+                    prefer_least_leading(new_peers, self.node.cfg.node_id, &router);
+                }
+                tracing::info!(
+                    region = plan.region_id,
+                    split_hash = format_args!("{:016x}", plan.split_hash),
+                    reason = %plan.reason,
+                    "splitting a region by itself"
+                );
+                replicas.propose_admin(plan.region_id, AUTO_SPLIT_ID, cmd, replies);
+            }
+            Err(e) => tracing::warn!(region = plan.region_id, error = %e, "automatic split"),
+        }
     }
 
     /// Hands leadership of a region back to its preferred node once that node

@@ -195,3 +195,195 @@ fn a_split_under_writes_loses_nothing_and_a_watch_across_it_sees_every_change_on
         .unwrap();
     assert!(v > fin_high);
 }
+
+/// Keys whose hashes fall in the upper quarter of `r`'s range.
+fn keys_in_upper_quarter(r: &corekv_engine::Region, prefix: &str, n: usize) -> Vec<String> {
+    let end = if r.end_hash == 0 {
+        1u128 << 64
+    } else {
+        u128::from(r.end_hash)
+    };
+    let from = u128::from(r.start_hash) + (end - u128::from(r.start_hash)) * 3 / 4;
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|k| {
+            let h = u128::from(route_hash(k.as_bytes()));
+            h >= from && h < end
+        })
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn a_hot_region_splits_by_itself_where_its_load_halves_and_its_halves_lead_from_two_nodes() {
+    use corekv_tests::checker::{check_key, Input, Operation, Output, Verdict};
+    // About 600 requests/s go to one region; the threshold is 400/s for two
+    // seconds, so the region splits, and each half (~300/s) stays whole.
+    let t = TestCluster::start(
+        3,
+        1,
+        &[
+            "--split-load-ops",
+            "400",
+            "--split-load-windows",
+            "2",
+            "--split-cooldown-ms",
+            "600000",
+        ],
+    );
+    let (route, _) = region_led_by(&t, 1, "hot-");
+    let r = route.region.clone();
+    let keys = keys_in_upper_quarter(&r, "hot-", 16);
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (mut c, keys, stop) = (t.client(), keys.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let now = || started.elapsed().as_micros() as u64;
+                let mut ops = Vec::new();
+                let mut i = 0u64;
+                let pace = Duration::from_micros(6_500);
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Acquire) {
+                    next += pace;
+                    if let Some(d) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                    let key = keys[(i as usize * 7 + w as usize) % keys.len()].clone();
+                    let call = now();
+                    let op = if i.is_multiple_of(3) {
+                        let value = format!("w{w}-{i}");
+                        let r = c.put(key.as_bytes(), value.as_bytes(), PutOptions::default());
+                        let output = r.ok().map(|_| Output::Written);
+                        Some((Input::Put(value), output))
+                    } else {
+                        match c.get(key.as_bytes(), Consistency::Linearizable) {
+                            Ok(v) => Some((
+                                Input::Get,
+                                Some(Output::Value(
+                                    v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+                                )),
+                            )),
+                            Err(_) => None,
+                        }
+                    };
+                    if let Some((input, output)) = op {
+                        let ret = output.as_ref().map(|_| now());
+                        ops.push(Operation {
+                            client: w + 1,
+                            key,
+                            call,
+                            ret,
+                            input,
+                            output,
+                        });
+                    }
+                    i += 1;
+                }
+                ops
+            })
+        })
+        .collect();
+
+    // The split shows in the routing table.
+    let mut admin = t.client();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (kept, new) = loop {
+        admin.refresh().unwrap();
+        let routes = admin.routes().to_vec();
+        if routes.len() > 8 {
+            let kept = routes.iter().find(|x| x.region.id == r.id).unwrap().clone();
+            let new = routes
+                .iter()
+                .find(|x| x.region.start_hash == kept.region.end_hash)
+                .unwrap()
+                .clone();
+            break (kept, new);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hot region did not split by itself"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let split_at = new.region.start_hash;
+    // Where the load halves: inside the hot quarter, not the range's middle.
+    let in_new = keys
+        .iter()
+        .filter(|k| new.region.contains(route_hash(k.as_bytes())))
+        .count();
+    eprintln!(
+        "region {} split by load at {split_at:016x} ({} of the {} hot keys moved to region {})",
+        r.id,
+        in_new,
+        keys.len(),
+        new.region.id
+    );
+    assert!(
+        (4..=12).contains(&in_new),
+        "the cut leaves {in_new} of 16 hot keys in the new region"
+    );
+    assert_eq!(kept.region.end_hash, split_at);
+    assert_eq!(new.region.end_hash, r.end_hash);
+    // The new region prefers another node, and leadership moves there.
+    let preferred = new.region.peers[0].node_id;
+    assert_ne!(preferred, 1, "both halves prefer node 1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        admin.refresh().unwrap();
+        let leader = |id: u64| {
+            admin
+                .routes()
+                .iter()
+                .find(|x| x.region.id == id)
+                .map_or(0, |x| x.leader_node)
+        };
+        if leader(new.region.id) == preferred && leader(r.id) == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the halves are led by nodes {} and {}",
+            leader(r.id),
+            leader(new.region.id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Load goes on a moment with the halves on two nodes, then every key's
+    // history (with a final read) must be linearizable.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Release);
+    let mut ops: Vec<Operation> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let mut c = t.client();
+    for k in &keys {
+        let call = started.elapsed().as_micros() as u64;
+        let v = c.get(k.as_bytes(), Consistency::Linearizable).unwrap();
+        ops.push(Operation {
+            client: 99,
+            key: k.clone(),
+            call,
+            ret: Some(started.elapsed().as_micros() as u64),
+            input: Input::Get,
+            output: Some(Output::Value(
+                v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+            )),
+        });
+    }
+    let writes = ops
+        .iter()
+        .filter(|o| o.output == Some(Output::Written))
+        .count();
+    assert!(writes > 100, "only {writes} writes acknowledged");
+    for k in &keys {
+        let history: Vec<Operation> = ops.iter().filter(|o| &o.key == k).cloned().collect();
+        assert_eq!(check_key(&history), Verdict::Linearizable, "{k}");
+    }
+    eprintln!(
+        "{} operations ({writes} acknowledged writes) linearizable across the split",
+        ops.len()
+    );
+}
