@@ -80,6 +80,26 @@ run corekv-lease --workload read-only --consistency lease --shards "$shards"
 run corekv-stale --workload read-only --consistency stale --shards "$shards"
 run corekv-follower --workload read-only --consistency follower --shards "$shards"
 
+# One region, before and after it splits by load (issue: hot range on one
+# region). The same workload twice on a fresh 1-region cluster: splitting
+# off, then on (threshold between the halves' and the whole region's rate,
+# so it splits once, during the 20 s warm-up).
+split_common="--duration $duration --warmup 20 --keys 10000 --value-size $value --connections $conns --pipeline $pipeline --threads $threads --workload read-heavy --regions 1 --shards 1"
+declare -A SPLIT_REGIONS
+run_split() { # key server-flags...
+    local key=$1; shift
+    C[$key]="corekv-bench $split_common -- $*"
+    echo "== ${C[$key]}" >&2
+    local err
+    err=$(mktemp)
+    # shellcheck disable=SC2086
+    R[$key]=$("$bench" $split_common --json -- "$@" 2>"$err" | json)
+    SPLIT_REGIONS[$key]=$(grep -o 'regions at the end: .*' "$err" | sed 's/regions at the end: //')
+    rm -f "$err"
+}
+run_split split-before --split-load-ops 0
+run_split split-after --split-load-ops 60000 --split-load-windows 3 --split-cooldown-ms 60000
+
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 cores=$(nproc)
 mem=$(free -g | awk '/Mem:/ {print $2}')
@@ -150,6 +170,28 @@ row() { # key label
         r=$(field "${R[redis-$w]}" 'd["ops_per_sec"]')
         echo "| $w | $(python3 -c "print(f'{$c/$r:.2f}')") |"
     done
+    echo
+    echo "## One hot region, before and after splitting by load"
+    echo
+    echo "Read-heavy on 10000 keys, all in one region (\`--regions 1\`, 1 shard per"
+    echo "node); the second run lets the region split by load during its 20 s"
+    echo "warm-up (\`--split-load-ops 60000 --split-load-windows 3\`)."
+    echo
+    echo "| run | regions at the end | total ops/s | read p99 µs | write p99 µs | errors |"
+    echo "|---|---|---|---|---|---|"
+    for k in split-before split-after; do
+        j=${R[$k]}
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$k" "${SPLIT_REGIONS[$k]}" \
+            "$(field "$j" 'int(d["ops_per_sec"])')" \
+            "$(field "$j" 'd["read"]["p99_us"]')" \
+            "$(field "$j" 'd["write"]["p99_us"]')" \
+            "$(field "$j" 'sum(d["errors"].values())')"
+    done
+    echo
+    echo "On this machine the three nodes share the same cores, so moving half the"
+    echo "load to a second leader adds raft and network work without adding CPU:"
+    echo "splitting by load is off by default and pays on nodes with cores of"
+    echo "their own (\`docs/operations.md\`)."
     echo
     echo "## Commands"
     echo

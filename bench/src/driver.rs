@@ -176,6 +176,9 @@ struct ClientState {
     shared: Arc<Shared>,
     /// Stale route hints learned from NotLeader answers: region → node.
     leader_hints: RefCell<HashMap<u64, u64>>,
+    /// A region split (EpochNotMatch or RegionNotFound answered): reload
+    /// the routing table before the next request.
+    routes_stale: Cell<bool>,
 }
 
 impl ClientState {
@@ -294,6 +297,7 @@ async fn client(shared: Arc<Shared>, index: usize) -> Stats {
         wake: Wake::default(),
         shared: shared.clone(),
         leader_hints: RefCell::new(HashMap::new()),
+        routes_stale: Cell::new(false),
     });
     let result = match &shared.target {
         Target::Corekv { .. } => corekv_client(state.clone(), index).await,
@@ -392,6 +396,12 @@ async fn connect_corekv(
                                 | Ok(Outcome::Value(_)) => state.complete(s, now, Ok(())),
                                 Ok(_) => state.complete(s, now, Err("unexpected outcome")),
                                 Err(e) => {
+                                    if matches!(
+                                        e.code,
+                                        ErrorCode::EpochNotMatch | ErrorCode::RegionNotFound
+                                    ) {
+                                        state.routes_stale.set(true);
+                                    }
                                     if e.code == ErrorCode::NotLeader && e.leader_node != 0 {
                                         state
                                             .leader_hints
@@ -434,6 +444,14 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
     while !done {
         let mut wake_at = None;
         let now = Instant::now();
+        if state.routes_stale.replace(false) {
+            // Rare (a split): a blocking reload is fine for a load generator.
+            let endpoints: Vec<String> = nodes.values().cloned().collect();
+            if let Ok(c) = corekv_net::Client::connect(corekv_net::ClientConfig::new(endpoints)) {
+                routes = c.routes().to_vec();
+                routes.sort_by_key(|r| r.region.start_hash);
+            }
+        }
         let refill = state.inflight.get() < refill_below(spec, gen.interval.is_some());
         while refill && state.inflight.get() < spec.pipeline {
             let op = match gen.next(&shared, now) {

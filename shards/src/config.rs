@@ -65,7 +65,8 @@ pub struct ServerArgs {
     pub watchers_max: Option<usize>,
     /// A region led here that serves this many requests per second for
     /// `--split-load-windows` seconds in a row splits where its load halves;
-    /// 0 = never by load. Default 50000.
+    /// 0 = never by load. Default 0 (measure first: it pays when the nodes
+    /// have cores of their own, see docs/benchmarks.md).
     #[arg(long)]
     pub split_load_ops: Option<u64>,
     /// Seconds in a row a region must be over `--split-load-ops`. Default 10.

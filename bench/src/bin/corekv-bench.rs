@@ -82,6 +82,10 @@ struct Args {
     /// Seed of key and operation choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Flags for every server of the embedded cluster, after `--`
+    /// (e.g. `-- --split-load-ops 20000`).
+    #[arg(last = true)]
+    server_args: Vec<String>,
 }
 
 fn free_base() -> u16 {
@@ -169,7 +173,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir: dir.path().to_path_buf(),
                 shards: a.shards,
                 regions: Some(a.regions),
-                extra_args: Vec::new(),
+                extra_args: a.server_args.clone(),
                 node_args: Vec::new(),
                 fault_files: false,
                 metrics: false,
@@ -251,6 +255,21 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     let (stats, elapsed) = load(spec, target, "run")?;
+    if a.target.is_none() {
+        let endpoints = match &embedded {
+            Some((c, _)) => c.endpoints().split(',').map(String::from).collect(),
+            None => a.endpoints.clone(),
+        };
+        if let Ok(c) = Client::connect(ClientConfig::new(endpoints)) {
+            let leaders: std::collections::BTreeSet<u64> =
+                c.routes().iter().map(|r| r.leader_node).collect();
+            eprintln!(
+                "regions at the end: {} (led from {} node(s))",
+                c.routes().len(),
+                leaders.len()
+            );
+        }
+    }
     let report = Report {
         target: target_name,
         workload: mix.name().to_string(),

@@ -121,6 +121,9 @@ enum Cmd {
         /// Regions of the new cluster (default 8).
         #[arg(long)]
         regions: Option<u64>,
+        /// Flags for every server, after `--` (e.g. `-- --split-load-ops 20000`).
+        #[arg(last = true)]
+        server_args: Vec<String>,
     },
 }
 
@@ -254,6 +257,7 @@ fn main() -> ExitCode {
         base_port,
         shards,
         regions,
+        server_args,
     } = cli.cmd
     {
         let tmp;
@@ -273,7 +277,7 @@ fn main() -> ExitCode {
             data_dir,
             shards,
             regions,
-            extra_args: Vec::new(),
+            extra_args: server_args,
             node_args: Vec::new(),
             fault_files: false,
             metrics: true,
