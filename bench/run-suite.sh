@@ -191,7 +191,9 @@ row() { # key label
     echo "On this machine the three nodes share the same cores, so moving half the"
     echo "load to a second leader adds raft and network work without adding CPU:"
     echo "splitting by load is off by default and pays on nodes with cores of"
-    echo "their own (\`docs/operations.md\`)."
+    echo "their own (\`docs/operations.md\`). Errors in the second run are requests"
+    echo "sent with the old epoch when a split lands inside the measured window"
+    echo "(answered \`EpochNotMatch\`; the generator then reloads its routes)."
     echo
     echo "## Commands"
     echo

@@ -474,3 +474,40 @@ fn a_transferred_leader_stays_and_comes_back_after_a_failover() {
     let e = c.transfer_leader(region, 9).unwrap_err();
     assert!(e.to_string().contains("no replica on node 9"), "{e}");
 }
+
+#[test]
+fn ctl_balance_spreads_leaders_piled_on_one_node_back_over_all() {
+    let t = TestCluster::start(3, 1, &[]);
+    let mut c = t.client();
+    // Pile every region's leadership on node 1.
+    let regions: Vec<u64> = c.routes().iter().map(|r| r.region.id).collect();
+    for r in &regions {
+        corekv_tools::ctl::transfer_leader(&mut c, *r, 1, Duration::from_secs(15)).unwrap();
+    }
+    assert_eq!(leader_counts(&t).get(&1), Some(&regions.len()));
+    // The dry run shows the plan and moves nothing.
+    let plan = corekv_tools::ctl::balance(&mut c, true, Duration::from_secs(15)).unwrap();
+    eprint!("{plan}");
+    assert_eq!(
+        plan.lines().filter(|l| l.starts_with("would move")).count(),
+        5
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(leader_counts(&t).get(&1), Some(&regions.len()));
+    // Run: 8 regions end up led 3/3/2, and stay so.
+    let done = corekv_tools::ctl::balance(&mut c, false, Duration::from_secs(15)).unwrap();
+    eprint!("{done}");
+    std::thread::sleep(Duration::from_secs(3));
+    let mut counts: Vec<usize> = leader_counts(&t).values().copied().collect();
+    counts.sort_unstable();
+    assert_eq!(counts, vec![2, 3, 3], "{:?}", leader_counts(&t));
+    c.refresh().unwrap();
+    let again = corekv_tools::ctl::balance(&mut c, true, Duration::from_secs(15)).unwrap();
+    assert_eq!(again.trim(), "balanced: no leader to move");
+    assert_still_serves_after_put(&mut c);
+}
+
+fn assert_still_serves_after_put(c: &mut corekv_net::Client) {
+    c.put(b"k", b"v", PutOptions::default()).unwrap();
+    assert_still_serves(c);
+}

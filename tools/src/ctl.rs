@@ -3,8 +3,10 @@
 //! Every node answers a `Status` request with its status document (regions
 //! with role, indexes, sizes and rates; shards; log writer counters): `ctl`
 //! asks every node it knows of and shows the result. `transfer-leader` makes
-//! a replica its region's preferred leader and waits until it leads.
+//! a replica its region's preferred leader and waits until it leads;
+//! `balance` evens out how many regions each node leads that way.
 
+use corekv_net::message::RouteInfo;
 use corekv_net::{Client, ClientConfig};
 use serde_json::Value;
 
@@ -35,11 +37,118 @@ pub fn transfer_leader(
         }
         if started.elapsed() > wait {
             anyhow::bail!(
-                "node {node_id} is region {region_id}'s preferred leader, but did not lead within                  {wait:?} (is it up and caught up?); it takes over once it is"
+                "node {node_id} is region {region_id}'s preferred leader, but did not lead within \
+                 {wait:?} (is it up and caught up?); it takes over once it is"
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// One leader move of a balance plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// Region.
+    pub region_id: u64,
+    /// Node preferred to lead it now.
+    pub from: u64,
+    /// Node to prefer instead.
+    pub to: u64,
+}
+
+/// The leader moves that even out how many regions each node leads: while
+/// the most- and least-loaded nodes differ by more than one, one region led
+/// by the former with a voting replica on the latter moves (each move makes
+/// the replica the region's preferred leader, so it stays). `nodes` are the
+/// cluster's node ids (a node leading nothing counts as zero); regions
+/// without a known leader are left alone.
+pub fn balance_plan(routes: &[RouteInfo], nodes: &[u64]) -> Vec<Move> {
+    use std::collections::BTreeMap;
+    let mut preferred: BTreeMap<u64, u64> = nodes.iter().map(|n| (*n, 0)).collect();
+    let mut owner: BTreeMap<u64, u64> = BTreeMap::new();
+    for r in routes.iter().filter(|r| r.leader_node != 0) {
+        *preferred.entry(r.leader_node).or_default() += 1;
+        owner.insert(r.region.id, r.leader_node);
+    }
+    let mut plan = Vec::new();
+    for _ in 0..routes.len() {
+        let Some((&most, &hi)) = preferred
+            .iter()
+            .max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)))
+        else {
+            break;
+        };
+        // The least-loaded node that can take one of `most`'s regions.
+        let mut targets: Vec<(u64, u64)> = preferred
+            .iter()
+            .filter(|(n, c)| **n != most && **c + 1 < hi)
+            .map(|(n, c)| (*c, *n))
+            .collect();
+        targets.sort_unstable();
+        let found = targets.iter().find_map(|&(_, least)| {
+            routes
+                .iter()
+                .find(|r| {
+                    owner.get(&r.region.id) == Some(&most)
+                        && r.region
+                            .peer_on_node(least)
+                            .is_some_and(|p| p.role == corekv_engine::PeerRole::Voter)
+                })
+                .map(|r| (r, least))
+        });
+        let Some((r, least)) = found else {
+            // No region of the busiest node can move anywhere useful.
+            break;
+        };
+        owner.insert(r.region.id, least);
+        *preferred.get_mut(&most).unwrap() -= 1;
+        *preferred.get_mut(&least).unwrap() += 1;
+        plan.push(Move {
+            region_id: r.region.id,
+            from: most,
+            to: least,
+        });
+    }
+    plan
+}
+
+/// Runs `balance_plan` (only shows it with `dry_run`), one move at a time,
+/// each waiting up to `wait` for the new leader. Returns the report.
+pub fn balance(
+    client: &mut Client,
+    dry_run: bool,
+    wait: std::time::Duration,
+) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    client.refresh()?;
+    let mut nodes: Vec<u64> = client.nodes().keys().copied().collect();
+    nodes.sort_unstable();
+    let plan = balance_plan(client.routes(), &nodes);
+    let mut out = String::new();
+    if plan.is_empty() {
+        let _ = writeln!(out, "balanced: no leader to move");
+        return Ok(out);
+    }
+    for m in &plan {
+        if dry_run {
+            let _ = writeln!(
+                out,
+                "would move region {}: node {} -> node {}",
+                m.region_id, m.from, m.to
+            );
+            continue;
+        }
+        let took = transfer_leader(client, m.region_id, m.to, wait)?;
+        let _ = writeln!(
+            out,
+            "moved region {}: node {} -> node {} ({} ms)",
+            m.region_id,
+            m.from,
+            m.to,
+            took.as_millis()
+        );
+    }
+    Ok(out)
 }
 
 /// Splits `region_id` at `at` (default: the middle of its range); returns
@@ -200,4 +309,60 @@ pub fn regions_table(rows: &[Value]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corekv_engine::{Epoch, PeerMeta, PeerRole, Region};
+
+    fn route(id: u64, nodes: &[u64], learner: Option<u64>) -> RouteInfo {
+        RouteInfo {
+            region: Region {
+                id,
+                start_hash: id << 40,
+                end_hash: (id + 1) << 40,
+                epoch: Epoch::default(),
+                peers: nodes
+                    .iter()
+                    .map(|n| PeerMeta {
+                        id: id * 1000 + n,
+                        node_id: *n,
+                        role: if Some(*n) == learner {
+                            PeerRole::Learner
+                        } else {
+                            PeerRole::Voter
+                        },
+                    })
+                    .collect(),
+            },
+            leader_node: nodes[0],
+        }
+    }
+
+    #[test]
+    fn a_plan_evens_out_preferred_leaders_and_only_moves_to_voters() {
+        // Node 1 preferred for five regions, node 2 for one, node 3 for none.
+        let mut routes: Vec<RouteInfo> = (1..=5).map(|i| route(i, &[1, 2, 3], None)).collect();
+        routes.push(route(6, &[2, 3, 1], None));
+        let plan = balance_plan(&routes, &[1, 2, 3]);
+        let mut count = std::collections::BTreeMap::from([(1u64, 5i64), (2, 1), (3, 0)]);
+        for m in &plan {
+            assert_eq!(m.from, 1);
+            *count.get_mut(&m.from).unwrap() -= 1;
+            *count.get_mut(&m.to).unwrap() += 1;
+        }
+        assert_eq!(count.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert_eq!(plan.len(), 3);
+        // Balanced already: nothing to do.
+        let even: Vec<RouteInfo> = (1..=3)
+            .map(|i| route(i, &[i, i % 3 + 1, (i + 1) % 3 + 1], None))
+            .collect();
+        assert!(balance_plan(&even, &[1, 2, 3]).is_empty());
+        // A learner cannot be preferred: node 3 holds only learners.
+        let learners: Vec<RouteInfo> = (1..=4).map(|i| route(i, &[1, 2, 3], Some(3))).collect();
+        let plan = balance_plan(&learners, &[1, 2, 3]);
+        assert!(plan.iter().all(|m| m.to == 2), "{plan:?}");
+        assert_eq!(plan.len(), 2, "4 regions end 2 on node 1, 2 on node 2");
+    }
 }

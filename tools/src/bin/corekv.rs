@@ -164,6 +164,17 @@ enum CtlCmd {
         #[arg(long, default_value_t = 10_000)]
         wait_ms: u64,
     },
+    /// Even out how many regions each node leads: moves leaders (as
+    /// transfer-leader does) from the busiest node to the least busy ones,
+    /// one at a time.
+    Balance {
+        /// Show the plan, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for each move, ms.
+        #[arg(long, default_value_t = 10_000)]
+        wait_ms: u64,
+    },
 }
 
 fn parse_hex(s: &str) -> Result<u64, String> {
@@ -326,6 +337,25 @@ fn main() -> ExitCode {
         };
     }
     if let Cmd::Ctl {
+        cmd: CtlCmd::Balance { dry_run, wait_ms },
+    } = &cli.cmd
+    {
+        let mut cfg = ClientConfig::new(endpoints);
+        cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+        let done = Client::connect(cfg)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| {
+                corekv_tools::ctl::balance(&mut c, *dry_run, Duration::from_millis(*wait_ms))
+            });
+        return match done {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(3, format!("error: {e:#}")),
+        };
+    }
+    if let Cmd::Ctl {
         cmd: CtlCmd::Split { region, at },
     } = &cli.cmd
     {
@@ -359,7 +389,9 @@ fn main() -> ExitCode {
                     corekv_tools::ctl::regions_table(&rows)
                 }
             }
-            CtlCmd::TransferLeader { .. } | CtlCmd::Split { .. } => unreachable!("handled above"),
+            CtlCmd::TransferLeader { .. } | CtlCmd::Split { .. } | CtlCmd::Balance { .. } => {
+                unreachable!("handled above")
+            }
         };
         print!("{text}");
         return ExitCode::SUCCESS;
