@@ -74,6 +74,9 @@ pub struct StatusBoard {
     pub regions: std::collections::BTreeMap<u64, RegionRow>,
     /// (keys, bytes) of each region's data, from the last scan.
     pub sizes: std::collections::BTreeMap<u64, (u64, u64)>,
+    /// The hash range (start, end) each region had when it was scanned: a
+    /// size is only the region's while its range is the same.
+    pub scanned_ranges: std::collections::BTreeMap<u64, (u64, u64)>,
 }
 
 impl NodeShared {

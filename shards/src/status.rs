@@ -115,6 +115,8 @@ fn scan(node: &Arc<NodeShared>) {
     let db = &node.db;
     let snap = db.snapshot();
     let mut sizes = Vec::with_capacity(ranges.len());
+    let scanned: std::collections::BTreeMap<u64, (u64, u64)> =
+        ranges.iter().map(|(id, s, e)| (*id, (*s, *e))).collect();
     for (id, start, end) in ranges {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_snapshot(&snap);
@@ -132,5 +134,6 @@ fn scan(node: &Arc<NodeShared>) {
     }
     if let Ok(mut b) = node.board.lock() {
         b.sizes = sizes.into_iter().collect();
+        b.scanned_ranges = scanned;
     }
 }

@@ -387,3 +387,79 @@ fn a_hot_region_splits_by_itself_where_its_load_halves_and_its_halves_lead_from_
         ops.len()
     );
 }
+
+#[test]
+fn a_region_over_its_key_limit_splits_at_its_middle_and_keeps_every_key() {
+    let t = TestCluster::start(
+        3,
+        1,
+        &["--split-keys", "400", "--split-cooldown-ms", "600000"],
+    );
+    let (route, _) = region_led_by(&t, 2, "big-");
+    let r = route.region.clone();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("big-{i}"))
+        .filter(|k| r.contains(route_hash(k.as_bytes())))
+        .take(600)
+        .collect();
+    let mut c = t.client();
+    let mut versions = HashMap::new();
+    for k in &keys {
+        let v = c
+            .put(k.as_bytes(), k.as_bytes(), PutOptions::default())
+            .unwrap();
+        versions.insert(k.clone(), v);
+    }
+    // Sizes are counted every 10 s; the region then splits by itself.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let new = loop {
+        c.refresh().unwrap();
+        if let Some(kept) = c.routes().iter().find(|x| x.region.id == r.id) {
+            if kept.region.end_hash != r.end_hash {
+                let at = kept.region.end_hash;
+                break c
+                    .routes()
+                    .iter()
+                    .find(|x| x.region.start_hash == at)
+                    .unwrap()
+                    .clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a region of 600 keys did not split"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let end = if r.end_hash == 0 {
+        1u128 << 64
+    } else {
+        u128::from(r.end_hash)
+    };
+    assert_eq!(
+        u128::from(new.region.start_hash),
+        (u128::from(r.start_hash) + end) / 2,
+        "split at the middle of the range"
+    );
+    let moved = keys
+        .iter()
+        .filter(|k| new.region.contains(route_hash(k.as_bytes())))
+        .count();
+    eprintln!(
+        "region {} split by size: {moved} of 600 keys now in region {}",
+        r.id, new.region.id
+    );
+    assert!((220..=380).contains(&moved), "{moved} keys moved");
+    for k in &keys {
+        let v = c
+            .get(k.as_bytes(), Consistency::Linearizable)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{k} lost"));
+        assert_eq!(&v.value[..], k.as_bytes());
+        assert_eq!(v.version, versions[k]);
+    }
+    // Each half is under the limit now: no further split of them.
+    std::thread::sleep(Duration::from_secs(12));
+    c.refresh().unwrap();
+    assert_eq!(c.routes().len(), 9, "one split only");
+}
