@@ -463,3 +463,106 @@ fn a_region_over_its_key_limit_splits_at_its_middle_and_keeps_every_key() {
     c.refresh().unwrap();
     assert_eq!(c.routes().len(), 9, "one split only");
 }
+
+/// Region ids and ranges in node `i`'s routing table.
+fn layout_of(t: &TestCluster, i: usize) -> Option<Vec<(u64, u64, u64, u64)>> {
+    use corekv_net::message::Outcome;
+    let mut raw = RawConn::connect(&t.cluster.nodes[i].client_addr);
+    raw.send(&[Request {
+        id: 1,
+        region_id: 0,
+        epoch: corekv_engine::Epoch::default(),
+        op: Op::Routes,
+        session: None,
+    }]);
+    match raw.read_frame()? {
+        Frame::Responses(rs) => match &rs.first()?.result {
+            Ok(Outcome::Routes { regions, .. }) => {
+                let mut v: Vec<(u64, u64, u64, u64)> = regions
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.region.id,
+                            r.region.start_hash,
+                            r.region.end_hash,
+                            r.region.epoch.version,
+                        )
+                    })
+                    .collect();
+                v.sort_unstable();
+                Some(v)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[test]
+fn a_leader_killed_as_it_splits_leaves_every_node_with_one_layout_and_every_write() {
+    let mut t = TestCluster::start(3, 1, &[]);
+    let (route, _) = region_led_by(&t, 1, "mid-");
+    let r = route.region.clone();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("mid-{i}"))
+        .filter(|k| r.contains(route_hash(k.as_bytes())))
+        .take(40)
+        .collect();
+    let mut c = t.client();
+    for k in &keys {
+        c.put(k.as_bytes(), b"before", PutOptions::default())
+            .unwrap();
+    }
+    // The split is proposed on node 1, which dies a moment later: the split
+    // is committed or not, but never half applied.
+    let splitter = {
+        let mut admin = t.client();
+        std::thread::spawn(move || admin.split(r.id, None).map_err(|e| e.to_string()))
+    };
+    std::thread::sleep(Duration::from_micros(500));
+    t.cluster.kill(0);
+    let outcome = splitter.join().unwrap();
+    eprintln!("split as the leader died: {outcome:?}");
+    // The others take over both halves (or the whole region).
+    let mut versions = HashMap::new();
+    for k in &keys {
+        let v = c
+            .put(k.as_bytes(), b"after", PutOptions::default())
+            .unwrap();
+        versions.insert(k.clone(), v);
+    }
+    t.cluster.start_node(0).unwrap();
+    t.must_be_ready(Duration::from_secs(30));
+    // Every node ends with the same layout.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let layout = loop {
+        let tables: Vec<_> = (0..3).map(|i| layout_of(&t, i)).collect();
+        if tables[0].is_some() && tables.iter().all(|x| *x == tables[0]) {
+            break tables[0].clone().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes disagree on the regions: {tables:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let split = layout.len() == 9;
+    assert!(layout.len() == 8 || split, "{layout:?}");
+    if outcome.is_ok() {
+        assert!(split, "an acknowledged split is missing: {layout:?}");
+    }
+    eprintln!(
+        "after the restart every node has {} regions ({})",
+        layout.len(),
+        if split { "split" } else { "not split" }
+    );
+    let mut c = t.client();
+    for k in &keys {
+        let v = c
+            .get(k.as_bytes(), Consistency::Linearizable)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&v.value[..], b"after", "{k}");
+        assert_eq!(v.version, versions[k], "{k}");
+    }
+}
