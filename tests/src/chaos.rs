@@ -62,11 +62,14 @@ pub enum FaultKind {
     Loss,
     /// Raft frames held 40 ms.
     Delay,
+    /// A region splits at the middle of its range (not undone: the layout
+    /// keeps changing through the run).
+    Split,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Isolate,
@@ -74,6 +77,7 @@ impl FaultKind {
         FaultKind::CutLink,
         FaultKind::Loss,
         FaultKind::Delay,
+        FaultKind::Split,
     ];
 
     /// Its name on the command line.
@@ -86,6 +90,7 @@ impl FaultKind {
             FaultKind::CutLink => "cut-link",
             FaultKind::Loss => "loss",
             FaultKind::Delay => "delay",
+            FaultKind::Split => "split",
         }
     }
 
@@ -449,7 +454,8 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         let other = (victim + rng.gen_range(1..n)) % n;
         let start_us = shared.now_us();
         let lasting = rng.gen_range(opts.fault_ms.0..=opts.fault_ms.1);
-        let detail = inject(&mut cluster, &base_rules, kind, victim, other)?;
+        let choice: usize = rng.gen();
+        let detail = inject(&mut cluster, &base_rules, kind, (victim, other, choice))?;
         sleep_until_or(end + Duration::from_secs(1), lasting);
         heal(&mut cluster, &base_rules)?;
         faults.push(FaultEvent {
@@ -756,8 +762,7 @@ fn inject(
     cluster: &mut LocalCluster,
     base: &[String],
     kind: FaultKind,
-    victim: usize,
-    other: usize,
+    (victim, other, choice): (usize, usize, usize),
 ) -> anyhow::Result<String> {
     let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
     let id = |i: usize| ids[i];
@@ -804,6 +809,26 @@ fn inject(
                 cluster.set_faults(i, &rules("delay-ms 40\n", i))?;
             }
             "raft frames delayed 40 ms".to_string()
+        }
+        FaultKind::Split => {
+            let endpoints: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|n| n.client_addr.clone())
+                .collect();
+            let mut cfg = ClientConfig::new(endpoints);
+            cfg.request_timeout = Duration::from_secs(2);
+            match Client::connect(cfg) {
+                Ok(mut c) => {
+                    let routes = c.routes().to_vec();
+                    let region = routes[choice % routes.len()].region.id;
+                    match c.split(region, None) {
+                        Ok(_) => format!("region {region} split ({} regions)", routes.len() + 1),
+                        Err(e) => format!("region {region} split: {e}"),
+                    }
+                }
+                Err(e) => format!("split: no node answered: {e}"),
+            }
         }
     })
 }

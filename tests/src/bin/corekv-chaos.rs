@@ -28,8 +28,11 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     key_rotation: u64,
     /// Faults to inject, comma-separated: kill, pause, isolate, one-way,
-    /// cut-link, loss, delay; `none` for none.
-    #[arg(long, default_value = "kill,pause,isolate,one-way,cut-link,loss,delay")]
+    /// cut-link, loss, delay, split; `none` for none.
+    #[arg(
+        long,
+        default_value = "kill,pause,isolate,one-way,cut-link,loss,delay,split"
+    )]
     faults: String,
     /// Nodes.
     #[arg(long, default_value_t = 3)]
