@@ -181,6 +181,27 @@ fn parse_hex(s: &str) -> Result<u64, String> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Connects to the cluster, runs `f` and prints the text it returns (exit
+/// 3 with the error otherwise).
+fn ctl_text(
+    endpoints: Vec<String>,
+    timeout_ms: u64,
+    f: impl FnOnce(&mut Client) -> anyhow::Result<String>,
+) -> ExitCode {
+    let mut cfg = ClientConfig::new(endpoints);
+    cfg.request_timeout = Duration::from_millis(timeout_ms);
+    match Client::connect(cfg)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut c| f(&mut c))
+    {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(3, format!("error: {e:#}")),
+    }
+}
+
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("{msg}");
     ExitCode::from(code)
@@ -340,37 +361,17 @@ fn main() -> ExitCode {
         cmd: CtlCmd::Balance { dry_run, wait_ms },
     } = &cli.cmd
     {
-        let mut cfg = ClientConfig::new(endpoints);
-        cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
-        let done = Client::connect(cfg)
-            .map_err(anyhow::Error::from)
-            .and_then(|mut c| {
-                corekv_tools::ctl::balance(&mut c, *dry_run, Duration::from_millis(*wait_ms))
-            });
-        return match done {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(3, format!("error: {e:#}")),
-        };
+        return ctl_text(endpoints, cli.timeout_ms, |c| {
+            corekv_tools::ctl::balance(c, *dry_run, Duration::from_millis(*wait_ms))
+        });
     }
     if let Cmd::Ctl {
         cmd: CtlCmd::Split { region, at },
     } = &cli.cmd
     {
-        let mut cfg = ClientConfig::new(endpoints);
-        cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
-        let split = Client::connect(cfg)
-            .map_err(anyhow::Error::from)
-            .and_then(|mut c| corekv_tools::ctl::split(&mut c, *region, *at));
-        return match split {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(3, format!("error: {e:#}")),
-        };
+        return ctl_text(endpoints, cli.timeout_ms, |c| {
+            corekv_tools::ctl::split(c, *region, *at)
+        });
     }
     if let Cmd::Ctl { cmd } = &cli.cmd {
         let docs = match corekv_tools::ctl::gather(endpoints, Duration::from_millis(cli.timeout_ms))
