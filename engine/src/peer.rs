@@ -181,7 +181,7 @@ pub struct Peer {
     /// Index of the last split applied since start (0 = none).
     last_split_index: u64,
     /// Splits of this region: (epoch version after it, log index).
-    split_log: Vec<(u64, u64)>,
+    split_log: Vec<SplitRecord>,
 }
 
 fn raft_config(cfg: &Config, peer_id: u64, applied: u64) -> raft::Config {
@@ -236,8 +236,12 @@ pub fn load_sessions(db: &Db, region_id: u64) -> Result<SessionTable> {
     Ok(SessionTable::from_clients(clients))
 }
 
+/// One split of a region: (epoch version it made, log index, first hash
+/// moved out; `None` in records written before the hash was kept).
+type SplitRecord = (u64, u64, Option<u64>);
+
 /// Loads the split records of `region_id`, in epoch order.
-fn load_splits(db: &Db, region_id: u64) -> Result<Vec<(u64, u64)>> {
+fn load_splits(db: &Db, region_id: u64) -> Result<Vec<SplitRecord>> {
     let meta = cf(db, CF_META);
     let mut it = db.raw_iterator_cf(meta);
     it.seek(keys::split_key(region_id, 0));
@@ -246,10 +250,18 @@ fn load_splits(db: &Db, region_id: u64) -> Result<Vec<(u64, u64)>> {
         let Some(version) = keys::split_version(region_id, it.key().unwrap()) else {
             break;
         };
-        let index = <[u8; 8]>::try_from(it.value().unwrap())
-            .map(u64::from_be_bytes)
-            .map_err(|_| Error::Corruption(format!("split record of region {region_id}")))?;
-        out.push((version, index));
+        let v = it.value().unwrap();
+        let num = |b: &[u8]| <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes);
+        let record = match v.len() {
+            8 => num(v).map(|index| (version, index, None)),
+            16 => num(&v[..8])
+                .zip(num(&v[8..]))
+                .map(|(i, h)| (version, i, Some(h))),
+            _ => None,
+        };
+        let record = record
+            .ok_or_else(|| Error::Corruption(format!("split record of region {region_id}")))?;
+        out.push(record);
         it.next();
     }
     it.status()?;
@@ -1135,22 +1147,29 @@ impl Peer {
             .persist_region(&self.region, &mut apply.inner);
         self.last_split_index = index;
         let version = self.region.epoch.version;
+        let mut record = index.to_be_bytes().to_vec();
+        record.extend_from_slice(&split_hash.to_be_bytes());
         apply.inner.put_cf(
             cf(db, CF_META),
             keys::split_key(self.region.id, version),
-            index.to_be_bytes(),
+            record,
         );
-        self.split_log.push((version, index));
+        self.split_log.push((version, index, Some(split_hash)));
     }
 
-    /// Log index of the first split of this region that moved it past epoch
-    /// version `version`, if this replica applied it (a replica restored
-    /// from a snapshot knows only the splits after the snapshot).
-    pub fn split_index_after(&self, version: u64) -> Option<u64> {
+    /// Log index of the split after epoch version `version` that moved the
+    /// key hashing to `hash` out of this region, if this replica applied it
+    /// (a replica restored from a snapshot knows only the splits after the
+    /// snapshot). A split keeps the hashes below its split point, so that
+    /// is the first split after `version` whose point is at or below
+    /// `hash`; for an old record without its point, the first split after
+    /// `version` (never later than the one that moved the key).
+    pub fn split_index_moving(&self, version: u64, hash: u64) -> Option<u64> {
         self.split_log
             .iter()
-            .find(|(v, _)| *v > version)
-            .map(|(_, index)| *index)
+            .filter(|(v, _, _)| *v > version)
+            .find(|(_, _, at)| at.is_none_or(|at| at <= hash))
+            .map(|(_, index, _)| *index)
     }
 
     /// Regions split off this one since the last call, whose state is in an

@@ -244,10 +244,17 @@ impl Watches {
         // sent to the keys' regions.
         let mut epoch = peer.region().epoch;
         if !moved.is_empty() {
+            // The split that moved them (the earliest, if they left in
+            // different splits: a later one's keys then get `Compacted`,
+            // never a gap).
             let at = if from_version == 0 {
                 Some(0)
             } else {
-                peer.split_index_after(client_epoch.version)
+                moved
+                    .iter()
+                    .map(|k| peer.split_index_moving(client_epoch.version, route_hash(k)))
+                    .collect::<Option<Vec<u64>>>()
+                    .and_then(|v| v.into_iter().min())
             };
             // Unknown (the keys were never here, or this replica was restored
             // from a snapshot taken after the split): the keys' regions
@@ -514,7 +521,14 @@ impl Watches {
         let w = &self.watchers[&t];
         // Unknown split (should not happen): resume everything from the
         // cursor, which is safe if possibly Compacted.
-        let at = peer.split_index_after(w.epoch.version).unwrap_or(0);
+        let at = w
+            .keys
+            .iter()
+            .filter(|k| !peer.region().contains(route_hash(k)))
+            .map(|k| peer.split_index_moving(w.epoch.version, route_hash(k)))
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|v| v.into_iter().min())
+            .unwrap_or(0);
         let reached = if w.synced { applied } else { w.cursor };
         if reached < at {
             return None;

@@ -566,3 +566,108 @@ fn a_leader_killed_as_it_splits_leaves_every_node_with_one_layout_and_every_writ
         assert_eq!(v.version, versions[k], "{k}");
     }
 }
+
+#[test]
+fn a_watch_with_an_epoch_from_before_two_splits_is_told_the_split_that_moved_its_keys() {
+    use corekv_net::message::Outcome;
+    let t = TestCluster::start(3, 1, &[]);
+    let (route, _) = region_led_by(&t, 1, "two-");
+    let r = route.region.clone();
+    let end = if r.end_hash == 0 {
+        1u128 << 64
+    } else {
+        u128::from(r.end_hash)
+    };
+    let m1 = ((u128::from(r.start_hash) + end) / 2) as u64;
+    let m2 = ((u128::from(r.start_hash) + u128::from(m1)) / 2) as u64;
+    // Keys that stay in the region at the first split and leave at the second.
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("two-{i}"))
+        .filter(|k| (m2..m1).contains(&route_hash(k.as_bytes())))
+        .take(3)
+        .collect();
+    let mut c = t.client();
+    let mut written: Vec<(String, String, u64)> = Vec::new();
+    let put_all = |c: &mut corekv_net::Client, round: &str, out: &mut Vec<_>| {
+        for k in &keys {
+            let value = format!("{round}-{k}");
+            let v = c
+                .put(k.as_bytes(), value.as_bytes(), PutOptions::default())
+                .unwrap();
+            out.push((k.clone(), value, v));
+        }
+    };
+    put_all(&mut c, "first", &mut written);
+    let from = written.iter().map(|w| w.2).max().unwrap();
+    let mut admin = t.client();
+    admin.split(r.id, Some(m1)).unwrap();
+    put_all(&mut c, "between", &mut written);
+    let between: Vec<u64> = written[3..].iter().map(|w| w.2).collect();
+    admin.split(r.id, Some(m2)).unwrap();
+    admin.refresh().unwrap();
+    let second = admin
+        .routes()
+        .iter()
+        .find(|x| x.region.start_hash == m2)
+        .expect("the region split off second")
+        .clone();
+    // The region's leader is asked, with the epoch from before both
+    // splits, for the changes after `from`: it sends those made while the
+    // keys were still its own, then names the second split's version.
+    let leader = admin
+        .routes()
+        .iter()
+        .find(|x| x.region.id == r.id)
+        .unwrap()
+        .leader_node;
+    let addr = t.cluster.nodes[leader as usize - 1].client_addr.clone();
+    let mut raw = RawConn::connect(&addr);
+    raw.send(&[Request {
+        id: 7,
+        region_id: r.id,
+        epoch: r.epoch,
+        op: Op::Watch {
+            keys: keys
+                .iter()
+                .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+                .collect(),
+            from_version: from,
+        },
+        session: None,
+    }]);
+    let mut seen = Vec::new();
+    let ended = loop {
+        let Some(Frame::Responses(rs)) = raw.read_frame() else {
+            panic!("the watch stream stopped after {seen:?}");
+        };
+        match &rs[0].result {
+            Ok(Outcome::Events { events, .. }) => seen.extend(events.iter().map(|e| e.version)),
+            Err(e) => break e.clone(),
+            Ok(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(ended.code, ErrorCode::EpochNotMatch, "{ended:?}");
+    eprintln!(
+        "changes {seen:?} from the old region, then: moved at version {}",
+        ended.current_version
+    );
+    assert_eq!(seen, between, "the changes made between the splits");
+    // The keys left at the second split: their new region's log starts
+    // right after it, so that is where the watch resumes.
+    assert!(ended.current_version > *between.last().unwrap());
+    let mut c2 = t.client();
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let w = c2.watch(&refs, ended.current_version).unwrap();
+    put_all(&mut c, "after", &mut written);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 3 {
+        assert!(Instant::now() < deadline, "saw {got:?}");
+        if let Some(ch) = w.next(Duration::from_millis(100)).unwrap() {
+            got.push(ch.version);
+        }
+    }
+    let after: Vec<u64> = written[6..].iter().map(|w| w.2).collect();
+    assert_eq!(got, after);
+    assert!(second.region.contains(route_hash(keys[0].as_bytes())));
+}
