@@ -115,9 +115,14 @@ impl LoadTracker {
         self.policy.load_ops > 0 || self.policy.keys_max > 0
     }
 
+    /// True when regions split by load (requests must be recorded).
+    pub fn by_load(&self) -> bool {
+        self.policy.load_ops > 0
+    }
+
     /// Counts a request of `region_id` for a key hashing to `hash`.
     pub fn record(&mut self, region_id: u64, hash: u64) {
-        if self.policy.load_ops == 0 {
+        if !self.by_load() {
             return;
         }
         let w = self.window.entry(region_id).or_default();

@@ -864,7 +864,11 @@ impl Shard {
             return answer(out, Err(e));
         }
         if matches!(req.op, Op::Get { .. } | Op::Write(_)) {
-            self.load.borrow_mut().record(region_id, route_hash(&key));
+            // Off by default: no hashing or borrowing on the request path.
+            let mut load = self.load.borrow_mut();
+            if load.by_load() {
+                load.record(region_id, route_hash(&key));
+            }
         }
         match &req.op {
             Op::Watch { keys, from_version } => {
