@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         dir.path(),
         SimOptions {
             nodes: 3,
+            spare_nodes: 0,
             regions: 4,
             seed,
             config: Config::default(),

@@ -38,6 +38,7 @@ const META_IDENT: u8 = 0x03;
 const META_PLACEMENT: u8 = 0x04;
 const META_SESSION: u8 = 0x05;
 const META_SPLIT: u8 = 0x06;
+const META_TOMBSTONE: u8 = 0x07;
 const HISTORY_RECORD: u8 = 0x01;
 const HISTORY_FLOOR: u8 = 0x02;
 
@@ -104,6 +105,12 @@ pub fn store_ident_key() -> [u8; 1] {
 /// Key of the shard placement of `region_id` (written by the node runtime).
 pub fn placement_key(region_id: u64) -> [u8; 9] {
     region_key(META_PLACEMENT, region_id)
+}
+
+/// Key of the id of the last replica of `region_id` destroyed on this node:
+/// messages to it or an older one never recreate it.
+pub fn tombstone_key(region_id: u64) -> [u8; 9] {
+    region_key(META_TOMBSTONE, region_id)
 }
 
 /// Key of client `client_id`'s session in `region_id`.

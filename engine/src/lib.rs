@@ -40,6 +40,7 @@ pub mod error;
 pub mod expire;
 pub mod hash;
 pub mod keys;
+pub mod membership;
 pub mod peer;
 pub mod read;
 pub mod region;

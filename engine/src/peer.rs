@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::expire::{self, ExpireCommand, SweepCursor};
 use crate::hash::route_hash;
 use crate::keys::{self, CF_META};
+use crate::membership::{self, PeerChange};
 use crate::read::{Consistency, PendingRead, ReadQueue};
 use crate::region::Region;
 use crate::session::{ClientSession, Dedup, SessionTable};
@@ -141,6 +142,12 @@ pub struct PeerStatus {
     pub last_index: u64,
 }
 
+/// What a proposal puts in the log.
+enum EntryData {
+    Normal(Vec<u8>),
+    ConfChange(ConfChangeV2),
+}
+
 /// One region replica.
 pub struct Peer {
     cfg: Arc<Config>,
@@ -182,6 +189,14 @@ pub struct Peer {
     last_split_index: u64,
     /// Splits of this region: (epoch version after it, log index).
     split_log: Vec<SplitRecord>,
+    /// False until a replica created for a membership change has its first
+    /// snapshot: it owns no range yet.
+    initialized: bool,
+    /// The region's replicas or range changed here since the owner last
+    /// looked ([`Peer::take_layout_changed`]).
+    layout_changed: bool,
+    /// This replica is no longer a member: the owner destroys it.
+    removed: bool,
 }
 
 fn raft_config(cfg: &Config, peer_id: u64, applied: u64) -> raft::Config {
@@ -307,6 +322,51 @@ impl Peer {
                 ))
             })?
             .id;
+        Peer::start(cfg, db, node_id, region, peer_id, seed, logger)
+    }
+
+    /// A replica `peer_id` of `region_id` that a membership change added to
+    /// this node: empty and owning no range until the leader (`leader`, the
+    /// one replica it knows) sends it a snapshot. Nothing is stored for it
+    /// before that snapshot.
+    pub fn create(
+        cfg: Arc<Config>,
+        db: Db,
+        node_id: u64,
+        (region_id, peer_id): (u64, u64),
+        leader: crate::region::PeerMeta,
+        seed: u64,
+        logger: &slog::Logger,
+    ) -> Result<Peer> {
+        let region = Region {
+            id: region_id,
+            start_hash: 0,
+            end_hash: 0,
+            epoch: crate::region::Epoch::default(),
+            peers: vec![
+                crate::region::PeerMeta {
+                    id: peer_id,
+                    node_id,
+                    role: crate::region::PeerRole::Learner,
+                },
+                leader,
+            ],
+        };
+        let mut p = Peer::start(cfg, db, node_id, region, peer_id, seed, logger)?;
+        p.initialized = false;
+        Ok(p)
+    }
+
+    fn start(
+        cfg: Arc<Config>,
+        db: Db,
+        node_id: u64,
+        region: Region,
+        peer_id: u64,
+        seed: u64,
+        logger: &slog::Logger,
+    ) -> Result<Peer> {
+        let region_id = region.id;
         let sessions = load_sessions(&db, region_id)?;
         let storage = RegionStorage::open(db.clone(), region_id, cfg.entry_cache_entries)?;
         let applied = storage.applied_index();
@@ -362,7 +422,36 @@ impl Peer {
             splits: Vec::new(),
             last_split_index: 0,
             split_log: load_splits(&db, region_id)?,
+            initialized: true,
+            layout_changed: false,
+            removed: false,
         })
+    }
+
+    /// False while this replica waits for its first snapshot (it owns no
+    /// range and serves nothing).
+    pub fn is_initialized(&self) -> bool {
+        self.initialized
+    }
+
+    /// True once this replica learnt it is no longer a member of its region.
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Marks this replica removed: a member that applied a newer membership
+    /// (`conf_ver`) without it said so. Ignored unless that membership is
+    /// newer than this replica's.
+    pub fn mark_removed(&mut self, conf_ver: u64) -> bool {
+        if conf_ver > self.region.epoch.conf_ver {
+            self.removed = true;
+        }
+        self.removed
+    }
+
+    /// True (once) after the region's replicas or range changed here.
+    pub fn take_layout_changed(&mut self) -> bool {
+        std::mem::take(&mut self.layout_changed)
     }
 
     /// The lowest version watchers of this replica can resume from.
@@ -546,6 +635,15 @@ impl Peer {
         if !self.raw.raft.commit_to_current_term() {
             return;
         }
+        // raft leaves a joint configuration by itself only if the leader
+        // that entered it is still leading when it applies it; any later
+        // leader ends it here.
+        if membership::is_joint(self.raw.store().conf_state()) && !self.raw.raft.has_pending_conf()
+        {
+            let _ = self
+                .raw
+                .propose_conf_change(vec![], ConfChangeV2::default());
+        }
         for issue in self
             .reads
             .reissue(now_ms, self.ticks, self.cfg.read_retry_ticks)
@@ -560,6 +658,27 @@ impl Peer {
             let issue = self.reads.renew(now_ms, self.ticks);
             self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
             self.counters.read_index_rounds += 1;
+        }
+    }
+
+    /// Answers every request waiting here (the replica is going away):
+    /// proposals with `Timeout` (they may still be committed elsewhere),
+    /// reads with `RegionNotFound`.
+    pub fn fail_pending(&mut self, replies: &mut Vec<Reply>) {
+        for p in self.proposals.drain(..) {
+            replies.push(Reply {
+                id: p.id,
+                result: Err(Error::Timeout),
+            });
+        }
+        let mut reads = std::mem::take(&mut self.stale_reads);
+        self.reads.take_all(&mut reads);
+        self.follower_reads.take_all(&mut reads);
+        for r in reads {
+            replies.push(Reply {
+                id: r.id,
+                result: Err(Error::RegionNotFound(self.region.id)),
+            });
         }
     }
 
@@ -650,7 +769,56 @@ impl Peer {
         if !self.is_leader() {
             return fail(replies, self.not_leader());
         }
-        self.propose_entry(id, admin::ENTRY_CONTEXT.to_vec(), cmd.encode(), replies);
+        if matches!(cmd, AdminCommand::Split { .. }) && self.membership_changing() {
+            return fail(
+                replies,
+                Error::Busy("a membership change of the region is in progress"),
+            );
+        }
+        self.propose_entry(
+            id,
+            admin::ENTRY_CONTEXT.to_vec(),
+            EntryData::Normal(cmd.encode()),
+            replies,
+        );
+    }
+
+    /// True while a membership change is proposed and not yet applied, or
+    /// the region is in a joint configuration.
+    fn membership_changing(&self) -> bool {
+        self.raw.raft.has_pending_conf() || membership::is_joint(self.raw.store().conf_state())
+    }
+
+    /// Proposes a membership change (see [`crate::membership`]); the reply
+    /// comes when it is applied, as `Written { version: index }`. A voter
+    /// is promoted only once its log caught up with the leader's.
+    pub fn propose_change(&mut self, id: u64, change: PeerChange, replies: &mut Vec<Reply>) {
+        let fail = |replies: &mut Vec<Reply>, e: Error| replies.push(Reply { id, result: Err(e) });
+        if !self.is_leader() {
+            return fail(replies, self.not_leader());
+        }
+        if self.membership_changing() {
+            return fail(
+                replies,
+                Error::Busy("a membership change of the region is in progress"),
+            );
+        }
+        let (cc, added) = match change.plan(&self.region, self.peer_id) {
+            Ok(p) => p,
+            Err(e) => return fail(replies, e),
+        };
+        if let PeerChange::Promote { node_id, .. } = change {
+            let learner = self.region.peer_on_node(node_id).map_or(0, |p| p.id);
+            if !self.is_caught_up(learner) {
+                return fail(replies, Error::Busy("the learner is still catching up"));
+            }
+        }
+        self.propose_entry(
+            id,
+            membership::encode_context(&added),
+            EntryData::ConfChange(cc),
+            replies,
+        );
     }
 
     /// Proposes a write. Errors known before raft (limits, not leader, busy)
@@ -679,7 +847,7 @@ impl Peer {
             session,
             request,
         };
-        self.propose_entry(id, vec![], cmd.encode(), replies);
+        self.propose_entry(id, vec![], EntryData::Normal(cmd.encode()), replies);
     }
 
     /// Hands an entry to raft and tracks it until it is applied.
@@ -687,14 +855,18 @@ impl Peer {
         &mut self,
         id: u64,
         context: Vec<u8>,
-        data: Vec<u8>,
+        data: EntryData,
         replies: &mut Vec<Reply>,
     ) {
         let fail = |replies: &mut Vec<Reply>, e: Error| replies.push(Reply { id, result: Err(e) });
         if self.proposals.len() >= self.cfg.proposals_inflight_max {
             return fail(replies, Error::Busy("too many proposals in flight"));
         }
-        if let Err(e) = self.raw.propose(context, data) {
+        let proposed = match data {
+            EntryData::Normal(data) => self.raw.propose(context, data),
+            EntryData::ConfChange(cc) => self.raw.propose_conf_change(context, cc),
+        };
+        if let Err(e) = proposed {
             let e = match e {
                 raft::Error::ProposalDropped => Error::ProposalDropped,
                 other => Error::Raft(other),
@@ -894,7 +1066,11 @@ impl Peer {
             cache.clear();
             let index = rd.snapshot().get_metadata().index;
             self.history_floor = index;
+            if region != self.region {
+                self.layout_changed = true;
+            }
             self.region = region;
+            self.initialized = true;
             snapshot_index = Some(index);
             // Whether proposals up to the snapshot were applied is unknown here.
             while self.proposals.front().is_some_and(|p| p.index <= index) {
@@ -982,7 +1158,12 @@ impl Peer {
                     let cmd = AdminCommand::decode(&e.data)?;
                     let o = match &cmd {
                         // The region may have changed since the proposal.
-                        AdminCommand::Split { .. } if cmd.validate(&self.region).is_err() => {
+                        // Nor may a region split in a joint configuration
+                        // (the new region takes the replicas as a plain set).
+                        AdminCommand::Split { .. }
+                            if cmd.validate(&self.region).is_err()
+                                || membership::is_joint(self.raw.store().conf_state()) =>
+                        {
                             WriteOutcome::WrongRegion
                         }
                         AdminCommand::Split {
@@ -1058,14 +1239,20 @@ impl Peer {
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)
                         .map_err(|err| Error::Corruption(format!("conf change: {err}")))?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(cs);
+                    let mut v2 = ConfChangeV2::default();
+                    let mut one = raft::eraftpb::ConfChangeSingle::default();
+                    one.set_change_type(cc.get_change_type());
+                    one.node_id = cc.node_id;
+                    v2.mut_changes().push(one);
+                    self.apply_conf_change(&v2, &[], apply)?;
+                    outcome = Some(WriteOutcome::Written { version: e.index });
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)
                         .map_err(|err| Error::Corruption(format!("conf change: {err}")))?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(cs);
+                    let added = membership::decode_context(e.get_context())?;
+                    self.apply_conf_change(&cc, &added, apply)?;
+                    outcome = Some(WriteOutcome::Written { version: e.index });
                 }
             }
             apply.end_entry(
@@ -1082,6 +1269,28 @@ impl Peer {
         self.maybe_compact(apply)?;
         self.prune_history(&db, apply);
         self.raw.store().persist_apply_state(&mut apply.inner);
+        Ok(())
+    }
+
+    /// Applies a membership change: raft's configuration, the region's
+    /// replicas and `conf_ver`, both stored in `apply`. A replica the change
+    /// takes out marks itself removed.
+    fn apply_conf_change(
+        &mut self,
+        cc: &ConfChangeV2,
+        added: &[crate::region::PeerMeta],
+        apply: &mut ApplyBatch,
+    ) -> Result<()> {
+        let cs = self.raw.apply_conf_change(cc)?;
+        self.region = membership::region_after(&self.region, &cs, added);
+        self.raw
+            .store()
+            .persist_region(&self.region, &mut apply.inner);
+        if !membership::is_member(&cs, self.peer_id) {
+            self.removed = true;
+        }
+        self.raw.mut_store().set_conf_state(cs);
+        self.layout_changed = true;
         Ok(())
     }
 

@@ -49,6 +49,10 @@ pub struct RaftEnvelope {
     pub to_node: u64,
     /// The raft message.
     pub message: Message,
+    /// Not 0: not a raft message but a notice that the region, as of this
+    /// `conf_ver`, no longer has replica `message.to` (see
+    /// [`Replicas::step`]).
+    pub removed_at: u64,
 }
 
 /// Output of one round over every replica.
@@ -86,6 +90,8 @@ pub struct Replicas {
     db: Db,
     seed: u64,
     logger: slog::Logger,
+    /// Removal notices to send with the next round.
+    notices: Vec<RaftEnvelope>,
 }
 
 /// Writes the initial state of every region in `regions` that has a replica
@@ -105,7 +111,90 @@ fn envelope(node_id: u64, peer: &Peer, message: Message) -> Option<RaftEnvelope>
         from_node: node_id,
         to_node,
         message,
+        removed_at: 0,
     })
+}
+
+/// Adds to `batch` the removal of every record of the replica of `region`
+/// on this node (data of its range, log, raft and apply state, sessions,
+/// split records, change history, shard placement) and a tombstone that
+/// keeps messages to any replica it had so far from recreating it.
+pub fn destroy_replica(
+    db: &Db,
+    region: &Region,
+    initialized: bool,
+    batch: &mut rocksdb::WriteBatch,
+) {
+    use crate::keys::{self, CF_DATA, CF_HISTORY, CF_META, CF_RAFT};
+    let id = region.id;
+    if initialized {
+        batch.delete_range_cf(
+            crate::db::cf(db, CF_DATA),
+            keys::data_range_start(region.start_hash),
+            keys::data_range_end(region.end_hash),
+        );
+    }
+    let raft = crate::db::cf(db, CF_RAFT);
+    batch.delete_range_cf(
+        raft,
+        keys::raft_log_key(id, 0),
+        keys::raft_log_key(id, u64::MAX),
+    );
+    batch.delete_cf(raft, keys::raft_log_key(id, u64::MAX));
+    batch.delete_cf(raft, keys::hard_state_key(id));
+    let meta = crate::db::cf(db, CF_META);
+    for (lo, hi) in [
+        (keys::session_key(id, 0), keys::session_key(id, u64::MAX)),
+        (keys::split_key(id, 0), keys::split_key(id, u64::MAX)),
+    ] {
+        batch.delete_range_cf(meta, lo, hi);
+        batch.delete_cf(meta, hi);
+    }
+    batch.delete_cf(meta, keys::apply_state_key(id));
+    batch.delete_cf(meta, keys::placement_key(id));
+    batch.delete_cf(meta, keys::region_state_key(id));
+    batch.put_cf(
+        meta,
+        keys::tombstone_key(id),
+        crate::membership::new_peer_id(region.epoch.conf_ver, crate::membership::NODE_ID_MAX)
+            .to_be_bytes(),
+    );
+    let history = crate::db::cf(db, CF_HISTORY);
+    batch.delete_range_cf(
+        history,
+        keys::history_key(id, 0),
+        keys::history_key(id, u64::MAX),
+    );
+    batch.delete_cf(history, keys::history_key(id, u64::MAX));
+    batch.delete_cf(history, keys::history_floor_key(id));
+}
+
+/// Destroys (synced) every stored replica of a region whose membership no
+/// longer includes `node_id`: one that applied its own removal and stopped
+/// before it was cleaned up. Returns the regions destroyed.
+pub fn destroy_stale_replicas(db: &Db, node_id: u64) -> Result<Vec<u64>> {
+    let mut batch = rocksdb::WriteBatch::default();
+    let mut gone = Vec::new();
+    for region in list_regions(db)? {
+        if region.peer_on_node(node_id).is_none() {
+            destroy_replica(db, &region, true, &mut batch);
+            gone.push(region.id);
+        }
+    }
+    if !gone.is_empty() {
+        crate::db::write(db, batch, true)?;
+    }
+    Ok(gone)
+}
+
+/// The highest replica id of `region_id` destroyed on this node, if any.
+fn tombstone(db: &Db, region_id: u64) -> Result<Option<u64>> {
+    let v = db.get_cf(
+        crate::db::cf(db, crate::keys::CF_META),
+        crate::keys::tombstone_key(region_id),
+    )?;
+    Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes))
 }
 
 impl Replicas {
@@ -134,6 +223,7 @@ impl Replicas {
             db,
             seed,
             logger: logger.clone(),
+            notices: Vec::new(),
         })
     }
 
@@ -205,13 +295,102 @@ impl Replicas {
         Ok(n)
     }
 
-    /// Delivers a raft message to its replica. Messages for regions not here
-    /// are dropped (the sender will retry or be told by membership changes).
+    /// Delivers a raft message to its replica.
+    ///
+    /// A message for a region not here, from its leader (append, heartbeat
+    /// or snapshot), creates the replica a membership change added here
+    /// (unless it was destroyed here already); others are dropped. A
+    /// message from a replica the region no longer has is answered with a
+    /// removal notice, and a notice marks this replica removed if it is
+    /// from a newer membership (the owner then destroys it).
     pub fn step(&mut self, env: RaftEnvelope, replies: &mut Vec<Reply>) -> Result<()> {
-        match self.peers.get_mut(&env.region_id) {
-            Some(p) => p.step(env.message, replies),
-            None => Ok(()),
+        use raft::eraftpb::MessageType::{MsgAppend, MsgHeartbeat, MsgSnapshot};
+        if env.removed_at != 0 {
+            if let Some(p) = self.peers.get_mut(&env.region_id) {
+                if p.peer_id() == env.message.to && p.is_initialized() {
+                    p.mark_removed(env.removed_at);
+                }
+            }
+            return Ok(());
         }
+        if let Some(p) = self.peers.get_mut(&env.region_id) {
+            let from = env.message.from;
+            if p.is_initialized() && from != 0 && p.region().peer(from).is_none() {
+                let mut m = Message::default();
+                m.to = from;
+                m.from = p.peer_id();
+                self.notices.push(RaftEnvelope {
+                    region_id: env.region_id,
+                    from_node: self.node_id,
+                    to_node: env.from_node,
+                    message: m,
+                    removed_at: p.region().epoch.conf_ver,
+                });
+                return Ok(());
+            }
+            return p.step(env.message, replies);
+        }
+        let from_leader = matches!(
+            env.message.get_msg_type(),
+            MsgAppend | MsgHeartbeat | MsgSnapshot
+        );
+        let to = env.message.to;
+        if !from_leader || to == 0 || tombstone(&self.db, env.region_id)?.is_some_and(|t| to <= t) {
+            return Ok(());
+        }
+        let leader = crate::region::PeerMeta {
+            id: env.message.from,
+            node_id: env.from_node,
+            role: crate::region::PeerRole::Voter,
+        };
+        let mut peer = Peer::create(
+            self.cfg.clone(),
+            self.db.clone(),
+            self.node_id,
+            (env.region_id, to),
+            leader,
+            self.seed,
+            &self.logger,
+        )?;
+        peer.step(env.message, replies)?;
+        self.peers.insert(env.region_id, peer);
+        Ok(())
+    }
+
+    /// Destroys the replicas that learnt they were removed; call once the
+    /// round's apply batch is written. Their pending requests fail with
+    /// `RegionNotFound`. Returns the regions destroyed.
+    pub fn destroy_removed(&mut self, replies: &mut Vec<Reply>) -> Result<Vec<Region>> {
+        let gone: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.is_removed())
+            .map(|(id, _)| *id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut out = Vec::new();
+        for id in gone {
+            let mut p = self.peers.remove(&id).expect("listed");
+            destroy_replica(&self.db, p.region(), p.is_initialized(), &mut batch);
+            p.fail_pending(replies);
+            out.push(p.region().clone());
+        }
+        crate::db::write(&self.db, batch, true)?;
+        self.cache.clear();
+        Ok(out)
+    }
+
+    /// True (once) when a replica's range or members changed since the
+    /// last call (snapshot, membership change, destroyed replica).
+    pub fn take_layout_changed(&mut self) -> bool {
+        let mut changed = false;
+        for p in self.peers.values_mut() {
+            changed |= p.take_layout_changed();
+        }
+        changed
     }
 
     /// Reports the fate of a message this node sent: a snapshot's arrival or
@@ -264,6 +443,23 @@ impl Replicas {
         }
     }
 
+    /// Proposes a membership change of `region_id`.
+    pub fn propose_change(
+        &mut self,
+        region_id: u64,
+        id: u64,
+        change: crate::membership::PeerChange,
+        replies: &mut Vec<Reply>,
+    ) {
+        match self.peers.get_mut(&region_id) {
+            Some(p) => p.propose_change(id, change, replies),
+            None => replies.push(Reply {
+                id,
+                result: Err(Error::RegionNotFound(region_id)),
+            }),
+        }
+    }
+
     /// Queues a read on `region_id`.
     pub fn read(
         &mut self,
@@ -296,6 +492,7 @@ impl Replicas {
                 round.messages.extend(envelope(self.node_id, p, m));
             }
         }
+        round.messages.append(&mut self.notices);
         Ok(())
     }
 

@@ -289,7 +289,12 @@ impl RegionStorage {
         self.trim_cache();
     }
 
-    /// Records the membership as of the applied index.
+    /// The membership as of the applied index.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.apply.conf_state
+    }
+
+    /// Replaces the membership as of the applied index.
     pub fn set_conf_state(&mut self, cs: ConfState) {
         self.apply.conf_state = cs;
     }

@@ -26,6 +26,7 @@ fn cluster(regions: u64, seed: u64, config: Config) -> (tempfile::TempDir, SimCl
         dir.path(),
         SimOptions {
             nodes: 3,
+            spare_nodes: 0,
             regions,
             seed,
             config,

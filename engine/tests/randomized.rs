@@ -58,6 +58,7 @@ fn run(seed: u64, duration_ms: u64) -> (Vec<Op>, SimCluster, tempfile::TempDir) 
         dir.path(),
         SimOptions {
             nodes: 3,
+            spare_nodes: 0,
             regions: 2,
             seed,
             config: Config {

@@ -43,6 +43,9 @@ pub struct SimOptions {
     pub regions: u64,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Nodes `nodes+1..=nodes+spare_nodes` start with no replica (targets
+    /// of membership changes).
+    pub spare_nodes: u64,
     /// Engine settings of every node.
     pub config: Config,
 }
@@ -53,6 +56,7 @@ impl Default for SimOptions {
             nodes: 3,
             regions: 1,
             seed: 1,
+            spare_nodes: 0,
             config: Config::default(),
         }
     }
@@ -93,7 +97,8 @@ impl SimCluster {
     /// Creates and bootstraps a cluster under `root` (one directory per node).
     pub fn new(root: &Path, opts: SimOptions) -> Result<SimCluster> {
         let cfg = Arc::new(opts.config.validate()?);
-        let all_nodes: Vec<u64> = (1..=opts.nodes).collect();
+        let all_nodes: Vec<u64> = (1..=opts.nodes + opts.spare_nodes).collect();
+        let voters: Vec<u64> = (1..=opts.nodes).collect();
         let regions: Vec<Region> = Region::even_ranges(opts.regions)
             .into_iter()
             .enumerate()
@@ -107,7 +112,7 @@ impl SimCluster {
                         conf_ver: 1,
                         version: 1,
                     },
-                    peers: all_nodes
+                    peers: voters
                         .iter()
                         .map(|&n| PeerMeta {
                             id: id * 1000 + n,
@@ -148,6 +153,7 @@ impl SimCluster {
 
     fn start(&mut self, node: u64) -> Result<()> {
         let db = db::open(&self.node_dir(node), &db_config())?;
+        crate::replicas::destroy_stale_replicas(&db, node)?;
         let replicas = Replicas::open(
             self.cfg.clone(),
             db.clone(),
@@ -398,6 +404,7 @@ impl SimCluster {
                 self.regions.sort_by_key(|r| r.start_hash);
             }
         }
+        n.replicas.destroy_removed(&mut replies)?;
         if crash == Some(CrashPoint::AfterApplyWrite) {
             self.crash_plan = None;
             self.crash(node);
@@ -471,6 +478,30 @@ impl SimCluster {
         }
         self.collect_replies(replies);
         id
+    }
+
+    /// Submits a membership change to `node`'s replica of `region`; returns
+    /// the request id to wait on.
+    pub fn propose_change(
+        &mut self,
+        node: u64,
+        region: u64,
+        change: crate::membership::PeerChange,
+    ) -> u64 {
+        let id = self.new_id();
+        let mut replies = Vec::new();
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.replicas.propose_change(region, id, change, &mut replies);
+        }
+        self.collect_replies(replies);
+        id
+    }
+
+    /// True when `node` holds a replica of `region` (initialized or not).
+    pub fn has_replica(&self, node: u64, region: u64) -> bool {
+        self.nodes
+            .get(&node)
+            .is_some_and(|n| n.replicas.peer(region).is_some())
     }
 
     /// Submits a write to `node`'s replica of `region`, whatever region the

@@ -1,0 +1,200 @@
+//! Moving a region's replica to another node (learner, joint change,
+//! removal) in the deterministic simulator.
+
+use bytes::Bytes;
+use corekv_engine::membership::PeerChange;
+use corekv_engine::sim::{SimCluster, SimOptions};
+use corekv_engine::{Condition, Config, Consistency, Error, PeerRole, WriteOutcome, WriteRequest};
+
+fn put(key: &str, value: &str) -> WriteRequest {
+    WriteRequest::Put {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ttl_ms: None,
+        condition: Condition::None,
+    }
+}
+
+/// Three voters on nodes 1-3 and an empty node 4; one region.
+fn cluster(seed: u64) -> (tempfile::TempDir, SimCluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = SimCluster::new(
+        dir.path(),
+        SimOptions {
+            nodes: 3,
+            spare_nodes: 1,
+            regions: 1,
+            seed,
+            config: Config::default(),
+        },
+    )
+    .unwrap();
+    (dir, c)
+}
+
+fn leader(c: &mut SimCluster) -> u64 {
+    assert!(c.run_until(5000, |c| c.leader(1).is_some()).unwrap());
+    c.leader(1).unwrap()
+}
+
+fn must_put(c: &mut SimCluster, key: &str, value: &str) {
+    match c.write(put(key, value), 5000).unwrap() {
+        WriteOutcome::Written { .. } => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Runs `change` at the leader until it is applied (retrying while the
+/// learner catches up or leadership moves).
+fn must_change(c: &mut SimCluster, change: PeerChange) {
+    for _ in 0..100 {
+        let l = leader(c);
+        let id = c.propose_change(l, 1, change);
+        match c.wait(id, 3000).unwrap().map(|r| r.result) {
+            Some(Ok(_)) => return,
+            Some(Err(Error::Busy(_) | Error::NotLeader { .. } | Error::ProposalDropped)) | None => {
+                c.run_ms(100).unwrap();
+            }
+            Some(Err(e)) => panic!("{change:?}: {e}"),
+        }
+    }
+    panic!("{change:?} never applied (seed {})", c.seed());
+}
+
+/// Moves the replica on `from` (not the leader) to node 4.
+fn move_to_4(c: &mut SimCluster, from: u64) {
+    must_change(c, PeerChange::AddLearner { node_id: 4 });
+    must_change(
+        c,
+        PeerChange::Promote {
+            node_id: 4,
+            remove_node: from,
+        },
+    );
+}
+
+fn settled(c: &SimCluster, from: u64) -> bool {
+    let Some(l) = c.leader(1) else { return false };
+    let r = c.region_meta(l, 1).unwrap();
+    r.peers.len() == 3
+        && r.peer_on_node(4).is_some_and(|p| p.role == PeerRole::Voter)
+        && !c.has_replica(from, 1)
+}
+
+#[test]
+fn a_replica_moves_to_a_new_node_keeps_every_write_and_the_old_one_is_destroyed() {
+    for seed in [1, 2, 3] {
+        let (_d, mut c) = cluster(seed);
+        let l = leader(&mut c);
+        for i in 0..200 {
+            must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
+        }
+        let from = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
+        assert!(!c.dump_data(from).unwrap().is_empty());
+        move_to_4(&mut c, from);
+        assert!(
+            c.run_until(10_000, |c| settled(c, from)).unwrap(),
+            "seed {seed}: move did not settle"
+        );
+        let r = c.region_meta(c.leader(1).unwrap(), 1).unwrap();
+        // Learner added, joint entered, joint left.
+        assert_eq!(r.epoch.conf_ver, 4, "seed {seed}: {r:?}");
+        assert!(
+            c.dump_data(from).unwrap().is_empty(),
+            "old replica's data gone"
+        );
+        for i in 200..250 {
+            must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
+        }
+        c.run_ms(500).unwrap();
+        let on_4 = c.dump_data(4).unwrap();
+        assert_eq!(on_4.len(), 250, "seed {seed}");
+
+        // Node 4 now counts for the quorum: with the old leader down, the
+        // other original voter and node 4 elect a leader and serve.
+        let old = c.leader(1).unwrap();
+        c.crash(old);
+        assert!(c
+            .run_until(5000, |c| c.leader(1).is_some_and(|n| n != old))
+            .unwrap());
+        for i in [0, 123, 249] {
+            let v = c
+                .get(format!("k{i}").as_bytes(), Consistency::Linearizable, 5000)
+                .unwrap()
+                .expect("present");
+            assert_eq!(v.value, format!("v{i}").as_bytes());
+        }
+        must_put(&mut c, "after", "crash");
+
+        // The node the replica left restarts without it, and messages to
+        // the old replica do not bring it back.
+        c.crash(from);
+        c.restart(from).unwrap();
+        c.restart(old).unwrap();
+        c.run_ms(2000).unwrap();
+        assert!(!c.has_replica(from, 1), "seed {seed}");
+        assert!(c.dump_data(from).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_replica_cut_off_while_it_is_removed_learns_it_when_the_network_heals() {
+    let (_d, mut c) = cluster(9);
+    let l = leader(&mut c);
+    for i in 0..50 {
+        must_put(&mut c, &format!("k{i}"), "v");
+    }
+    let from = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
+    must_change(&mut c, PeerChange::AddLearner { node_id: 4 });
+    // Wait for the learner to hold the data, then cut the leaving replica
+    // off: the joint change commits without it (majorities of {l, other,
+    // 4} and {l, other, from}).
+    assert!(c
+        .run_until(5000, |c| c.dump_data(4).unwrap().len() == 50)
+        .unwrap());
+    c.net.filters.isolated.insert(from);
+    must_change(
+        &mut c,
+        PeerChange::Promote {
+            node_id: 4,
+            remove_node: from,
+        },
+    );
+    c.run_ms(1000).unwrap();
+    assert!(c.has_replica(from, 1), "cut off: it cannot know yet");
+    c.net.filters.isolated.remove(&from);
+    assert!(
+        c.run_until(10_000, |c| settled(c, from)).unwrap(),
+        "the removed replica was never told"
+    );
+    must_put(&mut c, "k0", "w");
+}
+
+#[test]
+fn changes_that_would_break_the_region_are_refused() {
+    let (_d, mut c) = cluster(4);
+    let l = leader(&mut c);
+    let refused = |c: &mut SimCluster, change: PeerChange| {
+        let id = c.propose_change(l, 1, change);
+        matches!(
+            c.wait(id, 1000).unwrap().map(|r| r.result),
+            Some(Err(Error::InvalidRequest(_)))
+        )
+    };
+    assert!(refused(&mut c, PeerChange::Remove { node_id: l }));
+    assert!(refused(&mut c, PeerChange::AddLearner { node_id: l }));
+    assert!(refused(
+        &mut c,
+        PeerChange::Promote {
+            node_id: 4,
+            remove_node: 0
+        }
+    ));
+    // A follower is no place to propose.
+    let f = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
+    let id = c.propose_change(f, 1, PeerChange::AddLearner { node_id: 4 });
+    assert!(matches!(
+        c.wait(id, 1000).unwrap().map(|r| r.result),
+        Some(Err(Error::NotLeader { .. }))
+    ));
+}
