@@ -39,6 +39,7 @@ const META_PLACEMENT: u8 = 0x04;
 const META_SESSION: u8 = 0x05;
 const META_SPLIT: u8 = 0x06;
 const META_TOMBSTONE: u8 = 0x07;
+const META_NODE: u8 = 0x08;
 const HISTORY_RECORD: u8 = 0x01;
 const HISTORY_FLOOR: u8 = 0x02;
 
@@ -111,6 +112,17 @@ pub fn placement_key(region_id: u64) -> [u8; 9] {
 /// messages to it or an older one never recreate it.
 pub fn tombstone_key(region_id: u64) -> [u8; 9] {
     region_key(META_TOMBSTONE, region_id)
+}
+
+/// Key of the addresses of node `node_id` as told to this node.
+pub fn node_key(node_id: u64) -> [u8; 9] {
+    region_key(META_NODE, node_id)
+}
+
+/// The node id of a [`node_key`], or `None`.
+pub fn node_of_key(key: &[u8]) -> Option<u64> {
+    (key.len() == 9 && key[0] == META_NODE)
+        .then(|| u64::from_be_bytes(key[1..9].try_into().unwrap()))
 }
 
 /// Key of client `client_id`'s session in `region_id`.

@@ -316,9 +316,11 @@ impl Replicas {
         if let Some(p) = self.peers.get_mut(&env.region_id) {
             let from = env.message.from;
             if p.is_initialized() && from != 0 && p.region().peer(from).is_none() {
-                let mut m = Message::default();
-                m.to = from;
-                m.from = p.peer_id();
+                let m = Message {
+                    to: from,
+                    from: p.peer_id(),
+                    ..Default::default()
+                };
                 self.notices.push(RaftEnvelope {
                     region_id: env.region_id,
                     from_node: self.node_id,

@@ -336,10 +336,19 @@ impl Client {
         Ok(got.into_iter().map(Option::unwrap).collect())
     }
 
+    /// Reloads the routing table. A node answers with the regions it has a
+    /// replica of; once replicas move, one node may not have them all, so
+    /// answers are merged (newest epoch of each region wins) until they
+    /// cover the whole hash space or every node was asked.
     pub(crate) fn refresh_routes(&mut self, deadline: Instant) -> std::result::Result<(), String> {
         let mut candidates: Vec<String> = self.nodes.values().cloned().collect();
         candidates.extend(self.cfg.endpoints.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|a| seen.insert(a.clone()));
         let mut last = String::from("no endpoint answered");
+        let mut merged: Vec<RouteInfo> = Vec::new();
+        let mut nodes_seen: Vec<NodeInfo> = Vec::new();
+        let mut answered = false;
         for addr in candidates {
             let id = self.new_id();
             let req = Request {
@@ -352,16 +361,27 @@ impl Client {
             match self.call(&addr, &[req], deadline) {
                 Ok(mut rs) => match rs.remove(0).0.result {
                     Ok(Outcome::Routes { regions, nodes }) => {
-                        self.install_routes(regions, nodes);
-                        return Ok(());
+                        answered = true;
+                        merge_routes(&mut merged, regions);
+                        nodes_seen.extend(nodes);
+                        if covers_hash_space(&merged) {
+                            break;
+                        }
                     }
                     Ok(other) => last = format!("{addr}: unexpected {other:?}"),
                     Err(e) => last = format!("{addr}: {}", e.message),
                 },
                 Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => last = e,
             }
+            if Instant::now() > deadline {
+                break;
+            }
         }
-        Err(last)
+        if !answered {
+            return Err(last);
+        }
+        self.install_routes(merged, nodes_seen);
+        Ok(())
     }
 
     fn install_routes(&mut self, mut regions: Vec<RouteInfo>, nodes: Vec<NodeInfo>) {
@@ -620,6 +640,50 @@ impl Client {
         }
     }
 
+    /// Changes region `region_id`'s replicas (served by its leader; a
+    /// promotion waits, within the request timeout, for the learner to
+    /// catch up). Returns the change's log index once it is applied there.
+    pub fn change_peer(
+        &mut self,
+        region_id: u64,
+        change: corekv_engine::membership::PeerChange,
+    ) -> Result<u64> {
+        let (_, f) = self.execute_on(RouteBy::Region(region_id), Op::ChangePeer(change), false)?;
+        Ok(f.version)
+    }
+
+    /// Tells the node at `addr` the addresses of node `node_id`.
+    pub fn add_node_on(
+        &mut self,
+        addr: &str,
+        node_id: u64,
+        peer_addr: &str,
+        client_addr: &str,
+    ) -> Result<()> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let req = Request {
+            id: self.new_id(),
+            region_id: 0,
+            epoch: Default::default(),
+            op: Op::AddNode {
+                node_id,
+                peer_addr: peer_addr.to_string(),
+                client_addr: client_addr.to_string(),
+            },
+            session: None,
+        };
+        match self.call(addr, &[req], deadline) {
+            Ok(mut rs) => match rs.remove(0).0.result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(wire_to_client(e)),
+            },
+            Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => Err(ClientError::Unavailable {
+                attempts: 1,
+                last: e,
+            }),
+        }
+    }
+
     /// Reloads the routing table (regions, epochs, leaders).
     pub fn refresh(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.cfg.request_timeout;
@@ -830,5 +894,111 @@ impl Conn {
                 Err(format!("read: {e}"))
             }
         }
+    }
+}
+
+/// Adds `more` to `routes`: of two answers for one region the newer epoch
+/// wins (a known leader breaks ties); a region overlapped by one of a newer
+/// epoch version is stale (it split since) and goes.
+pub fn merge_routes(routes: &mut Vec<RouteInfo>, more: Vec<RouteInfo>) {
+    let key = |r: &RouteInfo| {
+        (
+            r.region.epoch.version,
+            r.region.epoch.conf_ver,
+            r.leader_node != 0,
+        )
+    };
+    for r in more {
+        match routes.iter_mut().find(|x| x.region.id == r.region.id) {
+            Some(x) => {
+                if key(&r) > key(x) {
+                    *x = r;
+                }
+            }
+            None => routes.push(r),
+        }
+    }
+    let end = |r: &RouteInfo| {
+        if r.region.end_hash == 0 {
+            1u128 << 64
+        } else {
+            u128::from(r.region.end_hash)
+        }
+    };
+    let overlaps = |a: &RouteInfo, b: &RouteInfo| {
+        u128::from(a.region.start_hash) < end(b) && u128::from(b.region.start_hash) < end(a)
+    };
+    let snapshot = routes.clone();
+    routes.retain(|r| {
+        !snapshot.iter().any(|o| {
+            o.region.id != r.region.id
+                && o.region.epoch.version > r.region.epoch.version
+                && overlaps(o, r)
+        })
+    });
+    routes.sort_by_key(|r| r.region.start_hash);
+}
+
+/// True when `routes` (sorted by start) cover `[0, 2^64)` without a gap.
+pub fn covers_hash_space(routes: &[RouteInfo]) -> bool {
+    let mut next: u128 = 0;
+    for r in routes {
+        if u128::from(r.region.start_hash) > next {
+            return false;
+        }
+        let end = if r.region.end_hash == 0 {
+            1u128 << 64
+        } else {
+            u128::from(r.region.end_hash)
+        };
+        next = next.max(end);
+    }
+    next == 1u128 << 64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corekv_engine::{Epoch, Region};
+
+    fn route(id: u64, start: u64, end: u64, version: u64, conf_ver: u64) -> RouteInfo {
+        RouteInfo {
+            region: Region {
+                id,
+                start_hash: start,
+                end_hash: end,
+                epoch: Epoch { conf_ver, version },
+                peers: Vec::new(),
+            },
+            leader_node: 0,
+        }
+    }
+
+    #[test]
+    fn answers_of_nodes_holding_different_regions_merge_into_one_table() {
+        let half = 1u64 << 63;
+        // Node A has region 1 only, as of its first membership.
+        let mut t = vec![route(1, 0, half, 1, 1)];
+        assert!(!covers_hash_space(&t));
+        // Node B has both, region 1 with a newer membership.
+        merge_routes(
+            &mut t,
+            vec![route(1, 0, half, 1, 3), route(2, half, 0, 1, 1)],
+        );
+        assert!(covers_hash_space(&t));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].region.epoch.conf_ver, 3, "newer membership wins");
+        // Node C saw region 2 split: the stale region 2 goes.
+        let q = half + (1 << 62);
+        merge_routes(&mut t, vec![route(2, half, q, 2, 1), route(9, q, 0, 2, 1)]);
+        assert_eq!(
+            t.iter().map(|r| r.region.id).collect::<Vec<_>>(),
+            vec![1, 2, 9]
+        );
+        assert_eq!(t[1].region.end_hash, q);
+        assert!(covers_hash_space(&t));
+        // An older answer does not bring back what a newer one replaced.
+        merge_routes(&mut t, vec![route(2, half, 0, 1, 1)]);
+        assert_eq!(t[1].region.end_hash, q);
     }
 }

@@ -52,6 +52,17 @@ pub enum Op {
         /// First hash of the new region.
         split_hash: u64,
     },
+    /// Change the region's replicas.
+    ChangePeer(corekv_engine::membership::PeerChange),
+    /// Record the addresses of node `node_id` on the node asked.
+    AddNode {
+        /// Node id.
+        node_id: u64,
+        /// Its raft transport address.
+        peer_addr: String,
+        /// Its client address.
+        client_addr: String,
+    },
 }
 
 /// One request of a batch.
@@ -469,6 +480,43 @@ fn encode_op<'a>(
             );
             (wire::Op::Split, t.as_union_value())
         }
+        Op::ChangePeer(change) => {
+            use corekv_engine::membership::PeerChange;
+            let (kind, node_id, remove_node) = match *change {
+                PeerChange::AddLearner { node_id } => (0, node_id, 0),
+                PeerChange::Promote {
+                    node_id,
+                    remove_node,
+                } => (1, node_id, remove_node),
+                PeerChange::Remove { node_id } => (2, node_id, 0),
+            };
+            let t = wire::ChangePeer::create(
+                fbb,
+                &wire::ChangePeerArgs {
+                    kind,
+                    node_id,
+                    remove_node,
+                },
+            );
+            (wire::Op::ChangePeer, t.as_union_value())
+        }
+        Op::AddNode {
+            node_id,
+            peer_addr,
+            client_addr,
+        } => {
+            let peer_addr = Some(fbb.create_string(peer_addr));
+            let client_addr = Some(fbb.create_string(client_addr));
+            let t = wire::AddNode::create(
+                fbb,
+                &wire::AddNodeArgs {
+                    node_id: *node_id,
+                    peer_addr,
+                    client_addr,
+                },
+            );
+            (wire::Op::AddNode, t.as_union_value())
+        }
         Op::TransferLeader { to_node } => {
             let t =
                 wire::TransferLeader::create(fbb, &wire::TransferLeaderArgs { to_node: *to_node });
@@ -827,6 +875,32 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
                 split_hash: t.split_hash(),
             }
         }
+        wire::Op::ChangePeer => {
+            use corekv_engine::membership::PeerChange;
+            let t = r
+                .op_as_change_peer()
+                .ok_or_else(|| content("change peer without body"))?;
+            let node_id = t.node_id();
+            Op::ChangePeer(match t.kind() {
+                0 => PeerChange::AddLearner { node_id },
+                1 => PeerChange::Promote {
+                    node_id,
+                    remove_node: t.remove_node(),
+                },
+                2 => PeerChange::Remove { node_id },
+                k => return Err(content(format!("unknown peer change kind {k}"))),
+            })
+        }
+        wire::Op::AddNode => {
+            let t = r
+                .op_as_add_node()
+                .ok_or_else(|| content("add node without body"))?;
+            Op::AddNode {
+                node_id: t.node_id(),
+                peer_addr: t.peer_addr().unwrap_or_default().to_string(),
+                client_addr: t.client_addr().unwrap_or_default().to_string(),
+            }
+        }
         wire::Op::TransferLeader => {
             let t = r
                 .op_as_transfer_leader()
@@ -1118,6 +1192,27 @@ mod tests {
                 epoch: Epoch::default(),
                 op: Op::Split {
                     split_hash: 1 << 62,
+                },
+                session: None,
+            },
+            Request {
+                id: 12,
+                region_id: 2,
+                epoch: Epoch::default(),
+                op: Op::ChangePeer(corekv_engine::membership::PeerChange::Promote {
+                    node_id: 4,
+                    remove_node: 1,
+                }),
+                session: None,
+            },
+            Request {
+                id: 13,
+                region_id: 0,
+                epoch: Epoch::default(),
+                op: Op::AddNode {
+                    node_id: 4,
+                    peer_addr: "127.0.0.1:7204".into(),
+                    client_addr: "127.0.0.1:7104".into(),
                 },
                 session: None,
             },

@@ -3,7 +3,9 @@
 //! Same length prefix as the client protocol; the body starts with a kind byte:
 //! - `1` hello: `node_id u64, shard_count u32, client_addr (u32 len + utf-8)`;
 //! - `2` raft batch: `count u32`, then per message `region_id u64,
-//!   from_node u64, to_node u64, len u32, raft Message (protobuf)`.
+//!   from_node u64, to_node u64, removed_at u64, len u32, raft Message
+//!   (protobuf)`; `removed_at` != 0 makes it a removal notice (see
+//!   `corekv_engine::Replicas::step`).
 //!
 //! One batch carries every raft message one shard has for one node in one
 //! round. All integers are big-endian.
@@ -61,6 +63,7 @@ pub fn encode_raft_batch(envs: &[RaftEnvelope]) -> Vec<u8> {
         out.extend_from_slice(&e.region_id.to_be_bytes());
         out.extend_from_slice(&e.from_node.to_be_bytes());
         out.extend_from_slice(&e.to_node.to_be_bytes());
+        out.extend_from_slice(&e.removed_at.to_be_bytes());
         let len_at = out.len();
         out.extend_from_slice(&[0u8; 4]);
         e.message
@@ -116,9 +119,9 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerDecodeError> {
         }
         KIND_RAFT => {
             let count = r.u32()? as usize;
-            // Each message takes at least 28 bytes: refuse counts the body
+            // Each message takes at least 36 bytes: refuse counts the body
             // cannot hold before allocating for them.
-            if count > body.len() / 28 {
+            if count > body.len() / 36 {
                 return Err(PeerDecodeError(format!(
                     "{count} messages in {} bytes",
                     body.len()
@@ -129,6 +132,7 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerDecodeError> {
                 let region_id = r.u64()?;
                 let from_node = r.u64()?;
                 let to_node = r.u64()?;
+                let removed_at = r.u64()?;
                 let len = r.u32()? as usize;
                 let message = Message::parse_from_bytes(r.take(len)?)
                     .map_err(|e| PeerDecodeError(format!("raft message: {e}")))?;
@@ -137,6 +141,7 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerDecodeError> {
                     from_node,
                     to_node,
                     message,
+                    removed_at,
                 });
             }
             PeerFrame::Raft(envs)
@@ -174,12 +179,14 @@ mod tests {
                 from_node: 1,
                 to_node: 2,
                 message: m.clone(),
+                removed_at: 0,
             },
             RaftEnvelope {
                 region_id: 3,
                 from_node: 1,
                 to_node: 2,
                 message: Message::default(),
+                removed_at: 9,
             },
         ];
         let framed = encode_raft_batch(&envs);
@@ -192,6 +199,7 @@ mod tests {
                 assert_eq!(got.len(), 2);
                 assert_eq!(got[0].message, m);
                 assert_eq!(got[1].region_id, 3);
+                assert_eq!((got[0].removed_at, got[1].removed_at), (0, 9));
             }
             other => panic!("{other:?}"),
         }

@@ -71,10 +71,14 @@ struct Outgoing {
     tracked: Vec<RaftEnvelope>,
 }
 
+/// Node id → raft transport address, shared by every shard of a node and
+/// extended when a node joins.
+pub type PeerAddrs = std::sync::Arc<std::sync::RwLock<HashMap<u64, SocketAddr>>>;
+
 /// Outgoing links of one shard.
 pub struct Transport {
     cfg: TransportConfig,
-    peers: HashMap<u64, SocketAddr>,
+    peers: PeerAddrs,
     links: RefCell<HashMap<u64, Link>>,
     handler: Rc<dyn RaftHandler>,
     faults: Rc<RefCell<FaultRules>>,
@@ -91,7 +95,7 @@ impl Transport {
     /// A transport that sends to `peers` (node id → peer address).
     pub fn new(
         cfg: TransportConfig,
-        peers: HashMap<u64, SocketAddr>,
+        peers: PeerAddrs,
         handler: Rc<dyn RaftHandler>,
         faults: Rc<RefCell<FaultRules>>,
     ) -> Rc<Transport> {
@@ -127,7 +131,13 @@ impl Transport {
         if messages.is_empty() {
             return;
         }
-        let Some(&addr) = self.peers.get(&to_node) else {
+        let addr = self
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to_node)
+            .copied();
+        let Some(addr) = addr else {
             self.dropped();
             self.handler.on_report(messages, false);
             return;

@@ -57,6 +57,11 @@ pub fn initial_regions(nodes: &[u64], count: u64) -> Vec<Region> {
         .collect()
 }
 
+/// The shard a region's replica goes on unless placed otherwise.
+pub fn default_shard(region_id: u64, shards: usize) -> usize {
+    (region_id.wrapping_sub(1) % shards as u64) as usize
+}
+
 /// The node that should lead `region` when it is up: its first replica.
 pub fn preferred_leader(region: &Region) -> u64 {
     region.peers.first().map_or(0, |p| p.node_id)
@@ -99,14 +104,19 @@ pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
         }
         None => {
             let nodes: Vec<u64> = cfg.initial_cluster.keys().copied().collect();
-            let regions = initial_regions(&nodes, cfg.regions);
+            // A node joining a running cluster starts empty.
+            let regions = if cfg.join {
+                Vec::new()
+            } else {
+                initial_regions(&nodes, cfg.regions)
+            };
             bootstrap_regions(&db, cfg.node_id, &regions).map_err(|e| e.to_string())?;
             let mut wb = rocksdb::WriteBatch::default();
             for r in regions
                 .iter()
                 .filter(|r| r.peer_on_node(cfg.node_id).is_some())
             {
-                let shard = ((r.id - 1) % cfg.shards as u64) as u32;
+                let shard = default_shard(r.id, cfg.shards) as u32;
                 wb.put_cf(meta, keys::placement_key(r.id), shard.to_be_bytes());
             }
             let cluster_id = route_hash(
@@ -127,6 +137,13 @@ pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
             true
         }
     };
+    // A replica that applied its own removal and stopped before it was
+    // cleaned up goes now.
+    let stale = corekv_engine::replicas::destroy_stale_replicas(&db, cfg.node_id)
+        .map_err(|e| format!("removing replicas taken out of their regions: {e}"))?;
+    if !stale.is_empty() {
+        tracing::info!(regions = ?stale, "replicas removed from this node cleaned up");
+    }
     let mut placement = Vec::new();
     let mut moved = rocksdb::WriteBatch::default();
     for r in list_regions(&db).map_err(|e| e.to_string())? {
@@ -139,7 +156,7 @@ pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
             Some(s) if (s as usize) < cfg.shards => s as usize,
             // New region, or fewer shards than before: place it again.
             _ => {
-                let s = ((r.id - 1) % cfg.shards as u64) as u32;
+                let s = default_shard(r.id, cfg.shards) as u32;
                 moved.put_cf(meta, keys::placement_key(r.id), s.to_be_bytes());
                 s as usize
             }

@@ -122,6 +122,12 @@ pub struct ServerArgs {
     /// Default: $COREKV_LOG, else info.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Join a running cluster instead of starting a new one: on its first
+    /// start the node creates no region and receives replicas as they move
+    /// to it (run `corekv ctl add-node` first). `--initial-cluster` lists
+    /// the running nodes and this one.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub join: Option<bool>,
 }
 
 /// Validated settings of a node.
@@ -141,6 +147,8 @@ pub struct NodeConfig {
     pub shards: usize,
     /// Regions at bootstrap.
     pub regions: u64,
+    /// Joins a running cluster: bootstraps no region.
+    pub join: bool,
     /// Engine settings.
     pub engine: EngineConfig,
     /// RocksDB settings.
@@ -272,7 +280,8 @@ impl ServerArgs {
             slow_request_ms,
             disk_quota_mb,
             fault_file,
-            log_level
+            log_level,
+            join
         ))
     }
 
@@ -403,6 +412,7 @@ impl ServerArgs {
             initial_cluster,
             shards,
             regions,
+            join: self.join.unwrap_or(false),
             engine,
             db,
             frame_bytes_max,

@@ -21,6 +21,7 @@ pub mod config;
 pub mod log_writer;
 pub mod metrics;
 pub mod node;
+pub mod nodes;
 pub mod quota;
 pub mod raft_log;
 pub mod server;

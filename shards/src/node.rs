@@ -23,6 +23,9 @@ pub struct NodeShared {
     pub router: RwLock<Arc<Router>>,
     /// Bumped whenever `router` is replaced.
     pub router_version: AtomicU64,
+    /// Raft transport addresses of the other nodes (every shard sends
+    /// with them; `nodes::add` extends them).
+    pub peer_addrs: corekv_net::transport::PeerAddrs,
     /// Client addresses of the nodes heard from (and this one).
     pub nodes: Mutex<BTreeMap<u64, NodeInfo>>,
     /// Queue of the log writer.

@@ -140,6 +140,19 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
             shard_count: cfg.shards as u32,
         },
     );
+    let added = crate::nodes::load(&db)?;
+    for (id, _, client_addr) in &added {
+        nodes.entry(*id).or_insert(NodeInfo {
+            node_id: *id,
+            client_addr: client_addr.clone(),
+            shard_count: 0,
+        });
+    }
+    let peer_addrs = Arc::new(std::sync::RwLock::new(crate::nodes::peer_addrs(
+        cfg.node_id,
+        &cfg.initial_cluster,
+        &added,
+    )));
     let stopping = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let node = Arc::new(NodeShared {
@@ -150,6 +163,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         cfg: cfg.clone(),
         db,
         nodes: Mutex::new(nodes),
+        peer_addrs,
         log_tx,
         log_stats: writer.stats.clone(),
         stopping: stopping.clone(),
@@ -284,12 +298,7 @@ async fn shard_main(
         .detach();
     }
 
-    let peers = cfg
-        .initial_cluster
-        .iter()
-        .filter(|(n, _)| **n != cfg.node_id)
-        .map(|(n, a)| (*n, *a))
-        .collect();
+    let peers = node.peer_addrs.clone();
     let raft_handler = Rc::new(ShardPeers(Rc::downgrade(&shard)));
     let transport = Transport::new(
         TransportConfig {

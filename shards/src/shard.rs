@@ -502,7 +502,11 @@ impl Shard {
         let Ok(mut board) = self.node.board.lock() else {
             return;
         };
-        for p in replicas.iter() {
+        // Replicas removed from this shard (destroyed) leave the board.
+        board.regions.retain(|id, row| {
+            row.shard != self.id || replicas.peer(*id).is_some_and(|p| p.is_initialized())
+        });
+        for p in replicas.iter().filter(|p| p.is_initialized()) {
             let s = p.status();
             let (reads, writes) = ops.get(&p.region_id()).copied().unwrap_or_default();
             board.regions.insert(
@@ -661,8 +665,10 @@ impl Shard {
                 self.fatal("apply write", e);
             }
         }
-        // Written: regions split off may open, watchers see the changes.
+        // Written: regions split off may open, replicas removed go,
+        // watchers see the changes.
         self.open_splits(&mut replicas, &mut replies);
+        self.follow_membership(&mut replicas, &mut replies);
         {
             let mut watches = self.watches.borrow_mut();
             watches.on_changes(&apply.take_changes(), now, &mut out.watch);
@@ -800,6 +806,16 @@ impl Shard {
             Op::Status => {
                 return answer(out, Ok(Outcome::Status(crate::status::document(node))));
             }
+            Op::AddNode {
+                node_id,
+                peer_addr,
+                client_addr,
+            } => {
+                let result = crate::nodes::add(node, *node_id, peer_addr, client_addr)
+                    .map(|()| Outcome::Write(corekv_engine::WriteOutcome::Written { version: 0 }))
+                    .map_err(|e| WireError::new(ErrorCode::InvalidRequest, e));
+                return answer(out, result);
+            }
             Op::Get { key, .. } => key.clone(),
             Op::Watch { keys, .. } => match keys.first() {
                 Some(k) => k.clone(),
@@ -809,12 +825,18 @@ impl Shard {
                 }
             },
             // Routed by the region id alone.
-            Op::CancelWatch { .. } | Op::TransferLeader { .. } | Op::Split { .. }
+            Op::CancelWatch { .. }
+            | Op::TransferLeader { .. }
+            | Op::Split { .. }
+            | Op::ChangePeer(_)
                 if req.region_id != 0 =>
             {
                 Bytes::new()
             }
-            Op::CancelWatch { .. } | Op::TransferLeader { .. } | Op::Split { .. } => {
+            Op::CancelWatch { .. }
+            | Op::TransferLeader { .. }
+            | Op::Split { .. }
+            | Op::ChangePeer(_) => {
                 let e = WireError::new(ErrorCode::InvalidRequest, "request without a region id");
                 return answer(out, Err(e));
             }
@@ -952,7 +974,15 @@ impl Shard {
                 let cmd = corekv_engine::admin::AdminCommand::PreferLeader { node_id: to_node };
                 replicas.propose_admin(region_id, id, cmd, replies)
             }
-            Op::Routes | Op::Status | Op::Watch { .. } | Op::CancelWatch { .. } => {
+            Op::ChangePeer(change) => {
+                tracing::info!(region = region_id, ?change, "membership change requested");
+                replicas.propose_change(region_id, id, change, replies)
+            }
+            Op::Routes
+            | Op::Status
+            | Op::Watch { .. }
+            | Op::CancelWatch { .. }
+            | Op::AddNode { .. } => {
                 unreachable!("answered above")
             }
         }
@@ -1029,7 +1059,54 @@ impl Shard {
         if let Err(e) = db::write(&self.node.db, wb, false) {
             self.fatal("placement write", e);
         }
-        let mine = replicas.iter().map(|p| p.region().clone()).collect();
+        let mine = replicas
+            .iter()
+            .filter(|p| p.is_initialized())
+            .map(|p| p.region().clone())
+            .collect();
+        self.node.update_shard_regions(self.id, mine);
+    }
+
+    /// Destroys the replicas removed from their regions and shows the
+    /// router every replica whose range or members changed (a replica a
+    /// membership change added here is routed to once its snapshot is in).
+    fn follow_membership(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) {
+        let gone = match replicas.destroy_removed(replies) {
+            Ok(g) => g,
+            Err(e) => self.fatal("destroying a removed replica", e),
+        };
+        for r in &gone {
+            tracing::info!(
+                shard = self.id,
+                region = r.id,
+                "replica removed from this node"
+            );
+        }
+        if !replicas.take_layout_changed() && gone.is_empty() {
+            return;
+        }
+        let meta = db::cf(&self.node.db, corekv_engine::keys::CF_META);
+        let mut wb = rocksdb::WriteBatch::default();
+        let router = self.router();
+        let mut mine = Vec::new();
+        for p in replicas.iter().filter(|p| p.is_initialized()) {
+            if router.index_of(p.region_id()).is_none() {
+                tracing::info!(
+                    shard = self.id,
+                    region = p.region_id(),
+                    "replica added to this node"
+                );
+                wb.put_cf(
+                    meta,
+                    corekv_engine::keys::placement_key(p.region_id()),
+                    (self.id as u32).to_be_bytes(),
+                );
+            }
+            mine.push(p.region().clone());
+        }
+        if let Err(e) = db::write(&self.node.db, wb, false) {
+            self.fatal("placement write", e);
+        }
         self.node.update_shard_regions(self.id, mine);
     }
 
@@ -1147,14 +1224,17 @@ impl Shard {
         let mut local = Vec::new();
         let mut out = Outbox::default();
         for env in envs {
-            // Messages for regions not on this node are dropped.
-            if let Some(i) = router.index_of(env.region_id) {
-                let (_, owner) = router.get(i);
-                if owner == self.id {
-                    local.push(env);
-                } else {
-                    out.raft_to_shards.entry(owner).or_default().push(env);
-                }
+            // A region not (yet) routed here goes to the shard a new
+            // replica of it belongs on, which creates it if the message
+            // calls for one (see `Replicas::step`).
+            let owner = match router.index_of(env.region_id) {
+                Some(i) => router.get(i).1,
+                None => crate::bootstrap::default_shard(env.region_id, self.node.cfg.shards),
+            };
+            if owner == self.id {
+                local.push(env);
+            } else {
+                out.raft_to_shards.entry(owner).or_default().push(env);
             }
         }
         if !local.is_empty() {
@@ -1299,6 +1379,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::CancelWatch { .. } => "cancel_watch",
         Op::TransferLeader { .. } => "transfer_leader",
         Op::Split { .. } => "split",
+        Op::ChangePeer(_) => "change_peer",
+        Op::AddNode { .. } => "add_node",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",

@@ -48,7 +48,8 @@ fn ports_free(base: u16, nodes: u16) -> bool {
     })
 }
 
-/// A base port whose cluster ports are free (see `corekv dev`). Bases stay
+/// A base port whose cluster ports are free (see `corekv dev`), with room
+/// for one node added later ([`LocalCluster::add_node`]). Bases stay
 /// in 10000..31600 (ports up to base + 303), below Linux's ephemeral range
 /// (32768..), so client sockets of earlier tests never hold them.
 pub fn pick_base(nodes: u16) -> u16 {
@@ -57,7 +58,7 @@ pub fn pick_base(nodes: u16) -> u16 {
     loop {
         let n = NEXT_BASE.fetch_add(1, Ordering::SeqCst);
         let base = 10_000 + ((seed + n) % SLOTS) * 200;
-        if ports_free(base, nodes) {
+        if ports_free(base, nodes + 1) {
             return base;
         }
     }

@@ -1,10 +1,13 @@
-//! `corekv ctl`: cluster inspection and leader moves from any endpoint.
+//! `corekv ctl`: cluster inspection, leader and replica moves, membership.
 //!
 //! Every node answers a `Status` request with its status document (regions
 //! with role, indexes, sizes and rates; shards; log writer counters): `ctl`
 //! asks every node it knows of and shows the result. `transfer-leader` makes
 //! a replica its region's preferred leader and waits until it leads;
-//! `balance` evens out how many regions each node leads that way.
+//! `move-replica` moves a replica to another node (learner, catch-up, one
+//! joint change); `balance` evens out replicas per node, then how many
+//! regions each node leads; `add-node` and `remove-node` grow and drain the
+//! cluster with them.
 
 use corekv_net::message::RouteInfo;
 use corekv_net::{Client, ClientConfig};
@@ -123,8 +126,23 @@ pub fn balance(
     client.refresh()?;
     let mut nodes: Vec<u64> = client.nodes().keys().copied().collect();
     nodes.sort_unstable();
-    let plan = balance_plan(client.routes(), &nodes);
     let mut out = String::new();
+    let replicas = replica_plan(client.routes(), &nodes);
+    for m in &replicas {
+        if dry_run {
+            let _ = writeln!(
+                out,
+                "would move region {} replica: node {} -> node {}",
+                m.region_id, m.from, m.to
+            );
+            continue;
+        }
+        out.push_str(&move_replica(client, m.region_id, m.from, m.to, wait)?);
+    }
+    if !replicas.is_empty() && !dry_run {
+        client.refresh()?;
+    }
+    let plan = balance_plan(client.routes(), &nodes);
     if plan.is_empty() {
         let _ = writeln!(out, "balanced: no leader to move");
         return Ok(out);
@@ -146,6 +164,314 @@ pub fn balance(
             m.from,
             m.to,
             took.as_millis()
+        );
+    }
+    Ok(out)
+}
+
+fn route_of(client: &Client, region_id: u64) -> anyhow::Result<RouteInfo> {
+    client
+        .routes()
+        .iter()
+        .find(|r| r.region.id == region_id)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no region {region_id} (see `corekv ctl regions`)"))
+}
+
+/// Runs `step` until it succeeds, retrying what a later try may fix
+/// (catching up, leadership moving) until `wait` has passed.
+fn retry<T>(
+    wait: std::time::Duration,
+    what: &str,
+    mut step: impl FnMut() -> corekv_net::client::Result<T>,
+) -> anyhow::Result<T> {
+    let started = std::time::Instant::now();
+    loop {
+        match step() {
+            Ok(v) => return Ok(v),
+            Err(e @ corekv_net::ClientError::Invalid { .. }) => {
+                anyhow::bail!("{what}: {e}")
+            }
+            Err(e) if started.elapsed() > wait => {
+                anyhow::bail!("{what}: {e} (gave up after {wait:?})")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Moves `region_id`'s replica on node `from` to node `to`: leadership
+/// leaves `from` first if it leads, a learner on `to` receives a snapshot
+/// and the log, and once it caught up one joint change makes it a voter
+/// and takes `from` out; `from`'s replica is then destroyed. Each step
+/// waits up to `wait`. Returns a report; rerunning after a failure picks up
+/// where it stopped.
+pub fn move_replica(
+    client: &mut Client,
+    region_id: u64,
+    from: u64,
+    to: u64,
+    wait: std::time::Duration,
+) -> anyhow::Result<String> {
+    use corekv_engine::membership::PeerChange;
+    use corekv_engine::PeerRole;
+    let started = std::time::Instant::now();
+    client.refresh()?;
+    let r = route_of(client, region_id)?;
+    if r.region.peer_on_node(from).is_none() {
+        match r.region.peer_on_node(to) {
+            Some(p) if p.role == PeerRole::Voter => {
+                return Ok(format!(
+                    "region {region_id}: already on node {to} and not on node {from}\n"
+                ))
+            }
+            _ => anyhow::bail!("region {region_id} has no replica on node {from}"),
+        }
+    }
+    if r.region
+        .peer_on_node(to)
+        .is_some_and(|p| p.role == PeerRole::Voter)
+    {
+        anyhow::bail!("region {region_id} already has a voter on node {to}");
+    }
+    // Leadership (and the preference that brings it back) leaves `from`.
+    let other = r
+        .region
+        .peers
+        .iter()
+        .find(|p| p.node_id != from && p.role == PeerRole::Voter)
+        .map(|p| p.node_id)
+        .ok_or_else(|| anyhow::anyhow!("region {region_id} has no other voter to lead it"))?;
+    if r.leader_node == from || r.region.peers.first().is_some_and(|p| p.node_id == from) {
+        transfer_leader(client, region_id, other, wait)?;
+    }
+    if r.region.peer_on_node(to).is_none() {
+        retry(wait, "adding the learner", || {
+            client.change_peer(region_id, PeerChange::AddLearner { node_id: to })
+        })?;
+    }
+    let promote = PeerChange::Promote {
+        node_id: to,
+        remove_node: from,
+    };
+    match retry(wait, "promoting the learner", || {
+        client.change_peer(region_id, promote)
+    }) {
+        Ok(_) => {}
+        // Leadership came back to `from` meanwhile (an election).
+        Err(e) if e.to_string().contains("transfer leadership first") => {
+            transfer_leader(client, region_id, other, wait)?;
+            retry(wait, "promoting the learner", || {
+                client.change_peer(region_id, promote)
+            })?;
+        }
+        Err(e) => return Err(e),
+    }
+    // The joint configuration ends with the next entry.
+    loop {
+        if client.refresh().is_ok() {
+            let r = route_of(client, region_id)?;
+            let done = r.region.peer_on_node(from).is_none()
+                && r.region
+                    .peer_on_node(to)
+                    .is_some_and(|p| p.role == PeerRole::Voter);
+            if done {
+                break;
+            }
+        }
+        if started.elapsed() > wait * 3 {
+            anyhow::bail!("region {region_id}: the move to node {to} did not complete in time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(format!(
+        "moved region {region_id} replica: node {from} -> node {to} ({} ms)\n",
+        started.elapsed().as_millis()
+    ))
+}
+
+/// One replica move of a balance plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaMove {
+    /// Region.
+    pub region_id: u64,
+    /// Node whose replica leaves.
+    pub from: u64,
+    /// Node that gets it.
+    pub to: u64,
+}
+
+fn replica_counts(routes: &[RouteInfo], nodes: &[u64]) -> std::collections::BTreeMap<u64, usize> {
+    let mut count: std::collections::BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+    for r in routes {
+        for p in &r.region.peers {
+            *count.entry(p.node_id).or_default() += 1;
+        }
+    }
+    count
+}
+
+/// The replica moves that even out how many replicas each of `nodes`
+/// holds: while the fullest and emptiest differ by more than one, a region
+/// with a replica on the former and none on the latter moves one there
+/// (regions whose leader is on the fullest node last, to spare leader
+/// transfers). Nodes not in `nodes` are left alone.
+pub fn replica_plan(routes: &[RouteInfo], nodes: &[u64]) -> Vec<ReplicaMove> {
+    let mut count = replica_counts(routes, nodes);
+    count.retain(|n, _| nodes.contains(n));
+    let mut layout: Vec<(u64, u64, Vec<u64>)> = routes
+        .iter()
+        .map(|r| {
+            let on = r.region.peers.iter().map(|p| p.node_id).collect();
+            (r.region.id, r.leader_node, on)
+        })
+        .collect();
+    let mut plan = Vec::new();
+    for _ in 0..routes.len() * 3 {
+        let Some((&full, &hi)) = count
+            .iter()
+            .max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)))
+        else {
+            break;
+        };
+        let Some((&empty, &lo)) = count.iter().min_by_key(|(n, c)| (**c, **n)) else {
+            break;
+        };
+        if hi <= lo + 1 {
+            break;
+        }
+        let pick = layout
+            .iter_mut()
+            .filter(|(_, _, on)| on.contains(&full) && !on.contains(&empty))
+            .min_by_key(|(id, leader, _)| (*leader == full, *id));
+        let Some((id, _, on)) = pick else {
+            break;
+        };
+        on.retain(|n| *n != full);
+        on.push(empty);
+        plan.push(ReplicaMove {
+            region_id: *id,
+            from: full,
+            to: empty,
+        });
+        *count.get_mut(&full).unwrap() -= 1;
+        *count.get_mut(&empty).unwrap() += 1;
+    }
+    plan
+}
+
+/// Tells every node the addresses of a new node `node_id` (run before
+/// starting it with `--join`). Returns a report; fails if a node could not
+/// be told (rerun: it is idempotent).
+pub fn add_node(
+    client: &mut Client,
+    node_id: u64,
+    peer_addr: &str,
+    client_addr: &str,
+) -> anyhow::Result<String> {
+    client.refresh()?;
+    let mut told = Vec::new();
+    let mut failed = Vec::new();
+    let mut known: Vec<(u64, String)> = client
+        .nodes()
+        .iter()
+        .map(|(n, a)| (*n, a.clone()))
+        .filter(|(n, _)| *n != node_id)
+        .collect();
+    known.sort_unstable();
+    for (n, addr) in known {
+        match client.add_node_on(&addr, node_id, peer_addr, client_addr) {
+            Ok(()) => told.push(n),
+            Err(e) => failed.push(format!("node {n} ({addr}): {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "node {node_id} recorded on nodes {told:?}, not on: {}; rerun once they are up",
+            failed.join("; ")
+        );
+    }
+    Ok(format!(
+        "node {node_id} (peer {peer_addr}, client {client_addr}) recorded on nodes {told:?}; \
+         start it with --join, then `corekv ctl balance` moves replicas to it\n"
+    ))
+}
+
+/// Moves every replica off node `node_id`, each to the node with the
+/// fewest replicas that has none of that region. Refuses before moving
+/// anything if some region would have nowhere to go (it would lose a
+/// replica, and with it fault tolerance or its quorum).
+pub fn remove_node(
+    client: &mut Client,
+    node_id: u64,
+    dry_run: bool,
+    wait: std::time::Duration,
+) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    client.refresh()?;
+    let mut others: Vec<u64> = client
+        .nodes()
+        .keys()
+        .copied()
+        .filter(|n| *n != node_id)
+        .collect();
+    others.sort_unstable();
+    let routes = client.routes().to_vec();
+    let mut count = replica_counts(&routes, &others);
+    count.retain(|n, _| *n != node_id);
+    let mut plan = Vec::new();
+    for r in routes
+        .iter()
+        .filter(|r| r.region.peer_on_node(node_id).is_some())
+    {
+        // A learner left by an interrupted move is where the replica goes.
+        let learner = r
+            .region
+            .peers
+            .iter()
+            .find(|p| p.role == corekv_engine::PeerRole::Learner && p.node_id != node_id)
+            .map(|p| p.node_id);
+        let to = learner.or_else(|| {
+            count
+                .iter()
+                .filter(|(n, _)| r.region.peer_on_node(**n).is_none())
+                .min_by_key(|(n, c)| (**c, **n))
+                .map(|(n, _)| *n)
+        });
+        let Some(to) = to else {
+            anyhow::bail!(
+                "region {} has a replica on every other node: removing node {node_id} would \
+                 leave it with fewer replicas; add a node first",
+                r.region.id
+            );
+        };
+        *count.get_mut(&to).unwrap() += 1;
+        plan.push(ReplicaMove {
+            region_id: r.region.id,
+            from: node_id,
+            to,
+        });
+    }
+    let mut out = String::new();
+    if plan.is_empty() {
+        let _ = writeln!(out, "node {node_id} holds no replica: it can be stopped");
+        return Ok(out);
+    }
+    for m in &plan {
+        if dry_run {
+            let _ = writeln!(
+                out,
+                "would move region {} replica: node {} -> node {}",
+                m.region_id, m.from, m.to
+            );
+            continue;
+        }
+        out.push_str(&move_replica(client, m.region_id, m.from, m.to, wait)?);
+    }
+    if !dry_run {
+        let _ = writeln!(
+            out,
+            "node {node_id} drained: it holds no replica and can be stopped"
         );
     }
     Ok(out)
@@ -364,5 +690,27 @@ mod tests {
         let plan = balance_plan(&learners, &[1, 2, 3]);
         assert!(plan.iter().all(|m| m.to == 2), "{plan:?}");
         assert_eq!(plan.len(), 2, "4 regions end 2 on node 1, 2 on node 2");
+    }
+
+    #[test]
+    fn a_replica_plan_fills_a_new_node_and_never_doubles_a_region_on_one_node() {
+        // Eight regions on nodes 1-3, node 4 empty.
+        let routes: Vec<RouteInfo> = (1..=8).map(|i| route(i, &[1, 2, 3], None)).collect();
+        let plan = replica_plan(&routes, &[1, 2, 3, 4]);
+        assert_eq!(plan.len(), 6, "{plan:?}");
+        assert!(plan.iter().all(|m| m.to == 4));
+        let mut regions: Vec<u64> = plan.iter().map(|m| m.region_id).collect();
+        regions.sort_unstable();
+        regions.dedup();
+        assert_eq!(regions.len(), 6, "one replica per region on node 4");
+        let mut count = replica_counts(&routes, &[1, 2, 3, 4]);
+        for m in &plan {
+            *count.get_mut(&m.from).unwrap() -= 1;
+            *count.get_mut(&m.to).unwrap() += 1;
+        }
+        assert!(count.values().all(|c| *c == 6), "{count:?}");
+        // Balanced: nothing to move; three nodes of three-replica regions
+        // cannot be unbalanced.
+        assert!(replica_plan(&routes, &[1, 2, 3]).is_empty());
     }
 }

@@ -48,6 +48,8 @@ pub struct DevNode {
     pub metrics_addr: Option<String>,
     /// Its data directory.
     pub dir: PathBuf,
+    /// Started with `--join` (added to a running cluster).
+    pub join: bool,
     child: Option<Child>,
 }
 
@@ -95,6 +97,7 @@ impl LocalCluster {
                     .metrics
                     .then(|| format!("127.0.0.1:{}", opts.base_port + 300 + i as u16)),
                 dir: opts.data_dir.join(format!("node-{i}")),
+                join: false,
                 child: None,
             });
         }
@@ -153,6 +156,9 @@ impl LocalCluster {
         if self.opts.fault_files {
             cmd.arg("--fault-file").arg(n.dir.join("faults"));
         }
+        if n.join {
+            cmd.arg("--join");
+        }
         if let Some(m) = &n.metrics_addr {
             cmd.arg("--metrics-listen").arg(m);
         }
@@ -174,6 +180,27 @@ impl LocalCluster {
         })?;
         n.child = Some(child);
         Ok(())
+    }
+
+    /// Adds node `nodes.len() + 1` (same port layout) without starting it;
+    /// it will start with `--join`. Returns its index. Tell the cluster
+    /// first (`corekv ctl add-node`, [`crate::ctl::add_node`]).
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len() as u64 + 1;
+        let base = self.opts.base_port;
+        self.nodes.push(DevNode {
+            id: i,
+            client_addr: format!("127.0.0.1:{}", base + i as u16),
+            peer_addr: format!("127.0.0.1:{}", base + 100 + i as u16),
+            metrics_addr: self
+                .opts
+                .metrics
+                .then(|| format!("127.0.0.1:{}", base + 300 + i as u16)),
+            dir: self.opts.data_dir.join(format!("node-{i}")),
+            join: true,
+            child: None,
+        });
+        self.nodes.len() - 1
     }
 
     /// Writes the fault rules of node `index` (see `corekv_net::faults`);
@@ -274,13 +301,21 @@ impl LocalCluster {
                     tail(&self.nodes[id as usize - 1].dir.join("server.log"), 20)
                 );
             }
-            let running: Vec<String> = self
+            // A node that joined may hold no region yet: it only has to answer.
+            let running: Vec<(String, bool)> = self
                 .nodes
                 .iter()
                 .filter(|n| n.child.is_some())
-                .map(|n| n.client_addr.clone())
+                .map(|n| (n.client_addr.clone(), n.join))
                 .collect();
-            if running.iter().all(|a| node_sees_all_leaders(a)) {
+            let ready = |(a, join): &(String, bool)| {
+                if *join {
+                    node_answers(a)
+                } else {
+                    node_sees_all_leaders(a)
+                }
+            };
+            if running.iter().all(ready) {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
@@ -323,6 +358,14 @@ pub fn node_sees_all_leaders(addr: &str) -> bool {
         return false;
     };
     !client.routes().is_empty() && client.routes().iter().all(|r| r.leader_node != 0)
+}
+
+/// True when the node at `addr` answers a routes request.
+pub fn node_answers(addr: &str) -> bool {
+    let mut cfg = ClientConfig::new(vec![addr.to_string()]);
+    cfg.request_timeout = Duration::from_millis(500);
+    cfg.attempts_max = 1;
+    Client::connect(cfg).is_ok()
 }
 
 /// The last `lines` lines of a file.

@@ -364,13 +364,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 12;
+        pub const ENUM_MAX_OP: u8 = 14;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 13] = [
+        pub const ENUM_VALUES_OP: [Op; 15] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -384,6 +384,8 @@ pub mod corekv {
             Op::CancelWatch,
             Op::TransferLeader,
             Op::Split,
+            Op::ChangePeer,
+            Op::AddNode,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -404,9 +406,11 @@ pub mod corekv {
             pub const CancelWatch: Self = Self(10);
             pub const TransferLeader: Self = Self(11);
             pub const Split: Self = Self(12);
+            pub const ChangePeer: Self = Self(13);
+            pub const AddNode: Self = Self(14);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 12;
+            pub const ENUM_MAX: u8 = 14;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -421,6 +425,8 @@ pub mod corekv {
                 Self::CancelWatch,
                 Self::TransferLeader,
                 Self::Split,
+                Self::ChangePeer,
+                Self::AddNode,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -438,6 +444,8 @@ pub mod corekv {
                     Self::CancelWatch => Some("CancelWatch"),
                     Self::TransferLeader => Some("TransferLeader"),
                     Self::Split => Some("Split"),
+                    Self::ChangePeer => Some("ChangePeer"),
+                    Self::AddNode => Some("AddNode"),
                     _ => None,
                 }
             }
@@ -3410,6 +3418,318 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum ChangePeerOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct ChangePeer<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ChangePeer<'a> {
+            type Inner = ChangePeer<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ChangePeer<'a> {
+            pub const VT_KIND: ::flatbuffers::VOffsetT = 4;
+            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_REMOVE_NODE: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ChangePeer { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ChangePeerArgs,
+            ) -> ::flatbuffers::WIPOffset<ChangePeer<'bldr>> {
+                let mut builder = ChangePeerBuilder::new(_fbb);
+                builder.add_remove_node(args.remove_node);
+                builder.add_node_id(args.node_id);
+                builder.add_kind(args.kind);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn kind(&self) -> u8 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u8>(ChangePeer::VT_KIND, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn node_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ChangePeer::VT_NODE_ID, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn remove_node(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ChangePeer::VT_REMOVE_NODE, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ChangePeer<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u8>("kind", Self::VT_KIND, false)?
+                    .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+                    .visit_field::<u64>("remove_node", Self::VT_REMOVE_NODE, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ChangePeerArgs {
+            pub kind: u8,
+            pub node_id: u64,
+            pub remove_node: u64,
+        }
+        impl<'a> Default for ChangePeerArgs {
+            #[inline]
+            fn default() -> Self {
+                ChangePeerArgs {
+                    kind: 0,
+                    node_id: 0,
+                    remove_node: 0,
+                }
+            }
+        }
+
+        pub struct ChangePeerBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChangePeerBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_kind(&mut self, kind: u8) {
+                self.fbb_.push_slot::<u8>(ChangePeer::VT_KIND, kind, 0);
+            }
+            #[inline]
+            pub fn add_node_id(&mut self, node_id: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ChangePeer::VT_NODE_ID, node_id, 0);
+            }
+            #[inline]
+            pub fn add_remove_node(&mut self, remove_node: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ChangePeer::VT_REMOVE_NODE, remove_node, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ChangePeerBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ChangePeerBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ChangePeer<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ChangePeer<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ChangePeer");
+                ds.field("kind", &self.kind());
+                ds.field("node_id", &self.node_id());
+                ds.field("remove_node", &self.remove_node());
+                ds.finish()
+            }
+        }
+        pub enum AddNodeOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct AddNode<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for AddNode<'a> {
+            type Inner = AddNode<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> AddNode<'a> {
+            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PEER_ADDR: ::flatbuffers::VOffsetT = 6;
+            pub const VT_CLIENT_ADDR: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                AddNode { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args AddNodeArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<AddNode<'bldr>> {
+                let mut builder = AddNodeBuilder::new(_fbb);
+                builder.add_node_id(args.node_id);
+                if let Some(x) = args.client_addr {
+                    builder.add_client_addr(x);
+                }
+                if let Some(x) = args.peer_addr {
+                    builder.add_peer_addr(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn node_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(AddNode::VT_NODE_ID, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn peer_addr(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(AddNode::VT_PEER_ADDR, None)
+                }
+            }
+            #[inline]
+            pub fn client_addr(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(AddNode::VT_CLIENT_ADDR, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for AddNode<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "peer_addr",
+                        Self::VT_PEER_ADDR,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "client_addr",
+                        Self::VT_CLIENT_ADDR,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct AddNodeArgs<'a> {
+            pub node_id: u64,
+            pub peer_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub client_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for AddNodeArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                AddNodeArgs {
+                    node_id: 0,
+                    peer_addr: None,
+                    client_addr: None,
+                }
+            }
+        }
+
+        pub struct AddNodeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddNodeBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_node_id(&mut self, node_id: u64) {
+                self.fbb_.push_slot::<u64>(AddNode::VT_NODE_ID, node_id, 0);
+            }
+            #[inline]
+            pub fn add_peer_addr(&mut self, peer_addr: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    AddNode::VT_PEER_ADDR,
+                    peer_addr,
+                );
+            }
+            #[inline]
+            pub fn add_client_addr(&mut self, client_addr: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    AddNode::VT_CLIENT_ADDR,
+                    client_addr,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> AddNodeBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                AddNodeBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<AddNode<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for AddNode<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("AddNode");
+                ds.field("node_id", &self.node_id());
+                ds.field("peer_addr", &self.peer_addr());
+                ds.field("client_addr", &self.client_addr());
+                ds.finish()
+            }
+        }
         pub enum RoutesOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -3877,6 +4197,36 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_change_peer(&self) -> Option<ChangePeer<'a>> {
+                if self.op_type() == Op::ChangePeer {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { ChangePeer::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_add_node(&self) -> Option<AddNode<'a>> {
+                if self.op_type() == Op::AddNode {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { AddNode::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3903,6 +4253,8 @@ pub mod corekv {
           Op::CancelWatch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CancelWatch>>("Op::CancelWatch", pos),
           Op::TransferLeader => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeader>>("Op::TransferLeader", pos),
           Op::Split => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Split>>("Op::Split", pos),
+          Op::ChangePeer => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangePeer>>("Op::ChangePeer", pos),
+          Op::AddNode => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddNode>>("Op::AddNode", pos),
           _ => Ok(()),
         }
      })?
@@ -4111,6 +4463,26 @@ pub mod corekv {
                     }
                     Op::Split => {
                         if let Some(x) = self.op_as_split() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::ChangePeer => {
+                        if let Some(x) = self.op_as_change_peer() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::AddNode => {
+                        if let Some(x) = self.op_as_add_node() {
                             ds.field("op", &x)
                         } else {
                             ds.field(

@@ -164,7 +164,45 @@ enum CtlCmd {
         #[arg(long, default_value_t = 10_000)]
         wait_ms: u64,
     },
-    /// Even out how many regions each node leads: moves leaders (as
+    /// Move a region's replica from node FROM to node TO: a learner on TO
+    /// catches up, then one joint change makes it a voter and takes FROM's
+    /// replica out (leadership leaves FROM first if it leads).
+    MoveReplica {
+        /// Region id (see `ctl regions`).
+        region: u64,
+        /// Node whose replica leaves.
+        from: u64,
+        /// Node that gets it.
+        to: u64,
+        /// How long to wait for each step, ms.
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
+    },
+    /// Tell every node about a new node (then start it with `--join` and
+    /// run `ctl balance`).
+    AddNode {
+        /// New node id (1..=65535, unused).
+        id: u64,
+        /// Its raft address, HOST:PORT (its --peer-listen).
+        peer_addr: String,
+        /// Its client address, HOST:PORT (its --client-listen).
+        client_addr: String,
+    },
+    /// Drain a node: move every replica on it to the other nodes (its
+    /// leaders first move away). Refuses if a region would have nowhere to
+    /// go. The node can be stopped afterwards.
+    RemoveNode {
+        /// Node id.
+        id: u64,
+        /// Show the plan, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for each step, ms.
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
+    },
+    /// Even out how many replicas each node holds (replica moves), then how
+    /// many regions each node leads: moves leaders (as
     /// transfer-leader does) from the busiest node to the least busy ones,
     /// one at a time.
     Balance {
@@ -366,6 +404,46 @@ fn main() -> ExitCode {
         });
     }
     if let Cmd::Ctl {
+        cmd:
+            CtlCmd::MoveReplica {
+                region,
+                from,
+                to,
+                wait_ms,
+            },
+    } = &cli.cmd
+    {
+        return ctl_text(endpoints, cli.timeout_ms, |c| {
+            corekv_tools::ctl::move_replica(c, *region, *from, *to, Duration::from_millis(*wait_ms))
+        });
+    }
+    if let Cmd::Ctl {
+        cmd:
+            CtlCmd::AddNode {
+                id,
+                peer_addr,
+                client_addr,
+            },
+    } = &cli.cmd
+    {
+        return ctl_text(endpoints, cli.timeout_ms, |c| {
+            corekv_tools::ctl::add_node(c, *id, peer_addr, client_addr)
+        });
+    }
+    if let Cmd::Ctl {
+        cmd:
+            CtlCmd::RemoveNode {
+                id,
+                dry_run,
+                wait_ms,
+            },
+    } = &cli.cmd
+    {
+        return ctl_text(endpoints, cli.timeout_ms, |c| {
+            corekv_tools::ctl::remove_node(c, *id, *dry_run, Duration::from_millis(*wait_ms))
+        });
+    }
+    if let Cmd::Ctl {
         cmd: CtlCmd::Split { region, at },
     } = &cli.cmd
     {
@@ -390,7 +468,12 @@ fn main() -> ExitCode {
                     corekv_tools::ctl::regions_table(&rows)
                 }
             }
-            CtlCmd::TransferLeader { .. } | CtlCmd::Split { .. } | CtlCmd::Balance { .. } => {
+            CtlCmd::TransferLeader { .. }
+            | CtlCmd::Split { .. }
+            | CtlCmd::Balance { .. }
+            | CtlCmd::MoveReplica { .. }
+            | CtlCmd::AddNode { .. }
+            | CtlCmd::RemoveNode { .. } => {
                 unreachable!("handled above")
             }
         };

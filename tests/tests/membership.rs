@@ -1,0 +1,233 @@
+//! Membership on a real cluster: a fourth node joins and receives replicas
+//! (`ctl add-node`, `--join`, `ctl balance`), a node is drained
+//! (`ctl remove-node`) with the move target killed in the middle, and every
+//! key's history stays linearizable throughout.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corekv_engine::{Consistency, PeerRole};
+use corekv_net::message::RouteInfo;
+use corekv_net::{Client, PutOptions};
+use corekv_tests::checker::{check_key, Input, Operation, Output, Verdict};
+use corekv_tests::TestCluster;
+use corekv_tools::ctl;
+
+fn replicas_per_node(routes: &[RouteInfo]) -> BTreeMap<u64, usize> {
+    let mut m = BTreeMap::new();
+    for r in routes {
+        for p in &r.region.peers {
+            *m.entry(p.node_id).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// Every region has exactly three voters and no learner.
+fn assert_three_voters(routes: &[RouteInfo]) {
+    for r in routes {
+        let voters = r
+            .region
+            .peers
+            .iter()
+            .filter(|p| p.role == PeerRole::Voter)
+            .count();
+        assert_eq!(
+            (voters, r.region.peers.len()),
+            (3, 3),
+            "region {} has {:?}",
+            r.region.id,
+            r.region.peers
+        );
+    }
+}
+
+/// Paced puts and linearizable gets over `keys` from `threads` clients
+/// until `stop`; returns every operation with its outcome.
+fn load(
+    t: &TestCluster,
+    keys: &[String],
+    threads: u64,
+    stop: &Arc<AtomicBool>,
+    started: Instant,
+) -> Vec<std::thread::JoinHandle<Vec<Operation>>> {
+    (0..threads)
+        .map(|w| {
+            let (mut c, keys, stop) = (t.client(), keys.to_vec(), stop.clone());
+            std::thread::spawn(move || {
+                let now = || started.elapsed().as_micros() as u64;
+                let mut ops = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    let key = keys[(i as usize * 7 + w as usize) % keys.len()].clone();
+                    let call = now();
+                    let (input, output) = if i.is_multiple_of(2) {
+                        let value = format!("w{w}-{i}");
+                        let r = c.put(key.as_bytes(), value.as_bytes(), PutOptions::default());
+                        (Input::Put(value), r.ok().map(|_| Output::Written))
+                    } else {
+                        match c.get(key.as_bytes(), Consistency::Linearizable) {
+                            Ok(v) => (
+                                Input::Get,
+                                Some(Output::Value(
+                                    v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+                                )),
+                            ),
+                            Err(_) => {
+                                i += 1;
+                                continue;
+                            }
+                        }
+                    };
+                    let ret = output.as_ref().map(|_| now());
+                    ops.push(Operation {
+                        client: w + 1,
+                        key,
+                        call,
+                        ret,
+                        input,
+                        output,
+                    });
+                    i += 1;
+                }
+                ops
+            })
+        })
+        .collect()
+}
+
+fn routes(c: &mut Client) -> Vec<RouteInfo> {
+    c.refresh().unwrap();
+    c.routes().to_vec()
+}
+
+#[test]
+fn a_joining_node_receives_replicas_and_a_drained_node_gives_them_all_up() {
+    let mut t = TestCluster::start(3, 1, &[]);
+    let keys: Vec<String> = (0..32).map(|i| format!("m-{i}")).collect();
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(&t, &keys, 3, &stop, started);
+    let mut admin = t.client();
+
+    // Node 4 joins.
+    let idx = t.cluster.add_node();
+    let (peer, client_addr) = (
+        t.cluster.nodes[idx].peer_addr.clone(),
+        t.cluster.nodes[idx].client_addr.clone(),
+    );
+    let told = ctl::add_node(&mut admin, 4, &peer, &client_addr).unwrap();
+    eprintln!("{told}");
+    t.cluster.start_node(idx).unwrap();
+    t.must_be_ready(Duration::from_secs(30));
+    let before = replicas_per_node(&routes(&mut admin));
+    assert_eq!(before.get(&4), None, "a joining node starts empty");
+
+    // Balance moves replicas to it: 24 replicas over 4 nodes.
+    let moved_at = Instant::now();
+    let report = ctl::balance(&mut admin, false, Duration::from_secs(30)).unwrap();
+    eprintln!("{report}balanced in {:?}", moved_at.elapsed());
+    let after = routes(&mut admin);
+    assert_three_voters(&after);
+    let counts = replicas_per_node(&after);
+    assert_eq!(counts.values().sum::<usize>(), 24);
+    assert_eq!(counts.get(&4), Some(&6), "replicas per node: {counts:?}");
+    assert!(
+        counts.values().all(|c| *c == 6),
+        "replicas per node: {counts:?}"
+    );
+    // A second plan is empty.
+    let again = ctl::balance(&mut admin, true, Duration::from_secs(1)).unwrap();
+    assert!(!again.contains("replica:"), "{again}");
+
+    // Drain node 3; node 4, a target of the drain, is killed a moment in
+    // and comes back; the drain is run again until it completes.
+    let endpoints = t.endpoints();
+    let drain = std::thread::spawn(move || {
+        let mut c = Client::connect(corekv_net::ClientConfig::new(endpoints)).unwrap();
+        ctl::remove_node(&mut c, 3, false, Duration::from_secs(4)).map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    t.cluster.kill(idx);
+    let first = drain.join().unwrap();
+    eprintln!("drain with node 4 killed: {first:?}");
+    t.cluster.start_node(idx).unwrap();
+    t.must_be_ready(Duration::from_secs(30));
+    let mut done = None;
+    for _ in 0..3 {
+        match ctl::remove_node(&mut admin, 3, false, Duration::from_secs(30)) {
+            Ok(r) => {
+                done = Some(r);
+                break;
+            }
+            Err(e) => eprintln!("drain again: {e:#}"),
+        }
+    }
+    let report = done.expect("node 3 was never drained");
+    eprintln!("{report}");
+    let drained = routes(&mut admin);
+    assert_three_voters(&drained);
+    let counts = replicas_per_node(&drained);
+    assert_eq!(
+        counts.get(&3),
+        None,
+        "node 3 still holds replicas: {counts:?}"
+    );
+    assert_eq!(counts.values().sum::<usize>(), 24);
+    // Node 3 destroyed its replicas: it answers with no region.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let own = t.client_of(2).routes().len();
+        if own == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 still routes {own} regions"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Node 3 stops; the cluster serves on.
+    t.cluster.stop_node(2, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Release);
+    let mut ops: Vec<Operation> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let mut c = t.client();
+    for k in &keys {
+        let call = started.elapsed().as_micros() as u64;
+        let v = c.get(k.as_bytes(), Consistency::Linearizable).unwrap();
+        ops.push(Operation {
+            client: 99,
+            key: k.clone(),
+            call,
+            ret: Some(started.elapsed().as_micros() as u64),
+            input: Input::Get,
+            output: Some(Output::Value(
+                v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+            )),
+        });
+    }
+    let writes = ops
+        .iter()
+        .filter(|o| o.output == Some(Output::Written))
+        .count();
+    assert!(writes > 100, "only {writes} writes acknowledged");
+    for k in &keys {
+        let mine: Vec<Operation> = ops.iter().filter(|o| &o.key == k).cloned().collect();
+        match check_key(&mine) {
+            Verdict::Linearizable => {}
+            other => panic!("key {k}: {other:?}"),
+        }
+    }
+    eprintln!(
+        "{} operations, {writes} acknowledged writes, every key linearizable",
+        ops.len()
+    );
+}
