@@ -1337,8 +1337,14 @@ impl Peer {
     ) {
         let (index, term) = at;
         let (kept, new) = admin::split_regions(&self.region, split_hash, new_region_id, new_peers);
-        if new.peer_on_node(self.node_id).is_some() {
+        // A replica of the new region already stored here (it came by
+        // snapshot once this replica's range no longer covered it) stays.
+        let stored = matches!(load_region_state(db, new.id), Ok(Some(_)));
+        if new.peer_on_node(self.node_id).is_some() && !stored {
             RegionStorage::write_initial(&new, index, term, db, &mut apply.inner);
+            // A replica of it created here by the new leader's messages may
+            // have voted in a later term: that vote stands.
+            RegionStorage::keep_newer_hard_state(db, new.id, index, term, &mut apply.inner);
             let meta = cf(db, CF_META);
             // A write retried after the split, now routed to the new region,
             // is still recognised.

@@ -187,6 +187,18 @@ pub fn destroy_stale_replicas(db: &Db, node_id: u64) -> Result<Vec<u64>> {
     Ok(gone)
 }
 
+/// True when two regions' hash ranges share a hash.
+fn ranges_overlap(a: &Region, b: &Region) -> bool {
+    let end = |r: &Region| {
+        if r.end_hash == 0 {
+            1u128 << 64
+        } else {
+            u128::from(r.end_hash)
+        }
+    };
+    u128::from(a.start_hash) < end(b) && u128::from(b.start_hash) < end(a)
+}
+
 /// The highest replica id of `region_id` destroyed on this node, if any.
 fn tombstone(db: &Db, region_id: u64) -> Result<Option<u64>> {
     let v = db.get_cf(
@@ -313,6 +325,13 @@ impl Replicas {
             }
             return Ok(());
         }
+        let uninitialized = self
+            .peers
+            .get(&env.region_id)
+            .is_none_or(|p| !p.is_initialized());
+        if uninitialized && self.overlaps_local(&env) {
+            return Ok(());
+        }
         if let Some(p) = self.peers.get_mut(&env.region_id) {
             let from = env.message.from;
             if p.is_initialized() && from != 0 && p.region().peer(from).is_none() {
@@ -357,6 +376,29 @@ impl Replicas {
         peer.step(env.message, replies)?;
         self.peers.insert(env.region_id, peer);
         Ok(())
+    }
+
+    /// True when `env` is a snapshot whose range overlaps another region
+    /// this node holds. A replica that has not applied a split yet still
+    /// covers the new region's range; installing the new region's snapshot
+    /// first would let the old region's later entries overwrite newer data
+    /// there, so it waits (the leader sends the snapshot again) until the
+    /// split is applied here or this node's replica is replaced by a
+    /// snapshot of its own.
+    fn overlaps_local(&self, env: &RaftEnvelope) -> bool {
+        if env.message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+            return false;
+        }
+        let Ok(incoming) =
+            crate::snapshot::SnapshotData::region_of(&env.message.get_snapshot().data)
+        else {
+            return true;
+        };
+        self.peers.values().any(|p| {
+            p.is_initialized()
+                && p.region_id() != incoming.id
+                && ranges_overlap(p.region(), &incoming)
+        })
     }
 
     /// Destroys the replicas that learnt they were removed; call once the

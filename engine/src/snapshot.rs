@@ -49,6 +49,13 @@ impl SnapshotData {
         e.finish()
     }
 
+    /// The region a payload is for, without decoding its data.
+    pub fn region_of(buf: &[u8]) -> Result<Region> {
+        let mut d = Decoder::new(buf, "snapshot");
+        d.version(SNAPSHOT_FORMAT)?;
+        Region::decode_from(&mut d)
+    }
+
     /// Decodes and checks a payload: every key must be inside the region.
     pub fn decode(buf: &[u8]) -> Result<SnapshotData> {
         let mut d = Decoder::new(buf, "snapshot");

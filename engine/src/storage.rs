@@ -103,6 +103,34 @@ impl RegionStorage {
         batch.put_cf(meta_cf, keys::region_state_key(region.id), local.encode());
     }
 
+    /// After [`RegionStorage::write_initial`] of a region a split makes at
+    /// `index` of `term`: if this node already stored a hard state of it
+    /// from a later term (a replica its leader's messages created here
+    /// before the split was applied), that term and vote are kept.
+    pub fn keep_newer_hard_state(
+        db: &Db,
+        region_id: u64,
+        index: u64,
+        term: u64,
+        batch: &mut rocksdb::WriteBatch,
+    ) {
+        let raft_cf = cf(db, CF_RAFT);
+        let Ok(Some(b)) = db.get_cf(raft_cf, keys::hard_state_key(region_id)) else {
+            return;
+        };
+        let Ok(mut hs) = HardState::parse_from_bytes(&b) else {
+            return;
+        };
+        if hs.term > term {
+            hs.commit = hs.commit.max(index);
+            batch.put_cf(
+                raft_cf,
+                keys::hard_state_key(region_id),
+                hs.write_to_bytes().expect("hard state encodes"),
+            );
+        }
+    }
+
     /// Loads the storage of `region_id` from disk.
     pub fn open(db: Db, region_id: u64, cache_entries: usize) -> Result<RegionStorage> {
         let raft_cf = cf(&db, CF_RAFT);

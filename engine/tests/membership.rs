@@ -198,3 +198,81 @@ fn changes_that_would_break_the_region_are_refused() {
         Some(Err(Error::NotLeader { .. }))
     ));
 }
+
+#[test]
+fn a_replica_that_missed_a_split_gets_the_new_region_once_its_own_range_shrinks() {
+    use corekv_engine::admin::{split_peers, AdminCommand};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = SimCluster::new(
+        dir.path(),
+        SimOptions {
+            nodes: 3,
+            spare_nodes: 0,
+            regions: 1,
+            seed: 21,
+            config: Config {
+                log_compact_entries: 100,
+                log_retain_entries: 20,
+                ..Config::default()
+            },
+        },
+    )
+    .unwrap();
+    let l = leader(&mut c);
+    let lagging = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
+    for i in 0..50 {
+        must_put(&mut c, &format!("k{i}"), "before");
+    }
+    c.run_ms(300).unwrap();
+    c.net.filters.isolated.insert(lagging);
+    let region = c.region_meta(l, 1).unwrap();
+    let split = AdminCommand::Split {
+        split_hash: 1 << 63,
+        new_region_id: 77,
+        new_peers: split_peers(&region, 77),
+    };
+    let id = c.propose_admin(l, 1, split);
+    assert!(c.wait(id, 3000).unwrap().unwrap().result.is_ok());
+    // Enough writes to both halves that the lagging replica can only catch
+    // up on region 1 by a snapshot (the log from the split is kept for 4 ×
+    // 100 entries).
+    for i in 0..1200 {
+        must_put(&mut c, &format!("k{i}"), &format!("after-{i}"));
+    }
+    assert!(!c.has_replica(lagging, 77));
+    // Region 77 reaches the lagging node first: its replica there is
+    // created, but its snapshot must wait while region 1 there still
+    // covers its range (installing it first would let region 1's snapshot
+    // or entries overwrite region 77's newer data).
+    c.net.filters.blocked_regions.insert((1, lagging));
+    c.net.filters.isolated.remove(&lagging);
+    c.run_ms(2000).unwrap();
+    assert!(
+        c.has_replica(lagging, 77),
+        "created by its leader's messages"
+    );
+    assert!(
+        c.region_meta(lagging, 77)
+            .is_some_and(|r| r.epoch.version == 0),
+        "region 77's snapshot was installed over region 1's range"
+    );
+    c.net.filters.blocked_regions.clear();
+    let caught_up = c
+        .run_until(20_000, |c| {
+            c.region_meta(lagging, 77)
+                .is_some_and(|r| r.end_hash == 0 && r.start_hash == 1 << 63)
+                && c.dump_data(lagging).ok() == c.dump_data(l).ok()
+        })
+        .unwrap();
+    assert!(
+        caught_up,
+        "the lagging replica never got region 77 and every key"
+    );
+    let kept = c.region_meta(lagging, 1).unwrap();
+    assert_eq!(kept.end_hash, 1 << 63);
+    assert!(
+        c.peer_counters(lagging, 1).unwrap().snapshots_applied > 0,
+        "region 1 was caught up by snapshot, not by applying the split"
+    );
+    assert_eq!(c.dump_data(lagging).unwrap().len(), 1200);
+}

@@ -12,7 +12,10 @@
 //! - `one-way`: a node's messages to the others are lost, theirs still arrive;
 //! - `cut-link`: the link between two nodes is cut both ways;
 //! - `loss`: every node loses 30% of its outgoing raft frames;
-//! - `delay`: every node holds its outgoing raft frames 40 ms.
+//! - `delay`: every node holds its outgoing raft frames 40 ms;
+//! - `split` (not a default): a region splits at the middle of its range;
+//! - `move` (not a default; needs `--nodes 4` or more): a region's replica
+//!   moves to a node without one (learner, catch-up, joint change).
 //!
 //! Network faults use the raft transport's fault filter (`--fault-file`,
 //! see `corekv_net::faults`): the runner rewrites each node's fault file and
@@ -65,12 +68,14 @@ pub enum FaultKind {
     /// A region splits at the middle of its range (not undone: the layout
     /// keeps changing through the run).
     Split,
+    /// A region's replica moves to a node that has none (not undone).
+    Move,
 }
 
 impl FaultKind {
-    /// Every kind (`split` is not among the defaults, see
+    /// Every kind (`split` and `move` are not among the defaults, see
     /// docs/reliability.md).
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Isolate,
@@ -79,6 +84,7 @@ impl FaultKind {
         FaultKind::Loss,
         FaultKind::Delay,
         FaultKind::Split,
+        FaultKind::Move,
     ];
 
     /// Its name on the command line.
@@ -92,10 +98,12 @@ impl FaultKind {
             FaultKind::Loss => "loss",
             FaultKind::Delay => "delay",
             FaultKind::Split => "split",
+            FaultKind::Move => "move",
         }
     }
 
-    /// The kinds a run injects unless told otherwise: all but `split`.
+    /// The kinds a run injects unless told otherwise: all but `split` and
+    /// `move`.
     pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(7).0;
 
     /// Parses a name.
@@ -358,6 +366,10 @@ impl Shared {
 /// Runs the cluster, clients and faults, then checks the history.
 pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.nodes >= 3, "--nodes must be at least 3");
+    anyhow::ensure!(
+        opts.nodes >= 4 || !opts.faults.contains(&FaultKind::Move),
+        "the move fault needs --nodes 4 or more (with 3, every node holds every region)"
+    );
     anyhow::ensure!(
         opts.clients >= 1 && opts.keys >= 1,
         "--clients and --keys must be at least 1"
@@ -814,13 +826,33 @@ fn inject(
             }
             "raft frames delayed 40 ms".to_string()
         }
+        FaultKind::Move => {
+            let mut cfg = ClientConfig::new(cluster_endpoints(cluster));
+            cfg.request_timeout = Duration::from_secs(2);
+            match Client::connect(cfg) {
+                Ok(mut c) => {
+                    let routes = c.routes().to_vec();
+                    let r = &routes[choice % routes.len()].region;
+                    // From the victim if it holds a replica, to a node
+                    // without one.
+                    let from = r
+                        .peer_on_node(id(victim))
+                        .or_else(|| r.peers.get(choice % r.peers.len()))
+                        .map_or(0, |p| p.node_id);
+                    let to = ids.iter().copied().find(|n| r.peer_on_node(*n).is_none());
+                    match to {
+                        Some(to) => match crate::ctl_move(&mut c, r.id, from, to) {
+                            Ok(report) => report.trim().to_string(),
+                            Err(e) => format!("region {} move {from} -> {to}: {e:#}", r.id),
+                        },
+                        None => format!("region {}: a replica on every node", r.id),
+                    }
+                }
+                Err(e) => format!("move: no node answered: {e}"),
+            }
+        }
         FaultKind::Split => {
-            let endpoints: Vec<String> = cluster
-                .nodes
-                .iter()
-                .map(|n| n.client_addr.clone())
-                .collect();
-            let mut cfg = ClientConfig::new(endpoints);
+            let mut cfg = ClientConfig::new(cluster_endpoints(cluster));
             cfg.request_timeout = Duration::from_secs(2);
             match Client::connect(cfg) {
                 Ok(mut c) => {
@@ -835,6 +867,14 @@ fn inject(
             }
         }
     })
+}
+
+fn cluster_endpoints(cluster: &LocalCluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| n.client_addr.clone())
+        .collect()
 }
 
 fn heal(cluster: &mut LocalCluster, base: &[String]) -> anyhow::Result<()> {

@@ -48,6 +48,12 @@ fn ports_free(base: u16, nodes: u16) -> bool {
     })
 }
 
+/// Moves `region`'s replica from node `from` to node `to` (`corekv ctl
+/// move-replica`), each step waiting up to 5 s.
+pub fn ctl_move(c: &mut Client, region: u64, from: u64, to: u64) -> anyhow::Result<String> {
+    corekv_tools::ctl::move_replica(c, region, from, to, Duration::from_secs(5))
+}
+
 /// A base port whose cluster ports are free (see `corekv dev`), with room
 /// for one node added later ([`LocalCluster::add_node`]). Bases stay
 /// in 10000..31600 (ports up to base + 303), below Linux's ephemeral range

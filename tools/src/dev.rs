@@ -368,11 +368,18 @@ pub fn node_answers(addr: &str) -> bool {
     Client::connect(cfg).is_ok()
 }
 
-/// The last `lines` lines of a file.
+/// The last `lines` lines of a file, after the first panic message in it
+/// (a panic's backtrace would push its message out of the tail).
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let v: Vec<&str> = text.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
+    let last = v[v.len().saturating_sub(lines)..].join("\n");
+    match v.iter().position(|l| l.contains("panicked at")) {
+        Some(p) if p + 3 < v.len().saturating_sub(lines) => {
+            format!("{}\n...\n{last}", v[p..p + 3].join("\n"))
+        }
+        _ => last,
+    }
 }
 
 /// Runs `corekv dev` in the foreground: start, print `ready endpoints=...`,

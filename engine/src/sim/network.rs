@@ -20,6 +20,8 @@ pub struct Filters {
     pub isolated: HashSet<u64>,
     /// Directed links (from, to) that lose every message.
     pub blocked: HashSet<(u64, u64)>,
+    /// (region, node): messages of that region to that node are lost.
+    pub blocked_regions: HashSet<(u64, u64)>,
 }
 
 impl Filters {
@@ -63,6 +65,10 @@ impl SimNetwork {
     /// Sends `env` at time `now_ms`, subject to the filters.
     pub fn send(&mut self, env: RaftEnvelope, now_ms: u64, rng: &mut SmallRng) {
         if !self.filters.connected(env.from_node, env.to_node)
+            || self
+                .filters
+                .blocked_regions
+                .contains(&(env.region_id, env.to_node))
             || (self.filters.drop_rate > 0.0 && rng.gen_bool(self.filters.drop_rate.min(1.0)))
         {
             self.dropped += 1;

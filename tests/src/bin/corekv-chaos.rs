@@ -28,7 +28,8 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     key_rotation: u64,
     /// Faults to inject, comma-separated: kill, pause, isolate, one-way,
-    /// cut-link, loss, delay, split (not by default); `none` for none.
+    /// cut-link, loss, delay, split and move (these two not by default;
+    /// move needs --nodes 4 or more); `none` for none.
     #[arg(long, default_value = "kill,pause,isolate,one-way,cut-link,loss,delay")]
     faults: String,
     /// Nodes.
