@@ -40,6 +40,7 @@ const META_SESSION: u8 = 0x05;
 const META_SPLIT: u8 = 0x06;
 const META_TOMBSTONE: u8 = 0x07;
 const META_NODE: u8 = 0x08;
+const META_ORIGIN: u8 = 0x09;
 const HISTORY_RECORD: u8 = 0x01;
 const HISTORY_FLOOR: u8 = 0x02;
 
@@ -112,6 +113,12 @@ pub fn placement_key(region_id: u64) -> [u8; 9] {
 /// messages to it or an older one never recreate it.
 pub fn tombstone_key(region_id: u64) -> [u8; 9] {
     region_key(META_TOMBSTONE, region_id)
+}
+
+/// Key of where a region split off from: its parent region and the index
+/// of the split entry (both u64).
+pub fn origin_key(region_id: u64) -> [u8; 9] {
+    region_key(META_ORIGIN, region_id)
 }
 
 /// Key of the addresses of node `node_id` as told to this node.

@@ -1354,6 +1354,9 @@ impl Peer {
                     .put_cf(meta, keys::session_key(new.id, *client), s.encode());
             }
             watch::set_floor(db, &mut apply.inner, new.id, index);
+            let mut origin = self.region.id.to_be_bytes().to_vec();
+            origin.extend_from_slice(&index.to_be_bytes());
+            apply.inner.put_cf(meta, keys::origin_key(new.id), origin);
             self.splits.push(new.clone());
         }
         self.region = kept;

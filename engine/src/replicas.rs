@@ -152,6 +152,7 @@ pub fn destroy_replica(
     }
     batch.delete_cf(meta, keys::apply_state_key(id));
     batch.delete_cf(meta, keys::placement_key(id));
+    batch.delete_cf(meta, keys::origin_key(id));
     batch.delete_cf(meta, keys::region_state_key(id));
     batch.put_cf(
         meta,

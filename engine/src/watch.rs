@@ -142,6 +142,20 @@ pub fn set_floor(db: &rocksdb::DB, batch: &mut rocksdb::WriteBatch, region_id: u
     );
 }
 
+/// Where region `region_id` split off, if it did on this node: (parent
+/// region, index of the split entry). The parent's history up to that
+/// index holds the changes of the region's keys before it existed.
+pub fn origin(db: &rocksdb::DB, region_id: u64) -> Result<Option<(u64, u64)>> {
+    match db.get_pinned_cf(cf(db, crate::keys::CF_META), keys::origin_key(region_id))? {
+        Some(b) if b.len() == 16 => Ok(Some((
+            u64::from_be_bytes(b[..8].try_into().unwrap()),
+            u64::from_be_bytes(b[8..].try_into().unwrap()),
+        ))),
+        Some(_) => Err(Error::Corruption(format!("origin of region {region_id}"))),
+        None => Ok(None),
+    }
+}
+
 /// Removes the records of `region_id` at or below `up_to` and moves the floor
 /// there.
 pub fn prune(db: &rocksdb::DB, batch: &mut rocksdb::WriteBatch, region_id: u64, up_to: u64) {

@@ -74,6 +74,10 @@ struct Watcher {
     synced: bool,
     link: Arc<WatchLink>,
     last_sent_ms: u64,
+    /// The region split off `parent` at log index `at` on this node, and
+    /// the watch resumes from before that: the changes up to `at` come from
+    /// the parent's history here.
+    parent: Option<(u64, u64)>,
 }
 
 /// A frame to send: the response to a watch request, over its link.
@@ -298,8 +302,14 @@ impl Watches {
         }
         let applied = peer.applied_index();
         let floor = peer.history_floor();
+        let mut parent = None;
         if from_version != 0 && from_version < floor {
-            return Err(compacted(db, &keys, from_version, floor, wall_ms));
+            // A region split off here keeps no history from before the
+            // split, but its parent's history on this node has it.
+            match parent_history(db, peer.region_id(), from_version, floor) {
+                Some(p) => parent = Some(p),
+                None => return Err(compacted(db, &keys, from_version, floor, wall_ms)),
+            }
         }
         let cursor = if from_version == 0 {
             applied
@@ -324,6 +334,7 @@ impl Watches {
                 synced: cursor >= applied,
                 link: Arc::new(WatchLink::default()),
                 last_sent_ms: now_ms,
+                parent,
             },
         );
         self.send(target, events(cursor, Vec::new()), now_ms, out);
@@ -473,16 +484,28 @@ impl Watches {
             if budget == 0 || w.link.queued() >= self.limits.frames_max {
                 continue;
             }
-            if w.cursor < peer.history_floor() {
+            // Before the split that made the region: the parent's history.
+            let (source, upto) = match w.parent {
+                Some((parent, at)) if w.cursor < at => {
+                    if parent_history(db, w.region, w.cursor, at).is_none() {
+                        let keys: Vec<Bytes> = w.keys.iter().cloned().collect();
+                        let e = compacted(db, &keys, w.cursor, at, wall_ms);
+                        self.end(t, e, out);
+                        continue;
+                    }
+                    (parent, at)
+                }
+                _ => (w.region, applied),
+            };
+            if source == w.region && w.cursor < peer.history_floor() {
                 let keys: Vec<Bytes> = w.keys.iter().cloned().collect();
                 let e = compacted(db, &keys, w.cursor, peer.history_floor(), wall_ms);
                 self.end(t, e, out);
                 continue;
             }
             self.catchups += 1;
-            let page = match watch::read(db, w.region, w.cursor, applied, budget, |k| {
-                w.keys.contains(k)
-            }) {
+            let page = match watch::read(db, source, w.cursor, upto, budget, |k| w.keys.contains(k))
+            {
                 Ok(p) => p,
                 Err(err) => {
                     let e = WireError::new(
@@ -503,6 +526,16 @@ impl Watches {
             }
         }
     }
+}
+
+/// The parent history a watch of `region` resuming after `from` can read
+/// (see [`Watcher::parent`]): `region` split off its parent on this node at
+/// index `at` == `floor` (its own history starts there), and the parent's
+/// history here still goes back to `from`.
+fn parent_history(db: &rocksdb::DB, region: u64, from: u64, floor: u64) -> Option<(u64, u64)> {
+    let (parent, at) = watch::origin(db, region).ok().flatten()?;
+    let parent_floor = watch::floor(db, parent).ok().flatten()?;
+    (at == floor && parent_floor <= from && from < at).then_some((parent, at))
 }
 
 impl Watches {

@@ -671,3 +671,77 @@ fn a_watch_with_an_epoch_from_before_two_splits_is_told_the_split_that_moved_its
     assert_eq!(got, after);
     assert!(second.region.contains(route_hash(keys[0].as_bytes())));
 }
+
+#[test]
+fn a_watch_resumed_on_a_split_off_region_from_before_the_split_gets_the_earlier_changes_from_its_parent(
+) {
+    let t = TestCluster::start(3, 1, &[]);
+    let (route, _) = region_led_by(&t, 1, "par-");
+    let r = route.region.clone();
+    let end = if r.end_hash == 0 {
+        1u128 << 64
+    } else {
+        u128::from(r.end_hash)
+    };
+    let mid = ((u128::from(r.start_hash) + end) / 2) as u64;
+    // Keys of the upper half: they move to the new region.
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("par-{i}"))
+        .filter(|k| {
+            let h = u128::from(route_hash(k.as_bytes()));
+            h >= u128::from(mid) && h < end
+        })
+        .take(3)
+        .collect();
+    let mut c = t.client();
+    let mut versions = Vec::new();
+    for round in ["a", "b"] {
+        for k in &keys {
+            let v = c
+                .put(
+                    k.as_bytes(),
+                    format!("{round}-{k}").as_bytes(),
+                    PutOptions::default(),
+                )
+                .unwrap();
+            versions.push(v);
+        }
+    }
+    let mut admin = t.client();
+    admin.split(r.id, Some(mid)).unwrap();
+    for k in &keys {
+        let v = c
+            .put(
+                k.as_bytes(),
+                format!("c-{k}").as_bytes(),
+                PutOptions::default(),
+            )
+            .unwrap();
+        versions.push(v);
+    }
+    // A client whose routes are current resumes after the first change:
+    // its request goes straight to the new region, whose own history
+    // starts at the split.
+    let mut fresh = t.client();
+    fresh.refresh().unwrap();
+    let new_region = fresh
+        .routes()
+        .iter()
+        .find(|x| x.region.start_hash == mid)
+        .expect("the new region")
+        .region
+        .id;
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let w = fresh.watch(&refs, versions[0]).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < versions.len() - 1 {
+        assert!(Instant::now() < deadline, "saw {got:?} of {versions:?}");
+        match w.next(Duration::from_millis(100)) {
+            Ok(Some(ch)) => got.push(ch.version),
+            Ok(None) => {}
+            Err(e) => panic!("the watch of region {new_region} ended: {e} (saw {got:?})"),
+        }
+    }
+    assert_eq!(got, versions[1..], "every change after the first, in order");
+}
