@@ -13,7 +13,7 @@
 //! - `cut-link`: the link between two nodes is cut both ways;
 //! - `loss`: every node loses 30% of its outgoing raft frames;
 //! - `delay`: every node holds its outgoing raft frames 40 ms;
-//! - `split` (not a default): a region splits at the middle of its range;
+//! - `split`: a region splits at the middle of its range;
 //! - `move` (not a default; needs `--nodes 4` or more): a region's replica
 //!   moves to a node without one (learner, catch-up, joint change).
 //!
@@ -73,8 +73,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// Every kind (`split` and `move` are not among the defaults, see
-    /// docs/reliability.md).
+    /// Every kind (`move` is not among the defaults: it needs four nodes).
     pub const ALL: [FaultKind; 9] = [
         FaultKind::Kill,
         FaultKind::Pause,
@@ -102,9 +101,9 @@ impl FaultKind {
         }
     }
 
-    /// The kinds a run injects unless told otherwise: all but `split` and
-    /// `move`.
-    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(7).0;
+    /// The kinds a run injects unless told otherwise: all but `move`
+    /// (which needs a fourth node).
+    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(8).0;
 
     /// Parses a name.
     pub fn parse(s: &str) -> Result<FaultKind, String> {

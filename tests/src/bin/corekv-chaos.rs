@@ -28,9 +28,12 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     key_rotation: u64,
     /// Faults to inject, comma-separated: kill, pause, isolate, one-way,
-    /// cut-link, loss, delay, split and move (these two not by default;
-    /// move needs --nodes 4 or more); `none` for none.
-    #[arg(long, default_value = "kill,pause,isolate,one-way,cut-link,loss,delay")]
+    /// cut-link, loss, delay, split, move (not by default: it needs
+    /// --nodes 4 or more); `none` for none.
+    #[arg(
+        long,
+        default_value = "kill,pause,isolate,one-way,cut-link,loss,delay,split"
+    )]
     faults: String,
     /// Nodes.
     #[arg(long, default_value_t = 3)]
