@@ -14,7 +14,7 @@ use crate::command::{SessionTag, WriteRequest};
 use crate::config::Config;
 use crate::db::{Db, LogBatch};
 use crate::error::{Error, Result};
-use crate::peer::{list_regions, Peer, PendingPersist, ReadyOutput, Reply};
+use crate::peer::{list_regions, load_region_state, Peer, PendingPersist, ReadyOutput, Reply};
 use crate::read::Consistency;
 use crate::region::Region;
 use crate::storage::RegionStorage;
@@ -271,6 +271,41 @@ impl Replicas {
         Ok(opened)
     }
 
+    /// Takes the replica of `region_id` out (it moves to another owner,
+    /// which opens it from the database with [`Replicas::open_region`]).
+    /// Its waiting requests are answered through `replies` as if it
+    /// stopped: proposals `Timeout`, reads `RegionNotFound`. Call only once
+    /// every log write of it is durable.
+    pub fn take(&mut self, region_id: u64, replies: &mut Vec<Reply>) -> Option<Region> {
+        let mut p = self.peers.remove(&region_id)?;
+        p.fail_pending(replies);
+        // The read cache may hold its keys: were the replica to come back,
+        // they would be stale.
+        self.cache.clear();
+        Some(p.region().clone())
+    }
+
+    /// Opens the stored replica of `region_id` here (see [`Replicas::take`]).
+    pub fn open_region(&mut self, region_id: u64) -> Result<Region> {
+        if let Some(p) = self.peers.get(&region_id) {
+            if p.is_initialized() {
+                return Ok(p.region().clone());
+            }
+        }
+        let peer = Peer::open(
+            self.cfg.clone(),
+            self.db.clone(),
+            self.node_id,
+            region_id,
+            self.seed,
+            &self.logger,
+        )?;
+        let region = peer.region().clone();
+        self.peers.insert(region_id, peer);
+        self.cache.clear();
+        Ok(region)
+    }
+
     /// Node these replicas live on.
     pub fn node_id(&self) -> u64 {
         self.node_id
@@ -358,6 +393,11 @@ impl Replicas {
         );
         let to = env.message.to;
         if !from_leader || to == 0 || tombstone(&self.db, env.region_id)?.is_some_and(|t| to <= t) {
+            return Ok(());
+        }
+        // A replica stored on this node but not opened here (it is moving
+        // between shards) is never shadowed by a new one.
+        if load_region_state(&self.db, env.region_id)?.is_some() {
             return Ok(());
         }
         let leader = crate::region::PeerMeta {

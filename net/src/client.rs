@@ -660,16 +660,29 @@ impl Client {
         peer_addr: &str,
         client_addr: &str,
     ) -> Result<()> {
+        let op = Op::AddNode {
+            node_id,
+            peer_addr: peer_addr.to_string(),
+            client_addr: client_addr.to_string(),
+        };
+        self.ask_node(addr, 0, op)
+    }
+
+    /// Asks the node at `addr` to move its replica of `region_id` to its
+    /// shard `to_shard` (the move completes a moment later: see its status).
+    pub fn move_shard_on(&mut self, addr: &str, region_id: u64, to_shard: u32) -> Result<()> {
+        self.ask_node(addr, region_id, Op::MoveShard { to_shard })
+    }
+
+    /// Sends `op` about `region_id` to the node at `addr` itself (no
+    /// routing, no retry).
+    fn ask_node(&mut self, addr: &str, region_id: u64, op: Op) -> Result<()> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let req = Request {
             id: self.new_id(),
-            region_id: 0,
+            region_id,
             epoch: Default::default(),
-            op: Op::AddNode {
-                node_id,
-                peer_addr: peer_addr.to_string(),
-                client_addr: client_addr.to_string(),
-            },
+            op,
             session: None,
         };
         match self.call(addr, &[req], deadline) {

@@ -54,6 +54,11 @@ pub enum Op {
     },
     /// Change the region's replicas.
     ChangePeer(corekv_engine::membership::PeerChange),
+    /// Move the asked node's replica of the region to shard `to_shard`.
+    MoveShard {
+        /// Target shard.
+        to_shard: u32,
+    },
     /// Record the addresses of node `node_id` on the node asked.
     AddNode {
         /// Node id.
@@ -500,6 +505,15 @@ fn encode_op<'a>(
             );
             (wire::Op::ChangePeer, t.as_union_value())
         }
+        Op::MoveShard { to_shard } => {
+            let t = wire::MoveShard::create(
+                fbb,
+                &wire::MoveShardArgs {
+                    to_shard: *to_shard,
+                },
+            );
+            (wire::Op::MoveShard, t.as_union_value())
+        }
         Op::AddNode {
             node_id,
             peer_addr,
@@ -891,6 +905,14 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
                 k => return Err(content(format!("unknown peer change kind {k}"))),
             })
         }
+        wire::Op::MoveShard => {
+            let t = r
+                .op_as_move_shard()
+                .ok_or_else(|| content("move shard without body"))?;
+            Op::MoveShard {
+                to_shard: t.to_shard(),
+            }
+        }
         wire::Op::AddNode => {
             let t = r
                 .op_as_add_node()
@@ -1203,6 +1225,13 @@ mod tests {
                     node_id: 4,
                     remove_node: 1,
                 }),
+                session: None,
+            },
+            Request {
+                id: 14,
+                region_id: 3,
+                epoch: Epoch::default(),
+                op: Op::MoveShard { to_shard: 1 },
                 session: None,
             },
             Request {

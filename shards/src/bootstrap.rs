@@ -222,6 +222,21 @@ impl Router {
         next
     }
 
+    /// A router where region `id` is on `shard`; everything else and the
+    /// known leaders carry over.
+    pub fn with_region_on(&self, id: u64, shard: usize) -> Router {
+        let placement = self
+            .regions
+            .iter()
+            .map(|(r, s)| (r.clone(), if r.id == id { shard } else { *s }))
+            .collect();
+        let next = Router::new(placement);
+        for (i, l) in self.leaders.iter().enumerate() {
+            next.leaders[i].store(l.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        next
+    }
+
     /// Index of region `id`.
     pub fn index_of(&self, id: u64) -> Option<usize> {
         self.by_id.get(&id).copied()

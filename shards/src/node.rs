@@ -109,6 +109,13 @@ impl NodeShared {
         self.router_version.fetch_add(1, Ordering::Release);
     }
 
+    /// Routes region `id` to `shard` from now on.
+    pub fn move_region(&self, id: u64, shard: usize) {
+        let mut r = self.router.write().unwrap_or_else(|e| e.into_inner());
+        *r = Arc::new(r.with_region_on(id, shard));
+        self.router_version.fetch_add(1, Ordering::Release);
+    }
+
     /// Number of regions whose leader is known.
     pub fn regions_with_leader(&self) -> usize {
         self.router().with_leader()

@@ -93,6 +93,8 @@ pub enum ShardMsg {
         /// The answers.
         responses: Vec<Response>,
     },
+    /// A region replica the sending shard handed over: open it here.
+    Open(u64),
     /// A frame of a watch served by the sending shard, for a connection of
     /// the receiving shard.
     Watch {
@@ -142,6 +144,8 @@ struct Inbox {
     requests: VecDeque<(Origin, Request)>,
     reports: Vec<(RaftEnvelope, bool)>,
     persisted_seq: u64,
+    /// Replicas handed over by other shards, to open.
+    open: Vec<u64>,
 }
 
 /// A request handed to a replica and not answered yet.
@@ -158,6 +162,8 @@ struct State {
     log_seq: u64,
     persisted_seq: u64,
     in_flight: VecDeque<(u64, Vec<(u64, PendingPersist)>)>,
+    /// Replicas to hand over to another shard: (region, shard).
+    moving: Vec<(u64, usize)>,
     ticks: u64,
     stop_since_ms: Option<u64>,
     stopped: bool,
@@ -236,6 +242,7 @@ impl Shard {
                 log_seq: 0,
                 persisted_seq: 0,
                 in_flight: VecDeque::new(),
+                moving: Vec::new(),
                 ticks: 0,
                 stop_since_ms: None,
                 stopped: false,
@@ -297,6 +304,7 @@ impl Shard {
     pub fn on_shard_msg(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::Raft(envs) => self.inbox.borrow_mut().raft.extend(envs),
+            ShardMsg::Open(region) => self.inbox.borrow_mut().open.push(region),
             ShardMsg::Requests {
                 from_shard,
                 conn,
@@ -601,6 +609,20 @@ impl Shard {
                 self.split_by_load_or_size(&mut replicas, now, &mut replies);
             }
         }
+        if self.hand_over(&mut replicas, &mut replies) {
+            busy = true;
+        }
+        for region in inbox.open.drain(..) {
+            busy = true;
+            match replicas.open_region(region) {
+                Ok(r) => tracing::info!(
+                    shard = self.id,
+                    region = r.id,
+                    "replica handed over from another shard opened"
+                ),
+                Err(e) => self.fatal("opening a replica handed over", e),
+            }
+        }
         for env in inbox.raft.drain(..) {
             busy = true;
             if let Err(e) = replicas.step(env, &mut replies) {
@@ -829,6 +851,7 @@ impl Shard {
             | Op::TransferLeader { .. }
             | Op::Split { .. }
             | Op::ChangePeer(_)
+            | Op::MoveShard { .. }
                 if req.region_id != 0 =>
             {
                 Bytes::new()
@@ -836,7 +859,8 @@ impl Shard {
             Op::CancelWatch { .. }
             | Op::TransferLeader { .. }
             | Op::Split { .. }
-            | Op::ChangePeer(_) => {
+            | Op::ChangePeer(_)
+            | Op::MoveShard { .. } => {
                 let e = WireError::new(ErrorCode::InvalidRequest, "request without a region id");
                 return answer(out, Err(e));
             }
@@ -878,8 +902,36 @@ impl Shard {
             .peer(region_id)
             .map(|p| p.region().clone())
             .unwrap_or_else(|| region.clone());
-        // A watch checks its keys itself (and says where a split moved them).
+        // A watch checks its keys itself (and says where a split moved them);
+        // a shard move does not depend on the region's shape.
         let is_watch = matches!(req.op, Op::Watch { .. });
+        if let Op::MoveShard { to_shard } = req.op {
+            let to = to_shard as usize;
+            let result = if to >= node.cfg.shards || to == self.id {
+                Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "region {region_id} is on shard {} of {}: cannot move it to shard {to}",
+                        self.id, node.cfg.shards
+                    ),
+                ))
+            } else {
+                let mut st = self.state.borrow_mut();
+                if !st.moving.iter().any(|(r, _)| *r == region_id) {
+                    st.moving.push((region_id, to));
+                }
+                tracing::info!(
+                    region = region_id,
+                    from = self.id,
+                    to,
+                    "shard move requested"
+                );
+                Ok(Outcome::Write(corekv_engine::WriteOutcome::Written {
+                    version: 0,
+                }))
+            };
+            return answer(out, result);
+        }
         if req.region_id != 0 && req.epoch != current.epoch && !is_watch {
             let mut e = WireError::new(ErrorCode::EpochNotMatch, "region epoch changed");
             e.regions = vec![current];
@@ -982,7 +1034,8 @@ impl Shard {
             | Op::Status
             | Op::Watch { .. }
             | Op::CancelWatch { .. }
-            | Op::AddNode { .. } => {
+            | Op::AddNode { .. }
+            | Op::MoveShard { .. } => {
                 unreachable!("answered above")
             }
         }
@@ -1065,6 +1118,71 @@ impl Shard {
             .map(|p| p.region().clone())
             .collect();
         self.node.update_shard_regions(self.id, mine);
+    }
+
+    /// Hands the replicas asked to move to another shard over, each once
+    /// none of its log writes is in flight: the placement is stored, the
+    /// router points to the new shard (which gets requests and messages
+    /// from now on) and that shard opens the replica from the database.
+    /// Requests waiting here are answered as if the replica stopped.
+    /// Returns true if one moved.
+    fn hand_over(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) -> bool {
+        let ready: Vec<(u64, usize)> = {
+            let mut st = self.state.borrow_mut();
+            if st.moving.is_empty() {
+                return false;
+            }
+            let in_flight: std::collections::HashSet<u64> = st
+                .in_flight
+                .iter()
+                .flat_map(|(_, v)| v.iter().map(|(r, _)| *r))
+                .collect();
+            let (ready, wait): (Vec<_>, Vec<_>) = st
+                .moving
+                .drain(..)
+                .partition(|(r, _)| !in_flight.contains(r));
+            st.moving = wait;
+            ready
+        };
+        let Some(mesh) = self.mesh.get().cloned() else {
+            return false;
+        };
+        let mut moved = false;
+        for (region, to) in ready {
+            if replicas.take(region, replies).is_none() {
+                continue;
+            }
+            let mut wb = rocksdb::WriteBatch::default();
+            wb.put_cf(
+                db::cf(&self.node.db, corekv_engine::keys::CF_META),
+                corekv_engine::keys::placement_key(region),
+                (to as u32).to_be_bytes(),
+            );
+            if let Err(e) = db::write(&self.node.db, wb, true) {
+                self.fatal("placement write", e);
+            }
+            self.node.move_region(region, to);
+            self.board_forget(region);
+            tracing::info!(
+                region,
+                from = self.id,
+                to,
+                "replica handed over to another shard"
+            );
+            let mesh = mesh.clone();
+            glommio::spawn_local(async move {
+                let _ = mesh.send_to(to, ShardMsg::Open(region)).await;
+            })
+            .detach();
+            moved = true;
+        }
+        moved
+    }
+
+    fn board_forget(&self, region: u64) {
+        if let Ok(mut board) = self.node.board.lock() {
+            board.regions.remove(&region);
+        }
     }
 
     /// Destroys the replicas removed from their regions and shows the
@@ -1381,6 +1499,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Split { .. } => "split",
         Op::ChangePeer(_) => "change_peer",
         Op::AddNode { .. } => "add_node",
+        Op::MoveShard { .. } => "move_shard",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",

@@ -231,3 +231,99 @@ fn a_joining_node_receives_replicas_and_a_drained_node_gives_them_all_up() {
         ops.len()
     );
 }
+
+#[test]
+fn a_region_led_here_moves_to_another_shard_under_load_and_stays_there_after_a_restart() {
+    let mut t = TestCluster::start(3, 2, &[]);
+    let (route, _) = corekv_tests::region_led_by(&t, 1, "sh-");
+    let r = route.region.clone();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("sh-{i}"))
+        .filter(|k| r.contains(corekv_engine::route_hash(k.as_bytes())))
+        .take(12)
+        .collect();
+    let addr = t.cluster.nodes[0].client_addr.clone();
+    let mut admin = t.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let from = loop {
+        if let Some(s) = ctl::shard_of(&mut admin, &addr, r.id) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "region {} not in node 1's status",
+            r.id
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let to = 1 - from as u32;
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(&t, &keys, 3, &stop, started);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = ctl::move_shard(&mut admin, r.id, 1, to, Duration::from_secs(10)).unwrap();
+    eprintln!("{report}");
+    // And back and forth once more, under the same load.
+    ctl::move_shard(&mut admin, r.id, 1, from as u32, Duration::from_secs(10)).unwrap();
+    ctl::move_shard(&mut admin, r.id, 1, to, Duration::from_secs(10)).unwrap();
+    // Refused: a shard the node does not have.
+    assert!(ctl::move_shard(&mut admin, r.id, 1, 7, Duration::from_secs(1)).is_err());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Release);
+    let mut ops: Vec<Operation> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+
+    // The placement is stored: after a restart the replica is still there.
+    t.cluster.stop_node(0, Duration::from_secs(10));
+    t.cluster.start_node(0).unwrap();
+    t.must_be_ready(Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctl::shard_of(&mut admin, &addr, r.id) != Some(u64::from(to)) {
+        assert!(
+            Instant::now() < deadline,
+            "after the restart region {} is not on shard {to}",
+            r.id
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut c = t.client();
+    for k in &keys {
+        let call = started.elapsed().as_micros() as u64;
+        let v = c.get(k.as_bytes(), Consistency::Linearizable).unwrap();
+        ops.push(Operation {
+            client: 99,
+            key: k.clone(),
+            call,
+            ret: Some(started.elapsed().as_micros() as u64),
+            input: Input::Get,
+            output: Some(Output::Value(
+                v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+            )),
+        });
+    }
+    let writes = ops
+        .iter()
+        .filter(|o| o.output == Some(Output::Written))
+        .count();
+    assert!(writes > 50, "only {writes} writes acknowledged");
+    for k in &keys {
+        let mine: Vec<Operation> = ops.iter().filter(|o| &o.key == k).cloned().collect();
+        match check_key(&mine) {
+            Verdict::Linearizable => {}
+            other => panic!(
+                "key {k}: {other:?}:\n{}",
+                corekv_tests::checker::minimize(&mine)
+                    .iter()
+                    .map(corekv_tests::checker::describe)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+    eprintln!(
+        "{} operations, {writes} acknowledged writes, every key linearizable",
+        ops.len()
+    );
+}

@@ -290,6 +290,51 @@ pub fn move_replica(
     ))
 }
 
+/// The shard the status of the node at `addr` shows its replica of
+/// `region_id` on, if it has one.
+pub fn shard_of(client: &mut Client, addr: &str, region_id: u64) -> Option<u64> {
+    let doc: Value = serde_json::from_str(&client.status_of(addr).ok()?).ok()?;
+    doc["regions"]
+        .as_array()?
+        .iter()
+        .find(|r| r["id"].as_u64() == Some(region_id))?["shard"]
+        .as_u64()
+}
+
+/// Moves node `node_id`'s replica of `region_id` to its shard `shard`
+/// (another core of the same node) and waits up to `wait` until the node's
+/// status shows it there.
+pub fn move_shard(
+    client: &mut Client,
+    region_id: u64,
+    node_id: u64,
+    shard: u32,
+    wait: std::time::Duration,
+) -> anyhow::Result<String> {
+    let started = std::time::Instant::now();
+    client.refresh()?;
+    let addr = client
+        .nodes()
+        .get(&node_id)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no node {node_id} (see `corekv ctl status`)"))?;
+    client.move_shard_on(&addr, region_id, shard)?;
+    loop {
+        if shard_of(client, &addr, region_id) == Some(u64::from(shard)) {
+            return Ok(format!(
+                "region {region_id} on node {node_id}: now on shard {shard} ({} ms)\n",
+                started.elapsed().as_millis()
+            ));
+        }
+        if started.elapsed() > wait {
+            anyhow::bail!(
+                "region {region_id} on node {node_id} is not on shard {shard} after {wait:?}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// One replica move of a balance plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaMove {

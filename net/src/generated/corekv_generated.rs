@@ -364,13 +364,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 14;
+        pub const ENUM_MAX_OP: u8 = 15;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 15] = [
+        pub const ENUM_VALUES_OP: [Op; 16] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -386,6 +386,7 @@ pub mod corekv {
             Op::Split,
             Op::ChangePeer,
             Op::AddNode,
+            Op::MoveShard,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -408,9 +409,10 @@ pub mod corekv {
             pub const Split: Self = Self(12);
             pub const ChangePeer: Self = Self(13);
             pub const AddNode: Self = Self(14);
+            pub const MoveShard: Self = Self(15);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 14;
+            pub const ENUM_MAX: u8 = 15;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -427,6 +429,7 @@ pub mod corekv {
                 Self::Split,
                 Self::ChangePeer,
                 Self::AddNode,
+                Self::MoveShard,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -446,6 +449,7 @@ pub mod corekv {
                     Self::Split => Some("Split"),
                     Self::ChangePeer => Some("ChangePeer"),
                     Self::AddNode => Some("AddNode"),
+                    Self::MoveShard => Some("MoveShard"),
                     _ => None,
                 }
             }
@@ -3567,6 +3571,114 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum MoveShardOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct MoveShard<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for MoveShard<'a> {
+            type Inner = MoveShard<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> MoveShard<'a> {
+            pub const VT_TO_SHARD: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                MoveShard { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args MoveShardArgs,
+            ) -> ::flatbuffers::WIPOffset<MoveShard<'bldr>> {
+                let mut builder = MoveShardBuilder::new(_fbb);
+                builder.add_to_shard(args.to_shard);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn to_shard(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(MoveShard::VT_TO_SHARD, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for MoveShard<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u32>("to_shard", Self::VT_TO_SHARD, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct MoveShardArgs {
+            pub to_shard: u32,
+        }
+        impl<'a> Default for MoveShardArgs {
+            #[inline]
+            fn default() -> Self {
+                MoveShardArgs { to_shard: 0 }
+            }
+        }
+
+        pub struct MoveShardBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MoveShardBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_to_shard(&mut self, to_shard: u32) {
+                self.fbb_
+                    .push_slot::<u32>(MoveShard::VT_TO_SHARD, to_shard, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> MoveShardBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                MoveShardBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<MoveShard<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for MoveShard<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("MoveShard");
+                ds.field("to_shard", &self.to_shard());
+                ds.finish()
+            }
+        }
         pub enum AddNodeOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -4227,6 +4339,21 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_move_shard(&self) -> Option<MoveShard<'a>> {
+                if self.op_type() == Op::MoveShard {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { MoveShard::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -4255,6 +4382,7 @@ pub mod corekv {
           Op::Split => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Split>>("Op::Split", pos),
           Op::ChangePeer => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangePeer>>("Op::ChangePeer", pos),
           Op::AddNode => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddNode>>("Op::AddNode", pos),
+          Op::MoveShard => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveShard>>("Op::MoveShard", pos),
           _ => Ok(()),
         }
      })?
@@ -4483,6 +4611,16 @@ pub mod corekv {
                     }
                     Op::AddNode => {
                         if let Some(x) = self.op_as_add_node() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::MoveShard => {
+                        if let Some(x) = self.op_as_move_shard() {
                             ds.field("op", &x)
                         } else {
                             ds.field(

@@ -178,6 +178,18 @@ enum CtlCmd {
         #[arg(long, default_value_t = 30_000)]
         wait_ms: u64,
     },
+    /// Move a node's replica of a region to another of its shards (cores).
+    MoveShard {
+        /// Region id (see `ctl regions`).
+        region: u64,
+        /// Node id.
+        node: u64,
+        /// Target shard (0-based).
+        shard: u32,
+        /// How long to wait for the move, ms.
+        #[arg(long, default_value_t = 10_000)]
+        wait_ms: u64,
+    },
     /// Tell every node about a new node (then start it with `--join` and
     /// run `ctl balance`).
     AddNode {
@@ -419,6 +431,26 @@ fn main() -> ExitCode {
     }
     if let Cmd::Ctl {
         cmd:
+            CtlCmd::MoveShard {
+                region,
+                node,
+                shard,
+                wait_ms,
+            },
+    } = &cli.cmd
+    {
+        return ctl_text(endpoints, cli.timeout_ms, |c| {
+            corekv_tools::ctl::move_shard(
+                c,
+                *region,
+                *node,
+                *shard,
+                Duration::from_millis(*wait_ms),
+            )
+        });
+    }
+    if let Cmd::Ctl {
+        cmd:
             CtlCmd::AddNode {
                 id,
                 peer_addr,
@@ -473,6 +505,7 @@ fn main() -> ExitCode {
             | CtlCmd::Balance { .. }
             | CtlCmd::MoveReplica { .. }
             | CtlCmd::AddNode { .. }
+            | CtlCmd::MoveShard { .. }
             | CtlCmd::RemoveNode { .. } => {
                 unreachable!("handled above")
             }
