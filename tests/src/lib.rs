@@ -48,6 +48,117 @@ fn ports_free(base: u16, nodes: u16) -> bool {
     })
 }
 
+/// `threads` clients of `t`, each paced at one operation per `pace`, cycling
+/// over `keys`: every `write_every`-th operation a put of a unique value,
+/// the others linearizable gets, until `stop`. Each thread returns its
+/// operations with their outcomes (failed reads are left out; a put
+/// without an answer has no return time).
+pub fn paced_load(
+    t: &TestCluster,
+    keys: &[String],
+    (threads, pace, write_every): (u64, Duration, u64),
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    started: Instant,
+) -> Vec<std::thread::JoinHandle<Vec<checker::Operation>>> {
+    use checker::{Input, Operation, Output};
+    (0..threads)
+        .map(|w| {
+            let (mut c, keys, stop) = (t.client(), keys.to_vec(), stop.clone());
+            std::thread::spawn(move || {
+                let now = || started.elapsed().as_micros() as u64;
+                let mut ops = Vec::new();
+                let mut next = Instant::now();
+                for i in 0u64.. {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    next += pace;
+                    if let Some(d) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                    let key = keys[(i as usize * 7 + w as usize) % keys.len()].clone();
+                    let call = now();
+                    let (input, output) = if i.is_multiple_of(write_every) {
+                        let value = format!("w{w}-{i}");
+                        let r = c.put(key.as_bytes(), value.as_bytes(), Default::default());
+                        (Input::Put(value), r.ok().map(|_| Output::Written))
+                    } else {
+                        match c.get(key.as_bytes(), corekv_engine::Consistency::Linearizable) {
+                            Ok(v) => (
+                                Input::Get,
+                                Some(Output::Value(
+                                    v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+                                )),
+                            ),
+                            Err(_) => continue,
+                        }
+                    };
+                    let ret = output.as_ref().map(|_| now());
+                    ops.push(Operation {
+                        client: w + 1,
+                        key,
+                        call,
+                        ret,
+                        input,
+                        output,
+                    });
+                }
+                ops
+            })
+        })
+        .collect()
+}
+
+/// Reads every key of `keys` once more (linearizable) into `ops`, asserts
+/// more than `writes_min` writes were acknowledged, and checks each key's
+/// history for linearizability (panics with a minimal failing history).
+/// Returns the number of acknowledged writes.
+pub fn check_histories(
+    c: &mut Client,
+    keys: &[String],
+    started: Instant,
+    ops: &mut Vec<checker::Operation>,
+    writes_min: usize,
+) -> usize {
+    use checker::{check_key, describe, minimize, Input, Operation, Output, Verdict};
+    for k in keys {
+        let call = started.elapsed().as_micros() as u64;
+        let v = c
+            .get(k.as_bytes(), corekv_engine::Consistency::Linearizable)
+            .unwrap();
+        ops.push(Operation {
+            client: 99,
+            key: k.clone(),
+            call,
+            ret: Some(started.elapsed().as_micros() as u64),
+            input: Input::Get,
+            output: Some(Output::Value(
+                v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+            )),
+        });
+    }
+    let writes = ops
+        .iter()
+        .filter(|o| o.output == Some(Output::Written))
+        .count();
+    assert!(writes > writes_min, "only {writes} writes acknowledged");
+    for k in keys {
+        let mine: Vec<Operation> = ops.iter().filter(|o| &o.key == k).cloned().collect();
+        match check_key(&mine) {
+            Verdict::Linearizable => {}
+            other => panic!(
+                "key {k}: {other:?}:\n{}",
+                minimize(&mine)
+                    .iter()
+                    .map(describe)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+    writes
+}
+
 /// Moves `region`'s replica from node `from` to node `to` (`corekv ctl
 /// move-replica`), each step waiting up to 5 s.
 pub fn ctl_move(c: &mut Client, region: u64, from: u64, to: u64) -> anyhow::Result<String> {

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corekv_engine::{Consistency, PeerRole};
+use corekv_engine::PeerRole;
 use corekv_net::message::RouteInfo;
-use corekv_net::{Client, PutOptions};
-use corekv_tests::checker::{check_key, Input, Operation, Output, Verdict};
+use corekv_net::Client;
+use corekv_tests::checker::Operation;
 use corekv_tests::TestCluster;
 use corekv_tools::ctl;
 
@@ -45,7 +45,7 @@ fn assert_three_voters(routes: &[RouteInfo]) {
 }
 
 /// Paced puts and linearizable gets over `keys` from `threads` clients
-/// until `stop`; returns every operation with its outcome.
+/// until `stop`.
 fn load(
     t: &TestCluster,
     keys: &[String],
@@ -53,50 +53,13 @@ fn load(
     stop: &Arc<AtomicBool>,
     started: Instant,
 ) -> Vec<std::thread::JoinHandle<Vec<Operation>>> {
-    (0..threads)
-        .map(|w| {
-            let (mut c, keys, stop) = (t.client(), keys.to_vec(), stop.clone());
-            std::thread::spawn(move || {
-                let now = || started.elapsed().as_micros() as u64;
-                let mut ops = Vec::new();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Acquire) {
-                    std::thread::sleep(Duration::from_millis(5));
-                    let key = keys[(i as usize * 7 + w as usize) % keys.len()].clone();
-                    let call = now();
-                    let (input, output) = if i.is_multiple_of(2) {
-                        let value = format!("w{w}-{i}");
-                        let r = c.put(key.as_bytes(), value.as_bytes(), PutOptions::default());
-                        (Input::Put(value), r.ok().map(|_| Output::Written))
-                    } else {
-                        match c.get(key.as_bytes(), Consistency::Linearizable) {
-                            Ok(v) => (
-                                Input::Get,
-                                Some(Output::Value(
-                                    v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
-                                )),
-                            ),
-                            Err(_) => {
-                                i += 1;
-                                continue;
-                            }
-                        }
-                    };
-                    let ret = output.as_ref().map(|_| now());
-                    ops.push(Operation {
-                        client: w + 1,
-                        key,
-                        call,
-                        ret,
-                        input,
-                        output,
-                    });
-                    i += 1;
-                }
-                ops
-            })
-        })
-        .collect()
+    corekv_tests::paced_load(
+        t,
+        keys,
+        (threads, Duration::from_millis(5), 2),
+        stop,
+        started,
+    )
 }
 
 fn routes(c: &mut Client) -> Vec<RouteInfo> {
@@ -199,33 +162,7 @@ fn a_joining_node_receives_replicas_and_a_drained_node_gives_them_all_up() {
         .into_iter()
         .flat_map(|w| w.join().unwrap())
         .collect();
-    let mut c = t.client();
-    for k in &keys {
-        let call = started.elapsed().as_micros() as u64;
-        let v = c.get(k.as_bytes(), Consistency::Linearizable).unwrap();
-        ops.push(Operation {
-            client: 99,
-            key: k.clone(),
-            call,
-            ret: Some(started.elapsed().as_micros() as u64),
-            input: Input::Get,
-            output: Some(Output::Value(
-                v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
-            )),
-        });
-    }
-    let writes = ops
-        .iter()
-        .filter(|o| o.output == Some(Output::Written))
-        .count();
-    assert!(writes > 100, "only {writes} writes acknowledged");
-    for k in &keys {
-        let mine: Vec<Operation> = ops.iter().filter(|o| &o.key == k).cloned().collect();
-        match check_key(&mine) {
-            Verdict::Linearizable => {}
-            other => panic!("key {k}: {other:?}"),
-        }
-    }
+    let writes = corekv_tests::check_histories(&mut t.client(), &keys, started, &mut ops, 100);
     eprintln!(
         "{} operations, {writes} acknowledged writes, every key linearizable",
         ops.len()
@@ -288,40 +225,7 @@ fn a_region_led_here_moves_to_another_shard_under_load_and_stays_there_after_a_r
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut c = t.client();
-    for k in &keys {
-        let call = started.elapsed().as_micros() as u64;
-        let v = c.get(k.as_bytes(), Consistency::Linearizable).unwrap();
-        ops.push(Operation {
-            client: 99,
-            key: k.clone(),
-            call,
-            ret: Some(started.elapsed().as_micros() as u64),
-            input: Input::Get,
-            output: Some(Output::Value(
-                v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
-            )),
-        });
-    }
-    let writes = ops
-        .iter()
-        .filter(|o| o.output == Some(Output::Written))
-        .count();
-    assert!(writes > 50, "only {writes} writes acknowledged");
-    for k in &keys {
-        let mine: Vec<Operation> = ops.iter().filter(|o| &o.key == k).cloned().collect();
-        match check_key(&mine) {
-            Verdict::Linearizable => {}
-            other => panic!(
-                "key {k}: {other:?}:\n{}",
-                corekv_tests::checker::minimize(&mine)
-                    .iter()
-                    .map(corekv_tests::checker::describe)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ),
-        }
-    }
+    let writes = corekv_tests::check_histories(&mut t.client(), &keys, started, &mut ops, 50);
     eprintln!(
         "{} operations, {writes} acknowledged writes, every key linearizable",
         ops.len()

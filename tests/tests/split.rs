@@ -216,7 +216,7 @@ fn keys_in_upper_quarter(r: &corekv_engine::Region, prefix: &str, n: usize) -> V
 
 #[test]
 fn a_hot_region_splits_by_itself_where_its_load_halves_and_its_halves_lead_from_two_nodes() {
-    use corekv_tests::checker::{check_key, Input, Operation, Output, Verdict};
+    use corekv_tests::checker::Operation;
     // About 600 requests/s go to one region; the threshold is 400/s for two
     // seconds, so the region splits, and each half (~300/s) stays whole.
     let t = TestCluster::start(
@@ -236,55 +236,13 @@ fn a_hot_region_splits_by_itself_where_its_load_halves_and_its_halves_lead_from_
     let keys = keys_in_upper_quarter(&r, "hot-", 16);
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..4u64)
-        .map(|w| {
-            let (mut c, keys, stop) = (t.client(), keys.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let now = || started.elapsed().as_micros() as u64;
-                let mut ops = Vec::new();
-                let mut i = 0u64;
-                let pace = Duration::from_micros(6_500);
-                let mut next = Instant::now();
-                while !stop.load(Ordering::Acquire) {
-                    next += pace;
-                    if let Some(d) = next.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(d);
-                    }
-                    let key = keys[(i as usize * 7 + w as usize) % keys.len()].clone();
-                    let call = now();
-                    let op = if i.is_multiple_of(3) {
-                        let value = format!("w{w}-{i}");
-                        let r = c.put(key.as_bytes(), value.as_bytes(), PutOptions::default());
-                        let output = r.ok().map(|_| Output::Written);
-                        Some((Input::Put(value), output))
-                    } else {
-                        match c.get(key.as_bytes(), Consistency::Linearizable) {
-                            Ok(v) => Some((
-                                Input::Get,
-                                Some(Output::Value(
-                                    v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
-                                )),
-                            )),
-                            Err(_) => None,
-                        }
-                    };
-                    if let Some((input, output)) = op {
-                        let ret = output.as_ref().map(|_| now());
-                        ops.push(Operation {
-                            client: w + 1,
-                            key,
-                            call,
-                            ret,
-                            input,
-                            output,
-                        });
-                    }
-                    i += 1;
-                }
-                ops
-            })
-        })
-        .collect();
+    let workers = corekv_tests::paced_load(
+        &t,
+        &keys,
+        (4, Duration::from_micros(6_500), 3),
+        &stop,
+        started,
+    );
 
     // The split shows in the routing table.
     let mut admin = t.client();
@@ -358,30 +316,7 @@ fn a_hot_region_splits_by_itself_where_its_load_halves_and_its_halves_lead_from_
         .into_iter()
         .flat_map(|w| w.join().unwrap())
         .collect();
-    let mut c = t.client();
-    for k in &keys {
-        let call = started.elapsed().as_micros() as u64;
-        let v = c.get(k.as_bytes(), Consistency::Linearizable).unwrap();
-        ops.push(Operation {
-            client: 99,
-            key: k.clone(),
-            call,
-            ret: Some(started.elapsed().as_micros() as u64),
-            input: Input::Get,
-            output: Some(Output::Value(
-                v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
-            )),
-        });
-    }
-    let writes = ops
-        .iter()
-        .filter(|o| o.output == Some(Output::Written))
-        .count();
-    assert!(writes > 100, "only {writes} writes acknowledged");
-    for k in &keys {
-        let history: Vec<Operation> = ops.iter().filter(|o| &o.key == k).cloned().collect();
-        assert_eq!(check_key(&history), Verdict::Linearizable, "{k}");
-    }
+    let writes = corekv_tests::check_histories(&mut t.client(), &keys, started, &mut ops, 100);
     eprintln!(
         "{} operations ({writes} acknowledged writes) linearizable across the split",
         ops.len()

@@ -128,17 +128,7 @@ pub fn balance(
     nodes.sort_unstable();
     let mut out = String::new();
     let replicas = replica_plan(client.routes(), &nodes);
-    for m in &replicas {
-        if dry_run {
-            let _ = writeln!(
-                out,
-                "would move region {} replica: node {} -> node {}",
-                m.region_id, m.from, m.to
-            );
-            continue;
-        }
-        out.push_str(&move_replica(client, m.region_id, m.from, m.to, wait)?);
-    }
+    run_replica_moves(client, &replicas, dry_run, wait, &mut out)?;
     if !replicas.is_empty() && !dry_run {
         client.refresh()?;
     }
@@ -335,6 +325,28 @@ pub fn move_shard(
     }
 }
 
+/// Runs `plan` one move at a time (with `dry_run`, only lists it),
+/// reporting into `out`.
+fn run_replica_moves(
+    client: &mut Client,
+    plan: &[ReplicaMove],
+    dry_run: bool,
+    wait: std::time::Duration,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    for m in plan {
+        if dry_run {
+            out.push_str(&format!(
+                "would move region {} replica: node {} -> node {}\n",
+                m.region_id, m.from, m.to
+            ));
+        } else {
+            out.push_str(&move_replica(client, m.region_id, m.from, m.to, wait)?);
+        }
+    }
+    Ok(())
+}
+
 /// One replica move of a balance plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaMove {
@@ -502,17 +514,7 @@ pub fn remove_node(
         let _ = writeln!(out, "node {node_id} holds no replica: it can be stopped");
         return Ok(out);
     }
-    for m in &plan {
-        if dry_run {
-            let _ = writeln!(
-                out,
-                "would move region {} replica: node {} -> node {}",
-                m.region_id, m.from, m.to
-            );
-            continue;
-        }
-        out.push_str(&move_replica(client, m.region_id, m.from, m.to, wait)?);
-    }
+    run_replica_moves(client, &plan, dry_run, wait, &mut out)?;
     if !dry_run {
         let _ = writeln!(
             out,
