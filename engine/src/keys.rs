@@ -41,6 +41,7 @@ const META_SPLIT: u8 = 0x06;
 const META_TOMBSTONE: u8 = 0x07;
 const META_NODE: u8 = 0x08;
 const META_ORIGIN: u8 = 0x09;
+const META_RETIRED: u8 = 0x0A;
 const HISTORY_RECORD: u8 = 0x01;
 const HISTORY_FLOOR: u8 = 0x02;
 
@@ -119,6 +120,17 @@ pub fn tombstone_key(region_id: u64) -> [u8; 9] {
 /// of the split entry (both u64).
 pub fn origin_key(region_id: u64) -> [u8; 9] {
     region_key(META_ORIGIN, region_id)
+}
+
+/// Key present while node `node_id` is leaving the cluster.
+pub fn retired_key(node_id: u64) -> [u8; 9] {
+    region_key(META_RETIRED, node_id)
+}
+
+/// The node id of a [`retired_key`], or `None`.
+pub fn node_of_retired_key(key: &[u8]) -> Option<u64> {
+    (key.len() == 9 && key[0] == META_RETIRED)
+        .then(|| u64::from_be_bytes(key[1..9].try_into().unwrap()))
 }
 
 /// Key of the addresses of node `node_id` as told to this node.

@@ -668,6 +668,12 @@ impl Client {
         self.ask_node(addr, 0, op)
     }
 
+    /// Tells the node at `addr` that node `node_id` is leaving (`retired`)
+    /// or not.
+    pub fn retire_node_on(&mut self, addr: &str, node_id: u64, retired: bool) -> Result<()> {
+        self.ask_node(addr, 0, Op::RetireNode { node_id, retired })
+    }
+
     /// Asks the node at `addr` to move its replica of `region_id` to its
     /// shard `to_shard` (the move completes a moment later: see its status).
     pub fn move_shard_on(&mut self, addr: &str, region_id: u64, to_shard: u32) -> Result<()> {

@@ -54,6 +54,13 @@ pub enum Op {
     },
     /// Change the region's replicas.
     ChangePeer(corekv_engine::membership::PeerChange),
+    /// Mark node `node_id` as leaving (or not) on the node asked.
+    RetireNode {
+        /// Node id.
+        node_id: u64,
+        /// Leaving.
+        retired: bool,
+    },
     /// Move the asked node's replica of the region to shard `to_shard`.
     MoveShard {
         /// Target shard.
@@ -505,6 +512,16 @@ fn encode_op<'a>(
             );
             (wire::Op::ChangePeer, t.as_union_value())
         }
+        Op::RetireNode { node_id, retired } => {
+            let t = wire::RetireNode::create(
+                fbb,
+                &wire::RetireNodeArgs {
+                    node_id: *node_id,
+                    retired: *retired,
+                },
+            );
+            (wire::Op::RetireNode, t.as_union_value())
+        }
         Op::MoveShard { to_shard } => {
             let t = wire::MoveShard::create(
                 fbb,
@@ -905,6 +922,15 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
                 k => return Err(content(format!("unknown peer change kind {k}"))),
             })
         }
+        wire::Op::RetireNode => {
+            let t = r
+                .op_as_retire_node()
+                .ok_or_else(|| content("retire node without body"))?;
+            Op::RetireNode {
+                node_id: t.node_id(),
+                retired: t.retired(),
+            }
+        }
         wire::Op::MoveShard => {
             let t = r
                 .op_as_move_shard()
@@ -1225,6 +1251,16 @@ mod tests {
                     node_id: 4,
                     remove_node: 1,
                 }),
+                session: None,
+            },
+            Request {
+                id: 15,
+                region_id: 0,
+                epoch: Epoch::default(),
+                op: Op::RetireNode {
+                    node_id: 3,
+                    retired: true,
+                },
                 session: None,
             },
             Request {

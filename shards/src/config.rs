@@ -80,6 +80,11 @@ pub struct ServerArgs {
     /// Default 30000.
     #[arg(long)]
     pub split_cooldown_ms: Option<u64>,
+    /// Replica moves per minute the placement driver may make to even out
+    /// replicas per node (it runs on the node leading the first region);
+    /// 0 turns it off. Default 6.
+    #[arg(long)]
+    pub placement_moves_per_min: Option<u32>,
     /// Log indexes of change history each region keeps for watchers that
     /// resume from a version; 0 = none. Default 10000.
     #[arg(long)]
@@ -171,6 +176,8 @@ pub struct NodeConfig {
     pub watchers_max: usize,
     /// When regions split by themselves.
     pub split: crate::autosplit::SplitPolicy,
+    /// Replica moves per minute of the placement driver (0 = off).
+    pub placement_moves_per_min: u32,
 }
 
 /// Largest node id (peer ids are `region_id * 1000 + node_id`).
@@ -270,6 +277,7 @@ impl ServerArgs {
             split_load_windows,
             split_keys,
             split_cooldown_ms,
+            placement_moves_per_min,
             expire_sweep_ms,
             value_bytes_max,
             frame_bytes_max,
@@ -428,6 +436,7 @@ impl ServerArgs {
             disk_quota_bytes: self.disk_quota_mb.unwrap_or(0).saturating_mul(1 << 20),
             watchers_max,
             split,
+            placement_moves_per_min: self.placement_moves_per_min.unwrap_or(6),
         })
     }
 }

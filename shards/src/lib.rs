@@ -22,6 +22,7 @@ pub mod log_writer;
 pub mod metrics;
 pub mod node;
 pub mod nodes;
+pub mod placement;
 pub mod quota;
 pub mod raft_log;
 pub mod server;

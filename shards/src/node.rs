@@ -26,6 +26,8 @@ pub struct NodeShared {
     /// Raft transport addresses of the other nodes (every shard sends
     /// with them; `nodes::add` extends them).
     pub peer_addrs: corekv_net::transport::PeerAddrs,
+    /// Nodes marked as leaving (see `nodes::retire`).
+    pub retired: Mutex<std::collections::BTreeSet<u64>>,
     /// Client addresses of the nodes heard from (and this one).
     pub nodes: Mutex<BTreeMap<u64, NodeInfo>>,
     /// Queue of the log writer.

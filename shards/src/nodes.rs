@@ -69,7 +69,12 @@ pub fn add(node: &NodeShared, id: u64, peer_addr: &str, client_addr: &str) -> Re
         keys::node_key(id),
         format!("{peer} {client_addr}"),
     );
+    // A node added (again) is not leaving.
+    wb.delete_cf(cf(&node.db, CF_META), keys::retired_key(id));
     db::write(&node.db, wb, true).map_err(|e| e.to_string())?;
+    if let Ok(mut r) = node.retired.lock() {
+        r.remove(&id);
+    }
     node.peer_addrs
         .write()
         .unwrap_or_else(|e| e.into_inner())
@@ -98,4 +103,42 @@ pub fn peer_addrs(
         .chain(stored.iter().map(|(n, a, _)| (*n, *a)))
         .filter(|(n, _)| *n != own_id)
         .collect()
+}
+
+/// Nodes marked as leaving (`corekv ctl remove-node`).
+pub fn load_retired(db: &Db) -> Result<std::collections::BTreeSet<u64>, String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut it = db.raw_iterator_cf(cf(db, CF_META));
+    it.seek(keys::retired_key(0));
+    while it.valid() {
+        let Some(id) = it.key().and_then(keys::node_of_retired_key) else {
+            break;
+        };
+        out.insert(id);
+        it.next();
+    }
+    it.status().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Marks node `id` as leaving or not (synced): the placement driver puts
+/// no replica on a leaving node.
+pub fn retire(node: &NodeShared, id: u64, retired: bool) -> Result<(), String> {
+    let mut wb = rocksdb::WriteBatch::default();
+    let meta = cf(&node.db, CF_META);
+    if retired {
+        wb.put_cf(meta, keys::retired_key(id), []);
+    } else {
+        wb.delete_cf(meta, keys::retired_key(id));
+    }
+    db::write(&node.db, wb, true).map_err(|e| e.to_string())?;
+    if let Ok(mut r) = node.retired.lock() {
+        if retired {
+            r.insert(id);
+        } else {
+            r.remove(&id);
+        }
+    }
+    tracing::info!(node = id, retired, "node marked");
+    Ok(())
 }

@@ -141,6 +141,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         },
     );
     let added = crate::nodes::load(&db)?;
+    let retired = crate::nodes::load_retired(&db)?;
     for (id, _, client_addr) in &added {
         nodes.entry(*id).or_insert(NodeInfo {
             node_id: *id,
@@ -163,6 +164,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         cfg: cfg.clone(),
         db,
         nodes: Mutex::new(nodes),
+        retired: Mutex::new(retired),
         peer_addrs,
         log_tx,
         log_stats: writer.stats.clone(),
@@ -174,6 +176,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
 
     crate::status::spawn_size_scanner(Arc::downgrade(&node))
         .map_err(|e| format!("starting the size scanner: {e}"))?;
+    crate::placement::spawn(Arc::downgrade(&node), cfg.placement_moves_per_min)
+        .map_err(|e| format!("starting the placement driver: {e}"))?;
     if cfg.disk_quota_bytes > 0 {
         crate::quota::spawn_quota_watcher(Arc::downgrade(&node))
             .map_err(|e| format!("starting the disk quota watcher: {e}"))?;

@@ -828,6 +828,12 @@ impl Shard {
             Op::Status => {
                 return answer(out, Ok(Outcome::Status(crate::status::document(node))));
             }
+            Op::RetireNode { node_id, retired } => {
+                let result = crate::nodes::retire(node, *node_id, *retired)
+                    .map(|()| Outcome::Write(corekv_engine::WriteOutcome::Written { version: 0 }))
+                    .map_err(|e| WireError::new(ErrorCode::Internal, e));
+                return answer(out, result);
+            }
             Op::AddNode {
                 node_id,
                 peer_addr,
@@ -1035,6 +1041,7 @@ impl Shard {
             | Op::Watch { .. }
             | Op::CancelWatch { .. }
             | Op::AddNode { .. }
+            | Op::RetireNode { .. }
             | Op::MoveShard { .. } => {
                 unreachable!("answered above")
             }
@@ -1500,6 +1507,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::ChangePeer(_) => "change_peer",
         Op::AddNode { .. } => "add_node",
         Op::MoveShard { .. } => "move_shard",
+        Op::RetireNode { .. } => "retire_node",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",

@@ -510,6 +510,20 @@ pub fn remove_node(
         });
     }
     let mut out = String::new();
+    if !dry_run {
+        // The placement driver must not move replicas back to it.
+        let mut known: Vec<(u64, String)> = client
+            .nodes()
+            .iter()
+            .map(|(n, a)| (*n, a.clone()))
+            .collect();
+        known.sort_unstable();
+        for (n, addr) in known {
+            if let Err(e) = client.retire_node_on(&addr, node_id, true) {
+                let _ = writeln!(out, "node {n} not told node {node_id} is leaving: {e}");
+            }
+        }
+    }
     if plan.is_empty() {
         let _ = writeln!(out, "node {node_id} holds no replica: it can be stopped");
         return Ok(out);

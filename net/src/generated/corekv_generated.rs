@@ -364,13 +364,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 15;
+        pub const ENUM_MAX_OP: u8 = 16;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 16] = [
+        pub const ENUM_VALUES_OP: [Op; 17] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -387,6 +387,7 @@ pub mod corekv {
             Op::ChangePeer,
             Op::AddNode,
             Op::MoveShard,
+            Op::RetireNode,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -410,9 +411,10 @@ pub mod corekv {
             pub const ChangePeer: Self = Self(13);
             pub const AddNode: Self = Self(14);
             pub const MoveShard: Self = Self(15);
+            pub const RetireNode: Self = Self(16);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 15;
+            pub const ENUM_MAX: u8 = 16;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -430,6 +432,7 @@ pub mod corekv {
                 Self::ChangePeer,
                 Self::AddNode,
                 Self::MoveShard,
+                Self::RetireNode,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -450,6 +453,7 @@ pub mod corekv {
                     Self::ChangePeer => Some("ChangePeer"),
                     Self::AddNode => Some("AddNode"),
                     Self::MoveShard => Some("MoveShard"),
+                    Self::RetireNode => Some("RetireNode"),
                     _ => None,
                 }
             }
@@ -3842,6 +3846,138 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum RetireNodeOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct RetireNode<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for RetireNode<'a> {
+            type Inner = RetireNode<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> RetireNode<'a> {
+            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_RETIRED: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                RetireNode { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args RetireNodeArgs,
+            ) -> ::flatbuffers::WIPOffset<RetireNode<'bldr>> {
+                let mut builder = RetireNodeBuilder::new(_fbb);
+                builder.add_node_id(args.node_id);
+                builder.add_retired(args.retired);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn node_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(RetireNode::VT_NODE_ID, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn retired(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(RetireNode::VT_RETIRED, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for RetireNode<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+                    .visit_field::<bool>("retired", Self::VT_RETIRED, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct RetireNodeArgs {
+            pub node_id: u64,
+            pub retired: bool,
+        }
+        impl<'a> Default for RetireNodeArgs {
+            #[inline]
+            fn default() -> Self {
+                RetireNodeArgs {
+                    node_id: 0,
+                    retired: false,
+                }
+            }
+        }
+
+        pub struct RetireNodeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RetireNodeBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_node_id(&mut self, node_id: u64) {
+                self.fbb_
+                    .push_slot::<u64>(RetireNode::VT_NODE_ID, node_id, 0);
+            }
+            #[inline]
+            pub fn add_retired(&mut self, retired: bool) {
+                self.fbb_
+                    .push_slot::<bool>(RetireNode::VT_RETIRED, retired, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> RetireNodeBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                RetireNodeBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<RetireNode<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for RetireNode<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("RetireNode");
+                ds.field("node_id", &self.node_id());
+                ds.field("retired", &self.retired());
+                ds.finish()
+            }
+        }
         pub enum RoutesOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -4354,6 +4490,21 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_retire_node(&self) -> Option<RetireNode<'a>> {
+                if self.op_type() == Op::RetireNode {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { RetireNode::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -4383,6 +4534,7 @@ pub mod corekv {
           Op::ChangePeer => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangePeer>>("Op::ChangePeer", pos),
           Op::AddNode => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddNode>>("Op::AddNode", pos),
           Op::MoveShard => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveShard>>("Op::MoveShard", pos),
+          Op::RetireNode => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RetireNode>>("Op::RetireNode", pos),
           _ => Ok(()),
         }
      })?
@@ -4621,6 +4773,16 @@ pub mod corekv {
                     }
                     Op::MoveShard => {
                         if let Some(x) = self.op_as_move_shard() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::RetireNode => {
+                        if let Some(x) = self.op_as_retire_node() {
                             ds.field("op", &x)
                         } else {
                             ds.field(
