@@ -79,12 +79,21 @@ fn pass(node: &Arc<NodeShared>) -> bool {
         return false;
     }
     let retired = node.retired.lock().map(|r| r.clone()).unwrap_or_default();
-    let mut live = Vec::new();
-    for (id, addr) in &addrs {
-        if !retired.contains(id) && client.status_of(addr).is_ok() {
-            live.push(*id);
-        }
+    let mut members: Vec<u64> = addrs
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !retired.contains(id))
+        .collect();
+    members.sort_unstable();
+    // Balanced (the usual case): nothing more to ask.
+    if corekv_tools::ctl::replica_plan(&routes, &members).is_empty() {
+        return false;
     }
+    let mut live: Vec<u64> = addrs
+        .iter()
+        .filter(|(id, addr)| members.contains(id) && client.status_of(addr).is_ok())
+        .map(|(id, _)| *id)
+        .collect();
     live.sort_unstable();
     let Some(m) = corekv_tools::ctl::replica_plan(&routes, &live)
         .into_iter()
