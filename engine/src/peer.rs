@@ -1364,6 +1364,7 @@ impl Peer {
             .store()
             .persist_region(&self.region, &mut apply.inner);
         self.last_split_index = index;
+        self.layout_changed = true;
         let version = self.region.epoch.version;
         let mut record = index.to_be_bytes().to_vec();
         record.extend_from_slice(&split_hash.to_be_bytes());

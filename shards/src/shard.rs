@@ -1090,17 +1090,12 @@ impl Shard {
     }
 
     /// Opens the replicas of regions split off this round (their state was
-    /// just written) and shows them to the router.
+    /// just written); [`Shard::follow_membership`] shows them to the router.
     fn open_splits(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) {
         let opened = match replicas.open_splits(replies) {
             Ok(o) => o,
             Err(e) => self.fatal("opening a split region", e),
         };
-        if opened.is_empty() {
-            return;
-        }
-        let meta = db::cf(&self.node.db, corekv_engine::keys::CF_META);
-        let mut wb = rocksdb::WriteBatch::default();
         for r in &opened {
             tracing::info!(
                 shard = self.id,
@@ -1110,21 +1105,7 @@ impl Shard {
                 epoch = r.epoch.version,
                 "region split off"
             );
-            wb.put_cf(
-                meta,
-                corekv_engine::keys::placement_key(r.id),
-                (self.id as u32).to_be_bytes(),
-            );
         }
-        if let Err(e) = db::write(&self.node.db, wb, false) {
-            self.fatal("placement write", e);
-        }
-        let mine = replicas
-            .iter()
-            .filter(|p| p.is_initialized())
-            .map(|p| p.region().clone())
-            .collect();
-        self.node.update_shard_regions(self.id, mine);
     }
 
     /// Hands the replicas asked to move to another shard over, each once
@@ -1193,8 +1174,9 @@ impl Shard {
     }
 
     /// Destroys the replicas removed from their regions and shows the
-    /// router every replica whose range or members changed (a replica a
-    /// membership change added here is routed to once its snapshot is in).
+    /// router every replica whose range or members changed (a split, a
+    /// membership change; a replica added here is routed to once its
+    /// snapshot is in), storing the placement of the new ones.
     fn follow_membership(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) {
         let gone = match replicas.destroy_removed(replies) {
             Ok(g) => g,
@@ -1219,7 +1201,7 @@ impl Shard {
                 tracing::info!(
                     shard = self.id,
                     region = p.region_id(),
-                    "replica added to this node"
+                    "region now served on this shard"
                 );
                 wb.put_cf(
                     meta,

@@ -109,6 +109,18 @@ pub fn paced_load(
         .collect()
 }
 
+/// Stops a [`paced_load`] and gathers its operations.
+pub fn stop_load(
+    stop: &std::sync::atomic::AtomicBool,
+    workers: Vec<std::thread::JoinHandle<Vec<checker::Operation>>>,
+) -> Vec<checker::Operation> {
+    stop.store(true, Ordering::Release);
+    workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect()
+}
+
 /// Reads every key of `keys` once more (linearizable) into `ops`, asserts
 /// more than `writes_min` writes were acknowledged, and checks each key's
 /// history for linearizability (panics with a minimal failing history).

@@ -4,7 +4,7 @@
 //! key's history stays linearizable throughout.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,11 +170,7 @@ fn a_joining_node_receives_replicas_and_a_drained_node_gives_them_all_up() {
     // Node 3 stops; the cluster serves on.
     t.cluster.stop_node(2, Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Release);
-    let mut ops: Vec<Operation> = workers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
+    let mut ops = corekv_tests::stop_load(&stop, workers);
     let writes = corekv_tests::check_histories(&mut t.client(), &keys, started, &mut ops, 100);
     eprintln!(
         "{} operations, {writes} acknowledged writes, every key linearizable",
@@ -219,11 +215,7 @@ fn a_region_led_here_moves_to_another_shard_under_load_and_stays_there_after_a_r
     // Refused: a shard the node does not have.
     assert!(ctl::move_shard(&mut admin, r.id, 1, 7, Duration::from_secs(1)).is_err());
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Release);
-    let mut ops: Vec<Operation> = workers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
+    let mut ops = corekv_tests::stop_load(&stop, workers);
 
     // The placement is stored: after a restart the replica is still there.
     t.cluster.stop_node(0, Duration::from_secs(10));

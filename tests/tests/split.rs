@@ -216,7 +216,6 @@ fn keys_in_upper_quarter(r: &corekv_engine::Region, prefix: &str, n: usize) -> V
 
 #[test]
 fn a_hot_region_splits_by_itself_where_its_load_halves_and_its_halves_lead_from_two_nodes() {
-    use corekv_tests::checker::Operation;
     // About 600 requests/s go to one region; the threshold is 400/s for two
     // seconds, so the region splits, and each half (~300/s) stays whole.
     let t = TestCluster::start(
@@ -311,11 +310,7 @@ fn a_hot_region_splits_by_itself_where_its_load_halves_and_its_halves_lead_from_
     // Load goes on a moment with the halves on two nodes, then every key's
     // history (with a final read) must be linearizable.
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Release);
-    let mut ops: Vec<Operation> = workers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
+    let mut ops = corekv_tests::stop_load(&stop, workers);
     let writes = corekv_tests::check_histories(&mut t.client(), &keys, started, &mut ops, 100);
     eprintln!(
         "{} operations ({writes} acknowledged writes) linearizable across the split",
@@ -630,30 +625,20 @@ fn a_watch_resumed_on_a_split_off_region_from_before_the_split_gets_the_earlier_
         .collect();
     let mut c = t.client();
     let mut versions = Vec::new();
-    for round in ["a", "b"] {
+    let mut put_round = |round: &str| {
         for k in &keys {
+            let value = format!("{round}-{k}");
             let v = c
-                .put(
-                    k.as_bytes(),
-                    format!("{round}-{k}").as_bytes(),
-                    PutOptions::default(),
-                )
+                .put(k.as_bytes(), value.as_bytes(), PutOptions::default())
                 .unwrap();
             versions.push(v);
         }
-    }
+    };
+    put_round("a");
+    put_round("b");
     let mut admin = t.client();
     admin.split(r.id, Some(mid)).unwrap();
-    for k in &keys {
-        let v = c
-            .put(
-                k.as_bytes(),
-                format!("c-{k}").as_bytes(),
-                PutOptions::default(),
-            )
-            .unwrap();
-        versions.push(v);
-    }
+    put_round("c");
     // A client whose routes are current resumes after the first change:
     // its request goes straight to the new region, whose own history
     // starts at the split.
