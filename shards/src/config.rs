@@ -80,11 +80,16 @@ pub struct ServerArgs {
     /// Default 30000.
     #[arg(long)]
     pub split_cooldown_ms: Option<u64>,
-    /// Replica moves per minute the placement driver may make to even out
-    /// replicas per node (it runs on the node leading the first region);
-    /// 0 turns it off. Default 6.
+    /// Moves per minute the placement driver may make to even out replicas
+    /// per node, leaders per node and replicas per shard (it runs on the
+    /// node leading the first region); 0 turns it off. Default 6.
     #[arg(long)]
     pub placement_moves_per_min: Option<u32>,
+    /// Requests/s (reads plus writes) below which the placement driver
+    /// balances leaders and shards by count instead of by load; also the
+    /// smallest imbalance it acts on. Default 1000.
+    #[arg(long)]
+    pub placement_min_load: Option<f64>,
     /// Log indexes of change history each region keeps for watchers that
     /// resume from a version; 0 = none. Default 10000.
     #[arg(long)]
@@ -176,8 +181,10 @@ pub struct NodeConfig {
     pub watchers_max: usize,
     /// When regions split by themselves.
     pub split: crate::autosplit::SplitPolicy,
-    /// Replica moves per minute of the placement driver (0 = off).
+    /// Moves per minute of the placement driver (0 = off).
     pub placement_moves_per_min: u32,
+    /// Requests/s below which the driver balances by count.
+    pub placement_min_load: f64,
 }
 
 /// Largest node id (peer ids are `region_id * 1000 + node_id`).
@@ -278,6 +285,7 @@ impl ServerArgs {
             split_keys,
             split_cooldown_ms,
             placement_moves_per_min,
+            placement_min_load,
             expire_sweep_ms,
             value_bytes_max,
             frame_bytes_max,
@@ -362,6 +370,12 @@ impl ServerArgs {
         if watchers_max == 0 {
             return Err("--watchers-max must be > 0".into());
         }
+        let placement_min_load = self.placement_min_load.unwrap_or(1000.0);
+        if !(placement_min_load.is_finite() && placement_min_load >= 0.0) {
+            return Err(format!(
+                "--placement-min-load {placement_min_load}: must be a number of requests/s >= 0"
+            ));
+        }
         let mut split = crate::autosplit::SplitPolicy::default();
         split.load_ops = self.split_load_ops.unwrap_or(split.load_ops);
         split.load_windows = self.split_load_windows.unwrap_or(split.load_windows);
@@ -437,6 +451,7 @@ impl ServerArgs {
             watchers_max,
             split,
             placement_moves_per_min: self.placement_moves_per_min.unwrap_or(6),
+            placement_min_load,
         })
     }
 }

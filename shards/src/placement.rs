@@ -1,29 +1,31 @@
-//! The placement driver: evens out how many replicas each node holds, by
-//! itself, a few moves a minute (`--placement-moves-per-min`).
+//! The placement driver: evens out replicas per node, then leaders per node
+//! (by requests/s under load, else by count), then replicas per shard, by
+//! itself, a few moves a minute (`--placement-moves-per-min`), with the plan
+//! of `corekv ctl balance` ([`corekv_tools::plan`]).
 //!
 //! It runs on one node at a time: the one leading the region that owns
 //! hash 0 (while leadership changes two may run for a moment; every step of
 //! a move is a raft conf change checked against the region's current
 //! membership, so a duplicate step is refused, never applied twice). Each
 //! pass it asks the nodes for the routing table and acts only when the
-//! cluster is settled: every region has a leader and no learner (no move in
-//! progress). Only nodes that answer and are not marked as leaving
-//! (`corekv ctl remove-node`) take part: replicas move from the fullest of
-//! them to the emptiest. It makes at most
-//! one move per pass, with the plan and the steps of `corekv ctl balance`.
+//! cluster is settled: every node not marked as leaving (`corekv ctl
+//! remove-node`) answers, every region has a leader and no learner (no move
+//! in progress). It makes at most one move per pass:
+//! the first step of the plan.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use corekv_engine::PeerRole;
 use corekv_net::{Client, ClientConfig};
+use corekv_tools::plan::{plan, Policy, View};
 
 use crate::node::NodeShared;
 
 const PASS_EVERY: Duration = Duration::from_secs(2);
 
 /// Starts the driver thread (nothing if `--placement-moves-per-min 0`).
-pub fn spawn(node: Weak<NodeShared>, moves_per_min: u32) -> std::io::Result<()> {
+pub fn spawn(node: Weak<NodeShared>, moves_per_min: u32, policy: Policy) -> std::io::Result<()> {
     if moves_per_min == 0 {
         return Ok(());
     }
@@ -41,7 +43,7 @@ pub fn spawn(node: Weak<NodeShared>, moves_per_min: u32) -> std::io::Result<()> 
                 if recent.len() >= moves_per_min as usize || !leads_first_region(&node) {
                     continue;
                 }
-                if pass(&node) {
+                if pass(&node, &policy) {
                     recent.push(Instant::now());
                 }
             }
@@ -56,64 +58,40 @@ fn leads_first_region(node: &NodeShared) -> bool {
         .is_some_and(|i| router.leader(i) == node.cfg.node_id)
 }
 
-/// One pass; true if it moved a replica.
-fn pass(node: &Arc<NodeShared>) -> bool {
-    let addrs: Vec<(u64, String)> = match node.nodes.lock() {
-        Ok(n) => n
-            .values()
-            .map(|i| (i.node_id, i.client_addr.clone()))
-            .collect(),
+/// One pass; true if it moved something.
+fn pass(node: &Arc<NodeShared>, policy: &Policy) -> bool {
+    let addrs: Vec<String> = match node.nodes.lock() {
+        Ok(n) => n.values().map(|i| i.client_addr.clone()).collect(),
         Err(_) => return false,
     };
-    let mut cfg = ClientConfig::new(addrs.iter().map(|(_, a)| a.clone()).collect());
+    let mut cfg = ClientConfig::new(addrs);
     cfg.request_timeout = Duration::from_secs(2);
     let Ok(mut client) = Client::connect(cfg) else {
         return false;
     };
-    let routes = client.routes().to_vec();
-    let settled = corekv_net::client::covers_hash_space(&routes)
-        && routes.iter().all(|r| {
+    let Ok(view) = View::gather(&mut client) else {
+        return false;
+    };
+    // A node down (or cut off) would skew every count; its leaders come
+    // back by themselves when it returns.
+    let settled = view.unreachable.is_empty()
+        && corekv_net::client::covers_hash_space(&view.routes)
+        && view.routes.iter().all(|r| {
             r.leader_node != 0 && r.region.peers.iter().all(|p| p.role == PeerRole::Voter)
         });
     if !settled {
         return false;
     }
-    let retired = node.retired.lock().map(|r| r.clone()).unwrap_or_default();
-    let mut members: Vec<u64> = addrs
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !retired.contains(id))
-        .collect();
-    members.sort_unstable();
-    // Balanced (the usual case): nothing more to ask.
-    if corekv_tools::ctl::replica_plan(&routes, &members).is_empty() {
-        return false;
-    }
-    let mut live: Vec<u64> = addrs
-        .iter()
-        .filter(|(id, addr)| members.contains(id) && client.status_of(addr).is_ok())
-        .map(|(id, _)| *id)
-        .collect();
-    live.sort_unstable();
-    let Some(m) = corekv_tools::ctl::replica_plan(&routes, &live)
-        .into_iter()
-        .next()
-    else {
+    let Some(step) = plan(&view, policy).into_iter().next() else {
         return false;
     };
-    match corekv_tools::ctl::move_replica(
-        &mut client,
-        m.region_id,
-        m.from,
-        m.to,
-        Duration::from_secs(10),
-    ) {
+    match corekv_tools::ctl::run_step(&mut client, &step, Duration::from_secs(10)) {
         Ok(report) => {
-            tracing::info!(report = report.trim(), "placement driver moved a replica");
+            tracing::info!(report = report.trim(), "placement driver: {step}");
             true
         }
         Err(e) => {
-            tracing::warn!(region = m.region_id, from = m.from, to = m.to, error = %format!("{e:#}"), "placement driver move failed");
+            tracing::warn!(error = %format!("{e:#}"), "placement driver: {step} failed");
             true
         }
     }

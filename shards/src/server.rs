@@ -176,7 +176,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
 
     crate::status::spawn_size_scanner(Arc::downgrade(&node))
         .map_err(|e| format!("starting the size scanner: {e}"))?;
-    crate::placement::spawn(Arc::downgrade(&node), cfg.placement_moves_per_min)
+    let policy = corekv_tools::plan::Policy {
+        min_load: cfg.placement_min_load,
+    };
+    crate::placement::spawn(Arc::downgrade(&node), cfg.placement_moves_per_min, policy)
         .map_err(|e| format!("starting the placement driver: {e}"))?;
     if cfg.disk_quota_bytes > 0 {
         crate::quota::spawn_quota_watcher(Arc::downgrade(&node))

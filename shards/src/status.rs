@@ -69,6 +69,7 @@ pub fn document(node: &NodeShared) -> String {
         "stopping": node.is_stopping(),
         "shard_count": node.cfg.shards,
         "leaders": leaders,
+        "leaving": node.retired.lock().map(|r| r.iter().copied().collect::<Vec<u64>>()).unwrap_or_default(),
         "log_writer": {
             "fsyncs": fsyncs,
             "batches": batches,

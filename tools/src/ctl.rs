@@ -66,11 +66,27 @@ pub struct Move {
 /// cluster's node ids (a node leading nothing counts as zero); regions
 /// without a known leader are left alone.
 pub fn balance_plan(routes: &[RouteInfo], nodes: &[u64]) -> Vec<Move> {
+    count_plan(routes, nodes, None)
+}
+
+/// [`balance_plan`]; with `load` (requests/s per region and the most a
+/// region may serve to count as cold), only cold regions move, the coldest
+/// first, and only where the receiving node ends no busier than the giving
+/// node was, so a move by count never undoes a move by load.
+pub fn count_plan(
+    routes: &[RouteInfo],
+    nodes: &[u64],
+    load: Option<(&std::collections::BTreeMap<u64, f64>, f64)>,
+) -> Vec<Move> {
     use std::collections::BTreeMap;
     let mut preferred: BTreeMap<u64, u64> = nodes.iter().map(|n| (*n, 0)).collect();
+    let mut busy: BTreeMap<u64, f64> = nodes.iter().map(|n| (*n, 0.0)).collect();
     let mut owner: BTreeMap<u64, u64> = BTreeMap::new();
+    let load_of = |region: u64| load.and_then(|l| l.0.get(&region)).copied().unwrap_or(0.0);
+    let cold = load.map_or(f64::INFINITY, |l| l.1);
     for r in routes.iter().filter(|r| r.leader_node != 0) {
         *preferred.entry(r.leader_node).or_default() += 1;
+        *busy.entry(r.leader_node).or_default() += load_of(r.region.id);
         owner.insert(r.region.id, r.leader_node);
     }
     let mut plan = Vec::new();
@@ -91,12 +107,15 @@ pub fn balance_plan(routes: &[RouteInfo], nodes: &[u64]) -> Vec<Move> {
         let found = targets.iter().find_map(|&(_, least)| {
             routes
                 .iter()
-                .find(|r| {
+                .filter(|r| {
+                    let l = load_of(r.region.id);
                     owner.get(&r.region.id) == Some(&most)
                         && r.region
                             .peer_on_node(least)
                             .is_some_and(|p| p.role == corekv_engine::PeerRole::Voter)
+                        && (load.is_none() || (l <= cold && busy[&least] + l <= busy[&most]))
                 })
+                .min_by(|a, b| load_of(a.region.id).total_cmp(&load_of(b.region.id)))
                 .map(|r| (r, least))
         });
         let Some((r, least)) = found else {
@@ -106,6 +125,8 @@ pub fn balance_plan(routes: &[RouteInfo], nodes: &[u64]) -> Vec<Move> {
         owner.insert(r.region.id, least);
         *preferred.get_mut(&most).unwrap() -= 1;
         *preferred.get_mut(&least).unwrap() += 1;
+        *busy.get_mut(&most).unwrap() -= load_of(r.region.id);
+        *busy.get_mut(&least).unwrap() += load_of(r.region.id);
         plan.push(Move {
             region_id: r.region.id,
             from: most,
@@ -115,48 +136,58 @@ pub fn balance_plan(routes: &[RouteInfo], nodes: &[u64]) -> Vec<Move> {
     plan
 }
 
-/// Runs `balance_plan` (only shows it with `dry_run`), one move at a time,
-/// each waiting up to `wait` for the new leader. Returns the report.
+/// Runs the placement plan ([`crate::plan`]; only shows it with
+/// `dry_run`): replica moves, then leader moves, then shard moves, one at a
+/// time, each waiting up to `wait`. A dry run shows the first phase with
+/// something to do (the next ones depend on it). Returns the report.
 pub fn balance(
     client: &mut Client,
     dry_run: bool,
+    policy: &crate::plan::Policy,
     wait: std::time::Duration,
 ) -> anyhow::Result<String> {
-    use std::fmt::Write;
-    client.refresh()?;
-    let mut nodes: Vec<u64> = client.nodes().keys().copied().collect();
-    nodes.sort_unstable();
     let mut out = String::new();
-    let replicas = replica_plan(client.routes(), &nodes);
-    run_replica_moves(client, &replicas, dry_run, wait, &mut out)?;
-    if !replicas.is_empty() && !dry_run {
-        client.refresh()?;
-    }
-    let plan = balance_plan(client.routes(), &nodes);
-    if plan.is_empty() {
-        let _ = writeln!(out, "balanced: no leader to move");
-        return Ok(out);
-    }
-    for m in &plan {
-        if dry_run {
-            let _ = writeln!(
-                out,
-                "would move region {}: node {} -> node {}",
-                m.region_id, m.from, m.to
-            );
-            continue;
+    // Each round empties one phase; a fourth would only chase noise.
+    for _ in 0..3 {
+        let view = crate::plan::View::gather(client)?;
+        let steps = crate::plan::plan(&view, policy);
+        if steps.is_empty() {
+            break;
         }
-        let took = transfer_leader(client, m.region_id, m.to, wait)?;
-        let _ = writeln!(
-            out,
-            "moved region {}: node {} -> node {} ({} ms)",
-            m.region_id,
-            m.from,
-            m.to,
-            took.as_millis()
-        );
+        for step in &steps {
+            if dry_run {
+                out.push_str(&format!("would move {step}\n"));
+            } else {
+                out.push_str(&run_step(client, step, wait)?);
+            }
+        }
+        if dry_run {
+            out.push_str("(later phases are planned once these moves are done)\n");
+            return Ok(out);
+        }
+    }
+    if out.is_empty() {
+        out.push_str("balanced: nothing to move\n");
     }
     Ok(out)
+}
+
+/// Carries out one step of a placement plan, waiting up to `wait`.
+/// Returns the report line.
+pub fn run_step(
+    client: &mut Client,
+    step: &crate::plan::Step,
+    wait: std::time::Duration,
+) -> anyhow::Result<String> {
+    use crate::plan::Step;
+    Ok(match step {
+        Step::Replica(m) => move_replica(client, m.region_id, m.from, m.to, wait)?,
+        Step::Leader(m) => {
+            let took = transfer_leader(client, m.region_id, m.to, wait)?;
+            format!("moved {step} ({} ms)\n", took.as_millis())
+        }
+        Step::Shard(m) => move_shard(client, m.region_id, m.node, m.to, wait)?,
+    })
 }
 
 fn route_of(client: &Client, region_id: u64) -> anyhow::Result<RouteInfo> {

@@ -213,14 +213,18 @@ enum CtlCmd {
         #[arg(long, default_value_t = 30_000)]
         wait_ms: u64,
     },
-    /// Even out how many replicas each node holds (replica moves), then how
-    /// many regions each node leads: moves leaders (as
-    /// transfer-leader does) from the busiest node to the least busy ones,
-    /// one at a time.
+    /// Even out how many replicas each node holds (replica moves), then the
+    /// leaders (as transfer-leader does: by requests/s under load, else by
+    /// count), then the replicas on each node's shards (as move-shard does),
+    /// one move at a time; the placement driver does the same by itself.
     Balance {
         /// Show the plan, move nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Requests/s (reads plus writes) below which leaders and shards
+        /// are balanced by count instead of load.
+        #[arg(long, default_value_t = 1000.0)]
+        min_load: f64,
         /// How long to wait for each move, ms.
         #[arg(long, default_value_t = 10_000)]
         wait_ms: u64,
@@ -408,11 +412,19 @@ fn main() -> ExitCode {
         };
     }
     if let Cmd::Ctl {
-        cmd: CtlCmd::Balance { dry_run, wait_ms },
+        cmd:
+            CtlCmd::Balance {
+                dry_run,
+                min_load,
+                wait_ms,
+            },
     } = &cli.cmd
     {
+        let policy = corekv_tools::plan::Policy {
+            min_load: *min_load,
+        };
         return ctl_text(endpoints, cli.timeout_ms, |c| {
-            corekv_tools::ctl::balance(c, *dry_run, Duration::from_millis(*wait_ms))
+            corekv_tools::ctl::balance(c, *dry_run, &policy, Duration::from_millis(*wait_ms))
         });
     }
     if let Cmd::Ctl {
