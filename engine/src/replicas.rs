@@ -443,13 +443,20 @@ impl Replicas {
     }
 
     /// Destroys the replicas that learnt they were removed; call once the
-    /// round's apply batch is written. Their pending requests fail with
-    /// `RegionNotFound`. Returns the regions destroyed.
-    pub fn destroy_removed(&mut self, replies: &mut Vec<Reply>) -> Result<Vec<Region>> {
+    /// round's apply batch is written. A replica with a raft log write
+    /// still on its way (`log_busy`) waits for a later round: that write
+    /// landing after the destruction would leave a hard state behind for a
+    /// later replica of the region here to trip on. Their pending requests
+    /// fail with `RegionNotFound`. Returns the regions destroyed.
+    pub fn destroy_removed(
+        &mut self,
+        replies: &mut Vec<Reply>,
+        log_busy: impl Fn(u64) -> bool,
+    ) -> Result<Vec<Region>> {
         let gone: Vec<u64> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.is_removed())
+            .filter(|(id, p)| p.is_removed() && !log_busy(**id))
             .map(|(id, _)| *id)
             .collect();
         if gone.is_empty() {

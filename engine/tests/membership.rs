@@ -138,6 +138,59 @@ fn a_replica_moves_to_a_new_node_keeps_every_write_and_the_old_one_is_destroyed(
 }
 
 #[test]
+fn a_replica_moved_away_and_back_to_a_node_starts_clean_and_keeps_every_write() {
+    for seed in [1, 2, 3] {
+        let (_d, mut c) = cluster(seed);
+        let l = leader(&mut c);
+        for i in 0..100 {
+            must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
+        }
+        let from = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
+        move_to_4(&mut c, from);
+        assert!(
+            c.run_until(10_000, |c| settled(c, from)).unwrap(),
+            "seed {seed}: move did not settle"
+        );
+        for i in 100..150 {
+            must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
+        }
+        // Back to the node it left: nothing of the destroyed replica (its
+        // hard state included) may be left for the new one to trip on.
+        must_change(&mut c, PeerChange::AddLearner { node_id: from });
+        must_change(
+            &mut c,
+            PeerChange::Promote {
+                node_id: from,
+                remove_node: 4,
+            },
+        );
+        assert!(
+            c.run_until(10_000, |c| {
+                c.leader(1).is_some_and(|l| {
+                    let r = c.region_meta(l, 1).unwrap();
+                    r.peer_on_node(from)
+                        .is_some_and(|p| p.role == PeerRole::Voter)
+                        && r.peer_on_node(4).is_none()
+                }) && !c.has_replica(4, 1)
+            })
+            .unwrap(),
+            "seed {seed}: move back did not settle"
+        );
+        for i in 150..200 {
+            must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
+        }
+        c.run_ms(500).unwrap();
+        assert_eq!(c.dump_data(from).unwrap().len(), 200, "seed {seed}");
+        // It restarts from its own storage.
+        c.crash(from);
+        c.restart(from).unwrap();
+        c.run_ms(1000).unwrap();
+        assert_eq!(c.dump_data(from).unwrap().len(), 200, "seed {seed}");
+        must_put(&mut c, "after", "restart");
+    }
+}
+
+#[test]
 fn a_replica_cut_off_while_it_is_removed_learns_it_when_the_network_heals() {
     let (_d, mut c) = cluster(9);
     let l = leader(&mut c);

@@ -690,7 +690,7 @@ impl Shard {
         // Written: regions split off may open, replicas removed go,
         // watchers see the changes.
         self.open_splits(&mut replicas, &mut replies);
-        self.follow_membership(&mut replicas, &mut replies);
+        self.follow_membership(&mut replicas, &mut replies, &persist);
         {
             let mut watches = self.watches.borrow_mut();
             watches.on_changes(&apply.take_changes(), now, &mut out.watch);
@@ -1116,15 +1116,11 @@ impl Shard {
     /// Returns true if one moved.
     fn hand_over(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) -> bool {
         let ready: Vec<(u64, usize)> = {
-            let mut st = self.state.borrow_mut();
-            if st.moving.is_empty() {
+            if self.state.borrow().moving.is_empty() {
                 return false;
             }
-            let in_flight: std::collections::HashSet<u64> = st
-                .in_flight
-                .iter()
-                .flat_map(|(_, v)| v.iter().map(|(r, _)| *r))
-                .collect();
+            let in_flight = self.log_in_flight();
+            let mut st = self.state.borrow_mut();
             let (ready, wait): (Vec<_>, Vec<_>) = st
                 .moving
                 .drain(..)
@@ -1167,6 +1163,15 @@ impl Shard {
         moved
     }
 
+    /// Regions with a raft log write on its way to the log writer.
+    fn log_in_flight(&self) -> std::collections::HashSet<u64> {
+        let st = self.state.borrow();
+        st.in_flight
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|(r, _)| *r))
+            .collect()
+    }
+
     fn board_forget(&self, region: u64) {
         if let Ok(mut board) = self.node.board.lock() {
             board.regions.remove(&region);
@@ -1177,8 +1182,15 @@ impl Shard {
     /// router every replica whose range or members changed (a split, a
     /// membership change; a replica added here is routed to once its
     /// snapshot is in), storing the placement of the new ones.
-    fn follow_membership(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) {
-        let gone = match replicas.destroy_removed(replies) {
+    fn follow_membership(
+        &self,
+        replicas: &mut Replicas,
+        replies: &mut Vec<Reply>,
+        round_log: &[(u64, PendingPersist)],
+    ) {
+        let in_flight = self.log_in_flight();
+        let log_busy = |r: u64| in_flight.contains(&r) || round_log.iter().any(|(x, _)| *x == r);
+        let gone = match replicas.destroy_removed(replies, log_busy) {
             Ok(g) => g,
             Err(e) => self.fatal("destroying a removed replica", e),
         };

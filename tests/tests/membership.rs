@@ -116,7 +116,13 @@ fn a_joining_node_receives_replicas_and_a_drained_node_gives_them_all_up() {
     assert_three_voters(&after);
     assert_eq!(replicas_per_node(&after).values().sum::<usize>(), 24);
     // `ctl balance` agrees: nothing left to move.
-    let again = ctl::balance(&mut admin, true, &Default::default(), Duration::from_secs(1)).unwrap();
+    let again = ctl::balance(
+        &mut admin,
+        true,
+        &Default::default(),
+        Duration::from_secs(1),
+    )
+    .unwrap();
     assert!(!again.contains("replica:"), "{again}");
     // Then it gives node 4 leaders too, by itself.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -147,7 +147,14 @@ fn two_hot_regions_on_one_shard_end_up_on_two() {
     let workers = hot_load(&t, &keys, &stop, started);
     std::thread::sleep(Duration::from_secs(3));
     // Balanced so far; now both on one shard.
-    ctl::move_shard(&mut admin, b.region.id, 1, sa as u32, Duration::from_secs(10)).unwrap();
+    ctl::move_shard(
+        &mut admin,
+        b.region.id,
+        1,
+        sa as u32,
+        Duration::from_secs(10),
+    )
+    .unwrap();
     let moved = Instant::now();
     let deadline = moved + Duration::from_secs(40);
     loop {

@@ -180,7 +180,11 @@ impl std::fmt::Display for Step {
                 "region {} replica: node {} -> node {}",
                 m.region_id, m.from, m.to
             ),
-            Step::Leader(m) => write!(f, "region {}: node {} -> node {}", m.region_id, m.from, m.to),
+            Step::Leader(m) => write!(
+                f,
+                "region {}: node {} -> node {}",
+                m.region_id, m.from, m.to
+            ),
             Step::Shard(m) => write!(
                 f,
                 "region {} on node {}: shard {} -> shard {}",
@@ -399,7 +403,9 @@ mod tests {
 
     /// Nodes 1..=3, six regions on all three, each node leading two.
     fn cluster() -> View {
-        let routes = (1..=6).map(|id| route(id, &[1, 2, 3], 1 + (id - 1) % 3)).collect();
+        let routes = (1..=6)
+            .map(|id| route(id, &[1, 2, 3], 1 + (id - 1) % 3))
+            .collect();
         let mut view = View {
             routes,
             nodes: vec![1, 2, 3],
@@ -484,7 +490,10 @@ mod tests {
         let moves = leader_moves(&v);
         assert_eq!(moves.len(), 1, "{moves:?}");
         let (region, from, to) = moves[0];
-        assert!([1, 4].contains(&region) && from == 1 && to != 1, "{moves:?}");
+        assert!(
+            [1, 4].contains(&region) && from == 1 && to != 1,
+            "{moves:?}"
+        );
         // Then counts are evened out with cold regions only, and the plan
         // runs dry: nothing moves back.
         let loads = [5000.0, 10.0, 10.0, 5000.0, 10.0, 10.0];
@@ -535,7 +544,11 @@ mod tests {
     #[test]
     fn load_goes_only_to_nodes_with_a_voter() {
         let mut v = cluster();
-        v.routes = vec![route(1, &[1, 2], 1), route(2, &[1, 2], 1), route(3, &[3], 3)];
+        v.routes = vec![
+            route(1, &[1, 2], 1),
+            route(2, &[1, 2], 1),
+            route(3, &[3], 3),
+        ];
         v.set_loads(&[4000.0, 4000.0, 0.0]);
         assert_eq!(leader_moves(&v), vec![(1, 1, 2)]);
     }
@@ -548,7 +561,10 @@ mod tests {
         v.set_loads(&[5000.0, 10.0, 10.0, 5000.0, 10.0, 10.0]);
         let steps = plan(&v, &Policy::default());
         assert!(!steps.is_empty());
-        assert!(steps.iter().all(|s| matches!(s, Step::Replica(_))), "{steps:?}");
+        assert!(
+            steps.iter().all(|s| matches!(s, Step::Replica(_))),
+            "{steps:?}"
+        );
     }
 
     fn one_node_two_shards(shard_of: &[u32], ops: &[f64]) -> View {

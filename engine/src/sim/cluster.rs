@@ -404,7 +404,9 @@ impl SimCluster {
                 self.regions.sort_by_key(|r| r.start_hash);
             }
         }
-        n.replicas.destroy_removed(&mut replies)?;
+        // This round's log batch is written below: a replica in it waits.
+        n.replicas
+            .destroy_removed(&mut replies, |r| persist.iter().any(|(x, _)| *x == r))?;
         if crash == Some(CrashPoint::AfterApplyWrite) {
             self.crash_plan = None;
             self.crash(node);
