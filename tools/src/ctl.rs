@@ -154,13 +154,7 @@ pub fn balance(
         if steps.is_empty() {
             break;
         }
-        for step in &steps {
-            if dry_run {
-                out.push_str(&format!("would move {step}\n"));
-            } else {
-                out.push_str(&run_step(client, step, wait)?);
-            }
-        }
+        run_steps(client, &steps, dry_run, wait, &mut out)?;
         if dry_run {
             out.push_str("(later phases are planned once these moves are done)\n");
             return Ok(out);
@@ -356,23 +350,20 @@ pub fn move_shard(
     }
 }
 
-/// Runs `plan` one move at a time (with `dry_run`, only lists it),
+/// Runs `steps` one at a time (with `dry_run`, only lists them),
 /// reporting into `out`.
-fn run_replica_moves(
+fn run_steps(
     client: &mut Client,
-    plan: &[ReplicaMove],
+    steps: &[crate::plan::Step],
     dry_run: bool,
     wait: std::time::Duration,
     out: &mut String,
 ) -> anyhow::Result<()> {
-    for m in plan {
+    for step in steps {
         if dry_run {
-            out.push_str(&format!(
-                "would move region {} replica: node {} -> node {}\n",
-                m.region_id, m.from, m.to
-            ));
+            out.push_str(&format!("would move {step}\n"));
         } else {
-            out.push_str(&move_replica(client, m.region_id, m.from, m.to, wait)?);
+            out.push_str(&run_step(client, step, wait)?);
         }
     }
     Ok(())
@@ -559,7 +550,8 @@ pub fn remove_node(
         let _ = writeln!(out, "node {node_id} holds no replica: it can be stopped");
         return Ok(out);
     }
-    run_replica_moves(client, &plan, dry_run, wait, &mut out)?;
+    let steps: Vec<_> = plan.into_iter().map(crate::plan::Step::Replica).collect();
+    run_steps(client, &steps, dry_run, wait, &mut out)?;
     if !dry_run {
         let _ = writeln!(
             out,
