@@ -736,6 +736,22 @@ impl Peer {
         Ok(())
     }
 
+    /// Takes the lead back at once, as a leadership transfer would: an
+    /// election in a new term that the other replicas answer even though
+    /// they heard from a leader lately. For a replica that led until it
+    /// moved to another shard of its node (same raft id, term and durable
+    /// log), so its region does not wait an election timeout for a leader.
+    pub fn resume_leadership(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgTimeoutNow);
+        m.from = self.peer_id;
+        m.to = self.peer_id;
+        m.term = self.raw.raft.term;
+        self.raw.step(m)?;
+        self.after_input(replies);
+        Ok(())
+    }
+
     /// Tells raft whether a snapshot sent to `to` arrived (it keeps the
     /// follower paused until told).
     pub fn report_snapshot(&mut self, to: u64, delivered: bool) {

@@ -285,8 +285,14 @@ impl Replicas {
         Some(p.region().clone())
     }
 
-    /// Opens the stored replica of `region_id` here (see [`Replicas::take`]).
-    pub fn open_region(&mut self, region_id: u64) -> Result<Region> {
+    /// Opens the stored replica of `region_id` here (see [`Replicas::take`]);
+    /// one that led where it was taken from takes the lead back at once.
+    pub fn open_region(
+        &mut self,
+        region_id: u64,
+        led: bool,
+        replies: &mut Vec<Reply>,
+    ) -> Result<Region> {
         if let Some(p) = self.peers.get(&region_id) {
             if p.is_initialized() {
                 return Ok(p.region().clone());
@@ -303,6 +309,10 @@ impl Replicas {
         let region = peer.region().clone();
         self.peers.insert(region_id, peer);
         self.cache.clear();
+        if led {
+            let p = self.peers.get_mut(&region_id).expect("inserted");
+            p.resume_leadership(replies)?;
+        }
         Ok(region)
     }
 

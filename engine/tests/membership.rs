@@ -329,3 +329,33 @@ fn a_replica_that_missed_a_split_gets_the_new_region_once_its_own_range_shrinks(
     );
     assert_eq!(c.dump_data(lagging).unwrap().len(), 1200);
 }
+
+#[test]
+fn a_leader_reopened_on_another_shard_leads_again_without_an_election_timeout() {
+    for seed in [1, 2, 3] {
+        let (_d, mut c) = cluster(seed);
+        let l = leader(&mut c);
+        for i in 0..20 {
+            must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
+        }
+        let term = c.status(l, 1).unwrap().term;
+        let tick = c.config().tick_interval_ms;
+        assert!(c.reopen(l, 1).unwrap());
+        // Two ticks: far below the election timeout (15 ticks or more).
+        c.run_ms(2 * tick).unwrap();
+        assert_eq!(c.leader(1), Some(l), "seed {seed}");
+        assert!(c.status(l, 1).unwrap().term > term, "seed {seed}");
+        must_put(&mut c, "after", "reopen");
+        let v = c
+            .get(b"k7", Consistency::Linearizable, 5000)
+            .unwrap()
+            .expect("present");
+        assert_eq!(v.value, &b"v7"[..]);
+        // A follower reopened stays a follower; the leader keeps leading.
+        let f = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
+        assert!(c.reopen(f, 1).unwrap());
+        c.run_ms(2 * tick).unwrap();
+        assert_eq!(c.leader(1), Some(l), "seed {seed}");
+        must_put(&mut c, "after", "follower reopened");
+    }
+}

@@ -93,8 +93,9 @@ pub enum ShardMsg {
         /// The answers.
         responses: Vec<Response>,
     },
-    /// A region replica the sending shard handed over: open it here.
-    Open(u64),
+    /// A region replica the sending shard handed over (and whether it led
+    /// there): open it here.
+    Open(u64, bool),
     /// A frame of a watch served by the sending shard, for a connection of
     /// the receiving shard.
     Watch {
@@ -145,7 +146,7 @@ struct Inbox {
     reports: Vec<(RaftEnvelope, bool)>,
     persisted_seq: u64,
     /// Replicas handed over by other shards, to open.
-    open: Vec<u64>,
+    open: Vec<(u64, bool)>,
 }
 
 /// A request handed to a replica and not answered yet.
@@ -304,7 +305,7 @@ impl Shard {
     pub fn on_shard_msg(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::Raft(envs) => self.inbox.borrow_mut().raft.extend(envs),
-            ShardMsg::Open(region) => self.inbox.borrow_mut().open.push(region),
+            ShardMsg::Open(region, led) => self.inbox.borrow_mut().open.push((region, led)),
             ShardMsg::Requests {
                 from_shard,
                 conn,
@@ -612,9 +613,9 @@ impl Shard {
         if self.hand_over(&mut replicas, &mut replies) {
             busy = true;
         }
-        for region in inbox.open.drain(..) {
+        for (region, led) in inbox.open.drain(..) {
             busy = true;
-            match replicas.open_region(region) {
+            match replicas.open_region(region, led, &mut replies) {
                 Ok(r) => tracing::info!(
                     shard = self.id,
                     region = r.id,
@@ -900,7 +901,15 @@ impl Shard {
                 out.forward.entry((owner, conn)).or_default().push(req);
                 return;
             }
-            let e = WireError::new(ErrorCode::Internal, "request forwarded twice");
+            // The region moved to another shard while the request was
+            // forwarded here: the client refreshes and retries.
+            let e = WireError::new(
+                ErrorCode::RegionNotFound,
+                format!(
+                    "region {} moved to another shard of node {}; retry",
+                    region.id, node.cfg.node_id
+                ),
+            );
             return answer(out, Err(e));
         }
         let region_id = region.id;
@@ -1133,6 +1142,7 @@ impl Shard {
         };
         let mut moved = false;
         for (region, to) in ready {
+            let led = replicas.peer(region).is_some_and(|p| p.is_leader());
             if replicas.take(region, replies).is_none() {
                 continue;
             }
@@ -1155,7 +1165,7 @@ impl Shard {
             );
             let mesh = mesh.clone();
             glommio::spawn_local(async move {
-                let _ = mesh.send_to(to, ShardMsg::Open(region)).await;
+                let _ = mesh.send_to(to, ShardMsg::Open(region, led)).await;
             })
             .detach();
             moved = true;

@@ -499,6 +499,23 @@ impl SimCluster {
         id
     }
 
+    /// Takes `node`'s replica of `region` out and opens it again from the
+    /// database, as a move to another shard of the node does (a leader takes
+    /// the lead back at once). False if the node has no such replica.
+    pub fn reopen(&mut self, node: u64, region: u64) -> Result<bool> {
+        let mut replies = Vec::new();
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return Ok(false);
+        };
+        let led = n.replicas.peer(region).is_some_and(|p| p.is_leader());
+        if n.replicas.take(region, &mut replies).is_none() {
+            return Ok(false);
+        }
+        n.replicas.open_region(region, led, &mut replies)?;
+        self.collect_replies(replies);
+        Ok(true)
+    }
+
     /// True when `node` holds a replica of `region` (initialized or not).
     pub fn has_replica(&self, node: u64, region: u64) -> bool {
         self.nodes
