@@ -7,8 +7,9 @@
 //! row splits at the median of the sampled hashes, so each half gets about
 //! half the load (a hot range inside a region is cut through its middle, not
 //! at the region's midpoint). A region holding more than
-//! [`SplitPolicy::keys_max`] keys splits at the middle of its hash range
-//! (keys are spread uniformly by hash). A shard starts at most one split per
+//! [`SplitPolicy::keys_max`] keys or [`SplitPolicy::bytes_max`] bytes of
+//! keys and values splits at the middle of its hash range (keys are spread
+//! uniformly by hash). A shard starts at most one split per
 //! [`SplitPolicy::cooldown_ms`], and never cuts a region narrower than
 //! [`SplitPolicy::width_min`] hashes, so load cannot cause a split storm.
 
@@ -29,8 +30,11 @@ pub struct SplitPolicy {
     pub load_windows: u32,
     /// Length of one window, ms.
     pub window_ms: u64,
-    /// Keys above which a region splits; 0 = no split by size.
+    /// Keys above which a region splits; 0 = no split by key count.
     pub keys_max: u64,
+    /// Bytes (keys and values) above which a region splits; 0 = no split
+    /// by size.
+    pub bytes_max: u64,
     /// Time between two splits started by one shard, ms.
     pub cooldown_ms: u64,
     /// Narrowest hash range a split may leave on either side.
@@ -46,6 +50,7 @@ impl Default for SplitPolicy {
             load_windows: 10,
             window_ms: 1000,
             keys_max: 4_000_000,
+            bytes_max: 256 << 20,
             cooldown_ms: 30_000,
             width_min: 1 << 40,
         }
@@ -112,7 +117,7 @@ impl LoadTracker {
 
     /// True when some split rule is on.
     pub fn enabled(&self) -> bool {
-        self.policy.load_ops > 0 || self.policy.keys_max > 0
+        self.policy.load_ops > 0 || self.policy.keys_max > 0 || self.policy.bytes_max > 0
     }
 
     /// True when regions split by load (requests must be recorded).
@@ -143,13 +148,13 @@ impl LoadTracker {
     }
 
     /// At most one split to start now, if a window ended at `now_ms`.
-    /// `leading` gives the regions this shard leads, `keys` a region's key
-    /// count (if known).
+    /// `leading` gives the regions this shard leads, `size` a region's keys
+    /// and bytes (if known).
     pub fn decide(
         &mut self,
         now_ms: u64,
         leading: &[Region],
-        keys: impl Fn(u64) -> Option<u64>,
+        size: impl Fn(u64) -> Option<(u64, u64)>,
     ) -> Option<SplitPlan> {
         let elapsed = now_ms.saturating_sub(self.window_started_ms);
         if elapsed < self.policy.window_ms.max(1) {
@@ -183,17 +188,22 @@ impl LoadTracker {
                     continue;
                 }
             }
-            if self.policy.keys_max > 0 {
-                if let Some(n) = keys(r.id).filter(|n| *n > self.policy.keys_max) {
-                    let mid = ((u128::from(r.start_hash) + end_of(r)) / 2) as u64;
-                    if cuttable(r, mid, self.policy.width_min) {
-                        plan = Some(SplitPlan {
-                            region_id: r.id,
-                            split_hash: mid,
-                            reason: format!("{n} keys (threshold {})", self.policy.keys_max),
-                        });
-                    }
-                }
+            let (keys, bytes) = size(r.id).unwrap_or_default();
+            let over = |n: u64, max: u64| max > 0 && n > max;
+            let reason = if over(keys, self.policy.keys_max) {
+                format!("{keys} keys (threshold {})", self.policy.keys_max)
+            } else if over(bytes, self.policy.bytes_max) {
+                format!("{bytes} bytes (threshold {})", self.policy.bytes_max)
+            } else {
+                continue;
+            };
+            let mid = ((u128::from(r.start_hash) + end_of(r)) / 2) as u64;
+            if cuttable(r, mid, self.policy.width_min) {
+                plan = Some(SplitPlan {
+                    region_id: r.id,
+                    split_hash: mid,
+                    reason,
+                });
             }
         }
         self.hot.retain(|id, _| leading.iter().any(|r| r.id == *id));
@@ -247,6 +257,7 @@ mod tests {
             load_windows: 3,
             window_ms: 1000,
             keys_max: 0,
+            bytes_max: 0,
             cooldown_ms: 10_000,
             width_min: 1 << 20,
         }
@@ -356,10 +367,31 @@ mod tests {
         let r = region(7, 1 << 62, 1 << 63);
         let mut t = LoadTracker::new(p, 0);
         assert_eq!(
-            t.decide(1000, std::slice::from_ref(&r), |_| Some(1000)),
+            t.decide(1000, std::slice::from_ref(&r), |_| Some((1000, 0))),
             None
         );
-        let plan = t.decide(2000, std::slice::from_ref(&r), |_| Some(1001));
+        let plan = t.decide(2000, std::slice::from_ref(&r), |_| Some((1001, 0)));
         assert_eq!(plan.map(|p| p.split_hash), Some(3u64 << 61));
+    }
+
+    #[test]
+    fn a_region_over_the_byte_limit_splits_at_its_middle() {
+        let mut p = policy();
+        p.load_ops = 0;
+        p.keys_max = 0;
+        p.bytes_max = 1 << 20;
+        let r = region(7, 1 << 62, 1 << 63);
+        let mut t = LoadTracker::new(p, 0);
+        assert_eq!(
+            t.decide(1000, std::slice::from_ref(&r), |_| Some((10, 1 << 20))),
+            None
+        );
+        let plan = t
+            .decide(2000, std::slice::from_ref(&r), |_| {
+                Some((10, (1 << 20) + 1))
+            })
+            .unwrap();
+        assert_eq!(plan.split_hash, 3u64 << 61);
+        assert!(plan.reason.contains("bytes"), "{}", plan.reason);
     }
 }

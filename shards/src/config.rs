@@ -76,6 +76,10 @@ pub struct ServerArgs {
     /// 0 = never by size. Default 4000000.
     #[arg(long)]
     pub split_keys: Option<u64>,
+    /// A region holding more than this many MiB of keys and values splits
+    /// at the middle of its range; 0 = never by size. Default 256.
+    #[arg(long)]
+    pub split_mb: Option<u64>,
     /// Time between two automatic splits started by one shard, ms.
     /// Default 30000.
     #[arg(long)]
@@ -283,6 +287,7 @@ impl ServerArgs {
             split_load_ops,
             split_load_windows,
             split_keys,
+            split_mb,
             split_cooldown_ms,
             placement_moves_per_min,
             placement_min_load,
@@ -380,6 +385,9 @@ impl ServerArgs {
         split.load_ops = self.split_load_ops.unwrap_or(split.load_ops);
         split.load_windows = self.split_load_windows.unwrap_or(split.load_windows);
         split.keys_max = self.split_keys.unwrap_or(split.keys_max);
+        if let Some(mb) = self.split_mb {
+            split.bytes_max = mb.checked_mul(1 << 20).ok_or("--split-mb is too large")?;
+        }
         split.cooldown_ms = self.split_cooldown_ms.unwrap_or(split.cooldown_ms);
         if split.load_windows == 0 {
             return Err("--split-load-windows must be > 0".into());

@@ -1281,7 +1281,7 @@ impl Shard {
             .lock()
             .map(|b| b.sizes.clone())
             .unwrap_or_default();
-        let Some(plan) = load.decide(now, &leading, |id| sizes.get(&id).map(|s| s.0)) else {
+        let Some(plan) = load.decide(now, &leading, |id| sizes.get(&id).copied()) else {
             return;
         };
         drop(load);

@@ -320,11 +320,28 @@ fn a_hot_region_splits_by_itself_where_its_load_halves_and_its_halves_lead_from_
 
 #[test]
 fn a_region_over_its_key_limit_splits_at_its_middle_and_keeps_every_key() {
-    let t = TestCluster::start(
-        3,
-        1,
-        &["--split-keys", "400", "--split-cooldown-ms", "600000"],
-    );
+    splits_by_size(&["--split-keys", "400"], 0);
+}
+
+#[test]
+fn a_region_over_its_byte_limit_splits_at_its_middle_and_keeps_every_key() {
+    // 600 values of 2.5 KiB: about 1.5 MiB, over 1 MiB; a half (at most
+    // 380 keys) stays under it.
+    splits_by_size(&["--split-keys", "0", "--split-mb", "1"], 2560);
+}
+
+/// 600 keys written to one region of a cluster started with `limit`: it
+/// splits by itself at its middle, once, and keeps every key. Values are
+/// the key, padded to `value_len` bytes.
+fn splits_by_size(limit: &[&str], value_len: usize) {
+    let mut args = vec!["--split-cooldown-ms", "600000"];
+    args.extend_from_slice(limit);
+    let t = TestCluster::start(3, 1, &args);
+    let value_of = |k: &str| {
+        let mut v = k.as_bytes().to_vec();
+        v.resize(value_len.max(v.len()), b'.');
+        v
+    };
     let (route, _) = region_led_by(&t, 2, "big-");
     let r = route.region.clone();
     let keys: Vec<String> = (0..)
@@ -336,7 +353,7 @@ fn a_region_over_its_key_limit_splits_at_its_middle_and_keeps_every_key() {
     let mut versions = HashMap::new();
     for k in &keys {
         let v = c
-            .put(k.as_bytes(), k.as_bytes(), PutOptions::default())
+            .put(k.as_bytes(), &value_of(k), PutOptions::default())
             .unwrap();
         versions.insert(k.clone(), v);
     }
@@ -376,7 +393,7 @@ fn a_region_over_its_key_limit_splits_at_its_middle_and_keeps_every_key() {
         .filter(|k| new.region.contains(route_hash(k.as_bytes())))
         .count();
     eprintln!(
-        "region {} split by size: {moved} of 600 keys now in region {}",
+        "region {} split by size ({limit:?}): {moved} of 600 keys now in region {}",
         r.id, new.region.id
     );
     assert!((220..=380).contains(&moved), "{moved} keys moved");
@@ -385,7 +402,7 @@ fn a_region_over_its_key_limit_splits_at_its_middle_and_keeps_every_key() {
             .get(k.as_bytes(), Consistency::Linearizable)
             .unwrap()
             .unwrap_or_else(|| panic!("{k} lost"));
-        assert_eq!(&v.value[..], k.as_bytes());
+        assert_eq!(&v.value[..], &value_of(k)[..]);
         assert_eq!(v.version, versions[k]);
     }
     // Each half is under the limit now: no further split of them.
