@@ -81,21 +81,29 @@ fn settled(c: &SimCluster, from: u64) -> bool {
         && !c.has_replica(from, 1)
 }
 
+/// Writes `k0..k{keys}`, then moves a follower's replica to node 4 and
+/// waits until the move settled. Returns the node it left.
+fn fill_and_move_a_follower_to_4(c: &mut SimCluster, keys: usize) -> u64 {
+    let l = leader(c);
+    for i in 0..keys {
+        must_put(c, &format!("k{i}"), &format!("v{i}"));
+    }
+    let from = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
+    assert!(!c.dump_data(from).unwrap().is_empty());
+    move_to_4(c, from);
+    assert!(
+        c.run_until(10_000, |c| settled(c, from)).unwrap(),
+        "seed {}: move did not settle",
+        c.seed()
+    );
+    from
+}
+
 #[test]
 fn a_replica_moves_to_a_new_node_keeps_every_write_and_the_old_one_is_destroyed() {
     for seed in [1, 2, 3] {
         let (_d, mut c) = cluster(seed);
-        let l = leader(&mut c);
-        for i in 0..200 {
-            must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
-        }
-        let from = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
-        assert!(!c.dump_data(from).unwrap().is_empty());
-        move_to_4(&mut c, from);
-        assert!(
-            c.run_until(10_000, |c| settled(c, from)).unwrap(),
-            "seed {seed}: move did not settle"
-        );
+        let from = fill_and_move_a_follower_to_4(&mut c, 200);
         let r = c.region_meta(c.leader(1).unwrap(), 1).unwrap();
         // Learner added, joint entered, joint left.
         assert_eq!(r.epoch.conf_ver, 4, "seed {seed}: {r:?}");
@@ -141,16 +149,7 @@ fn a_replica_moves_to_a_new_node_keeps_every_write_and_the_old_one_is_destroyed(
 fn a_replica_moved_away_and_back_to_a_node_starts_clean_and_keeps_every_write() {
     for seed in [1, 2, 3] {
         let (_d, mut c) = cluster(seed);
-        let l = leader(&mut c);
-        for i in 0..100 {
-            must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
-        }
-        let from = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
-        move_to_4(&mut c, from);
-        assert!(
-            c.run_until(10_000, |c| settled(c, from)).unwrap(),
-            "seed {seed}: move did not settle"
-        );
+        let from = fill_and_move_a_follower_to_4(&mut c, 100);
         for i in 100..150 {
             must_put(&mut c, &format!("k{i}"), &format!("v{i}"));
         }

@@ -234,6 +234,13 @@ impl Client {
         &self.nodes
     }
 
+    /// Node ids and client addresses as last loaded, by node id.
+    pub fn nodes_sorted(&self) -> Vec<(u64, String)> {
+        let mut v: Vec<(u64, String)> = self.nodes.iter().map(|(n, a)| (*n, a.clone())).collect();
+        v.sort_unstable();
+        v
+    }
+
     pub(crate) fn backoff(&self, attempt: u32, deadline: Instant) -> bool {
         let exp = self
             .cfg

@@ -534,13 +534,7 @@ pub fn remove_node(
     let mut out = String::new();
     if !dry_run {
         // The placement driver must not move replicas back to it.
-        let mut known: Vec<(u64, String)> = client
-            .nodes()
-            .iter()
-            .map(|(n, a)| (*n, a.clone()))
-            .collect();
-        known.sort_unstable();
-        for (n, addr) in known {
+        for (n, addr) in client.nodes_sorted() {
             if let Err(e) = client.retire_node_on(&addr, node_id, true) {
                 let _ = writeln!(out, "node {n} not told node {node_id} is leaving: {e}");
             }
@@ -597,12 +591,7 @@ pub fn gather(endpoints: Vec<String>, timeout: std::time::Duration) -> anyhow::R
     let mut cfg = ClientConfig::new(endpoints.clone());
     cfg.request_timeout = timeout;
     let mut client = Client::connect(cfg)?;
-    let mut addrs: Vec<(u64, String)> = client
-        .nodes()
-        .iter()
-        .map(|(id, a)| (*id, a.clone()))
-        .collect();
-    addrs.sort();
+    let mut addrs = client.nodes_sorted();
     if addrs.is_empty() {
         addrs = endpoints.into_iter().map(|a| (0, a)).collect();
     }

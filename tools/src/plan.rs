@@ -91,14 +91,8 @@ impl View {
             routes: client.routes().to_vec(),
             ..View::default()
         };
-        let mut addrs: Vec<(u64, String)> = client
-            .nodes()
-            .iter()
-            .map(|(n, a)| (*n, a.clone()))
-            .collect();
-        addrs.sort();
         let mut leaving = Vec::new();
-        for (node, addr) in addrs {
+        for (node, addr) in client.nodes_sorted() {
             let doc = client
                 .status_of(&addr)
                 .ok()
