@@ -1198,8 +1198,12 @@ impl Shard {
         replies: &mut Vec<Reply>,
         round_log: &[(u64, PendingPersist)],
     ) {
-        let in_flight = self.log_in_flight();
-        let log_busy = |r: u64| in_flight.contains(&r) || round_log.iter().any(|(x, _)| *x == r);
+        // Asked only for removed replicas (rare): no set built per round.
+        let log_busy = |r: u64| {
+            let st = self.state.borrow();
+            let queued = st.in_flight.iter().flat_map(|(_, v)| v.iter());
+            queued.chain(round_log.iter()).any(|(x, _)| *x == r)
+        };
         let gone = match replicas.destroy_removed(replies, log_busy) {
             Ok(g) => g,
             Err(e) => self.fatal("destroying a removed replica", e),
