@@ -61,6 +61,26 @@ impl Region {
         hash >= self.start_hash && (self.end_hash == 0 || hash < self.end_hash)
     }
 
+    /// The first hash not owned, as a number (`end_hash` 0 is 2^64).
+    pub fn end_u128(&self) -> u128 {
+        if self.end_hash == 0 {
+            1u128 << 64
+        } else {
+            u128::from(self.end_hash)
+        }
+    }
+
+    /// The middle of the range (where a split with no point given cuts).
+    pub fn middle(&self) -> u64 {
+        ((u128::from(self.start_hash) + self.end_u128()) / 2) as u64
+    }
+
+    /// True when the two ranges share a hash.
+    pub fn overlaps(&self, other: &Region) -> bool {
+        u128::from(self.start_hash) < other.end_u128()
+            && u128::from(other.start_hash) < self.end_u128()
+    }
+
     /// The replica on `node_id`, if any.
     pub fn peer_on_node(&self, node_id: u64) -> Option<&PeerMeta> {
         self.peers.iter().find(|p| p.node_id == node_id)

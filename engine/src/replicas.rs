@@ -188,18 +188,6 @@ pub fn destroy_stale_replicas(db: &Db, node_id: u64) -> Result<Vec<u64>> {
     Ok(gone)
 }
 
-/// True when two regions' hash ranges share a hash.
-fn ranges_overlap(a: &Region, b: &Region) -> bool {
-    let end = |r: &Region| {
-        if r.end_hash == 0 {
-            1u128 << 64
-        } else {
-            u128::from(r.end_hash)
-        }
-    };
-    u128::from(a.start_hash) < end(b) && u128::from(b.start_hash) < end(a)
-}
-
 /// The highest replica id of `region_id` destroyed on this node, if any.
 fn tombstone(db: &Db, region_id: u64) -> Result<Option<u64>> {
     let v = db.get_cf(
@@ -446,9 +434,7 @@ impl Replicas {
             return true;
         };
         self.peers.values().any(|p| {
-            p.is_initialized()
-                && p.region_id() != incoming.id
-                && ranges_overlap(p.region(), &incoming)
+            p.is_initialized() && p.region_id() != incoming.id && p.region().overlaps(&incoming)
         })
     }
 

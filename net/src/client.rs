@@ -944,22 +944,12 @@ pub fn merge_routes(routes: &mut Vec<RouteInfo>, more: Vec<RouteInfo>) {
             None => routes.push(r),
         }
     }
-    let end = |r: &RouteInfo| {
-        if r.region.end_hash == 0 {
-            1u128 << 64
-        } else {
-            u128::from(r.region.end_hash)
-        }
-    };
-    let overlaps = |a: &RouteInfo, b: &RouteInfo| {
-        u128::from(a.region.start_hash) < end(b) && u128::from(b.region.start_hash) < end(a)
-    };
     let snapshot = routes.clone();
     routes.retain(|r| {
         !snapshot.iter().any(|o| {
             o.region.id != r.region.id
                 && o.region.epoch.version > r.region.epoch.version
-                && overlaps(o, r)
+                && o.region.overlaps(&r.region)
         })
     });
     routes.sort_by_key(|r| r.region.start_hash);
@@ -972,12 +962,7 @@ pub fn covers_hash_space(routes: &[RouteInfo]) -> bool {
         if u128::from(r.region.start_hash) > next {
             return false;
         }
-        let end = if r.region.end_hash == 0 {
-            1u128 << 64
-        } else {
-            u128::from(r.region.end_hash)
-        };
-        next = next.max(end);
+        next = next.max(r.region.end_u128());
     }
     next == 1u128 << 64
 }

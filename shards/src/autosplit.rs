@@ -85,17 +85,9 @@ pub struct LoadTracker {
     rng: u64,
 }
 
-fn end_of(r: &Region) -> u128 {
-    if r.end_hash == 0 {
-        1u128 << 64
-    } else {
-        u128::from(r.end_hash)
-    }
-}
-
 /// True if cutting `r` at `at` leaves at least `width_min` hashes each side.
 fn cuttable(r: &Region, at: u64, width_min: u64) -> bool {
-    let (start, end, at) = (u128::from(r.start_hash), end_of(r), u128::from(at));
+    let (start, end, at) = (u128::from(r.start_hash), r.end_u128(), u128::from(at));
     at > start
         && at < end
         && at - start >= u128::from(width_min)
@@ -197,7 +189,7 @@ impl LoadTracker {
             } else {
                 continue;
             };
-            let mid = ((u128::from(r.start_hash) + end_of(r)) / 2) as u64;
+            let mid = r.middle();
             if cuttable(r, mid, self.policy.width_min) {
                 plan = Some(SplitPlan {
                     region_id: r.id,

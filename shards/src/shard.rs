@@ -1074,12 +1074,7 @@ impl Shard {
         let split_hash = if split_hash != 0 {
             split_hash
         } else {
-            let end = if region.end_hash == 0 {
-                1u128 << 64
-            } else {
-                u128::from(region.end_hash)
-            };
-            ((u128::from(region.start_hash) + end) / 2) as u64
+            region.middle()
         };
         let router = self.router();
         let mut rng = rand::thread_rng();

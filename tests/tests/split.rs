@@ -18,12 +18,7 @@ fn a_split_under_writes_loses_nothing_and_a_watch_across_it_sees_every_change_on
     let mut t = TestCluster::start(3, 2, &[]);
     let (route, _) = region_led_by(&t, 1, "s-");
     let r = route.region.clone();
-    let end = if r.end_hash == 0 {
-        1u128 << 64
-    } else {
-        u128::from(r.end_hash)
-    };
-    let mid = ((u128::from(r.start_hash) + end) / 2) as u64;
+    let mid = r.middle();
     // Keys of the region, half below the middle and half above.
     let mut low = Vec::new();
     let mut high = Vec::new();
@@ -198,17 +193,12 @@ fn a_split_under_writes_loses_nothing_and_a_watch_across_it_sees_every_change_on
 
 /// Keys whose hashes fall in the upper quarter of `r`'s range.
 fn keys_in_upper_quarter(r: &corekv_engine::Region, prefix: &str, n: usize) -> Vec<String> {
-    let end = if r.end_hash == 0 {
-        1u128 << 64
-    } else {
-        u128::from(r.end_hash)
-    };
-    let from = u128::from(r.start_hash) + (end - u128::from(r.start_hash)) * 3 / 4;
+    let from = u128::from(r.start_hash) + (r.end_u128() - u128::from(r.start_hash)) * 3 / 4;
     (0..)
         .map(|i| format!("{prefix}{i}"))
         .filter(|k| {
-            let h = u128::from(route_hash(k.as_bytes()));
-            h >= from && h < end
+            let h = route_hash(k.as_bytes());
+            u128::from(h) >= from && r.contains(h)
         })
         .take(n)
         .collect()
@@ -378,14 +368,9 @@ fn splits_by_size(limit: &[&str], value_len: usize) {
         );
         std::thread::sleep(Duration::from_millis(250));
     };
-    let end = if r.end_hash == 0 {
-        1u128 << 64
-    } else {
-        u128::from(r.end_hash)
-    };
     assert_eq!(
-        u128::from(new.region.start_hash),
-        (u128::from(r.start_hash) + end) / 2,
+        new.region.start_hash,
+        r.middle(),
         "split at the middle of the range"
     );
     let moved = keys
@@ -520,12 +505,7 @@ fn a_watch_with_an_epoch_from_before_two_splits_is_told_the_split_that_moved_its
     let t = TestCluster::start(3, 1, &[]);
     let (route, _) = region_led_by(&t, 1, "two-");
     let r = route.region.clone();
-    let end = if r.end_hash == 0 {
-        1u128 << 64
-    } else {
-        u128::from(r.end_hash)
-    };
-    let m1 = ((u128::from(r.start_hash) + end) / 2) as u64;
+    let m1 = r.middle();
     let m2 = ((u128::from(r.start_hash) + u128::from(m1)) / 2) as u64;
     // Keys that stay in the region at the first split and leave at the second.
     let keys: Vec<String> = (0..)
@@ -625,18 +605,13 @@ fn a_watch_resumed_on_a_split_off_region_from_before_the_split_gets_the_earlier_
     let t = TestCluster::start(3, 1, &[]);
     let (route, _) = region_led_by(&t, 1, "par-");
     let r = route.region.clone();
-    let end = if r.end_hash == 0 {
-        1u128 << 64
-    } else {
-        u128::from(r.end_hash)
-    };
-    let mid = ((u128::from(r.start_hash) + end) / 2) as u64;
+    let mid = r.middle();
     // Keys of the upper half: they move to the new region.
     let keys: Vec<String> = (0..)
         .map(|i| format!("par-{i}"))
         .filter(|k| {
-            let h = u128::from(route_hash(k.as_bytes()));
-            h >= u128::from(mid) && h < end
+            let h = route_hash(k.as_bytes());
+            h >= mid && r.contains(h)
         })
         .take(3)
         .collect();
