@@ -32,6 +32,7 @@ fn requests(n: u64) -> Vec<Request> {
                 consistency: Consistency::Linearizable,
             },
             session: None,
+            system: false,
         })
         .collect()
 }

@@ -499,6 +499,7 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
                     }),
                 },
                 session: None,
+                system: false,
             };
             sent[&node].borrow_mut().insert(
                 next_id,

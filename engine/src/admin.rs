@@ -164,6 +164,11 @@ impl AdminCommand {
                 new_region_id,
                 new_peers,
             } => {
+                if region.is_meta() {
+                    return Err(Error::InvalidRequest(
+                        "the meta region owns a single hash and does not split".into(),
+                    ));
+                }
                 let inside = *split_hash > region.start_hash
                     && (region.end_hash == 0 || *split_hash < region.end_hash);
                 if !inside {

@@ -58,7 +58,7 @@ pub use command::{Condition, PutItem, SessionTag, WriteOutcome, WriteRequest};
 pub use config::Config;
 pub use db::{Db, DbConfig, LogBatch};
 pub use error::{Error, Result};
-pub use hash::route_hash;
+pub use hash::{is_meta_key, route_hash, META_HASH, META_PREFIX};
 pub use peer::{Peer, PeerStatus, Reply, Response};
 pub use read::Consistency;
 pub use region::{Epoch, PeerMeta, PeerRole, Region};

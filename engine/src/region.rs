@@ -54,11 +54,26 @@ pub struct Region {
 
 const REGION_FORMAT: u8 = 1;
 
+/// Id of the meta region: it owns the one hash [`crate::META_HASH`], where
+/// the cluster's metadata keys route. The regions a cluster starts with have
+/// ids `1..=R` below it; the id allocator hands out ids from
+/// [`FIRST_ALLOCATED_ID`].
+pub const META_REGION_ID: u64 = 10_000;
+
+/// First region id the meta region's allocator hands out (to splits).
+pub const FIRST_ALLOCATED_ID: u64 = META_REGION_ID + 1;
+
 impl Region {
     /// True when the region owns `hash`.
     #[inline]
     pub fn contains(&self, hash: u64) -> bool {
         hash >= self.start_hash && (self.end_hash == 0 || hash < self.end_hash)
+    }
+
+    /// True for the meta region (the one owning [`crate::META_HASH`]).
+    #[inline]
+    pub fn is_meta(&self) -> bool {
+        self.start_hash == crate::META_HASH
     }
 
     /// The first hash not owned, as a number (`end_hash` 0 is 2^64).

@@ -44,6 +44,9 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Largest response frame accepted. Default 64 MiB.
     pub frame_bytes_max: usize,
+    /// Marks requests as the cluster's own (nodes, `corekv ctl`): only they
+    /// may write the metadata keys. Default false.
+    pub system: bool,
 }
 
 impl ClientConfig {
@@ -57,6 +60,7 @@ impl ClientConfig {
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_millis(100),
             frame_bytes_max: 64 << 20,
+            system: false,
         }
     }
 }
@@ -364,6 +368,7 @@ impl Client {
                 epoch: Default::default(),
                 op: Op::Routes,
                 session: None,
+                system: false,
             };
             match self.call(&addr, &[req], deadline) {
                 Ok(mut rs) => match rs.remove(0).0.result {
@@ -538,6 +543,7 @@ impl Client {
                 epoch,
                 op: op.clone(),
                 session,
+                system: self.cfg.system,
             };
             match self.call(&addr, std::slice::from_ref(&req), deadline) {
                 Ok(mut rs) => {
@@ -659,28 +665,6 @@ impl Client {
         Ok(f.version)
     }
 
-    /// Tells the node at `addr` the addresses of node `node_id`.
-    pub fn add_node_on(
-        &mut self,
-        addr: &str,
-        node_id: u64,
-        peer_addr: &str,
-        client_addr: &str,
-    ) -> Result<()> {
-        let op = Op::AddNode {
-            node_id,
-            peer_addr: peer_addr.to_string(),
-            client_addr: client_addr.to_string(),
-        };
-        self.ask_node(addr, 0, op)
-    }
-
-    /// Tells the node at `addr` that node `node_id` is leaving (`retired`)
-    /// or not.
-    pub fn retire_node_on(&mut self, addr: &str, node_id: u64, retired: bool) -> Result<()> {
-        self.ask_node(addr, 0, Op::RetireNode { node_id, retired })
-    }
-
     /// Asks the node at `addr` to move its replica of `region_id` to its
     /// shard `to_shard` (the move completes a moment later: see its status).
     pub fn move_shard_on(&mut self, addr: &str, region_id: u64, to_shard: u32) -> Result<()> {
@@ -697,6 +681,7 @@ impl Client {
             epoch: Default::default(),
             op,
             session: None,
+            system: false,
         };
         match self.call(addr, &[req], deadline) {
             Ok(mut rs) => match rs.remove(0).0.result {
@@ -708,6 +693,12 @@ impl Client {
                 last: e,
             }),
         }
+    }
+
+    /// Marks this client's requests as the cluster's own (or not): only
+    /// such requests may write the metadata keys.
+    pub fn set_system(&mut self, system: bool) {
+        self.cfg.system = system;
     }
 
     /// Reloads the routing table (regions, epochs, leaders).
@@ -726,6 +717,7 @@ impl Client {
             epoch: Default::default(),
             op: Op::Status,
             session: None,
+            system: false,
         };
         match self.call(addr, &[req], deadline) {
             Ok(mut rs) => match rs.remove(0).0.result {

@@ -22,6 +22,7 @@ pub mod faults;
 pub mod frame;
 pub mod listen;
 pub mod message;
+pub mod meta;
 pub mod peer_codec;
 pub mod server;
 pub mod transport;

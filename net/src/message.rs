@@ -54,26 +54,10 @@ pub enum Op {
     },
     /// Change the region's replicas.
     ChangePeer(corekv_engine::membership::PeerChange),
-    /// Mark node `node_id` as leaving (or not) on the node asked.
-    RetireNode {
-        /// Node id.
-        node_id: u64,
-        /// Leaving.
-        retired: bool,
-    },
     /// Move the asked node's replica of the region to shard `to_shard`.
     MoveShard {
         /// Target shard.
         to_shard: u32,
-    },
-    /// Record the addresses of node `node_id` on the node asked.
-    AddNode {
-        /// Node id.
-        node_id: u64,
-        /// Its raft transport address.
-        peer_addr: String,
-        /// Its client address.
-        client_addr: String,
     },
 }
 
@@ -90,6 +74,9 @@ pub struct Request {
     pub op: Op,
     /// Write de-duplication tag.
     pub session: Option<SessionTag>,
+    /// Sent by the cluster's own components: may write the metadata keys
+    /// ([`corekv_engine::META_PREFIX`]).
+    pub system: bool,
 }
 
 /// A region as clients see it.
@@ -421,6 +408,7 @@ pub fn encode_requests(reqs: &[Request]) -> Vec<u8> {
                 op: Some(op),
                 client_id,
                 seq,
+                system: r.system,
             },
         ));
     }
@@ -512,16 +500,6 @@ fn encode_op<'a>(
             );
             (wire::Op::ChangePeer, t.as_union_value())
         }
-        Op::RetireNode { node_id, retired } => {
-            let t = wire::RetireNode::create(
-                fbb,
-                &wire::RetireNodeArgs {
-                    node_id: *node_id,
-                    retired: *retired,
-                },
-            );
-            (wire::Op::RetireNode, t.as_union_value())
-        }
         Op::MoveShard { to_shard } => {
             let t = wire::MoveShard::create(
                 fbb,
@@ -530,23 +508,6 @@ fn encode_op<'a>(
                 },
             );
             (wire::Op::MoveShard, t.as_union_value())
-        }
-        Op::AddNode {
-            node_id,
-            peer_addr,
-            client_addr,
-        } => {
-            let peer_addr = Some(fbb.create_string(peer_addr));
-            let client_addr = Some(fbb.create_string(client_addr));
-            let t = wire::AddNode::create(
-                fbb,
-                &wire::AddNodeArgs {
-                    node_id: *node_id,
-                    peer_addr,
-                    client_addr,
-                },
-            );
-            (wire::Op::AddNode, t.as_union_value())
         }
         Op::TransferLeader { to_node } => {
             let t =
@@ -922,31 +883,12 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
                 k => return Err(content(format!("unknown peer change kind {k}"))),
             })
         }
-        wire::Op::RetireNode => {
-            let t = r
-                .op_as_retire_node()
-                .ok_or_else(|| content("retire node without body"))?;
-            Op::RetireNode {
-                node_id: t.node_id(),
-                retired: t.retired(),
-            }
-        }
         wire::Op::MoveShard => {
             let t = r
                 .op_as_move_shard()
                 .ok_or_else(|| content("move shard without body"))?;
             Op::MoveShard {
                 to_shard: t.to_shard(),
-            }
-        }
-        wire::Op::AddNode => {
-            let t = r
-                .op_as_add_node()
-                .ok_or_else(|| content("add node without body"))?;
-            Op::AddNode {
-                node_id: t.node_id(),
-                peer_addr: t.peer_addr().unwrap_or_default().to_string(),
-                client_addr: t.client_addr().unwrap_or_default().to_string(),
             }
         }
         wire::Op::TransferLeader => {
@@ -1084,6 +1026,7 @@ fn decode_with(
                         client_id: r.client_id(),
                         seq: r.seq(),
                     }),
+                    system: r.system(),
                 });
             }
             Frame::Requests(out)
@@ -1142,6 +1085,7 @@ mod tests {
                     consistency: Consistency::Lease,
                 },
                 session: None,
+                system: false,
             },
             Request {
                 id: 2,
@@ -1157,6 +1101,7 @@ mod tests {
                     client_id: 7,
                     seq: 8,
                 }),
+                system: false,
             },
             Request {
                 id: 3,
@@ -1169,6 +1114,7 @@ mod tests {
                     ttl_ms: None,
                 }),
                 session: None,
+                system: false,
             },
             Request {
                 id: 4,
@@ -1182,6 +1128,7 @@ mod tests {
                     }],
                 }),
                 session: None,
+                system: false,
             },
             Request {
                 id: 5,
@@ -1189,6 +1136,7 @@ mod tests {
                 epoch: Epoch::default(),
                 op: Op::Routes,
                 session: None,
+                system: false,
             },
             Request {
                 id: 6,
@@ -1199,6 +1147,7 @@ mod tests {
                     if_version: Some(4),
                 }),
                 session: None,
+                system: false,
             },
             Request {
                 id: 7,
@@ -1209,6 +1158,7 @@ mod tests {
                     delta: -3,
                 }),
                 session: None,
+                system: false,
             },
             Request {
                 id: 8,
@@ -1219,6 +1169,7 @@ mod tests {
                     from_version: 41,
                 },
                 session: None,
+                system: false,
             },
             Request {
                 id: 9,
@@ -1226,6 +1177,7 @@ mod tests {
                 epoch: Epoch::default(),
                 op: Op::CancelWatch { watch_id: 8 },
                 session: None,
+                system: false,
             },
             Request {
                 id: 10,
@@ -1233,6 +1185,7 @@ mod tests {
                 epoch: Epoch::default(),
                 op: Op::TransferLeader { to_node: 3 },
                 session: None,
+                system: false,
             },
             Request {
                 id: 11,
@@ -1242,6 +1195,7 @@ mod tests {
                     split_hash: 1 << 62,
                 },
                 session: None,
+                system: false,
             },
             Request {
                 id: 12,
@@ -1252,16 +1206,15 @@ mod tests {
                     remove_node: 1,
                 }),
                 session: None,
+                system: false,
             },
             Request {
                 id: 15,
                 region_id: 0,
                 epoch: Epoch::default(),
-                op: Op::RetireNode {
-                    node_id: 3,
-                    retired: true,
-                },
+                op: Op::Routes,
                 session: None,
+                system: true,
             },
             Request {
                 id: 14,
@@ -1269,17 +1222,7 @@ mod tests {
                 epoch: Epoch::default(),
                 op: Op::MoveShard { to_shard: 1 },
                 session: None,
-            },
-            Request {
-                id: 13,
-                region_id: 0,
-                epoch: Epoch::default(),
-                op: Op::AddNode {
-                    node_id: 4,
-                    peer_addr: "127.0.0.1:7204".into(),
-                    client_addr: "127.0.0.1:7104".into(),
-                },
-                session: None,
+                system: false,
             },
         ];
         let framed = encode_requests(&reqs);
@@ -1471,6 +1414,7 @@ mod tests {
                 consistency: Consistency::Linearizable,
             },
             session: None,
+            system: false,
         }];
         let framed = encode_requests(&reqs);
         let full = body(&framed);

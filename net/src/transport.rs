@@ -126,17 +126,20 @@ impl Transport {
         self.frames_dropped.set(self.frames_dropped.get() + 1);
     }
 
+    fn addr_of(&self, to_node: u64) -> Option<SocketAddr> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to_node)
+            .copied()
+    }
+
     /// Sends one round's messages for `to_node` as one frame.
     pub fn send(self: &Rc<Self>, to_node: u64, messages: Vec<RaftEnvelope>) {
         if messages.is_empty() {
             return;
         }
-        let addr = self
-            .peers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&to_node)
-            .copied();
+        let addr = self.addr_of(to_node);
         let Some(addr) = addr else {
             self.dropped();
             self.handler.on_report(messages, false);
@@ -159,15 +162,7 @@ impl Transport {
             send_at: (delay_ms > 0).then(|| Instant::now() + Duration::from_millis(delay_ms)),
             tracked,
         };
-        let mut links = self.links.borrow_mut();
-        let link = links.entry(to_node).or_insert_with(|| {
-            let (tx, rx) = local_channel::new_bounded(self.cfg.queued_frames_max);
-            let me = self.clone();
-            glommio::spawn_local(async move { me.run_link(addr, rx).await }).detach();
-            Link { queue: tx }
-        });
-        if let Err(e) = link.queue.try_send(out) {
-            drop(links);
+        if let Err(e) = self.enqueue(to_node, addr, out) {
             let out = match e {
                 glommio::GlommioError::Closed(glommio::ResourceType::Channel(o))
                 | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(o)) => o,
@@ -178,6 +173,38 @@ impl Transport {
             self.handler.on_report(messages, false);
             drop(out);
         }
+    }
+
+    /// Sends `to_node` an empty batch, opening the link if none is open: the
+    /// node then receives this node's hello (and with it the client
+    /// address) before any raft message is due, as a node that joined and
+    /// holds no replica yet needs to reach the cluster.
+    pub fn greet(self: &Rc<Self>, to_node: u64) {
+        let addr = self.addr_of(to_node);
+        let Some(addr) = addr else { return };
+        let out = Outgoing {
+            frame: encode_raft_batch(&[]),
+            send_at: None,
+            tracked: Vec::new(),
+        };
+        let _ = self.enqueue(to_node, addr, out);
+    }
+
+    /// Queues `out` on the link to `to_node`, opening it if needed.
+    fn enqueue(
+        self: &Rc<Self>,
+        to_node: u64,
+        addr: SocketAddr,
+        out: Outgoing,
+    ) -> Result<(), glommio::GlommioError<Outgoing>> {
+        let mut links = self.links.borrow_mut();
+        let link = links.entry(to_node).or_insert_with(|| {
+            let (tx, rx) = local_channel::new_bounded(self.cfg.queued_frames_max);
+            let me = self.clone();
+            glommio::spawn_local(async move { me.run_link(addr, rx).await }).detach();
+            Link { queue: tx }
+        });
+        link.queue.try_send(out)
     }
 
     async fn run_link(
@@ -299,7 +326,8 @@ async fn peer_connection(
                     handler.on_peer(node_id, shard_count, client_addr);
                 }
                 Ok(PeerFrame::Raft(envs)) if greeted => {
-                    if !faults.borrow().blocks_from(from) {
+                    // An empty batch is a greeting (`Transport::greet`).
+                    if !envs.is_empty() && !faults.borrow().blocks_from(from) {
                         handler.on_messages(envs);
                     }
                 }

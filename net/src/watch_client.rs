@@ -370,6 +370,7 @@ fn attempt_stream(
             from_version: *cursor,
         },
         session: None,
+        system: false,
     };
     let lost = |c: &mut Client, addr: &str, why: &str| {
         ended(why.to_string());

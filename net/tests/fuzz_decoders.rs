@@ -76,6 +76,7 @@ fn request() -> impl Strategy<Value = Request> {
                 epoch: Epoch { conf_ver, version },
                 op,
                 session: session.map(|(client_id, seq)| SessionTag { client_id, seq }),
+                system: false,
             },
         )
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use corekv_engine::db::{self, cf, Db};
 use corekv_engine::keys::{self, CF_META};
 use corekv_engine::peer::list_regions;
+use corekv_engine::region::META_REGION_ID;
 use corekv_engine::replicas::bootstrap_regions;
 use corekv_engine::state::StoreIdent;
 use corekv_engine::{route_hash, Epoch, PeerMeta, PeerRole, Region};
@@ -24,37 +25,53 @@ use crate::config::NodeConfig;
 /// Replicas per region.
 pub const REPLICAS: usize = 3;
 
-/// The regions of a new cluster of `nodes` (sorted ids) with `count` regions.
+/// The regions of a new cluster of `nodes` (sorted ids) with `count` data
+/// regions: ids `1..=count` share the hash space below
+/// [`corekv_engine::META_HASH`] evenly, and the meta region
+/// ([`META_REGION_ID`]) owns that one hash. Replicas and preferred leaders go
+/// round the nodes, the meta region taking the turn after the last data
+/// region.
 pub fn initial_regions(nodes: &[u64], count: u64) -> Vec<Region> {
     let n = nodes.len();
     let replicas = REPLICAS.min(n);
-    Region::even_ranges(count)
+    let region = |i: usize, id: u64, start_hash: u64, end_hash: u64| Region {
+        id,
+        start_hash,
+        end_hash,
+        epoch: Epoch {
+            conf_ver: 1,
+            version: 1,
+        },
+        peers: (0..replicas)
+            .map(|k| {
+                let node_id = nodes[(i + k) % n];
+                PeerMeta {
+                    id: id * 1000 + node_id,
+                    node_id,
+                    role: PeerRole::Voter,
+                }
+            })
+            .collect(),
+    };
+    let mut regions: Vec<Region> = Region::even_ranges(count)
         .into_iter()
         .enumerate()
-        .map(|(i, (start_hash, end_hash))| {
-            let id = i as u64 + 1;
-            let peers = (0..replicas)
-                .map(|k| {
-                    let node_id = nodes[(i + k) % n];
-                    PeerMeta {
-                        id: id * 1000 + node_id,
-                        node_id,
-                        role: PeerRole::Voter,
-                    }
-                })
-                .collect();
-            Region {
-                id,
-                start_hash,
-                end_hash,
-                epoch: Epoch {
-                    conf_ver: 1,
-                    version: 1,
-                },
-                peers,
-            }
+        .map(|(i, (start, end))| {
+            let end = if end == 0 {
+                corekv_engine::META_HASH
+            } else {
+                end
+            };
+            region(i, i as u64 + 1, start, end)
         })
-        .collect()
+        .collect();
+    regions.push(region(
+        count as usize,
+        META_REGION_ID,
+        corekv_engine::META_HASH,
+        0,
+    ));
+    regions
 }
 
 /// The shard a region's replica goes on unless placed otherwise.
@@ -300,7 +317,12 @@ mod tests {
     #[test]
     fn initial_layout_spreads_replicas_and_leaders() {
         let regions = initial_regions(&[1, 2, 3], 8);
-        assert_eq!(regions.len(), 8);
+        assert_eq!(regions.len(), 9);
+        let meta = &regions[8];
+        assert!(meta.is_meta() && meta.id == META_REGION_ID);
+        assert!(meta.contains(route_hash(b"\xffcorekv/nodes")));
+        assert!(regions[..8].iter().all(|r| !r.is_meta()));
+        assert_eq!(regions[7].end_hash, corekv_engine::META_HASH);
         for r in &regions {
             assert_eq!(r.peers.len(), 3);
             let mut nodes: Vec<u64> = r.peers.iter().map(|p| p.node_id).collect();
@@ -308,11 +330,12 @@ mod tests {
             assert_eq!(nodes, vec![1, 2, 3]);
         }
         let leaders: Vec<u64> = regions.iter().map(preferred_leader).collect();
-        assert_eq!(leaders, vec![1, 2, 3, 1, 2, 3, 1, 2]);
+        assert_eq!(leaders, vec![1, 2, 3, 1, 2, 3, 1, 2, 3]);
         let single = initial_regions(&[7], 2);
         assert_eq!(single[0].peers.len(), 1);
         let five = initial_regions(&[1, 2, 3, 4, 5], 5);
         assert!(five.iter().all(|r| r.peers.len() == 3));
+        assert_eq!(five[5].peers[0].node_id, 1);
         assert_eq!(
             five[4].peers.iter().map(|p| p.node_id).collect::<Vec<_>>(),
             vec![5, 1, 2]
@@ -335,5 +358,7 @@ mod tests {
         }
         assert_eq!(router.get(router.index_of(5).unwrap()).0.id, 5);
         assert_eq!(router.index_of(99), None);
+        let meta = router.index_of_hash(u64::MAX).unwrap();
+        assert_eq!(router.get(meta).0.id, META_REGION_ID);
     }
 }

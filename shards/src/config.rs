@@ -195,6 +195,7 @@ pub struct NodeConfig {
 pub const NODE_ID_MAX: u64 = 999;
 /// Most regions a cluster may start with.
 pub const REGIONS_MAX: u64 = 4096;
+const _: () = assert!(REGIONS_MAX < corekv_engine::region::META_REGION_ID);
 /// Most shards per node.
 pub const SHARDS_MAX: usize = 64;
 

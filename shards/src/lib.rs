@@ -19,6 +19,7 @@ pub mod autosplit;
 pub mod bootstrap;
 pub mod config;
 pub mod log_writer;
+pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod nodes;

@@ -30,6 +30,10 @@ pub struct NodeShared {
     pub retired: Mutex<std::collections::BTreeSet<u64>>,
     /// Client addresses of the nodes heard from (and this one).
     pub nodes: Mutex<BTreeMap<u64, NodeInfo>>,
+    /// The routing table as the meta region last gave it (see `meta`).
+    pub meta_routes: Mutex<Vec<corekv_net::message::RouteInfo>>,
+    /// Region ids reserved from the meta region's allocator, for splits.
+    pub region_ids: Mutex<std::ops::Range<u64>>,
     /// Queue of the log writer.
     pub log_tx: crossbeam_channel::Sender<WriteTask>,
     /// Log writer counters.

@@ -3,8 +3,8 @@
 //! itself, a few moves a minute (`--placement-moves-per-min`), with the plan
 //! of `corekv ctl balance` ([`corekv_tools::plan`]).
 //!
-//! It runs on one node at a time: the one leading the region that owns
-//! hash 0 (while leadership changes two may run for a moment; every step of
+//! It runs on one node at a time: the one leading the meta region (while
+//! leadership changes two may run for a moment; every step of
 //! a move is a raft conf change checked against the region's current
 //! membership, so a duplicate step is refused, never applied twice). Each
 //! pass it asks the nodes for the routing table and acts only when the
@@ -40,7 +40,7 @@ pub fn spawn(node: Weak<NodeShared>, moves_per_min: u32, policy: Policy) -> std:
                     return;
                 }
                 recent.retain(|t| t.elapsed() < Duration::from_secs(60));
-                if recent.len() >= moves_per_min as usize || !leads_first_region(&node) {
+                if recent.len() >= moves_per_min as usize || !leads_meta_region(&node) {
                     continue;
                 }
                 if pass(&node, &policy) {
@@ -51,10 +51,10 @@ pub fn spawn(node: Weak<NodeShared>, moves_per_min: u32, policy: Policy) -> std:
     Ok(())
 }
 
-fn leads_first_region(node: &NodeShared) -> bool {
+fn leads_meta_region(node: &NodeShared) -> bool {
     let router = node.router();
     router
-        .index_of_hash(0)
+        .index_of_hash(corekv_engine::META_HASH)
         .is_some_and(|i| router.leader(i) == node.cfg.node_id)
 }
 

@@ -164,6 +164,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         cfg: cfg.clone(),
         db,
         nodes: Mutex::new(nodes),
+        meta_routes: Mutex::new(Vec::new()),
+        region_ids: Mutex::new(0..0),
         retired: Mutex::new(retired),
         peer_addrs,
         log_tx,
@@ -174,6 +176,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         started: Instant::now(),
     });
 
+    crate::meta::spawn(Arc::downgrade(&node))
+        .map_err(|e| format!("starting the meta region thread: {e}"))?;
     crate::status::spawn_size_scanner(Arc::downgrade(&node))
         .map_err(|e| format!("starting the size scanner: {e}"))?;
     let policy = corekv_tools::plan::Policy {

@@ -359,6 +359,9 @@ impl Shard {
     /// Ticks until the shard stops; re-reads the fault file every 10 ticks.
     pub async fn run_ticker(me: Weak<Self>, tick: Duration) {
         let mut n = 0u64;
+        if let Some(s) = me.upgrade() {
+            s.greet_nodes();
+        }
         loop {
             glommio::timer::sleep(tick).await;
             let Some(s) = me.upgrade() else { return };
@@ -370,6 +373,27 @@ impl Shard {
                 s.poll_faults();
             }
             s.on_tick();
+        }
+    }
+
+    /// Shard 0 opens a link to every other node at start, so that each
+    /// learns this node's client address (and greets back: see
+    /// `on_peer`) even before a raft message is due, as a node that joined
+    /// and holds no replica yet needs to reach the meta region.
+    fn greet_nodes(&self) {
+        if self.id != 0 {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .node
+            .peer_addrs
+            .read()
+            .map(|a| a.keys().copied().collect())
+            .unwrap_or_default();
+        if let Some(t) = self.transport.get() {
+            for id in ids {
+                t.greet(id);
+            }
         }
     }
 
@@ -434,7 +458,7 @@ impl Shard {
         if region != 0 {
             let mut ops = self.region_ops.borrow_mut();
             let e = ops.entry(region).or_default();
-            if op == "get" {
+            if op == "get" || op == "meta_get" {
                 e.0 += 1;
             } else {
                 e.1 += 1;
@@ -813,7 +837,7 @@ impl Shard {
         wall: u64,
     ) {
         let node = &self.node;
-        let op = op_name(&req.op);
+        let op = op_name(&req.op, req.system);
         let answer = |out: &mut Outbox, result: Result<Outcome, WireError>| {
             self.count(op, req.region_id, Instant::now(), &result);
             push_response(out, origin, result)
@@ -828,22 +852,6 @@ impl Shard {
             }
             Op::Status => {
                 return answer(out, Ok(Outcome::Status(crate::status::document(node))));
-            }
-            Op::RetireNode { node_id, retired } => {
-                let result = crate::nodes::retire(node, *node_id, *retired)
-                    .map(|()| Outcome::Write(corekv_engine::WriteOutcome::Written { version: 0 }))
-                    .map_err(|e| WireError::new(ErrorCode::Internal, e));
-                return answer(out, result);
-            }
-            Op::AddNode {
-                node_id,
-                peer_addr,
-                client_addr,
-            } => {
-                let result = crate::nodes::add(node, *node_id, peer_addr, client_addr)
-                    .map(|()| Outcome::Write(corekv_engine::WriteOutcome::Written { version: 0 }))
-                    .map_err(|e| WireError::new(ErrorCode::InvalidRequest, e));
-                return answer(out, result);
             }
             Op::Get { key, .. } => key.clone(),
             Op::Watch { keys, .. } => match keys.first() {
@@ -869,6 +877,14 @@ impl Shard {
             | Op::ChangePeer(_)
             | Op::MoveShard { .. } => {
                 let e = WireError::new(ErrorCode::InvalidRequest, "request without a region id");
+                return answer(out, Err(e));
+            }
+            Op::Write(w) if !req.system && w.keys().any(|k| corekv_engine::is_meta_key(k)) => {
+                let e = WireError::new(
+                    ErrorCode::InvalidRequest,
+                    "keys beginning with 0xFF \"corekv/\" hold the cluster's metadata and are \
+                     written by the cluster only",
+                );
                 return answer(out, Err(e));
             }
             Op::Write(w) => match w.keys().next() {
@@ -1049,8 +1065,6 @@ impl Shard {
             | Op::Status
             | Op::Watch { .. }
             | Op::CancelWatch { .. }
-            | Op::AddNode { .. }
-            | Op::RetireNode { .. }
             | Op::MoveShard { .. } => {
                 unreachable!("answered above")
             }
@@ -1065,7 +1079,6 @@ impl Shard {
         region_id: u64,
         split_hash: u64,
     ) -> Result<AdminCommand, corekv_engine::Error> {
-        use rand::Rng;
         let region = replicas
             .peer(region_id)
             .ok_or(corekv_engine::Error::RegionNotFound(region_id))?
@@ -1076,14 +1089,11 @@ impl Shard {
         } else {
             region.middle()
         };
-        let router = self.router();
-        let mut rng = rand::thread_rng();
-        let new_region_id = loop {
-            let id = rng.gen_range(1000..=admin::REGION_ID_MAX);
-            if router.index_of(id).is_none() {
-                break id;
-            }
-        };
+        // Ids come from the meta region's allocator (reserved ahead by
+        // `meta`), so two splits anywhere never pick the same one.
+        let new_region_id = crate::meta::take_region_id(&self.node).ok_or(
+            corekv_engine::Error::Busy("no region id reserved from the meta region yet"),
+        )?;
         let cmd = AdminCommand::Split {
             split_hash,
             new_region_id,
@@ -1249,6 +1259,7 @@ impl Shard {
                 leader_node: router.leader(i),
             })
             .collect();
+        let regions = crate::meta::merged_routes(node, regions);
         let nodes = node
             .nodes
             .lock()
@@ -1497,9 +1508,12 @@ fn returned<T>(e: glommio::GlommioError<T>) -> Option<T> {
     }
 }
 
-/// Metric label of an operation.
-fn op_name(op: &Op) -> &'static str {
+/// Metric label of an operation; the cluster's own reads and writes of the
+/// meta region are `meta_get` and `meta_write`.
+fn op_name(op: &Op, system: bool) -> &'static str {
     match op {
+        Op::Get { .. } if system => "meta_get",
+        Op::Write(_) if system => "meta_write",
         Op::Get { .. } => "get",
         Op::Routes => "routes",
         Op::Status => "status",
@@ -1508,9 +1522,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::TransferLeader { .. } => "transfer_leader",
         Op::Split { .. } => "split",
         Op::ChangePeer(_) => "change_peer",
-        Op::AddNode { .. } => "add_node",
         Op::MoveShard { .. } => "move_shard",
-        Op::RetireNode { .. } => "retire_node",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",
@@ -1609,6 +1621,10 @@ impl RaftHandler for ShardPeers {
         if let Ok(mut nodes) = node.nodes.lock() {
             nodes.insert(node_id, info);
         };
+        // Greet back, so the node learns this one's client address too.
+        if let Some(t) = s.transport.get() {
+            t.greet(node_id);
+        }
     }
 
     fn on_report(&self, messages: Vec<RaftEnvelope>, delivered: bool) {

@@ -69,6 +69,11 @@ pub fn document(node: &NodeShared) -> String {
         "stopping": node.is_stopping(),
         "shard_count": node.cfg.shards,
         "leaders": leaders,
+        "known_nodes": node.peer_addrs.read().map(|a| {
+            let mut ids: Vec<u64> = a.keys().copied().collect();
+            ids.sort_unstable();
+            ids
+        }).unwrap_or_default(),
         "leaving": node.retired.lock().map(|r| r.iter().copied().collect::<Vec<u64>>()).unwrap_or_default(),
         "log_writer": {
             "fsyncs": fsyncs,

@@ -345,7 +345,7 @@ pub fn region_led_by(t: &TestCluster, node: u64, prefix: &str) -> (RouteInfo, St
         .client()
         .routes()
         .iter()
-        .find(|r| r.region.peers[0].node_id == node)
+        .find(|r| r.region.peers[0].node_id == node && !r.region.is_meta())
         .unwrap_or_else(|| panic!("no region prefers node {node}"))
         .clone();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -388,10 +388,22 @@ pub fn assert_still_serves(c: &mut Client) {
         .unwrap();
 }
 
-/// One key per region of `client`'s routing table (found by trying names).
+/// The regions of `client`'s routing table that hold user keys: all but
+/// the meta region.
+pub fn data_routes(client: &Client) -> Vec<RouteInfo> {
+    client
+        .routes()
+        .iter()
+        .filter(|r| !r.region.is_meta())
+        .cloned()
+        .collect()
+}
+
+/// One key per data region of `client`'s routing table (found by trying
+/// names; no user key reaches the meta region).
 pub fn key_per_region(client: &Client) -> Vec<(u64, String)> {
     let mut out = Vec::new();
-    for r in client.routes() {
+    for r in data_routes(client) {
         let key = (0..)
             .map(|i| format!("probe-{i}"))
             .find(|k| r.region.contains(corekv_engine::route_hash(k.as_bytes())))

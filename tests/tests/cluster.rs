@@ -24,7 +24,9 @@ fn cluster_forms_and_every_region_gets_a_leader() {
     let mut t = TestCluster::start(3, 2, &[]);
     let took = t.must_be_ready(Duration::from_secs(10));
     let c = t.client();
-    assert_eq!(c.routes().len(), 8);
+    // Eight regions of data and the meta region.
+    assert_eq!(c.routes().len(), 9);
+    assert_eq!(c.routes().iter().filter(|r| r.region.is_meta()).count(), 1);
     assert!(c.routes().iter().all(|r| r.leader_node != 0));
     assert_eq!(c.nodes().len(), 3, "every node's client address is known");
     eprintln!(
@@ -173,6 +175,7 @@ fn read_at(
             consistency: Consistency::Linearizable,
         },
         session: None,
+        system: false,
     }]);
     match conn.read_frame()? {
         Frame::Responses(mut rs) => Some(match rs.remove(0).result {
@@ -333,6 +336,7 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
         epoch: Epoch::default(),
         op: Op::Routes,
         session: None,
+        system: false,
     }]);
     match rude.read_frame() {
         Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::BadFrame),
@@ -494,17 +498,17 @@ fn ctl_balance_spreads_leaders_piled_on_one_node_back_over_all() {
     eprint!("{plan}");
     assert_eq!(
         plan.lines().filter(|l| l.starts_with("would move")).count(),
-        5
+        6
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(leader_counts(&t).get(&1), Some(&regions.len()));
-    // Run: 8 regions end up led 3/3/2, and stay so.
+    // Run: 9 regions (8 and the meta region) end up led 3/3/3, and stay so.
     let done = corekv_tools::ctl::balance(&mut c, false, &policy, Duration::from_secs(15)).unwrap();
     eprint!("{done}");
     std::thread::sleep(Duration::from_secs(3));
     let mut counts: Vec<usize> = leader_counts(&t).values().copied().collect();
     counts.sort_unstable();
-    assert_eq!(counts, vec![2, 3, 3], "{:?}", leader_counts(&t));
+    assert_eq!(counts, vec![3, 3, 3], "{:?}", leader_counts(&t));
     c.refresh().unwrap();
     let again = corekv_tools::ctl::balance(&mut c, true, &policy, Duration::from_secs(15)).unwrap();
     assert_eq!(again.trim(), "balanced: nothing to move");

@@ -154,7 +154,7 @@ fn a_leader_change_shows_in_metrics_and_status() {
     let docs = corekv_tools::ctl::gather(t.endpoints(), Duration::from_secs(5)).unwrap();
     assert_eq!(docs.len(), 3);
     let rows = corekv_tools::ctl::merge_regions(&docs);
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 9, "eight regions of data and the meta region");
     assert!(rows.iter().all(|r| r["role"] == "leader"), "{rows:?}");
     let victim = rows[0]["leader_node"].as_u64().unwrap();
     let index = t.cluster.nodes.iter().position(|n| n.id == victim).unwrap();
@@ -186,7 +186,7 @@ fn a_leader_change_shows_in_metrics_and_status() {
     loop {
         let docs = corekv_tools::ctl::gather(endpoints.clone(), Duration::from_secs(5)).unwrap();
         let rows = corekv_tools::ctl::merge_regions(&docs);
-        if rows.len() == 8
+        if rows.len() == 9
             && rows
                 .iter()
                 .all(|r| r["role"] == "leader" && r["leader_node"].as_u64() != Some(victim))

@@ -23,6 +23,7 @@ fn incr(id: u64, key: &str, seq: u64) -> Request {
             client_id: 4242,
             seq,
         }),
+        system: false,
     }
 }
 
@@ -143,6 +144,7 @@ fn a_failed_log_write_stops_the_node_and_acknowledges_nothing_after_it() {
             condition: corekv_engine::Condition::None,
         }),
         session: None,
+        system: false,
     }]);
     match raw.read_frame() {
         None => {}
@@ -253,6 +255,7 @@ fn abusive_clients_do_not_stop_the_server_serving_others() {
                 consistency: Consistency::Stale,
             },
             session: None,
+            system: false,
         })
         .collect();
     let frame = corekv_net::message::encode_requests(&gets);

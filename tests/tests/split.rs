@@ -75,7 +75,11 @@ fn a_split_under_writes_loses_nothing_and_a_watch_across_it_sees_every_change_on
 
     // The layout: the region keeps the lower half, a new one the upper.
     let routes = admin.routes().to_vec();
-    assert_eq!(routes.len(), 9);
+    assert_eq!(
+        routes.len(),
+        10,
+        "8 regions, the meta region and the new one"
+    );
     let kept = routes.iter().find(|x| x.region.id == r.id).unwrap();
     assert_eq!(
         (kept.region.start_hash, kept.region.end_hash),
@@ -155,6 +159,7 @@ fn a_split_under_writes_loses_nothing_and_a_watch_across_it_sees_every_change_on
             consistency: Consistency::Linearizable,
         },
         session: None,
+        system: false,
     }]);
     match raw.read_frame() {
         Some(Frame::Responses(rs)) => match &rs[0].result {
@@ -177,7 +182,7 @@ fn a_split_under_writes_loses_nothing_and_a_watch_across_it_sees_every_change_on
     }
     t.must_be_ready(Duration::from_secs(30));
     let mut c = t.client();
-    assert_eq!(c.routes().len(), 9);
+    assert_eq!(c.routes().len(), 10);
     for k in [&low[0], &high[0]] {
         let v = c
             .get(k.as_bytes(), Consistency::Linearizable)
@@ -239,7 +244,7 @@ fn a_hot_region_splits_by_itself_where_its_load_halves_and_its_halves_lead_from_
     let (kept, new) = loop {
         admin.refresh().unwrap();
         let routes = admin.routes().to_vec();
-        if routes.len() > 8 {
+        if routes.len() > 9 {
             let kept = routes.iter().find(|x| x.region.id == r.id).unwrap().clone();
             let new = routes
                 .iter()
@@ -393,7 +398,7 @@ fn splits_by_size(limit: &[&str], value_len: usize) {
     // Each half is under the limit now: no further split of them.
     std::thread::sleep(Duration::from_secs(12));
     c.refresh().unwrap();
-    assert_eq!(c.routes().len(), 9, "one split only");
+    assert_eq!(c.routes().len(), 10, "one split only");
 }
 
 /// Region ids and ranges in node `i`'s routing table.
@@ -406,6 +411,7 @@ fn layout_of(t: &TestCluster, i: usize) -> Option<Vec<(u64, u64, u64, u64)>> {
         epoch: corekv_engine::Epoch::default(),
         op: Op::Routes,
         session: None,
+        system: false,
     }]);
     match raw.read_frame()? {
         Frame::Responses(rs) => match &rs.first()?.result {
@@ -561,6 +567,7 @@ fn a_watch_with_an_epoch_from_before_two_splits_is_told_the_split_that_moved_its
             from_version: from,
         },
         session: None,
+        system: false,
     }]);
     let mut seen = Vec::new();
     let ended = loop {

@@ -328,6 +328,7 @@ fn watch_req(id: u64, key: &str, from_version: u64) -> Request {
             from_version,
         },
         session: None,
+        system: false,
     }
 }
 
@@ -465,6 +466,7 @@ fn a_slow_watcher_catches_up_from_history_and_watches_are_limited() {
         epoch: route.region.epoch,
         op: Op::CancelWatch { watch_id: 7 },
         session: None,
+        system: false,
     }]);
     loop {
         match conn.read_frame_with_fields() {

@@ -10,6 +10,7 @@
 //! cluster with them.
 
 use corekv_net::message::RouteInfo;
+use corekv_net::meta::{self, NodeRecord};
 use corekv_net::{Client, ClientConfig};
 use serde_json::Value;
 
@@ -439,47 +440,100 @@ pub fn replica_plan(routes: &[RouteInfo], nodes: &[u64]) -> Vec<ReplicaMove> {
     plan
 }
 
-/// Tells every node the addresses of a new node `node_id` (run before
-/// starting it with `--join`). Returns a report; fails if a node could not
-/// be told (rerun: it is idempotent).
+/// Records a new node `node_id` in the meta region's node list (run before
+/// starting it with `--join`) and waits until every node answering has
+/// taken it. Idempotent; refuses an id known with another peer address.
+/// `client` is marked as the cluster's own ([`Client::set_system`]).
 pub fn add_node(
     client: &mut Client,
     node_id: u64,
     peer_addr: &str,
     client_addr: &str,
 ) -> anyhow::Result<String> {
-    client.refresh()?;
-    let mut told = Vec::new();
-    let mut failed = Vec::new();
-    let mut known: Vec<(u64, String)> = client
-        .nodes()
-        .iter()
-        .map(|(n, a)| (*n, a.clone()))
-        .filter(|(n, _)| *n != node_id)
-        .collect();
-    known.sort_unstable();
-    for (n, addr) in known {
-        match client.add_node_on(&addr, node_id, peer_addr, client_addr) {
-            Ok(()) => told.push(n),
-            Err(e) => failed.push(format!("node {n} ({addr}): {e}")),
-        }
-    }
-    if !failed.is_empty() {
+    if node_id == 0 || node_id > corekv_engine::membership::NODE_ID_MAX {
         anyhow::bail!(
-            "node {node_id} recorded on nodes {told:?}, not on: {}; rerun once they are up",
-            failed.join("; ")
+            "node id {node_id} is outside 1..={}",
+            corekv_engine::membership::NODE_ID_MAX
         );
     }
+    for (what, a) in [("peer", peer_addr), ("client", client_addr)] {
+        a.parse::<std::net::SocketAddr>()
+            .map_err(|e| anyhow::anyhow!("{what} address {a:?}: {e}"))?;
+    }
+    client.set_system(true);
+    client.refresh()?;
+    meta::update_nodes(client, |list| {
+        match list.iter_mut().find(|n| n.id == node_id) {
+            Some(n) if n.peer_addr != peer_addr => Err(format!(
+                "node {node_id} is known with peer address {}, not {peer_addr}",
+                n.peer_addr
+            )),
+            Some(n) => {
+                // Added again: its client address may have changed, and it
+                // is no longer leaving.
+                let changed = n.client_addr != client_addr || n.leaving;
+                n.client_addr = client_addr.to_string();
+                n.leaving = false;
+                Ok(changed)
+            }
+            None => {
+                list.push(NodeRecord {
+                    id: node_id,
+                    peer_addr: peer_addr.to_string(),
+                    client_addr: client_addr.to_string(),
+                    leaving: false,
+                });
+                Ok(true)
+            }
+        }
+    })?;
+    let took = wait_for_nodes(client, node_id, |doc| {
+        doc["known_nodes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v.as_u64() == Some(node_id)))
+    });
     Ok(format!(
-        "node {node_id} (peer {peer_addr}, client {client_addr}) recorded on nodes {told:?}; \
-         start it with --join, then `corekv ctl balance` moves replicas to it\n"
+        "node {node_id} (peer {peer_addr}, client {client_addr}) recorded in the meta region; \
+         {took}; start it with --join, then the placement driver (or `corekv ctl balance`) \
+         moves replicas to it\n"
     ))
+}
+
+/// Waits up to 10 s until every node other than `node_id` that answers
+/// shows `taken` in its status document; says which did.
+fn wait_for_nodes(client: &mut Client, node_id: u64, taken: impl Fn(&Value) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut pending = Vec::new();
+        for (n, addr) in client.nodes_sorted() {
+            if n == node_id {
+                continue;
+            }
+            let done = client
+                .status_of(&addr)
+                .ok()
+                .and_then(|j| serde_json::from_str::<Value>(&j).ok())
+                .is_some_and(|doc| taken(&doc));
+            if !done {
+                pending.push(n);
+            }
+        }
+        if pending.is_empty() {
+            return "every node has taken it".into();
+        }
+        if std::time::Instant::now() > deadline {
+            return format!("nodes {pending:?} have not taken it yet (they will once they reach the meta region)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Moves every replica off node `node_id`, each to the node with the
 /// fewest replicas that has none of that region. Refuses before moving
 /// anything if some region would have nowhere to go (it would lose a
-/// replica, and with it fault tolerance or its quorum).
+/// replica, and with it fault tolerance or its quorum). Marks the node as
+/// leaving in the meta region first (`client` is marked as the cluster's
+/// own, [`Client::set_system`]).
 pub fn remove_node(
     client: &mut Client,
     node_id: u64,
@@ -534,11 +588,25 @@ pub fn remove_node(
     let mut out = String::new();
     if !dry_run {
         // The placement driver must not move replicas back to it.
-        for (n, addr) in client.nodes_sorted() {
-            if let Err(e) = client.retire_node_on(&addr, node_id, true) {
-                let _ = writeln!(out, "node {n} not told node {node_id} is leaving: {e}");
+        client.set_system(true);
+        meta::update_nodes(client, |list| {
+            match list.iter_mut().find(|n| n.id == node_id) {
+                Some(n) => {
+                    let changed = !n.leaving;
+                    n.leaving = true;
+                    Ok(changed)
+                }
+                None => Err(format!(
+                    "node {node_id} is not in the meta region's node list"
+                )),
             }
-        }
+        })?;
+        let took = wait_for_nodes(client, node_id, |doc| {
+            doc["leaving"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v.as_u64() == Some(node_id)))
+        });
+        let _ = writeln!(out, "node {node_id} marked as leaving: {took}");
     }
     if plan.is_empty() {
         let _ = writeln!(out, "node {node_id} holds no replica: it can be stopped");

@@ -364,13 +364,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 16;
+        pub const ENUM_MAX_OP: u8 = 14;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 17] = [
+        pub const ENUM_VALUES_OP: [Op; 15] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -385,9 +385,7 @@ pub mod corekv {
             Op::TransferLeader,
             Op::Split,
             Op::ChangePeer,
-            Op::AddNode,
             Op::MoveShard,
-            Op::RetireNode,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -409,12 +407,10 @@ pub mod corekv {
             pub const TransferLeader: Self = Self(11);
             pub const Split: Self = Self(12);
             pub const ChangePeer: Self = Self(13);
-            pub const AddNode: Self = Self(14);
-            pub const MoveShard: Self = Self(15);
-            pub const RetireNode: Self = Self(16);
+            pub const MoveShard: Self = Self(14);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 16;
+            pub const ENUM_MAX: u8 = 14;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -430,9 +426,7 @@ pub mod corekv {
                 Self::TransferLeader,
                 Self::Split,
                 Self::ChangePeer,
-                Self::AddNode,
                 Self::MoveShard,
-                Self::RetireNode,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -451,9 +445,7 @@ pub mod corekv {
                     Self::TransferLeader => Some("TransferLeader"),
                     Self::Split => Some("Split"),
                     Self::ChangePeer => Some("ChangePeer"),
-                    Self::AddNode => Some("AddNode"),
                     Self::MoveShard => Some("MoveShard"),
-                    Self::RetireNode => Some("RetireNode"),
                     _ => None,
                 }
             }
@@ -3683,301 +3675,6 @@ pub mod corekv {
                 ds.finish()
             }
         }
-        pub enum AddNodeOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct AddNode<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for AddNode<'a> {
-            type Inner = AddNode<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> AddNode<'a> {
-            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
-            pub const VT_PEER_ADDR: ::flatbuffers::VOffsetT = 6;
-            pub const VT_CLIENT_ADDR: ::flatbuffers::VOffsetT = 8;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                AddNode { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args AddNodeArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<AddNode<'bldr>> {
-                let mut builder = AddNodeBuilder::new(_fbb);
-                builder.add_node_id(args.node_id);
-                if let Some(x) = args.client_addr {
-                    builder.add_client_addr(x);
-                }
-                if let Some(x) = args.peer_addr {
-                    builder.add_peer_addr(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn node_id(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(AddNode::VT_NODE_ID, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn peer_addr(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(AddNode::VT_PEER_ADDR, None)
-                }
-            }
-            #[inline]
-            pub fn client_addr(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(AddNode::VT_CLIENT_ADDR, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for AddNode<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "peer_addr",
-                        Self::VT_PEER_ADDR,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "client_addr",
-                        Self::VT_CLIENT_ADDR,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct AddNodeArgs<'a> {
-            pub node_id: u64,
-            pub peer_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
-            pub client_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
-        }
-        impl<'a> Default for AddNodeArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                AddNodeArgs {
-                    node_id: 0,
-                    peer_addr: None,
-                    client_addr: None,
-                }
-            }
-        }
-
-        pub struct AddNodeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddNodeBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_node_id(&mut self, node_id: u64) {
-                self.fbb_.push_slot::<u64>(AddNode::VT_NODE_ID, node_id, 0);
-            }
-            #[inline]
-            pub fn add_peer_addr(&mut self, peer_addr: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
-                    AddNode::VT_PEER_ADDR,
-                    peer_addr,
-                );
-            }
-            #[inline]
-            pub fn add_client_addr(&mut self, client_addr: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
-                    AddNode::VT_CLIENT_ADDR,
-                    client_addr,
-                );
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> AddNodeBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                AddNodeBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<AddNode<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for AddNode<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("AddNode");
-                ds.field("node_id", &self.node_id());
-                ds.field("peer_addr", &self.peer_addr());
-                ds.field("client_addr", &self.client_addr());
-                ds.finish()
-            }
-        }
-        pub enum RetireNodeOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct RetireNode<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for RetireNode<'a> {
-            type Inner = RetireNode<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> RetireNode<'a> {
-            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
-            pub const VT_RETIRED: ::flatbuffers::VOffsetT = 6;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                RetireNode { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args RetireNodeArgs,
-            ) -> ::flatbuffers::WIPOffset<RetireNode<'bldr>> {
-                let mut builder = RetireNodeBuilder::new(_fbb);
-                builder.add_node_id(args.node_id);
-                builder.add_retired(args.retired);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn node_id(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(RetireNode::VT_NODE_ID, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn retired(&self) -> bool {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<bool>(RetireNode::VT_RETIRED, Some(false))
-                        .unwrap()
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for RetireNode<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
-                    .visit_field::<bool>("retired", Self::VT_RETIRED, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct RetireNodeArgs {
-            pub node_id: u64,
-            pub retired: bool,
-        }
-        impl<'a> Default for RetireNodeArgs {
-            #[inline]
-            fn default() -> Self {
-                RetireNodeArgs {
-                    node_id: 0,
-                    retired: false,
-                }
-            }
-        }
-
-        pub struct RetireNodeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RetireNodeBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_node_id(&mut self, node_id: u64) {
-                self.fbb_
-                    .push_slot::<u64>(RetireNode::VT_NODE_ID, node_id, 0);
-            }
-            #[inline]
-            pub fn add_retired(&mut self, retired: bool) {
-                self.fbb_
-                    .push_slot::<bool>(RetireNode::VT_RETIRED, retired, false);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> RetireNodeBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                RetireNodeBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<RetireNode<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for RetireNode<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("RetireNode");
-                ds.field("node_id", &self.node_id());
-                ds.field("retired", &self.retired());
-                ds.finish()
-            }
-        }
         pub enum RoutesOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -4169,6 +3866,7 @@ pub mod corekv {
             pub const VT_OP: ::flatbuffers::VOffsetT = 12;
             pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 14;
             pub const VT_SEQ: ::flatbuffers::VOffsetT = 16;
+            pub const VT_SYSTEM: ::flatbuffers::VOffsetT = 18;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4195,6 +3893,7 @@ pub mod corekv {
                 if let Some(x) = args.epoch {
                     builder.add_epoch(x);
                 }
+                builder.add_system(args.system);
                 builder.add_op_type(args.op_type);
                 builder.finish()
             }
@@ -4265,6 +3964,17 @@ pub mod corekv {
                 // Created from valid Table for this object
                 // which contains a valid value in this slot
                 unsafe { self._tab.get::<u64>(Request::VT_SEQ, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn system(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(Request::VT_SYSTEM, Some(false))
+                        .unwrap()
+                }
             }
             #[inline]
             #[allow(non_snake_case)]
@@ -4463,21 +4173,6 @@ pub mod corekv {
 
             #[inline]
             #[allow(non_snake_case)]
-            pub fn op_as_add_node(&self) -> Option<AddNode<'a>> {
-                if self.op_type() == Op::AddNode {
-                    self.op().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { AddNode::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
             pub fn op_as_move_shard(&self) -> Option<MoveShard<'a>> {
                 if self.op_type() == Op::MoveShard {
                     self.op().map(|t| {
@@ -4485,21 +4180,6 @@ pub mod corekv {
                         // Created from a valid Table for this object
                         // Which contains a valid union in this slot
                         unsafe { MoveShard::init_from_table(t) }
-                    })
-                } else {
-                    None
-                }
-            }
-
-            #[inline]
-            #[allow(non_snake_case)]
-            pub fn op_as_retire_node(&self) -> Option<RetireNode<'a>> {
-                if self.op_type() == Op::RetireNode {
-                    self.op().map(|t| {
-                        // Safety:
-                        // Created from a valid Table for this object
-                        // Which contains a valid union in this slot
-                        unsafe { RetireNode::init_from_table(t) }
                     })
                 } else {
                     None
@@ -4532,14 +4212,13 @@ pub mod corekv {
           Op::TransferLeader => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeader>>("Op::TransferLeader", pos),
           Op::Split => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Split>>("Op::Split", pos),
           Op::ChangePeer => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangePeer>>("Op::ChangePeer", pos),
-          Op::AddNode => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddNode>>("Op::AddNode", pos),
           Op::MoveShard => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveShard>>("Op::MoveShard", pos),
-          Op::RetireNode => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RetireNode>>("Op::RetireNode", pos),
           _ => Ok(()),
         }
      })?
      .visit_field::<u64>("client_id", Self::VT_CLIENT_ID, false)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .visit_field::<bool>("system", Self::VT_SYSTEM, false)?
      .finish();
                 Ok(())
             }
@@ -4552,6 +4231,7 @@ pub mod corekv {
             pub op: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
             pub client_id: u64,
             pub seq: u64,
+            pub system: bool,
         }
         impl<'a> Default for RequestArgs<'a> {
             #[inline]
@@ -4564,6 +4244,7 @@ pub mod corekv {
                     op: None,
                     client_id: 0,
                     seq: 0,
+                    system: false,
                 }
             }
         }
@@ -4605,6 +4286,11 @@ pub mod corekv {
             #[inline]
             pub fn add_seq(&mut self, seq: u64) {
                 self.fbb_.push_slot::<u64>(Request::VT_SEQ, seq, 0);
+            }
+            #[inline]
+            pub fn add_system(&mut self, system: bool) {
+                self.fbb_
+                    .push_slot::<bool>(Request::VT_SYSTEM, system, false);
             }
             #[inline]
             pub fn new(
@@ -4761,28 +4447,8 @@ pub mod corekv {
                             )
                         }
                     }
-                    Op::AddNode => {
-                        if let Some(x) = self.op_as_add_node() {
-                            ds.field("op", &x)
-                        } else {
-                            ds.field(
-                                "op",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
                     Op::MoveShard => {
                         if let Some(x) = self.op_as_move_shard() {
-                            ds.field("op", &x)
-                        } else {
-                            ds.field(
-                                "op",
-                                &"InvalidFlatbuffer: Union discriminant does not match value.",
-                            )
-                        }
-                    }
-                    Op::RetireNode => {
-                        if let Some(x) = self.op_as_retire_node() {
                             ds.field("op", &x)
                         } else {
                             ds.field(
@@ -4798,6 +4464,7 @@ pub mod corekv {
                 };
                 ds.field("client_id", &self.client_id());
                 ds.field("seq", &self.seq());
+                ds.field("system", &self.system());
                 ds.finish()
             }
         }

@@ -244,6 +244,8 @@ fn ctl_text(
 ) -> ExitCode {
     let mut cfg = ClientConfig::new(endpoints);
     cfg.request_timeout = Duration::from_millis(timeout_ms);
+    // Cluster administration: may write the meta region's records.
+    cfg.system = true;
     match Client::connect(cfg)
         .map_err(anyhow::Error::from)
         .and_then(|mut c| f(&mut c))

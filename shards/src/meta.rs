@@ -1,0 +1,224 @@
+//! The node's side of the meta region ([`corekv_net::meta`]): a thread that,
+//! twice a second,
+//! - records this node in the node list if it is missing (a node of
+//!   `--initial-cluster`, or one started after `corekv ctl add-node`),
+//! - takes the node list into the node: peer addresses to send raft
+//!   messages to, client addresses to tell clients, which nodes are
+//!   leaving (kept in the node's RocksDB too, so a restarted node reaches
+//!   the others before the meta region answers),
+//! - reports the regions this node leads when that changed,
+//! - reads the routing table (every node's report) that `Routes` requests
+//!   are answered from, merged with the regions this node holds,
+//! - keeps a few region ids reserved from the allocator for splits.
+//!
+//! While the meta region has no quorum the node keeps what it last saw:
+//! requests are served as before; only adding nodes and splitting wait.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use corekv_net::message::RouteInfo;
+use corekv_net::meta::{self, NodeRecord};
+use corekv_net::{Client, ClientConfig};
+
+use crate::node::NodeShared;
+
+const PASS_EVERY: Duration = Duration::from_millis(500);
+
+/// Region ids reserved at a time.
+const ID_BLOCK: u64 = 16;
+
+/// Starts the thread.
+pub fn spawn(node: Weak<NodeShared>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("corekv-meta".into())
+        .spawn(move || {
+            let mut sync = Sync::default();
+            let mut last_warning: Option<Instant> = None;
+            loop {
+                std::thread::sleep(PASS_EVERY);
+                let Some(node) = node.upgrade() else { return };
+                if node.is_stopping() {
+                    return;
+                }
+                if let Err(e) = sync.pass(&node) {
+                    sync.client = None;
+                    // Expected while the cluster starts or loses its
+                    // quorum: said once in 30 s.
+                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                        tracing::warn!(error = %e, "meta region not reachable");
+                        last_warning = Some(Instant::now());
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Sync {
+    client: Option<Client>,
+    /// What this node last reported leading.
+    reported: Option<Vec<RouteInfo>>,
+}
+
+impl Sync {
+    fn pass(&mut self, node: &Arc<NodeShared>) -> Result<(), String> {
+        let client = match &mut self.client {
+            Some(c) => c,
+            None => self.client.insert(connect(node)?),
+        };
+        let own = node.cfg.node_id;
+        let mut nodes = meta::read_nodes(client).map_err(|e| e.to_string())?;
+        if !nodes.iter().any(|n| n.id == own) {
+            let me = NodeRecord {
+                id: own,
+                peer_addr: node.cfg.peer_listen.to_string(),
+                client_addr: node.cfg.client_listen.to_string(),
+                leaving: false,
+            };
+            nodes = meta::update_nodes(client, |list| {
+                if list.iter().any(|n| n.id == own) {
+                    return Ok(false);
+                }
+                list.push(me.clone());
+                Ok(true)
+            })
+            .map_err(|e| e.to_string())?;
+            tracing::info!(node = own, "recorded in the meta region's node list");
+        }
+        take_node_list(node, &nodes);
+
+        let leading = leading(node);
+        if self.reported.as_ref() != Some(&leading) {
+            meta::write_routes(client, own, &leading).map_err(|e| e.to_string())?;
+            self.reported = Some(leading);
+        }
+        let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+        let table = meta::read_routes(client, &ids).map_err(|e| e.to_string())?;
+        *node.meta_routes.lock().unwrap_or_else(|e| e.into_inner()) = table;
+
+        let empty = node
+            .region_ids
+            .lock()
+            .map(|r| r.is_empty())
+            .unwrap_or(false);
+        if empty {
+            let block = meta::reserve_region_ids(client, ID_BLOCK).map_err(|e| e.to_string())?;
+            tracing::debug!(from = block.start, to = block.end, "region ids reserved");
+            *node.region_ids.lock().unwrap_or_else(|e| e.into_inner()) = block;
+        }
+        Ok(())
+    }
+}
+
+/// A client to the cluster through every node this one knows.
+fn connect(node: &NodeShared) -> Result<Client, String> {
+    let addrs: Vec<String> = node
+        .nodes
+        .lock()
+        .map_err(|_| "node list lock poisoned".to_string())?
+        .values()
+        .map(|i| i.client_addr.clone())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let mut cfg = ClientConfig::new(addrs);
+    cfg.request_timeout = Duration::from_secs(2);
+    cfg.system = true;
+    Client::connect(cfg).map_err(|e| e.to_string())
+}
+
+/// Makes the node's peer and client addresses and leaving marks those of
+/// the meta region's node list.
+fn take_node_list(node: &NodeShared, list: &[NodeRecord]) {
+    let own = node.cfg.node_id;
+    for n in list.iter().filter(|n| n.id != own) {
+        let known = node
+            .peer_addrs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&n.id)
+            .map(|a| a.to_string());
+        let listed = node
+            .nodes
+            .lock()
+            .map(|m| m.get(&n.id).is_some_and(|i| i.client_addr == n.client_addr))
+            .unwrap_or(true);
+        if known.as_deref() != Some(n.peer_addr.as_str()) || !listed {
+            if let Err(e) = crate::nodes::add(node, n.id, &n.peer_addr, &n.client_addr) {
+                tracing::warn!(node = n.id, error = %e, "node of the meta region's list not taken");
+            }
+        }
+    }
+    let retired = node.retired.lock().map(|r| r.clone()).unwrap_or_default();
+    for n in list {
+        if n.leaving != retired.contains(&n.id) {
+            if let Err(e) = crate::nodes::retire(node, n.id, n.leaving) {
+                tracing::warn!(node = n.id, error = %e, "leaving mark not kept");
+            }
+        }
+    }
+}
+
+/// The regions this node leads, as the routing table shows them.
+fn leading(node: &NodeShared) -> Vec<RouteInfo> {
+    let router = node.router();
+    let own = node.cfg.node_id;
+    let mut out: Vec<RouteInfo> = router
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| router.leader(*i) == own)
+        .map(|(_, (r, _))| RouteInfo {
+            region: r.clone(),
+            leader_node: own,
+        })
+        .collect();
+    out.sort_by_key(|r| r.region.id);
+    out
+}
+
+/// The routing table a `Routes` request gets: the meta region's, where
+/// this node holds a region at the same or a newer epoch its own view
+/// instead (it saw the change first).
+pub fn merged_routes(node: &NodeShared, local: Vec<RouteInfo>) -> Vec<RouteInfo> {
+    let mut out = node
+        .meta_routes
+        .lock()
+        .map(|t| t.clone())
+        .unwrap_or_default();
+    for r in local {
+        match out.iter_mut().find(|m| m.region.id == r.region.id) {
+            Some(m) => {
+                let (a, b) = (r.region.epoch, m.region.epoch);
+                if (a.version, a.conf_ver) >= (b.version, b.conf_ver) {
+                    let leader = if r.leader_node != 0 {
+                        r.leader_node
+                    } else {
+                        m.leader_node
+                    };
+                    *m = RouteInfo {
+                        region: r.region,
+                        leader_node: leader,
+                    };
+                }
+            }
+            None => out.push(r),
+        }
+    }
+    // A region the meta table has from before a split overlaps its newer
+    // pieces: the newer epoch keeps the range.
+    let snapshot = out.clone();
+    out.retain(|r| {
+        !snapshot.iter().any(|o| {
+            o.region.id != r.region.id
+                && o.region.overlaps(&r.region)
+                && o.region.epoch.version > r.region.epoch.version
+        })
+    });
+    out
+}
+
+/// Takes a region id reserved from the meta region's allocator.
+pub fn take_region_id(node: &NodeShared) -> Option<u64> {
+    node.region_ids.lock().ok()?.next()
+}
