@@ -161,6 +161,11 @@ row() { # key label
     row corekv-stale "corekv read-only (stale reads)"
     row corekv-follower "corekv read-only (follower reads, linearizable)"
     echo
+    echo "Errors (counted by kind in the JSON lines below) are requests in flight"
+    echo "at a leader change, answered \`NotLeader\` or \`ProposalDropped\`: the"
+    echo "placement driver (on by default) moves a leader or two while the load"
+    echo "settles over the nodes. The generator counts them and goes on."
+    echo
     echo "## Ratios to Redis (same workload, same run)"
     echo
     echo "| workload | corekv / redis |"
@@ -177,7 +182,7 @@ row() { # key label
     echo "node); the second run lets the region split by load during its 20 s"
     echo "warm-up (\`--split-load-ops 60000 --split-load-windows 3\`)."
     echo
-    echo "| run | regions at the end | total ops/s | read p99 µs | write p99 µs | errors |"
+    echo "| run | data regions at the end | total ops/s | read p99 µs | write p99 µs | errors |"
     echo "|---|---|---|---|---|---|"
     for k in split-before split-after; do
         j=${R[$k]}
@@ -191,9 +196,8 @@ row() { # key label
     echo "On this machine the three nodes share the same cores, so moving half the"
     echo "load to a second leader adds raft and network work without adding CPU:"
     echo "splitting by load is off by default and pays on nodes with cores of"
-    echo "their own (\`docs/operations.md\`). Errors in the second run are requests"
-    echo "sent with the old epoch when a split lands inside the measured window"
-    echo "(answered \`EpochNotMatch\`; the generator then reloads its routes)."
+    echo "their own (\`docs/operations.md\`). Errors are requests in flight when a"
+    echo "split or a leader move lands inside the measured window."
     echo
     echo "## Commands"
     echo

@@ -33,7 +33,7 @@ pub fn spawn(node: Weak<NodeShared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("corekv-meta".into())
         .spawn(move || {
-            let mut sync = Sync::default();
+            let mut sync = MetaSync::default();
             let mut last_warning: Option<Instant> = None;
             loop {
                 std::thread::sleep(PASS_EVERY);
@@ -56,13 +56,13 @@ pub fn spawn(node: Weak<NodeShared>) -> std::io::Result<()> {
 }
 
 #[derive(Default)]
-struct Sync {
+struct MetaSync {
     client: Option<Client>,
     /// What this node last reported leading.
     reported: Option<Vec<RouteInfo>>,
 }
 
-impl Sync {
+impl MetaSync {
     fn pass(&mut self, node: &Arc<NodeShared>) -> Result<(), String> {
         let client = match &mut self.client {
             Some(c) => c,

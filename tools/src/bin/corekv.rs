@@ -190,8 +190,9 @@ enum CtlCmd {
         #[arg(long, default_value_t = 10_000)]
         wait_ms: u64,
     },
-    /// Tell every node about a new node (then start it with `--join` and
-    /// run `ctl balance`).
+    /// Record a new node in the meta region's node list and wait until
+    /// every node has taken it (then start it with `--join`; the placement
+    /// driver, or `ctl balance`, moves replicas to it).
     AddNode {
         /// New node id (1..=65535, unused).
         id: u64,
