@@ -306,7 +306,12 @@ impl RawConn {
 
     /// Sends requests.
     pub fn send(&mut self, reqs: &[Request]) {
-        self.stream.write_all(&encode_requests(reqs)).unwrap();
+        self.try_send(reqs).unwrap();
+    }
+
+    /// Sends requests; fails if the server is gone.
+    pub fn try_send(&mut self, reqs: &[Request]) -> std::io::Result<()> {
+        self.stream.write_all(&encode_requests(reqs))
     }
 
     /// Reads the next frame; `None` if the server closed the connection (or
