@@ -627,7 +627,11 @@ impl Shard {
             if ticks % REPORT_EVERY_TICKS == 0 {
                 self.report(&replicas);
             }
-            if ticks % STATUS_EVERY_TICKS == 0 {
+            // Ten times as often in the first period, so the status a
+            // node shows right after it started (`ctl regions` once `corekv
+            // dev` says ready) already lists its regions and leaders.
+            let early = ticks < STATUS_EVERY_TICKS && ticks % REPORT_EVERY_TICKS == 0;
+            if ticks % STATUS_EVERY_TICKS == 0 || early {
                 self.publish_status(&replicas);
             }
             if !stopping {
