@@ -9,12 +9,10 @@
 //!
 //! [`ClientConfig::system`]: crate::ClientConfig::system
 
-use std::collections::BTreeMap;
-
 use corekv_engine::codec::{Decoder, Encoder};
 use corekv_engine::{Region, META_PREFIX};
 
-use crate::client::{Client, ClientError, PutOptions, Result};
+use crate::client::{merge_routes, Client, ClientError, PutOptions, Result};
 use crate::message::RouteInfo;
 use corekv_engine::Consistency;
 
@@ -174,26 +172,20 @@ pub fn write_routes(client: &mut Client, node_id: u64, routes: &[RouteInfo]) -> 
     Ok(())
 }
 
-/// The routing table: the reports of `nodes`, the newest epoch of each
-/// region winning (a report naming a leader wins over one at the same
-/// epoch that does not).
+/// The routing table: the reports of `nodes`, merged as a client merges
+/// routing answers ([`merge_routes`]: the newest epoch of each region wins).
 pub fn read_routes(client: &mut Client, nodes: &[u64]) -> Result<Vec<RouteInfo>> {
-    let mut by_id: BTreeMap<u64, RouteInfo> = BTreeMap::new();
+    let mut table = Vec::new();
     for n in nodes {
         let Some(v) = client.get(&routes_key(*n), Consistency::Linearizable)? else {
             continue;
         };
-        for r in decode_routes(&v.value).map_err(ClientError::Protocol)? {
-            let newer = by_id.get(&r.region.id).is_none_or(|old| {
-                let (a, b) = (r.region.epoch, old.region.epoch);
-                (a.version, a.conf_ver) > (b.version, b.conf_ver)
-            });
-            if newer {
-                by_id.insert(r.region.id, r);
-            }
-        }
+        merge_routes(
+            &mut table,
+            decode_routes(&v.value).map_err(ClientError::Protocol)?,
+        );
     }
-    Ok(by_id.into_values().collect())
+    Ok(table)
 }
 
 /// Read-modify-write of `key`: `f` gets the current value and returns the

@@ -17,6 +17,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use corekv_net::client::merge_routes;
 use corekv_net::message::RouteInfo;
 use corekv_net::meta::{self, NodeRecord};
 use corekv_net::{Client, ClientConfig};
@@ -177,45 +178,17 @@ fn leading(node: &NodeShared) -> Vec<RouteInfo> {
     out
 }
 
-/// The routing table a `Routes` request gets: the meta region's, where
-/// this node holds a region at the same or a newer epoch its own view
-/// instead (it saw the change first).
-pub fn merged_routes(node: &NodeShared, local: Vec<RouteInfo>) -> Vec<RouteInfo> {
-    let mut out = node
+/// The routing table a `Routes` request gets: this node's own view, where
+/// the meta region's table has a region at a newer epoch (or names a leader
+/// this node does not know) that entry instead ([`merge_routes`]).
+pub fn merged_routes(node: &NodeShared, mut local: Vec<RouteInfo>) -> Vec<RouteInfo> {
+    let table = node
         .meta_routes
         .lock()
         .map(|t| t.clone())
         .unwrap_or_default();
-    for r in local {
-        match out.iter_mut().find(|m| m.region.id == r.region.id) {
-            Some(m) => {
-                let (a, b) = (r.region.epoch, m.region.epoch);
-                if (a.version, a.conf_ver) >= (b.version, b.conf_ver) {
-                    let leader = if r.leader_node != 0 {
-                        r.leader_node
-                    } else {
-                        m.leader_node
-                    };
-                    *m = RouteInfo {
-                        region: r.region,
-                        leader_node: leader,
-                    };
-                }
-            }
-            None => out.push(r),
-        }
-    }
-    // A region the meta table has from before a split overlaps its newer
-    // pieces: the newer epoch keeps the range.
-    let snapshot = out.clone();
-    out.retain(|r| {
-        !snapshot.iter().any(|o| {
-            o.region.id != r.region.id
-                && o.region.overlaps(&r.region)
-                && o.region.epoch.version > r.region.epoch.version
-        })
-    });
-    out
+    merge_routes(&mut local, table);
+    local
 }
 
 /// Takes a region id reserved from the meta region's allocator.
