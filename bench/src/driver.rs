@@ -1,8 +1,9 @@
 //! The load loop: simulated clients on glommio executors, each keeping up to
 //! `pipeline` requests in flight over its own connections.
 //!
-//! corekv clients route each request to the leader of its key's region (one
-//! connection per node per client) and batch everything they send in one go
+//! corekv clients route each request to the leader of its key's region, on
+//! the port of the shard serving it there when the node has shard ports
+//! (one connection per node shard, or per node, per client) and batch everything they send in one go
 //! into one frame per node. Redis clients pipeline RESP commands on one
 //! connection. In open-loop mode (`rate`), each client sends on a fixed
 //! schedule and latency is measured from the *intended* send time, so a stall
@@ -42,6 +43,9 @@ pub enum Target {
         routes: Vec<RouteInfo>,
         /// Node id → client address.
         nodes: HashMap<u64, String>,
+        /// Node id → per-shard client ports (empty: send everything to the
+        /// node's client address).
+        shard_ports: HashMap<u64, Vec<u16>>,
     },
     /// A Redis server at `host:port`.
     Redis(String),
@@ -422,9 +426,43 @@ async fn connect_corekv(
     Ok(NodeConn { writer })
 }
 
+/// Where a batch goes: a node and one of its shard ports, or
+/// [`NODE_PORT`] for the node's client address.
+type Dest = (u64, u32);
+
+/// The node's client address (any shard; the region's passes it on).
+const NODE_PORT: u32 = u32::MAX;
+
+fn has_port(ports: &HashMap<u64, Vec<u16>>, node: u64, shard: u32) -> bool {
+    ports
+        .get(&node)
+        .and_then(|p| p.get(shard as usize))
+        .is_some_and(|p| *p != 0)
+}
+
+fn dest_addr(
+    nodes: &HashMap<u64, String>,
+    ports: &HashMap<u64, Vec<u16>>,
+    (node, shard): Dest,
+) -> anyhow::Result<String> {
+    let addr = nodes
+        .get(&node)
+        .ok_or_else(|| anyhow::anyhow!("no address for node {node}"))?;
+    if shard == NODE_PORT {
+        return Ok(addr.clone());
+    }
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+    Ok(format!("{host}:{}", ports[&node][shard as usize]))
+}
+
 async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<()> {
     let shared = state.shared.clone();
-    let Target::Corekv { routes, nodes } = &shared.target else {
+    let Target::Corekv {
+        routes,
+        nodes,
+        shard_ports,
+    } = &shared.target
+    else {
         unreachable!()
     };
     let mut routes: Vec<RouteInfo> = routes.clone();
@@ -432,14 +470,11 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
     let spec = &shared.spec;
     let value = Bytes::from(vec![b'v'; spec.value_size]);
     let mut gen = Generator::new(&shared, index);
-    let mut conns: HashMap<u64, NodeConn> = HashMap::new();
-    // One map of requests in flight per node connection.
-    let sent: HashMap<u64, SentMap> = nodes
-        .keys()
-        .map(|n| (*n, Rc::new(RefCell::new(HashMap::default()))))
-        .collect();
+    let mut conns: HashMap<Dest, NodeConn> = HashMap::new();
+    // One map of requests in flight per connection.
+    let mut sent: HashMap<Dest, SentMap> = HashMap::new();
     let mut next_id = 1u64;
-    let mut batches: HashMap<u64, Vec<Request>> = HashMap::new();
+    let mut batches: HashMap<Dest, Vec<Request>> = HashMap::new();
     let mut done = false;
     while !done {
         let mut wake_at = None;
@@ -469,17 +504,24 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
             let i = routes.partition_point(|r| r.region.start_hash <= hash) - 1;
             let route = &mut routes[i];
             if let Some(hint) = state.leader_hints.borrow_mut().remove(&route.region.id) {
-                route.leader_node = hint;
+                if hint != route.leader_node {
+                    route.leader_node = hint;
+                    route.leader_shard = None;
+                }
             }
             let follower_read =
                 op.kind == OpKind::Read && spec.consistency == Consistency::Follower;
-            let node = if follower_read {
+            let dest = if follower_read {
                 // Follower reads spread over every replica of the region.
-                route.region.peers[next_id as usize % route.region.peers.len()].node_id
+                let n = route.region.peers[next_id as usize % route.region.peers.len()].node_id;
+                (n, NODE_PORT)
             } else if route.leader_node != 0 {
-                route.leader_node
+                let shard = route
+                    .leader_shard
+                    .filter(|s| has_port(shard_ports, route.leader_node, *s));
+                (route.leader_node, shard.unwrap_or(NODE_PORT))
             } else {
-                route.region.peers[0].node_id
+                (route.region.peers[0].node_id, NODE_PORT)
             };
             let k = shared.keys.name(op.key);
             let req = Request {
@@ -501,7 +543,7 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
                 session: None,
                 system: false,
             };
-            sent[&node].borrow_mut().insert(
+            sent.entry(dest).or_default().borrow_mut().insert(
                 next_id,
                 Sent {
                     kind: op.kind,
@@ -511,24 +553,22 @@ async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyhow::Result<(
             );
             next_id += 1;
             state.inflight.set(state.inflight.get() + 1);
-            batches.entry(node).or_default().push(req);
+            batches.entry(dest).or_default().push(req);
         }
-        for (node, reqs) in batches.iter_mut() {
+        for (dest, reqs) in batches.iter_mut() {
             if reqs.is_empty() {
                 continue;
             }
-            if !conns.contains_key(node) {
-                let addr = nodes
-                    .get(node)
-                    .ok_or_else(|| anyhow::anyhow!("no address for node {node}"))?;
-                let c = connect_corekv(state.clone(), addr, sent[node].clone()).await?;
-                conns.insert(*node, c);
+            if !conns.contains_key(dest) {
+                let addr = dest_addr(nodes, shard_ports, *dest)?;
+                let c = connect_corekv(state.clone(), &addr, sent[dest].clone()).await?;
+                conns.insert(*dest, c);
             }
             let frame = encode_requests(reqs);
             reqs.clear();
-            if let Err(e) = conns.get_mut(node).unwrap().writer.write_all(&frame).await {
-                conns.remove(node);
-                return Err(anyhow::anyhow!("write to node {node}: {e}"));
+            if let Err(e) = conns.get_mut(dest).unwrap().writer.write_all(&frame).await {
+                conns.remove(dest);
+                return Err(anyhow::anyhow!("write to node {} ({dest:?}): {e}", dest.0));
             }
         }
         state.publish();

@@ -47,6 +47,11 @@ pub struct ClientConfig {
     /// Marks requests as the cluster's own (nodes, `corekv ctl`): only they
     /// may write the metadata keys. Default false.
     pub system: bool,
+    /// Sends each request to the port of the shard serving its region on
+    /// the leader's node, where the node has shard ports and the routing
+    /// table says which shard (otherwise to the node's client address,
+    /// whose shard passes it on). Default true.
+    pub shard_aware: bool,
 }
 
 impl ClientConfig {
@@ -61,6 +66,7 @@ impl ClientConfig {
             backoff_max: Duration::from_millis(100),
             frame_bytes_max: 64 << 20,
             system: false,
+            shard_aware: true,
         }
     }
 }
@@ -155,6 +161,8 @@ pub struct Client {
     pub(crate) routes: Vec<RouteInfo>,
     nodes: HashMap<u64, String>,
     pub(crate) conns: HashMap<String, Conn>,
+    /// Per-shard client ports of each address, as its `Hello` gave them.
+    shard_ports: HashMap<String, Vec<u16>>,
     next_id: u64,
     client_id: u64,
     seq: u64,
@@ -205,6 +213,7 @@ impl Client {
             routes: Vec::new(),
             nodes: HashMap::new(),
             conns: HashMap::new(),
+            shard_ports: HashMap::new(),
             next_id: 1,
             client_id: rand::thread_rng().gen_range(1..u64::MAX),
             seq: 0,
@@ -236,6 +245,23 @@ impl Client {
     /// Node client addresses as last loaded.
     pub fn nodes(&self) -> &HashMap<u64, String> {
         &self.nodes
+    }
+
+    /// The per-shard client ports `node` gave in its `Hello` (connecting
+    /// to it if need be; index = shard, 0 = none); empty when it has none.
+    pub fn shard_ports_of(&mut self, node: u64) -> Result<Vec<u16>> {
+        let addr = self
+            .nodes
+            .get(&node)
+            .cloned()
+            .ok_or_else(|| ClientError::Protocol(format!("node {node} is not known")))?;
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        self.conn(&addr, deadline)
+            .map_err(|e| ClientError::Unavailable {
+                attempts: 1,
+                last: e,
+            })?;
+        Ok(self.shard_ports.get(&addr).cloned().unwrap_or_default())
     }
 
     /// Node ids and client addresses as last loaded, by node id.
@@ -290,7 +316,9 @@ impl Client {
             // not answer (paused, overloaded) is not worth the whole budget.
             let hello_deadline = deadline.min(Instant::now() + self.cfg.connect_timeout);
             match read_frame(&mut conn, hello_deadline)? {
-                Frame::Hello { .. } => {}
+                Frame::Hello { shard_ports, .. } => {
+                    self.shard_ports.insert(addr.to_string(), shard_ports);
+                }
                 Frame::Error(e) => return Err(format!("{addr}: {}", e.message)),
                 other => return Err(format!("{addr}: expected hello, got {other:?}")),
             }
@@ -421,12 +449,35 @@ impl Client {
             .is_some_and(|t| *t > Instant::now())
     }
 
-    pub(crate) fn mark_down(&mut self, addr: &str) {
-        let until = Instant::now() + DOWN_FOR;
-        for (n, a) in &self.nodes {
-            if a == addr {
-                self.down_until.insert(*n, until);
-            }
+    pub(crate) fn mark_down(&mut self, node: u64) {
+        self.down_until.insert(node, Instant::now() + DOWN_FOR);
+    }
+
+    /// The address of `shard`'s own port on the node whose client address
+    /// is `node_addr`, if the client is shard-aware and that node's `Hello`
+    /// gave one.
+    fn shard_addr(&self, node_addr: &str, shard: Option<u32>) -> Option<String> {
+        if !self.cfg.shard_aware {
+            return None;
+        }
+        let port = *self.shard_ports.get(node_addr)?.get(shard? as usize)?;
+        let host = node_addr.rsplit_once(':')?.0;
+        (port != 0).then(|| format!("{host}:{port}"))
+    }
+
+    /// Connects to the leader of region `i` once, if the client is
+    /// shard-aware and knows the leader's shard but not yet the node's shard
+    /// ports, so the request goes straight to the shard.
+    fn learn_shard_ports(&mut self, i: usize, deadline: Instant) {
+        let (leader, shard) = (self.routes[i].leader_node, self.routes[i].leader_shard);
+        if !self.cfg.shard_aware || shard.is_none() || self.is_down(leader) {
+            return;
+        }
+        let Some(addr) = self.nodes.get(&leader).cloned() else {
+            return;
+        };
+        if !self.shard_ports.contains_key(&addr) && self.conn(&addr, deadline).is_err() {
+            self.mark_down(leader);
         }
     }
 
@@ -437,7 +488,10 @@ impl Client {
         let r = &self.routes[i];
         if r.leader_node != 0 && !self.is_down(r.leader_node) {
             if let Some(a) = self.nodes.get(&r.leader_node) {
-                return Some((r.leader_node, a.clone()));
+                let addr = self
+                    .shard_addr(a, r.leader_shard)
+                    .unwrap_or_else(|| a.clone());
+                return Some((r.leader_node, addr));
             }
         }
         let peers = &r.region.peers;
@@ -528,9 +582,10 @@ impl Client {
                 self.spread += 1;
                 self.any_replica(i, self.spread)
             } else {
+                self.learn_shard_ports(i, deadline);
                 self.target(i, attempt)
             };
-            let Some((_, addr)) = picked else {
+            let Some((node, addr)) = picked else {
                 last = "no replica address known".into();
                 let _ = self.refresh_routes(deadline);
                 self.backoff(attempt, deadline);
@@ -557,6 +612,7 @@ impl Client {
                                     let hinted = e.leader_node != 0
                                         && e.leader_node != self.routes[i].leader_node;
                                     self.routes[i].leader_node = e.leader_node;
+                                    self.routes[i].leader_shard = None;
                                     if !hinted {
                                         self.backoff(attempt, deadline);
                                     }
@@ -584,12 +640,12 @@ impl Client {
                 }
                 Err(CallError::NotSent(e)) => {
                     last = e;
-                    self.mark_down(&addr);
+                    self.mark_down(node);
                     self.routes[i].leader_node = 0;
                     self.backoff(attempt, deadline);
                 }
                 Err(CallError::Lost(e)) => {
-                    self.mark_down(&addr);
+                    self.mark_down(node);
                     if !idempotent && session.is_none() {
                         return Err(ClientError::Unknown(e));
                     }
@@ -931,6 +987,12 @@ pub fn merge_routes(routes: &mut Vec<RouteInfo>, more: Vec<RouteInfo>) {
             Some(x) => {
                 if key(&r) > key(x) {
                     *x = r;
+                } else if x.leader_shard.is_none()
+                    && key(&r) == key(x)
+                    && r.leader_node == x.leader_node
+                {
+                    // Only the leader's node knows the shard serving it.
+                    x.leader_shard = r.leader_shard;
                 }
             }
             None => routes.push(r),
@@ -974,7 +1036,26 @@ mod tests {
                 peers: Vec::new(),
             },
             leader_node: 0,
+            leader_shard: None,
         }
+    }
+
+    #[test]
+    fn the_leader_shard_comes_from_the_answer_that_knows_it() {
+        let mut local = route(1, 0, 0, 2, 1);
+        local.leader_node = 3;
+        let mut t = vec![local.clone()];
+        // Same epoch and leader, from the leader's node: its shard is taken.
+        let mut from_leader = local.clone();
+        from_leader.leader_shard = Some(1);
+        merge_routes(&mut t, vec![from_leader.clone()]);
+        assert_eq!(t[0].leader_shard, Some(1));
+        // Another leader's shard is not taken over this leader.
+        let mut t = vec![local.clone()];
+        let mut other = from_leader;
+        other.leader_node = 2;
+        merge_routes(&mut t, vec![other]);
+        assert_eq!((t[0].leader_node, t[0].leader_shard), (3, None));
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub fn check_free(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
+/// A listening socket on `addr` for one shard alone (port 0: one the
+/// system picks).
+pub fn own_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let s = socket(addr)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}
+
 /// A listening socket on `addr` that other shards of this process may bind
 /// too.
 pub fn shared_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {

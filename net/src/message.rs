@@ -86,6 +86,10 @@ pub struct RouteInfo {
     pub region: Region,
     /// Node of the leader, 0 = unknown.
     pub leader_node: u64,
+    /// Shard of the leader's node serving the region, if known: requests
+    /// sent to that shard's own port (see `Frame::Hello`) skip the hop
+    /// between shards.
+    pub leader_shard: Option<u32>,
 }
 
 /// A node's client address.
@@ -261,7 +265,7 @@ fn epoch(e: Epoch) -> wire::Epoch {
 fn encode_region<'a>(
     fbb: &mut FlatBufferBuilder<'a>,
     r: &Region,
-    leader_node: u64,
+    (leader_node, leader_shard): (u64, Option<u32>),
 ) -> WIPOffset<wire::RegionInfo<'a>> {
     let peers: Vec<_> = r
         .peers
@@ -288,6 +292,7 @@ fn encode_region<'a>(
             epoch: Some(&e),
             peers: Some(peers),
             leader_node,
+            leader_shard: leader_shard.map_or(-1, |s| s as i32),
         },
     )
 }
@@ -323,7 +328,7 @@ fn encode_error<'a>(
     let regions: Vec<_> = err
         .regions
         .iter()
-        .map(|r| encode_region(fbb, r, 0))
+        .map(|r| encode_region(fbb, r, (0, None)))
         .collect();
     let regions = fbb.create_vector(&regions);
     let current = (!err.current.is_empty()).then(|| encode_events(fbb, &err.current));
@@ -676,7 +681,7 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
             Ok(Outcome::Routes { regions, nodes }) => {
                 let rs: Vec<_> = regions
                     .iter()
-                    .map(|r| encode_region(&mut fbb, &r.region, r.leader_node))
+                    .map(|r| encode_region(&mut fbb, &r.region, (r.leader_node, r.leader_shard)))
                     .collect();
                 args.routes = Some(fbb.create_vector(&rs));
                 let ns: Vec<_> = nodes
@@ -931,6 +936,7 @@ fn decode_response(r: wire::Response<'_>, src: Option<&Bytes>) -> Response {
                         .iter()
                         .map(|ri| RouteInfo {
                             leader_node: ri.leader_node(),
+                            leader_shard: u32::try_from(ri.leader_shard()).ok(),
                             region: decode_region(ri),
                         })
                         .collect(),
@@ -1327,10 +1333,18 @@ mod tests {
             Response {
                 id: 4,
                 result: Ok(Outcome::Routes {
-                    regions: vec![RouteInfo {
-                        region,
-                        leader_node: 1,
-                    }],
+                    regions: vec![
+                        RouteInfo {
+                            region: region.clone(),
+                            leader_node: 1,
+                            leader_shard: Some(3),
+                        },
+                        RouteInfo {
+                            region,
+                            leader_node: 2,
+                            leader_shard: None,
+                        },
+                    ],
                     nodes: vec![NodeInfo {
                         node_id: 1,
                         client_addr: "127.0.0.1:1".into(),

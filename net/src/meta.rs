@@ -87,28 +87,47 @@ pub fn decode_nodes(bytes: &[u8]) -> std::result::Result<Vec<NodeRecord>, String
         .collect()
 }
 
-/// Regions with their leader, as a node reports them.
+/// Marks the routes encoding that carries each leader's shard (the first
+/// encoding began with the entry count, which never reaches this).
+const ROUTES_WITH_SHARDS: u32 = u32::MAX;
+
+/// Regions with their leader (node and shard), as a node reports them.
 pub fn encode_routes(routes: &[RouteInfo]) -> Vec<u8> {
     let mut e = Encoder::default();
+    e.u32(ROUTES_WITH_SHARDS);
     e.u32(routes.len() as u32);
     for r in routes {
         r.region.encode_to(&mut e);
         e.u64(r.leader_node);
+        e.u32(r.leader_shard.unwrap_or(u32::MAX));
     }
     e.finish()
 }
 
-/// Reads routes written by [`encode_routes`].
+/// Reads routes written by [`encode_routes`] (or by a node of the first
+/// encoding, without shards).
 pub fn decode_routes(bytes: &[u8]) -> std::result::Result<Vec<RouteInfo>, String> {
     let mut d = Decoder::new(bytes, "routes");
-    let count = d.u32().map_err(|e| e.to_string())? as usize;
+    let first = d.u32().map_err(|e| e.to_string())?;
+    let with_shards = first == ROUTES_WITH_SHARDS;
+    let count = if with_shards {
+        d.u32().map_err(|e| e.to_string())?
+    } else {
+        first
+    } as usize;
     let mut out = Vec::with_capacity(count.min(4096));
     for _ in 0..count {
         let region = Region::decode_from(&mut d).map_err(|e| e.to_string())?;
         let leader_node = d.u64().map_err(|e| e.to_string())?;
+        let shard = if with_shards {
+            d.u32().map_err(|e| e.to_string())?
+        } else {
+            u32::MAX
+        };
         out.push(RouteInfo {
             region,
             leader_node,
+            leader_shard: (shard != u32::MAX).then_some(shard),
         });
     }
     Ok(out)
@@ -249,7 +268,7 @@ mod tests {
         assert_eq!(decode_nodes(&encode_nodes(&nodes)).unwrap(), nodes);
         assert!(decode_nodes(b"1 a b gone\n").is_err());
         assert!(decode_nodes(b"1 a b\n").is_err());
-        let routes = vec![RouteInfo {
+        let route = RouteInfo {
             region: Region {
                 id: 7,
                 start_hash: 5,
@@ -265,9 +284,19 @@ mod tests {
                 }],
             },
             leader_node: 1,
-        }];
+            leader_shard: Some(1),
+        };
+        let mut routes = vec![route.clone(), route];
+        routes[1].leader_shard = None;
         assert_eq!(decode_routes(&encode_routes(&routes)).unwrap(), routes);
         assert!(decode_routes(&[1, 0, 0, 0]).is_err());
+        // The first encoding (count first, no shards) still reads.
+        let mut first = Encoder::default();
+        first.u32(1);
+        routes[0].region.encode_to(&mut first);
+        first.u64(1);
+        let old = decode_routes(&first.finish()).unwrap();
+        assert_eq!(old, vec![routes[1].clone()]);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The client listener of one shard (glommio, io_uring).
 //!
-//! Each accepted connection gets a reader task and a writer task. The reader
+//! A shard accepts on the node's client address (shared by every shard of
+//! the node; the kernel spreads connections over them) and, when the node
+//! has them, on its own port, so a shard-aware client reaches the shard
+//! serving a region without the hop between shards. Each accepted connection gets a reader task and a writer task. The reader
 //! expects a `Hello` first, answers it, then decodes request batches and hands
 //! them to the shard's [`RequestHandler`]. Responses are queued on a bounded
 //! per-connection queue drained by the writer; a client that does not read
@@ -12,7 +15,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -48,8 +51,32 @@ pub struct ServerInfo {
     pub node_id: u64,
     /// Shards of the node.
     pub shard_count: u32,
-    /// Per-shard client ports (may be empty).
-    pub shard_ports: Vec<u16>,
+    /// Per-shard client ports.
+    pub shard_ports: Arc<ShardPorts>,
+}
+
+/// The node's per-shard client ports, index = shard: each shard fills in
+/// its own once it listens (0 until then; empty when the node has none).
+#[derive(Debug, Default)]
+pub struct ShardPorts(Vec<AtomicU16>);
+
+impl ShardPorts {
+    /// `shards` ports, none known yet.
+    pub fn new(shards: usize) -> ShardPorts {
+        ShardPorts((0..shards).map(|_| AtomicU16::new(0)).collect())
+    }
+
+    /// Records that `shard` listens on `port`.
+    pub fn set(&self, shard: usize, port: u16) {
+        if let Some(p) = self.0.get(shard) {
+            p.store(port, Ordering::Release);
+        }
+    }
+
+    /// The ports as `Hello` gives them.
+    pub fn get(&self) -> Vec<u16> {
+        self.0.iter().map(|p| p.load(Ordering::Acquire)).collect()
+    }
 }
 
 /// Ties a watch, on the shard serving it, to the connection it streams to
@@ -172,15 +199,42 @@ pub trait RequestHandler {
     fn on_close(&self, conn_id: u64);
 }
 
-/// Accepts connections until the listener fails.
+/// What the accept loops of one shard share.
+struct Accepting {
+    info: ServerInfo,
+    limits: ServerLimits,
+    handler: Rc<dyn RequestHandler>,
+    /// Open connections, over every listener.
+    open: Cell<usize>,
+    /// Next connection id (unique in the shard, over every listener).
+    next_id: Cell<u64>,
+}
+
+/// Accepts connections on every listener of the shard (the node's client
+/// address and the shard's own port), forever.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     info: ServerInfo,
     limits: ServerLimits,
     handler: Rc<dyn RequestHandler>,
 ) {
-    let open = Rc::new(Cell::new(0usize));
-    let next_id = Rc::new(Cell::new(1u64));
+    let ctx = Rc::new(Accepting {
+        info,
+        limits,
+        handler,
+        open: Cell::new(0),
+        next_id: Cell::new(1),
+    });
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| glommio::spawn_local(accept(l, ctx.clone())))
+        .collect();
+    for l in loops {
+        l.await;
+    }
+}
+
+async fn accept(listener: TcpListener, ctx: Rc<Accepting>) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -191,19 +245,18 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        if open.get() >= limits.connections_max {
+        if ctx.open.get() >= ctx.limits.connections_max {
             glommio::spawn_local(refuse(stream)).detach();
             continue;
         }
-        let id = next_id.get();
-        next_id.set(id + 1);
-        open.set(open.get() + 1);
-        let (info, limits, handler, open) =
-            (info.clone(), limits.clone(), handler.clone(), open.clone());
+        let id = ctx.next_id.get();
+        ctx.next_id.set(id + 1);
+        ctx.open.set(ctx.open.get() + 1);
+        let ctx = ctx.clone();
         glommio::spawn_local(async move {
-            connection(stream, id, info, limits, handler.clone()).await;
-            handler.on_close(id);
-            open.set(open.get() - 1);
+            connection(stream, id, &ctx).await;
+            ctx.handler.on_close(id);
+            ctx.open.set(ctx.open.get() - 1);
         })
         .detach();
     }
@@ -215,13 +268,8 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
-async fn connection(
-    stream: TcpStream,
-    id: u64,
-    info: ServerInfo,
-    limits: ServerLimits,
-    handler: Rc<dyn RequestHandler>,
-) {
+async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
+    let (info, limits, handler) = (&ctx.info, &ctx.limits, &ctx.handler);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<OutFrame>(limits.queued_frames_max);
     let conn = Rc::new(ClientConn {
@@ -307,7 +355,8 @@ async fn connection(
                         break 'read;
                     }
                     greeted = true;
-                    let hello = encode_hello(info.node_id, info.shard_count, &info.shard_ports);
+                    let hello =
+                        encode_hello(info.node_id, info.shard_count, &info.shard_ports.get());
                     if !conn.push(hello) {
                         break 'read;
                     }

@@ -349,7 +349,7 @@ fn attempt_stream(
         ended("no route for the keys".into());
         return Ended::Retry { hinted: false };
     };
-    let Some((_, addr)) = c.target(i, attempt) else {
+    let Some((node, addr)) = c.target(i, attempt) else {
         let _ = c.refresh_routes(deadline);
         ended("no replica to ask".into());
         return Ended::Retry { hinted: false };
@@ -375,7 +375,7 @@ fn attempt_stream(
     let lost = |c: &mut Client, addr: &str, why: &str| {
         ended(why.to_string());
         c.conns.remove(addr);
-        c.mark_down(addr);
+        c.mark_down(node);
         c.routes[i].leader_node = 0;
         Ended::Retry { hinted: false }
     };

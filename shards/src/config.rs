@@ -107,6 +107,13 @@ pub struct ServerArgs {
     /// Client connections per shard. Default 10000.
     #[arg(long)]
     pub connections_max: Option<usize>,
+    /// Each shard's own client port, beside --client-listen: shard-aware
+    /// clients send a region's requests straight to the shard serving it.
+    /// `auto` (the system picks free ports; clients learn them from the
+    /// node's Hello), `off`, or a first port P (shard i listens on P+i, on
+    /// the --client-listen host). Default auto.
+    #[arg(long)]
+    pub shard_ports: Option<String>,
     /// RocksDB block cache, MiB. Default 256.
     #[arg(long)]
     pub block_cache_mb: Option<usize>,
@@ -171,6 +178,8 @@ pub struct NodeConfig {
     pub frame_bytes_max: usize,
     /// Client connections per shard.
     pub connections_max: usize,
+    /// Each shard's own client port.
+    pub shard_ports: ShardPortMode,
     /// Log filter.
     pub log_level: String,
     /// Fault-injection rules file, if any.
@@ -189,6 +198,61 @@ pub struct NodeConfig {
     pub placement_moves_per_min: u32,
     /// Requests/s below which the driver balances by count.
     pub placement_min_load: f64,
+}
+
+/// Where each shard's own client port comes from (`--shard-ports`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardPortMode {
+    /// No shard ports: clients use the node's client address only.
+    Off,
+    /// Ports the system picks, given to clients in `Hello`.
+    Auto,
+    /// Shard i listens on this port + i.
+    From(u16),
+}
+
+impl ShardPortMode {
+    /// The address shard `shard` listens on besides the client address.
+    pub fn addr(self, client_listen: SocketAddr, shard: usize) -> Option<SocketAddr> {
+        let port = match self {
+            ShardPortMode::Off => return None,
+            ShardPortMode::Auto => 0,
+            ShardPortMode::From(p) => p + shard as u16,
+        };
+        Some(SocketAddr::new(client_listen.ip(), port))
+    }
+}
+
+fn parse_shard_ports(
+    s: &str,
+    shards: usize,
+    taken: &[(&str, Option<SocketAddr>)],
+) -> Result<ShardPortMode, String> {
+    match s.trim() {
+        "auto" => Ok(ShardPortMode::Auto),
+        "off" => Ok(ShardPortMode::Off),
+        p => {
+            let first: u16 = p.parse().map_err(|_| {
+                format!("--shard-ports {p:?}: give auto, off, or a first port number")
+            })?;
+            let last = u32::from(first) + shards as u32 - 1;
+            if first == 0 || last > u32::from(u16::MAX) {
+                return Err(format!(
+                    "--shard-ports {first}: ports {first}..={last} for {shards} shards are outside 1..=65535"
+                ));
+            }
+            for (what, a) in taken {
+                if let Some(a) = a {
+                    if (u32::from(first)..=last).contains(&u32::from(a.port())) {
+                        return Err(format!(
+                            "--shard-ports {first}: ports {first}..={last} include {what} {a}"
+                        ));
+                    }
+                }
+            }
+            Ok(ShardPortMode::From(first))
+        }
+    }
 }
 
 /// Largest node id (peer ids are `region_id * 1000 + node_id`).
@@ -296,6 +360,7 @@ impl ServerArgs {
             value_bytes_max,
             frame_bytes_max,
             connections_max,
+            shard_ports,
             block_cache_mb,
             memory_budget_mb,
             metrics_listen,
@@ -431,6 +496,20 @@ impl ServerArgs {
             db.write_buffer_bytes = split.write_buffer_bytes;
             engine.read_cache_bytes = split.read_cache_bytes_per_shard;
         }
+        let metrics_listen = self
+            .metrics_listen
+            .as_deref()
+            .map(|a| addr("--metrics-listen", a))
+            .transpose()?;
+        let shard_ports = parse_shard_ports(
+            self.shard_ports.as_deref().unwrap_or("auto"),
+            shards,
+            &[
+                ("--peer-listen", Some(peer_listen)),
+                ("--client-listen", Some(client_listen)),
+                ("--metrics-listen", metrics_listen),
+            ],
+        )?;
         let log_level = self
             .log_level
             .or_else(|| std::env::var("COREKV_LOG").ok())
@@ -448,13 +527,10 @@ impl ServerArgs {
             db,
             frame_bytes_max,
             connections_max,
+            shard_ports,
             log_level,
             fault_file: self.fault_file,
-            metrics_listen: self
-                .metrics_listen
-                .as_deref()
-                .map(|a| addr("--metrics-listen", a))
-                .transpose()?,
+            metrics_listen,
             slow_request_ms: self.slow_request_ms.unwrap_or(500),
             disk_quota_bytes: self.disk_quota_mb.unwrap_or(0).saturating_mul(1 << 20),
             watchers_max,
@@ -541,6 +617,15 @@ mod tests {
             (&["--value-bytes-max", "99999999"], "value_bytes_max"),
             (&["--heartbeat-ticks", "50"], "election_tick"),
             (&["--split-load-windows", "0"], "--split-load-windows"),
+            (&["--shard-ports", "many"], "auto, off, or a first port"),
+            (
+                &["--shard-ports", "65535", "--shards", "2"],
+                "outside 1..=65535",
+            ),
+            (
+                &["--shard-ports", "7100", "--shards", "2"],
+                "include --client-listen",
+            ),
         ];
         for (extra, needle) in cases {
             let err = args(extra).validate().unwrap_err();
@@ -548,6 +633,29 @@ mod tests {
         }
         let missing = ServerArgs::try_parse_from(["corekv-server"]).unwrap();
         assert!(missing.validate().unwrap_err().contains("--id"));
+    }
+
+    #[test]
+    fn shard_ports_are_automatic_off_or_counted_from_a_first_port() {
+        let client: SocketAddr = "127.0.0.1:7101".parse().unwrap();
+        let c = args(&["--shards", "2"]).validate().unwrap();
+        assert_eq!(c.shard_ports, ShardPortMode::Auto);
+        assert_eq!(
+            c.shard_ports.addr(client, 1),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        let c = args(&["--shards", "2", "--shard-ports", "off"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.shard_ports.addr(client, 0), None);
+        let c = args(&["--shards", "3", "--shard-ports", "7300"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.shard_ports, ShardPortMode::From(7300));
+        assert_eq!(
+            c.shard_ports.addr(client, 2),
+            Some("127.0.0.1:7302".parse().unwrap())
+        );
     }
 
     #[test]

@@ -169,9 +169,10 @@ fn leading(node: &NodeShared) -> Vec<RouteInfo> {
         .iter()
         .enumerate()
         .filter(|(i, _)| router.leader(*i) == own)
-        .map(|(_, (r, _))| RouteInfo {
+        .map(|(_, (r, shard))| RouteInfo {
             region: r.clone(),
             leader_node: own,
+            leader_shard: Some(shard as u32),
         })
         .collect();
     out.sort_by_key(|r| r.region.id);

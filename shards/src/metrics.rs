@@ -74,6 +74,10 @@ const RAFT_COUNTERS: &[(&str, &str)] = &[
         "transport_frames_dropped",
         "Raft transport frames dropped (queue full, unreachable, faults).",
     ),
+    (
+        "requests_forwarded",
+        "Client requests passed on to the shard serving their region (sent to another shard's port or to the shared client port).",
+    ),
     ("watch_events", "Changes sent to watches."),
     (
         "watch_catchups",
@@ -275,6 +279,7 @@ struct Last {
     frames_dropped: u64,
     watch_events: u64,
     watch_catchups: u64,
+    forwarded: u64,
 }
 
 /// One shard's handles on the node metrics (single-threaded).
@@ -300,6 +305,8 @@ pub struct ShardFigures {
     pub pending: usize,
     /// Watches (served, changes sent, history catch-ups).
     pub watches: (usize, u64, u64),
+    /// Client requests passed on to other shards.
+    pub forwarded: u64,
 }
 
 impl ShardMetrics {
@@ -373,6 +380,7 @@ impl ShardMetrics {
             ),
             ("watch_events", f.watches.1, self.last.watch_events),
             ("watch_catchups", f.watches.2, self.last.watch_catchups),
+            ("requests_forwarded", f.forwarded, self.last.forwarded),
         ];
         for (name, now, before) in deltas {
             m.raft[name]
@@ -405,6 +413,7 @@ impl ShardMetrics {
             frames_dropped: f.transport.2,
             watch_events: f.watches.1,
             watch_catchups: f.watches.2,
+            forwarded: f.forwarded,
         };
     }
 }

@@ -42,6 +42,11 @@ pub struct NodeShared {
     pub stopping: Arc<AtomicBool>,
     /// Fault injection: the log writer fails its next write.
     pub fail_log_write: Arc<AtomicBool>,
+    /// Each shard's own client port, as `Hello` gives them (`--shard-ports`).
+    pub shard_ports: Arc<corekv_net::server::ShardPorts>,
+    /// Client requests each shard passed on to the shard serving their
+    /// region (they came in on another shard's connection).
+    pub forwarded: Vec<AtomicU64>,
     /// Set while the data is over `--disk-quota-mb` (see `quota`).
     pub no_space: AtomicBool,
     /// Monotonic clock origin.

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use corekv_engine::Replicas;
 use corekv_net::message::NodeInfo;
-use corekv_net::server::{serve, ServerInfo, ServerLimits};
+use corekv_net::server::{serve, ServerInfo, ServerLimits, ShardPorts};
 use corekv_net::transport::{serve_peers, Transport, TransportConfig};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
@@ -105,11 +105,16 @@ fn check_free(what: &str, addr: std::net::SocketAddr) -> Result<(), String> {
     corekv_net::listen::check_free(addr).map_err(|e| format!("{what} {addr}: {e}"))
 }
 
-/// A glommio listener on `addr` shared with the other shards.
-fn listener(what: &str, addr: std::net::SocketAddr) -> Result<TcpListener, String> {
+/// A glommio listener on `addr`, shared with the other shards or the
+/// shard's own.
+fn listener(what: &str, addr: std::net::SocketAddr, shared: bool) -> Result<TcpListener, String> {
     use std::os::fd::IntoRawFd;
-    let l = corekv_net::listen::shared_listener(addr, 1024)
-        .map_err(|e| format!("{what} {addr}: {e}"))?;
+    let l = if shared {
+        corekv_net::listen::shared_listener(addr, 1024)
+    } else {
+        corekv_net::listen::own_listener(addr, 1024)
+    }
+    .map_err(|e| format!("{what} {addr}: {e}"))?;
     // SAFETY: the fd is a bound, listening TCP socket we own; ownership moves
     // to the glommio listener.
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(l.into_raw_fd()) })
@@ -172,6 +177,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         log_stats: writer.stats.clone(),
         stopping: stopping.clone(),
         fail_log_write,
+        shard_ports: Arc::new(match cfg.shard_ports {
+            crate::config::ShardPortMode::Off => ShardPorts::new(0),
+            _ => ShardPorts::new(cfg.shards),
+        }),
+        forwarded: (0..cfg.shards).map(|_| AtomicU64::new(0)).collect(),
         no_space: AtomicBool::new(false),
         started: Instant::now(),
     });
@@ -327,7 +337,7 @@ async fn shard_main(
     );
     shard.set_transport(transport);
 
-    let peer_listener = listener("--peer-listen", cfg.peer_listen)?;
+    let peer_listener = listener("--peer-listen", cfg.peer_listen, true)?;
     glommio::spawn_local(serve_peers(
         peer_listener,
         PEER_FRAME_BYTES_MAX,
@@ -335,13 +345,22 @@ async fn shard_main(
         shard.faults.clone(),
     ))
     .detach();
-    let client_listener = listener("--client-listen", cfg.client_listen)?;
+    let mut client_listeners = vec![listener("--client-listen", cfg.client_listen, true)?];
+    if let Some(addr) = cfg.shard_ports.addr(cfg.client_listen, id) {
+        let own = listener("--shard-ports", addr, false)?;
+        let port = own
+            .local_addr()
+            .map_err(|e| format!("--shard-ports {addr}: {e}"))?
+            .port();
+        node.shard_ports.set(id, port);
+        client_listeners.push(own);
+    }
     glommio::spawn_local(serve(
-        client_listener,
+        client_listeners,
         ServerInfo {
             node_id: cfg.node_id,
             shard_count: cfg.shards as u32,
-            shard_ports: Vec::new(),
+            shard_ports: node.shard_ports.clone(),
         },
         ServerLimits {
             frame_bytes_max: cfg.frame_bytes_max,

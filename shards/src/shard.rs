@@ -519,6 +519,7 @@ impl Shard {
             connections: self.conns.len(),
             pending: self.state.borrow().pending.len(),
             watches: self.watches.borrow().figures(),
+            forwarded: self.node.forwarded[self.id].load(Ordering::Relaxed),
         };
         self.metrics.borrow_mut().report(&figures);
     }
@@ -1255,12 +1256,17 @@ impl Shard {
     fn routes(&self) -> Outcome {
         let node = &self.node;
         let router = self.router();
+        let own = node.cfg.node_id;
         let regions = router
             .iter()
             .enumerate()
-            .map(|(i, (r, _))| RouteInfo {
-                region: r.clone(),
-                leader_node: router.leader(i),
+            .map(|(i, (r, shard))| {
+                let leader_node = router.leader(i);
+                RouteInfo {
+                    region: r.clone(),
+                    leader_node,
+                    leader_shard: (leader_node == own).then_some(shard as u32),
+                }
             })
             .collect();
         let regions = crate::meta::merged_routes(node, regions);
@@ -1472,6 +1478,7 @@ impl Shard {
         }
         for ((shard, conn), requests) in out.forward {
             let Some(m) = mesh else { continue };
+            self.node.forwarded[self.id].fetch_add(requests.len() as u64, Ordering::Relaxed);
             if let Err(err) = m.try_send_to(
                 shard,
                 ShardMsg::Requests {

@@ -54,7 +54,13 @@ pub fn document(node: &NodeShared) -> String {
         let shards: Vec<_> = (0..node.cfg.shards)
             .map(|s| {
                 let (regions, leaders) = per_shard.get(&s).copied().unwrap_or_default();
-                json!({"shard": s, "regions": regions, "leaders": leaders})
+                json!({
+                    "shard": s,
+                    "regions": regions,
+                    "leaders": leaders,
+                    "port": node.shard_ports.get().get(s).copied().unwrap_or(0),
+                    "forwarded_requests": node.forwarded[s].load(std::sync::atomic::Ordering::Relaxed),
+                })
             })
             .collect();
         (regions, shards)

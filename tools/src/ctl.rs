@@ -804,6 +804,7 @@ mod tests {
                     .collect(),
             },
             leader_node: nodes[0],
+            leader_shard: None,
         }
     }
 

@@ -392,6 +392,7 @@ mod tests {
                     .collect(),
             },
             leader_node: leader,
+            leader_shard: None,
         }
     }
 

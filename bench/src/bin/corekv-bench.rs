@@ -70,9 +70,17 @@ struct Args {
     /// Skip writing every key before the run.
     #[arg(long)]
     no_preload: bool,
+    /// Nodes of the embedded cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
     /// Shards per node of the embedded cluster (default: cores).
     #[arg(long)]
     shards: Option<usize>,
+    /// Send every request to its node's client address (the shard there
+    /// passes it on to the region's shard), as a client that is not
+    /// shard-aware does; default: to the region's shard port.
+    #[arg(long)]
+    no_shard_ports: bool,
     /// Regions of the embedded cluster.
     #[arg(long, default_value_t = 8)]
     regions: u64,
@@ -88,11 +96,11 @@ struct Args {
     server_args: Vec<String>,
 }
 
-fn free_base() -> u16 {
+fn free_base(nodes: u16) -> u16 {
     (0..50u16)
         .map(|i| 40_000 + i * 400)
         .find(|&b| {
-            (1..=3u16).all(|i| {
+            (1..=nodes).all(|i| {
                 [b + i, b + 100 + i, b + 300 + i]
                     .iter()
                     .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
@@ -163,13 +171,18 @@ fn main() -> anyhow::Result<()> {
     } else {
         let endpoints = if a.endpoints.is_empty() {
             let dir = tempfile::Builder::new().prefix("corekv-bench-").tempdir()?;
+            anyhow::ensure!(
+                (1..=9).contains(&a.nodes),
+                "--nodes must be 1..=9 for the embedded cluster"
+            );
             eprintln!(
-                "starting a local 3-node cluster in {}",
+                "starting a local {}-node cluster in {}",
+                a.nodes,
                 dir.path().display()
             );
             let mut c = LocalCluster::start(DevOptions {
-                nodes: 3,
-                base_port: free_base(),
+                nodes: a.nodes,
+                base_port: free_base(a.nodes as u16),
                 data_dir: dir.path().to_path_buf(),
                 shards: a.shards,
                 regions: Some(a.regions),
@@ -191,11 +204,18 @@ fn main() -> anyhow::Result<()> {
         // Leaders may be moving (balancing after start): wait until every
         // region has one.
         let deadline = Instant::now() + Duration::from_secs(20);
-        let (routes, nodes) = loop {
-            let client = Client::connect(ClientConfig::new(endpoints.clone()))?;
+        let (routes, nodes, shard_ports) = loop {
+            let mut client = Client::connect(ClientConfig::new(endpoints.clone()))?;
             let routes = client.routes().to_vec();
             if routes.iter().all(|r| r.leader_node != 0) {
-                break (routes, client.nodes().clone());
+                let nodes = client.nodes().clone();
+                let mut ports = std::collections::HashMap::new();
+                if !a.no_shard_ports {
+                    for n in nodes.keys() {
+                        ports.insert(*n, client.shard_ports_of(*n)?);
+                    }
+                }
+                break (routes, nodes, ports);
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -203,7 +223,14 @@ fn main() -> anyhow::Result<()> {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        (Target::Corekv { routes, nodes }, "corekv".to_string())
+        (
+            Target::Corekv {
+                routes,
+                nodes,
+                shard_ports,
+            },
+            "corekv".to_string(),
+        )
     };
 
     let spec = LoadSpec {

@@ -912,6 +912,7 @@ pub mod corekv {
             pub const VT_EPOCH: ::flatbuffers::VOffsetT = 10;
             pub const VT_PEERS: ::flatbuffers::VOffsetT = 12;
             pub const VT_LEADER_NODE: ::flatbuffers::VOffsetT = 14;
+            pub const VT_LEADER_SHARD: ::flatbuffers::VOffsetT = 16;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -932,6 +933,7 @@ pub mod corekv {
                 builder.add_end_hash(args.end_hash);
                 builder.add_start_hash(args.start_hash);
                 builder.add_id(args.id);
+                builder.add_leader_shard(args.leader_shard);
                 if let Some(x) = args.peers {
                     builder.add_peers(x);
                 }
@@ -1002,6 +1004,17 @@ pub mod corekv {
                         .unwrap()
                 }
             }
+            #[inline]
+            pub fn leader_shard(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(RegionInfo::VT_LEADER_SHARD, Some(-1))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for RegionInfo<'_> {
@@ -1019,6 +1032,7 @@ pub mod corekv {
                         ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PeerInfo>>,
                     >>("peers", Self::VT_PEERS, false)?
                     .visit_field::<u64>("leader_node", Self::VT_LEADER_NODE, false)?
+                    .visit_field::<i32>("leader_shard", Self::VT_LEADER_SHARD, false)?
                     .finish();
                 Ok(())
             }
@@ -1034,6 +1048,7 @@ pub mod corekv {
                 >,
             >,
             pub leader_node: u64,
+            pub leader_shard: i32,
         }
         impl<'a> Default for RegionInfoArgs<'a> {
             #[inline]
@@ -1045,6 +1060,7 @@ pub mod corekv {
                     epoch: None,
                     peers: None,
                     leader_node: 0,
+                    leader_shard: -1,
                 }
             }
         }
@@ -1089,6 +1105,11 @@ pub mod corekv {
                     .push_slot::<u64>(RegionInfo::VT_LEADER_NODE, leader_node, 0);
             }
             #[inline]
+            pub fn add_leader_shard(&mut self, leader_shard: i32) {
+                self.fbb_
+                    .push_slot::<i32>(RegionInfo::VT_LEADER_SHARD, leader_shard, -1);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> RegionInfoBuilder<'a, 'b, A> {
@@ -1114,6 +1135,7 @@ pub mod corekv {
                 ds.field("epoch", &self.epoch());
                 ds.field("peers", &self.peers());
                 ds.field("leader_node", &self.leader_node());
+                ds.field("leader_shard", &self.leader_shard());
                 ds.finish()
             }
         }
