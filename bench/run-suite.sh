@@ -100,6 +100,15 @@ run_split() { # key server-flags...
 run_split split-before --split-load-ops 0
 run_split split-after --split-load-ops 60000 --split-load-windows 3 --split-cooldown-ms 60000
 
+# Shard ports: requests sent straight to the shard serving their region
+# (default) or to the node's shared client port, whose shard passes on
+# those of regions served by the other shard. Two shards per node; the
+# placement driver spreads the regions over both.
+for n in 1 3; do
+    run "ports-$n-on" --workload read-only --nodes "$n" --shards 2
+    run "ports-$n-off" --workload read-only --nodes "$n" --shards 2 --no-shard-ports
+done
+
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 cores=$(nproc)
 mem=$(free -g | awk '/Mem:/ {print $2}')
@@ -198,6 +207,28 @@ row() { # key label
     echo "splitting by load is off by default and pays on nodes with cores of"
     echo "their own (\`docs/operations.md\`). Errors are requests in flight when a"
     echo "split or a leader move lands inside the measured window."
+    echo
+    echo "## Shard ports"
+    echo
+    echo "Read-only (linearizable) with 2 shards per node: each request sent to the"
+    echo "port of the shard serving its region on the leader (the default), or to"
+    echo "the node's shared client port (\`--no-shard-ports\`), where the shard the"
+    echo "connection landed on passes on the requests of the other shard's regions."
+    echo
+    echo "| nodes x shards | to the region's shard: ops/s | read p99 µs | to the shared port: ops/s | read p99 µs | ratio |"
+    echo "|---|---|---|---|---|---|"
+    for n in 1 3; do
+        on=${R[ports-$n-on]}
+        off=${R[ports-$n-off]}
+        printf '| %s x 2 | %s | %s | %s | %s | %s |\n' "$n" \
+            "$(field "$on" 'int(d["ops_per_sec"])')" "$(field "$on" 'd["read"]["p99_us"]')" \
+            "$(field "$off" 'int(d["ops_per_sec"])')" "$(field "$off" 'd["read"]["p99_us"]')" \
+            "$(python3 -c "print(f'{$(field "$on" 'd["ops_per_sec"]')/$(field "$off" 'd["ops_per_sec"]'):.2f}')")"
+    done
+    echo
+    echo "All shards of all nodes and the generator share the machine's $cores cores,"
+    echo "so a second shard per node adds threads, not CPU: the suite's other runs"
+    echo "use one shard per node, where both ways are the same."
     echo
     echo "## Commands"
     echo

@@ -449,8 +449,14 @@ impl Client {
             .is_some_and(|t| *t > Instant::now())
     }
 
+    /// Avoids `node` for a while after it failed to answer, and forgets its
+    /// shard ports: a restarted node may listen on others (`--shard-ports
+    /// auto`), which its next `Hello` gives.
     pub(crate) fn mark_down(&mut self, node: u64) {
         self.down_until.insert(node, Instant::now() + DOWN_FOR);
+        if let Some(addr) = self.nodes.get(&node) {
+            self.shard_ports.remove(addr);
+        }
     }
 
     /// The address of `shard`'s own port on the node whose client address

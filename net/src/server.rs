@@ -3,7 +3,9 @@
 //! A shard accepts on the node's client address (shared by every shard of
 //! the node; the kernel spreads connections over them) and, when the node
 //! has them, on its own port, so a shard-aware client reaches the shard
-//! serving a region without the hop between shards. Each accepted connection gets a reader task and a writer task. The reader
+//! serving a region without the hop between shards.
+//!
+//! Each accepted connection gets a reader task and a writer task. The reader
 //! expects a `Hello` first, answers it, then decodes request batches and hands
 //! them to the shard's [`RequestHandler`]. Responses are queued on a bounded
 //! per-connection queue drained by the writer; a client that does not read

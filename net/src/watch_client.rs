@@ -455,6 +455,7 @@ fn attempt_stream(
                             let hinted =
                                 e.leader_node != 0 && e.leader_node != c.routes[i].leader_node;
                             c.routes[i].leader_node = e.leader_node;
+                            c.routes[i].leader_shard = None;
                             Ended::Retry { hinted }
                         }
                         ErrorCode::EpochNotMatch | ErrorCode::RegionNotFound => {

@@ -55,7 +55,7 @@ fn shards_listen_on_their_own_ports_and_shard_aware_clients_reach_them_directly(
     // node 3 lets the system pick them. No placement moves, so regions stay
     // on the shards the routing answers name.
     let first = corekv_tests::pick_base(3) + 50;
-    let t = TestCluster::start_with(
+    let mut t = TestCluster::start_with(
         3,
         2,
         &["--placement-moves-per-min", "0"],
@@ -206,4 +206,41 @@ fn shards_listen_on_their_own_ports_and_shard_aware_clients_reach_them_directly(
         let got = plain.get(k.as_bytes(), Consistency::Linearizable).unwrap();
         assert_eq!(got.unwrap().value, k.as_bytes());
     }
+
+    // Node 3 restarts and its shards listen on other ports: the client that
+    // learnt the old ones finds the new ones and reads everything again.
+    t.cluster.kill(2);
+    t.cluster.start_node(2).unwrap();
+    t.must_be_ready(Duration::from_secs(30));
+    let restarted = hello_ports(&addrs[2]);
+    eprintln!(
+        "node 3 shard ports {:?}, after its restart {restarted:?}",
+        ports[2]
+    );
+    assert_eq!(restarted.len(), 2);
+    for (_, k) in &keys {
+        let got = aware.get(k.as_bytes(), Consistency::Linearizable).unwrap();
+        assert_eq!(got.unwrap().value, k.as_bytes());
+    }
+    // Once node 3 leads again, the client's reloaded routes send to its
+    // shards: a read there works and leaves the client with the new ports.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let led = loop {
+        let routes = data_routes(&t.client());
+        if let Some(r) = routes
+            .iter()
+            .find(|r| r.leader_node == 3 && r.leader_shard.is_some())
+        {
+            break r.region.id;
+        }
+        assert!(Instant::now() < deadline, "node 3 never led a region again");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    aware.refresh().unwrap();
+    let (_, key) = keys.iter().find(|(id, _)| *id == led).unwrap();
+    let got = aware
+        .get(key.as_bytes(), Consistency::Linearizable)
+        .unwrap();
+    assert_eq!(got.unwrap().value, key.as_bytes());
+    assert_eq!(aware.shard_ports_of(3).unwrap(), restarted);
 }
