@@ -32,8 +32,10 @@ bench="$target_dir/release/corekv-bench"
 # frame (syscalls, wakeups) dominates, so deeper batches go further.
 conns=4
 pipeline=512
-# 3 nodes share the machine's cores: one shard per node.
-shards=1
+# 3 nodes share the machine's cores: two shards per node (the cores of
+# the machine), clients sending to each region's shard. One shard per node
+# is measured beside it ("Shards per node").
+shards=2
 # Two generator threads, so the generator is not what limits Redis.
 threads=2
 keys=100000
@@ -79,6 +81,9 @@ done
 run corekv-lease --workload read-only --consistency lease --shards "$shards"
 run corekv-stale --workload read-only --consistency stale --shards "$shards"
 run corekv-follower --workload read-only --consistency follower --shards "$shards"
+for w in read-only write-only; do
+    run "one-shard-$w" --workload "$w" --shards 1
+done
 
 # One region, before and after it splits by load (issue: hot range on one
 # region). The same workload twice on a fresh 1-region cluster: splitting
@@ -135,7 +140,7 @@ row() { # key label
     echo
     echo "- Machine: $cpu, $cores cores, ${mem} GiB RAM, Linux $(uname -r)."
     echo "- corekv: local 3-node cluster on 127.0.0.1 started by \`corekv-bench\`"
-    echo "  (\`corekv-server\` defaults except $shards shard per node: 8 regions, 3 replicas,"
+    echo "  (\`corekv-server\` defaults, $shards shards per node: 8 regions, 3 replicas,"
     echo "  every replica fsyncs its raft log; a write is acknowledged after a"
     echo "  majority fsynced it). All three nodes and the load generator share the"
     echo "  same $cores cores."
@@ -208,6 +213,23 @@ row() { # key label
     echo "their own (\`docs/operations.md\`). Errors are requests in flight when a"
     echo "split or a leader move lands inside the measured window."
     echo
+    echo "## Shards per node"
+    echo
+    echo "The same workloads with one shard per node instead of $shards:"
+    echo
+    echo "| workload | $shards shards: ops/s | p99 µs | 1 shard: ops/s | p99 µs | ratio |"
+    echo "|---|---|---|---|---|---|"
+    for w in read-only write-only; do
+        many=${R[corekv-$w]}
+        one=${R[one-shard-$w]}
+        kind=read
+        [ "$w" = write-only ] && kind=write
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$w" \
+            "$(field "$many" 'int(d["ops_per_sec"])')" "$(field "$many" "d[\"$kind\"][\"p99_us\"]")" \
+            "$(field "$one" 'int(d["ops_per_sec"])')" "$(field "$one" "d[\"$kind\"][\"p99_us\"]")" \
+            "$(python3 -c "print(f'{$(field "$many" 'd["ops_per_sec"]')/$(field "$one" 'd["ops_per_sec"]'):.2f}')")"
+    done
+    echo
     echo "## Shard ports"
     echo
     echo "Read-only (linearizable) with 2 shards per node: each request sent to the"
@@ -226,9 +248,9 @@ row() { # key label
             "$(python3 -c "print(f'{$(field "$on" 'd["ops_per_sec"]')/$(field "$off" 'd["ops_per_sec"]'):.2f}')")"
     done
     echo
-    echo "All shards of all nodes and the generator share the machine's $cores cores,"
-    echo "so a second shard per node adds threads, not CPU: the suite's other runs"
-    echo "use one shard per node, where both ways are the same."
+    echo "All shards of all nodes and the generator share the machine's $cores cores;"
+    echo "figures on this shared machine vary by up to a third from run to run"
+    echo "(\`docs/performance.md\` has repeated runs)."
     echo
     echo "## Commands"
     echo
