@@ -2,7 +2,8 @@
 //!
 //! Shards send their round's [`LogBatch`] over a bounded crossbeam channel.
 //! The writer takes everything waiting (up to a bound), writes the batches in
-//! order, syncing the WAL once with the last of them, and then tells each shard
+//! order, syncs the WAL once after them (a WAL sync, not a synced write, so
+//! the shards' own writes are not held while the disk syncs), and then tells each shard
 //! which of its rounds are durable. One fsync therefore covers the entries of
 //! many regions from many shards. A write or sync failure stops the process
 //! at once (fail-stop): nothing written after the failure is ever
@@ -123,18 +124,22 @@ fn stop(why: &str) -> ! {
 /// failure.
 pub fn write_group(db: &Db, group: &mut [WriteTask], stats: &LogStats) {
     let sync = group.iter().any(|t| t.batch.must_sync);
-    let last = group.len() - 1;
     let mut entries = 0;
     let mut bytes = 0;
-    for (i, t) in group.iter_mut().enumerate() {
+    for t in group.iter_mut() {
         entries += t.batch.entries;
         bytes += t.batch.size_in_bytes() as u64;
         let batch = std::mem::take(&mut t.batch.inner);
-        if let Err(e) = db::write(db, batch, sync && i == last) {
+        if let Err(e) = db::write(db, batch, false) {
             stop(&e.to_string());
         }
     }
+    // One sync for the group, after its writes: the shards' apply writes are
+    // not held in RocksDB's write queue while the disk syncs.
     if sync {
+        if let Err(e) = db::sync_wal(db) {
+            stop(&e.to_string());
+        }
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
     }
     stats.groups.fetch_add(1, Ordering::Relaxed);

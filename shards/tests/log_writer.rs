@@ -27,7 +27,8 @@ fn region(id: u64) -> Region {
 #[test]
 fn one_fsync_covers_regions_of_several_shards() {
     let dir = tempfile::tempdir().unwrap();
-    let db = db::open(dir.path(), &DbConfig::default()).unwrap();
+    let (db, opts) = db::open_with_options(dir.path(), &DbConfig::default()).unwrap();
+    let wal_syncs = || opts.get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced);
     let mut boot = LogBatch::default();
     for id in 1..=6 {
         RegionStorage::bootstrap(&region(id), &db, &mut boot).unwrap();
@@ -60,12 +61,14 @@ fn one_fsync_covers_regions_of_several_shards() {
         })
         .unwrap();
     }
+    let syncs_before = wal_syncs();
     let writer = LogWriter::start(db.clone(), rx, Default::default());
     for _ in 0..3 {
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
     }
     let (fsyncs, batches, entries, bytes) = writer.stats.snapshot();
     assert_eq!(fsyncs, 1, "one fsync for the whole group");
+    assert_eq!(wal_syncs() - syncs_before, 1, "RocksDB synced its WAL once");
     assert_eq!(batches, 3);
     assert_eq!(entries, 18);
     assert!(bytes > 0);
