@@ -65,14 +65,21 @@ run() { # key target-args... : the command in C[key], its JSON report in R[key]
     R[$key]=$("$bench" $common --json "$@" | json)
 }
 
-# Generator check: corekv-bench (which first writes every key) and then
+# Generator check: corekv-bench (which first writes every key) and
 # redis-benchmark against the same Redis and the same keys (both name keys
-# key:NNNNNNNNNNNN), same connections and pipeline.
+# key:NNNNNNNNNNNN), same connections and pipeline; three rounds, the two
+# tools alternated, as single runs on a shared machine move by a third.
 run gen-preload --target "redis://127.0.0.1:$redis_port" --workload read-only
-run gen --target "redis://127.0.0.1:$redis_port" --workload read-only --no-preload
-gen=${R[gen]}
-rb=$(redis-benchmark -p "$redis_port" -t get -n 4000000 -c "$conns" -P "$pipeline" -d "$value" -r "$keys" -q \
-    | tr '\r' '\n' | grep -E '^GET' | tail -n 1 | sed -E 's/.*: ([0-9.]+) requests.*/\1/')
+gen_rounds=3
+gen_cb=()
+gen_rb=()
+for i in $(seq "$gen_rounds"); do
+    run "gen-$i" --target "redis://127.0.0.1:$redis_port" --workload read-only --no-preload
+    gen_cb+=("$(field "${R[gen-$i]}" 'int(d["ops_per_sec"])')")
+    gen_rb+=("$(redis-benchmark -p "$redis_port" -t get -n 4000000 -c "$conns" -P "$pipeline" -d "$value" -r "$keys" -q \
+        | tr '\r' '\n' | grep -E '^GET' | tail -n 1 | sed -E 's/.*: ([0-9]+)[0-9.]* requests.*/\1/')")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 for w in read-only read-heavy mixed write-only; do
     run "redis-$w" --target "redis://127.0.0.1:$redis_port" --workload "$w"
@@ -156,12 +163,14 @@ row() { # key label
     echo
     echo "Against the same Redis and the same $keys keys (written first), GET,"
     echo "$conns connections, pipeline $pipeline (each tool sends its pipeline in one"
-    echo "batch and waits for all answers):"
+    echo "batch and waits for all answers), $gen_rounds rounds with the tools alternated:"
     echo
-    echo "| tool | ops/s |"
-    echo "|---|---|"
-    echo "| redis-benchmark | ${rb%.*} |"
-    echo "| corekv-bench | $(field "$gen" 'int(d["ops_per_sec"])') |"
+    echo "| tool | ops/s, each round | median |"
+    echo "|---|---|---|"
+    echo "| redis-benchmark | ${gen_rb[*]} | $(median "${gen_rb[@]}") |"
+    echo "| corekv-bench | ${gen_cb[*]} | $(median "${gen_cb[@]}") |"
+    echo
+    echo "corekv-bench / redis-benchmark (medians): $(python3 -c "print(f'{$(median "${gen_cb[@]}")/$(median "${gen_rb[@]}"):.2f}')")"
     echo
     echo "## Results"
     echo
