@@ -479,10 +479,12 @@ impl Client {
         if !self.cfg.shard_aware || shard.is_none() || self.is_down(leader) {
             return;
         }
-        let Some(addr) = self.nodes.get(&leader).cloned() else {
-            return;
+        // Checked before the address is copied: this runs per request.
+        let addr = match self.nodes.get(&leader) {
+            Some(a) if !self.shard_ports.contains_key(a) => a.clone(),
+            _ => return,
         };
-        if !self.shard_ports.contains_key(&addr) && self.conn(&addr, deadline).is_err() {
+        if self.conn(&addr, deadline).is_err() {
             self.mark_down(leader);
         }
     }

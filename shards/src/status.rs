@@ -51,6 +51,7 @@ pub fn document(node: &NodeShared) -> String {
                 e.1 += 1;
             }
         }
+        let ports = node.shard_ports.get();
         let shards: Vec<_> = (0..node.cfg.shards)
             .map(|s| {
                 let (regions, leaders) = per_shard.get(&s).copied().unwrap_or_default();
@@ -58,7 +59,7 @@ pub fn document(node: &NodeShared) -> String {
                     "shard": s,
                     "regions": regions,
                     "leaders": leaders,
-                    "port": node.shard_ports.get().get(s).copied().unwrap_or(0),
+                    "port": ports.get(s).copied().unwrap_or(0),
                     "forwarded_requests": node.forwarded[s].load(std::sync::atomic::Ordering::Relaxed),
                 })
             })
