@@ -449,13 +449,21 @@ impl Client {
             .is_some_and(|t| *t > Instant::now())
     }
 
-    /// Avoids `node` for a while after it failed to answer, and forgets its
-    /// shard ports: a restarted node may listen on others (`--shard-ports
-    /// auto`), which its next `Hello` gives.
+    /// Avoids `node` for a while after it failed to answer, and drops what
+    /// the client holds of it: its connections (a restarted node closed
+    /// them all) and its shard ports (it may listen on others, `--shard-ports
+    /// auto`, which its next `Hello` gives).
     pub(crate) fn mark_down(&mut self, node: u64) {
         self.down_until.insert(node, Instant::now() + DOWN_FOR);
-        if let Some(addr) = self.nodes.get(&node) {
-            self.shard_ports.remove(addr);
+        let Some(addr) = self.nodes.get(&node) else {
+            return;
+        };
+        self.conns.remove(addr);
+        let ports = self.shard_ports.remove(addr).unwrap_or_default();
+        if let Some((host, _)) = addr.rsplit_once(':') {
+            for p in ports {
+                self.conns.remove(&format!("{host}:{p}"));
+            }
         }
     }
 
