@@ -169,7 +169,7 @@ impl Default for ChaosOptions {
             nodes: 3,
             shards: 1,
             base_port: None,
-            history_file: PathBuf::from("chaos-history.txt"),
+            history_file: std::env::temp_dir().join("corekv-chaos-history.txt"),
             break_reads: false,
             progress: true,
         }

@@ -44,9 +44,10 @@ struct Args {
     /// Base port (clients on BASE+i, peers on BASE+100+i); default: a free one.
     #[arg(long)]
     base_port: Option<u16>,
-    /// Where to save the history.
-    #[arg(long, default_value = "chaos-history.txt")]
-    history: PathBuf,
+    /// Where to save the history (default: `corekv-chaos-SEED.txt` in the
+    /// system's temporary directory).
+    #[arg(long)]
+    history: Option<PathBuf>,
     /// Deliberately break reads on node 1 (served without ReadIndex) and
     /// isolate it repeatedly; half the clients only read. The checker must
     /// report an anomaly.
@@ -83,7 +84,9 @@ fn main() {
         nodes: a.nodes,
         shards: a.shards,
         base_port: a.base_port,
-        history_file: a.history,
+        history_file: a
+            .history
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("corekv-chaos-{seed}.txt"))),
         break_reads: a.break_reads,
         progress: true,
         ..ChaosOptions::default()
