@@ -52,8 +52,12 @@ pub fn open_with_options(path: &Path, cfg: &DbConfig) -> Result<(Db, Options)> {
     opts.set_max_background_jobs(cfg.background_jobs);
     opts.set_bytes_per_sync(1 << 20);
     // The raft log is synced by the log writer; RocksDB must not lose a synced
-    // write, and must refuse to open a damaged WAL rather than drop its tail.
-    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
+    // write. A crash (SIGKILL, power loss) may leave the last WAL record torn:
+    // that record was never synced (the log writer syncs after whole
+    // batches), so nothing acknowledged depends on it, and it is dropped. A
+    // damaged record anywhere before the tail is corruption of synced data:
+    // the node refuses to open.
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
 
     let cache = Cache::new_lru_cache(cfg.block_cache_bytes);
 
@@ -145,6 +149,79 @@ pub fn sync_wal(db: &DB) -> Result<()> {
 mod tests {
     use super::*;
     use rocksdb::statistics::Ticker;
+
+    /// Copies the files of an open database: what a crash at this moment
+    /// leaves on disk (every write so far has reached the file system).
+    fn crash_image(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+
+    /// The newest WAL file of a database directory.
+    fn newest_wal(dir: &Path) -> std::path::PathBuf {
+        let mut logs: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        logs.pop().expect("a WAL file")
+    }
+
+    #[test]
+    fn a_torn_wal_tail_is_dropped_and_corruption_before_it_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let db = open(&live, &DbConfig::default()).unwrap();
+        let put = |k: &[u8], v: &[u8], sync: bool| {
+            let mut b = rocksdb::WriteBatch::default();
+            b.put_cf(cf(&db, CF_RAFT), k, v);
+            write(&db, b, sync).unwrap();
+        };
+        put(b"synced", b"1", true);
+        // An unsynced write of a large record, as an apply batch of big
+        // values is, torn by a crash in the middle of it.
+        put(b"torn", &vec![7u8; 300 << 10], false);
+        let torn = dir.path().join("torn");
+        crash_image(&live, &torn);
+        let wal = newest_wal(&torn);
+        let len = std::fs::metadata(&wal).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .unwrap()
+            .set_len(len - 1000)
+            .unwrap();
+        let reopened = open(&torn, &DbConfig::default())
+            .expect("a torn tail of unsynced writes does not keep the node from starting");
+        let raft = cf(&reopened, CF_RAFT);
+        assert_eq!(
+            reopened.get_cf(raft, b"synced").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(reopened.get_cf(raft, b"torn").unwrap(), None);
+        drop(reopened);
+
+        // A damaged byte inside the first (synced) record is not a torn
+        // tail: opening fails rather than silently dropping synced data.
+        let damaged = dir.path().join("damaged");
+        crash_image(&live, &damaged);
+        let wal = newest_wal(&damaged);
+        let mut bytes = std::fs::read(&wal).unwrap();
+        bytes[20] ^= 0xff;
+        std::fs::write(&wal, bytes).unwrap();
+        let Err(err) = open(&damaged, &DbConfig::default()) else {
+            panic!("a damaged synced record was accepted");
+        };
+        assert!(
+            err.to_string().to_lowercase().contains("corrupt"),
+            "unexpected error: {err}"
+        );
+        drop(db);
+    }
 
     #[test]
     fn a_wal_sync_after_unsynced_writes_syncs_the_wal() {
