@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             regions: 4,
             seed,
             config: Config::default(),
+            ..SimOptions::default()
         },
     )?;
 

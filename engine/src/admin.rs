@@ -36,6 +36,19 @@ pub enum AdminCommand {
         /// Its replicas, one per node of the region, same roles.
         new_peers: Vec<PeerMeta>,
     },
+    /// Every replica computes the digest of its replicated state as of
+    /// this entry's index ([`crate::digest`]); the leader then proposes
+    /// [`AdminCommand::VerifyDigest`] with its own.
+    ComputeDigest,
+    /// The leader's digest at `index` (a [`AdminCommand::ComputeDigest`]
+    /// entry): every replica compares it with its own and records the
+    /// verdict; a mismatch is logged and counted.
+    VerifyDigest {
+        /// Index of the `ComputeDigest` entry.
+        index: u64,
+        /// The leader's digest there.
+        digest: crate::digest::Digest,
+    },
 }
 
 /// Largest region id a split may choose (peer ids are `region * 1000 +
@@ -107,6 +120,16 @@ impl AdminCommand {
                     });
                 }
             }
+            AdminCommand::ComputeDigest => {
+                e.u8(3);
+            }
+            AdminCommand::VerifyDigest { index, digest } => {
+                e.u8(4)
+                    .u64(*index)
+                    .u64(digest.keys)
+                    .u64(digest.bytes)
+                    .u64(digest.hash);
+            }
         }
         e.finish()
     }
@@ -139,6 +162,15 @@ impl AdminCommand {
                     new_peers,
                 }
             }
+            3 => AdminCommand::ComputeDigest,
+            4 => AdminCommand::VerifyDigest {
+                index: d.u64()?,
+                digest: crate::digest::Digest {
+                    keys: d.u64()?,
+                    bytes: d.u64()?,
+                    hash: d.u64()?,
+                },
+            },
             t => return Err(Error::Corruption(format!("admin command tag {t}"))),
         };
         d.finish()?;
@@ -198,6 +230,7 @@ impl AdminCommand {
                 }
                 Ok(())
             }
+            AdminCommand::ComputeDigest | AdminCommand::VerifyDigest { .. } => Ok(()),
         }
     }
 
@@ -206,7 +239,9 @@ impl AdminCommand {
     /// region.)
     pub fn apply(&self, region: &mut Region) -> bool {
         match self {
-            AdminCommand::Split { .. } => false,
+            AdminCommand::Split { .. }
+            | AdminCommand::ComputeDigest
+            | AdminCommand::VerifyDigest { .. } => false,
             AdminCommand::PreferLeader { node_id } => {
                 if self.validate(region).is_err() {
                     return false;

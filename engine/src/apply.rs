@@ -43,6 +43,20 @@ impl ApplyBatch {
         self.inner.is_empty()
     }
 
+    /// The records this batch writes (`None`: deletes) whose data keys are
+    /// in `[start, end)`, in key order: what a read of that range sees once
+    /// the batch is written, over what RocksDB holds.
+    pub fn pending_in(&self, start: &[u8], end: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut out: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+            .overlay
+            .iter()
+            .filter(|(k, _)| k.as_slice() >= start && k.as_slice() < end)
+            .map(|(k, v)| (k.clone(), v.as_ref().map(ValueRecord::encode)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Takes the RocksDB batch out and starts a new, empty one.
     pub fn take(&mut self) -> rocksdb::WriteBatch {
         self.overlay.clear();

@@ -266,6 +266,10 @@ pub struct SessionTag {
     pub client_id: u64,
     /// Sequence number of the write within that client.
     pub seq: u64,
+    /// An earlier attempt of this write may have been applied (its answer
+    /// was lost). A region that no longer knows what became of it answers
+    /// "outcome unknown" rather than applying it again.
+    pub retry: bool,
 }
 
 /// A write as proposed to raft.
@@ -312,7 +316,10 @@ impl Command {
         let mut e = Encoder::with_capacity(64);
         e.u8(COMMAND_FORMAT).u64(self.now_ms);
         match self.session {
-            Some(s) => e.u8(1).u64(s.client_id).u64(s.seq),
+            Some(s) => e
+                .u8(if s.retry { 2 } else { 1 })
+                .u64(s.client_id)
+                .u64(s.seq),
             None => e.u8(0),
         };
         match &self.request {
@@ -369,9 +376,10 @@ impl Command {
         let now_ms = d.u64()?;
         let session = match d.u8()? {
             0 => None,
-            1 => Some(SessionTag {
+            t @ (1 | 2) => Some(SessionTag {
                 client_id: d.u64()?,
                 seq: d.u64()?,
+                retry: t == 2,
             }),
             t => return Err(Error::Corruption(format!("command: session tag {t}"))),
         };
@@ -502,6 +510,7 @@ mod tests {
                 session: Some(SessionTag {
                     client_id: 1,
                     seq: 2,
+                    retry: true,
                 }),
                 request,
             };

@@ -72,6 +72,11 @@ pub struct Config {
     /// resume; 0 keeps none (watchers then only see changes from now).
     /// Default 10000.
     pub watch_history_entries: u64,
+    /// A leader of a region holding keys with an expiry moves the region's
+    /// clock forward through raft when it is this far behind, in ms (and no
+    /// write did); reads see a key expire at most about this late. 0: only
+    /// writes and expiry sweeps move it. Default 100.
+    pub clock_step_ms: u64,
 }
 
 impl Default for Config {
@@ -101,6 +106,7 @@ impl Default for Config {
             expire_scan_max: 10_000,
             expire_keys_max: 1024,
             watch_history_entries: 10_000,
+            clock_step_ms: 100,
         }
     }
 }

@@ -27,6 +27,22 @@ use crate::value::ValueRecord;
 
 /// Context of raft entries that carry an [`ExpireCommand`].
 pub const ENTRY_CONTEXT: &[u8] = b"expire";
+
+/// Context of raft entries that only move the region's clock forward (see
+/// `ApplyState::clock_ms`); their data is the leader's time, `u64` unix ms.
+pub const CLOCK_CONTEXT: &[u8] = b"clock";
+
+/// The data of a clock entry.
+pub fn encode_clock(now_ms: u64) -> Vec<u8> {
+    now_ms.to_be_bytes().to_vec()
+}
+
+/// Reads a clock entry's data.
+pub fn decode_clock(data: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(data)
+        .map(u64::from_be_bytes)
+        .map_err(|_| crate::Error::Corruption(format!("clock entry of {} bytes", data.len())))
+}
 const FORMAT: u8 = 1;
 
 /// Removal of expired keys, as replicated.

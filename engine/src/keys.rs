@@ -12,6 +12,7 @@
 //! | `meta` | `0x04 region_id` | shard owning the region (u32, node runtime) |
 //! | `meta` | `0x05 region_id client_id` | [`crate::session::ClientSession`] |
 //! | `meta` | `0x06 region_id epoch_version` | log index of the split that made that epoch (u64) |
+//! | `meta` | `0x0B region_id` | the replica's last consistency check ([`crate::peer::CheckVerdict`]) |
 //! | `data` | `route_hash key` | [`crate::value::ValueRecord`] |
 //! | `history` | `0x01 region_id index` | changes of one entry ([`crate::watch`]) |
 //! | `history` | `0x02 region_id` | history floor (u64) |
@@ -42,6 +43,7 @@ const META_TOMBSTONE: u8 = 0x07;
 const META_NODE: u8 = 0x08;
 const META_ORIGIN: u8 = 0x09;
 const META_RETIRED: u8 = 0x0A;
+const META_CHECK: u8 = 0x0B;
 const HISTORY_RECORD: u8 = 0x01;
 const HISTORY_FLOOR: u8 = 0x02;
 
@@ -103,6 +105,11 @@ pub fn apply_state_key(region_id: u64) -> [u8; 9] {
 /// Key of the node identity.
 pub fn store_ident_key() -> [u8; 1] {
     [META_IDENT]
+}
+
+/// Key of a replica's last digest and consistency check verdict.
+pub fn check_key(region_id: u64) -> [u8; 9] {
+    region_key(META_CHECK, region_id)
 }
 
 /// Key of the shard placement of `region_id` (written by the node runtime).

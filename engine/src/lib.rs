@@ -9,6 +9,9 @@
 //! - `codec`: the explicit binary codec of stored and replicated records.
 //! - `keys`: column families and key layouts of the shared RocksDB.
 //! - `db`: opening RocksDB, the shared [`LogBatch`], synced writes.
+//! - `digest`: a replica's replicated state in one hash, to compare replicas.
+//! - `directory`: which owner (shard) of a node holds which region and
+//!   range, so that no two replicas of a node cover the same hashes.
 //! - `region`: region metadata: hash range, epoch, replicas.
 //! - `state`: per-region local and apply state records, node identity.
 //! - `storage`: `raft::Storage` of one region over the shared RocksDB.
@@ -36,6 +39,8 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod db;
+pub mod digest;
+pub mod directory;
 pub mod error;
 pub mod expire;
 pub mod hash;
@@ -57,10 +62,11 @@ pub mod watch;
 pub use command::{Condition, PutItem, SessionTag, WriteOutcome, WriteRequest};
 pub use config::Config;
 pub use db::{Db, DbConfig, LogBatch};
+pub use directory::Directory;
 pub use error::{Error, Result};
 pub use hash::{is_meta_key, route_hash, META_HASH, META_PREFIX};
 pub use peer::{Peer, PeerStatus, Reply, Response};
 pub use read::Consistency;
 pub use region::{Epoch, PeerMeta, PeerRole, Region};
-pub use replicas::{RaftEnvelope, Replicas, Round};
+pub use replicas::{Owner, RaftEnvelope, Replicas, Round, SplitElsewhere};
 pub use value::ValueRecord;

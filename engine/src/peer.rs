@@ -30,6 +30,7 @@ use crate::cache::ReadCache;
 use crate::command::{Command, SessionTag, WriteOutcome, WriteRequest};
 use crate::config::Config;
 use crate::db::{cf, Db, LogBatch};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::expire::{self, ExpireCommand, SweepCursor};
 use crate::hash::route_hash;
@@ -78,9 +79,20 @@ pub struct ReadyOutput {
 pub struct PendingPersist {
     /// Ready number to pass to [`Peer::on_persisted`].
     pub number: u64,
+    /// The replica it belongs to ([`Peer::instance`]): a replica opened
+    /// again in its place is never told of its predecessor's writes.
+    pub instance: u64,
     /// Messages to send only after the batch is durable.
     pub messages: Vec<Message>,
 }
+
+/// Source of [`Peer::instance`] numbers, unique in the process.
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Peers a replica heard from that its region metadata does not list (yet):
+/// a leader of a newer membership, a candidate of a region it has no data
+/// of. Kept so that answers reach them; bounded.
+const LEARNED_PEERS_MAX: usize = 8;
 
 #[derive(Debug)]
 struct Proposal {
@@ -117,6 +129,106 @@ pub struct PeerCounters {
     pub expire_proposals: u64,
     /// Sweep steps this replica ran as leader.
     pub expire_sweeps: u64,
+    /// Consistency checks this replica verified (its digest against the
+    /// leader's).
+    pub digest_checks: u64,
+    /// Of those, checks whose digests differed.
+    pub digest_mismatches: u64,
+}
+
+/// The outcome of a consistency check on one replica: its digest at the
+/// check's index against the leader's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckVerdict {
+    /// Index of the `ComputeDigest` entry.
+    pub index: u64,
+    /// The leader's digest there.
+    pub leader: crate::digest::Digest,
+    /// This replica's digest there; `None` if it did not compute one (it
+    /// reached that index by snapshot, or restarted in between).
+    pub own: Option<crate::digest::Digest>,
+}
+
+/// A replica's consistency check state as stored: its last digest and its
+/// last verdict (so neither is lost when the replica is opened again, on a
+/// restart or a move to another shard).
+fn encode_check(digest: Option<(u64, Digest)>, check: Option<CheckVerdict>) -> Vec<u8> {
+    let mut e = crate::codec::Encoder::with_capacity(96);
+    let put = |e: &mut crate::codec::Encoder, d: &Digest| {
+        e.u64(d.keys).u64(d.bytes).u64(d.hash);
+    };
+    e.u8(1);
+    match digest {
+        Some((index, d)) => {
+            e.u8(1).u64(index);
+            put(&mut e, &d);
+        }
+        None => {
+            e.u8(0);
+        }
+    }
+    match check {
+        Some(c) => {
+            e.u8(1).u64(c.index);
+            put(&mut e, &c.leader);
+            match c.own {
+                Some(d) => {
+                    e.u8(1);
+                    put(&mut e, &d);
+                }
+                None => {
+                    e.u8(0);
+                }
+            }
+        }
+        None => {
+            e.u8(0);
+        }
+    }
+    e.finish()
+}
+
+type StoredCheck = (Option<(u64, Digest)>, Option<CheckVerdict>);
+
+fn decode_check(buf: &[u8]) -> Result<StoredCheck> {
+    let mut d = crate::codec::Decoder::new(buf, "consistency check");
+    d.version(1)?;
+    let digest = |d: &mut crate::codec::Decoder<'_>| -> Result<Digest> {
+        Ok(Digest {
+            keys: d.u64()?,
+            bytes: d.u64()?,
+            hash: d.u64()?,
+        })
+    };
+    let own_digest = match d.u8()? {
+        0 => None,
+        _ => Some((d.u64()?, digest(&mut d)?)),
+    };
+    let check = match d.u8()? {
+        0 => None,
+        _ => {
+            let index = d.u64()?;
+            let leader = digest(&mut d)?;
+            let own = match d.u8()? {
+                0 => None,
+                _ => Some(digest(&mut d)?),
+            };
+            Some(CheckVerdict { index, leader, own })
+        }
+    };
+    d.finish()?;
+    Ok((own_digest, check))
+}
+
+impl CheckVerdict {
+    /// `match`, `mismatch` or `skipped`.
+    pub fn verdict(&self) -> &'static str {
+        match self.own {
+            Some(d) if d == self.leader => "match",
+            Some(_) => "mismatch",
+            None => "skipped",
+        }
+    }
 }
 
 /// A snapshot of a peer's raft state, for tests and status pages.
@@ -171,6 +283,15 @@ pub struct Peer {
     ttl_seen_in_pass: bool,
     lease_until_ms: u64,
     lease_wanted: bool,
+    /// No lease is used, renewed or extended before this time (monotonic
+    /// ms): a leader transfer was pending until one election timeout
+    /// before it. A transferee elected by `TimeoutNow` gets votes from
+    /// followers inside the lease, so a lease held across a transfer
+    /// proves nothing.
+    lease_blocked_until_ms: u64,
+    /// The latest leader time this replica proposed (a write or a clock
+    /// entry), unix ms.
+    clock_proposed_ms: u64,
     rng: SmallRng,
     role_term: (StateRole, u64),
     now_ms: u64,
@@ -197,6 +318,29 @@ pub struct Peer {
     layout_changed: bool,
     /// This replica is no longer a member: the owner destroys it.
     removed: bool,
+    /// Unique number of this replica object (see [`PendingPersist`]).
+    instance: u64,
+    /// Number of the last ready taken, and of the last one durable.
+    ready_taken: u64,
+    ready_persisted: u64,
+    /// (peer id, node id) of peers not in `region.peers` that sent
+    /// messages this replica took.
+    learned: Vec<(u64, u64)>,
+    /// The range changed by an applied entry (a split) since the owner last
+    /// looked ([`Peer::take_range_applied`]).
+    range_applied: bool,
+    /// A snapshot's range became durable since the owner last looked
+    /// ([`Peer::take_range_persisted`]).
+    range_persisted: bool,
+    /// The digest this replica computed at the last `ComputeDigest` entry
+    /// it applied: (index, digest).
+    digest: Option<(u64, crate::digest::Digest)>,
+    /// A digest this replica computed as leader, to propose for
+    /// verification.
+    digest_to_verify: Option<(u64, crate::digest::Digest)>,
+    /// The last consistency check this replica verified.
+    check: Option<CheckVerdict>,
+    logger: slog::Logger,
 }
 
 fn raft_config(cfg: &Config, peer_id: u64, applied: u64) -> raft::Config {
@@ -325,16 +469,18 @@ impl Peer {
         Peer::start(cfg, db, node_id, region, peer_id, seed, logger)
     }
 
-    /// A replica `peer_id` of `region_id` that a membership change added to
-    /// this node: empty and owning no range until the leader (`leader`, the
-    /// one replica it knows) sends it a snapshot. Nothing is stored for it
-    /// before that snapshot.
+    /// A replica `peer_id` of `region_id` that a membership change or a
+    /// split added to this node: empty and owning no range until the leader
+    /// sends it a snapshot (or this node applies the split). `known` is the
+    /// one other replica it knows of (the sender of the message that
+    /// created it). Nothing is stored for it before that snapshot but its
+    /// raft hard state (a vote it gives must survive a restart).
     pub fn create(
         cfg: Arc<Config>,
         db: Db,
         node_id: u64,
         (region_id, peer_id): (u64, u64),
-        leader: crate::region::PeerMeta,
+        known: crate::region::PeerMeta,
         seed: u64,
         logger: &slog::Logger,
     ) -> Result<Peer> {
@@ -349,7 +495,7 @@ impl Peer {
                     node_id,
                     role: crate::region::PeerRole::Learner,
                 },
-                leader,
+                known,
             ],
         };
         let mut p = Peer::start(cfg, db, node_id, region, peer_id, seed, logger)?;
@@ -380,6 +526,10 @@ impl Peer {
                 applied
             }
         };
+        let stored_check = match db.get_cf(cf(&db, CF_META), keys::check_key(region_id))? {
+            Some(b) => decode_check(&b)?,
+            None => (None, None),
+        };
         let rc = raft_config(&cfg, peer_id, applied);
         rc.validate()?;
         let logger = logger.new(slog::o!("region" => region_id, "peer" => peer_id));
@@ -409,6 +559,8 @@ impl Peer {
             ttl_seen_in_pass: false,
             lease_until_ms: 0,
             lease_wanted: false,
+            lease_blocked_until_ms: 0,
+            clock_proposed_ms: 0,
             rng,
             role_term,
             now_ms: 0,
@@ -425,7 +577,78 @@ impl Peer {
             initialized: true,
             layout_changed: false,
             removed: false,
+            instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ready_taken: 0,
+            ready_persisted: 0,
+            learned: Vec::new(),
+            range_applied: false,
+            range_persisted: false,
+            digest: stored_check.0,
+            digest_to_verify: None,
+            check: stored_check.1,
+            logger,
         })
+    }
+
+    /// The raft term and vote in memory.
+    pub fn term_and_vote(&self) -> (u64, u64) {
+        (self.raw.raft.term, self.raw.raft.vote)
+    }
+
+    /// Unique number of this replica object in the process.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// True while a ready this replica handed out is not durable yet: its
+    /// log writes (a vote, entries, a snapshot) are still on their way.
+    pub fn has_unpersisted(&self) -> bool {
+        self.ready_taken > self.ready_persisted
+    }
+
+    /// True when raft took a snapshot that the owner has not collected yet.
+    pub fn snapshot_pending(&self) -> bool {
+        self.raw.raft.raft_log.unstable.snapshot.is_some()
+    }
+
+    /// True while a snapshot is being installed (collected, not durable).
+    pub fn snapshot_persisting(&self) -> bool {
+        self.snapshot_persisting.is_some()
+    }
+
+    /// Remembers that raft peer `peer_id` lives on `node_id` although the
+    /// region's metadata here does not list it (see `LEARNED_PEERS_MAX`).
+    pub fn learn_peer(&mut self, peer_id: u64, node_id: u64) {
+        if self.region.peer(peer_id).is_some() {
+            return;
+        }
+        self.learned.retain(|(p, _)| *p != peer_id);
+        if self.learned.len() >= LEARNED_PEERS_MAX {
+            self.learned.remove(0);
+        }
+        self.learned.push((peer_id, node_id));
+    }
+
+    /// The node of raft peer `peer_id`: from the region's metadata, else
+    /// from the peers heard from.
+    pub fn node_of(&self, peer_id: u64) -> Option<u64> {
+        self.region.peer(peer_id).map(|p| p.node_id).or_else(|| {
+            self.learned
+                .iter()
+                .find(|(p, _)| *p == peer_id)
+                .map(|(_, n)| *n)
+        })
+    }
+
+    /// True (once) after an applied entry changed this replica's range
+    /// (written with the round's apply batch).
+    pub fn take_range_applied(&mut self) -> bool {
+        std::mem::take(&mut self.range_applied)
+    }
+
+    /// True (once) after a snapshot's range became durable.
+    pub fn take_range_persisted(&mut self) -> bool {
+        std::mem::take(&mut self.range_persisted)
     }
 
     /// False while this replica waits for its first snapshot (it owns no
@@ -492,7 +715,10 @@ impl Peer {
     /// Node of the leader as far as this replica knows.
     pub fn leader_node(&self) -> Option<u64> {
         let leader = self.raw.raft.leader_id;
-        self.region.peer(leader).map(|p| p.node_id)
+        if leader == raft::INVALID_ID {
+            return None;
+        }
+        self.node_of(leader)
     }
 
     /// True when this replica leads and `peer_id`'s log matches its own up to
@@ -612,13 +838,37 @@ impl Peer {
         }
     }
 
+    /// Moves this replica's clock (the caller's monotonic clock, ms) to
+    /// `now_ms`; it never goes back.
+    fn set_now(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// Ends the lease and blocks it for one election timeout from now while
+    /// a leader transfer is pending (see `lease_blocked_until_ms`).
+    fn block_lease_while_transferring(&mut self) {
+        if self.raw.raft.lead_transferee.is_some() {
+            self.lease_until_ms = 0;
+            self.lease_blocked_until_ms = self.now_ms + self.cfg.election_timeout_ms();
+        }
+    }
+
+    /// True when lease reads may be served from the lease at `now`.
+    fn lease_holds(&self) -> bool {
+        self.now_ms < self.lease_until_ms
+            && self.now_ms >= self.lease_blocked_until_ms
+            && self.raw.raft.lead_transferee.is_none()
+            && self.raw.raft.commit_to_current_term()
+    }
+
     /// Advances raft's logical clock by one tick. `now_ms` is the caller's
     /// monotonic clock, used for leases and request deadlines.
     pub fn tick(&mut self, now_ms: u64, replies: &mut Vec<Reply>) {
-        self.now_ms = now_ms;
+        self.set_now(now_ms);
         self.ticks += 1;
         self.raw.tick();
         self.after_input(replies);
+        self.block_lease_while_transferring();
         self.expire_requests(replies);
         if !self.is_leader() {
             if self.raw.raft.leader_id != raft::INVALID_ID {
@@ -653,7 +903,12 @@ impl Peer {
         }
         // Renew the lease ahead of its end while lease reads keep coming.
         let renew_at = self.lease_until_ms.saturating_sub(self.cfg.lease_ms() / 2);
-        if self.lease_wanted && now_ms >= renew_at && !self.reads.has_unconfirmed() {
+        if self.lease_wanted
+            && now_ms >= renew_at
+            && now_ms >= self.lease_blocked_until_ms
+            && self.raw.raft.lead_transferee.is_none()
+            && !self.reads.has_unconfirmed()
+        {
             self.lease_wanted = false;
             let issue = self.reads.renew(now_ms, self.ticks);
             self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
@@ -720,6 +975,8 @@ impl Peer {
     pub fn step(&mut self, msg: Message, replies: &mut Vec<Reply>) -> Result<()> {
         let r = self.raw.step(msg);
         self.after_input(replies);
+        // A follower may ask for leadership (raft's MsgTransferLeader).
+        self.block_lease_while_transferring();
         match r {
             Ok(()) => Ok(()),
             // Messages from peers raft no longer knows, or stale local types,
@@ -773,6 +1030,7 @@ impl Peer {
     pub fn transfer_leader(&mut self, peer_id: u64) {
         self.lease_until_ms = 0;
         self.raw.transfer_leader(peer_id);
+        self.block_lease_while_transferring();
     }
 
     /// Proposes an admin command (see [`crate::admin`]); the reply comes
@@ -863,6 +1121,7 @@ impl Peer {
             session,
             request,
         };
+        self.clock_proposed_ms = self.clock_proposed_ms.max(wall_ms);
         self.propose_entry(id, vec![], EntryData::Normal(cmd.encode()), replies);
     }
 
@@ -914,6 +1173,14 @@ impl Peer {
     /// of the region for keys expired at `wall_ms` (unix ms) and proposes
     /// their removal (see [`crate::expire`]). Returns the keys proposed.
     pub fn sweep_expired(&mut self, wall_ms: u64) -> Result<usize> {
+        let n = self.sweep_step(wall_ms)?;
+        // After the sweep: a first pass over a region without expiring
+        // keys finds none, and the clock needs no entries then.
+        self.advance_region_clock(wall_ms);
+        Ok(n)
+    }
+
+    fn sweep_step(&mut self, wall_ms: u64) -> Result<usize> {
         if self.cfg.expire_sweep_ticks == 0
             || !self.sweep_needed
             || self.ticks < self.next_sweep_tick
@@ -964,14 +1231,46 @@ impl Peer {
         Ok(n)
     }
 
-    /// Queues a read of `key`.
+    /// As leader of a region that may hold keys with an expiry: proposes a
+    /// clock entry once the region's clock is `clock_step_ms` behind
+    /// `wall_ms` and no write carried a later time meanwhile, so that reads
+    /// see keys expire about that late at most. Costs nothing in regions
+    /// without expiring keys.
+    fn advance_region_clock(&mut self, wall_ms: u64) {
+        let step = self.cfg.clock_step_ms;
+        if step == 0
+            || !self.sweep_needed
+            || !self.is_leader()
+            || !self.raw.raft.commit_to_current_term()
+            || wall_ms < self.clock_ms().max(self.clock_proposed_ms) + step
+        {
+            return;
+        }
+        // Not tracked as a proposal: a lost one is proposed again.
+        if self
+            .raw
+            .propose(
+                expire::CLOCK_CONTEXT.to_vec(),
+                expire::encode_clock(wall_ms),
+            )
+            .is_ok()
+        {
+            self.clock_proposed_ms = wall_ms;
+        }
+    }
+
+    /// Queues a read of `key` arriving at `now_ms` (the caller's monotonic
+    /// clock: a lease is judged against the time of the read, not of the
+    /// last tick).
     pub fn read(
         &mut self,
         id: u64,
         key: Bytes,
         consistency: Consistency,
+        now_ms: u64,
         replies: &mut Vec<Reply>,
     ) {
+        self.set_now(now_ms);
         if let Err(e) = crate::command::check_key(&key) {
             return replies.push(Reply { id, result: Err(e) });
         }
@@ -1021,7 +1320,7 @@ impl Peer {
         }
         if consistency == Consistency::Lease {
             self.lease_wanted = true;
-            if self.now_ms < self.lease_until_ms && self.raw.raft.commit_to_current_term() {
+            if self.lease_holds() {
                 let index = self.raw.raft.raft_log.committed;
                 self.reads.push_with_index(read, index);
                 return;
@@ -1045,6 +1344,16 @@ impl Peer {
         out: &mut ReadyOutput,
     ) -> Result<Option<PendingPersist>> {
         let can_issue = self.is_leader() && self.raw.raft.commit_to_current_term();
+        if let Some((index, digest)) = self.digest_to_verify.take() {
+            // Not tracked: if it is lost, the check is not verified and
+            // says so; running it again is harmless.
+            if self.is_leader() {
+                let cmd = AdminCommand::VerifyDigest { index, digest };
+                let _ = self
+                    .raw
+                    .propose(admin::ENTRY_CONTEXT.to_vec(), cmd.encode());
+            }
+        }
         if let Some(issue) = self.reads.seal(can_issue, self.now_ms, self.ticks) {
             self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
             self.counters.read_index_rounds += 1;
@@ -1122,7 +1431,12 @@ impl Peer {
                 continue;
             }
             if let Some(issued_ms) = self.reads.confirm(ctx, rs.index) {
-                if self.is_leader() {
+                // A confirmation of a request issued before the block ended
+                // may come from followers that voted for a transferee since.
+                if self.is_leader()
+                    && issued_ms >= self.lease_blocked_until_ms
+                    && self.raw.raft.lead_transferee.is_none()
+                {
                     let until = issued_ms + self.cfg.lease_ms();
                     self.lease_until_ms = self.lease_until_ms.max(until);
                 }
@@ -1130,6 +1444,7 @@ impl Peer {
         }
         let persisted_messages = rd.take_persisted_messages();
         let number = rd.number();
+        self.ready_taken = number;
         self.raw.advance_append_async(rd);
         let applied = self.raw.store().applied_index();
         if applied > applied_before && snapshot_index.is_none() {
@@ -1140,6 +1455,7 @@ impl Peer {
         }
         Ok(Some(PendingPersist {
             number,
+            instance: self.instance,
             messages: persisted_messages,
         }))
     }
@@ -1205,17 +1521,58 @@ impl Peer {
                             }
                             WriteOutcome::Written { version: e.index }
                         }
+                        AdminCommand::ComputeDigest => {
+                            let pending = apply.pending_in(
+                                &keys::data_range_start(self.region.start_hash),
+                                &keys::data_range_end(self.region.end_hash),
+                            );
+                            let d = crate::digest::compute_over(
+                                &db,
+                                &self.region,
+                                &self.sessions,
+                                &pending,
+                            )?;
+                            self.digest = Some((e.index, d));
+                            if self.is_leader() {
+                                self.digest_to_verify = Some((e.index, d));
+                            }
+                            apply.inner.put_cf(
+                                cf(&db, CF_META),
+                                keys::check_key(self.region.id),
+                                encode_check(self.digest, self.check),
+                            );
+                            WriteOutcome::Written { version: e.index }
+                        }
+                        AdminCommand::VerifyDigest { index, digest } => {
+                            self.verify_digest(*index, *digest);
+                            apply.inner.put_cf(
+                                cf(&db, CF_META),
+                                keys::check_key(self.region.id),
+                                encode_check(self.digest, self.check),
+                            );
+                            WriteOutcome::Written { version: e.index }
+                        }
                     };
                     outcome = Some(o);
                 }
+                EntryType::EntryNormal if e.get_context() == expire::CLOCK_CONTEXT => {
+                    let ms = expire::decode_clock(&e.data)?;
+                    self.raw.mut_store().advance_clock(ms);
+                }
                 EntryType::EntryNormal if e.get_context() == expire::ENTRY_CONTEXT => {
-                    let cmd = ExpireCommand::decode(&e.data)?;
+                    let mut cmd = ExpireCommand::decode(&e.data)?;
+                    // Judged by the region's clock, never going back.
+                    cmd.now_ms = self.raw.mut_store().advance_clock(cmd.now_ms);
                     let removed = expire::apply(&db, apply, &self.region, &cmd)?;
                     self.counters.expired_keys += removed.len() as u64;
                     self.applied_bytes_since_compact += e.data.len() as u64;
                 }
                 EntryType::EntryNormal => {
-                    let cmd = Command::decode(&e.data)?;
+                    let mut cmd = Command::decode(&e.data)?;
+                    // Expiry and conditions are judged by the region's
+                    // clock: a leader with a slower clock than an earlier
+                    // one does not bring expired values back.
+                    cmd.now_ms = self.raw.mut_store().advance_clock(cmd.now_ms);
                     let dedup = match cmd.session {
                         Some(tag) => self.sessions.decide(tag, cmd.now_ms),
                         None => Dedup::Apply,
@@ -1288,6 +1645,32 @@ impl Peer {
         Ok(())
     }
 
+    /// Compares the leader's digest at `index` with this replica's own and
+    /// records the verdict; a mismatch is logged and counted.
+    fn verify_digest(&mut self, index: u64, leader: crate::digest::Digest) {
+        let own = self.digest.filter(|(at, _)| *at == index).map(|(_, d)| d);
+        let check = CheckVerdict { index, leader, own };
+        if own.is_some() {
+            self.counters.digest_checks += 1;
+        }
+        if check.verdict() == "mismatch" {
+            self.counters.digest_mismatches += 1;
+            slog::error!(
+                self.logger,
+                "consistency check: this replica differs from the leader";
+                "index" => index,
+                "leader_digest" => format!("{leader:?}"),
+                "own_digest" => format!("{own:?}"),
+            );
+        }
+        self.check = Some(check);
+    }
+
+    /// The last consistency check this replica verified.
+    pub fn last_check(&self) -> Option<CheckVerdict> {
+        self.check
+    }
+
     /// Applies a membership change: raft's configuration, the region's
     /// replicas and `conf_ver`, both stored in `apply`. A replica the change
     /// takes out marks itself removed.
@@ -1357,7 +1740,8 @@ impl Peer {
         // snapshot once this replica's range no longer covered it) stays.
         let stored = matches!(load_region_state(db, new.id), Ok(Some(_)));
         if new.peer_on_node(self.node_id).is_some() && !stored {
-            RegionStorage::write_initial(&new, index, term, db, &mut apply.inner);
+            let clock = self.raw.store().clock_ms();
+            RegionStorage::write_initial(&new, (index, term, clock), db, &mut apply.inner);
             // A replica of it created here by the new leader's messages may
             // have voted in a later term: that vote stands.
             RegionStorage::keep_newer_hard_state(db, new.id, index, term, &mut apply.inner);
@@ -1381,6 +1765,7 @@ impl Peer {
             .persist_region(&self.region, &mut apply.inner);
         self.last_split_index = index;
         self.layout_changed = true;
+        self.range_applied = true;
         let version = self.region.epoch.version;
         let mut record = index.to_be_bytes().to_vec();
         record.extend_from_slice(&split_hash.to_be_bytes());
@@ -1472,22 +1857,27 @@ impl Peer {
     /// Confirms that the log batch holding ready `number` is durable.
     pub fn on_persisted(&mut self, number: u64) {
         self.raw.on_persist_ready(number);
+        self.ready_persisted = self.ready_persisted.max(number);
         if let Some((n, index)) = self.snapshot_persisting {
             if n <= number {
                 self.snapshot_persisting = None;
+                self.range_persisted = true;
                 self.raw.advance_apply_to(index);
             }
         }
     }
 
+    /// The region's clock as of the applied index, unix ms: the time reads
+    /// and conditions judge expiry by.
+    pub fn clock_ms(&self) -> u64 {
+        self.raw.store().clock_ms()
+    }
+
     /// Answers every read that can be served now, from `db` as of the last
-    /// written apply batch. `wall_ms` (unix ms) decides expiry.
-    pub fn serve_reads(
-        &mut self,
-        wall_ms: u64,
-        cache: &mut ReadCache,
-        replies: &mut Vec<Reply>,
-    ) -> Result<()> {
+    /// written apply batch. Expiry is judged by the region's clock as of
+    /// what is applied ([`Peer::clock_ms`]): a read served at a later index
+    /// than another never sees a value the other saw expired.
+    pub fn serve_reads(&mut self, cache: &mut ReadCache, replies: &mut Vec<Reply>) -> Result<()> {
         if self.snapshot_persisting.is_some() {
             return Ok(());
         }
@@ -1517,7 +1907,7 @@ impl Peer {
                     v
                 }
             };
-            let live = record.filter(|v| !v.is_expired(wall_ms));
+            let live = record.filter(|v| !v.is_expired(self.clock_ms()));
             replies.push(Reply {
                 id: r.id,
                 result: Ok(Response::Value(live)),

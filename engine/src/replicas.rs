@@ -13,10 +13,11 @@ use crate::cache::ReadCache;
 use crate::command::{SessionTag, WriteRequest};
 use crate::config::Config;
 use crate::db::{Db, LogBatch};
+use crate::directory::{Directory, Span};
 use crate::error::{Error, Result};
-use crate::peer::{list_regions, load_region_state, Peer, PendingPersist, ReadyOutput, Reply};
+use crate::peer::{list_regions, Peer, PendingPersist, ReadyOutput, Reply};
 use crate::read::Consistency;
-use crate::region::Region;
+use crate::region::{Epoch, Region};
 use crate::storage::RegionStorage;
 
 /// Sums over the replicas of one owner.
@@ -53,6 +54,9 @@ pub struct RaftEnvelope {
     /// `conf_ver`, no longer has replica `message.to` (see
     /// [`Replicas::step`]).
     pub removed_at: u64,
+    /// The region's epoch at the sender: a replica that has not applied a
+    /// membership change yet still listens to a sender that has.
+    pub epoch: Epoch,
 }
 
 /// Output of one round over every replica.
@@ -84,6 +88,10 @@ impl Round {
 /// The region replicas of one owner.
 pub struct Replicas {
     node_id: u64,
+    /// This owner's number among the node's owners (its shard).
+    owner: usize,
+    /// The node's directory of replicas, shared by every owner.
+    directory: Directory,
     peers: BTreeMap<u64, Peer>,
     cache: ReadCache,
     cfg: Arc<Config>,
@@ -92,6 +100,36 @@ pub struct Replicas {
     logger: slog::Logger,
     /// Removal notices to send with the next round.
     notices: Vec<RaftEnvelope>,
+    /// Stored replicas to open here (and whether the replica led where it
+    /// came from), each once the replica it replaces has no log write in
+    /// flight. Messages to them wait (are dropped) meanwhile.
+    opening: Vec<(u64, bool)>,
+    /// A replica was opened since the last [`Replicas::take_layout_changed`].
+    opened: bool,
+}
+
+/// Where an owner is and what it shares with the other owners of its node.
+#[derive(Clone)]
+pub struct Owner {
+    /// Node id.
+    pub node_id: u64,
+    /// This owner's number among the node's owners (its shard).
+    pub index: usize,
+    /// The node's directory of replicas.
+    pub directory: Directory,
+}
+
+/// A region split off here that another owner of the node opens: it holds
+/// the region's replica already (created by the new region's messages
+/// before the split was applied here).
+#[derive(Clone, Debug)]
+pub struct SplitElsewhere {
+    /// The new region.
+    pub region: Region,
+    /// The owner to open it.
+    pub owner: usize,
+    /// Whether the parent's replica here leads (the new one should campaign).
+    pub led: bool,
 }
 
 /// Writes the initial state of every region in `regions` that has a replica
@@ -105,14 +143,22 @@ pub fn bootstrap_regions(db: &Db, node_id: u64, regions: &[Region]) -> Result<()
 }
 
 fn envelope(node_id: u64, peer: &Peer, message: Message) -> Option<RaftEnvelope> {
-    let to_node = peer.region().peer(message.to)?.node_id;
+    let to_node = peer.node_of(message.to)?;
     Some(RaftEnvelope {
         region_id: peer.region_id(),
         from_node: node_id,
         to_node,
         message,
         removed_at: 0,
+        epoch: peer.region().epoch,
     })
+}
+
+/// The range of a snapshot message's region, if it decodes.
+fn snapshot_span(env: &RaftEnvelope) -> Option<Span> {
+    crate::snapshot::SnapshotData::region_of(&env.message.get_snapshot().data)
+        .ok()
+        .map(|r| Span::of(&r))
 }
 
 /// Adds to `batch` the removal of every record of the replica of `region`
@@ -153,6 +199,7 @@ pub fn destroy_replica(
     batch.delete_cf(meta, keys::apply_state_key(id));
     batch.delete_cf(meta, keys::placement_key(id));
     batch.delete_cf(meta, keys::origin_key(id));
+    batch.delete_cf(meta, keys::check_key(id));
     batch.delete_cf(meta, keys::region_state_key(id));
     batch.put_cf(
         meta,
@@ -188,6 +235,16 @@ pub fn destroy_stale_replicas(db: &Db, node_id: u64) -> Result<Vec<u64>> {
     Ok(gone)
 }
 
+/// Admits the range of a snapshot message in the node's directory (see
+/// [`Replicas::step`]); false if another replica of the node covers part
+/// of it, or the snapshot does not decode.
+fn admit(directory: &Directory, env: &RaftEnvelope) -> bool {
+    let Some(span) = snapshot_span(env) else {
+        return false;
+    };
+    directory.admit(env.region_id, span).is_ok()
+}
+
 /// The highest replica id of `region_id` destroyed on this node, if any.
 fn tombstone(db: &Db, region_id: u64) -> Result<Option<u64>> {
     let v = db.get_cf(
@@ -199,25 +256,35 @@ fn tombstone(db: &Db, region_id: u64) -> Result<Option<u64>> {
 }
 
 impl Replicas {
-    /// Opens every replica stored in `db` for which `owns(region)` holds.
+    /// Opens every replica stored in `db` for which `owns(region)` holds, as
+    /// owner `owner.index` of node `owner.node_id`.
     pub fn open(
         cfg: Arc<Config>,
         db: Db,
-        node_id: u64,
+        owner: Owner,
         seed: u64,
         logger: &slog::Logger,
         owns: impl Fn(&Region) -> bool,
     ) -> Result<Replicas> {
+        let node_id = owner.node_id;
         let mut peers = BTreeMap::new();
         for region in list_regions(&db)? {
             if !owns(&region) || region.peer_on_node(node_id).is_none() {
                 continue;
+            }
+            if let Err(c) = owner.directory.open(&region, owner.index) {
+                return Err(Error::Corruption(format!(
+                    "region {} opened by owners {} and {} of node {node_id}",
+                    region.id, c.owner, owner.index
+                )));
             }
             let peer = Peer::open(cfg.clone(), db.clone(), node_id, region.id, seed, logger)?;
             peers.insert(region.id, peer);
         }
         Ok(Replicas {
             node_id,
+            owner: owner.index,
+            directory: owner.directory,
             peers,
             cache: ReadCache::new(cfg.read_cache_bytes),
             cfg,
@@ -225,83 +292,140 @@ impl Replicas {
             seed,
             logger: logger.clone(),
             notices: Vec::new(),
+            opening: Vec::new(),
+            opened: false,
         })
     }
 
-    /// Opens the replicas of regions split off this round; call once the
-    /// round's apply batch is written. A new region whose parent's replica
-    /// here leads campaigns at once, so it has a leader without waiting for
-    /// an election timeout. Returns the new regions.
-    pub fn open_splits(&mut self, replies: &mut Vec<Reply>) -> Result<Vec<Region>> {
-        let mut opened = Vec::new();
-        let parents: Vec<u64> = self.peers.keys().copied().collect();
-        for parent in parents {
-            let (splits, leads) = {
-                let p = self.peers.get_mut(&parent).expect("listed");
-                (p.take_splits(), p.is_leader())
-            };
-            for region in splits {
-                let mut peer = Peer::open(
-                    self.cfg.clone(),
-                    self.db.clone(),
-                    self.node_id,
-                    region.id,
-                    self.seed,
-                    &self.logger,
-                )?;
-                if leads {
-                    peer.campaign(replies)?;
-                }
-                self.peers.insert(region.id, peer);
-                opened.push(region);
+    /// Call once the round's apply batch is written. Ranges that applied
+    /// splits shrank are shrunk in the directory too (the write is in
+    /// RocksDB); the replicas of regions split off this round open here
+    /// (a new region whose parent's replica here leads campaigns at once,
+    /// so it has a leader without waiting for an election timeout), or, if
+    /// another owner of the node holds the region already, are returned
+    /// for that owner to open. Returns the regions opened here and those
+    /// to open elsewhere.
+    pub fn open_splits(
+        &mut self,
+        replies: &mut Vec<Reply>,
+    ) -> Result<(Vec<Region>, Vec<SplitElsewhere>)> {
+        let mut splits = Vec::new();
+        for p in self.peers.values_mut() {
+            if p.take_range_applied() {
+                self.directory
+                    .set_range(p.region_id(), Some(Span::of(p.region())));
+            }
+            let taken = p.take_splits();
+            if !taken.is_empty() {
+                splits.push((taken, p.is_leader()));
             }
         }
-        Ok(opened)
+        let mut elsewhere = Vec::new();
+        for (regions, leads) in splits {
+            for region in regions {
+                // Its data is on disk now: the range is the new region's,
+                // whoever opens it.
+                let owner = self.directory.split_off(&region, self.owner);
+                if owner != self.owner {
+                    elsewhere.push(SplitElsewhere {
+                        region,
+                        owner,
+                        led: leads,
+                    });
+                } else if !self.opening.iter().any(|(r, _)| *r == region.id) {
+                    self.opening.push((region.id, leads));
+                }
+            }
+        }
+        let opened = self.open_waiting(replies)?;
+        Ok((opened, elsewhere))
     }
 
-    /// Takes the replica of `region_id` out (it moves to another owner,
-    /// which opens it from the database with [`Replicas::open_region`]).
-    /// Its waiting requests are answered through `replies` as if it
-    /// stopped: proposals `Timeout`, reads `RegionNotFound`. Call only once
-    /// every log write of it is durable.
-    pub fn take(&mut self, region_id: u64, replies: &mut Vec<Reply>) -> Option<Region> {
+    /// Takes the replica of `region_id` out: it moves to owner `to` of this
+    /// node, which opens it from the database with
+    /// [`Replicas::open_region`]. Its waiting requests are answered through
+    /// `replies` as if it stopped: proposals `Timeout`, reads
+    /// `RegionNotFound`. Refused (`None`) while a log write of it is in
+    /// flight: call again in a later round.
+    pub fn take(&mut self, region_id: u64, to: usize, replies: &mut Vec<Reply>) -> Option<Region> {
+        if self.peers.get(&region_id)?.has_unpersisted() {
+            return None;
+        }
         let mut p = self.peers.remove(&region_id)?;
         p.fail_pending(replies);
+        self.directory.hand_over(region_id, to);
         // The read cache may hold its keys: were the replica to come back,
         // they would be stale.
         self.cache.clear();
         Some(p.region().clone())
     }
 
-    /// Opens the stored replica of `region_id` here (see [`Replicas::take`]);
-    /// one that led where it was taken from takes the lead back at once.
+    /// Opens the stored replica of `region_id` here (see [`Replicas::take`],
+    /// [`SplitElsewhere`]): at once, or, where a replica of the region this
+    /// owner created (waiting for its first snapshot) still has a log write
+    /// in flight, in the first round after that write is durable
+    /// ([`Replicas::open_waiting`]). One that led where it came from takes
+    /// the lead at once. Returns the regions opened now.
     pub fn open_region(
         &mut self,
         region_id: u64,
         led: bool,
         replies: &mut Vec<Reply>,
-    ) -> Result<Region> {
-        if let Some(p) = self.peers.get(&region_id) {
-            if p.is_initialized() {
-                return Ok(p.region().clone());
+    ) -> Result<Vec<Region>> {
+        if !self.opening.iter().any(|(r, _)| *r == region_id) {
+            self.opening.push((region_id, led));
+        }
+        self.open_waiting(replies)
+    }
+
+    /// Opens the stored replicas waiting to be opened whose predecessor
+    /// here has no log write in flight any more; call every round (cheap
+    /// when none waits). A replica of the region that waited for its first
+    /// snapshot is replaced: the stored one has its raft state, vote
+    /// included, once that replica's writes landed.
+    pub fn open_waiting(&mut self, replies: &mut Vec<Reply>) -> Result<Vec<Region>> {
+        if self.opening.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut opened = Vec::new();
+        let waiting = std::mem::take(&mut self.opening);
+        for (region_id, led) in waiting {
+            if let Some(p) = self.peers.get(&region_id) {
+                if p.is_initialized() {
+                    // Opened already (it came by snapshot).
+                    continue;
+                }
+                if p.has_unpersisted() {
+                    self.opening.push((region_id, led));
+                    continue;
+                }
             }
+            if let Some(mut old) = self.peers.remove(&region_id) {
+                old.fail_pending(replies);
+            }
+            let mut peer = Peer::open(
+                self.cfg.clone(),
+                self.db.clone(),
+                self.node_id,
+                region_id,
+                self.seed,
+                &self.logger,
+            )?;
+            if let Err(c) = self.directory.open(peer.region(), self.owner) {
+                return Err(Error::Corruption(format!(
+                    "region {region_id} opened by owner {} while owner {} holds it",
+                    self.owner, c.owner
+                )));
+            }
+            if led {
+                peer.resume_leadership(replies)?;
+            }
+            opened.push(peer.region().clone());
+            self.peers.insert(region_id, peer);
+            self.cache.clear();
+            self.opened = true;
         }
-        let peer = Peer::open(
-            self.cfg.clone(),
-            self.db.clone(),
-            self.node_id,
-            region_id,
-            self.seed,
-            &self.logger,
-        )?;
-        let region = peer.region().clone();
-        self.peers.insert(region_id, peer);
-        self.cache.clear();
-        if led {
-            let p = self.peers.get_mut(&region_id).expect("inserted");
-            p.resume_leadership(replies)?;
-        }
-        Ok(region)
+        Ok(opened)
     }
 
     /// Node these replicas live on.
@@ -343,14 +467,26 @@ impl Replicas {
 
     /// Delivers a raft message to its replica.
     ///
-    /// A message for a region not here, from its leader (append, heartbeat
-    /// or snapshot), creates the replica a membership change added here
-    /// (unless it was destroyed here already); others are dropped. A
-    /// message from a replica the region no longer has is answered with a
-    /// removal notice, and a notice marks this replica removed if it is
-    /// from a newer membership (the owner then destroys it).
+    /// A message for a region not here (append, heartbeat, snapshot, vote
+    /// or pre-vote) creates the replica a membership change or a split
+    /// added here, waiting for its first snapshot, unless it was destroyed
+    /// here already or another owner of the node holds the region; others
+    /// are dropped. A snapshot is taken only if no other replica of the
+    /// node (on any owner) covers part of its range: a replica that has not
+    /// applied a split yet still covers the new region's range, and the
+    /// new region's data installed first would be overwritten by the old
+    /// region's later entries; the leader sends the snapshot again once the
+    /// split is applied here (or this replica was replaced by a snapshot of
+    /// its own). A message from a replica the region no longer has (its
+    /// epoch is not newer) is answered with a removal notice, and a notice
+    /// marks this replica removed if it is from a newer membership (the
+    /// owner then destroys it). A message from a peer this replica does not
+    /// know, sent at a newer membership, is taken: its sender is a member
+    /// this replica has not heard of yet.
     pub fn step(&mut self, env: RaftEnvelope, replies: &mut Vec<Reply>) -> Result<()> {
-        use raft::eraftpb::MessageType::{MsgAppend, MsgHeartbeat, MsgSnapshot};
+        use raft::eraftpb::MessageType::{
+            MsgAppend, MsgHeartbeat, MsgRequestPreVote, MsgRequestVote, MsgSnapshot,
+        };
         if env.removed_at != 0 {
             if let Some(p) = self.peers.get_mut(&env.region_id) {
                 if p.peer_id() == env.message.to && p.is_initialized() {
@@ -359,46 +495,60 @@ impl Replicas {
             }
             return Ok(());
         }
-        let uninitialized = self
-            .peers
-            .get(&env.region_id)
-            .is_none_or(|p| !p.is_initialized());
-        if uninitialized && self.overlaps_local(&env) {
+        if self.opening.iter().any(|(r, _)| *r == env.region_id) {
             return Ok(());
         }
+        let is_snapshot = env.message.get_msg_type() == MsgSnapshot;
         if let Some(p) = self.peers.get_mut(&env.region_id) {
             let from = env.message.from;
-            if p.is_initialized() && from != 0 && p.region().peer(from).is_none() {
-                let m = Message {
-                    to: from,
-                    from: p.peer_id(),
-                    ..Default::default()
-                };
-                self.notices.push(RaftEnvelope {
-                    region_id: env.region_id,
-                    from_node: self.node_id,
-                    to_node: env.from_node,
-                    message: m,
-                    removed_at: p.region().epoch.conf_ver,
-                });
+            if from != 0 && p.region().peer(from).is_none() {
+                if p.is_initialized() && env.epoch.conf_ver <= p.region().epoch.conf_ver {
+                    let m = Message {
+                        to: from,
+                        from: p.peer_id(),
+                        ..Default::default()
+                    };
+                    self.notices.push(RaftEnvelope {
+                        region_id: env.region_id,
+                        from_node: self.node_id,
+                        to_node: env.from_node,
+                        message: m,
+                        removed_at: p.region().epoch.conf_ver,
+                        epoch: p.region().epoch,
+                    });
+                    return Ok(());
+                }
+                p.learn_peer(from, env.from_node);
+            }
+            if is_snapshot && !admit(&self.directory, &env) {
                 return Ok(());
             }
-            return p.step(env.message, replies);
+            let region_id = env.region_id;
+            p.step(env.message, replies)?;
+            if is_snapshot && !p.is_initialized() && !p.snapshot_pending() {
+                // raft did not take it: the range stays free.
+                self.directory.set_range(region_id, None);
+            }
+            return Ok(());
         }
-        let from_leader = matches!(
+        let creates = matches!(
             env.message.get_msg_type(),
-            MsgAppend | MsgHeartbeat | MsgSnapshot
+            MsgAppend | MsgHeartbeat | MsgSnapshot | MsgRequestVote | MsgRequestPreVote
         );
         let to = env.message.to;
-        if !from_leader || to == 0 || tombstone(&self.db, env.region_id)?.is_some_and(|t| to <= t) {
+        if !creates || to == 0 || tombstone(&self.db, env.region_id)?.is_some_and(|t| to <= t) {
             return Ok(());
         }
-        // A replica stored on this node but not opened here (it is moving
-        // between shards) is never shadowed by a new one.
-        if load_region_state(&self.db, env.region_id)?.is_some() {
+        // One replica of a region per node: another owner holds it (it is
+        // moving between shards, or a split opened it there).
+        if self.directory.create(env.region_id, self.owner).is_err() {
             return Ok(());
         }
-        let leader = crate::region::PeerMeta {
+        if is_snapshot && !admit(&self.directory, &env) {
+            self.directory.remove(env.region_id);
+            return Ok(());
+        }
+        let sender = crate::region::PeerMeta {
             id: env.message.from,
             node_id: env.from_node,
             role: crate::region::PeerRole::Voter,
@@ -408,51 +558,29 @@ impl Replicas {
             self.db.clone(),
             self.node_id,
             (env.region_id, to),
-            leader,
+            sender,
             self.seed,
             &self.logger,
         )?;
         peer.step(env.message, replies)?;
+        if is_snapshot && !peer.snapshot_pending() {
+            self.directory.set_range(env.region_id, None);
+        }
         self.peers.insert(env.region_id, peer);
         Ok(())
     }
 
-    /// True when `env` is a snapshot whose range overlaps another region
-    /// this node holds. A replica that has not applied a split yet still
-    /// covers the new region's range; installing the new region's snapshot
-    /// first would let the old region's later entries overwrite newer data
-    /// there, so it waits (the leader sends the snapshot again) until the
-    /// split is applied here or this node's replica is replaced by a
-    /// snapshot of its own.
-    fn overlaps_local(&self, env: &RaftEnvelope) -> bool {
-        if env.message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
-            return false;
-        }
-        let Ok(incoming) =
-            crate::snapshot::SnapshotData::region_of(&env.message.get_snapshot().data)
-        else {
-            return true;
-        };
-        self.peers.values().any(|p| {
-            p.is_initialized() && p.region_id() != incoming.id && p.region().overlaps(&incoming)
-        })
-    }
-
     /// Destroys the replicas that learnt they were removed; call once the
     /// round's apply batch is written. A replica with a raft log write
-    /// still on its way (`log_busy`) waits for a later round: that write
-    /// landing after the destruction would leave a hard state behind for a
-    /// later replica of the region here to trip on. Their pending requests
-    /// fail with `RegionNotFound`. Returns the regions destroyed.
-    pub fn destroy_removed(
-        &mut self,
-        replies: &mut Vec<Reply>,
-        log_busy: impl Fn(u64) -> bool,
-    ) -> Result<Vec<Region>> {
+    /// still on its way waits for a later round: that write landing after
+    /// the destruction would leave a hard state behind for a later replica
+    /// of the region here to trip on. Their pending requests fail with
+    /// `RegionNotFound`. Returns the regions destroyed.
+    pub fn destroy_removed(&mut self, replies: &mut Vec<Reply>) -> Result<Vec<Region>> {
         let gone: Vec<u64> = self
             .peers
             .iter()
-            .filter(|(id, p)| p.is_removed() && !log_busy(**id))
+            .filter(|(_, p)| p.is_removed() && !p.has_unpersisted())
             .map(|(id, _)| *id)
             .collect();
         if gone.is_empty() {
@@ -460,21 +588,25 @@ impl Replicas {
         }
         let mut batch = rocksdb::WriteBatch::default();
         let mut out = Vec::new();
-        for id in gone {
-            let mut p = self.peers.remove(&id).expect("listed");
+        for id in &gone {
+            let mut p = self.peers.remove(id).expect("listed");
             destroy_replica(&self.db, p.region(), p.is_initialized(), &mut batch);
             p.fail_pending(replies);
             out.push(p.region().clone());
         }
         crate::db::write(&self.db, batch, true)?;
+        for id in gone {
+            self.directory.remove(id);
+        }
         self.cache.clear();
         Ok(out)
     }
 
     /// True (once) when a replica's range or members changed since the
-    /// last call (snapshot, membership change, destroyed replica).
+    /// last call (snapshot, membership change, destroyed replica), or a
+    /// stored replica was opened here.
     pub fn take_layout_changed(&mut self) -> bool {
-        let mut changed = false;
+        let mut changed = std::mem::take(&mut self.opened);
         for p in self.peers.values_mut() {
             changed |= p.take_layout_changed();
         }
@@ -548,17 +680,19 @@ impl Replicas {
         }
     }
 
-    /// Queues a read on `region_id`.
+    /// Queues a read on `region_id` arriving at `now_ms` (monotonic ms).
+    #[allow(clippy::too_many_arguments)]
     pub fn read(
         &mut self,
         region_id: u64,
         id: u64,
         key: Bytes,
         consistency: Consistency,
+        now_ms: u64,
         replies: &mut Vec<Reply>,
     ) {
         match self.peers.get_mut(&region_id) {
-            Some(p) => p.read(id, key, consistency, replies),
+            Some(p) => p.read(id, key, consistency, now_ms, replies),
             None => replies.push(Reply {
                 id,
                 result: Err(Error::RegionNotFound(region_id)),
@@ -585,7 +719,8 @@ impl Replicas {
     }
 
     /// Confirms that a round's log batch is durable; returns the messages that
-    /// were waiting for it.
+    /// were waiting for it. A snapshot's range, durable now, becomes the
+    /// replica's range in the directory.
     pub fn on_persisted(
         &mut self,
         persist: Vec<(u64, PendingPersist)>,
@@ -595,7 +730,15 @@ impl Replicas {
             let Some(p) = self.peers.get_mut(&region_id) else {
                 continue;
             };
+            if p.instance() != pending.instance {
+                // Written for a replica since replaced: nothing to tell.
+                continue;
+            }
             p.on_persisted(pending.number);
+            if p.take_range_persisted() && !p.snapshot_persisting() {
+                self.directory
+                    .set_range(region_id, Some(Span::of(p.region())));
+            }
             for m in pending.messages {
                 messages.extend(envelope(self.node_id, p, m));
             }
@@ -603,9 +746,9 @@ impl Replicas {
     }
 
     /// Serves every read whose index is applied.
-    pub fn serve_reads(&mut self, wall_ms: u64, replies: &mut Vec<Reply>) -> Result<()> {
+    pub fn serve_reads(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
         for p in self.peers.values_mut() {
-            p.serve_reads(wall_ms, &mut self.cache, replies)?;
+            p.serve_reads(&mut self.cache, replies)?;
         }
         Ok(())
     }
@@ -635,6 +778,8 @@ impl Replicas {
             t.counters.entries_applied += c.entries_applied;
             t.counters.expired_keys += c.expired_keys;
             t.counters.expire_proposals += c.expire_proposals;
+            t.counters.digest_checks += c.digest_checks;
+            t.counters.digest_mismatches += c.digest_mismatches;
         }
         t
     }

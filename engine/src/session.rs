@@ -11,8 +11,18 @@
 //! It is bounded: at most [`CLIENTS_PER_REGION`] clients per region (the one
 //! that wrote least recently, by log index, is forgotten first), and a client
 //! silent for [`SESSION_IDLE_MS`] of leader time is forgotten at its next
-//! write's apply. A retry whose result was forgotten gets
-//! [`WriteOutcome::ResultForgotten`]: its outcome is unknown.
+//! write's apply.
+//!
+//! A forgotten result must never turn into a second apply. A tag says
+//! whether an earlier attempt of the write may have been applied
+//! ([`SessionTag::retry`]); such a retry is applied only where the region
+//! can vouch that it was not: the client is remembered, and the sequence
+//! number is at or above the client's `floor` (every applied write of the
+//! client from the floor on is remembered). A retry of a client the region
+//! does not know (never seen, evicted, idle too long) or below the floor
+//! gets [`WriteOutcome::ResultForgotten`]: its outcome is unknown, which the
+//! client reports as such. A first attempt is applied in any case: no
+//! earlier attempt of it exists.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -27,7 +37,8 @@ pub const CLIENTS_PER_REGION: usize = 4096;
 /// A client idle this long (leader clock of the applied entries) is forgotten.
 pub const SESSION_IDLE_MS: u64 = 10 * 60 * 1000;
 
-const SESSION_FORMAT: u8 = 1;
+/// Format 2 adds the floor; format 1 records are still read.
+const SESSION_FORMAT: u8 = 2;
 
 /// What a region remembers of one client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,6 +49,9 @@ pub struct ClientSession {
     pub last_index: u64,
     /// Leader clock of that write, unix ms.
     pub last_ms: u64,
+    /// Every applied write of the client with a sequence number at or above
+    /// this is in `results`; below it, nothing is known.
+    pub floor: u64,
 }
 
 /// The decision for a tagged write about to be applied.
@@ -50,24 +64,24 @@ pub enum Dedup {
 }
 
 impl ClientSession {
-    fn decide(&self, seq: u64) -> Dedup {
-        if let Some((_, o)) = self.results.iter().find(|(s, _)| *s == seq) {
+    fn decide(&self, tag: SessionTag) -> Dedup {
+        if let Some((_, o)) = self.results.iter().find(|(s, _)| *s == tag.seq) {
             return Dedup::Duplicate(o.clone());
         }
-        match self.results.front() {
-            // Older than everything remembered: it may have been applied.
-            Some((oldest, _)) if seq < *oldest && self.results.len() == RESULTS_PER_CLIENT => {
-                Dedup::Duplicate(WriteOutcome::ResultForgotten)
-            }
-            _ => Dedup::Apply,
+        if tag.retry && tag.seq < self.floor {
+            // Older than what is remembered: it may have been applied.
+            return Dedup::Duplicate(WriteOutcome::ResultForgotten);
         }
+        Dedup::Apply
     }
 
     fn record(&mut self, seq: u64, outcome: WriteOutcome, index: u64, now_ms: u64) {
         let at = self.results.partition_point(|(s, _)| *s < seq);
         self.results.insert(at, (seq, outcome));
         while self.results.len() > RESULTS_PER_CLIENT {
-            self.results.pop_front();
+            if let Some((dropped, _)) = self.results.pop_front() {
+                self.floor = self.floor.max(dropped + 1);
+            }
         }
         self.last_index = index;
         self.last_ms = now_ms;
@@ -79,6 +93,7 @@ impl ClientSession {
         e.u8(SESSION_FORMAT)
             .u64(self.last_index)
             .u64(self.last_ms)
+            .u64(self.floor)
             .u32(self.results.len() as u32);
         for (seq, o) in &self.results {
             e.u64(*seq);
@@ -90,9 +105,15 @@ impl ClientSession {
     /// Decodes a record written by [`ClientSession::encode`].
     pub fn decode(buf: &[u8]) -> Result<ClientSession> {
         let mut d = Decoder::new(buf, "client session");
-        d.version(SESSION_FORMAT)?;
+        let format = d.u8()?;
+        if format != 1 && format != SESSION_FORMAT {
+            return Err(Error::Corruption(format!(
+                "client session: format version {format} (expected 1 or {SESSION_FORMAT})"
+            )));
+        }
         let last_index = d.u64()?;
         let last_ms = d.u64()?;
+        let floor = if format == 1 { None } else { Some(d.u64()?) };
         let n = d.u32()? as usize;
         if n > RESULTS_PER_CLIENT {
             return Err(Error::Corruption(format!("client session: {n} results")));
@@ -103,10 +124,13 @@ impl ClientSession {
             results.push_back((seq, WriteOutcome::decode_from(&mut d)?));
         }
         d.finish()?;
+        // A format 1 record vouches for what it holds, no more.
+        let floor = floor.unwrap_or_else(|| results.front().map_or(u64::MAX, |(s, _)| *s));
         Ok(ClientSession {
             results,
             last_index,
             last_ms,
+            floor,
         })
     }
 }
@@ -141,10 +165,13 @@ impl SessionTable {
         &self.clients
     }
 
-    /// Whether the write tagged `tag` must be applied, at leader time `now_ms`.
+    /// Whether the write tagged `tag` must be applied, at region time
+    /// `now_ms`.
     pub fn decide(&self, tag: SessionTag, now_ms: u64) -> Dedup {
         match self.clients.get(&tag.client_id) {
-            Some(s) if now_ms.saturating_sub(s.last_ms) < SESSION_IDLE_MS => s.decide(tag.seq),
+            Some(s) if now_ms.saturating_sub(s.last_ms) < SESSION_IDLE_MS => s.decide(tag),
+            // Not known (any more): only a first attempt is surely new.
+            _ if tag.retry => Dedup::Duplicate(WriteOutcome::ResultForgotten),
             _ => Dedup::Apply,
         }
     }
@@ -158,10 +185,17 @@ impl SessionTable {
         now_ms: u64,
         changes: &mut Vec<SessionChange>,
     ) {
-        let s = self.clients.entry(tag.client_id).or_default();
+        let s = self
+            .clients
+            .entry(tag.client_id)
+            .or_insert_with(|| ClientSession {
+                floor: tag.seq,
+                ..ClientSession::default()
+            });
         if now_ms.saturating_sub(s.last_ms) >= SESSION_IDLE_MS {
             // Idle past the limit: start over (decide() ignored it too).
             s.results.clear();
+            s.floor = tag.seq;
         }
         s.record(tag.seq, outcome, index, now_ms);
         changes.push((tag.client_id, Some(s.clone())));
@@ -183,14 +217,25 @@ mod tests {
     use super::*;
 
     fn tag(seq: u64) -> SessionTag {
-        SessionTag { client_id: 7, seq }
+        SessionTag {
+            client_id: 7,
+            seq,
+            retry: true,
+        }
+    }
+
+    fn first(seq: u64) -> SessionTag {
+        SessionTag {
+            retry: false,
+            ..tag(seq)
+        }
     }
 
     #[test]
     fn a_retry_gets_the_first_outcome() {
         let mut t = SessionTable::default();
         let mut ch = Vec::new();
-        assert_eq!(t.decide(tag(1), 0), Dedup::Apply);
+        assert_eq!(t.decide(first(1), 0), Dedup::Apply);
         t.record(tag(1), WriteOutcome::Written { version: 9 }, 9, 0, &mut ch);
         assert_eq!(
             t.decide(tag(1), 10),
@@ -211,6 +256,54 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_the_region_cannot_vouch_for_is_never_applied_again() {
+        let mut t = SessionTable::default();
+        let mut ch = Vec::new();
+        // Unknown client: a first attempt applies, a retry may have been
+        // applied before the client was forgotten.
+        assert_eq!(t.decide(first(5), 0), Dedup::Apply);
+        assert_eq!(
+            t.decide(tag(5), 0),
+            Dedup::Duplicate(WriteOutcome::ResultForgotten)
+        );
+        t.record(
+            first(5),
+            WriteOutcome::Written { version: 1 },
+            1,
+            0,
+            &mut ch,
+        );
+        // The session starts at 5: a retry of 4 is unknown, a first
+        // attempt of 4 (pipelined, overtaken) applies, 6 applies.
+        assert_eq!(
+            t.decide(tag(4), 0),
+            Dedup::Duplicate(WriteOutcome::ResultForgotten)
+        );
+        assert_eq!(t.decide(first(4), 0), Dedup::Apply);
+        assert_eq!(t.decide(tag(6), 0), Dedup::Apply);
+        // Idle too long: forgotten, so a retry is unknown.
+        assert_eq!(
+            t.decide(tag(6), SESSION_IDLE_MS),
+            Dedup::Duplicate(WriteOutcome::ResultForgotten)
+        );
+        assert_eq!(t.decide(first(6), SESSION_IDLE_MS), Dedup::Apply);
+        // Evicted by other clients: a retry of anything is unknown.
+        for c in 100..100 + CLIENTS_PER_REGION as u64 {
+            let other = SessionTag {
+                client_id: c,
+                seq: 1,
+                retry: false,
+            };
+            t.record(other, WriteOutcome::NotANumber, c, 0, &mut ch);
+        }
+        assert!(!t.clients.contains_key(&7));
+        assert_eq!(
+            t.decide(tag(5), 0),
+            Dedup::Duplicate(WriteOutcome::ResultForgotten)
+        );
+    }
+
+    #[test]
     fn forgotten_results_are_reported_and_memory_is_bounded() {
         let mut t = SessionTable::default();
         let mut ch = Vec::new();
@@ -228,14 +321,20 @@ mod tests {
             Dedup::Duplicate(WriteOutcome::ResultForgotten)
         );
         assert_eq!(t.clients[&7].results.len(), RESULTS_PER_CLIENT);
-        // Idle sessions are forgotten.
-        assert_eq!(t.decide(tag(30), SESSION_IDLE_MS + 1), Dedup::Apply);
+        // Idle sessions are forgotten: a first attempt applies, a retry's
+        // outcome is unknown.
+        assert_eq!(t.decide(first(30), SESSION_IDLE_MS + 1), Dedup::Apply);
+        assert_eq!(
+            t.decide(tag(30), SESSION_IDLE_MS + 1),
+            Dedup::Duplicate(WriteOutcome::ResultForgotten)
+        );
         // Clients beyond the limit: the least recent goes.
         let mut t = SessionTable::default();
         for c in 0..=(CLIENTS_PER_REGION as u64) {
             let tag = SessionTag {
                 client_id: c,
                 seq: 1,
+                retry: false,
             };
             t.record(tag, WriteOutcome::NotANumber, c + 1, 0, &mut ch);
         }
@@ -266,5 +365,12 @@ mod tests {
         );
         assert_eq!(ClientSession::decode(&s.encode()).unwrap(), s);
         assert!(ClientSession::decode(&s.encode()[..10]).is_err());
+        // A format 1 record (no floor) vouches for its oldest result on.
+        let mut old = s.encode();
+        old[0] = 1;
+        old.drain(17..25);
+        let read = ClientSession::decode(&old).unwrap();
+        assert_eq!(read.floor, 3);
+        assert_eq!(read.results, s.results);
     }
 }

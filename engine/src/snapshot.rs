@@ -16,7 +16,17 @@ use crate::region::Region;
 use crate::session::ClientSession;
 use crate::state::{ApplyState, RegionLocalState};
 
-const SNAPSHOT_FORMAT: u8 = 1;
+/// Format 2 adds the region clock; format 1 payloads read with clock 0.
+const SNAPSHOT_FORMAT: u8 = 2;
+
+fn format(d: &mut Decoder<'_>) -> Result<u8> {
+    match d.u8()? {
+        f @ (1 | SNAPSHOT_FORMAT) => Ok(f),
+        f => Err(Error::Corruption(format!(
+            "snapshot: format version {f} (expected 1 or {SNAPSHOT_FORMAT})"
+        ))),
+    }
+}
 
 /// The payload of a region snapshot.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,6 +35,8 @@ pub struct SnapshotData {
     pub region: Region,
     /// Applied index the data corresponds to.
     pub applied_index: u64,
+    /// The region's clock at that index (see [`ApplyState::clock_ms`]).
+    pub clock_ms: u64,
     /// Every `data` CF pair of the region: (data key, value record).
     pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
     /// The region's client sessions.
@@ -38,7 +50,9 @@ impl SnapshotData {
         let mut e = Encoder::with_capacity(64 + size);
         e.u8(SNAPSHOT_FORMAT);
         self.region.encode_to(&mut e);
-        e.u64(self.applied_index).u64(self.pairs.len() as u64);
+        e.u64(self.applied_index)
+            .u64(self.clock_ms)
+            .u64(self.pairs.len() as u64);
         for (k, v) in &self.pairs {
             e.bytes(k).bytes(v);
         }
@@ -52,16 +66,17 @@ impl SnapshotData {
     /// The region a payload is for, without decoding its data.
     pub fn region_of(buf: &[u8]) -> Result<Region> {
         let mut d = Decoder::new(buf, "snapshot");
-        d.version(SNAPSHOT_FORMAT)?;
+        format(&mut d)?;
         Region::decode_from(&mut d)
     }
 
     /// Decodes and checks a payload: every key must be inside the region.
     pub fn decode(buf: &[u8]) -> Result<SnapshotData> {
         let mut d = Decoder::new(buf, "snapshot");
-        d.version(SNAPSHOT_FORMAT)?;
+        let f = format(&mut d)?;
         let region = Region::decode_from(&mut d)?;
         let applied_index = d.u64()?;
+        let clock_ms = if f == 1 { 0 } else { d.u64()? };
         let count = d.u64()?;
         let mut pairs = Vec::with_capacity(count.min(1 << 16) as usize);
         for _ in 0..count {
@@ -88,6 +103,7 @@ impl SnapshotData {
         Ok(SnapshotData {
             region,
             applied_index,
+            clock_ms,
             pairs,
             sessions,
         })
@@ -137,6 +153,7 @@ pub fn build(db: &rocksdb::DB, region_id: u64) -> Result<Snapshot> {
     let data = SnapshotData {
         region,
         applied_index: apply.applied_index,
+        clock_ms: apply.clock_ms,
         pairs,
         sessions,
     };

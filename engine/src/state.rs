@@ -26,7 +26,8 @@ pub struct RegionLocalState {
 }
 
 const LOCAL_STATE_FORMAT: u8 = 1;
-const APPLY_STATE_FORMAT: u8 = 1;
+/// Format 2 adds the region clock; format 1 records read with clock 0.
+const APPLY_STATE_FORMAT: u8 = 2;
 const IDENT_FORMAT: u8 = 1;
 
 impl RegionLocalState {
@@ -69,6 +70,11 @@ pub struct ApplyState {
     pub truncated_term: u64,
     /// Raft membership as of `applied_index`.
     pub conf_state: ConfState,
+    /// The region's clock as of `applied_index`: the latest leader time
+    /// carried by an applied entry, unix ms. Expiry and time-dependent
+    /// conditions are judged by it, so every replica at one index agrees,
+    /// and it never goes back whoever leads.
+    pub clock_ms: u64,
 }
 
 impl ApplyState {
@@ -84,20 +90,27 @@ impl ApplyState {
             .u64(self.applied_term)
             .u64(self.truncated_index)
             .u64(self.truncated_term)
-            .bytes(&cs);
+            .bytes(&cs)
+            .u64(self.clock_ms);
         e.finish()
     }
 
     /// Decodes a record written by [`ApplyState::encode`].
     pub fn decode(buf: &[u8]) -> Result<Self> {
         let mut d = Decoder::new(buf, "apply state");
-        d.version(APPLY_STATE_FORMAT)?;
+        let format = d.u8()?;
+        if format != 1 && format != APPLY_STATE_FORMAT {
+            return Err(Error::Corruption(format!(
+                "apply state: format version {format} (expected 1 or {APPLY_STATE_FORMAT})"
+            )));
+        }
         let applied_index = d.u64()?;
         let applied_term = d.u64()?;
         let truncated_index = d.u64()?;
         let truncated_term = d.u64()?;
         let conf_state = ConfState::parse_from_bytes(d.bytes()?)
             .map_err(|e| Error::Corruption(format!("apply state: conf state: {e}")))?;
+        let clock_ms = if format == 1 { 0 } else { d.u64()? };
         d.finish()?;
         let s = ApplyState {
             applied_index,
@@ -105,6 +118,7 @@ impl ApplyState {
             truncated_index,
             truncated_term,
             conf_state,
+            clock_ms,
         };
         if s.truncated_index > s.applied_index {
             return Err(Error::Corruption(format!(
@@ -163,8 +177,20 @@ mod tests {
             truncated_index: 5,
             truncated_term: 1,
             conf_state: cs,
+            clock_ms: 1_700_000_000_123,
         };
         assert_eq!(ApplyState::decode(&a.encode()).unwrap(), a);
+        // A format 1 record (before the region clock) reads with clock 0.
+        let mut old = a.encode();
+        old[0] = 1;
+        old.truncate(old.len() - 8);
+        assert_eq!(
+            ApplyState::decode(&old).unwrap(),
+            ApplyState {
+                clock_ms: 0,
+                ..a.clone()
+            }
+        );
         let bad = ApplyState {
             truncated_index: 11,
             ..a.clone()

@@ -61,19 +61,19 @@ impl RegionStorage {
     /// Adds the initial state of a new replica of `region` to `batch`: an empty
     /// log at [`INIT_INDEX`], membership from the region's peers.
     pub fn bootstrap(region: &Region, db: &Db, batch: &mut LogBatch) -> Result<()> {
-        Self::write_initial(region, INIT_INDEX, INIT_TERM, db, &mut batch.inner);
+        Self::write_initial(region, (INIT_INDEX, INIT_TERM, 0), db, &mut batch.inner);
         batch.must_sync = true;
         Ok(())
     }
 
     /// Adds to `batch` the state of a replica of `region` whose log starts
-    /// empty after `index` (of `term`), everything up to it applied:
-    /// membership from the region's peers. Used at bootstrap and for the
-    /// region a split makes (its log starts at the split entry).
+    /// empty after `index` (of `term`), everything up to it applied, its
+    /// clock at `clock_ms`: membership from the region's peers. Used at
+    /// bootstrap and for the region a split makes (its log starts at the
+    /// split entry, its clock at the parent's).
     pub fn write_initial(
         region: &Region,
-        index: u64,
-        term: u64,
+        (index, term, clock_ms): (u64, u64, u64),
         db: &Db,
         batch: &mut rocksdb::WriteBatch,
     ) {
@@ -83,6 +83,7 @@ impl RegionStorage {
             truncated_index: index,
             truncated_term: term,
             conf_state: conf_state_of(region),
+            clock_ms,
         };
         let hs = HardState {
             term,
@@ -215,6 +216,19 @@ impl RegionStorage {
     /// Index of the last applied entry.
     pub fn applied_index(&self) -> u64 {
         self.apply.applied_index
+    }
+
+    /// The region's clock as of the applied index, unix ms (see
+    /// [`ApplyState::clock_ms`]).
+    pub fn clock_ms(&self) -> u64 {
+        self.apply.clock_ms
+    }
+
+    /// Moves the region's clock to at least `ms` (an applied entry carried
+    /// that leader time); returns the clock. Persisted with the apply state.
+    pub fn advance_clock(&mut self, ms: u64) -> u64 {
+        self.apply.clock_ms = self.apply.clock_ms.max(ms);
+        self.apply.clock_ms
     }
 
     /// Index of the last log entry.
@@ -446,6 +460,7 @@ impl RegionStorage {
             truncated_index: meta.index,
             truncated_term: meta.term,
             conf_state: meta.get_conf_state().clone(),
+            clock_ms: data.clock_ms,
         };
         self.persist_apply_state(&mut batch.inner);
         let local = RegionLocalState {

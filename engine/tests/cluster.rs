@@ -30,6 +30,7 @@ fn cluster(regions: u64, seed: u64, config: Config) -> (tempfile::TempDir, SimCl
             regions,
             seed,
             config,
+            ..SimOptions::default()
         },
     )
     .unwrap();
@@ -821,28 +822,34 @@ fn cached_reads_follow_every_write_and_delete() {
 fn a_retried_write_is_applied_once_and_answered_with_its_first_outcome() {
     let (_d, mut c) = cluster(1, 47, small_log_config());
     let leader = must_elect(&mut c, 1);
-    let tag = |seq| Some(corekv_engine::SessionTag { client_id: 99, seq });
+    let tag = |seq, retry| {
+        Some(corekv_engine::SessionTag {
+            client_id: 99,
+            seq,
+            retry,
+        })
+    };
     let incr = || WriteRequest::Incr {
         key: b("n"),
         delta: 1,
     };
-    let answer = |c: &mut SimCluster, node, seq| {
-        let id = c.propose_tagged(node, incr(), tag(seq));
+    let answer = |c: &mut SimCluster, node, (seq, retry)| {
+        let id = c.propose_tagged(node, incr(), tag(seq, retry));
         c.wait(id, 3000).unwrap().expect("answered").result
     };
-    let first = answer(&mut c, leader, 1);
+    let first = answer(&mut c, leader, (1, false));
     assert!(matches!(
         first,
         Ok(Response::Write(WriteOutcome::Counter { value: 1, .. }))
     ));
     // The reply was "lost": the client sends the same write again.
-    let again = answer(&mut c, leader, 1);
+    let again = answer(&mut c, leader, (1, true));
     assert_eq!(
         format!("{again:?}"),
         format!("{first:?}"),
         "first outcome returned"
     );
-    let second = answer(&mut c, leader, 2);
+    let second = answer(&mut c, leader, (2, false));
     assert!(matches!(
         second,
         Ok(Response::Write(WriteOutcome::Counter { value: 2, .. }))
@@ -857,7 +864,7 @@ fn a_retried_write_is_applied_once_and_answered_with_its_first_outcome() {
         c.restart(n).unwrap();
     }
     let leader = must_elect(&mut c, 1);
-    let retried = answer(&mut c, leader, 2);
+    let retried = answer(&mut c, leader, (2, true));
     assert!(matches!(
         retried,
         Ok(Response::Write(WriteOutcome::Counter { value: 2, .. }))
@@ -881,6 +888,57 @@ fn a_retried_write_is_applied_once_and_answered_with_its_first_outcome() {
     );
     assert_eq!(c.sessions(lagging, 1), c.sessions(leader, 1));
     assert_eq!(c.sessions(lagging, 1).unwrap().len(), 1);
+}
+
+#[test]
+fn a_retry_after_the_region_forgot_its_client_is_never_applied_twice() {
+    use corekv_engine::session::{CLIENTS_PER_REGION, SESSION_IDLE_MS};
+    let (_d, mut c) = cluster(1, 53, Config::default());
+    let leader = must_elect(&mut c, 1);
+    let tag = |client_id, seq, retry| {
+        Some(corekv_engine::SessionTag {
+            client_id,
+            seq,
+            retry,
+        })
+    };
+    let incr = |key: &str| WriteRequest::Incr {
+        key: b(key),
+        delta: 1,
+    };
+    let answer = |c: &mut SimCluster, key: &str, t| {
+        let id = c.propose_tagged(c.leader(1).unwrap(), incr(key), t);
+        c.wait(id, 5000).unwrap().expect("answered").result
+    };
+    assert!(matches!(
+        answer(&mut c, "n", tag(99, 1, false)),
+        Ok(Response::Write(WriteOutcome::Counter { value: 1, .. }))
+    ));
+    // As many other clients write to the region: client 99 is forgotten.
+    let mut last = 0;
+    for client in 1000..1000 + CLIENTS_PER_REGION as u64 {
+        last = c.propose_tagged(leader, incr("other"), tag(client, 1, false));
+    }
+    assert!(c.wait(last, 20_000).unwrap().unwrap().result.is_ok());
+    assert!(c.sessions(leader, 1).unwrap().len() <= CLIENTS_PER_REGION);
+    // Its write's answer was lost; the retry must not count twice.
+    let retried = answer(&mut c, "n", tag(99, 1, true));
+    assert!(
+        matches!(retried, Err(Error::Timeout)),
+        "a retry of a forgotten write: {retried:?}"
+    );
+    assert_eq!(must_get(&mut c, "n"), Some(b("1")));
+
+    // The same after the client was idle too long (region time).
+    assert!(matches!(
+        answer(&mut c, "m", tag(7, 1, false)),
+        Ok(Response::Write(WriteOutcome::Counter { value: 1, .. }))
+    ));
+    c.run_ms(SESSION_IDLE_MS + 1000).unwrap();
+    must_put(&mut c, "clock", "moves");
+    let retried = answer(&mut c, "m", tag(7, 1, true));
+    assert!(matches!(retried, Err(Error::Timeout)), "{retried:?}");
+    assert_eq!(must_get(&mut c, "m"), Some(b("1")));
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn cluster(seed: u64) -> (tempfile::TempDir, SimCluster) {
             regions: 1,
             seed,
             config: Config::default(),
+            ..SimOptions::default()
         },
     )
     .unwrap();
@@ -267,6 +268,7 @@ fn a_replica_that_missed_a_split_gets_the_new_region_once_its_own_range_shrinks(
                 log_retain_entries: 20,
                 ..Config::default()
             },
+            ..SimOptions::default()
         },
     )
     .unwrap();

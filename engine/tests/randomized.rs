@@ -67,6 +67,7 @@ fn run(seed: u64, duration_ms: u64) -> (Vec<Op>, SimCluster, tempfile::TempDir) 
                 entry_cache_entries: 32,
                 ..Config::default()
             },
+            ..SimOptions::default()
         },
     )
     .unwrap();

@@ -574,6 +574,7 @@ impl Client {
                 Some(SessionTag {
                     client_id: self.client_id,
                     seq: self.seq,
+                    retry: false,
                 })
             }
             _ => None,
@@ -613,7 +614,13 @@ impl Client {
                 region_id,
                 epoch,
                 op: op.clone(),
-                session,
+                // Once an attempt may have been applied, every later one
+                // says so: a region that forgot it answers Timeout rather
+                // than apply it twice.
+                session: session.map(|s| SessionTag {
+                    retry: uncertain,
+                    ..s
+                }),
                 system: self.cfg.system,
             };
             match self.call(&addr, std::slice::from_ref(&req), deadline) {
@@ -680,6 +687,16 @@ impl Client {
             attempts: attempt,
             last,
         })
+    }
+
+    /// Starts a consistency check of `region_id`: every replica computes
+    /// the digest of its data at one raft entry and compares it with the
+    /// leader's. Returns that entry's index once the leader applied it;
+    /// each replica's verdict then shows in its node's status document
+    /// (`regions[].check`, see `corekv ctl check`).
+    pub fn check(&mut self, region_id: u64) -> Result<u64> {
+        let (_, f) = self.execute_on(RouteBy::Region(region_id), Op::Check, true)?;
+        Ok(f.version)
     }
 
     /// Makes the replica of `region_id` on `node_id` the region's preferred

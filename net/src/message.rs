@@ -59,6 +59,8 @@ pub enum Op {
         /// Target shard.
         to_shard: u32,
     },
+    /// Start a consistency check of the region (see the schema).
+    Check,
 }
 
 /// One request of a batch.
@@ -402,7 +404,9 @@ pub fn encode_requests(reqs: &[Request]) -> Vec<u8> {
     for r in reqs {
         let (op_type, op) = encode_op(&mut fbb, &r.op);
         let e = epoch(r.epoch);
-        let (client_id, seq) = r.session.map_or((0, 0), |s| (s.client_id, s.seq));
+        let (client_id, seq, retry) = r
+            .session
+            .map_or((0, 0, false), |s| (s.client_id, s.seq, s.retry));
         offsets.push(wire::Request::create(
             &mut fbb,
             &wire::RequestArgs {
@@ -414,6 +418,7 @@ pub fn encode_requests(reqs: &[Request]) -> Vec<u8> {
                 client_id,
                 seq,
                 system: r.system,
+                retry,
             },
         ));
     }
@@ -522,6 +527,10 @@ fn encode_op<'a>(
         Op::Routes => {
             let r = wire::Routes::create(fbb, &wire::RoutesArgs {});
             (wire::Op::Routes, r.as_union_value())
+        }
+        Op::Check => {
+            let r = wire::Check::create(fbb, &wire::CheckArgs {});
+            (wire::Op::Check, r.as_union_value())
         }
         Op::Status => {
             let r = wire::Status::create(fbb, &wire::StatusArgs {});
@@ -851,6 +860,7 @@ fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op, DecodeErr
             Op::Write(WriteRequest::BatchPut { items })
         }
         wire::Op::Routes => Op::Routes,
+        wire::Op::Check => Op::Check,
         wire::Op::Status => Op::Status,
         wire::Op::Watch => {
             let w = r
@@ -1031,6 +1041,7 @@ fn decode_with(
                     session: (r.client_id() != 0).then(|| SessionTag {
                         client_id: r.client_id(),
                         seq: r.seq(),
+                        retry: r.retry(),
                     }),
                     system: r.system(),
                 });
@@ -1106,6 +1117,7 @@ mod tests {
                 session: Some(SessionTag {
                     client_id: 7,
                     seq: 8,
+                    retry: true,
                 }),
                 system: false,
             },
@@ -1227,6 +1239,14 @@ mod tests {
                 region_id: 3,
                 epoch: Epoch::default(),
                 op: Op::MoveShard { to_shard: 1 },
+                session: None,
+                system: false,
+            },
+            Request {
+                id: 15,
+                region_id: 3,
+                epoch: Epoch::default(),
+                op: Op::Check,
                 session: None,
                 system: false,
             },

@@ -47,6 +47,88 @@ pub struct NodeRecord {
     pub leaving: bool,
 }
 
+/// Checks a write marked as the cluster's own ([`ClientConfig::system`]),
+/// the only kind that may touch keys under [`META_PREFIX`]. Until clients
+/// authenticate, any client can set that mark, so these are the only
+/// metadata writes a node takes, each with a value it can read:
+/// - a put of the node list ([`nodes_key`]), conditioned on its version
+///   (nodes recording themselves, `corekv ctl add-node`, `remove-node`);
+/// - a put of a node's report of the regions it leads
+///   ([`routes_key`]), each route naming that node as leader;
+/// - a put of the region id allocator ([`next_region_id_key`]),
+///   conditioned, never below the first allocated id.
+///
+/// Deletes, compare-and-swaps, increments, batches, expiries and every
+/// other metadata key are refused, with the reason. A write that touches no
+/// metadata key passes.
+///
+/// [`ClientConfig::system`]: crate::ClientConfig::system
+pub fn check_system_write(w: &corekv_engine::WriteRequest) -> std::result::Result<(), String> {
+    use corekv_engine::{Condition, WriteRequest};
+    if !w.keys().any(|k| corekv_engine::is_meta_key(k)) {
+        return Ok(());
+    }
+    let WriteRequest::Put {
+        key,
+        value,
+        ttl_ms: None,
+        condition,
+    } = w
+    else {
+        return Err(
+            "metadata keys take only puts without expiry: the node list, a node's route \
+             report and the region id allocator"
+                .into(),
+        );
+    };
+    let conditioned = matches!(condition, Condition::IfVersion(_) | Condition::IfAbsent);
+    if key[..] == nodes_key()[..] {
+        if !conditioned {
+            return Err("the node list is written only with a version condition".into());
+        }
+        let nodes = decode_nodes(value)?;
+        let mut ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != nodes.len() {
+            return Err("node list: a node id twice".into());
+        }
+        return Ok(());
+    }
+    if key[..] == next_region_id_key()[..] {
+        let next = std::str::from_utf8(value)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("region id allocator: not a number")?;
+        if !conditioned || next < corekv_engine::region::FIRST_ALLOCATED_ID {
+            return Err(
+                "region id allocator: a conditioned put of an id at or above the first \
+                 allocated id"
+                    .into(),
+            );
+        }
+        return Ok(());
+    }
+    let routes_prefix = [META_PREFIX, b"routes/"].concat();
+    if let Some(node) = key.strip_prefix(&routes_prefix[..]) {
+        let node: u64 = std::str::from_utf8(node)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("route report of a node id that is not a number")?;
+        let routes = decode_routes(value)?;
+        if routes.iter().any(|r| r.leader_node != node) {
+            return Err(format!(
+                "the route report of node {node} names another node as leader"
+            ));
+        }
+        return Ok(());
+    }
+    Err(format!(
+        "{:?} is not a metadata key the cluster writes",
+        String::from_utf8_lossy(&key[META_PREFIX.len().min(key.len())..])
+    ))
+}
+
 /// The node list as stored: one line per node, `ID PEER CLIENT up|leaving`.
 pub fn encode_nodes(nodes: &[NodeRecord]) -> Vec<u8> {
     let mut out = String::new();
@@ -297,6 +379,40 @@ mod tests {
         first.u64(1);
         let old = decode_routes(&first.finish()).unwrap();
         assert_eq!(old, vec![routes[1].clone()]);
+    }
+
+    #[test]
+    fn only_the_metadata_writes_the_cluster_makes_are_taken() {
+        use corekv_engine::{Condition, WriteRequest};
+        let put = |key: Vec<u8>, value: &[u8], condition| WriteRequest::Put {
+            key: key.into(),
+            value: bytes::Bytes::copy_from_slice(value),
+            ttl_ms: None,
+            condition,
+        };
+        let list = encode_nodes(&[NodeRecord {
+            id: 1,
+            peer_addr: "127.0.0.1:7201".into(),
+            client_addr: "127.0.0.1:7101".into(),
+            leaving: false,
+        }]);
+        let v = Condition::IfVersion(3);
+        assert!(check_system_write(&put(nodes_key(), &list, v)).is_ok());
+        assert!(check_system_write(&put(nodes_key(), &list, Condition::None)).is_err());
+        assert!(check_system_write(&put(nodes_key(), b"garbage", v)).is_err());
+        let report = encode_routes(&[]);
+        assert!(check_system_write(&put(routes_key(2), &report, Condition::None)).is_ok());
+        assert!(check_system_write(&put(routes_key(2), b"\x01\x02", Condition::None)).is_err());
+        assert!(check_system_write(&put(next_region_id_key(), b"10020", v)).is_ok());
+        assert!(check_system_write(&put(next_region_id_key(), b"7", v)).is_err());
+        let other = [META_PREFIX, b"anything"].concat();
+        assert!(check_system_write(&put(other, b"x", v)).is_err());
+        let delete = WriteRequest::Delete {
+            key: nodes_key().into(),
+            if_version: None,
+        };
+        assert!(check_system_write(&delete).is_err());
+        assert!(check_system_write(&put(b"user".to_vec(), b"x", Condition::None)).is_ok());
     }
 
     #[test]

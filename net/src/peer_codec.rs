@@ -3,9 +3,10 @@
 //! Same length prefix as the client protocol; the body starts with a kind byte:
 //! - `1` hello: `node_id u64, shard_count u32, client_addr (u32 len + utf-8)`;
 //! - `2` raft batch: `count u32`, then per message `region_id u64,
-//!   from_node u64, to_node u64, removed_at u64, len u32, raft Message
-//!   (protobuf)`; `removed_at` != 0 makes it a removal notice (see
-//!   `corekv_engine::Replicas::step`).
+//!   from_node u64, to_node u64, removed_at u64, conf_ver u64, version u64,
+//!   len u32, raft Message (protobuf)`; `removed_at` != 0 makes it a
+//!   removal notice, `conf_ver` and `version` are the region's epoch at the
+//!   sender (see `corekv_engine::Replicas::step`).
 //!
 //! One batch carries every raft message one shard has for one node in one
 //! round. All integers are big-endian.
@@ -64,6 +65,8 @@ pub fn encode_raft_batch(envs: &[RaftEnvelope]) -> Vec<u8> {
         out.extend_from_slice(&e.from_node.to_be_bytes());
         out.extend_from_slice(&e.to_node.to_be_bytes());
         out.extend_from_slice(&e.removed_at.to_be_bytes());
+        out.extend_from_slice(&e.epoch.conf_ver.to_be_bytes());
+        out.extend_from_slice(&e.epoch.version.to_be_bytes());
         let len_at = out.len();
         out.extend_from_slice(&[0u8; 4]);
         e.message
@@ -119,9 +122,9 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerDecodeError> {
         }
         KIND_RAFT => {
             let count = r.u32()? as usize;
-            // Each message takes at least 36 bytes: refuse counts the body
+            // Each message takes at least 52 bytes: refuse counts the body
             // cannot hold before allocating for them.
-            if count > body.len() / 36 {
+            if count > body.len() / 52 {
                 return Err(PeerDecodeError(format!(
                     "{count} messages in {} bytes",
                     body.len()
@@ -133,6 +136,10 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerDecodeError> {
                 let from_node = r.u64()?;
                 let to_node = r.u64()?;
                 let removed_at = r.u64()?;
+                let epoch = corekv_engine::Epoch {
+                    conf_ver: r.u64()?,
+                    version: r.u64()?,
+                };
                 let len = r.u32()? as usize;
                 let message = Message::parse_from_bytes(r.take(len)?)
                     .map_err(|e| PeerDecodeError(format!("raft message: {e}")))?;
@@ -142,6 +149,7 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerDecodeError> {
                     to_node,
                     message,
                     removed_at,
+                    epoch,
                 });
             }
             PeerFrame::Raft(envs)
@@ -180,6 +188,10 @@ mod tests {
                 to_node: 2,
                 message: m.clone(),
                 removed_at: 0,
+                epoch: corekv_engine::Epoch {
+                    conf_ver: 3,
+                    version: 4,
+                },
             },
             RaftEnvelope {
                 region_id: 3,
@@ -187,6 +199,7 @@ mod tests {
                 to_node: 2,
                 message: Message::default(),
                 removed_at: 9,
+                epoch: Default::default(),
             },
         ];
         let framed = encode_raft_batch(&envs);
@@ -200,6 +213,7 @@ mod tests {
                 assert_eq!(got[0].message, m);
                 assert_eq!(got[1].region_id, 3);
                 assert_eq!((got[0].removed_at, got[1].removed_at), (0, 9));
+                assert_eq!((got[0].epoch.conf_ver, got[0].epoch.version), (3, 4));
             }
             other => panic!("{other:?}"),
         }

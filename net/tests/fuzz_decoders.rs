@@ -75,7 +75,11 @@ fn request() -> impl Strategy<Value = Request> {
                 region_id,
                 epoch: Epoch { conf_ver, version },
                 op,
-                session: session.map(|(client_id, seq)| SessionTag { client_id, seq }),
+                session: session.map(|(client_id, seq)| SessionTag {
+                    client_id,
+                    seq,
+                    retry: seq % 2 == 0,
+                }),
                 system: false,
             },
         )

@@ -76,7 +76,7 @@ pub fn initial_regions(nodes: &[u64], count: u64) -> Vec<Region> {
 
 /// The shard a region's replica goes on unless placed otherwise.
 pub fn default_shard(region_id: u64, shards: usize) -> usize {
-    (region_id.wrapping_sub(1) % shards as u64) as usize
+    corekv_engine::directory::default_owner(region_id, shards)
 }
 
 /// The node that should lead `region` when it is up: its first replica.

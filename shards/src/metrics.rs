@@ -60,6 +60,14 @@ const RAFT_COUNTERS: &[(&str, &str)] = &[
         "expired_keys_removed",
         "Expired keys removed by applied expiry entries.",
     ),
+    (
+        "consistency_checks",
+        "Consistency checks a replica verified against its leader's digest.",
+    ),
+    (
+        "consistency_mismatches",
+        "Consistency checks where a replica's digest differed from its leader's.",
+    ),
     ("cache_hits", "Reads answered from the hot-key cache."),
     ("cache_misses", "Reads that went to RocksDB."),
     (
@@ -365,6 +373,12 @@ impl ShardMetrics {
             ),
             ("entries_applied", c.entries_applied, p.entries_applied),
             ("expired_keys_removed", c.expired_keys, p.expired_keys),
+            ("consistency_checks", c.digest_checks, p.digest_checks),
+            (
+                "consistency_mismatches",
+                c.digest_mismatches,
+                p.digest_mismatches,
+            ),
             ("cache_hits", f.cache.0, self.last.cache_hits),
             ("cache_misses", f.cache.1, self.last.cache_misses),
             (

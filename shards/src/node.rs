@@ -21,6 +21,10 @@ pub struct NodeShared {
     pub db: Db,
     /// Region → shard and leader; replaced when regions split.
     pub router: RwLock<Arc<Router>>,
+    /// Which shard holds which replica and range (the engine's overlap
+    /// and one-replica-per-node checks; taken only when replicas are
+    /// created, opened, resized, moved or destroyed).
+    pub directory: corekv_engine::Directory,
     /// Bumped whenever `router` is replaced.
     pub router_version: AtomicU64,
     /// Raft transport addresses of the other nodes (every shard sends
@@ -79,6 +83,8 @@ pub struct RegionRow {
     pub read_ops_per_sec: f64,
     /// Writes answered per second (over the last second).
     pub write_ops_per_sec: f64,
+    /// The last consistency check this replica verified.
+    pub check: Option<corekv_engine::peer::CheckVerdict>,
 }
 
 /// Status figures of the node.

@@ -163,6 +163,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let node = Arc::new(NodeShared {
         board: Default::default(),
+        directory: corekv_engine::Directory::default(),
         metrics: metrics.clone(),
         router: std::sync::RwLock::new(Arc::new(router)),
         router_version: AtomicU64::new(0),
@@ -289,10 +290,15 @@ async fn shard_main(
 ) -> Result<(), String> {
     let cfg = &node.cfg;
     let seed = rand_seed(cfg.node_id, id);
+    let owner = corekv_engine::Owner {
+        node_id: cfg.node_id,
+        index: id,
+        directory: node.directory.clone(),
+    };
     let replicas = Replicas::open(
         Arc::new(cfg.engine.clone()),
         node.db.clone(),
-        cfg.node_id,
+        owner,
         seed,
         &crate::raft_log::logger(),
         |r| placement.get(&r.id) == Some(&id),

@@ -560,6 +560,7 @@ impl Shard {
                     log_entries: (s.last_index + 1).saturating_sub(s.first_index),
                     read_ops_per_sec: reads as f64 / secs,
                     write_ops_per_sec: writes as f64 / secs,
+                    check: p.last_check(),
                 },
             );
         }
@@ -645,11 +646,15 @@ impl Shard {
         for (region, led) in inbox.open.drain(..) {
             busy = true;
             match replicas.open_region(region, led, &mut replies) {
-                Ok(r) => tracing::info!(
-                    shard = self.id,
-                    region = r.id,
-                    "replica handed over from another shard opened"
-                ),
+                Ok(opened) => {
+                    for r in opened {
+                        tracing::info!(
+                            shard = self.id,
+                            region = r.id,
+                            "replica handed over from another shard opened"
+                        );
+                    }
+                }
                 Err(e) => self.fatal("opening a replica handed over", e),
             }
         }
@@ -695,7 +700,7 @@ impl Shard {
                 &mut replies,
                 &mut out,
                 stopping,
-                wall,
+                (now, wall),
             );
         }
 
@@ -720,7 +725,7 @@ impl Shard {
         // Written: regions split off may open, replicas removed go,
         // watchers see the changes.
         self.open_splits(&mut replicas, &mut replies);
-        self.follow_membership(&mut replicas, &mut replies, &persist);
+        self.follow_membership(&mut replicas, &mut replies);
         {
             let mut watches = self.watches.borrow_mut();
             watches.on_changes(&apply.take_changes(), now, &mut out.watch);
@@ -763,7 +768,7 @@ impl Shard {
                 }
             }
         }
-        if let Err(e) = replicas.serve_reads(wall, &mut replies) {
+        if let Err(e) = replicas.serve_reads(&mut replies) {
             self.fatal("serving reads", e);
         }
         if !replies.is_empty() {
@@ -839,7 +844,7 @@ impl Shard {
         replies: &mut Vec<Reply>,
         out: &mut Outbox,
         stopping: bool,
-        wall: u64,
+        (now, wall): (u64, u64),
     ) {
         let node = &self.node;
         let op = op_name(&req.op, req.system);
@@ -872,6 +877,7 @@ impl Shard {
             | Op::Split { .. }
             | Op::ChangePeer(_)
             | Op::MoveShard { .. }
+            | Op::Check
                 if req.region_id != 0 =>
             {
                 Bytes::new()
@@ -880,7 +886,8 @@ impl Shard {
             | Op::TransferLeader { .. }
             | Op::Split { .. }
             | Op::ChangePeer(_)
-            | Op::MoveShard { .. } => {
+            | Op::MoveShard { .. }
+            | Op::Check => {
                 let e = WireError::new(ErrorCode::InvalidRequest, "request without a region id");
                 return answer(out, Err(e));
             }
@@ -891,6 +898,22 @@ impl Shard {
                      written by the cluster only",
                 );
                 return answer(out, Err(e));
+            }
+            Op::Write(w) if req.system => {
+                if let Err(why) = corekv_net::meta::check_system_write(w) {
+                    let e = WireError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("metadata write refused: {why}"),
+                    );
+                    return answer(out, Err(e));
+                }
+                match w.keys().next() {
+                    Some(k) => k.clone(),
+                    None => {
+                        let e = WireError::new(ErrorCode::InvalidRequest, "write without a key");
+                        return answer(out, Err(e));
+                    }
+                }
             }
             Op::Write(w) => match w.keys().next() {
                 Some(k) => k.clone(),
@@ -993,7 +1016,7 @@ impl Shard {
                     (keys.clone(), req.epoch),
                     *from_version,
                     &node.db,
-                    node.now_ms(),
+                    now,
                     wall,
                     &mut out.watch,
                 );
@@ -1047,7 +1070,7 @@ impl Shard {
                 } else {
                     consistency
                 };
-                replicas.read(region_id, id, key, consistency, replies)
+                replicas.read(region_id, id, key, consistency, now, replies)
             }
             Op::Write(w) => replicas.propose(region_id, id, w, req.session, wall, replies),
             Op::Split { split_hash } => match self.split_command(replicas, region_id, split_hash) {
@@ -1065,6 +1088,10 @@ impl Shard {
             Op::ChangePeer(change) => {
                 tracing::info!(region = region_id, ?change, "membership change requested");
                 replicas.propose_change(region_id, id, change, replies)
+            }
+            Op::Check => {
+                tracing::info!(region = region_id, "consistency check requested");
+                replicas.propose_admin(region_id, id, AdminCommand::ComputeDigest, replies)
             }
             Op::Routes
             | Op::Status
@@ -1109,12 +1136,36 @@ impl Shard {
     }
 
     /// Opens the replicas of regions split off this round (their state was
-    /// just written); [`Shard::follow_membership`] shows them to the router.
+    /// just written) and those waiting for a replica they replace to
+    /// finish its log writes; [`Shard::follow_membership`] shows them to
+    /// the router. A region whose replica another shard of this node
+    /// holds already (its messages created it there before the split was
+    /// applied here) is opened by that shard.
     fn open_splits(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) {
-        let opened = match replicas.open_splits(replies) {
+        let (mut opened, elsewhere) = match replicas.open_splits(replies) {
             Ok(o) => o,
             Err(e) => self.fatal("opening a split region", e),
         };
+        match replicas.open_waiting(replies) {
+            Ok(more) => opened.extend(more),
+            Err(e) => self.fatal("opening a replica", e),
+        }
+        for s in elsewhere {
+            tracing::info!(
+                shard = self.id,
+                region = s.region.id,
+                to = s.owner,
+                "region split off; its replica is opened on the shard holding it"
+            );
+            if let Some(mesh) = self.mesh.get().cloned() {
+                glommio::spawn_local(async move {
+                    let _ = mesh
+                        .send_to(s.owner, ShardMsg::Open(s.region.id, s.led))
+                        .await;
+                })
+                .detach();
+            }
+        }
         for r in &opened {
             tracing::info!(
                 shard = self.id,
@@ -1134,26 +1185,22 @@ impl Shard {
     /// Requests waiting here are answered as if the replica stopped.
     /// Returns true if one moved.
     fn hand_over(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) -> bool {
-        let ready: Vec<(u64, usize)> = {
-            if self.state.borrow().moving.is_empty() {
-                return false;
-            }
-            let in_flight = self.log_in_flight();
-            let mut st = self.state.borrow_mut();
-            let (ready, wait): (Vec<_>, Vec<_>) = st
-                .moving
-                .drain(..)
-                .partition(|(r, _)| !in_flight.contains(r));
-            st.moving = wait;
-            ready
-        };
+        if self.state.borrow().moving.is_empty() {
+            return false;
+        }
         let Some(mesh) = self.mesh.get().cloned() else {
             return false;
         };
+        let moving = std::mem::take(&mut self.state.borrow_mut().moving);
         let mut moved = false;
-        for (region, to) in ready {
-            let led = replicas.peer(region).is_some_and(|p| p.is_leader());
-            if replicas.take(region, replies).is_none() {
+        for (region, to) in moving {
+            let Some(p) = replicas.peer(region) else {
+                continue;
+            };
+            let led = p.is_leader();
+            if replicas.take(region, to, replies).is_none() {
+                // A log write of it is in flight: a later round.
+                self.state.borrow_mut().moving.push((region, to));
                 continue;
             }
             let mut wb = rocksdb::WriteBatch::default();
@@ -1183,15 +1230,6 @@ impl Shard {
         moved
     }
 
-    /// Regions with a raft log write on its way to the log writer.
-    fn log_in_flight(&self) -> std::collections::HashSet<u64> {
-        let st = self.state.borrow();
-        st.in_flight
-            .iter()
-            .flat_map(|(_, v)| v.iter().map(|(r, _)| *r))
-            .collect()
-    }
-
     fn board_forget(&self, region: u64) {
         if let Ok(mut board) = self.node.board.lock() {
             board.regions.remove(&region);
@@ -1202,19 +1240,8 @@ impl Shard {
     /// router every replica whose range or members changed (a split, a
     /// membership change; a replica added here is routed to once its
     /// snapshot is in), storing the placement of the new ones.
-    fn follow_membership(
-        &self,
-        replicas: &mut Replicas,
-        replies: &mut Vec<Reply>,
-        round_log: &[(u64, PendingPersist)],
-    ) {
-        // Asked only for removed replicas (rare): no set built per round.
-        let log_busy = |r: u64| {
-            let st = self.state.borrow();
-            let queued = st.in_flight.iter().flat_map(|(_, v)| v.iter());
-            queued.chain(round_log.iter()).any(|(x, _)| *x == r)
-        };
-        let gone = match replicas.destroy_removed(replies, log_busy) {
+    fn follow_membership(&self, replicas: &mut Replicas, replies: &mut Vec<Reply>) {
+        let gone = match replicas.destroy_removed(replies) {
             Ok(g) => g,
             Err(e) => self.fatal("destroying a removed replica", e),
         };
@@ -1373,12 +1400,16 @@ impl Shard {
         let mut local = Vec::new();
         let mut out = Outbox::default();
         for env in envs {
-            // A region not (yet) routed here goes to the shard a new
-            // replica of it belongs on, which creates it if the message
-            // calls for one (see `Replicas::step`).
+            // A region not (yet) routed here goes to the shard holding a
+            // replica of it, else to the shard a new replica of it belongs
+            // on, which creates it if the message calls for one (see
+            // `Replicas::step`).
             let owner = match router.index_of(env.region_id) {
                 Some(i) => router.get(i).1,
-                None => crate::bootstrap::default_shard(env.region_id, self.node.cfg.shards),
+                None => match self.node.directory.get(env.region_id) {
+                    Some(c) => c.owner,
+                    None => crate::bootstrap::default_shard(env.region_id, self.node.cfg.shards),
+                },
             };
             if owner == self.id {
                 local.push(env);
@@ -1534,6 +1565,7 @@ fn op_name(op: &Op, system: bool) -> &'static str {
         Op::Split { .. } => "split",
         Op::ChangePeer(_) => "change_peer",
         Op::MoveShard { .. } => "move_shard",
+        Op::Check => "check",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",

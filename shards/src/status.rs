@@ -14,6 +14,10 @@ use crate::node::NodeShared;
 /// Seconds between two scans of region sizes.
 pub const SIZE_SCAN_SECS: u64 = 10;
 
+fn digest_json(d: &corekv_engine::digest::Digest) -> serde_json::Value {
+    json!({"hash": format!("{:016x}", d.hash), "keys": d.keys, "bytes": d.bytes})
+}
+
 /// The status document of `node`, as JSON text.
 pub fn document(node: &NodeShared) -> String {
     let (fsyncs, batches, entries, bytes) = node.log_stats.snapshot();
@@ -40,6 +44,12 @@ pub fn document(node: &NodeShared) -> String {
                     "bytes": bytes,
                     "read_ops_per_sec": (r.read_ops_per_sec * 10.0).round() / 10.0,
                     "write_ops_per_sec": (r.write_ops_per_sec * 10.0).round() / 10.0,
+                    "check": r.check.map(|c| json!({
+                        "index": c.index,
+                        "verdict": c.verdict(),
+                        "leader": digest_json(&c.leader),
+                        "own": c.own.as_ref().map(digest_json),
+                    })),
                 })
             })
             .collect::<Vec<_>>();

@@ -417,3 +417,69 @@ pub fn key_per_region(client: &Client) -> Vec<(u64, String)> {
     }
     out
 }
+
+/// Reads `key` from `addr`'s own replica of `region` (a stale read: what
+/// that node holds, whoever leads). `Err` with the answer when the node
+/// did not serve it (no replica there, epoch changed, no answer).
+pub fn read_on_node(
+    addr: &str,
+    region: &corekv_engine::Region,
+    key: &[u8],
+) -> Result<Option<bytes::Bytes>, String> {
+    use corekv_net::message::{Op, Outcome};
+    let stream = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut conn = RawConn {
+        stream,
+        frames: FrameBuffer::new(64 << 20),
+    };
+    conn.stream
+        .write_all(&encode_hello(0, 0, &[]))
+        .map_err(|e| e.to_string())?;
+    match conn.read_frame() {
+        Some(Frame::Hello { .. }) => {}
+        other => return Err(format!("{addr}: no hello: {other:?}")),
+    }
+    conn.try_send(&[Request {
+        id: 1,
+        region_id: region.id,
+        epoch: region.epoch,
+        op: Op::Get {
+            key: bytes::Bytes::copy_from_slice(key),
+            consistency: corekv_engine::Consistency::Stale,
+        },
+        session: None,
+        system: false,
+    }])
+    .map_err(|e| e.to_string())?;
+    match conn.read_frame() {
+        Some(Frame::Responses(mut rs)) if !rs.is_empty() => match rs.remove(0).result {
+            Ok(Outcome::Value(v)) => Ok(v.map(|v| v.value)),
+            other => Err(format!("{addr}: {other:?}")),
+        },
+        other => Err(format!("{addr}: no answer: {other:?}")),
+    }
+}
+
+/// Runs `corekv ctl check --all` (every replica's digest against its
+/// leader's) and panics with its report unless every replica matches. A
+/// check some replica could not verify (it got a snapshot past the check's
+/// index meanwhile) runs again, up to three times; a mismatch never does.
+pub fn must_check_all(c: &mut Client) {
+    for attempt in 1..=3 {
+        let report = corekv_tools::ctl::check(c, None, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("consistency check: {e:#}"));
+        assert!(
+            report.mismatched.is_empty(),
+            "consistency check:\n{}",
+            report.text
+        );
+        if report.ok() {
+            return;
+        }
+        assert!(attempt < 3, "consistency check:\n{}", report.text);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

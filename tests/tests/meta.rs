@@ -72,6 +72,29 @@ fn the_meta_region_holds_nodes_routes_and_ids_and_any_node_routes_everything() {
         other => panic!("a user write of the node list got {other:?}"),
     }
     assert_eq!(meta::read_nodes(&mut admin).unwrap(), nodes, "unchanged");
+    // Nor can a client that marks its requests as the cluster's own write
+    // anything but what the cluster writes there.
+    let mut forger = t.client();
+    forger.set_system(true);
+    let refused = |r: Result<u64, ClientError>| match r {
+        Err(ClientError::Invalid { code, message }) => {
+            assert_eq!(code, ErrorCode::InvalidRequest);
+            assert!(message.contains("metadata write refused"), "{message}");
+        }
+        other => panic!("a forged metadata write got {other:?}"),
+    };
+    refused(forger.put(&meta::routes_key(1), b"garbage", PutOptions::default()));
+    refused(forger.put(&meta::nodes_key(), b"1 x y up\n", PutOptions::default()));
+    let mut other = corekv_engine::META_PREFIX.to_vec();
+    other.extend_from_slice(b"anything");
+    refused(forger.put(&other, b"x", PutOptions::default()));
+    match forger.delete(&meta::nodes_key(), None) {
+        Err(ClientError::Invalid { message, .. }) => {
+            assert!(message.contains("metadata write refused"), "{message}")
+        }
+        other => panic!("a forged delete of the node list got {other:?}"),
+    }
+    assert_eq!(meta::read_nodes(&mut admin).unwrap(), nodes, "unchanged");
     // The meta region does not split.
     let e = ctl::split(&mut admin, META_REGION_ID, None).unwrap_err();
     assert!(format!("{e:#}").contains("does not split"), "{e:#}");

@@ -22,6 +22,7 @@ fn incr(id: u64, key: &str, seq: u64) -> Request {
         session: Some(SessionTag {
             client_id: 4242,
             seq,
+            retry: false,
         }),
         system: false,
     }

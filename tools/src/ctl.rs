@@ -440,6 +440,167 @@ pub fn replica_plan(routes: &[RouteInfo], nodes: &[u64]) -> Vec<ReplicaMove> {
     plan
 }
 
+/// What a consistency check found (see [`check`]).
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// One paragraph per region checked.
+    pub text: String,
+    /// Regions where some replica's digest differs from the leader's.
+    pub mismatched: Vec<u64>,
+    /// Regions not verified everywhere (a replica did not report in time,
+    /// skipped the check, or the check could not start).
+    pub unverified: Vec<u64>,
+}
+
+impl CheckReport {
+    /// True when every replica of every region checked matched its leader.
+    pub fn ok(&self) -> bool {
+        self.mismatched.is_empty() && self.unverified.is_empty()
+    }
+}
+
+/// Checks that every replica of `region` (every region when `None`) holds
+/// the same data as its leader: a raft entry at whose index each replica
+/// computes a digest of its keys, values, versions, expiries and sessions,
+/// compared with the leader's (see `corekv_engine::digest`). Starts every
+/// region's check, then waits up to `wait` for every replica's verdict in
+/// its node's status.
+pub fn check(
+    client: &mut Client,
+    region: Option<u64>,
+    wait: std::time::Duration,
+) -> anyhow::Result<CheckReport> {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    client.refresh()?;
+    let routes: Vec<_> = client
+        .routes()
+        .iter()
+        .filter(|r| region.is_none_or(|id| r.region.id == id))
+        .cloned()
+        .collect();
+    if routes.is_empty() {
+        anyhow::bail!(
+            "no region {} (see `corekv ctl regions`)",
+            region.unwrap_or(0)
+        );
+    }
+    let mut report = CheckReport::default();
+    // Started everywhere first: (region, index, its nodes).
+    let mut started = Vec::new();
+    for route in &routes {
+        let id = route.region.id;
+        match client.check(id) {
+            Ok(index) => {
+                let nodes: Vec<u64> = route.region.peers.iter().map(|p| p.node_id).collect();
+                started.push((id, index, nodes));
+            }
+            Err(e) => {
+                let _ = writeln!(report.text, "region {id}: not checked: {e}");
+                report.unverified.push(id);
+            }
+        }
+    }
+    // (region, node) -> the verdict that node shows for that check.
+    let mut verdicts: BTreeMap<(u64, u64), Value> = BTreeMap::new();
+    let wanted: usize = started.iter().map(|(_, _, n)| n.len()).sum();
+    let deadline = std::time::Instant::now() + wait;
+    let nodes: Vec<(u64, String)> = client.nodes_sorted();
+    while verdicts.len() < wanted && std::time::Instant::now() < deadline {
+        for (node, addr) in &nodes {
+            let Some(doc) = client
+                .status_of(addr)
+                .ok()
+                .and_then(|j| serde_json::from_str::<Value>(&j).ok())
+            else {
+                continue;
+            };
+            for row in doc["regions"].as_array().into_iter().flatten() {
+                let id = row["id"].as_u64().unwrap_or(0);
+                let Some((_, index, _)) = started.iter().find(|(r, _, _)| *r == id) else {
+                    continue;
+                };
+                if row["check"]["index"].as_u64().is_some_and(|i| i >= *index) {
+                    verdicts.insert((id, *node), row["check"].clone());
+                }
+            }
+        }
+        if verdicts.len() < wanted {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let digest = |c: &Value, k: &str| {
+        format!(
+            "{} ({} keys, {} bytes)",
+            c[k]["hash"].as_str().unwrap_or("?"),
+            c[k]["keys"],
+            c[k]["bytes"]
+        )
+    };
+    for (id, index, peers) in &started {
+        let of = |v: &str| -> Vec<u64> {
+            peers
+                .iter()
+                .copied()
+                .filter(|n| {
+                    verdicts
+                        .get(&(*id, *n))
+                        .is_some_and(|c| c["verdict"].as_str() == Some(v))
+                })
+                .collect()
+        };
+        let (same, differ, skipped) = (of("match"), of("mismatch"), of("skipped"));
+        let silent: Vec<u64> = peers
+            .iter()
+            .copied()
+            .filter(|n| !verdicts.contains_key(&(*id, *n)))
+            .collect();
+        let leader = peers
+            .iter()
+            .find_map(|n| verdicts.get(&(*id, *n)))
+            .map_or_else(|| "?".to_string(), |c| digest(c, "leader"));
+        let _ = writeln!(
+            report.text,
+            "region {id} at index {index}: leader's digest {leader}; match on nodes {same:?}"
+        );
+        for n in &differ {
+            let _ = writeln!(
+                report.text,
+                "  MISMATCH on node {n}: {}",
+                digest(&verdicts[&(*id, *n)], "own")
+            );
+        }
+        if !differ.is_empty() {
+            report.mismatched.push(*id);
+        }
+        if !skipped.is_empty() || !silent.is_empty() {
+            let _ = writeln!(
+                report.text,
+                "  not verified on nodes {skipped:?} (reached that index by snapshot) and \
+                 {silent:?} (no verdict within {} ms)",
+                wait.as_millis()
+            );
+            report.unverified.push(*id);
+        }
+    }
+    let _ = writeln!(
+        report.text,
+        "{}",
+        if report.ok() {
+            format!(
+                "{} regions: every replica matches its leader",
+                started.len()
+            )
+        } else {
+            format!(
+                "mismatched regions {:?}, unverified regions {:?}",
+                report.mismatched, report.unverified
+            )
+        }
+    );
+    Ok(report)
+}
+
 /// Records a new node `node_id` in the meta region's node list (run before
 /// starting it with `--join`) and waits until every node answering has
 /// taken it. Idempotent; refuses an id known with another peer address.

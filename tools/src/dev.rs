@@ -61,9 +61,15 @@ pub struct LocalCluster {
     opts: DevOptions,
 }
 
-/// Finds `corekv-server`: next to the running executable, then in its parent
-/// directory (test binaries live in `target/*/deps`), then on `PATH`.
+/// Finds `corekv-server`: `$COREKV_SERVER_BIN` if set, else next to the
+/// running executable, then in its parent directory (test binaries live in
+/// `target/*/deps`), then on `PATH`.
 pub fn server_binary() -> PathBuf {
+    // Another build of the server (an earlier release, say, to check that a
+    // test fails on it).
+    if let Some(p) = std::env::var_os("COREKV_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1).take(2) {
             let p = dir.join("corekv-server");

@@ -1,6 +1,13 @@
 //! The simulated cluster: nodes, clock, client helpers.
+//!
+//! Each node runs one [`Replicas`] per shard over one RocksDB and one
+//! [`Directory`], as a server node does: messages for a region go to the
+//! shard holding it (or, for a region the node does not hold, to the shard
+//! a new replica of it is created on). A node's log batches are written in
+//! order, and become durable `log_delay_ms` after their round (at once by
+//! default); held-back messages leave only then.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,14 +18,15 @@ use rand::SeedableRng;
 use super::network::SimNetwork;
 use crate::command::{WriteOutcome, WriteRequest};
 use crate::config::Config;
-use crate::db::{self, Db, DbConfig};
+use crate::db::{self, Db, DbConfig, LogBatch};
+use crate::directory::{default_owner as default_shard, Directory};
 use crate::error::{Error, Result};
 use crate::hash::route_hash;
 use crate::keys::{self, CF_DATA};
-use crate::peer::{PeerStatus, Reply, Response};
+use crate::peer::{Peer, PeerStatus, PendingPersist, Reply, Response};
 use crate::read::Consistency;
 use crate::region::{Epoch, PeerMeta, PeerRole, Region};
-use crate::replicas::{bootstrap_regions, RaftEnvelope, Replicas, Round};
+use crate::replicas::{bootstrap_regions, Owner, RaftEnvelope, Replicas, Round};
 use crate::value::ValueRecord;
 
 /// Where in a round a planned crash strikes (see
@@ -46,6 +54,12 @@ pub struct SimOptions {
     /// Nodes `nodes+1..=nodes+spare_nodes` start with no replica (targets
     /// of membership changes).
     pub spare_nodes: u64,
+    /// Shards (owners of replicas) per node; region `r` starts on shard
+    /// `(r - 1) mod shards`, as on a server node.
+    pub shards: usize,
+    /// A round's log batch is written and durable this long after the round
+    /// (0: at once, in the round).
+    pub log_delay_ms: u64,
     /// Engine settings of every node.
     pub config: Config,
 }
@@ -57,14 +71,47 @@ impl Default for SimOptions {
             regions: 1,
             seed: 1,
             spare_nodes: 0,
+            shards: 1,
+            log_delay_ms: 0,
             config: Config::default(),
         }
     }
 }
 
+/// A round's log batch on its way to disk.
+struct LogWrite {
+    due_ms: u64,
+    shard: usize,
+    batch: LogBatch,
+    persist: Vec<(u64, PendingPersist)>,
+}
+
 struct SimNode {
     db: Db,
-    replicas: Replicas,
+    directory: Directory,
+    shards: Vec<Replicas>,
+    /// Log batches not written yet, in round order.
+    log: VecDeque<LogWrite>,
+}
+
+impl SimNode {
+    /// The shard holding `region`'s replica, if the node has one.
+    fn shard_of(&self, region: u64) -> Option<usize> {
+        self.directory
+            .get(region)
+            .map(|c| c.owner)
+            .filter(|&s| self.shards[s].peer(region).is_some())
+    }
+
+    fn peer(&self, region: u64) -> Option<&Peer> {
+        self.shard_of(region)
+            .and_then(|s| self.shards[s].peer(region))
+    }
+
+    fn replicas_of(&mut self, region: u64) -> Option<&mut Replicas> {
+        let s = self.shard_of(region)?;
+        Some(&mut self.shards[s])
+    }
 }
 
 /// A simulated cluster of in-process nodes.
@@ -82,6 +129,13 @@ pub struct SimCluster {
     next_id: u64,
     replies: HashMap<u64, Reply>,
     crash_plan: Option<(u64, CrashPoint)>,
+    /// Nodes paused (as by SIGSTOP): no ticks, no rounds; messages to them
+    /// wait in `parked` until they resume.
+    paused: std::collections::HashSet<u64>,
+    parked: Vec<RaftEnvelope>,
+    clock_offsets: HashMap<u64, i64>,
+    shards: usize,
+    log_delay_ms: u64,
     logger: slog::Logger,
 }
 
@@ -136,6 +190,11 @@ impl SimCluster {
             next_id: 1,
             replies: HashMap::new(),
             crash_plan: None,
+            paused: Default::default(),
+            parked: Vec::new(),
+            clock_offsets: HashMap::new(),
+            shards: opts.shards.max(1),
+            log_delay_ms: opts.log_delay_ms,
             logger: super::log::logger(),
         };
         for &n in &all_nodes {
@@ -154,15 +213,40 @@ impl SimCluster {
     fn start(&mut self, node: u64) -> Result<()> {
         let db = db::open(&self.node_dir(node), &db_config())?;
         crate::replicas::destroy_stale_replicas(&db, node)?;
-        let replicas = Replicas::open(
-            self.cfg.clone(),
-            db.clone(),
+        let directory = Directory::default();
+        let mut shards = Vec::new();
+        for index in 0..self.shards {
+            let owner = Owner {
+                node_id: node,
+                index,
+                directory: directory.clone(),
+            };
+            let placed = placements(&db)?;
+            let count = self.shards;
+            shards.push(Replicas::open(
+                self.cfg.clone(),
+                db.clone(),
+                owner,
+                self.seed,
+                &self.logger,
+                |r| {
+                    placed
+                        .get(&r.id)
+                        .copied()
+                        .unwrap_or(default_shard(r.id, count))
+                        == index
+                },
+            )?);
+        }
+        self.nodes.insert(
             node,
-            self.seed,
-            &self.logger,
-            |_| true,
-        )?;
-        self.nodes.insert(node, SimNode { db, replicas });
+            SimNode {
+                db,
+                directory,
+                shards,
+                log: VecDeque::new(),
+            },
+        );
         Ok(())
     }
 
@@ -179,6 +263,19 @@ impl SimCluster {
     /// Simulated wall clock, unix ms.
     pub fn wall_ms(&self) -> u64 {
         WALL_BASE_MS + self.now_ms
+    }
+
+    /// `node`'s wall clock, unix ms: the simulated one, off by the node's
+    /// offset ([`SimCluster::set_clock_offset`]).
+    pub fn wall_ms_of(&self, node: u64) -> u64 {
+        skewed(self.now_ms, self.clock_offsets.get(&node))
+    }
+
+    /// Sets how far `node`'s wall clock is ahead (positive) or behind
+    /// (negative) of the simulated one, in ms. Its leader time (write
+    /// proposals, expiry sweeps, clock entries) comes from it.
+    pub fn set_clock_offset(&mut self, node: u64, offset_ms: i64) {
+        self.clock_offsets.insert(node, offset_ms);
     }
 
     /// Engine settings.
@@ -218,6 +315,26 @@ impl SimCluster {
         self.net.forget_node(node);
     }
 
+    /// Pauses `node` as SIGSTOP does: its clock stands still (no ticks), it
+    /// runs no rounds, messages to it wait; requests handed to it directly
+    /// are queued and handled once it resumes.
+    pub fn pause(&mut self, node: u64) {
+        self.paused.insert(node);
+    }
+
+    /// Resumes a paused node: the messages that waited arrive now (it
+    /// handles them in its next round, after anything handed to it before).
+    pub fn resume(&mut self, node: u64) {
+        self.paused.remove(&node);
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|e| e.to_node == node);
+        self.parked = rest;
+        for env in mine {
+            self.net.send(env, self.now_ms, &mut self.rng);
+        }
+    }
+
     /// Crashes `node` in the middle of its next round that applies entries,
     /// at `point`.
     pub fn crash_in_next_apply(&mut self, node: u64, point: CrashPoint) {
@@ -236,26 +353,29 @@ impl SimCluster {
         self.start(node)
     }
 
+    /// `node`'s replica of `region`, on whichever shard holds it.
+    pub fn peer(&self, node: u64, region: u64) -> Option<&Peer> {
+        self.nodes.get(&node)?.peer(region)
+    }
+
+    /// The shard of `node` holding `region`'s replica.
+    pub fn shard_of(&self, node: u64, region: u64) -> Option<usize> {
+        self.nodes.get(&node)?.shard_of(region)
+    }
+
     /// Raft state of `node`'s replica of `region`.
     pub fn status(&self, node: u64, region: u64) -> Option<PeerStatus> {
-        Some(self.nodes.get(&node)?.replicas.peer(region)?.status())
+        Some(self.peer(node, region)?.status())
     }
 
     /// Counters of `node`'s replica of `region`.
     pub fn peer_counters(&self, node: u64, region: u64) -> Option<crate::peer::PeerCounters> {
-        Some(self.nodes.get(&node)?.replicas.peer(region)?.counters())
+        Some(self.peer(node, region)?.counters())
     }
 
     /// The session table of `node`'s replica of `region`.
     pub fn sessions(&self, node: u64, region: u64) -> Option<crate::session::SessionTable> {
-        Some(
-            self.nodes
-                .get(&node)?
-                .replicas
-                .peer(region)?
-                .sessions()
-                .clone(),
-        )
+        Some(self.peer(node, region)?.sessions().clone())
     }
 
     /// The node whose replica of `region` leads with the highest term.
@@ -263,7 +383,7 @@ impl SimCluster {
         self.nodes
             .iter()
             .filter_map(|(&n, node)| {
-                let p = node.replicas.peer(region)?;
+                let p = node.peer(region)?;
                 p.is_leader().then(|| (p.status().term, n))
             })
             .max()
@@ -275,7 +395,7 @@ impl SimCluster {
     pub fn leaders(&self, region: u64) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|(_, node)| node.replicas.peer(region).is_some_and(|p| p.is_leader()))
+            .filter(|(_, node)| node.peer(region).is_some_and(|p| p.is_leader()))
             .map(|(&n, _)| n)
             .collect()
     }
@@ -286,10 +406,15 @@ impl SimCluster {
         self.now_ms += self.cfg.tick_interval_ms;
         let now = self.now_ms;
         let mut replies = Vec::new();
-        let wall = self.wall_ms();
-        for node in self.nodes.values_mut() {
-            node.replicas.tick(now, &mut replies);
-            node.replicas.sweep_expired(wall)?;
+        for (id, node) in self.nodes.iter_mut() {
+            if self.paused.contains(id) {
+                continue;
+            }
+            let wall = skewed(self.now_ms, self.clock_offsets.get(id));
+            for shard in node.shards.iter_mut() {
+                shard.tick(now, &mut replies);
+                shard.sweep_expired(wall)?;
+            }
         }
         self.collect_replies(replies);
         self.settle()
@@ -337,19 +462,38 @@ impl SimCluster {
             let mut replies = Vec::new();
             for env in due {
                 moved = true;
+                if self.paused.contains(&env.to_node) {
+                    self.parked.push(env);
+                    continue;
+                }
+                let shards = self.shards;
                 if let Some(node) = self.nodes.get_mut(&env.to_node) {
-                    node.replicas.step(env, &mut replies)?;
+                    let s = node
+                        .directory
+                        .get(env.region_id)
+                        .map_or(default_shard(env.region_id, shards), |c| c.owner);
+                    node.shards[s].step(env, &mut replies)?;
                 }
             }
             self.collect_replies(replies);
             for (env, delivered) in self.net.take_snapshot_reports() {
                 if let Some(node) = self.nodes.get_mut(&env.from_node) {
-                    node.replicas.report_delivery(&env, delivered);
+                    if let Some(r) = node.replicas_of(env.region_id) {
+                        r.report_delivery(&env, delivered);
+                    }
                 }
             }
-            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            let ids: Vec<u64> = self
+                .nodes
+                .keys()
+                .copied()
+                .filter(|n| !self.paused.contains(n))
+                .collect();
             for id in ids {
-                moved |= self.round(id)?;
+                moved |= self.write_due_logs(id)?;
+                for shard in 0..self.shards {
+                    moved |= self.round(id, shard)?;
+                }
             }
             if !moved {
                 return Ok(());
@@ -358,15 +502,38 @@ impl SimCluster {
         Ok(())
     }
 
-    /// One shard-style round on `node`; true if it produced anything.
-    fn round(&mut self, node: u64) -> Result<bool> {
-        let wall = self.wall_ms();
+    /// Writes `node`'s log batches that are due (in order) and confirms
+    /// them to their shards; true if one was.
+    fn write_due_logs(&mut self, node: u64) -> Result<bool> {
+        let now = self.now_ms;
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return Ok(false);
+        };
+        let mut outbox = Vec::new();
+        let mut wrote = false;
+        while n.log.front().is_some_and(|w| w.due_ms <= now) {
+            let w = n.log.pop_front().expect("checked");
+            if !w.batch.is_empty() {
+                db::write(&n.db, w.batch.inner, w.batch.must_sync)?;
+            }
+            n.shards[w.shard].on_persisted(w.persist, &mut outbox);
+            wrote = true;
+        }
+        for env in outbox {
+            self.net.send(env, now, &mut self.rng);
+        }
+        Ok(wrote)
+    }
+
+    /// One shard-style round on `shard` of `node`; true if it produced
+    /// anything.
+    fn round(&mut self, node: u64, shard: usize) -> Result<bool> {
         let now = self.now_ms;
         let Some(n) = self.nodes.get_mut(&node) else {
             return Ok(false);
         };
         let mut round = Round::default();
-        n.replicas.collect(&mut round)?;
+        n.shards[shard].collect(&mut round)?;
         let Round {
             log,
             mut apply,
@@ -391,7 +558,20 @@ impl SimCluster {
         if !apply.is_empty() {
             db::write(&n.db, apply.take(), false)?;
         }
-        for new in n.replicas.open_splits(&mut replies)? {
+        let (here, elsewhere) = n.shards[shard].open_splits(&mut replies)?;
+        let mut opened: Vec<(Region, usize)> = here.into_iter().map(|r| (r, shard)).collect();
+        for s in elsewhere {
+            for r in n.shards[s.owner].open_region(s.region.id, s.led, &mut replies)? {
+                opened.push((r, s.owner));
+            }
+        }
+        for r in n.shards[shard].open_waiting(&mut replies)? {
+            opened.push((r, shard));
+        }
+        for (r, s) in &opened {
+            store_placement(&n.db, r.id, *s)?;
+        }
+        for (new, _) in opened {
             // The cluster-wide layout follows the first node that splits.
             if !self.regions.iter().any(|r| r.id == new.id) {
                 for r in self.regions.iter_mut() {
@@ -404,25 +584,59 @@ impl SimCluster {
                 self.regions.sort_by_key(|r| r.start_hash);
             }
         }
-        // This round's log batch is written below: a replica in it waits.
-        n.replicas
-            .destroy_removed(&mut replies, |r| persist.iter().any(|(x, _)| *x == r))?;
+        n.shards[shard].destroy_removed(&mut replies)?;
         if crash == Some(CrashPoint::AfterApplyWrite) {
             self.crash_plan = None;
             self.crash(node);
             return Ok(true);
         }
         let mut outbox: Vec<RaftEnvelope> = messages;
-        if !log.is_empty() {
-            db::write(&n.db, log.inner, log.must_sync)?;
+        if self.log_delay_ms == 0 && n.log.is_empty() {
+            if !log.is_empty() {
+                db::write(&n.db, log.inner, log.must_sync)?;
+            }
+            n.shards[shard].on_persisted(persist, &mut outbox);
+        } else if !log.is_empty() || !persist.is_empty() {
+            n.log.push_back(LogWrite {
+                due_ms: now + self.log_delay_ms,
+                shard,
+                batch: log,
+                persist,
+            });
         }
-        n.replicas.on_persisted(persist, &mut outbox);
-        n.replicas.serve_reads(wall, &mut replies)?;
+        n.shards[shard].serve_reads(&mut replies)?;
         for env in outbox {
             self.net.send(env, now, &mut self.rng);
         }
         self.collect_replies(replies);
         Ok(produced)
+    }
+
+    /// Hands a request to the shard of `node` holding `region`: `Timeout`
+    /// if the node is down and `down_answers`, `RegionNotFound` if it holds
+    /// no replica.
+    fn submit(
+        &mut self,
+        (node, region, id): (u64, u64, u64),
+        down_answers: bool,
+        f: impl FnOnce(&mut Replicas, &mut Vec<Reply>),
+    ) {
+        let mut replies = Vec::new();
+        match self.nodes.get_mut(&node) {
+            Some(n) => match n.replicas_of(region) {
+                Some(r) => f(r, &mut replies),
+                None => replies.push(Reply {
+                    id,
+                    result: Err(Error::RegionNotFound(region)),
+                }),
+            },
+            None if down_answers => replies.push(Reply {
+                id,
+                result: Err(Error::Timeout),
+            }),
+            None => {}
+        }
+        self.collect_replies(replies);
     }
 
     fn new_id(&mut self) -> u64 {
@@ -446,18 +660,10 @@ impl SimCluster {
         let id = self.new_id();
         let key = request.keys().next().expect("a write has a key").clone();
         let region = self.region_of(&key);
-        let wall = self.wall_ms();
-        let mut replies = Vec::new();
-        match self.nodes.get_mut(&node) {
-            Some(n) => n
-                .replicas
-                .propose(region, id, request, session, wall, &mut replies),
-            None => replies.push(Reply {
-                id,
-                result: Err(Error::Timeout),
-            }),
-        }
-        self.collect_replies(replies);
+        let wall = self.wall_ms_of(node);
+        self.submit((node, region, id), true, |r, replies| {
+            r.propose(region, id, request, session, wall, replies)
+        });
         id
     }
 
@@ -470,15 +676,9 @@ impl SimCluster {
         cmd: crate::admin::AdminCommand,
     ) -> u64 {
         let id = self.new_id();
-        let mut replies = Vec::new();
-        match self.nodes.get_mut(&node) {
-            Some(n) => n.replicas.propose_admin(region, id, cmd, &mut replies),
-            None => replies.push(Reply {
-                id,
-                result: Err(Error::Timeout),
-            }),
-        }
-        self.collect_replies(replies);
+        self.submit((node, region, id), true, |r, replies| {
+            r.propose_admin(region, id, cmd, replies)
+        });
         id
     }
 
@@ -491,27 +691,41 @@ impl SimCluster {
         change: crate::membership::PeerChange,
     ) -> u64 {
         let id = self.new_id();
-        let mut replies = Vec::new();
-        if let Some(n) = self.nodes.get_mut(&node) {
-            n.replicas.propose_change(region, id, change, &mut replies);
-        }
-        self.collect_replies(replies);
+        self.submit((node, region, id), false, |r, replies| {
+            r.propose_change(region, id, change, replies)
+        });
         id
     }
 
     /// Takes `node`'s replica of `region` out and opens it again from the
     /// database, as a move to another shard of the node does (a leader takes
-    /// the lead back at once). False if the node has no such replica.
+    /// the lead back at once). False if the node has no such replica or a
+    /// log write of it is in flight.
     pub fn reopen(&mut self, node: u64, region: u64) -> Result<bool> {
+        match self.shard_of(node, region) {
+            Some(s) => self.move_shard(node, region, s),
+            None => Ok(false),
+        }
+    }
+
+    /// Moves `node`'s replica of `region` to shard `to` of the node, as
+    /// `ctl move-shard` does: taken out of its shard, opened on `to` from
+    /// the database (a leader takes the lead back at once). False if the
+    /// node has no such replica or a log write of it is in flight.
+    pub fn move_shard(&mut self, node: u64, region: u64, to: usize) -> Result<bool> {
         let mut replies = Vec::new();
         let Some(n) = self.nodes.get_mut(&node) else {
             return Ok(false);
         };
-        let led = n.replicas.peer(region).is_some_and(|p| p.is_leader());
-        if n.replicas.take(region, &mut replies).is_none() {
+        let Some(from) = n.shard_of(region) else {
+            return Ok(false);
+        };
+        let led = n.shards[from].peer(region).is_some_and(|p| p.is_leader());
+        if n.shards[from].take(region, to, &mut replies).is_none() {
             return Ok(false);
         }
-        n.replicas.open_region(region, led, &mut replies)?;
+        store_placement(&n.db, region, to)?;
+        n.shards[to].open_region(region, led, &mut replies)?;
         self.collect_replies(replies);
         Ok(true)
     }
@@ -520,20 +734,17 @@ impl SimCluster {
     pub fn has_replica(&self, node: u64, region: u64) -> bool {
         self.nodes
             .get(&node)
-            .is_some_and(|n| n.replicas.peer(region).is_some())
+            .is_some_and(|n| n.peer(region).is_some())
     }
 
     /// Submits a write to `node`'s replica of `region`, whatever region the
     /// key belongs to (to test routing checks); returns the request id.
     pub fn propose_in(&mut self, node: u64, region: u64, request: WriteRequest) -> u64 {
         let id = self.new_id();
-        let wall = self.wall_ms();
-        let mut replies = Vec::new();
-        if let Some(n) = self.nodes.get_mut(&node) {
-            n.replicas
-                .propose(region, id, request, None, wall, &mut replies);
-        }
-        self.collect_replies(replies);
+        let wall = self.wall_ms_of(node);
+        self.submit((node, region, id), false, |r, replies| {
+            r.propose(region, id, request, None, wall, replies)
+        });
         id
     }
 
@@ -541,51 +752,28 @@ impl SimCluster {
     /// region the key belongs to; returns the request id.
     pub fn read_in(&mut self, node: u64, region: u64, key: &[u8], consistency: Consistency) -> u64 {
         let id = self.new_id();
-        let mut replies = Vec::new();
-        if let Some(n) = self.nodes.get_mut(&node) {
-            n.replicas.read(
-                region,
-                id,
-                Bytes::copy_from_slice(key),
-                consistency,
-                &mut replies,
-            );
-        }
-        self.collect_replies(replies);
+        let key = Bytes::copy_from_slice(key);
+        let now = self.now_ms;
+        self.submit((node, region, id), false, |r, replies| {
+            r.read(region, id, key, consistency, now, replies)
+        });
         id
     }
 
     /// The region metadata `node`'s replica of `region` has applied.
     pub fn region_meta(&self, node: u64, region: u64) -> Option<Region> {
-        Some(
-            self.nodes
-                .get(&node)?
-                .replicas
-                .peer(region)?
-                .region()
-                .clone(),
-        )
+        Some(self.peer(node, region)?.region().clone())
     }
 
     /// Submits a read of `key` to `node`; returns the request id.
     pub fn read(&mut self, node: u64, key: &[u8], consistency: Consistency) -> u64 {
         let id = self.new_id();
         let region = self.region_of(key);
-        let mut replies = Vec::new();
-        match self.nodes.get_mut(&node) {
-            Some(n) => n.replicas.read(
-                region,
-                id,
-                Bytes::copy_from_slice(key),
-                consistency,
-                &mut replies,
-            ),
-            None => replies.push(Reply {
-                id,
-                result: Err(Error::Timeout),
-            }),
-        }
-        self.collect_replies(replies);
+        let key = Bytes::copy_from_slice(key);
+        let now = self.now_ms;
+        self.submit((node, region, id), true, |r, replies| {
+            r.read(region, id, key, consistency, now, replies)
+        });
         id
     }
 
@@ -689,7 +877,7 @@ impl SimCluster {
         after: u64,
     ) -> Result<(u64, Vec<crate::watch::Change>)> {
         let n = self.nodes.get(&node).expect("live node");
-        let peer = n.replicas.peer(region).expect("replica exists");
+        let peer = n.peer(region).expect("replica exists");
         let page = crate::watch::read(
             &n.db,
             region,
@@ -699,5 +887,209 @@ impl SimCluster {
             |_| true,
         )?;
         Ok((peer.history_floor(), page.changes))
+    }
+}
+
+/// The simulated wall clock at `now_ms`, off by `offset` ms.
+fn skewed(now_ms: u64, offset: Option<&i64>) -> u64 {
+    (WALL_BASE_MS + now_ms).saturating_add_signed(offset.copied().unwrap_or(0))
+}
+
+/// Where each region's replica was placed on this node (region -> shard),
+/// as stored by [`store_placement`].
+fn placements(db: &Db) -> Result<HashMap<u64, usize>> {
+    let mut out = HashMap::new();
+    for r in crate::peer::list_regions(db)? {
+        let v = db.get_cf(
+            db::cf(db, crate::keys::CF_META),
+            crate::keys::placement_key(r.id),
+        )?;
+        if let Some(s) = v
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map(u32::from_be_bytes)
+        {
+            out.insert(r.id, s as usize);
+        }
+    }
+    Ok(out)
+}
+
+/// Records that `region`'s replica lives on `shard` of this node (the
+/// server's placement record), so that a restart opens it there.
+fn store_placement(db: &Db, region: u64, shard: usize) -> Result<()> {
+    let mut b = rocksdb::WriteBatch::default();
+    b.put_cf(
+        db::cf(db, crate::keys::CF_META),
+        crate::keys::placement_key(region),
+        (shard as u32).to_be_bytes(),
+    );
+    db::write(db, b, false)
+}
+
+impl SimCluster {
+    /// The digest of `node`'s replica of `region` and the index it applied,
+    /// if the node runs and holds an initialized replica.
+    pub fn digest(&self, node: u64, region: u64) -> Result<Option<(u64, crate::digest::Digest)>> {
+        let Some(n) = self.nodes.get(&node) else {
+            return Ok(None);
+        };
+        let Some(p) = n.peer(region).filter(|p| p.is_initialized()) else {
+            return Ok(None);
+        };
+        let d = crate::digest::compute(&n.db, p.region(), p.sessions())?;
+        Ok(Some((p.applied_index(), d)))
+    }
+
+    /// Compares the replicas of every region that have applied the same
+    /// index: one line per replica whose digest differs from the first
+    /// one's (empty when every replica agrees). Run it once the cluster is
+    /// quiet and caught up.
+    pub fn check_convergence(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let ids: std::collections::BTreeSet<u64> = self
+            .nodes
+            .values()
+            .flat_map(|n| n.directory.claims().into_keys())
+            .collect();
+        for region in ids {
+            let mut seen: Vec<(u64, u64, crate::digest::Digest)> = Vec::new();
+            for &node in &self.all_nodes {
+                if let Some((applied, d)) = self.digest(node, region)? {
+                    seen.push((node, applied, d));
+                }
+            }
+            for (node, applied, d) in &seen {
+                if let Some((first, _, want)) = seen.iter().find(|(_, a, _)| a == applied) {
+                    if want != d {
+                        problems.push(format!(
+                            "region {region} at index {applied}: node {node} has {d:?}, \
+                             node {first} has {want:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
+
+impl SimCluster {
+    /// Asks `node`'s replica of `region` (a leader) to hand leadership to
+    /// the replica on `to_node`. False if either is missing.
+    pub fn transfer_leader(&mut self, node: u64, region: u64, to_node: u64) -> bool {
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return false;
+        };
+        let Some(p) = n.replicas_of(region).and_then(|r| r.peer_mut(region)) else {
+            return false;
+        };
+        let Some(target) = p.region().peer_on_node(to_node).map(|t| t.id) else {
+            return false;
+        };
+        p.transfer_leader(target);
+        true
+    }
+
+    /// Checks that no replica's raft term or vote in memory is behind what
+    /// its node has durably stored for it: a replica that forgot a durable
+    /// vote may vote twice in one term. One line per violation.
+    pub fn check_raft_state(&self) -> Result<Vec<String>> {
+        use protobuf::Message as _;
+        let mut problems = Vec::new();
+        for (&node, n) in &self.nodes {
+            for shard in &n.shards {
+                for p in shard.iter() {
+                    let Some(b) = n.db.get_cf(
+                        db::cf(&n.db, crate::keys::CF_RAFT),
+                        crate::keys::hard_state_key(p.region_id()),
+                    )?
+                    else {
+                        continue;
+                    };
+                    let hs = raft::eraftpb::HardState::parse_from_bytes(&b)
+                        .map_err(|e| Error::Corruption(format!("hard state: {e}")))?;
+                    let (term, vote) = p.term_and_vote();
+                    if hs.term > term || (hs.term == term && hs.vote != 0 && hs.vote != vote) {
+                        problems.push(format!(
+                            "node {node} region {}: in memory term {term} vote {vote}, \
+                             stored term {} vote {}",
+                            p.region_id(),
+                            hs.term,
+                            hs.vote
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
+
+impl SimCluster {
+    /// Makes `node`'s replica of `region` start an election now (pre-vote
+    /// first). False if the node or replica is missing.
+    pub fn campaign(&mut self, node: u64, region: u64) -> Result<bool> {
+        let mut replies = Vec::new();
+        let Some(p) = self
+            .nodes
+            .get_mut(&node)
+            .and_then(|n| n.replicas_of(region))
+            .and_then(|r| r.peer_mut(region))
+        else {
+            return Ok(false);
+        };
+        p.campaign(&mut replies)?;
+        self.collect_replies(replies);
+        self.settle()?;
+        Ok(true)
+    }
+}
+
+impl SimCluster {
+    /// Writes `value` for `key` straight into `node`'s data, behind raft's
+    /// back: a replica that silently diverged (for tests of the checks).
+    pub fn corrupt(&mut self, node: u64, key: &[u8], value: &[u8]) -> Result<()> {
+        let n = self.nodes.get(&node).expect("live node");
+        let record = ValueRecord {
+            version: 1,
+            expire_at_ms: 0,
+            value: Bytes::copy_from_slice(value),
+        };
+        let mut b = rocksdb::WriteBatch::default();
+        b.put_cf(
+            db::cf(&n.db, CF_DATA),
+            keys::data_key(route_hash(key), key),
+            record.encode(),
+        );
+        db::write(&n.db, b, false)
+    }
+
+    /// Runs a consistency check of `region` through its leader and waits
+    /// (up to `max_ms`) until every running replica verified it; returns
+    /// each node's verdict.
+    pub fn check(
+        &mut self,
+        region: u64,
+        max_ms: u64,
+    ) -> Result<BTreeMap<u64, crate::peer::CheckVerdict>> {
+        let leader = self.leader(region).ok_or(Error::Timeout)?;
+        let id = self.propose_admin(leader, region, crate::admin::AdminCommand::ComputeDigest);
+        let index = match self.wait(id, max_ms)?.map(|r| r.result) {
+            Some(Ok(Response::Write(WriteOutcome::Written { version }))) => version,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Error::Timeout),
+        };
+        let verified = |c: &SimCluster| {
+            c.nodes.values().all(|n| {
+                n.peer(region)
+                    .is_none_or(|p| p.last_check().is_some_and(|v| v.index >= index))
+            })
+        };
+        self.run_until(max_ms, verified)?;
+        Ok(self
+            .nodes
+            .iter()
+            .filter_map(|(&id, n)| Some((id, n.peer(region)?.last_check()?)))
+            .collect())
     }
 }

@@ -22,6 +22,9 @@ pub struct Filters {
     pub blocked: HashSet<(u64, u64)>,
     /// (region, node): messages of that region to that node are lost.
     pub blocked_regions: HashSet<(u64, u64)>,
+    /// Directed links (from, to) whose messages are held, not lost: they
+    /// arrive, in order, once the link is no longer held.
+    pub held: HashSet<(u64, u64)>,
 }
 
 impl Filters {
@@ -55,6 +58,8 @@ pub struct SimNetwork {
     /// Snapshot messages whose fate the sender has not been told yet:
     /// (message, delivered).
     snapshot_reports: Vec<(RaftEnvelope, bool)>,
+    /// Messages on held links, in send order.
+    held_msgs: Vec<RaftEnvelope>,
 }
 
 fn is_snapshot(env: &RaftEnvelope) -> bool {
@@ -77,6 +82,10 @@ impl SimNetwork {
             }
             return;
         }
+        if self.filters.held.contains(&(env.from_node, env.to_node)) {
+            self.held_msgs.push(env);
+            return;
+        }
         let (lo, hi) = self.filters.delay_ms;
         let delay = if hi > lo { rng.gen_range(lo..=hi) } else { lo };
         self.sent += 1;
@@ -89,6 +98,12 @@ impl SimNetwork {
         let later = self.in_flight.split_off(&(now_ms + 1, 0));
         let due = std::mem::replace(&mut self.in_flight, later);
         let mut out = Vec::with_capacity(due.len());
+        let held = &self.filters.held;
+        let (released, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_msgs)
+            .into_iter()
+            .partition(|e| !held.contains(&(e.from_node, e.to_node)));
+        self.held_msgs = still;
+        out.extend(released);
         for (_, env) in due {
             let connected = self.filters.connected(env.from_node, env.to_node);
             if is_snapshot(&env) {
@@ -126,5 +141,7 @@ impl SimNetwork {
             .extend(lost.into_iter().map(|e| (e, false)));
         self.in_flight
             .retain(|_, e| e.from_node != node && e.to_node != node);
+        self.held_msgs
+            .retain(|e| e.from_node != node && e.to_node != node);
     }
 }

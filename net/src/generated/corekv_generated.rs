@@ -364,13 +364,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 14;
+        pub const ENUM_MAX_OP: u8 = 15;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 15] = [
+        pub const ENUM_VALUES_OP: [Op; 16] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -386,6 +386,7 @@ pub mod corekv {
             Op::Split,
             Op::ChangePeer,
             Op::MoveShard,
+            Op::Check,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -408,9 +409,10 @@ pub mod corekv {
             pub const Split: Self = Self(12);
             pub const ChangePeer: Self = Self(13);
             pub const MoveShard: Self = Self(14);
+            pub const Check: Self = Self(15);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 14;
+            pub const ENUM_MAX: u8 = 15;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -427,6 +429,7 @@ pub mod corekv {
                 Self::Split,
                 Self::ChangePeer,
                 Self::MoveShard,
+                Self::Check,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -446,6 +449,7 @@ pub mod corekv {
                     Self::Split => Some("Split"),
                     Self::ChangePeer => Some("ChangePeer"),
                     Self::MoveShard => Some("MoveShard"),
+                    Self::Check => Some("Check"),
                     _ => None,
                 }
             }
@@ -3863,6 +3867,89 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum CheckOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Check<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Check<'a> {
+            type Inner = Check<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Check<'a> {
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Check { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                _args: &'args CheckArgs,
+            ) -> ::flatbuffers::WIPOffset<Check<'bldr>> {
+                let mut builder = CheckBuilder::new(_fbb);
+                builder.finish()
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Check<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?.finish();
+                Ok(())
+            }
+        }
+        pub struct CheckArgs {}
+        impl<'a> Default for CheckArgs {
+            #[inline]
+            fn default() -> Self {
+                CheckArgs {}
+            }
+        }
+
+        pub struct CheckBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CheckBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> CheckBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                CheckBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Check<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Check<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Check");
+                ds.finish()
+            }
+        }
         pub enum RequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -3889,6 +3976,7 @@ pub mod corekv {
             pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 14;
             pub const VT_SEQ: ::flatbuffers::VOffsetT = 16;
             pub const VT_SYSTEM: ::flatbuffers::VOffsetT = 18;
+            pub const VT_RETRY: ::flatbuffers::VOffsetT = 20;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3915,6 +4003,7 @@ pub mod corekv {
                 if let Some(x) = args.epoch {
                     builder.add_epoch(x);
                 }
+                builder.add_retry(args.retry);
                 builder.add_system(args.system);
                 builder.add_op_type(args.op_type);
                 builder.finish()
@@ -3995,6 +4084,17 @@ pub mod corekv {
                 unsafe {
                     self._tab
                         .get::<bool>(Request::VT_SYSTEM, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn retry(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(Request::VT_RETRY, Some(false))
                         .unwrap()
                 }
             }
@@ -4207,6 +4307,21 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_check(&self) -> Option<Check<'a>> {
+                if self.op_type() == Op::Check {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Check::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -4235,12 +4350,14 @@ pub mod corekv {
           Op::Split => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Split>>("Op::Split", pos),
           Op::ChangePeer => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangePeer>>("Op::ChangePeer", pos),
           Op::MoveShard => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveShard>>("Op::MoveShard", pos),
+          Op::Check => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Check>>("Op::Check", pos),
           _ => Ok(()),
         }
      })?
      .visit_field::<u64>("client_id", Self::VT_CLIENT_ID, false)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .visit_field::<bool>("system", Self::VT_SYSTEM, false)?
+     .visit_field::<bool>("retry", Self::VT_RETRY, false)?
      .finish();
                 Ok(())
             }
@@ -4254,6 +4371,7 @@ pub mod corekv {
             pub client_id: u64,
             pub seq: u64,
             pub system: bool,
+            pub retry: bool,
         }
         impl<'a> Default for RequestArgs<'a> {
             #[inline]
@@ -4267,6 +4385,7 @@ pub mod corekv {
                     client_id: 0,
                     seq: 0,
                     system: false,
+                    retry: false,
                 }
             }
         }
@@ -4313,6 +4432,10 @@ pub mod corekv {
             pub fn add_system(&mut self, system: bool) {
                 self.fbb_
                     .push_slot::<bool>(Request::VT_SYSTEM, system, false);
+            }
+            #[inline]
+            pub fn add_retry(&mut self, retry: bool) {
+                self.fbb_.push_slot::<bool>(Request::VT_RETRY, retry, false);
             }
             #[inline]
             pub fn new(
@@ -4479,6 +4602,16 @@ pub mod corekv {
                             )
                         }
                     }
+                    Op::Check => {
+                        if let Some(x) = self.op_as_check() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
                     _ => {
                         let x: Option<()> = None;
                         ds.field("op", &x)
@@ -4487,6 +4620,7 @@ pub mod corekv {
                 ds.field("client_id", &self.client_id());
                 ds.field("seq", &self.seq());
                 ds.field("system", &self.system());
+                ds.field("retry", &self.retry());
                 ds.finish()
             }
         }

@@ -152,6 +152,20 @@ enum CtlCmd {
         #[arg(long, value_name = "HASH", value_parser = parse_hex)]
         at: Option<u64>,
     },
+    /// Check that every replica holds the same data as its leader: each
+    /// computes a digest of its keys, values, versions and expiries at one
+    /// raft entry and compares it with the leader's. Exit 1 when a replica
+    /// differs (naming it), 3 when some replica could not be verified.
+    Check {
+        /// Region id (see `ctl regions`).
+        region: Option<u64>,
+        /// Every region.
+        #[arg(long, conflicts_with = "region")]
+        all: bool,
+        /// How long to wait for every replica's verdict, per region, ms.
+        #[arg(long, default_value_t = 10_000)]
+        wait_ms: u64,
+    },
     /// Move a region's leadership to its replica on NODE, and keep it there:
     /// the replica becomes the region's preferred leader (replicated; the
     /// automatic leader balancing follows it).
@@ -491,6 +505,38 @@ fn main() -> ExitCode {
         });
     }
     if let Cmd::Ctl {
+        cmd: CtlCmd::Check {
+            region,
+            all,
+            wait_ms,
+        },
+    } = &cli.cmd
+    {
+        if region.is_none() && !*all {
+            return fail(3, "error: name a region or pass --all".to_string());
+        }
+        let mut cfg = ClientConfig::new(endpoints);
+        cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+        let report = Client::connect(cfg)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| {
+                corekv_tools::ctl::check(&mut c, *region, Duration::from_millis(*wait_ms))
+            });
+        return match report {
+            Ok(r) => {
+                print!("{}", r.text);
+                if !r.mismatched.is_empty() {
+                    ExitCode::from(1)
+                } else if !r.unverified.is_empty() {
+                    ExitCode::from(3)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => fail(3, format!("error: {e:#}")),
+        };
+    }
+    if let Cmd::Ctl {
         cmd: CtlCmd::Split { region, at },
     } = &cli.cmd
     {
@@ -516,6 +562,7 @@ fn main() -> ExitCode {
                 }
             }
             CtlCmd::TransferLeader { .. }
+            | CtlCmd::Check { .. }
             | CtlCmd::Split { .. }
             | CtlCmd::Balance { .. }
             | CtlCmd::MoveReplica { .. }

@@ -1,0 +1,380 @@
+//! A node that lags while a region's layout changes (splits, replica moves,
+//! leader transfers), in the deterministic simulator with several shards
+//! per node, as a server runs. Each test ends by comparing the replicas
+//! themselves ([`SimCluster::check_convergence`]), not only what clients
+//! saw.
+
+use bytes::Bytes;
+use corekv_engine::admin::{split_peers, AdminCommand};
+use corekv_engine::membership::PeerChange;
+use corekv_engine::sim::{SimCluster, SimOptions};
+use corekv_engine::{
+    route_hash, Condition, Config, Error, PeerRole, Response, WriteOutcome, WriteRequest,
+};
+
+fn put(key: &str, value: &str) -> WriteRequest {
+    WriteRequest::Put {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ttl_ms: None,
+        condition: Condition::None,
+    }
+}
+
+fn sim(opts: SimOptions) -> (tempfile::TempDir, SimCluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = SimCluster::new(dir.path(), opts).unwrap();
+    (dir, c)
+}
+
+fn must_elect(c: &mut SimCluster, region: u64) -> u64 {
+    assert!(
+        c.run_until(5000, |c| c.leader(region).is_some()).unwrap(),
+        "no leader for region {region} (seed {})",
+        c.seed()
+    );
+    c.leader(region).unwrap()
+}
+
+fn must_write(c: &mut SimCluster, w: WriteRequest) {
+    match c.write(w, 5000) {
+        Ok(WriteOutcome::Written { .. } | WriteOutcome::Deleted { .. }) => {}
+        other => panic!("seed {}: {other:?}", c.seed()),
+    }
+}
+
+/// Splits region 1 at the middle of the hash space into region 2 through
+/// its leader; returns the split's log index.
+fn must_split(c: &mut SimCluster) -> u64 {
+    let l = must_elect(c, 1);
+    let region = c.region_meta(l, 1).unwrap();
+    let cmd = AdminCommand::Split {
+        split_hash: 1 << 63,
+        new_region_id: 2,
+        new_peers: split_peers(&region, 2),
+    };
+    let id = c.propose_admin(l, 1, cmd);
+    match c.wait(id, 5000).unwrap().map(|r| r.result) {
+        Some(Ok(Response::Write(WriteOutcome::Written { version }))) => version,
+        other => panic!("split: {other:?}"),
+    }
+}
+
+/// A node not leading region 1 (the one that will lag).
+fn a_follower(c: &mut SimCluster) -> u64 {
+    let l = must_elect(c, 1);
+    [1, 2, 3].into_iter().find(|&n| n != l).unwrap()
+}
+
+fn upper_keys(n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("u{i}"))
+        .filter(|k| route_hash(k.as_bytes()) >= 1 << 63)
+        .take(n)
+        .collect()
+}
+
+/// Runs until every running replica of `region` applied as far as the
+/// leader's and shows its membership.
+fn must_catch_up(c: &mut SimCluster, region: u64, nodes: &[u64]) {
+    let ok = c
+        .run_until(10_000, |c| {
+            let Some(l) = c.leader(region) else {
+                return false;
+            };
+            let (want, epoch) = (
+                c.status(l, region).unwrap().applied_index,
+                c.region_meta(l, region).unwrap().epoch,
+            );
+            nodes.iter().all(|&n| {
+                c.peer(n, region).is_some_and(|p| {
+                    p.is_initialized() && p.applied_index() == want && p.region().epoch == epoch
+                })
+            })
+        })
+        .unwrap();
+    let states: Vec<_> = nodes
+        .iter()
+        .map(|&n| {
+            c.peer(n, region)
+                .map(|p| (n, p.applied_index(), p.region().epoch))
+        })
+        .collect();
+    assert!(
+        ok,
+        "seed {}: region {region} never caught up on {nodes:?}: {states:?}",
+        c.seed()
+    );
+}
+
+#[test]
+fn a_split_while_a_node_lags_reaches_it_with_every_later_write_on_two_shards() {
+    for seed in [1, 2, 3, 4] {
+        // Region 1 is on shard 0 of every node, region 2 (the upper half)
+        // goes to shard 1 where no replica of it exists yet.
+        let (_d, mut c) = sim(SimOptions {
+            shards: 2,
+            seed,
+            ..SimOptions::default()
+        });
+        // A follower stops hearing region 1: it will apply neither the
+        // writes before the split nor the split for a while, but hears the
+        // new region.
+        let lag = a_follower(&mut c);
+        c.net.filters.blocked_regions.insert((1, lag));
+        let keys = upper_keys(30);
+        for k in &keys {
+            must_write(&mut c, put(k, "before-split"));
+        }
+        must_split(&mut c);
+        must_elect(&mut c, 2);
+        for (i, k) in keys.iter().enumerate() {
+            if i % 3 == 0 {
+                must_write(
+                    &mut c,
+                    WriteRequest::Delete {
+                        key: Bytes::copy_from_slice(k.as_bytes()),
+                        if_version: None,
+                    },
+                );
+            } else {
+                must_write(&mut c, put(k, "after-split"));
+            }
+        }
+        // The new region's leader tries to bring node 3 in meanwhile.
+        c.run_ms(2000).unwrap();
+        c.net.filters.blocked_regions.clear();
+        must_catch_up(&mut c, 1, &[1, 2, 3]);
+        must_catch_up(&mut c, 2, &[1, 2, 3]);
+        for (i, k) in keys.iter().enumerate() {
+            let got = c.local_get(lag, k.as_bytes()).unwrap().map(|v| v.value);
+            let want = (i % 3 != 0).then(|| Bytes::from_static(b"after-split"));
+            assert_eq!(got, want, "seed {seed}: node {lag}'s copy of {k}");
+        }
+        assert_eq!(c.check_convergence().unwrap(), Vec::<String>::new());
+        assert_eq!(c.shard_of(lag, 2), Some(1), "opened where it was created");
+    }
+}
+
+fn small_logs() -> Config {
+    Config {
+        log_compact_entries: 20,
+        log_retain_entries: 5,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn a_new_region_elects_through_a_node_whose_parent_skipped_the_split() {
+    for seed in [1, 2, 3] {
+        let (_d, mut c) = sim(SimOptions {
+            seed,
+            config: small_logs(),
+            ..SimOptions::default()
+        });
+        let lag = a_follower(&mut c);
+        c.net.filters.isolated.insert(lag);
+        must_split(&mut c);
+        must_elect(&mut c, 2);
+        // Region 1's log moves far past the split: node 3 will get a
+        // snapshot of it, never the split entry.
+        let lower: Vec<String> = (0..)
+            .map(|i| format!("l{i}"))
+            .filter(|k| route_hash(k.as_bytes()) < 1 << 63)
+            .take(150)
+            .collect();
+        for k in &lower {
+            must_write(&mut c, put(k, "v"));
+        }
+        // It catches up on region 1 before region 2's leader reaches it.
+        c.net.filters.blocked_regions.insert((2, lag));
+        c.net.filters.isolated.clear();
+        must_catch_up(&mut c, 1, &[1, 2, 3]);
+        assert!(
+            c.peer(lag, 2).is_none_or(|p| !p.is_initialized()),
+            "seed {seed}: node {lag} got region 2 without hearing from it"
+        );
+        assert!(
+            c.status(lag, 1).unwrap().first_index > 20,
+            "seed {seed}: region 1 reached node {lag} by snapshot"
+        );
+        // Region 2's leader dies before it ever reached that node: the
+        // other replica needs its vote.
+        let l2 = c.leader(2).unwrap();
+        c.crash(l2);
+        c.net.filters.blocked_regions.clear();
+        let up: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != l2).collect();
+        assert!(
+            c.run_until(10_000, |c| c.leader(2).is_some()).unwrap(),
+            "seed {seed}: region 2 has no leader with nodes {up:?} up"
+        );
+        must_write(&mut c, put(&upper_keys(1)[0], "elected"));
+        must_catch_up(&mut c, 2, &up);
+        assert_eq!(c.check_convergence().unwrap(), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn a_replica_replaced_while_its_vote_is_being_written_keeps_the_vote() {
+    use corekv_engine::db::{self, DbConfig};
+    use corekv_engine::replicas::bootstrap_regions;
+    use corekv_engine::storage::RegionStorage;
+    use corekv_engine::{Directory, Epoch, Owner, PeerMeta, RaftEnvelope, Region, Replicas, Round};
+    use raft::eraftpb::{Message, MessageType};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = db::open(dir.path(), &DbConfig::default()).unwrap();
+    let voters = |id: u64| -> Vec<PeerMeta> {
+        (1..=3)
+            .map(|n| PeerMeta {
+                id: id * 1000 + n,
+                node_id: n,
+                role: PeerRole::Voter,
+            })
+            .collect()
+    };
+    let parent = Region {
+        id: 1,
+        start_hash: 0,
+        end_hash: 0,
+        epoch: Epoch {
+            conf_ver: 1,
+            version: 1,
+        },
+        peers: voters(1),
+    };
+    bootstrap_regions(&db, 3, std::slice::from_ref(&parent)).unwrap();
+    let owner = Owner {
+        node_id: 3,
+        index: 0,
+        directory: Directory::default(),
+    };
+    let cfg = std::sync::Arc::new(Config::default());
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut r = Replicas::open(cfg, db.clone(), owner, 1, &logger, |_| true).unwrap();
+    // A candidate of region 2 (split off region 1, not applied here yet)
+    // asks this node for its vote: a replica waiting for its first
+    // snapshot is created and votes.
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgRequestVote);
+    m.from = 2002;
+    m.to = 2003;
+    m.term = 10;
+    m.index = 5;
+    m.log_term = 5;
+    let mut replies = Vec::new();
+    r.step(
+        RaftEnvelope {
+            region_id: 2,
+            from_node: 2,
+            to_node: 3,
+            message: m,
+            removed_at: 0,
+            epoch: Epoch::default(),
+        },
+        &mut replies,
+    )
+    .unwrap();
+    let mut round = Round::default();
+    r.collect(&mut round).unwrap();
+    assert_eq!(r.peer(2).unwrap().term_and_vote(), (10, 2002));
+    assert!(
+        r.peer(2).unwrap().has_unpersisted(),
+        "the vote is on its way"
+    );
+    // Meanwhile region 1 applies the split here: region 2's state is
+    // written, and its replica is to be opened from it.
+    let child = Region {
+        id: 2,
+        start_hash: 1 << 63,
+        peers: voters(2),
+        ..parent.clone()
+    };
+    let mut b = rocksdb::WriteBatch::default();
+    RegionStorage::write_initial(&child, (5, 5, 0), &db, &mut b);
+    db::write(&db, b, false).unwrap();
+    let opened = r.open_region(2, false, &mut replies).unwrap();
+    assert!(
+        opened.is_empty() && !r.peer(2).unwrap().is_initialized(),
+        "opened from a state without the vote that is on its way"
+    );
+    // The vote lands; the stored replica opens, the vote in its state.
+    db::write(&db, round.log.inner, true).unwrap();
+    let mut out = Vec::new();
+    r.on_persisted(round.persist, &mut out);
+    assert!(
+        out.iter().any(|e| e.region_id == 2 && e.to_node == 2),
+        "the vote is sent once durable"
+    );
+    let opened = r.open_waiting(&mut replies).unwrap();
+    assert_eq!(opened.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
+    let p = r.peer(2).unwrap();
+    assert!(p.is_initialized());
+    assert_eq!(p.term_and_vote(), (10, 2002), "the vote survives");
+}
+
+fn must_change(c: &mut SimCluster, change: PeerChange) {
+    for _ in 0..100 {
+        let l = must_elect(c, 1);
+        let id = c.propose_change(l, 1, change);
+        match c.wait(id, 3000).unwrap().map(|r| r.result) {
+            Some(Ok(_)) => return,
+            Some(Err(Error::Busy(_) | Error::NotLeader { .. } | Error::ProposalDropped)) | None => {
+                c.run_ms(100).unwrap();
+            }
+            Some(Err(e)) => panic!("{change:?}: {e}"),
+        }
+    }
+    panic!("{change:?} never applied (seed {})", c.seed());
+}
+
+#[test]
+fn a_replica_cut_off_through_a_move_and_a_leader_transfer_catches_up() {
+    for seed in [1, 2, 3] {
+        let (_d, mut c) = sim(SimOptions {
+            seed,
+            spare_nodes: 1,
+            ..SimOptions::default()
+        });
+        let l = must_elect(&mut c, 1);
+        must_write(&mut c, put("k", "v1"));
+        let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != l).collect();
+        let (lagging, moved) = (followers[0], followers[1]);
+        c.net.filters.isolated.insert(lagging);
+        must_change(&mut c, PeerChange::AddLearner { node_id: 4 });
+        must_change(
+            &mut c,
+            PeerChange::Promote {
+                node_id: 4,
+                remove_node: moved,
+            },
+        );
+        let settled = c
+            .run_until(10_000, |c| {
+                c.leader(1).is_some_and(|l| {
+                    let r = c.region_meta(l, 1).unwrap();
+                    r.peers.len() == 3
+                        && r.peer_on_node(4).is_some_and(|p| p.role == PeerRole::Voter)
+                        && !c.has_replica(moved, 1)
+                })
+            })
+            .unwrap();
+        assert!(settled, "seed {seed}: the move did not settle");
+        let l = c.leader(1).unwrap();
+        assert!(c.transfer_leader(l, 1, 4));
+        assert!(c.run_until(5000, |c| c.leader(1) == Some(4)).unwrap());
+        must_write(&mut c, put("k", "v2"));
+        c.net.filters.isolated.clear();
+        must_catch_up(&mut c, 1, &[l, lagging, 4]);
+        // With the old leader's node cut off, the other two voters serve.
+        c.net.filters.isolated.insert(l);
+        must_write(&mut c, put("k", "v3"));
+        assert_eq!(
+            c.local_get(lagging, b"k").unwrap().map(|v| v.value),
+            Some(Bytes::from_static(b"v3"))
+        );
+        c.net.filters.isolated.clear();
+        c.run_ms(1000).unwrap();
+        assert_eq!(c.check_convergence().unwrap(), Vec::<String>::new());
+    }
+}
