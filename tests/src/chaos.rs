@@ -14,8 +14,14 @@
 //! - `loss`: every node loses 30% of its outgoing raft frames;
 //! - `delay`: every node holds its outgoing raft frames 40 ms;
 //! - `split`: a region splits at the middle of its range;
+//! - `lag`: a node is cut off while a region it holds splits and (with 4
+//!   nodes or more) a replica of one moves and its leadership follows, then
+//!   it catches up on all of it;
 //! - `move` (not a default; needs `--nodes 4` or more): a region's replica
-//!   moves to a node without one (learner, catch-up, joint change).
+//!   moves to a node without one (learner, catch-up, joint change);
+//! - `kill-loop` (not a default): a node is SIGKILLed and restarted again
+//!   and again while a writer stores 900 KB values; it must start every
+//!   time.
 //!
 //! Network faults use the raft transport's fault filter (`--fault-file`,
 //! see `corekv_net::faults`): the runner rewrites each node's fault file and
@@ -32,6 +38,12 @@
 //! write (the next generation's watch opens when the current one starts);
 //! [`crate::watch_check`] checks what it saw against each key's operations:
 //! every committed change once, in order, nothing that was not written.
+//!
+//! Last, what no client history shows: the consistency check (`corekv ctl
+//! check --all`: every replica's digest against its leader's at one raft
+//! index) and a read of every key written from every replica holding it,
+//! which must equal the cluster's final value. A divergent replica fails
+//! the run like a linearizability anomaly.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -70,11 +82,16 @@ pub enum FaultKind {
     Split,
     /// A region's replica moves to a node that has none (not undone).
     Move,
+    /// A node is cut off while a region it holds splits and (4 nodes or
+    /// more) a replica of one moves and its leadership follows.
+    Lag,
+    /// A node is SIGKILLed and restarted over and over during 900 KB writes.
+    KillLoop,
 }
 
 impl FaultKind {
-    /// Every kind (`move` is not among the defaults: it needs four nodes).
-    pub const ALL: [FaultKind; 9] = [
+    /// Every kind.
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Isolate,
@@ -83,7 +100,9 @@ impl FaultKind {
         FaultKind::Loss,
         FaultKind::Delay,
         FaultKind::Split,
+        FaultKind::Lag,
         FaultKind::Move,
+        FaultKind::KillLoop,
     ];
 
     /// Its name on the command line.
@@ -98,12 +117,14 @@ impl FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::Split => "split",
             FaultKind::Move => "move",
+            FaultKind::Lag => "lag",
+            FaultKind::KillLoop => "kill-loop",
         }
     }
 
     /// The kinds a run injects unless told otherwise: all but `move`
-    /// (which needs a fourth node).
-    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(8).0;
+    /// (which needs a fourth node) and `kill-loop` (heavy on the disk).
+    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(9).0;
 
     /// Parses a name.
     pub fn parse(s: &str) -> Result<FaultKind, String> {
@@ -227,13 +248,27 @@ pub struct Report {
     pub watch_streams: Vec<String>,
     /// Key generations the watch check left out, and why.
     pub watch_unchecked: Vec<String>,
+    /// The consistency check's report (every replica against its leader).
+    pub convergence: String,
+    /// Replicas that differ from their leader or hold another value of a
+    /// key than the cluster's final one, and nodes that failed to start
+    /// again after a SIGKILL.
+    pub divergence: Vec<String>,
+    /// Keys read from every replica holding them at the end.
+    pub replica_reads: usize,
 }
 
 impl Report {
-    /// True when every key's history is linearizable and every watch saw
-    /// exactly the committed changes.
+    /// True when every key's history is linearizable, every watch saw
+    /// exactly the committed changes and every replica agrees.
     pub fn ok(&self) -> bool {
-        self.linearizable() && self.watch_anomalies.is_empty()
+        self.linearizable() && self.watch_anomalies.is_empty() && self.converged()
+    }
+
+    /// True when every replica matches its leader and every key read from
+    /// every replica gave the final value (and every restart worked).
+    pub fn converged(&self) -> bool {
+        self.divergence.is_empty()
     }
 
     /// True when every key's history is linearizable (the watch aside).
@@ -310,6 +345,25 @@ impl Report {
             }
         }
         let _ = writeln!(s, "checked in:  {:.2?}", self.check_time);
+        for l in self.convergence.lines() {
+            let _ = writeln!(s, "replicas:    {l}");
+        }
+        if self.divergence.is_empty() {
+            let _ = writeln!(
+                s,
+                "replicas:    {} keys read from every replica: all hold the final value",
+                self.replica_reads
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "replicas:    DIVERGED: {} problem(s):",
+                self.divergence.len()
+            );
+            for d in self.divergence.iter().take(20) {
+                let _ = writeln!(s, "  {d}");
+            }
+        }
         if self.anomalies.is_empty() && self.undecided.is_empty() {
             let _ = writeln!(s, "verdict:     linearizable (every key)");
         } else {
@@ -354,6 +408,10 @@ struct Shared {
     watch_streams: Mutex<Vec<String>>,
     /// Generations left out of the watch check, and why.
     watch_unchecked: Mutex<Vec<(u128, String)>>,
+    /// Keys written with large values by `kill-loop` faults.
+    big_keys: Mutex<std::collections::BTreeSet<String>>,
+    /// Nodes that did not start again after a SIGKILL.
+    restart_failures: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -433,6 +491,8 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         watch_stop: AtomicBool::new(false),
         watch_streams: Mutex::new(Vec::new()),
         watch_unchecked: Mutex::new(Vec::new()),
+        big_keys: Mutex::new(Default::default()),
+        restart_failures: Mutex::new(Vec::new()),
     });
     // The first generation's keys are watched before anyone writes them.
     let mut watch_client = connect(&endpoints, &shared)?;
@@ -470,8 +530,25 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         let start_us = shared.now_us();
         let lasting = rng.gen_range(opts.fault_ms.0..=opts.fault_ms.1);
         let choice: usize = rng.gen();
-        let detail = inject(&mut cluster, &base_rules, kind, (victim, other, choice))?;
-        sleep_until_or(end + Duration::from_secs(1), lasting);
+        let detail = match kind {
+            // Faults that run their own course for `lasting` ms.
+            FaultKind::Lag | FaultKind::KillLoop => {
+                let until = Instant::now() + Duration::from_millis(lasting);
+                during(
+                    &mut cluster,
+                    &base_rules,
+                    &shared,
+                    kind,
+                    (victim, choice),
+                    until,
+                )?
+            }
+            _ => {
+                let d = inject(&mut cluster, &base_rules, kind, (victim, other, choice))?;
+                sleep_until_or(end + Duration::from_secs(1), lasting);
+                d
+            }
+        };
         heal(&mut cluster, &base_rules)?;
         faults.push(FaultEvent {
             kind,
@@ -536,6 +613,12 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     watcher
         .join()
         .map_err(|_| anyhow::anyhow!("the watcher thread panicked"))?;
+    let big_keys = std::mem::take(&mut *shared.big_keys.lock().unwrap());
+    let (convergence, mut divergence, replica_reads) =
+        check_replicas(&endpoints, &used_keys, &big_keys, opts.progress)?;
+    divergence.extend(std::mem::take(
+        &mut *shared.restart_failures.lock().unwrap(),
+    ));
     cluster.stop();
     drop(dir);
 
@@ -638,7 +721,220 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
             .into_iter()
             .map(|(g, why)| format!("generation {g}: {why}"))
             .collect(),
+        convergence,
+        divergence,
+        replica_reads,
     })
+}
+
+/// The faults that run their own course until `until`: `lag` and
+/// `kill-loop` (see the module's documentation). Returns what was done.
+fn during(
+    cluster: &mut LocalCluster,
+    base: &[String],
+    shared: &Shared,
+    kind: FaultKind,
+    (victim, choice): (usize, usize),
+    until: Instant,
+) -> anyhow::Result<String> {
+    let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+    let id = ids[victim];
+    let mut cfg = ClientConfig::new(cluster_endpoints(cluster));
+    cfg.request_timeout = Duration::from_secs(5);
+    match kind {
+        FaultKind::Lag => {
+            cluster.set_faults(victim, &format!("{}isolate\n", base[victim]))?;
+            std::thread::sleep(Duration::from_millis(300));
+            let mut done = vec![format!("node {id} cut off")];
+            if let Ok(mut c) = Client::connect(cfg) {
+                // Led elsewhere: the lagging node must miss it.
+                let held: Vec<_> = crate::data_routes(&c)
+                    .into_iter()
+                    .filter(|r| r.region.peer_on_node(id).is_some() && r.leader_node != id)
+                    .collect();
+                if !held.is_empty() {
+                    let r = held[choice % held.len()].region.id;
+                    done.push(match c.split(r, None) {
+                        Ok(_) => format!("region {r} split"),
+                        Err(e) => format!("region {r} split: {e}"),
+                    });
+                }
+                // A replica of a region the lagging node holds moves
+                // between two other nodes, and leads from its new place.
+                let _ = c.refresh();
+                let movable: Vec<_> = crate::data_routes(&c)
+                    .into_iter()
+                    .filter(|r| {
+                        r.region.peer_on_node(id).is_some()
+                            && r.leader_node != id
+                            && ids.iter().any(|n| r.region.peer_on_node(*n).is_none())
+                    })
+                    .collect();
+                if !movable.is_empty() {
+                    let route = &movable[choice / 7 % movable.len()];
+                    let r = route.region.clone();
+                    // A follower's replica: the leader stays put meanwhile.
+                    let from = r
+                        .peers
+                        .iter()
+                        .map(|p| p.node_id)
+                        .find(|n| *n != id && *n != route.leader_node)
+                        .unwrap_or(0);
+                    let to = ids
+                        .iter()
+                        .copied()
+                        .find(|n| r.peer_on_node(*n).is_none())
+                        .unwrap_or(0);
+                    done.push(match crate::ctl_move(&mut c, r.id, from, to) {
+                        Ok(_) => match c.transfer_leader(r.id, to) {
+                            Ok(_) => format!("region {} moved {from} -> {to}, led from {to}", r.id),
+                            Err(e) => format!("region {} moved {from} -> {to}; lead: {e}", r.id),
+                        },
+                        Err(e) => format!("region {} move {from} -> {to}: {e:#}", r.id),
+                    });
+                }
+            }
+            sleep_until_or(until, u64::MAX / 4);
+            Ok(done.join(", "))
+        }
+        FaultKind::KillLoop => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let acked = Arc::new(AtomicU64::new(0));
+            let writer = {
+                let (stop, acked, cfg) = (stop.clone(), acked.clone(), cfg.clone());
+                std::thread::spawn(move || {
+                    let Ok(mut c) = Client::connect(cfg) else {
+                        return Vec::new();
+                    };
+                    let mut keys = Vec::new();
+                    for i in 0u64.. {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let key = format!("big-{choice}-{}", i % 8);
+                        let mut value = format!("{i:020}").into_bytes();
+                        value.resize(900 << 10, b'.');
+                        if c.put(key.as_bytes(), &value, PutOptions::default()).is_ok() {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        keys.push(key);
+                    }
+                    keys
+                })
+            };
+            let mut kills = 0;
+            let mut rng = StdRng::seed_from_u64(choice as u64);
+            while Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(rng.gen_range(200..1000)));
+                cluster.kill(victim);
+                kills += 1;
+                cluster.start_node(victim)?;
+                let addr = cluster.nodes[victim].client_addr.clone();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !corekv_tools::dev::node_answers(&addr) && Instant::now() < deadline {
+                    if let Some((n, status)) = cluster.exited() {
+                        let log = cluster.nodes[victim].dir.join("server.log");
+                        shared.restart_failures.lock().unwrap().push(format!(
+                            "node {n} exited ({status}) when started after SIGKILL {kills}: {}",
+                            corekv_tools::dev::tail(&log, 3).trim()
+                        ));
+                        cluster.start_node(victim)?;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            stop.store(true, Ordering::SeqCst);
+            let keys = writer.join().unwrap_or_default();
+            shared.big_keys.lock().unwrap().extend(keys);
+            Ok(format!(
+                "node {id} SIGKILLed and restarted {kills} times during 900 KB writes ({} acknowledged)",
+                acked.load(Ordering::Relaxed)
+            ))
+        }
+        _ => unreachable!("only lag and kill-loop run their own course"),
+    }
+}
+
+/// The checks no client history makes, once every node is back and the
+/// clients stopped: the consistency check of every region (retried while
+/// some replica could not verify it, at most three times), then every key
+/// in `keys` and `big_keys` read from every replica holding it, against
+/// the cluster's linearizable value. Returns the check's report, the
+/// problems found and how many keys were read everywhere.
+fn check_replicas(
+    endpoints: &[String],
+    keys: &std::collections::BTreeSet<String>,
+    big_keys: &std::collections::BTreeSet<String>,
+    progress: bool,
+) -> anyhow::Result<(String, Vec<String>, usize)> {
+    let mut cfg = ClientConfig::new(endpoints.to_vec());
+    cfg.request_timeout = Duration::from_secs(10);
+    let mut c = Client::connect(cfg)?;
+    let mut problems = Vec::new();
+    let mut text = String::new();
+    for attempt in 1..=3 {
+        let report = corekv_tools::ctl::check(&mut c, None, Duration::from_secs(20))?;
+        text = report.text.clone();
+        if !report.mismatched.is_empty() || report.ok() || attempt == 3 {
+            if !report.ok() {
+                problems.push(format!(
+                    "consistency check: mismatched regions {:?}, unverified {:?}",
+                    report.mismatched, report.unverified
+                ));
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    if progress {
+        eprintln!("consistency check done; reading every key from every replica");
+    }
+    let mut read = 0;
+    for key in keys.iter().chain(big_keys) {
+        let want = match c.get(key.as_bytes(), Consistency::Linearizable) {
+            Ok(v) => v.map(|v| v.value),
+            Err(e) => {
+                problems.push(format!("key {key}: no final read: {e}"));
+                continue;
+            }
+        };
+        let h = corekv_engine::route_hash(key.as_bytes());
+        let Some(route) = c.routes().iter().find(|r| r.region.contains(h)).cloned() else {
+            problems.push(format!("key {key}: no region routes it"));
+            continue;
+        };
+        for p in &route.region.peers {
+            let Some(addr) = c.nodes().get(&p.node_id).cloned() else {
+                continue;
+            };
+            match crate::read_on_node(&addr, &route.region, key.as_bytes()) {
+                Ok(got) if got == want => {}
+                Ok(got) => problems.push(format!(
+                    "key {key}: node {} holds {}, the cluster {}",
+                    p.node_id,
+                    shown(got.as_deref()),
+                    shown(want.as_deref())
+                )),
+                Err(e) => problems.push(format!("key {key}: node {}: {e}", p.node_id)),
+            }
+        }
+        read += 1;
+    }
+    Ok((text, problems, read))
+}
+
+/// A value as a problem line shows it: short values whole, long ones by
+/// length and start.
+fn shown(v: Option<&[u8]>) -> String {
+    match v {
+        None => "nothing".into(),
+        Some(b) if b.len() <= 40 => format!("{:?}", String::from_utf8_lossy(b)),
+        Some(b) => format!(
+            "{} bytes starting {:?}",
+            b.len(),
+            String::from_utf8_lossy(&b[..20])
+        ),
+    }
 }
 
 /// The keys clients use in `generation`.
@@ -850,6 +1146,7 @@ fn inject(
                 Err(e) => format!("move: no node answered: {e}"),
             }
         }
+        FaultKind::Lag | FaultKind::KillLoop => unreachable!("run by `during`"),
         FaultKind::Split => {
             let mut cfg = ClientConfig::new(cluster_endpoints(cluster));
             cfg.request_timeout = Duration::from_secs(2);

@@ -22,6 +22,8 @@ fn a_run_under_every_kind_of_fault_is_linearizable() {
     // while its open finding is investigated (docs/reliability.md).
     assert!(report.ok(), "{}", report.render());
     assert!(report.faults.len() >= 8, "{} faults", report.faults.len());
+    // Every key written was read back from every replica holding it.
+    assert!(report.replica_reads > 0, "{}", report.render());
     assert!(
         report.operations >= 1000,
         "{} operations",

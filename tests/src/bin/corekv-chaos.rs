@@ -1,6 +1,8 @@
 //! `corekv-chaos`: runs a local cluster under faults with concurrent
-//! clients, then checks the recorded history for linearizability.
-//! Exits 0 when every key's history is linearizable, 1 when not.
+//! clients, then checks the recorded history for linearizability and the
+//! replicas against each other. Exits 0 when all is well, 1 when a key's
+//! history is not linearizable, 2 when the run could not be made, 3 for a
+//! watch problem, 4 when replicas diverged (or a node did not restart).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,11 +30,11 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     key_rotation: u64,
     /// Faults to inject, comma-separated: kill, pause, isolate, one-way,
-    /// cut-link, loss, delay, split, move (not by default: it needs
-    /// --nodes 4 or more); `none` for none.
+    /// cut-link, loss, delay, split, lag; not by default: move (needs
+    /// --nodes 4 or more) and kill-loop; `none` for none.
     #[arg(
         long,
-        default_value = "kill,pause,isolate,one-way,cut-link,loss,delay,split"
+        default_value = "kill,pause,isolate,one-way,cut-link,loss,delay,split,lag"
     )]
     faults: String,
     /// Nodes.
@@ -105,6 +107,8 @@ fn main() {
             print!("{}", report.render());
             let code = if !report.linearizable() {
                 1
+            } else if !report.converged() {
+                4
             } else if !report.watch_anomalies.is_empty() {
                 3
             } else {
