@@ -1,13 +1,14 @@
 //! A digest of one region replica's replicated state: every stored record of
-//! its range (key, value, version, expiry, expired or not) and its client
-//! sessions. Replicas that applied the same log up to the same index have
+//! its range (key, value, version, expiry, expired or not), its client
+//! sessions and its clock. Replicas that applied the same log up to the same index have
 //! the same digest; one that differs has silently diverged (a lost write, a
 //! resurrected delete, a stale overwrite), which no client history shows
 //! until someone reads that replica.
 //!
 //! The hash is xxh3-64 over the records in key order, each framed by its
-//! lengths, then over the sessions in client order: stable across
-//! platforms and releases of the same format.
+//! lengths, then over the sessions in client order, then the clock (a
+//! marker byte, and the time when known): stable across platforms and
+//! releases of the same format.
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -28,8 +29,13 @@ pub struct Digest {
     pub hash: u64,
 }
 
-/// The digest of `region`'s data in `db` (as written) and of `sessions`.
-pub fn compute(db: &rocksdb::DB, region: &Region, sessions: &SessionTable) -> Result<Digest> {
+/// The digest of `region`'s data in `db` (as written), of `sessions` and
+/// of the region's clock.
+pub fn compute(
+    db: &rocksdb::DB,
+    region: (&Region, Option<u64>),
+    sessions: &SessionTable,
+) -> Result<Digest> {
     compute_over(db, region, sessions, &[])
 }
 
@@ -38,7 +44,7 @@ pub fn compute(db: &rocksdb::DB, region: &Region, sessions: &SessionTable) -> Re
 /// not yet written leads to ([`crate::apply::ApplyBatch::pending_in`]).
 pub fn compute_over(
     db: &rocksdb::DB,
-    region: &Region,
+    (region, clock_ms): (&Region, Option<u64>),
     sessions: &SessionTable,
     pending: &[(Vec<u8>, Option<Vec<u8>>)],
 ) -> Result<Digest> {
@@ -87,6 +93,13 @@ pub fn compute_over(
         h.update(&(e.len() as u32).to_be_bytes());
         h.update(&e);
     }
+    match clock_ms {
+        Some(ms) => {
+            h.update(&[1]);
+            h.update(&ms.to_be_bytes());
+        }
+        None => h.update(&[0]),
+    }
     d.hash = h.digest();
     Ok(d)
 }
@@ -119,37 +132,46 @@ mod tests {
             peers: vec![],
         };
         let sessions = SessionTable::default();
-        let empty = compute(&db, &all, &sessions).unwrap();
+        let empty = compute(&db, (&all, None), &sessions).unwrap();
         let rec = |version, expire_at_ms, value: &'static [u8]| ValueRecord {
             version,
             expire_at_ms,
             value: bytes::Bytes::from_static(value),
         };
         put(&db, b"a", &rec(7, 0, b"x"));
-        let one = compute(&db, &all, &sessions).unwrap();
+        let one = compute(&db, (&all, None), &sessions).unwrap();
         assert_ne!(one, empty);
         assert_eq!((one.keys, empty.keys), (1, 0));
         for changed in [rec(8, 0, b"x"), rec(7, 5, b"x"), rec(7, 0, b"y")] {
             put(&db, b"a", &changed);
-            assert_ne!(compute(&db, &all, &sessions).unwrap().hash, one.hash);
+            assert_ne!(
+                compute(&db, (&all, None), &sessions).unwrap().hash,
+                one.hash
+            );
         }
         put(&db, b"a", &rec(7, 0, b"x"));
-        assert_eq!(compute(&db, &all, &sessions).unwrap(), one);
+        assert_eq!(compute(&db, (&all, None), &sessions).unwrap(), one);
         // An unwritten batch's records count as written.
         let dk = |k: &[u8]| keys::data_key(crate::route_hash(k), k);
         let over = [(dk(b"a"), None)];
-        assert_eq!(compute_over(&db, &all, &sessions, &over).unwrap(), empty);
+        assert_eq!(
+            compute_over(&db, (&all, None), &sessions, &over).unwrap(),
+            empty
+        );
         let mut over = vec![
             (dk(b"a"), Some(rec(7, 0, b"x").encode())),
             (dk(b"b"), Some(rec(9, 0, b"y").encode())),
         ];
         over.sort();
         put(&db, b"b", &rec(9, 0, b"y"));
-        let both = compute(&db, &all, &sessions).unwrap();
+        let both = compute(&db, (&all, None), &sessions).unwrap();
         let mut b = rocksdb::WriteBatch::default();
         b.delete_cf(cf(&db, CF_DATA), dk(b"b"));
         db::write(&db, b, false).unwrap();
-        assert_eq!(compute_over(&db, &all, &sessions, &over).unwrap(), both);
+        assert_eq!(
+            compute_over(&db, (&all, None), &sessions, &over).unwrap(),
+            both
+        );
         // A region not covering the key does not see it.
         let h = crate::route_hash(b"a");
         let other = if h >= 1 << 63 {
@@ -163,6 +185,11 @@ mod tests {
                 ..all.clone()
             }
         };
-        assert_eq!(compute(&db, &other, &sessions).unwrap().keys, 0);
+        assert_eq!(compute(&db, (&other, None), &sessions).unwrap().keys, 0);
+        // The clock counts.
+        assert_ne!(
+            compute(&db, (&all, Some(5)), &sessions).unwrap(),
+            compute(&db, (&all, None), &sessions).unwrap()
+        );
     }
 }

@@ -283,15 +283,20 @@ pub struct Peer {
     ttl_seen_in_pass: bool,
     lease_until_ms: u64,
     lease_wanted: bool,
-    /// No lease is used, renewed or extended before this time (monotonic
-    /// ms): a leader transfer was pending until one election timeout
-    /// before it. A transferee elected by `TimeoutNow` gets votes from
-    /// followers inside the lease, so a lease held across a transfer
-    /// proves nothing.
-    lease_blocked_until_ms: u64,
+    /// No lease is used, renewed or extended in this raft term (0: none): a
+    /// leader transfer was pending in it. A transferee elected by
+    /// `TimeoutNow` gets votes from followers inside their lease, and a
+    /// `TimeoutNow` may arrive long after the transfer was given up (only
+    /// its term bounds it), so a lease held in a term with a transfer
+    /// proves nothing. The next term this replica leads has a lease again.
+    lease_blocked_term: u64,
     /// The latest leader time this replica proposed (a write or a clock
     /// entry), unix ms.
     clock_proposed_ms: u64,
+    /// The latest leader time of the entries applied since this replica
+    /// opened: what reads judge expiry by while the region's clock is
+    /// unknown (data of an earlier release, until a clock entry).
+    entries_ms: u64,
     rng: SmallRng,
     role_term: (StateRole, u64),
     now_ms: u64,
@@ -559,8 +564,9 @@ impl Peer {
             ttl_seen_in_pass: false,
             lease_until_ms: 0,
             lease_wanted: false,
-            lease_blocked_until_ms: 0,
+            lease_blocked_term: 0,
             clock_proposed_ms: 0,
+            entries_ms: 0,
             rng,
             role_term,
             now_ms: 0,
@@ -844,20 +850,24 @@ impl Peer {
         self.now_ms = self.now_ms.max(now_ms);
     }
 
-    /// Ends the lease and blocks it for one election timeout from now while
-    /// a leader transfer is pending (see `lease_blocked_until_ms`).
+    /// Ends the lease, and blocks it for the rest of the term, when a
+    /// leader transfer is pending (see `lease_blocked_term`).
     fn block_lease_while_transferring(&mut self) {
         if self.raw.raft.lead_transferee.is_some() {
             self.lease_until_ms = 0;
-            self.lease_blocked_until_ms = self.now_ms + self.cfg.election_timeout_ms();
+            self.lease_blocked_term = self.raw.raft.term;
         }
+    }
+
+    /// True unless a leader transfer was pending in this term.
+    fn lease_allowed(&self) -> bool {
+        self.raw.raft.term != self.lease_blocked_term && self.raw.raft.lead_transferee.is_none()
     }
 
     /// True when lease reads may be served from the lease at `now`.
     fn lease_holds(&self) -> bool {
         self.now_ms < self.lease_until_ms
-            && self.now_ms >= self.lease_blocked_until_ms
-            && self.raw.raft.lead_transferee.is_none()
+            && self.lease_allowed()
             && self.raw.raft.commit_to_current_term()
     }
 
@@ -905,8 +915,7 @@ impl Peer {
         let renew_at = self.lease_until_ms.saturating_sub(self.cfg.lease_ms() / 2);
         if self.lease_wanted
             && now_ms >= renew_at
-            && now_ms >= self.lease_blocked_until_ms
-            && self.raw.raft.lead_transferee.is_none()
+            && self.lease_allowed()
             && !self.reads.has_unconfirmed()
         {
             self.lease_wanted = false;
@@ -1238,11 +1247,18 @@ impl Peer {
     /// without expiring keys.
     fn advance_region_clock(&mut self, wall_ms: u64) {
         let step = self.cfg.clock_step_ms;
+        let known = self.raw.store().clock_ms();
+        // An unknown clock (data of an earlier release) is set by the
+        // first clock entry, whatever the region holds.
+        let due = match known {
+            None => true,
+            Some(c) => self.sweep_needed && wall_ms >= c.max(self.clock_proposed_ms) + step,
+        };
         if step == 0
-            || !self.sweep_needed
+            || !due
             || !self.is_leader()
             || !self.raw.raft.commit_to_current_term()
-            || wall_ms < self.clock_ms().max(self.clock_proposed_ms) + step
+            || wall_ms < self.clock_proposed_ms + step
         {
             return;
         }
@@ -1431,12 +1447,9 @@ impl Peer {
                 continue;
             }
             if let Some(issued_ms) = self.reads.confirm(ctx, rs.index) {
-                // A confirmation of a request issued before the block ended
-                // may come from followers that voted for a transferee since.
-                if self.is_leader()
-                    && issued_ms >= self.lease_blocked_until_ms
-                    && self.raw.raft.lead_transferee.is_none()
-                {
+                // In a term with a transfer, followers may have voted for
+                // the transferee since they confirmed.
+                if self.is_leader() && self.lease_allowed() {
                     let until = issued_ms + self.cfg.lease_ms();
                     self.lease_until_ms = self.lease_until_ms.max(until);
                 }
@@ -1528,7 +1541,7 @@ impl Peer {
                             );
                             let d = crate::digest::compute_over(
                                 &db,
-                                &self.region,
+                                (&self.region, self.raw.store().clock_ms()),
                                 &self.sessions,
                                 &pending,
                             )?;
@@ -1557,11 +1570,13 @@ impl Peer {
                 }
                 EntryType::EntryNormal if e.get_context() == expire::CLOCK_CONTEXT => {
                     let ms = expire::decode_clock(&e.data)?;
-                    self.raw.mut_store().advance_clock(ms);
+                    self.raw.mut_store().set_clock(ms);
+                    self.entries_ms = self.entries_ms.max(ms);
                 }
                 EntryType::EntryNormal if e.get_context() == expire::ENTRY_CONTEXT => {
                     let mut cmd = ExpireCommand::decode(&e.data)?;
                     // Judged by the region's clock, never going back.
+                    self.entries_ms = self.entries_ms.max(cmd.now_ms);
                     cmd.now_ms = self.raw.mut_store().advance_clock(cmd.now_ms);
                     let removed = expire::apply(&db, apply, &self.region, &cmd)?;
                     self.counters.expired_keys += removed.len() as u64;
@@ -1572,6 +1587,7 @@ impl Peer {
                     // Expiry and conditions are judged by the region's
                     // clock: a leader with a slower clock than an earlier
                     // one does not bring expired values back.
+                    self.entries_ms = self.entries_ms.max(cmd.now_ms);
                     cmd.now_ms = self.raw.mut_store().advance_clock(cmd.now_ms);
                     let dedup = match cmd.session {
                         Some(tag) => self.sessions.decide(tag, cmd.now_ms),
@@ -1742,9 +1758,6 @@ impl Peer {
         if new.peer_on_node(self.node_id).is_some() && !stored {
             let clock = self.raw.store().clock_ms();
             RegionStorage::write_initial(&new, (index, term, clock), db, &mut apply.inner);
-            // A replica of it created here by the new leader's messages may
-            // have voted in a later term: that vote stands.
-            RegionStorage::keep_newer_hard_state(db, new.id, index, term, &mut apply.inner);
             let meta = cf(db, CF_META);
             // A write retried after the split, now routed to the new region,
             // is still recognised.
@@ -1867,9 +1880,16 @@ impl Peer {
         }
     }
 
-    /// The region's clock as of the applied index, unix ms: the time reads
-    /// and conditions judge expiry by.
+    /// The time reads judge expiry by, unix ms: the region's clock as of
+    /// the applied index; while it is unknown (data of an earlier release,
+    /// until the leader's first clock entry applies), the latest leader
+    /// time of the entries this replica applied since it opened.
     pub fn clock_ms(&self) -> u64 {
+        self.raw.store().clock_ms().unwrap_or(self.entries_ms)
+    }
+
+    /// The region's clock as of the applied index; `None` while unknown.
+    pub fn region_clock(&self) -> Option<u64> {
         self.raw.store().clock_ms()
     }
 

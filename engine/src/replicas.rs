@@ -499,7 +499,26 @@ impl Replicas {
             return Ok(());
         }
         let is_snapshot = env.message.get_msg_type() == MsgSnapshot;
+        let to = env.message.to;
+        // A replica that never got its first snapshot, addressed under a
+        // newer raft id: it was taken out of the region and this node added
+        // again. It holds nothing but its raft state: replaced by one for
+        // the new id (the directory's claim stays).
+        let replaced = self
+            .peers
+            .get(&env.region_id)
+            .is_some_and(|p| !p.is_initialized() && to > p.peer_id() && !p.has_unpersisted());
+        if replaced {
+            if let Some(mut old) = self.peers.remove(&env.region_id) {
+                old.fail_pending(replies);
+            }
+        }
         if let Some(p) = self.peers.get_mut(&env.region_id) {
+            if to != 0 && to != p.peer_id() {
+                // For another replica of this region: an older one, or a
+                // newer one whose predecessor still writes.
+                return Ok(());
+            }
             let from = env.message.from;
             if from != 0 && p.region().peer(from).is_none() {
                 if p.is_initialized() && env.epoch.conf_ver <= p.region().epoch.conf_ver {
@@ -520,14 +539,15 @@ impl Replicas {
                 }
                 p.learn_peer(from, env.from_node);
             }
+            let region_id = env.region_id;
+            let before = self.directory.get(region_id).and_then(|c| c.span);
             if is_snapshot && !admit(&self.directory, &env) {
                 return Ok(());
             }
-            let region_id = env.region_id;
             p.step(env.message, replies)?;
-            if is_snapshot && !p.is_initialized() && !p.snapshot_pending() {
-                // raft did not take it: the range stays free.
-                self.directory.set_range(region_id, None);
+            if is_snapshot && !p.snapshot_pending() {
+                // raft did not take it: the range is what it was.
+                self.directory.set_range(region_id, before);
             }
             return Ok(());
         }
@@ -535,17 +555,22 @@ impl Replicas {
             env.message.get_msg_type(),
             MsgAppend | MsgHeartbeat | MsgSnapshot | MsgRequestVote | MsgRequestPreVote
         );
-        let to = env.message.to;
         if !creates || to == 0 || tombstone(&self.db, env.region_id)?.is_some_and(|t| to <= t) {
+            if replaced {
+                self.directory.remove(env.region_id);
+            }
             return Ok(());
         }
         // One replica of a region per node: another owner holds it (it is
         // moving between shards, or a split opened it there).
-        if self.directory.create(env.region_id, self.owner).is_err() {
+        if !replaced && self.directory.create(env.region_id, self.owner).is_err() {
             return Ok(());
         }
+        let before = self.directory.get(env.region_id).and_then(|c| c.span);
         if is_snapshot && !admit(&self.directory, &env) {
-            self.directory.remove(env.region_id);
+            if before.is_none() && !replaced {
+                self.directory.remove(env.region_id);
+            }
             return Ok(());
         }
         let sender = crate::region::PeerMeta {
@@ -564,7 +589,7 @@ impl Replicas {
         )?;
         peer.step(env.message, replies)?;
         if is_snapshot && !peer.snapshot_pending() {
-            self.directory.set_range(env.region_id, None);
+            self.directory.set_range(env.region_id, before);
         }
         self.peers.insert(env.region_id, peer);
         Ok(())

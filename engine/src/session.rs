@@ -15,14 +15,20 @@
 //!
 //! A forgotten result must never turn into a second apply. A tag says
 //! whether an earlier attempt of the write may have been applied
-//! ([`SessionTag::retry`]); such a retry is applied only where the region
-//! can vouch that it was not: the client is remembered, and the sequence
-//! number is at or above the client's `floor` (every applied write of the
-//! client from the floor on is remembered). A retry of a client the region
-//! does not know (never seen, evicted, idle too long) or below the floor
-//! gets [`WriteOutcome::ResultForgotten`]: its outcome is unknown, which the
-//! client reports as such. A first attempt is applied in any case: no
-//! earlier attempt of it exists.
+//! ([`SessionTag::retry`]). Such a retry is answered from the remembered
+//! outcome when there is one. When the region does not remember the client
+//! (never seen, evicted, idle too long) it cannot vouch that no earlier
+//! attempt was applied, and the retry gets
+//! [`WriteOutcome::ResultForgotten`]: its outcome is unknown, which the
+//! client reports as such; likewise a retry older than every result kept
+//! of a client whose results overflowed. A retry of a remembered client
+//! that is not among its results was never applied: a client has one write
+//! in flight at a time (the native client's calls are blocking), so while
+//! it retries a write, no later write of it can have re-created its
+//! session, and its newest write is always among the results kept. A first
+//! attempt is applied in any case: no earlier attempt of it exists. The
+//! decision depends only on the replicated table, so every replica makes
+//! the same one.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -37,8 +43,7 @@ pub const CLIENTS_PER_REGION: usize = 4096;
 /// A client idle this long (leader clock of the applied entries) is forgotten.
 pub const SESSION_IDLE_MS: u64 = 10 * 60 * 1000;
 
-/// Format 2 adds the floor; format 1 records are still read.
-const SESSION_FORMAT: u8 = 2;
+const SESSION_FORMAT: u8 = 1;
 
 /// What a region remembers of one client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,9 +54,6 @@ pub struct ClientSession {
     pub last_index: u64,
     /// Leader clock of that write, unix ms.
     pub last_ms: u64,
-    /// Every applied write of the client with a sequence number at or above
-    /// this is in `results`; below it, nothing is known.
-    pub floor: u64,
 }
 
 /// The decision for a tagged write about to be applied.
@@ -68,20 +70,22 @@ impl ClientSession {
         if let Some((_, o)) = self.results.iter().find(|(s, _)| *s == tag.seq) {
             return Dedup::Duplicate(o.clone());
         }
-        if tag.retry && tag.seq < self.floor {
-            // Older than what is remembered: it may have been applied.
-            return Dedup::Duplicate(WriteOutcome::ResultForgotten);
+        match self.results.front() {
+            // Older than everything remembered: it may have been applied.
+            Some((oldest, _))
+                if tag.retry && tag.seq < *oldest && self.results.len() == RESULTS_PER_CLIENT =>
+            {
+                Dedup::Duplicate(WriteOutcome::ResultForgotten)
+            }
+            _ => Dedup::Apply,
         }
-        Dedup::Apply
     }
 
     fn record(&mut self, seq: u64, outcome: WriteOutcome, index: u64, now_ms: u64) {
         let at = self.results.partition_point(|(s, _)| *s < seq);
         self.results.insert(at, (seq, outcome));
         while self.results.len() > RESULTS_PER_CLIENT {
-            if let Some((dropped, _)) = self.results.pop_front() {
-                self.floor = self.floor.max(dropped + 1);
-            }
+            self.results.pop_front();
         }
         self.last_index = index;
         self.last_ms = now_ms;
@@ -93,7 +97,6 @@ impl ClientSession {
         e.u8(SESSION_FORMAT)
             .u64(self.last_index)
             .u64(self.last_ms)
-            .u64(self.floor)
             .u32(self.results.len() as u32);
         for (seq, o) in &self.results {
             e.u64(*seq);
@@ -105,15 +108,9 @@ impl ClientSession {
     /// Decodes a record written by [`ClientSession::encode`].
     pub fn decode(buf: &[u8]) -> Result<ClientSession> {
         let mut d = Decoder::new(buf, "client session");
-        let format = d.u8()?;
-        if format != 1 && format != SESSION_FORMAT {
-            return Err(Error::Corruption(format!(
-                "client session: format version {format} (expected 1 or {SESSION_FORMAT})"
-            )));
-        }
+        d.version(SESSION_FORMAT)?;
         let last_index = d.u64()?;
         let last_ms = d.u64()?;
-        let floor = if format == 1 { None } else { Some(d.u64()?) };
         let n = d.u32()? as usize;
         if n > RESULTS_PER_CLIENT {
             return Err(Error::Corruption(format!("client session: {n} results")));
@@ -124,13 +121,10 @@ impl ClientSession {
             results.push_back((seq, WriteOutcome::decode_from(&mut d)?));
         }
         d.finish()?;
-        // A format 1 record vouches for what it holds, no more.
-        let floor = floor.unwrap_or_else(|| results.front().map_or(u64::MAX, |(s, _)| *s));
         Ok(ClientSession {
             results,
             last_index,
             last_ms,
-            floor,
         })
     }
 }
@@ -185,17 +179,10 @@ impl SessionTable {
         now_ms: u64,
         changes: &mut Vec<SessionChange>,
     ) {
-        let s = self
-            .clients
-            .entry(tag.client_id)
-            .or_insert_with(|| ClientSession {
-                floor: tag.seq,
-                ..ClientSession::default()
-            });
+        let s = self.clients.entry(tag.client_id).or_default();
         if now_ms.saturating_sub(s.last_ms) >= SESSION_IDLE_MS {
             // Idle past the limit: start over (decide() ignored it too).
             s.results.clear();
-            s.floor = tag.seq;
         }
         s.record(tag.seq, outcome, index, now_ms);
         changes.push((tag.client_id, Some(s.clone())));
@@ -241,7 +228,7 @@ mod tests {
             t.decide(tag(1), 10),
             Dedup::Duplicate(WriteOutcome::Written { version: 9 })
         );
-        assert_eq!(t.decide(tag(2), 10), Dedup::Apply);
+        assert_eq!(t.decide(first(2), 10), Dedup::Apply);
         // A later write applied before an earlier retry: the earlier one is
         // still applied once.
         t.record(
@@ -273,17 +260,16 @@ mod tests {
             0,
             &mut ch,
         );
-        // The session starts at 5: a retry of 4 is unknown, a first
-        // attempt of 4 (pipelined, overtaken) applies, 6 applies.
+        // Known client: a retry of 5 gets its outcome; a retry of 6, not
+        // among the results, was never applied.
         assert_eq!(
-            t.decide(tag(4), 0),
-            Dedup::Duplicate(WriteOutcome::ResultForgotten)
+            t.decide(tag(5), 0),
+            Dedup::Duplicate(WriteOutcome::Written { version: 1 })
         );
-        assert_eq!(t.decide(first(4), 0), Dedup::Apply);
         assert_eq!(t.decide(tag(6), 0), Dedup::Apply);
-        // Idle too long: forgotten, so a retry is unknown.
+        // Idle too long: forgotten, so even a retry of 5 is unknown.
         assert_eq!(
-            t.decide(tag(6), SESSION_IDLE_MS),
+            t.decide(tag(5), SESSION_IDLE_MS),
             Dedup::Duplicate(WriteOutcome::ResultForgotten)
         );
         assert_eq!(t.decide(first(6), SESSION_IDLE_MS), Dedup::Apply);
@@ -365,12 +351,5 @@ mod tests {
         );
         assert_eq!(ClientSession::decode(&s.encode()).unwrap(), s);
         assert!(ClientSession::decode(&s.encode()[..10]).is_err());
-        // A format 1 record (no floor) vouches for its oldest result on.
-        let mut old = s.encode();
-        old[0] = 1;
-        old.drain(17..25);
-        let read = ClientSession::decode(&old).unwrap();
-        assert_eq!(read.floor, 3);
-        assert_eq!(read.results, s.results);
     }
 }

@@ -36,7 +36,7 @@ pub struct SnapshotData {
     /// Applied index the data corresponds to.
     pub applied_index: u64,
     /// The region's clock at that index (see [`ApplyState::clock_ms`]).
-    pub clock_ms: u64,
+    pub clock_ms: Option<u64>,
     /// Every `data` CF pair of the region: (data key, value record).
     pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
     /// The region's client sessions.
@@ -50,9 +50,12 @@ impl SnapshotData {
         let mut e = Encoder::with_capacity(64 + size);
         e.u8(SNAPSHOT_FORMAT);
         self.region.encode_to(&mut e);
-        e.u64(self.applied_index)
-            .u64(self.clock_ms)
-            .u64(self.pairs.len() as u64);
+        e.u64(self.applied_index);
+        match self.clock_ms {
+            Some(ms) => e.u8(1).u64(ms),
+            None => e.u8(0),
+        };
+        e.u64(self.pairs.len() as u64);
         for (k, v) in &self.pairs {
             e.bytes(k).bytes(v);
         }
@@ -76,7 +79,13 @@ impl SnapshotData {
         let f = format(&mut d)?;
         let region = Region::decode_from(&mut d)?;
         let applied_index = d.u64()?;
-        let clock_ms = if f == 1 { 0 } else { d.u64()? };
+        let clock_ms = match f {
+            1 => None,
+            _ => match d.u8()? {
+                0 => None,
+                _ => Some(d.u64()?),
+            },
+        };
         let count = d.u64()?;
         let mut pairs = Vec::with_capacity(count.min(1 << 16) as usize);
         for _ in 0..count {

@@ -73,8 +73,9 @@ pub struct ApplyState {
     /// The region's clock as of `applied_index`: the latest leader time
     /// carried by an applied entry, unix ms. Expiry and time-dependent
     /// conditions are judged by it, so every replica at one index agrees,
-    /// and it never goes back whoever leads.
-    pub clock_ms: u64,
+    /// and it never goes back whoever leads. `None` when unknown: read from
+    /// a record of an earlier release, until a clock entry sets it.
+    pub clock_ms: Option<u64>,
 }
 
 impl ApplyState {
@@ -90,8 +91,11 @@ impl ApplyState {
             .u64(self.applied_term)
             .u64(self.truncated_index)
             .u64(self.truncated_term)
-            .bytes(&cs)
-            .u64(self.clock_ms);
+            .bytes(&cs);
+        match self.clock_ms {
+            Some(ms) => e.u8(1).u64(ms),
+            None => e.u8(0),
+        };
         e.finish()
     }
 
@@ -110,7 +114,13 @@ impl ApplyState {
         let truncated_term = d.u64()?;
         let conf_state = ConfState::parse_from_bytes(d.bytes()?)
             .map_err(|e| Error::Corruption(format!("apply state: conf state: {e}")))?;
-        let clock_ms = if format == 1 { 0 } else { d.u64()? };
+        let clock_ms = match format {
+            1 => None,
+            _ => match d.u8()? {
+                0 => None,
+                _ => Some(d.u64()?),
+            },
+        };
         d.finish()?;
         let s = ApplyState {
             applied_index,
@@ -177,20 +187,19 @@ mod tests {
             truncated_index: 5,
             truncated_term: 1,
             conf_state: cs,
-            clock_ms: 1_700_000_000_123,
+            clock_ms: Some(1_700_000_000_123),
         };
         assert_eq!(ApplyState::decode(&a.encode()).unwrap(), a);
-        // A format 1 record (before the region clock) reads with clock 0.
+        let unknown = ApplyState {
+            clock_ms: None,
+            ..a.clone()
+        };
+        assert_eq!(ApplyState::decode(&unknown.encode()).unwrap(), unknown);
+        // A format 1 record (before the region clock) reads as unknown.
         let mut old = a.encode();
         old[0] = 1;
-        old.truncate(old.len() - 8);
-        assert_eq!(
-            ApplyState::decode(&old).unwrap(),
-            ApplyState {
-                clock_ms: 0,
-                ..a.clone()
-            }
-        );
+        old.truncate(old.len() - 9);
+        assert_eq!(ApplyState::decode(&old).unwrap(), unknown);
         let bad = ApplyState {
             truncated_index: 11,
             ..a.clone()

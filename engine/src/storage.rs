@@ -61,7 +61,22 @@ impl RegionStorage {
     /// Adds the initial state of a new replica of `region` to `batch`: an empty
     /// log at [`INIT_INDEX`], membership from the region's peers.
     pub fn bootstrap(region: &Region, db: &Db, batch: &mut LogBatch) -> Result<()> {
-        Self::write_initial(region, (INIT_INDEX, INIT_TERM, 0), db, &mut batch.inner);
+        Self::write_initial(
+            region,
+            (INIT_INDEX, INIT_TERM, Some(0)),
+            db,
+            &mut batch.inner,
+        );
+        let hs = HardState {
+            term: INIT_TERM,
+            commit: INIT_INDEX,
+            ..Default::default()
+        };
+        batch.inner.put_cf(
+            cf(db, CF_RAFT),
+            keys::hard_state_key(region.id),
+            hs.write_to_bytes().expect("hard state encodes"),
+        );
         batch.must_sync = true;
         Ok(())
     }
@@ -71,9 +86,15 @@ impl RegionStorage {
     /// clock at `clock_ms`: membership from the region's peers. Used at
     /// bootstrap and for the region a split makes (its log starts at the
     /// split entry, its clock at the parent's).
+    ///
+    /// No raft hard state is written: a replica of a split-off region may
+    /// exist here already (created by that region's messages) and have
+    /// voted, its vote possibly still on its way to disk; writing a hard
+    /// state here could overwrite it. [`RegionStorage::open`] starts a
+    /// replica whose stored term is older than its log at that log's term.
     pub fn write_initial(
         region: &Region,
-        (index, term, clock_ms): (u64, u64, u64),
+        (index, term, clock_ms): (u64, u64, Option<u64>),
         db: &Db,
         batch: &mut rocksdb::WriteBatch,
     ) {
@@ -85,51 +106,13 @@ impl RegionStorage {
             conf_state: conf_state_of(region),
             clock_ms,
         };
-        let hs = HardState {
-            term,
-            commit: index,
-            ..Default::default()
-        };
         let local = RegionLocalState {
             state: PeerState::Normal,
             region: region.clone(),
         };
-        let (raft_cf, meta_cf) = (cf(db, CF_RAFT), cf(db, CF_META));
-        batch.put_cf(
-            raft_cf,
-            keys::hard_state_key(region.id),
-            hs.write_to_bytes().expect("hard state encodes"),
-        );
+        let meta_cf = cf(db, CF_META);
         batch.put_cf(meta_cf, keys::apply_state_key(region.id), apply.encode());
         batch.put_cf(meta_cf, keys::region_state_key(region.id), local.encode());
-    }
-
-    /// After [`RegionStorage::write_initial`] of a region a split makes at
-    /// `index` of `term`: if this node already stored a hard state of it
-    /// from a later term (a replica its leader's messages created here
-    /// before the split was applied), that term and vote are kept.
-    pub fn keep_newer_hard_state(
-        db: &Db,
-        region_id: u64,
-        index: u64,
-        term: u64,
-        batch: &mut rocksdb::WriteBatch,
-    ) {
-        let raft_cf = cf(db, CF_RAFT);
-        let Ok(Some(b)) = db.get_cf(raft_cf, keys::hard_state_key(region_id)) else {
-            return;
-        };
-        let Ok(mut hs) = HardState::parse_from_bytes(&b) else {
-            return;
-        };
-        if hs.term > term {
-            hs.commit = hs.commit.max(index);
-            batch.put_cf(
-                raft_cf,
-                keys::hard_state_key(region_id),
-                hs.write_to_bytes().expect("hard state encodes"),
-            );
-        }
     }
 
     /// Loads the storage of `region_id` from disk.
@@ -181,6 +164,12 @@ impl RegionStorage {
         if hard_state.commit < apply.applied_index {
             hard_state.commit = apply.applied_index;
         }
+        // A region split off here starts with no hard state of its own (or
+        // one from before its log began): its term is at least its log's.
+        if hard_state.term < apply.truncated_term {
+            hard_state.term = apply.truncated_term;
+            hard_state.vote = 0;
+        }
         Ok(RegionStorage {
             region_id,
             db,
@@ -219,16 +208,31 @@ impl RegionStorage {
     }
 
     /// The region's clock as of the applied index, unix ms (see
-    /// [`ApplyState::clock_ms`]).
-    pub fn clock_ms(&self) -> u64 {
+    /// [`ApplyState::clock_ms`]); `None` while unknown.
+    pub fn clock_ms(&self) -> Option<u64> {
         self.apply.clock_ms
     }
 
-    /// Moves the region's clock to at least `ms` (an applied entry carried
-    /// that leader time); returns the clock. Persisted with the apply state.
+    /// The time an applied entry carrying leader time `ms` is judged by:
+    /// the region's clock moved to at least `ms`, which it returns. While
+    /// the clock is unknown (a replica of an earlier release's data), the
+    /// entry's own time, the clock staying unknown. Persisted with the
+    /// apply state.
     pub fn advance_clock(&mut self, ms: u64) -> u64 {
-        self.apply.clock_ms = self.apply.clock_ms.max(ms);
-        self.apply.clock_ms
+        match self.apply.clock_ms {
+            Some(c) => {
+                let now = c.max(ms);
+                self.apply.clock_ms = Some(now);
+                now
+            }
+            None => ms,
+        }
+    }
+
+    /// Applies a clock entry's time `ms`: the clock becomes at least `ms`,
+    /// known from here on at this index on every replica.
+    pub fn set_clock(&mut self, ms: u64) {
+        self.apply.clock_ms = Some(self.apply.clock_ms.unwrap_or(0).max(ms));
     }
 
     /// Index of the last log entry.

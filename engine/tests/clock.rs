@@ -71,3 +71,54 @@ fn a_value_read_as_expired_stays_expired_at_every_replica_and_leader() {
         }
     }
 }
+
+#[test]
+fn a_region_whose_clock_is_unknown_gets_one_from_its_leader_at_once() {
+    use corekv_engine::db::{self, DbConfig};
+    use corekv_engine::keys::{self, CF_META};
+    use corekv_engine::state::ApplyState;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = SimCluster::new(
+        dir.path(),
+        SimOptions {
+            nodes: 1,
+            ..SimOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(c.run_until(3000, |c| c.leader(1).is_some()).unwrap());
+    assert!(matches!(
+        c.write(put("k", None, Condition::None), 3000).unwrap(),
+        WriteOutcome::Written { .. }
+    ));
+    // Its apply state as an earlier release wrote it: no clock.
+    c.crash(1);
+    {
+        let d = db::open(&dir.path().join("node-1"), &DbConfig::default()).unwrap();
+        let meta = db::cf(&d, CF_META);
+        let stored = d.get_cf(meta, keys::apply_state_key(1)).unwrap().unwrap();
+        let mut old = ApplyState::decode(&stored).unwrap().encode();
+        old[0] = 1;
+        let len = old.len() - 9;
+        old.truncate(len);
+        assert_eq!(ApplyState::decode(&old).unwrap().clock_ms, None);
+        let mut b = rocksdb::WriteBatch::default();
+        b.put_cf(meta, keys::apply_state_key(1), old);
+        db::write(&d, b, true).unwrap();
+    }
+    c.restart(1).unwrap();
+    assert_eq!(c.peer(1, 1).unwrap().region_clock(), None);
+    // The leader's first clock entry sets it, without any write.
+    assert!(c
+        .run_until(1000, |c| c
+            .peer(1, 1)
+            .and_then(|p| p.region_clock())
+            .is_some())
+        .unwrap());
+    let clock = c.peer(1, 1).unwrap().region_clock().unwrap();
+    assert!(
+        clock + 1000 >= c.wall_ms_of(1),
+        "{clock} vs {}",
+        c.wall_ms_of(1)
+    );
+}

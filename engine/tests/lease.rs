@@ -120,3 +120,46 @@ fn a_lease_is_judged_by_the_time_of_the_read_not_of_the_last_tick() {
         );
     }
 }
+
+#[test]
+fn a_timeout_now_that_arrives_after_its_transfer_was_given_up_finds_no_lease() {
+    for seed in [1, 2, 3] {
+        let (_d, mut c) = sim(seed);
+        let old = must_elect(&mut c);
+        assert!(matches!(
+            c.write(put("k", "v1"), 5000).unwrap(),
+            WriteOutcome::Written { .. }
+        ));
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != old).collect();
+        let (next, third) = (others[0], others[1]);
+        // The transferee's process stands still far longer than the
+        // transfer (a long stall, SIGSTOP): the transfer is given up, and
+        // the old leader goes on leading with the third node, lease reads
+        // and all.
+        c.pause(next);
+        assert!(c.transfer_leader(old, 1, next));
+        for _ in 0..10 {
+            lease_read(&mut c, old, 200);
+            c.run_ms(100).unwrap();
+        }
+        assert!(c.leaders(1) == vec![old], "seed {seed}: {:?}", c.leaders(1));
+        // The transferee resumes and finds the TimeoutNow (still of the
+        // current term): it is elected with the third node's vote and
+        // commits, while the old leader hears no one.
+        c.net.filters.held.insert((next, old));
+        c.net.filters.held.insert((third, old));
+        c.resume(next);
+        assert!(c.run_until(1000, |c| c.leaders(1).contains(&next)).unwrap());
+        let w = c.propose(next, put("k", "v2"));
+        assert!(matches!(
+            c.wait(w, 1000).unwrap().map(|r| r.result),
+            Some(Ok(Response::Write(WriteOutcome::Written { .. })))
+        ));
+        let got = lease_read(&mut c, old, 100);
+        assert_ne!(
+            got,
+            Some(Some(Bytes::from_static(b"v1"))),
+            "seed {seed}: a lease read served a value overwritten since"
+        );
+    }
+}

@@ -936,7 +936,7 @@ impl SimCluster {
         let Some(p) = n.peer(region).filter(|p| p.is_initialized()) else {
             return Ok(None);
         };
-        let d = crate::digest::compute(&n.db, p.region(), p.sessions())?;
+        let d = crate::digest::compute(&n.db, (p.region(), p.region_clock()), p.sessions())?;
         Ok(Some((p.applied_index(), d)))
     }
 
