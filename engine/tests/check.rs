@@ -3,18 +3,8 @@
 //! and find nothing when none did, even with writes applied in the same
 //! round as the check.
 
-use bytes::Bytes;
-use corekv_engine::sim::{SimCluster, SimOptions};
-use corekv_engine::{Condition, WriteOutcome, WriteRequest};
-
-fn put(key: &str, value: &str) -> WriteRequest {
-    WriteRequest::Put {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        ttl_ms: None,
-        condition: Condition::None,
-    }
-}
+use corekv_engine::sim::{put, SimCluster, SimOptions};
+use corekv_engine::WriteOutcome;
 
 fn verdicts(c: &mut SimCluster) -> Vec<(u64, &'static str)> {
     c.check(1, 5000)

@@ -7,33 +7,13 @@
 use bytes::Bytes;
 use corekv_engine::admin::{split_peers, AdminCommand};
 use corekv_engine::membership::PeerChange;
-use corekv_engine::sim::{SimCluster, SimOptions};
-use corekv_engine::{
-    route_hash, Condition, Config, Error, PeerRole, Response, WriteOutcome, WriteRequest,
-};
-
-fn put(key: &str, value: &str) -> WriteRequest {
-    WriteRequest::Put {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        ttl_ms: None,
-        condition: Condition::None,
-    }
-}
+use corekv_engine::sim::{put, SimCluster, SimOptions};
+use corekv_engine::{route_hash, Config, PeerRole, Response, WriteOutcome, WriteRequest};
 
 fn sim(opts: SimOptions) -> (tempfile::TempDir, SimCluster) {
     let dir = tempfile::tempdir().unwrap();
     let c = SimCluster::new(dir.path(), opts).unwrap();
     (dir, c)
-}
-
-fn must_elect(c: &mut SimCluster, region: u64) -> u64 {
-    assert!(
-        c.run_until(5000, |c| c.leader(region).is_some()).unwrap(),
-        "no leader for region {region} (seed {})",
-        c.seed()
-    );
-    c.leader(region).unwrap()
 }
 
 fn must_write(c: &mut SimCluster, w: WriteRequest) {
@@ -46,7 +26,7 @@ fn must_write(c: &mut SimCluster, w: WriteRequest) {
 /// Splits region 1 at the middle of the hash space into region 2 through
 /// its leader; returns the split's log index.
 fn must_split(c: &mut SimCluster) -> u64 {
-    let l = must_elect(c, 1);
+    let l = c.must_leader(1);
     let region = c.region_meta(l, 1).unwrap();
     let cmd = AdminCommand::Split {
         split_hash: 1 << 63,
@@ -62,7 +42,7 @@ fn must_split(c: &mut SimCluster) -> u64 {
 
 /// A node not leading region 1 (the one that will lag).
 fn a_follower(c: &mut SimCluster) -> u64 {
-    let l = must_elect(c, 1);
+    let l = c.must_leader(1);
     [1, 2, 3].into_iter().find(|&n| n != l).unwrap()
 }
 
@@ -127,7 +107,7 @@ fn a_split_while_a_node_lags_reaches_it_with_every_later_write_on_two_shards() {
             must_write(&mut c, put(k, "before-split"));
         }
         must_split(&mut c);
-        must_elect(&mut c, 2);
+        c.must_leader(2);
         for (i, k) in keys.iter().enumerate() {
             if i % 3 == 0 {
                 must_write(
@@ -175,7 +155,7 @@ fn a_new_region_elects_through_a_node_whose_parent_skipped_the_split() {
         let lag = a_follower(&mut c);
         c.net.filters.isolated.insert(lag);
         must_split(&mut c);
-        must_elect(&mut c, 2);
+        c.must_leader(2);
         // Region 1's log moves far past the split: node 3 will get a
         // snapshot of it, never the split entry.
         let lower: Vec<String> = (0..)
@@ -214,21 +194,6 @@ fn a_new_region_elects_through_a_node_whose_parent_skipped_the_split() {
     }
 }
 
-fn must_change(c: &mut SimCluster, change: PeerChange) {
-    for _ in 0..100 {
-        let l = must_elect(c, 1);
-        let id = c.propose_change(l, 1, change);
-        match c.wait(id, 3000).unwrap().map(|r| r.result) {
-            Some(Ok(_)) => return,
-            Some(Err(Error::Busy(_) | Error::NotLeader { .. } | Error::ProposalDropped)) | None => {
-                c.run_ms(100).unwrap();
-            }
-            Some(Err(e)) => panic!("{change:?}: {e}"),
-        }
-    }
-    panic!("{change:?} never applied (seed {})", c.seed());
-}
-
 #[test]
 fn a_replica_cut_off_through_a_move_and_a_leader_transfer_catches_up() {
     for seed in [1, 2, 3] {
@@ -237,14 +202,14 @@ fn a_replica_cut_off_through_a_move_and_a_leader_transfer_catches_up() {
             spare_nodes: 1,
             ..SimOptions::default()
         });
-        let l = must_elect(&mut c, 1);
+        let l = c.must_leader(1);
         must_write(&mut c, put("k", "v1"));
         let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != l).collect();
         let (lagging, moved) = (followers[0], followers[1]);
         c.net.filters.isolated.insert(lagging);
-        must_change(&mut c, PeerChange::AddLearner { node_id: 4 });
-        must_change(
-            &mut c,
+        c.must_change(1, PeerChange::AddLearner { node_id: 4 });
+        c.must_change(
+            1,
             PeerChange::Promote {
                 node_id: 4,
                 remove_node: moved,

@@ -2,17 +2,8 @@
 //! transfer, and after the leader's process stood still.
 
 use bytes::Bytes;
-use corekv_engine::sim::{SimCluster, SimOptions};
-use corekv_engine::{Condition, Consistency, Response, WriteOutcome, WriteRequest};
-
-fn put(key: &str, value: &str) -> WriteRequest {
-    WriteRequest::Put {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        ttl_ms: None,
-        condition: Condition::None,
-    }
-}
+use corekv_engine::sim::{put, SimCluster, SimOptions};
+use corekv_engine::{Consistency, Response, WriteOutcome};
 
 fn sim(seed: u64) -> (tempfile::TempDir, SimCluster) {
     let dir = tempfile::tempdir().unwrap();
@@ -27,9 +18,19 @@ fn sim(seed: u64) -> (tempfile::TempDir, SimCluster) {
     (dir, c)
 }
 
-fn must_elect(c: &mut SimCluster) -> u64 {
-    assert!(c.run_until(5000, |c| c.leader(1).is_some()).unwrap());
-    c.leader(1).unwrap()
+/// Elects region 1's leader, writes `k` = v1 and reads it there under
+/// the lease; returns the leader.
+fn must_lead_with_a_lease_on_v1(c: &mut SimCluster) -> u64 {
+    let old = c.must_leader(1);
+    assert!(matches!(
+        c.write(put("k", "v1"), 5000).unwrap(),
+        WriteOutcome::Written { .. }
+    ));
+    assert_eq!(
+        lease_read(c, old, 1000),
+        Some(Some(Bytes::from_static(b"v1")))
+    );
+    old
 }
 
 /// A lease read at `node`, answered within `max_ms`: the value read, or
@@ -46,15 +47,7 @@ fn lease_read(c: &mut SimCluster, node: u64, max_ms: u64) -> Option<Option<Bytes
 fn a_lease_is_not_used_renewed_or_extended_across_a_leader_transfer() {
     for seed in [1, 2, 3, 4] {
         let (_d, mut c) = sim(seed);
-        let old = must_elect(&mut c);
-        assert!(matches!(
-            c.write(put("k", "v1"), 5000).unwrap(),
-            WriteOutcome::Written { .. }
-        ));
-        assert_eq!(
-            lease_read(&mut c, old, 1000),
-            Some(Some(Bytes::from_static(b"v1")))
-        );
+        let old = must_lead_with_a_lease_on_v1(&mut c);
         let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != old).collect();
         let (next, third) = (others[0], others[1]);
         // The transfer's TimeoutNow waits on the link; meanwhile the old
@@ -90,15 +83,7 @@ fn a_lease_is_not_used_renewed_or_extended_across_a_leader_transfer() {
 fn a_lease_is_judged_by_the_time_of_the_read_not_of_the_last_tick() {
     for seed in [1, 2, 3] {
         let (_d, mut c) = sim(seed);
-        let old = must_elect(&mut c);
-        assert!(matches!(
-            c.write(put("k", "v1"), 5000).unwrap(),
-            WriteOutcome::Written { .. }
-        ));
-        assert_eq!(
-            lease_read(&mut c, old, 1000),
-            Some(Some(Bytes::from_static(b"v1")))
-        );
+        let old = must_lead_with_a_lease_on_v1(&mut c);
         // The leader's process stands still (a long GC pause, SIGSTOP) and
         // is cut off; the others elect a new leader and write.
         c.pause(old);
@@ -125,11 +110,7 @@ fn a_lease_is_judged_by_the_time_of_the_read_not_of_the_last_tick() {
 fn a_timeout_now_that_arrives_after_its_transfer_was_given_up_finds_no_lease() {
     for seed in [1, 2, 3] {
         let (_d, mut c) = sim(seed);
-        let old = must_elect(&mut c);
-        assert!(matches!(
-            c.write(put("k", "v1"), 5000).unwrap(),
-            WriteOutcome::Written { .. }
-        ));
+        let old = must_lead_with_a_lease_on_v1(&mut c);
         let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != old).collect();
         let (next, third) = (others[0], others[1]);
         // The transferee's process stands still far longer than the

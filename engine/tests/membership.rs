@@ -45,28 +45,11 @@ fn must_put(c: &mut SimCluster, key: &str, value: &str) {
     }
 }
 
-/// Runs `change` at the leader until it is applied (retrying while the
-/// learner catches up or leadership moves).
-fn must_change(c: &mut SimCluster, change: PeerChange) {
-    for _ in 0..100 {
-        let l = leader(c);
-        let id = c.propose_change(l, 1, change);
-        match c.wait(id, 3000).unwrap().map(|r| r.result) {
-            Some(Ok(_)) => return,
-            Some(Err(Error::Busy(_) | Error::NotLeader { .. } | Error::ProposalDropped)) | None => {
-                c.run_ms(100).unwrap();
-            }
-            Some(Err(e)) => panic!("{change:?}: {e}"),
-        }
-    }
-    panic!("{change:?} never applied (seed {})", c.seed());
-}
-
 /// Moves the replica on `from` (not the leader) to node 4.
 fn move_to_4(c: &mut SimCluster, from: u64) {
-    must_change(c, PeerChange::AddLearner { node_id: 4 });
-    must_change(
-        c,
+    c.must_change(1, PeerChange::AddLearner { node_id: 4 });
+    c.must_change(
+        1,
         PeerChange::Promote {
             node_id: 4,
             remove_node: from,
@@ -156,9 +139,9 @@ fn a_replica_moved_away_and_back_to_a_node_starts_clean_and_keeps_every_write() 
         }
         // Back to the node it left: nothing of the destroyed replica (its
         // hard state included) may be left for the new one to trip on.
-        must_change(&mut c, PeerChange::AddLearner { node_id: from });
-        must_change(
-            &mut c,
+        c.must_change(1, PeerChange::AddLearner { node_id: from });
+        c.must_change(
+            1,
             PeerChange::Promote {
                 node_id: from,
                 remove_node: 4,
@@ -198,7 +181,7 @@ fn a_replica_cut_off_while_it_is_removed_learns_it_when_the_network_heals() {
         must_put(&mut c, &format!("k{i}"), "v");
     }
     let from = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
-    must_change(&mut c, PeerChange::AddLearner { node_id: 4 });
+    c.must_change(1, PeerChange::AddLearner { node_id: 4 });
     // Wait for the learner to hold the data, then cut the leaving replica
     // off: the joint change commits without it (majorities of {l, other,
     // 4} and {l, other, from}).
@@ -206,8 +189,8 @@ fn a_replica_cut_off_while_it_is_removed_learns_it_when_the_network_heals() {
         .run_until(5000, |c| c.dump_data(4).unwrap().len() == 50)
         .unwrap());
     c.net.filters.isolated.insert(from);
-    must_change(
-        &mut c,
+    c.must_change(
+        1,
         PeerChange::Promote {
             node_id: 4,
             remove_node: from,

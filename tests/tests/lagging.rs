@@ -63,6 +63,16 @@ fn local_read(addr: &str, region: &Region, key: &str) -> Option<Bytes> {
         .unwrap_or_else(|e| panic!("read of {key} in region {}: {e}", region.id))
 }
 
+/// Region `id` as `c`'s routing table has it.
+fn region_in(c: &Client, id: u64) -> Region {
+    c.routes()
+        .iter()
+        .find(|r| r.region.id == id)
+        .unwrap_or_else(|| panic!("no region {id}"))
+        .region
+        .clone()
+}
+
 /// Keys of `region` hashing at or above `from`, named `PREFIX<n>`.
 fn keys_above(region: &Region, from: u64, prefix: &str, n: usize) -> Vec<String> {
     (0..)
@@ -122,13 +132,7 @@ fn a_split_while_a_node_is_cut_off_reaches_it_with_every_later_write() {
     must_converge(&mut c, &addrs, new.id, Duration::from_secs(30));
     must_converge(&mut c, &addrs, region.id, Duration::from_secs(30));
     c.refresh().unwrap();
-    let new = c
-        .routes()
-        .iter()
-        .find(|r| r.region.id == new.id)
-        .unwrap()
-        .region
-        .clone();
+    let new = region_in(&c, new.id);
     for node in &addrs {
         for (i, k) in keys.iter().enumerate() {
             let want = (i % 3 != 0).then(|| Bytes::from_static(b"after-split"));
@@ -148,13 +152,7 @@ fn a_replica_cut_off_during_a_move_and_a_leader_transfer_catches_up() {
     // is off: its own leader moves would race the transfer below.
     let t = TestCluster::start(4, 1, &["--placement-moves-per-min", "0"]);
     let mut c = t.client();
-    let region = c
-        .routes()
-        .iter()
-        .find(|r| r.region.id == 1)
-        .unwrap()
-        .region
-        .clone();
+    let region = region_in(&c, 1);
     let nodes: Vec<u64> = region.peers.iter().map(|p| p.node_id).collect();
     assert_eq!(nodes, vec![1, 2, 3]);
     let key = (0..)
@@ -201,13 +199,7 @@ fn a_replica_cut_off_during_a_move_and_a_leader_transfer_catches_up() {
     let mut c2 = Client::connect(cfg).unwrap();
     c2.put(key.as_bytes(), b"v3", PutOptions::default())
         .expect("a write with nodes 2 and 4 up");
-    let region = c2
-        .routes()
-        .iter()
-        .find(|r| r.region.id == 1)
-        .unwrap()
-        .region
-        .clone();
+    let region = region_in(&c2, 1);
     let node2 = t.cluster.nodes[1].client_addr.clone();
     let deadline = Instant::now() + Duration::from_secs(10);
     while local_read(&node2, &region, &key).as_deref() != Some(&b"v3"[..]) {

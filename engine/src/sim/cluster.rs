@@ -390,6 +390,37 @@ impl SimCluster {
             .map(|(_, n)| n)
     }
 
+    /// The leader of `region`, once there is one; panics after 5 s of
+    /// simulated time.
+    pub fn must_leader(&mut self, region: u64) -> u64 {
+        let elected = self.run_until(5000, |c| c.leader(region).is_some());
+        assert!(
+            elected.is_ok_and(|e| e),
+            "no leader for region {region} within 5 s (seed {})",
+            self.seed
+        );
+        self.leader(region).expect("elected")
+    }
+
+    /// Proposes `change` of `region` at its leader until it is applied,
+    /// retrying while the learner catches up, another change is under way
+    /// or leadership moves; panics on another error or after 100 tries.
+    pub fn must_change(&mut self, region: u64, change: crate::membership::PeerChange) {
+        for _ in 0..100 {
+            let l = self.must_leader(region);
+            let id = self.propose_change(l, region, change);
+            match self.wait(id, 3000).expect("simulated").map(|r| r.result) {
+                Some(Ok(_)) => return,
+                Some(Err(Error::Busy(_) | Error::NotLeader { .. } | Error::ProposalDropped))
+                | None => {
+                    self.run_ms(100).expect("simulated");
+                }
+                Some(Err(e)) => panic!("{change:?}: {e}"),
+            }
+        }
+        panic!("{change:?} never applied (seed {})", self.seed);
+    }
+
     /// Every node whose replica of `region` believes it leads (a deposed
     /// leader that has not heard of its successor included).
     pub fn leaders(&self, region: u64) -> Vec<u64> {

@@ -13,4 +13,14 @@ mod log;
 mod network;
 
 pub use cluster::{CrashPoint, SimCluster, SimOptions};
+
+/// An unconditional put of `value` at `key`, without expiry (tests).
+pub fn put(key: &str, value: &str) -> crate::WriteRequest {
+    crate::WriteRequest::Put {
+        key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+        value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+        ttl_ms: None,
+        condition: crate::Condition::None,
+    }
+}
 pub use network::{Filters, SimNetwork};
