@@ -293,10 +293,7 @@ pub struct Peer {
     /// The latest leader time this replica proposed (a write or a clock
     /// entry), unix ms.
     clock_proposed_ms: u64,
-    /// The latest leader time of the entries applied since this replica
-    /// opened: what reads judge expiry by while the region's clock is
-    /// unknown (data of an earlier release, until a clock entry).
-    entries_ms: u64,
+
     rng: SmallRng,
     role_term: (StateRole, u64),
     now_ms: u64,
@@ -566,7 +563,6 @@ impl Peer {
             lease_wanted: false,
             lease_blocked_term: 0,
             clock_proposed_ms: 0,
-            entries_ms: 0,
             rng,
             role_term,
             now_ms: 0,
@@ -1249,17 +1245,14 @@ impl Peer {
         let step = self.cfg.clock_step_ms;
         let known = self.raw.store().clock_ms();
         // An unknown clock (data of an earlier release) is set by the
-        // first clock entry, whatever the region holds.
+        // first clock entry, whatever the region holds (reads wait for it).
         let due = match known {
-            None => true,
-            Some(c) => self.sweep_needed && wall_ms >= c.max(self.clock_proposed_ms) + step,
+            None => wall_ms >= self.clock_proposed_ms + step.max(100),
+            Some(c) => {
+                step > 0 && self.sweep_needed && wall_ms >= c.max(self.clock_proposed_ms) + step
+            }
         };
-        if step == 0
-            || !due
-            || !self.is_leader()
-            || !self.raw.raft.commit_to_current_term()
-            || wall_ms < self.clock_proposed_ms + step
-        {
+        if !due || !self.is_leader() || !self.raw.raft.commit_to_current_term() {
             return;
         }
         // Not tracked as a proposal: a lost one is proposed again.
@@ -1397,7 +1390,8 @@ impl Peer {
 
         let mut snapshot_index = None;
         if !rd.snapshot().is_empty() {
-            let (region, sessions) = self.raw.mut_store().apply_snapshot(rd.snapshot(), log)?;
+            let (region, sessions, history_floor) =
+                self.raw.mut_store().apply_snapshot(rd.snapshot(), log)?;
             self.sessions = sessions;
             self.counters.snapshots_applied += 1;
             // Whatever it holds may have expiries.
@@ -1406,7 +1400,7 @@ impl Peer {
             // The region's data was replaced wholesale.
             cache.clear();
             let index = rd.snapshot().get_metadata().index;
-            self.history_floor = index;
+            self.history_floor = history_floor;
             if region != self.region {
                 self.layout_changed = true;
             }
@@ -1571,12 +1565,10 @@ impl Peer {
                 EntryType::EntryNormal if e.get_context() == expire::CLOCK_CONTEXT => {
                     let ms = expire::decode_clock(&e.data)?;
                     self.raw.mut_store().set_clock(ms);
-                    self.entries_ms = self.entries_ms.max(ms);
                 }
                 EntryType::EntryNormal if e.get_context() == expire::ENTRY_CONTEXT => {
                     let mut cmd = ExpireCommand::decode(&e.data)?;
                     // Judged by the region's clock, never going back.
-                    self.entries_ms = self.entries_ms.max(cmd.now_ms);
                     cmd.now_ms = self.raw.mut_store().advance_clock(cmd.now_ms);
                     let removed = expire::apply(&db, apply, &self.region, &cmd)?;
                     self.counters.expired_keys += removed.len() as u64;
@@ -1587,7 +1579,6 @@ impl Peer {
                     // Expiry and conditions are judged by the region's
                     // clock: a leader with a slower clock than an earlier
                     // one does not bring expired values back.
-                    self.entries_ms = self.entries_ms.max(cmd.now_ms);
                     cmd.now_ms = self.raw.mut_store().advance_clock(cmd.now_ms);
                     let dedup = match cmd.session {
                         Some(tag) => self.sessions.decide(tag, cmd.now_ms),
@@ -1881,11 +1872,10 @@ impl Peer {
     }
 
     /// The time reads judge expiry by, unix ms: the region's clock as of
-    /// the applied index; while it is unknown (data of an earlier release,
-    /// until the leader's first clock entry applies), the latest leader
-    /// time of the entries this replica applied since it opened.
+    /// the applied index (0 while unknown: reads then wait, see
+    /// [`Peer::serve_reads`]).
     pub fn clock_ms(&self) -> u64 {
-        self.raw.store().clock_ms().unwrap_or(self.entries_ms)
+        self.raw.store().clock_ms().unwrap_or(0)
     }
 
     /// The region's clock as of the applied index; `None` while unknown.
@@ -1898,7 +1888,10 @@ impl Peer {
     /// what is applied ([`Peer::clock_ms`]): a read served at a later index
     /// than another never sees a value the other saw expired.
     pub fn serve_reads(&mut self, cache: &mut ReadCache, replies: &mut Vec<Reply>) -> Result<()> {
-        if self.snapshot_persisting.is_some() {
+        // While the region's clock is unknown (data of an earlier release),
+        // no read knows what has expired: reads wait for the leader's first
+        // clock entry, proposed as soon as it leads.
+        if self.snapshot_persisting.is_some() || self.region_clock().is_none() {
             return Ok(());
         }
         let mut ready = std::mem::take(&mut self.stale_reads);

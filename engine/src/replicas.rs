@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::db::{Db, LogBatch};
 use crate::directory::{Directory, Span};
 use crate::error::{Error, Result};
-use crate::peer::{list_regions, Peer, PendingPersist, ReadyOutput, Reply};
+use crate::peer::{list_regions, load_region_state, Peer, PendingPersist, ReadyOutput, Reply};
 use crate::read::Consistency;
 use crate::region::{Epoch, Region};
 use crate::storage::RegionStorage;
@@ -503,20 +503,37 @@ impl Replicas {
         // A replica that never got its first snapshot, addressed under a
         // newer raft id: it was taken out of the region and this node added
         // again. It holds nothing but its raft state: replaced by one for
-        // the new id (the directory's claim stays).
-        let replaced = self
-            .peers
-            .get(&env.region_id)
-            .is_some_and(|p| !p.is_initialized() && to > p.peer_id() && !p.has_unpersisted());
+        // the new id (the directory's claim stays, without a range).
+        let replaced = match self.peers.get(&env.region_id) {
+            Some(p)
+                if !p.is_initialized()
+                    && to > p.peer_id()
+                    && !p.has_unpersisted()
+                    && !p.snapshot_pending() =>
+            {
+                // Unless a split wrote the region's state here meanwhile
+                // (its replica is about to be opened from it).
+                load_region_state(&self.db, env.region_id)?.is_none()
+            }
+            _ => false,
+        };
         if replaced {
             if let Some(mut old) = self.peers.remove(&env.region_id) {
                 old.fail_pending(replies);
             }
+            self.directory.set_range(env.region_id, None);
         }
         if let Some(p) = self.peers.get_mut(&env.region_id) {
             if to != 0 && to != p.peer_id() {
-                // For another replica of this region: an older one, or a
-                // newer one whose predecessor still writes.
+                // For another replica of this region: an older one (the
+                // message is stale), or a newer one. A replica with data
+                // addressed under a newer id was taken out of the region
+                // without hearing of it (a learner cut off while its move was
+                // given up, say): it is destroyed, and the next message
+                // creates the new one. One without data waits for its writes.
+                if to > p.peer_id() && p.is_initialized() {
+                    p.mark_removed(env.epoch.conf_ver);
+                }
                 return Ok(());
             }
             let from = env.message.from;
@@ -568,7 +585,9 @@ impl Replicas {
         }
         let before = self.directory.get(env.region_id).and_then(|c| c.span);
         if is_snapshot && !admit(&self.directory, &env) {
-            if before.is_none() && !replaced {
+            // A claim with no replica behind it would keep every later
+            // message from creating one.
+            if before.is_none() {
                 self.directory.remove(env.region_id);
             }
             return Ok(());

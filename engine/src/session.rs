@@ -44,6 +44,9 @@ pub const CLIENTS_PER_REGION: usize = 4096;
 pub const SESSION_IDLE_MS: u64 = 10 * 60 * 1000;
 
 const SESSION_FORMAT: u8 = 1;
+/// A format briefly written with a per-client floor after the last
+/// counter: still read, the floor skipped.
+const SESSION_FORMAT_WITH_FLOOR: u8 = 2;
 
 /// What a region remembers of one client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,9 +111,17 @@ impl ClientSession {
     /// Decodes a record written by [`ClientSession::encode`].
     pub fn decode(buf: &[u8]) -> Result<ClientSession> {
         let mut d = Decoder::new(buf, "client session");
-        d.version(SESSION_FORMAT)?;
+        let format = d.u8()?;
+        if format != SESSION_FORMAT && format != SESSION_FORMAT_WITH_FLOOR {
+            return Err(Error::Corruption(format!(
+                "client session: format version {format}"
+            )));
+        }
         let last_index = d.u64()?;
         let last_ms = d.u64()?;
+        if format == SESSION_FORMAT_WITH_FLOOR {
+            d.u64()?;
+        }
         let n = d.u32()? as usize;
         if n > RESULTS_PER_CLIENT {
             return Err(Error::Corruption(format!("client session: {n} results")));
@@ -351,5 +362,10 @@ mod tests {
         );
         assert_eq!(ClientSession::decode(&s.encode()).unwrap(), s);
         assert!(ClientSession::decode(&s.encode()[..10]).is_err());
+        // The format with a floor reads, the floor skipped.
+        let mut with_floor = s.encode();
+        with_floor[0] = SESSION_FORMAT_WITH_FLOOR;
+        with_floor.splice(17..17, 9u64.to_be_bytes());
+        assert_eq!(ClientSession::decode(&with_floor).unwrap(), s);
     }
 }

@@ -1,7 +1,11 @@
 //! Region snapshots: the region's data and metadata at its applied index.
 //!
 //! A snapshot is built from one RocksDB snapshot, so the data, the apply state
-//! and the region metadata in it are consistent with each other. It is held in
+//! and the region metadata in it are consistent with each other. It also
+//! carries the newest part of the region's change history (up to
+//! [`SNAPSHOT_HISTORY_BYTES_MAX`]), so that a watch resumes on a replica
+//! that got its data by snapshot (a replica moved to another node, then
+//! made leader) from a version shortly before it. It is held in
 //! memory as one message; regions are kept small by splitting (see
 //! `docs/architecture.md`).
 
@@ -16,14 +20,19 @@ use crate::region::Region;
 use crate::session::ClientSession;
 use crate::state::{ApplyState, RegionLocalState};
 
-/// Format 2 adds the region clock; format 1 payloads read with clock 0.
-const SNAPSHOT_FORMAT: u8 = 2;
+/// Format 4: the change history after the clock; format 3 (the clock with
+/// a presence flag), 2 (a plain clock) and 1 (none: unknown) payloads are
+/// still read (without history).
+const SNAPSHOT_FORMAT: u8 = 4;
+
+/// Bytes of change history a snapshot carries at most (its newest records).
+pub const SNAPSHOT_HISTORY_BYTES_MAX: usize = 16 << 20;
 
 fn format(d: &mut Decoder<'_>) -> Result<u8> {
     match d.u8()? {
-        f @ (1 | SNAPSHOT_FORMAT) => Ok(f),
+        f @ 1..=SNAPSHOT_FORMAT => Ok(f),
         f => Err(Error::Corruption(format!(
-            "snapshot: format version {f} (expected 1 or {SNAPSHOT_FORMAT})"
+            "snapshot: format version {f} (expected 1 to {SNAPSHOT_FORMAT})"
         ))),
     }
 }
@@ -41,6 +50,11 @@ pub struct SnapshotData {
     pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
     /// The region's client sessions.
     pub sessions: Vec<(u64, ClientSession)>,
+    /// Watchers can resume from this version on with `history`.
+    pub history_floor: u64,
+    /// Change history records after `history_floor`: (log index, the
+    /// entry's encoded changes, see `crate::watch`).
+    pub history: Vec<(u64, Vec<u8>)>,
 }
 
 impl SnapshotData {
@@ -63,6 +77,10 @@ impl SnapshotData {
         for (client, s) in &self.sessions {
             e.u64(*client).bytes(&s.encode());
         }
+        e.u64(self.history_floor).u32(self.history.len() as u32);
+        for (index, changes) in &self.history {
+            e.u64(*index).bytes(changes);
+        }
         e.finish()
     }
 
@@ -81,6 +99,7 @@ impl SnapshotData {
         let applied_index = d.u64()?;
         let clock_ms = match f {
             1 => None,
+            2 => Some(d.u64()?),
             _ => match d.u8()? {
                 0 => None,
                 _ => Some(d.u64()?),
@@ -108,6 +127,25 @@ impl SnapshotData {
             let client = d.u64()?;
             sessions.push((client, ClientSession::decode(d.bytes()?)?));
         }
+        let (history_floor, history) = if f < 4 {
+            (applied_index, Vec::new())
+        } else {
+            let floor = d.u64()?;
+            let n = d.u32()? as usize;
+            let mut history = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                let index = d.u64()?;
+                let changes = d.bytes()?.to_vec();
+                if index <= floor || index > applied_index {
+                    return Err(Error::Corruption(format!(
+                        "snapshot of region {}: history record {index} outside ({floor}, {applied_index}]",
+                        region.id
+                    )));
+                }
+                history.push((index, changes));
+            }
+            (floor, history)
+        };
         d.finish()?;
         Ok(SnapshotData {
             region,
@@ -115,6 +153,8 @@ impl SnapshotData {
             clock_ms,
             pairs,
             sessions,
+            history_floor,
+            history,
         })
     }
 }
@@ -159,12 +199,51 @@ pub fn build(db: &rocksdb::DB, region_id: u64) -> Result<Snapshot> {
         it.next();
     }
     it.status()?;
+    // The newest history records, within the budget; the floor rises
+    // past every record left out.
+    let history_cf = cf(db, crate::keys::CF_HISTORY);
+    let mut floor = match snap.get_cf(history_cf, keys::history_floor_key(region_id))? {
+        Some(b) => <[u8; 8]>::try_from(b.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::Corruption(format!("history floor of region {region_id}")))?,
+        None => apply.applied_index,
+    }
+    .min(apply.applied_index);
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_snapshot(&snap);
+    opts.fill_cache(false);
+    opts.set_iterate_lower_bound(keys::history_key(region_id, floor + 1).to_vec());
+    opts.set_iterate_upper_bound(
+        keys::history_key(region_id, apply.applied_index.saturating_add(1)).to_vec(),
+    );
+    let mut it = db.raw_iterator_cf_opt(history_cf, opts);
+    it.seek_to_last();
+    let mut history = Vec::new();
+    let mut bytes = 0;
+    while it.valid() {
+        let (k, v) = (it.key().unwrap_or_default(), it.value().unwrap_or_default());
+        let Some(index) = keys::history_index(region_id, k) else {
+            break;
+        };
+        if bytes + v.len() > SNAPSHOT_HISTORY_BYTES_MAX {
+            floor = floor.max(index);
+            break;
+        }
+        bytes += v.len();
+        history.push((index, v.to_vec()));
+        it.prev();
+    }
+    it.status()?;
+    history.retain(|(i, _)| *i > floor);
+    history.reverse();
     let data = SnapshotData {
         region,
         applied_index: apply.applied_index,
         clock_ms: apply.clock_ms,
         pairs,
         sessions,
+        history_floor: floor,
+        history,
     };
     let mut s = Snapshot {
         data: Bytes::from(data.encode()),

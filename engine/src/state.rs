@@ -26,8 +26,9 @@ pub struct RegionLocalState {
 }
 
 const LOCAL_STATE_FORMAT: u8 = 1;
-/// Format 2 adds the region clock; format 1 records read with clock 0.
-const APPLY_STATE_FORMAT: u8 = 2;
+/// Format 3: the region clock, with a presence flag. Format 2 (a plain
+/// clock) and format 1 (none: unknown) are still read.
+const APPLY_STATE_FORMAT: u8 = 3;
 const IDENT_FORMAT: u8 = 1;
 
 impl RegionLocalState {
@@ -103,9 +104,9 @@ impl ApplyState {
     pub fn decode(buf: &[u8]) -> Result<Self> {
         let mut d = Decoder::new(buf, "apply state");
         let format = d.u8()?;
-        if format != 1 && format != APPLY_STATE_FORMAT {
+        if !(1..=APPLY_STATE_FORMAT).contains(&format) {
             return Err(Error::Corruption(format!(
-                "apply state: format version {format} (expected 1 or {APPLY_STATE_FORMAT})"
+                "apply state: format version {format} (expected 1 to {APPLY_STATE_FORMAT})"
             )));
         }
         let applied_index = d.u64()?;
@@ -116,6 +117,7 @@ impl ApplyState {
             .map_err(|e| Error::Corruption(format!("apply state: conf state: {e}")))?;
         let clock_ms = match format {
             1 => None,
+            2 => Some(d.u64()?),
             _ => match d.u8()? {
                 0 => None,
                 _ => Some(d.u64()?),
@@ -195,11 +197,17 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(ApplyState::decode(&unknown.encode()).unwrap(), unknown);
-        // A format 1 record (before the region clock) reads as unknown.
+        // A format 1 record (before the region clock) reads as unknown; a
+        // format 2 one carries a plain clock.
         let mut old = a.encode();
         old[0] = 1;
         old.truncate(old.len() - 9);
         assert_eq!(ApplyState::decode(&old).unwrap(), unknown);
+        let mut two = a.encode();
+        two[0] = 2;
+        let at = two.len() - 9;
+        two.remove(at);
+        assert_eq!(ApplyState::decode(&two).unwrap(), a);
         let bad = ApplyState {
             truncated_index: 11,
             ..a.clone()

@@ -396,13 +396,14 @@ impl RegionStorage {
     }
 
     /// Installs a snapshot received from the leader: the region's data, log,
-    /// sessions and state are replaced by the snapshot's, all in `batch`.
-    /// Returns the region and its session table as of the snapshot.
+    /// sessions, change history and state are replaced by the snapshot's,
+    /// all in `batch`. Returns the region, its session table and its
+    /// history floor as of the snapshot.
     pub fn apply_snapshot(
         &mut self,
         snap: &Snapshot,
         batch: &mut LogBatch,
-    ) -> Result<(Region, crate::session::SessionTable)> {
+    ) -> Result<(Region, crate::session::SessionTable, u64)> {
         let meta = snap.get_metadata();
         let data = snapshot::SnapshotData::decode(&snap.data)?;
         if data.region.id != self.region_id || data.applied_index != meta.index {
@@ -455,9 +456,20 @@ impl RegionStorage {
             keys::raft_log_key(self.region_id, 0),
             keys::raft_log_key(self.region_id, u64::MAX),
         );
-        // Changes up to the snapshot are not known here: watchers resume
-        // from after it.
+        // The history is the snapshot's: watchers resume from its floor.
         crate::watch::prune(&self.db, &mut batch.inner, self.region_id, meta.index);
+        let history = cf(&self.db, crate::keys::CF_HISTORY);
+        for (index, changes) in &data.history {
+            batch
+                .inner
+                .put_cf(history, keys::history_key(self.region_id, *index), changes);
+        }
+        crate::watch::set_floor(
+            &self.db,
+            &mut batch.inner,
+            self.region_id,
+            data.history_floor,
+        );
         self.apply = ApplyState {
             applied_index: meta.index,
             applied_term: meta.term,
@@ -483,6 +495,7 @@ impl RegionStorage {
         Ok((
             data.region,
             crate::session::SessionTable::from_clients(clients),
+            data.history_floor,
         ))
     }
 

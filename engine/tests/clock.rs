@@ -108,6 +108,9 @@ fn a_region_whose_clock_is_unknown_gets_one_from_its_leader_at_once() {
     }
     c.restart(1).unwrap();
     assert_eq!(c.peer(1, 1).unwrap().region_clock(), None);
+    // A read waits for the clock, then is answered.
+    let got = c.get(b"k", Consistency::Linearizable, 2000).unwrap();
+    assert!(got.is_some());
     // The leader's first clock entry sets it, without any write.
     assert!(c
         .run_until(1000, |c| c

@@ -315,8 +315,10 @@ fn change_history_is_the_same_on_every_replica_and_bounded() {
         .unwrap();
     assert_eq!((last_k1.version, &last_k1.value), (k1.version, &k1.value));
 
-    // A replica that misses a lot and is restored from a snapshot keeps no
-    // history before it; afterwards it records like the others.
+    // A replica that misses a lot and is restored from a snapshot gets the
+    // history the snapshot carries (its newest part, so that a watch can
+    // resume there from before the snapshot); afterwards it records like
+    // the others.
     c.crash(lagging);
     for i in 0..1500 {
         must_put(&mut c, &format!("k{}", i % 10), &format!("w{i}"));
@@ -327,12 +329,20 @@ fn change_history_is_the_same_on_every_replica_and_bounded() {
             >= c.status(leader, 1).unwrap().applied_index)
         .unwrap());
     assert!(c.peer_counters(lagging, 1).unwrap().snapshots_applied > 0);
+    let snapshot_index = c.status(lagging, 1).unwrap().first_index - 1;
     let (snap_floor, _) = c.history(lagging, 1, 0).unwrap();
+    assert!(
+        snap_floor < snapshot_index,
+        "history from {snap_floor}, before the snapshot at {snapshot_index}"
+    );
     must_put(&mut c, "after", "snap");
     c.run_ms(200).unwrap();
     let (_, tail_lagging) = c.history(lagging, 1, snap_floor).unwrap();
     let (leader_floor, tail_leader) = c.history(leader, 1, snap_floor).unwrap();
-    assert!(snap_floor >= leader_floor, "history starts at the snapshot");
+    assert!(
+        snap_floor >= leader_floor,
+        "no more history than the leader's"
+    );
     assert_eq!(tail_lagging, tail_leader);
     assert_eq!(tail_leader.last().unwrap().value, b("snap"));
     // Bounded: the leader keeps at most 200 + 50 indexes of history.

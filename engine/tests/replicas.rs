@@ -85,13 +85,18 @@ fn message(kind: MessageType, (from, to): (u64, u64), term: u64) -> Message {
 
 impl Node {
     fn step(&mut self, region_id: u64, from_node: u64, message: Message) {
+        self.step_at(region_id, (from_node, Epoch::default()), message);
+    }
+
+    /// Delivers `message` sent by a node whose region is at `epoch`.
+    fn step_at(&mut self, region_id: u64, (from_node, epoch): (u64, Epoch), message: Message) {
         let env = RaftEnvelope {
             region_id,
             from_node,
             to_node: 3,
             message,
             removed_at: 0,
-            epoch: Epoch::default(),
+            epoch,
         };
         self.r.step(env, &mut Vec::new()).unwrap();
     }
@@ -200,6 +205,53 @@ fn a_replica_waiting_under_an_old_raft_id_gives_way_to_the_new_one() {
     assert_eq!(n.r.peer(7).unwrap().term_and_vote().0, 4);
 }
 
+#[test]
+fn a_replica_given_way_and_refused_a_snapshot_leaves_room_for_the_next_message() {
+    let mut n = node3();
+    n.step(7, 1, message(MessageType::MsgHeartbeat, (7001, 7003), 3));
+    // The new id's first message is a snapshot over a range region 1
+    // covers here: refused, and nothing is left to block what comes next.
+    let stale = Region {
+        id: 7,
+        peers: voters(7),
+        ..child(7)
+    };
+    n.step(7, 1, snapshot(&stale, 9, (7001, 9003)));
+    assert!(n.r.peer(7).is_none());
+    assert!(n.directory.get(7).is_none());
+    n.step(7, 1, message(MessageType::MsgHeartbeat, (7001, 9003), 4));
+    assert_eq!(n.r.peer(7).unwrap().peer_id(), 9003);
+}
+
+#[test]
+fn a_replica_with_data_addressed_under_a_newer_id_is_destroyed_for_it() {
+    use corekv_engine::membership::new_peer_id;
+    let mut n = node3();
+    // Region 1's replica here (raft id 1003) was taken out without hearing
+    // of it; the node was added again as a learner.
+    let newer = new_peer_id(5, 3);
+    let epoch = Epoch {
+        conf_ver: 5,
+        version: 1,
+    };
+    n.step_at(
+        1,
+        (1, epoch),
+        message(MessageType::MsgHeartbeat, (1001, newer), 9),
+    );
+    assert!(n.r.peer(1).unwrap().is_removed());
+    let gone = n.r.destroy_removed(&mut Vec::new()).unwrap();
+    assert_eq!(gone.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1]);
+    n.step_at(
+        1,
+        (1, epoch),
+        message(MessageType::MsgHeartbeat, (1001, newer), 9),
+    );
+    let p = n.r.peer(1).unwrap();
+    assert_eq!(p.peer_id(), newer);
+    assert!(!p.is_initialized(), "it waits for its first snapshot");
+}
+
 /// A snapshot message of `region` at `index` (raft refuses one at or below
 /// what the replica committed).
 fn snapshot(region: &Region, index: u64, (from, to): (u64, u64)) -> Message {
@@ -209,6 +261,8 @@ fn snapshot(region: &Region, index: u64, (from, to): (u64, u64)) -> Message {
         clock_ms: Some(0),
         pairs: Vec::new(),
         sessions: Vec::new(),
+        history_floor: index,
+        history: Vec::new(),
     };
     let mut m = message(MessageType::MsgSnapshot, (from, to), 6);
     let s = m.mut_snapshot();

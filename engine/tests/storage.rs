@@ -218,7 +218,7 @@ fn snapshot_boundaries_and_install() {
         &(6..=8).map(|i| entry(i, 5, 8)).collect::<Vec<_>>(),
     );
     let mut b = LogBatch::default();
-    let (r, _sessions) = s2.apply_snapshot(&snap, &mut b).unwrap();
+    let (r, _sessions, _floor) = s2.apply_snapshot(&snap, &mut b).unwrap();
     assert_eq!(r.id, 1);
     assert!(b.must_sync);
     db::write(&db2, b.inner, true).unwrap();
