@@ -77,6 +77,12 @@ pub struct Config {
     /// write did); reads see a key expire at most about this late. 0: only
     /// writes and expiry sweeps move it. Default 100.
     pub clock_step_ms: u64,
+    /// A leader runs the consistency check of its region this often, in ms
+    /// (every replica digests its data at one raft index and compares it
+    /// with the leader's; a mismatch is logged and counted); 0: only when
+    /// asked (`corekv ctl check`). Each check reads the whole region once on
+    /// every replica. Default 0.
+    pub consistency_check_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -107,6 +113,7 @@ impl Default for Config {
             expire_keys_max: 1024,
             watch_history_entries: 10_000,
             clock_step_ms: 100,
+            consistency_check_interval_ms: 0,
         }
     }
 }

@@ -342,6 +342,9 @@ pub struct Peer {
     digest_to_verify: Option<(u64, crate::digest::Digest)>,
     /// The last consistency check this replica verified.
     check: Option<CheckVerdict>,
+    /// As leader, when to start the next scheduled consistency check
+    /// (monotonic ms; see `Config::consistency_check_interval_ms`).
+    next_check_ms: u64,
     logger: slog::Logger,
 }
 
@@ -588,6 +591,7 @@ impl Peer {
             digest: stored_check.0,
             digest_to_verify: None,
             check: stored_check.1,
+            next_check_ms: 0,
             logger,
         })
     }
@@ -819,6 +823,7 @@ impl Peer {
         let was_leader = self.role_term.0 == StateRole::Leader;
         self.role_term = now;
         self.lease_until_ms = 0;
+        self.next_check_ms = 0;
         // Follower reads asked an old leader: answer them retryably.
         let mut asked_old = Vec::new();
         self.follower_reads.take_all(&mut asked_old);
@@ -891,6 +896,7 @@ impl Peer {
         if !self.raw.raft.commit_to_current_term() {
             return;
         }
+        self.schedule_check(now_ms);
         // raft leaves a joint configuration by itself only if the leader
         // that entered it is still leading when it applies it; any later
         // leader ends it here.
@@ -1650,6 +1656,27 @@ impl Peer {
         self.prune_history(&db, apply);
         self.raw.store().persist_apply_state(&mut apply.inner);
         Ok(())
+    }
+
+    /// As leader, starts the consistency check every
+    /// `consistency_check_interval_ms` (the first one interval after it
+    /// began leading). Not tracked: a lost one waits for the next.
+    fn schedule_check(&mut self, now_ms: u64) {
+        let every = self.cfg.consistency_check_interval_ms;
+        if every == 0 {
+            return;
+        }
+        if self.next_check_ms == 0 {
+            self.next_check_ms = now_ms + every;
+        }
+        if now_ms < self.next_check_ms {
+            return;
+        }
+        self.next_check_ms = now_ms + every;
+        let cmd = AdminCommand::ComputeDigest;
+        let _ = self
+            .raw
+            .propose(admin::ENTRY_CONTEXT.to_vec(), cmd.encode());
     }
 
     /// Compares the leader's digest at `index` with this replica's own and

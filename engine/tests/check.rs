@@ -61,3 +61,33 @@ fn a_replica_changed_behind_raft_is_named_and_agreeing_replicas_pass() {
         assert_eq!(c.peer_counters(leader, 1).unwrap().digest_mismatches, 0);
     }
 }
+
+#[test]
+fn a_scheduled_check_finds_a_diverged_replica_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = SimCluster::new(
+        dir.path(),
+        SimOptions {
+            config: corekv_engine::Config {
+                consistency_check_interval_ms: 1000,
+                ..corekv_engine::Config::default()
+            },
+            ..SimOptions::default()
+        },
+    )
+    .unwrap();
+    let leader = c.must_leader(1);
+    for i in 0..20 {
+        assert!(matches!(
+            c.write(put(&format!("k{i}"), "v"), 5000).unwrap(),
+            WriteOutcome::Written { .. }
+        ));
+    }
+    let victim = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    c.corrupt(victim, b"k3", b"changed behind raft").unwrap();
+    // Nobody asks: within two intervals the leader checks by itself.
+    c.run_ms(2500).unwrap();
+    assert!(c.peer_counters(victim, 1).unwrap().digest_mismatches >= 1);
+    assert_eq!(c.peer_counters(leader, 1).unwrap().digest_mismatches, 0);
+    assert!(c.peer_counters(leader, 1).unwrap().digest_checks >= 1);
+}

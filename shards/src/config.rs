@@ -98,6 +98,17 @@ pub struct ServerArgs {
     /// resume from a version; 0 = none. Default 10000.
     #[arg(long)]
     pub watch_history_entries: Option<u64>,
+    /// A region compacts its raft log once this many applied entries are in
+    /// it (keeping a tenth, at most 1000, for followers a little behind); a
+    /// follower more than four times this far behind catches up by
+    /// snapshot. Default 10000; at least 20.
+    #[arg(long)]
+    pub log_compact_entries: Option<u64>,
+    /// Region leaders run the consistency check (`corekv ctl check`) by
+    /// themselves this often, seconds; 0 = only when asked. Each check reads
+    /// every region once on every replica. Default 0.
+    #[arg(long)]
+    pub consistency_check_secs: Option<u64>,
     /// Largest value, bytes. Default 1 MiB; at most 8 MiB.
     #[arg(long)]
     pub value_bytes_max: Option<usize>,
@@ -349,6 +360,8 @@ impl ServerArgs {
             request_timeout_ms,
             watchers_max,
             watch_history_entries,
+            log_compact_entries,
+            consistency_check_secs,
             split_load_ops,
             split_load_windows,
             split_keys,
@@ -436,6 +449,16 @@ impl ServerArgs {
         }
         if let Some(h) = self.watch_history_entries {
             engine.watch_history_entries = h;
+        }
+        if let Some(s) = self.consistency_check_secs {
+            engine.consistency_check_interval_ms = s.saturating_mul(1000);
+        }
+        if let Some(n) = self.log_compact_entries {
+            if n < 20 {
+                return Err(format!("--log-compact-entries {n}: at least 20"));
+            }
+            engine.log_compact_entries = n;
+            engine.log_retain_entries = (n / 10).min(1000);
         }
         let watchers_max = self.watchers_max.unwrap_or(10_000);
         if watchers_max == 0 {

@@ -261,3 +261,59 @@ fn a_node_killed_in_the_middle_of_large_writes_always_starts_again() {
     t.must_be_ready(Duration::from_secs(30));
     must_check_all(&mut t.client());
 }
+
+#[test]
+fn a_node_killed_while_it_installs_a_large_snapshot_starts_again_and_catches_up() {
+    // Logs compacted after 100 entries: a node 400 entries behind gets a
+    // snapshot.
+    let mut t = TestCluster::start(3, 1, &["--log-compact-entries", "100"]);
+    let mut c = t.client();
+    let region = region_in(&c, 1);
+    t.cluster.set_faults(2, "isolate\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // About 40 MB in region 1 that node 3 does not have.
+    let keys = keys_above(&region, 0, "snap-", 500);
+    let value = vec![b's'; 80 << 10];
+    for k in &keys {
+        c.put(k.as_bytes(), &value, PutOptions::default()).unwrap();
+    }
+    // Node 3 hears again and is sent a snapshot; it is killed again and
+    // again meanwhile, and must start every time.
+    t.cluster.set_faults(2, "").unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for kill in 0..6 {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(150..700)));
+        t.cluster.kill(2);
+        t.cluster.start_node(2).unwrap();
+        let addr = t.cluster.nodes[2].client_addr.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !corekv_tools::dev::node_answers(&addr) {
+            if let Some((id, status)) = t.cluster.exited() {
+                panic!(
+                    "kill {kill}: node {id} exited ({status}) on restart:\n{}",
+                    corekv_tools::dev::tail(&t.cluster.nodes[2].dir.join("server.log"), 20)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kill {kill}: node 3 never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let addrs = t.endpoints();
+    must_converge(&mut c, &addrs, 1, Duration::from_secs(60));
+    let log = std::fs::read_to_string(t.cluster.nodes[2].dir.join("server.log")).unwrap();
+    assert!(
+        log.contains("snapshots installed"),
+        "node 3 caught up by snapshot"
+    );
+    for k in keys.iter().step_by(50) {
+        assert_eq!(
+            local_read(&addrs[2], &region_in(&c, 1), k).map(|v| v.len()),
+            Some(80 << 10),
+            "node 3's copy of {k}"
+        );
+    }
+    must_check_all(&mut c);
+}
