@@ -51,18 +51,16 @@ pub enum AdminCommand {
     },
 }
 
-/// Largest region id a split may choose (peer ids are `region * 1000 +
-/// node`, which must fit in a u64).
-pub const REGION_ID_MAX: u64 = (1 << 48) - 1;
+pub use crate::ids::REGION_ID_MAX;
 
 /// The replicas a region split off `region` gets: the same nodes and roles,
-/// peer ids `new_region_id * 1000 + node`.
+/// peer ids [`crate::ids::region_peer_id`].
 pub fn split_peers(region: &Region, new_region_id: u64) -> Vec<PeerMeta> {
     region
         .peers
         .iter()
         .map(|p| PeerMeta {
-            id: new_region_id * 1000 + p.node_id,
+            id: crate::ids::region_peer_id(new_region_id, p.node_id),
             node_id: p.node_id,
             role: p.role,
         })

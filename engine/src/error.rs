@@ -6,7 +6,22 @@
 //! - *request* errors say the request itself is wrong (`KeyTooLarge`, ...);
 //! - *fatal* errors (`Storage`, `Corruption`) mean this node cannot go on.
 //!
-//! Every client-visible variant has a stable numeric [`Error::code`].
+//! Every variant has a stable numeric [`Error::code`]: the wire's
+//! `ErrorCode` (`net/schema/corekv.fbs`, the one table of codes; the codes
+//! only the protocol layer produces, 20-32, are listed there).
+//!
+//! | code | name | engine variant |
+//! |---|---|---|
+//! | 1 | NotLeader | [`Error::NotLeader`] |
+//! | 2 | EpochNotMatch | [`Error::EpochNotMatch`] |
+//! | 3 | RegionNotFound | [`Error::RegionNotFound`] |
+//! | 4 | KeyTooLarge | [`Error::KeyTooLarge`] |
+//! | 5 | ValueTooLarge | [`Error::ValueTooLarge`] |
+//! | 6 | InvalidRequest | [`Error::InvalidRequest`] |
+//! | 7 | Busy | [`Error::Busy`] |
+//! | 8 | ProposalDropped | [`Error::ProposalDropped`] |
+//! | 9 | Timeout | [`Error::Timeout`] |
+//! | 100 | Internal | [`Error::Compacted`] (raft log entries, never a client's), [`Error::Corruption`], [`Error::Storage`], [`Error::Raft`], [`Error::Config`] |
 
 use crate::region::Region;
 
@@ -81,7 +96,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// Stable code carried on the wire for this error.
+    /// The wire's `ErrorCode` for this error (see the module's table).
     pub fn code(&self) -> u16 {
         match self {
             Error::NotLeader { .. } => 1,
@@ -93,11 +108,11 @@ impl Error {
             Error::Busy(_) => 7,
             Error::ProposalDropped => 8,
             Error::Timeout => 9,
-            Error::Compacted => 10,
-            Error::Corruption(_) => 100,
-            Error::Storage(_) => 101,
-            Error::Raft(_) => 102,
-            Error::Config(_) => 103,
+            Error::Compacted
+            | Error::Corruption(_)
+            | Error::Storage(_)
+            | Error::Raft(_)
+            | Error::Config(_) => 100,
         }
     }
 

@@ -6,6 +6,7 @@
 //! - `error`: the engine's typed errors (retryable / request / fatal) and codes.
 //! - `config`: [`Config`], every limit and timeout of a region peer, validated.
 //! - `hash`: the stable routing hash (xxh3-64, seed 0).
+//! - `ids`: node, region and replica id limits and constructors.
 //! - `codec`: the explicit binary codec of stored and replicated records.
 //! - `keys`: column families and key layouts of the shared RocksDB.
 //! - `db`: opening RocksDB, the shared [`LogBatch`], synced writes.
@@ -17,7 +18,10 @@
 //! - `storage`: `raft::Storage` of one region over the shared RocksDB.
 //! - `value`: how a user value is stored (version, expiry, bytes).
 //! - `command`: client writes as logged, their validation and outcomes.
-//! - `admin`: region administration through the raft log (preferred leader).
+//! - `admin`: region administration through the raft log (preferred leader,
+//!   consistency checks).
+//! - `membership`: replica changes (learner, promote, remove) as raft conf
+//!   changes checked against the region; node id limits.
 //! - `apply`: the state machine applying committed writes; reads.
 //! - `expire`: active expiry: the leader's sweep and the replicated removal.
 //! - `cache`: the bounded hot-key read cache kept behind the apply point.
@@ -44,6 +48,7 @@ pub mod directory;
 pub mod error;
 pub mod expire;
 pub mod hash;
+pub mod ids;
 pub mod keys;
 pub mod membership;
 pub mod peer;

@@ -12,9 +12,9 @@
 //!    gone (it applies its removal, or a member that applied it says so).
 //!
 //! Every applied change bumps the region's `conf_ver`. New replica ids are
-//! [`new_peer_id`]: above every id a bootstrap or a split hands out and
-//! growing with `conf_ver`, so a replica removed from a node is never
-//! confused with a later one of the same region there.
+//! [`crate::ids::added_peer_id`]: above every id a bootstrap or a split
+//! hands out and growing with `conf_ver`, so a replica removed from a node
+//! is never confused with a later one of the same region there.
 
 use raft::eraftpb::ConfState;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
@@ -25,8 +25,7 @@ use crate::region::{PeerMeta, PeerRole, Region};
 
 const CONTEXT_FORMAT: u8 = 1;
 
-/// Largest node id a membership change accepts (it is part of peer ids).
-pub const NODE_ID_MAX: u64 = u16::MAX as u64;
+pub use crate::ids::NODE_ID_MAX;
 
 /// A change of one region's replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,9 +50,10 @@ pub enum PeerChange {
     },
 }
 
-/// Id of a replica added to a region by the change that makes `conf_ver`.
+/// Id of a replica added to a region by the change that makes `conf_ver`
+/// ([`crate::ids::added_peer_id`]).
 pub fn new_peer_id(conf_ver: u64, node_id: u64) -> u64 {
-    (1 << 63) | (conf_ver << 16) | node_id
+    crate::ids::added_peer_id(conf_ver, node_id)
 }
 
 fn single(change_type: ConfChangeType, peer_id: u64) -> ConfChangeSingle {

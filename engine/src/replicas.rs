@@ -204,8 +204,7 @@ pub fn destroy_replica(
     batch.put_cf(
         meta,
         keys::tombstone_key(id),
-        crate::membership::new_peer_id(region.epoch.conf_ver, crate::membership::NODE_ID_MAX)
-            .to_be_bytes(),
+        crate::ids::last_peer_id(region.epoch.conf_ver).to_be_bytes(),
     );
     let history = crate::db::cf(db, CF_HISTORY);
     batch.delete_range_cf(

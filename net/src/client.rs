@@ -797,7 +797,14 @@ impl Client {
             .map_err(|last| ClientError::Unavailable { attempts: 1, last })
     }
 
-    /// The status document (JSON) of the node at `addr`.
+    /// The status document of the node at `addr`.
+    pub fn status_doc(&mut self, addr: &str) -> Result<crate::status::NodeStatus> {
+        let text = self.status_of(addr)?;
+        serde_json::from_str(&text)
+            .map_err(|e| ClientError::Protocol(format!("status document of {addr}: {e}")))
+    }
+
+    /// The status document of the node at `addr`, as its JSON text.
     pub fn status_of(&mut self, addr: &str) -> Result<String> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let req = Request {

@@ -7,8 +7,13 @@
 //! - `message`: client-protocol messages as Rust values; encode and decode.
 //! - `peer_codec`: frames of the raft transport between nodes.
 //! - `client`: the blocking native client (region cache, leader hints, retries).
+//! - `admin`: placement operations through a client (leader transfer,
+//!   replica and shard moves), each waiting until it shows.
 //! - `listen`: listening sockets shared by a node's shards, and the check that
 //!   no other process holds the port.
+//! - `meta`: the meta region's records (node list, route reports, id
+//!   allocation) and the client operations that update them.
+//! - `status`: the typed status document of a node (`Status` request).
 //! - `server`: a shard's client listener (glommio): connections, hello, limits.
 //! - `transport`: a shard's raft transport (glommio): links with backoff and
 //!   bounded queues, and the peer acceptor.
@@ -17,6 +22,7 @@
 //!   region).
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod client;
 pub mod faults;
 pub mod frame;
@@ -25,6 +31,7 @@ pub mod message;
 pub mod meta;
 pub mod peer_codec;
 pub mod server;
+pub mod status;
 pub mod transport;
 pub mod wake;
 pub mod watch_client;

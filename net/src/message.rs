@@ -139,19 +139,7 @@ impl WireError {
     /// The wire form of an engine error.
     pub fn from_engine(e: &corekv_engine::Error) -> Self {
         use corekv_engine::Error as E;
-        let code = match e {
-            E::NotLeader { .. } => ErrorCode::NotLeader,
-            E::EpochNotMatch { .. } => ErrorCode::EpochNotMatch,
-            E::RegionNotFound(_) => ErrorCode::RegionNotFound,
-            E::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
-            E::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
-            E::InvalidRequest(_) => ErrorCode::InvalidRequest,
-            E::Busy(_) => ErrorCode::Busy,
-            E::ProposalDropped => ErrorCode::ProposalDropped,
-            E::Timeout => ErrorCode::Timeout,
-            _ => ErrorCode::Internal,
-        };
-        let mut w = WireError::new(code, e.to_string());
+        let mut w = WireError::new(ErrorCode(e.code()), e.to_string());
         match e {
             E::NotLeader { leader_node, .. } => w.leader_node = leader_node.unwrap_or(0),
             E::EpochNotMatch { current, .. } => w.regions = current.clone(),
@@ -1422,6 +1410,41 @@ mod tests {
             decode_frame(body(&encode_error_frame(&e))).unwrap(),
             Frame::Error(e)
         );
+    }
+
+    #[test]
+    fn every_engine_error_has_the_schemas_code_of_its_name() {
+        use corekv_engine::Error as E;
+        let errors = [
+            (
+                E::NotLeader {
+                    region_id: 1,
+                    leader_node: Some(2),
+                },
+                "NotLeader",
+            ),
+            (
+                E::EpochNotMatch {
+                    region_id: 1,
+                    current: vec![],
+                },
+                "EpochNotMatch",
+            ),
+            (E::RegionNotFound(1), "RegionNotFound"),
+            (E::KeyTooLarge { len: 9, max: 8 }, "KeyTooLarge"),
+            (E::ValueTooLarge { len: 9, max: 8 }, "ValueTooLarge"),
+            (E::InvalidRequest("x".into()), "InvalidRequest"),
+            (E::Busy("x"), "Busy"),
+            (E::ProposalDropped, "ProposalDropped"),
+            (E::Timeout, "Timeout"),
+            (E::Compacted, "Internal"),
+            (E::Corruption("x".into()), "Internal"),
+            (E::Config("x".into()), "Internal"),
+        ];
+        for (e, name) in errors {
+            let w = WireError::from_engine(&e);
+            assert_eq!(w.code.variant_name(), Some(name), "{e}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `--initial-cluster` and `--regions`): region `r` (ids 1..=R) covers the
 //! r-th of R equal slices of the hash space; its replicas are on
 //! `min(3, N)` nodes starting at node index `(r-1) mod N`; replica ids are
-//! `r * 1000 + node_id`. Its preferred leader is the first of those nodes, so
+//! `r * 1000 + node_id` (`corekv_engine::ids::region_peer_id`). Its preferred leader is the first of those nodes, so
 //! leaders spread evenly over nodes, and on each node region `r` is placed on
 //! shard `(r-1) mod shards`, so they spread over cores too.
 
@@ -46,7 +46,7 @@ pub fn initial_regions(nodes: &[u64], count: u64) -> Vec<Region> {
             .map(|k| {
                 let node_id = nodes[(i + k) % n];
                 PeerMeta {
-                    id: id * 1000 + node_id,
+                    id: corekv_engine::ids::region_peer_id(id, node_id),
                     node_id,
                     role: PeerRole::Voter,
                 }

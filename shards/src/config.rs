@@ -266,8 +266,7 @@ fn parse_shard_ports(
     }
 }
 
-/// Largest node id (peer ids are `region_id * 1000 + node_id`).
-pub const NODE_ID_MAX: u64 = 999;
+pub use corekv_engine::ids::NODE_ID_MAX;
 /// Most regions a cluster may start with.
 pub const REGIONS_MAX: u64 = 4096;
 const _: () = assert!(REGIONS_MAX < corekv_engine::region::META_REGION_ID);

@@ -7,9 +7,20 @@
 //! - `node`: state shared by a node's shards (router, leaders, log writer queue).
 //! - `log_writer`: the node-wide group commit of every shard's log batch.
 //! - `metrics`: Prometheus metrics of the node and its `/metrics` endpoint.
+//! - `nodes`: the other nodes raft messages go to (initial cluster and
+//!   added nodes, kept in RocksDB).
+//! - `meta`: the thread that keeps the node in step with the meta region
+//!   (node list, route reports, routing table).
 //! - `shard`: one pinned glommio executor running rounds over its regions.
+//! - `watch`: a shard's watches: subscriptions, change frames, lagging
+//!   watchers.
+//! - `autosplit`: per-region load tracking and the split decision.
+//! - `placement`: the placement driver and its planner (`plan`, `count`):
+//!   replicas, leaders and shards evened out; `corekv ctl balance` runs the
+//!   same plan.
 //! - `quota`: the disk quota watcher (`--disk-quota-mb`, `NoSpace`).
-//! - `status`: the node's status document and the region size scanner.
+//! - `status`: the node's status document (typed in `corekv_net::status`)
+//!   and the region size scanner.
 //! - `raft_log`: raft-rs logs into `tracing`.
 //! - `server`: start (memlock, ports, executors) and clean shutdown.
 //! - `bin/corekv-server`: the server binary.

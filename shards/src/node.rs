@@ -69,8 +69,8 @@ pub struct RegionRow {
     pub region: corekv_engine::Region,
     /// Shard holding the replica.
     pub shard: usize,
-    /// `leader`, `follower`, `candidate`, `pre_candidate`.
-    pub role: &'static str,
+    /// Its raft role.
+    pub role: corekv_net::status::Role,
     /// Leader node (0 = unknown).
     pub leader_node: u64,
     /// Applied index.

@@ -191,7 +191,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         .map_err(|e| format!("starting the meta region thread: {e}"))?;
     crate::status::spawn_size_scanner(Arc::downgrade(&node))
         .map_err(|e| format!("starting the size scanner: {e}"))?;
-    let policy = corekv_tools::plan::Policy {
+    let policy = crate::placement::Policy {
         min_load: cfg.placement_min_load,
     };
     crate::placement::spawn(Arc::downgrade(&node), cfg.placement_moves_per_min, policy)

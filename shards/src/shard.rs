@@ -23,6 +23,7 @@ use corekv_engine::{db, route_hash, RaftEnvelope, Replicas, Round};
 use corekv_net::faults::{FaultFile, FaultRules};
 use corekv_net::message::{NodeInfo, Op, Outcome, Request, Response, RouteInfo, WireError};
 use corekv_net::server::{ClientConn, Connections, RequestHandler, WatchLink};
+use corekv_net::status::Role;
 use corekv_net::transport::{RaftHandler, Transport};
 use corekv_net::wire::ErrorCode;
 use glommio::channels::channel_mesh::Senders;
@@ -549,10 +550,10 @@ impl Shard {
                     region: p.region().clone(),
                     shard: self.id,
                     role: match s.role {
-                        raft::StateRole::Leader => "leader",
-                        raft::StateRole::Follower => "follower",
-                        raft::StateRole::Candidate => "candidate",
-                        raft::StateRole::PreCandidate => "pre_candidate",
+                        raft::StateRole::Leader => Role::Leader,
+                        raft::StateRole::Follower => Role::Follower,
+                        raft::StateRole::Candidate => Role::Candidate,
+                        raft::StateRole::PreCandidate => Role::PreCandidate,
                     },
                     leader_node: p.leader_node().unwrap_or(0),
                     applied_index: s.applied_index,

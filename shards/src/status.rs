@@ -7,102 +7,119 @@ use std::time::Duration;
 
 use corekv_engine::db::cf;
 use corekv_engine::keys::{self, CF_DATA};
-use serde_json::json;
+use corekv_net::status::{
+    EpochStatus, LogWriterStatus, NodeStatus, PeerStatus, RegionStatus, Role, ShardStatus,
+};
 
 use crate::node::NodeShared;
 
 /// Seconds between two scans of region sizes.
 pub const SIZE_SCAN_SECS: u64 = 10;
 
-fn digest_json(d: &corekv_engine::digest::Digest) -> serde_json::Value {
-    json!({"hash": format!("{:016x}", d.hash), "keys": d.keys, "bytes": d.bytes})
-}
-
 /// The status document of `node`, as JSON text.
 pub fn document(node: &NodeShared) -> String {
+    serde_json::to_string(&status(node)).unwrap_or_default()
+}
+
+/// Rounded to one decimal.
+fn tenths(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// The status document of `node`.
+pub fn status(node: &NodeShared) -> NodeStatus {
     let (fsyncs, batches, entries, bytes) = node.log_stats.snapshot();
     let board = node.board.lock().map(|b| {
-        let regions: Vec<_> = b
+        let regions: Vec<RegionStatus> = b
             .regions
             .iter()
             .map(|(id, r)| {
                 let (keys, bytes) = b.sizes.get(id).copied().unwrap_or_default();
                 let region = &r.region;
-                json!({
-                    "id": id,
-                    "start_hash": region.start_hash,
-                    "end_hash": region.end_hash,
-                    "epoch": {"conf_ver": region.epoch.conf_ver, "version": region.epoch.version},
-                    "peers": region.peers.iter().map(|p| json!({"id": p.id, "node": p.node_id})).collect::<Vec<_>>(),
-                    "shard": r.shard,
-                    "role": r.role,
-                    "leader_node": r.leader_node,
-                    "applied_index": r.applied_index,
-                    "commit_index": r.commit_index,
-                    "log_entries": r.log_entries,
-                    "keys": keys,
-                    "bytes": bytes,
-                    "read_ops_per_sec": (r.read_ops_per_sec * 10.0).round() / 10.0,
-                    "write_ops_per_sec": (r.write_ops_per_sec * 10.0).round() / 10.0,
-                    "check": r.check.map(|c| json!({
-                        "index": c.index,
-                        "verdict": c.verdict(),
-                        "leader": digest_json(&c.leader),
-                        "own": c.own.as_ref().map(digest_json),
-                    })),
-                })
+                RegionStatus {
+                    id: *id,
+                    start_hash: region.start_hash,
+                    end_hash: region.end_hash,
+                    epoch: EpochStatus {
+                        conf_ver: region.epoch.conf_ver,
+                        version: region.epoch.version,
+                    },
+                    peers: region
+                        .peers
+                        .iter()
+                        .map(|p| PeerStatus {
+                            id: p.id,
+                            node: p.node_id,
+                        })
+                        .collect(),
+                    shard: r.shard,
+                    role: r.role,
+                    leader_node: r.leader_node,
+                    applied_index: r.applied_index,
+                    commit_index: r.commit_index,
+                    log_entries: r.log_entries,
+                    keys,
+                    bytes,
+                    read_ops_per_sec: tenths(r.read_ops_per_sec),
+                    write_ops_per_sec: tenths(r.write_ops_per_sec),
+                    check: r.check.as_ref().map(Into::into),
+                }
             })
-            .collect::<Vec<_>>();
-        let mut per_shard = std::collections::BTreeMap::<usize, (u64, u64)>::new();
-        for r in b.regions.values() {
-            let e = per_shard.entry(r.shard).or_default();
-            e.0 += 1;
-            if r.role == "leader" {
-                e.1 += 1;
-            }
-        }
+            .collect();
         let ports = node.shard_ports.get();
-        let shards: Vec<_> = (0..node.cfg.shards)
+        let shards: Vec<ShardStatus> = (0..node.cfg.shards)
             .map(|s| {
-                let (regions, leaders) = per_shard.get(&s).copied().unwrap_or_default();
-                json!({
-                    "shard": s,
-                    "regions": regions,
-                    "leaders": leaders,
-                    "port": ports.get(s).copied().unwrap_or(0),
-                    "forwarded_requests": node.forwarded[s].load(std::sync::atomic::Ordering::Relaxed),
-                })
+                let mine = regions.iter().filter(|r| r.shard == s);
+                ShardStatus {
+                    shard: s,
+                    regions: mine.clone().count() as u64,
+                    leaders: mine.filter(|r| r.role == Role::Leader).count() as u64,
+                    port: ports.get(s).copied().unwrap_or(0),
+                    forwarded_requests: node.forwarded[s]
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                }
             })
             .collect();
         (regions, shards)
     });
     let (regions, shards) = board.unwrap_or_default();
-    let leaders = node.router().led_by(node.cfg.node_id);
-    json!({
-        "node_id": node.cfg.node_id,
-        "client_addr": node.cfg.client_listen.to_string(),
-        "peer_addr": node.cfg.peer_listen.to_string(),
-        "uptime_secs": node.started.elapsed().as_secs(),
-        "stopping": node.is_stopping(),
-        "shard_count": node.cfg.shards,
-        "leaders": leaders,
-        "known_nodes": node.peer_addrs.read().map(|a| {
+    let known_nodes = node
+        .peer_addrs
+        .read()
+        .map(|a| {
             let mut ids: Vec<u64> = a.keys().copied().collect();
             ids.sort_unstable();
             ids
-        }).unwrap_or_default(),
-        "leaving": node.retired.lock().map(|r| r.iter().copied().collect::<Vec<u64>>()).unwrap_or_default(),
-        "log_writer": {
-            "fsyncs": fsyncs,
-            "batches": batches,
-            "entries": entries,
-            "bytes": bytes,
-            "entries_per_fsync": if fsyncs == 0 { 0.0 } else { (entries as f64 / fsyncs as f64 * 10.0).round() / 10.0 },
+        })
+        .unwrap_or_default();
+    NodeStatus {
+        node_id: node.cfg.node_id,
+        client_addr: node.cfg.client_listen.to_string(),
+        peer_addr: node.cfg.peer_listen.to_string(),
+        uptime_secs: node.started.elapsed().as_secs(),
+        stopping: node.is_stopping(),
+        shard_count: node.cfg.shards,
+        leaders: node.router().led_by(node.cfg.node_id) as u64,
+        known_nodes,
+        leaving: node
+            .retired
+            .lock()
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default(),
+        log_writer: LogWriterStatus {
+            fsyncs,
+            batches,
+            entries,
+            bytes,
+            entries_per_fsync: if fsyncs == 0 {
+                0.0
+            } else {
+                tenths(entries as f64 / fsyncs as f64)
+            },
         },
-        "shards": shards,
-        "regions": regions,
-    })
-    .to_string()
+        shards,
+        regions,
+    }
 }
 
 /// Counts the keys and bytes of every region of the node, every

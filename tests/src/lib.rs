@@ -173,8 +173,13 @@ pub fn check_histories(
 
 /// Moves `region`'s replica from node `from` to node `to` (`corekv ctl
 /// move-replica`), each step waiting up to 5 s.
-pub fn ctl_move(c: &mut Client, region: u64, from: u64, to: u64) -> anyhow::Result<String> {
-    corekv_tools::ctl::move_replica(c, region, from, to, Duration::from_secs(5))
+pub fn ctl_move(
+    c: &mut Client,
+    region: u64,
+    from: u64,
+    to: u64,
+) -> corekv_net::admin::Result<String> {
+    corekv_net::admin::move_replica(c, region, from, to, Duration::from_secs(5))
 }
 
 /// A base port whose cluster ports are free (see `corekv dev`), with room

@@ -433,7 +433,7 @@ fn a_transferred_leader_stays_and_comes_back_after_a_failover() {
     c.put(key.as_bytes(), b"before", PutOptions::default())
         .unwrap();
     let took =
-        corekv_tools::ctl::transfer_leader(&mut c, region, 3, Duration::from_secs(10)).unwrap();
+        corekv_net::admin::transfer_leader(&mut c, region, 3, Duration::from_secs(10)).unwrap();
     eprintln!("leadership of region {region} moved to node 3 in {took:?}");
     let leader_of = |t: &TestCluster| {
         t.client()
@@ -485,12 +485,12 @@ fn a_transferred_leader_stays_and_comes_back_after_a_failover() {
 fn ctl_balance_spreads_leaders_piled_on_one_node_back_over_all() {
     // On command only: the placement driver is off.
     let t = TestCluster::start(3, 1, &["--placement-moves-per-min", "0"]);
-    let policy = corekv_tools::plan::Policy::default();
+    let policy = corekv_shards::placement::Policy::default();
     let mut c = t.client();
     // Pile every region's leadership on node 1.
     let regions: Vec<u64> = c.routes().iter().map(|r| r.region.id).collect();
     for r in &regions {
-        corekv_tools::ctl::transfer_leader(&mut c, *r, 1, Duration::from_secs(15)).unwrap();
+        corekv_net::admin::transfer_leader(&mut c, *r, 1, Duration::from_secs(15)).unwrap();
     }
     assert_eq!(leader_counts(&t).get(&1), Some(&regions.len()));
     // The dry run shows the plan and moves nothing.

@@ -10,30 +10,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corekv_engine::{route_hash, Region};
+use corekv_net::status::RegionStatus;
 use corekv_net::{Client, ClientConfig, PutOptions};
 use corekv_tests::{must_check_all, TestCluster};
 use rand::{Rng, SeedableRng};
 
 /// The status rows of `addr`'s replicas (see `corekv ctl regions`).
-fn rows(c: &mut Client, addr: &str) -> Vec<serde_json::Value> {
-    c.status_of(addr)
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|d| d["regions"].as_array().cloned())
-        .unwrap_or_default()
+fn rows(c: &mut Client, addr: &str) -> Vec<RegionStatus> {
+    c.status_doc(addr).map(|d| d.regions).unwrap_or_default()
 }
 
 /// `addr`'s replica of `region`: (applied index, conf_ver), if it has one.
 fn replica_state(c: &mut Client, addr: &str, region: u64) -> Option<(u64, u64)> {
     rows(c, addr)
         .into_iter()
-        .find(|r| r["id"].as_u64() == Some(region))
-        .map(|r| {
-            (
-                r["applied_index"].as_u64().unwrap_or(0),
-                r["epoch"]["conf_ver"].as_u64().unwrap_or(0),
-            )
-        })
+        .find(|r| r.id == region)
+        .map(|r| (r.applied_index, r.epoch.conf_ver))
 }
 
 /// Waits until every replica of `region` on `addrs` has applied as far as

@@ -180,11 +180,8 @@ fn a_joining_node_receives_replicas_and_a_drained_node_gives_them_all_up() {
     loop {
         let own = t
             .client()
-            .status_of(&t.cluster.nodes[2].client_addr)
-            .ok()
-            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
-            .and_then(|d| d["regions"].as_array().map(|a| a.len()))
-            .unwrap_or(usize::MAX);
+            .status_doc(&t.cluster.nodes[2].client_addr)
+            .map_or(usize::MAX, |d| d.regions.len());
         if own == 0 {
             break;
         }
@@ -221,7 +218,7 @@ fn a_region_led_here_moves_to_another_shard_under_load_and_stays_there_after_a_r
     let mut admin = t.client();
     let deadline = Instant::now() + Duration::from_secs(10);
     let from = loop {
-        if let Some(s) = ctl::shard_of(&mut admin, &addr, r.id) {
+        if let Some(s) = corekv_net::admin::shard_of(&mut admin, &addr, r.id) {
             break s;
         }
         assert!(
@@ -236,13 +233,15 @@ fn a_region_led_here_moves_to_another_shard_under_load_and_stays_there_after_a_r
     let stop = Arc::new(AtomicBool::new(false));
     let workers = load(&t, &keys, 3, &stop, started);
     std::thread::sleep(Duration::from_millis(500));
-    let report = ctl::move_shard(&mut admin, r.id, 1, to, Duration::from_secs(10)).unwrap();
+    let report =
+        corekv_net::admin::move_shard(&mut admin, r.id, 1, to, Duration::from_secs(10)).unwrap();
     eprintln!("{report}");
     // And back and forth once more, under the same load.
-    ctl::move_shard(&mut admin, r.id, 1, from as u32, Duration::from_secs(10)).unwrap();
-    ctl::move_shard(&mut admin, r.id, 1, to, Duration::from_secs(10)).unwrap();
+    corekv_net::admin::move_shard(&mut admin, r.id, 1, from as u32, Duration::from_secs(10))
+        .unwrap();
+    corekv_net::admin::move_shard(&mut admin, r.id, 1, to, Duration::from_secs(10)).unwrap();
     // Refused: a shard the node does not have.
-    assert!(ctl::move_shard(&mut admin, r.id, 1, 7, Duration::from_secs(1)).is_err());
+    assert!(corekv_net::admin::move_shard(&mut admin, r.id, 1, 7, Duration::from_secs(1)).is_err());
     std::thread::sleep(Duration::from_millis(500));
     let mut ops = corekv_tests::stop_load(&stop, workers);
 
@@ -251,7 +250,7 @@ fn a_region_led_here_moves_to_another_shard_under_load_and_stays_there_after_a_r
     t.cluster.start_node(0).unwrap();
     t.must_be_ready(Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ctl::shard_of(&mut admin, &addr, r.id) != Some(u64::from(to)) {
+    while corekv_net::admin::shard_of(&mut admin, &addr, r.id) != Some(to as usize) {
         assert!(
             Instant::now() < deadline,
             "after the restart region {} is not on shard {to}",

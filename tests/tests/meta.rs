@@ -174,9 +174,8 @@ fn the_meta_region_holds_nodes_routes_and_ids_and_any_node_routes_everything() {
     let mut via4 = t.client_of(idx);
     via4.put(b"via-node-4", b"v", PutOptions::default())
         .unwrap();
-    let status = admin.status_of(&client_addr).unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(doc["regions"].as_array().map(|a| a.len()), Some(0), "{doc}");
+    let doc = admin.status_doc(&client_addr).unwrap();
+    assert!(doc.regions.is_empty(), "{doc:?}");
     assert_eq!(
         &user
             .get(b"via-node-4", Consistency::Linearizable)
@@ -187,15 +186,10 @@ fn the_meta_region_holds_nodes_routes_and_ids_and_any_node_routes_everything() {
     );
     // Its peer address reached every node through the meta region.
     for i in 0..3 {
-        let doc: serde_json::Value =
-            serde_json::from_str(&admin.status_of(&t.cluster.nodes[i].client_addr).unwrap())
-                .unwrap();
-        let known: Vec<u64> = doc["known_nodes"]
-            .as_array()
+        let known = admin
+            .status_doc(&t.cluster.nodes[i].client_addr)
             .unwrap()
-            .iter()
-            .filter_map(|v| v.as_u64())
-            .collect();
+            .known_nodes;
         assert!(known.contains(&4), "node {} knows {known:?}", i + 1);
     }
 }

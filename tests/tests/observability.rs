@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use corekv_engine::Consistency;
+use corekv_net::status::Role;
 use corekv_net::PutOptions;
 use corekv_tests::TestCluster;
 
@@ -153,10 +154,13 @@ fn a_leader_change_shows_in_metrics_and_status() {
     std::thread::sleep(Duration::from_secs(2)); // leaders settle on their preferred nodes
     let docs = corekv_tools::ctl::gather(t.endpoints(), Duration::from_secs(5)).unwrap();
     assert_eq!(docs.len(), 3);
-    let rows = corekv_tools::ctl::merge_regions(&docs);
+    let rows = corekv_net::status::merge_regions(&docs);
     assert_eq!(rows.len(), 9, "eight regions of data and the meta region");
-    assert!(rows.iter().all(|r| r["role"] == "leader"), "{rows:?}");
-    let victim = rows[0]["leader_node"].as_u64().unwrap();
+    assert!(
+        rows.iter().all(|r| r.region.role == Role::Leader),
+        "{rows:?}"
+    );
+    let victim = rows[0].region.leader_node;
     let index = t.cluster.nodes.iter().position(|n| n.id == victim).unwrap();
     let survivors: Vec<usize> = (0..3).filter(|&i| i != index).collect();
     let became = |t: &TestCluster| -> f64 {
@@ -185,11 +189,11 @@ fn a_leader_change_shows_in_metrics_and_status() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let docs = corekv_tools::ctl::gather(endpoints.clone(), Duration::from_secs(5)).unwrap();
-        let rows = corekv_tools::ctl::merge_regions(&docs);
+        let rows = corekv_net::status::merge_regions(&docs);
         if rows.len() == 9
             && rows
                 .iter()
-                .all(|r| r["role"] == "leader" && r["leader_node"].as_u64() != Some(victim))
+                .all(|r| r.region.role == Role::Leader && r.region.leader_node != victim)
         {
             break;
         }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use corekv_net::message::RouteInfo;
 use corekv_tests::TestCluster;
-use corekv_tools::ctl;
 
 /// Keys (named `PREFIX<n>`) in `route`'s region.
 fn keys_in(route: &RouteInfo, prefix: &str, n: usize) -> Vec<String> {
@@ -125,7 +124,7 @@ fn two_hot_regions_on_one_shard_end_up_on_two() {
     let shard_of = |admin: &mut corekv_net::Client, region: u64| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(s) = ctl::shard_of(admin, &addr, region) {
+            if let Some(s) = corekv_net::admin::shard_of(admin, &addr, region) {
                 return s;
             }
             assert!(Instant::now() < deadline, "region {region} not in status");
@@ -147,7 +146,7 @@ fn two_hot_regions_on_one_shard_end_up_on_two() {
     let workers = hot_load(&t, &keys, &stop, started);
     std::thread::sleep(Duration::from_secs(3));
     // Balanced so far; now both on one shard.
-    ctl::move_shard(
+    corekv_net::admin::move_shard(
         &mut admin,
         b.region.id,
         1,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use corekv_engine::Consistency;
 use corekv_net::message::{encode_hello, Frame, Op, Outcome, Request};
+use corekv_net::status::{NodeStatus, Role};
 use corekv_net::{Client, ClientConfig, PutOptions};
 use corekv_tests::{data_routes, key_per_region, RawConn, TestCluster};
 
@@ -31,17 +32,16 @@ fn hello_ports(addr: &str) -> Vec<u16> {
 }
 
 /// A node's status document.
-fn status(c: &mut Client, addr: &str) -> serde_json::Value {
-    serde_json::from_str(&c.status_of(addr).unwrap()).unwrap()
+fn status(c: &mut Client, addr: &str) -> NodeStatus {
+    c.status_doc(addr).unwrap()
 }
 
 /// Requests each shard of the node at `addr` passed on to another shard.
 fn forwarded(c: &mut Client, addr: &str) -> u64 {
-    status(c, addr)["shards"]
-        .as_array()
-        .unwrap()
+    status(c, addr)
+        .shards
         .iter()
-        .map(|s| s["forwarded_requests"].as_u64().unwrap())
+        .map(|s| s.forwarded_requests)
         .sum()
 }
 
@@ -80,11 +80,10 @@ fn shards_listen_on_their_own_ports_and_shard_aware_clients_reach_them_directly(
     assert_ne!(ports[2][0], ports[2][1]);
     for (addr, p) in addrs.iter().zip(&ports) {
         let s = status(&mut admin, addr);
-        let listed: Vec<u16> = s["shards"]
-            .as_array()
-            .unwrap()
+        let listed: Vec<u16> = s
+            .shards
             .iter()
-            .map(|x| x["port"].as_u64().unwrap() as u16)
+            .map(|x| x.port)
             .filter(|p| *p != 0)
             .collect();
         assert_eq!(&listed, p, "{addr}: status and hello");
@@ -113,11 +112,9 @@ fn shards_listen_on_their_own_ports_and_shard_aware_clients_reach_them_directly(
             let s = statuses
                 .entry(i)
                 .or_insert_with(|| status(&mut admin, &addrs[i]));
-            s["regions"].as_array().unwrap().iter().any(|x| {
-                x["id"] == r.region.id
-                    && x["role"] == "leader"
-                    && x["shard"].as_u64() == Some(u64::from(shard))
-            })
+            s.regions
+                .iter()
+                .any(|x| x.id == r.region.id && x.role == Role::Leader && x.shard == shard as usize)
         });
         if agree {
             break routes;

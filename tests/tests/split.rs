@@ -405,23 +405,15 @@ fn splits_by_size(limit: &[&str], value_len: usize) {
 /// (its status document: its own view, not the routing table it would
 /// answer, which the meta region's table completes).
 fn layout_of(t: &TestCluster, i: usize) -> Option<Vec<(u64, u64, u64, u64)>> {
-    let json = t
+    let doc = t
         .client_of(i)
-        .status_of(&t.cluster.nodes[i].client_addr)
+        .status_doc(&t.cluster.nodes[i].client_addr)
         .ok()?;
-    let doc: serde_json::Value = serde_json::from_str(&json).ok()?;
-    let mut v: Vec<(u64, u64, u64, u64)> = doc["regions"]
-        .as_array()?
+    let mut v: Vec<(u64, u64, u64, u64)> = doc
+        .regions
         .iter()
-        .map(|r| {
-            Some((
-                r["id"].as_u64()?,
-                r["start_hash"].as_u64()?,
-                r["end_hash"].as_u64()?,
-                r["epoch"]["version"].as_u64()?,
-            ))
-        })
-        .collect::<Option<_>>()?;
+        .map(|r| (r.id, r.start_hash, r.end_hash, r.epoch.version))
+        .collect();
     v.sort_unstable();
     Some(v)
 }

@@ -3,12 +3,11 @@
 //! # Layout
 //! - `dev`: starts a local cluster of `corekv-server` processes on loopback
 //!   and stops it cleanly (the `corekv dev` command).
-//! - `ctl`: cluster inspection (`corekv ctl status|regions`), moves and
-//!   membership.
-//! - `plan`: what `ctl balance` and the placement driver move.
+//! - `ctl`: cluster inspection (`corekv ctl status|regions|check`), balance
+//!   (the placement planner of `corekv_shards::placement`), membership; the
+//!   moves themselves are `corekv_net::admin`'s.
 //! - `bin/corekv`: the CLI: put/get/del/incr, `ctl` and `dev`.
 #![deny(missing_docs)]
 
 pub mod ctl;
 pub mod dev;
-pub mod plan;

@@ -169,7 +169,7 @@ impl SimCluster {
                     peers: voters
                         .iter()
                         .map(|&n| PeerMeta {
-                            id: id * 1000 + n,
+                            id: crate::ids::region_peer_id(id, n),
                             node_id: n,
                             role: PeerRole::Voter,
                         })

@@ -273,6 +273,14 @@ fn ctl_text(
     }
 }
 
+/// `value` as one line of JSON.
+fn json_line(value: &impl serde::Serialize) -> String {
+    match serde_json::to_string(value) {
+        Ok(text) => text + "\n",
+        Err(e) => format!("{{\"error\":\"{e}\"}}\n"),
+    }
+}
+
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("{msg}");
     ExitCode::from(code)
@@ -410,12 +418,13 @@ fn main() -> ExitCode {
         let moved = Client::connect(cfg)
             .map_err(anyhow::Error::from)
             .and_then(|mut c| {
-                corekv_tools::ctl::transfer_leader(
+                corekv_net::admin::transfer_leader(
                     &mut c,
                     *region,
                     *node,
                     Duration::from_millis(*wait_ms),
                 )
+                .map_err(anyhow::Error::from)
             });
         return match moved {
             Ok(took) => {
@@ -437,7 +446,7 @@ fn main() -> ExitCode {
             },
     } = &cli.cmd
     {
-        let policy = corekv_tools::plan::Policy {
+        let policy = corekv_shards::placement::Policy {
             min_load: *min_load,
         };
         return ctl_text(endpoints, cli.timeout_ms, |c| {
@@ -455,7 +464,10 @@ fn main() -> ExitCode {
     } = &cli.cmd
     {
         return ctl_text(endpoints, cli.timeout_ms, |c| {
-            corekv_tools::ctl::move_replica(c, *region, *from, *to, Duration::from_millis(*wait_ms))
+            let wait = Duration::from_millis(*wait_ms);
+            Ok(corekv_net::admin::move_replica(
+                c, *region, *from, *to, wait,
+            )?)
         });
     }
     if let Cmd::Ctl {
@@ -469,13 +481,10 @@ fn main() -> ExitCode {
     } = &cli.cmd
     {
         return ctl_text(endpoints, cli.timeout_ms, |c| {
-            corekv_tools::ctl::move_shard(
-                c,
-                *region,
-                *node,
-                *shard,
-                Duration::from_millis(*wait_ms),
-            )
+            let wait = Duration::from_millis(*wait_ms);
+            Ok(corekv_net::admin::move_shard(
+                c, *region, *node, *shard, wait,
+            )?)
         });
     }
     if let Cmd::Ctl {
@@ -551,12 +560,12 @@ fn main() -> ExitCode {
             Err(e) => return fail(3, format!("cannot reach the cluster: {e}")),
         };
         let text = match cmd {
-            CtlCmd::Status { json: true } => serde_json::Value::Array(docs).to_string() + "\n",
+            CtlCmd::Status { json: true } => json_line(&docs),
             CtlCmd::Status { json: false } => corekv_tools::ctl::status_table(&docs),
             CtlCmd::Regions { json } => {
-                let rows = corekv_tools::ctl::merge_regions(&docs);
+                let rows = corekv_net::status::merge_regions(&docs);
                 if *json {
-                    serde_json::Value::Array(rows).to_string() + "\n"
+                    json_line(&rows)
                 } else {
                     corekv_tools::ctl::regions_table(&rows)
                 }

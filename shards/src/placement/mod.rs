@@ -1,7 +1,7 @@
 //! The placement driver: evens out replicas per node, then leaders per node
 //! (by requests/s under load, else by count), then replicas per shard, by
 //! itself, a few moves a minute (`--placement-moves-per-min`), with the plan
-//! of `corekv ctl balance` ([`corekv_tools::plan`]).
+//! of `corekv ctl balance` ([`plan`]).
 //!
 //! It runs on one node at a time: the one leading the meta region (while
 //! leadership changes two may run for a moment; every step of
@@ -18,9 +18,13 @@ use std::time::{Duration, Instant};
 
 use corekv_engine::PeerRole;
 use corekv_net::{Client, ClientConfig};
-use corekv_tools::plan::{plan, Policy, View};
 
 use crate::node::NodeShared;
+
+pub mod count;
+pub mod plan;
+
+pub use plan::{Policy, Step, View};
 
 const PASS_EVERY: Duration = Duration::from_secs(2);
 
@@ -82,16 +86,16 @@ fn pass(node: &Arc<NodeShared>, policy: &Policy) -> bool {
     if !settled {
         return false;
     }
-    let Some(step) = plan(&view, policy).into_iter().next() else {
+    let Some(step) = plan::plan(&view, policy).into_iter().next() else {
         return false;
     };
-    match corekv_tools::ctl::run_step(&mut client, &step, Duration::from_secs(10)) {
+    match plan::run_step(&mut client, &step, Duration::from_secs(10)) {
         Ok(report) => {
             tracing::info!(report = report.trim(), "placement driver: {step}");
             true
         }
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "placement driver: {step} failed");
+            tracing::warn!(error = %e, "placement driver: {step} failed");
             true
         }
     }

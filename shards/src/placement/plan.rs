@@ -1,17 +1,16 @@
-//! The placement plan shared by `corekv ctl balance` and the placement
-//! driver: which replicas, leaders and shards to move so that nodes and
+//! The placement plan of the placement driver and `corekv ctl balance`: which replicas, leaders and shards to move so that nodes and
 //! cores carry even shares.
 //!
 //! Three phases, the first one with something to do wins (each changes
 //! what the next one sees, so the next is planned once it is done):
 //! 1. **replicas**: even out how many replicas each node holds
-//!    ([`crate::ctl::replica_plan`]);
+//!    ([`super::count::replica_plan`]);
 //! 2. **leaders**: under load (at least [`Policy::min_load`] requests/s in
 //!    all), even out the requests/s that the leaders on each node serve,
 //!    then how many regions each node leads, moving only cold regions
 //!    (each serving less than that gap) and only where the receiver ends
 //!    no busier than the giver was; below it, by count only
-//!    ([`crate::ctl::balance_plan`]);
+//!    ([`super::count::balance_plan`]);
 //! 3. **shards**: on each node, the same for its shards (requests/s the
 //!    replicas on each shard serve under load, else replica counts).
 //!
@@ -23,13 +22,15 @@
 //! together moves nowhere (that is a split's job, not a move's).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use corekv_engine::PeerRole;
+use corekv_net::admin;
 use corekv_net::message::RouteInfo;
+use corekv_net::status::{NodeStatus, Role};
 use corekv_net::Client;
-use serde_json::Value;
 
-use crate::ctl::{balance_plan, count_plan, replica_plan, Move, ReplicaMove};
+use super::count::{balance_plan, count_plan, replica_plan, Move, ReplicaMove};
 
 /// When load counts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -93,16 +94,11 @@ impl View {
         };
         let mut leaving = Vec::new();
         for (node, addr) in client.nodes_sorted() {
-            let doc = client
-                .status_of(&addr)
-                .ok()
-                .and_then(|text| serde_json::from_str::<Value>(&text).ok());
-            let Some(doc) = doc else {
+            let Ok(doc) = client.status_doc(&addr) else {
                 view.unreachable.push(node);
                 continue;
             };
-            let said = doc["leaving"].as_array().into_iter().flatten();
-            leaving.extend(said.filter_map(Value::as_u64));
+            leaving.extend_from_slice(&doc.leaving);
             view.add_status(&doc);
         }
         view.nodes = view.loads.keys().copied().collect();
@@ -112,24 +108,20 @@ impl View {
     }
 
     /// Adds a node's status document (the `Status` answer).
-    pub fn add_status(&mut self, doc: &Value) {
-        let Some(node) = doc["node_id"].as_u64() else {
-            return;
-        };
-        let replicas = doc["regions"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    pub fn add_status(&mut self, doc: &NodeStatus) {
+        let replicas = doc
+            .regions
+            .iter()
             .map(|r| ReplicaLoad {
-                region_id: r["id"].as_u64().unwrap_or(0),
-                shard: r["shard"].as_u64().unwrap_or(0) as u32,
-                leader: r["role"] == "leader",
-                ops: r["read_ops_per_sec"].as_f64().unwrap_or(0.0)
-                    + r["write_ops_per_sec"].as_f64().unwrap_or(0.0),
+                region_id: r.id,
+                shard: r.shard as u32,
+                leader: r.role == Role::Leader,
+                ops: r.ops_per_sec(),
             })
             .collect();
-        let shards = doc["shard_count"].as_u64().unwrap_or(1) as u32;
-        self.loads.insert(node, NodeLoad { shards, replicas });
+        let shards = doc.shard_count as u32;
+        self.loads
+            .insert(doc.node_id, NodeLoad { shards, replicas });
     }
 
     /// Requests/s each region's leader reported serving.
@@ -186,6 +178,18 @@ impl std::fmt::Display for Step {
             ),
         }
     }
+}
+
+/// Carries out `step`, waiting up to `wait`. Returns the report line.
+pub fn run_step(client: &mut Client, step: &Step, wait: Duration) -> admin::Result<String> {
+    Ok(match step {
+        Step::Replica(m) => admin::move_replica(client, m.region_id, m.from, m.to, wait)?,
+        Step::Leader(m) => {
+            let took = admin::transfer_leader(client, m.region_id, m.to, wait)?;
+            format!("moved {step} ({} ms)\n", took.as_millis())
+        }
+        Step::Shard(m) => admin::move_shard(client, m.region_id, m.node, m.to, wait)?,
+    })
 }
 
 /// The steps of the first phase that has any (see the module doc).
