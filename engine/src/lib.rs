@@ -29,6 +29,8 @@
 //! - `read`: ReadIndex batching (leader and follower reads) and the lease.
 //! - `peer`: [`Peer`], one region replica (RawNode + state machine).
 //! - `replicas`: [`Replicas`], all replicas one owner drives, one round at a time.
+//! - `round`: [`round::LogPipeline`], the log side of rounds: batches in
+//!   flight by sequence number, readies released when theirs is durable.
 //! - `session`: per-region client sessions for exactly-once writes.
 //! - `sim`: deterministic in-process cluster with a faulty network, for tests
 //!   and the demo.
@@ -55,6 +57,7 @@ pub mod peer;
 pub mod read;
 pub mod region;
 pub mod replicas;
+pub mod round;
 pub mod session;
 pub mod sim;
 pub mod slog_fields;

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corekv_engine::admin::{self, AdminCommand};
-use corekv_engine::peer::{PendingPersist, Reply, Response as EngineResponse};
+use corekv_engine::peer::{Reply, Response as EngineResponse};
+use corekv_engine::round::{LogPipeline, Staged};
 use corekv_engine::{db, route_hash, RaftEnvelope, Replicas, Round};
 use corekv_net::faults::{FaultFile, FaultRules};
 use corekv_net::message::{NodeInfo, Op, Outcome, Request, Response, RouteInfo, WireError};
@@ -161,9 +162,8 @@ struct Pending {
 struct State {
     pending: HashMap<u64, Pending, ahash::RandomState>,
     next_id: u64,
-    log_seq: u64,
-    persisted_seq: u64,
-    in_flight: VecDeque<(u64, Vec<(u64, PendingPersist)>)>,
+    /// Log batches handed to the log writer and not yet durable.
+    log: LogPipeline,
     /// Replicas to hand over to another shard: (region, shard).
     moving: Vec<(u64, usize)>,
     ticks: u64,
@@ -241,9 +241,7 @@ impl Shard {
             state: RefCell::new(State {
                 pending: HashMap::default(),
                 next_id: 1,
-                log_seq: 0,
-                persisted_seq: 0,
-                in_flight: VecDeque::new(),
+                log: LogPipeline::default(),
                 moving: Vec::new(),
                 ticks: 0,
                 stop_since_ms: None,
@@ -669,21 +667,7 @@ impl Shard {
             replicas.report_delivery(&env, delivered);
         }
         // Rounds the log writer made durable.
-        let mut released = Vec::new();
-        {
-            let mut st = self.state.borrow_mut();
-            if inbox.persisted_seq > st.persisted_seq {
-                st.persisted_seq = inbox.persisted_seq;
-                while st
-                    .in_flight
-                    .front()
-                    .is_some_and(|(seq, _)| *seq <= inbox.persisted_seq)
-                {
-                    let (_, persist) = st.in_flight.pop_front().unwrap();
-                    released.extend(persist);
-                }
-            }
-        }
+        let released = self.state.borrow_mut().log.persisted(inbox.persisted_seq);
         if !released.is_empty() {
             busy = true;
             let mut msgs = Vec::new();
@@ -736,38 +720,30 @@ impl Shard {
             busy = true;
             self.route_raft(m, &mut out);
         }
-        {
-            let mut st = self.state.borrow_mut();
-            if !log.is_empty() {
-                busy = true;
-                st.log_seq += 1;
+        if !log.is_empty() || !persist.is_empty() {
+            busy = true;
+        }
+        let staged = self.state.borrow_mut().log.stage(log, persist);
+        match staged {
+            Staged::Write { seq, batch } => {
                 let task = WriteTask {
                     shard: self.id,
-                    seq: st.log_seq,
-                    batch: log,
+                    seq,
+                    batch,
                     done: self.done_tx.clone(),
                 };
                 if node.log_tx.send(task).is_err() {
-                    drop(st);
                     self.fatal("log writer", "stopped");
                 }
-                let seq = st.log_seq;
-                st.in_flight.push_back((seq, persist));
-            } else if !persist.is_empty() {
-                busy = true;
-                // Nothing to write: durable as soon as everything before it.
-                match st.in_flight.back_mut() {
-                    Some((_, v)) => v.extend(persist),
-                    None => {
-                        drop(st);
-                        let mut msgs = Vec::new();
-                        replicas.on_persisted(persist, &mut msgs);
-                        for m in msgs {
-                            self.route_raft(m, &mut out);
-                        }
-                    }
+            }
+            Staged::Durable(persist) => {
+                let mut msgs = Vec::new();
+                replicas.on_persisted(persist, &mut msgs);
+                for m in msgs {
+                    self.route_raft(m, &mut out);
                 }
             }
+            Staged::Queued => {}
         }
         if let Err(e) = replicas.serve_reads(&mut replies) {
             self.fatal("serving reads", e);
@@ -826,7 +802,7 @@ impl Shard {
             }
             let since = *st.stop_since_ms.get_or_insert(now);
             // Wait (bounded) for log writes in flight, then stop.
-            if st.in_flight.is_empty() || now.saturating_sub(since) > 2000 {
+            if st.log.is_drained() || now.saturating_sub(since) > 2000 {
                 st.stopped = true;
             }
         }

@@ -3,9 +3,12 @@
 //! Each node runs one [`Replicas`] per shard over one RocksDB and one
 //! [`Directory`], as a server node does: messages for a region go to the
 //! shard holding it (or, for a region the node does not hold, to the shard
-//! a new replica of it is created on). A node's log batches are written in
-//! order, and become durable `log_delay_ms` after their round (at once by
-//! default); held-back messages leave only then.
+//! a new replica of it is created on). Each shard numbers its log batches
+//! with a [`LogPipeline`], as a server shard does; a batch becomes durable
+//! `log_delay_ms` (plus up to `log_jitter_ms`) after its round, in order
+//! within its shard but in any order across the shards of a node (at once
+//! by default), and only then are the readies it carries released, with
+//! the messages raft held back.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -13,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use super::network::SimNetwork;
 use crate::command::{WriteOutcome, WriteRequest};
@@ -23,10 +26,11 @@ use crate::directory::{default_owner as default_shard, Directory};
 use crate::error::{Error, Result};
 use crate::hash::route_hash;
 use crate::keys::{self, CF_DATA};
-use crate::peer::{Peer, PeerStatus, PendingPersist, Reply, Response};
+use crate::peer::{Peer, PeerStatus, Reply, Response};
 use crate::read::Consistency;
 use crate::region::{Epoch, PeerMeta, PeerRole, Region};
 use crate::replicas::{bootstrap_regions, Owner, RaftEnvelope, Replicas, Round};
+use crate::round::{LogPipeline, Staged};
 use crate::value::ValueRecord;
 
 /// Where in a round a planned crash strikes (see
@@ -60,6 +64,9 @@ pub struct SimOptions {
     /// A round's log batch is written and durable this long after the round
     /// (0: at once, in the round).
     pub log_delay_ms: u64,
+    /// Plus a random extra delay of up to this much, drawn per batch
+    /// (batches of one shard stay in order; shards overtake each other).
+    pub log_jitter_ms: u64,
     /// Engine settings of every node.
     pub config: Config,
 }
@@ -73,6 +80,7 @@ impl Default for SimOptions {
             spare_nodes: 0,
             shards: 1,
             log_delay_ms: 0,
+            log_jitter_ms: 0,
             config: Config::default(),
         }
     }
@@ -82,15 +90,17 @@ impl Default for SimOptions {
 struct LogWrite {
     due_ms: u64,
     shard: usize,
+    seq: u64,
     batch: LogBatch,
-    persist: Vec<(u64, PendingPersist)>,
 }
 
 struct SimNode {
     db: Db,
     directory: Directory,
     shards: Vec<Replicas>,
-    /// Log batches not written yet, in round order.
+    /// Each shard's log batches in flight.
+    pipelines: Vec<LogPipeline>,
+    /// Log batches not written yet, in the order they are due.
     log: VecDeque<LogWrite>,
 }
 
@@ -136,6 +146,7 @@ pub struct SimCluster {
     clock_offsets: HashMap<u64, i64>,
     shards: usize,
     log_delay_ms: u64,
+    log_jitter_ms: u64,
     logger: slog::Logger,
 }
 
@@ -195,6 +206,7 @@ impl SimCluster {
             clock_offsets: HashMap::new(),
             shards: opts.shards.max(1),
             log_delay_ms: opts.log_delay_ms,
+            log_jitter_ms: opts.log_jitter_ms,
             logger: super::log::logger(),
         };
         for &n in &all_nodes {
@@ -243,6 +255,7 @@ impl SimCluster {
             SimNode {
                 db,
                 directory,
+                pipelines: (0..self.shards).map(|_| LogPipeline::default()).collect(),
                 shards,
                 log: VecDeque::new(),
             },
@@ -544,10 +557,9 @@ impl SimCluster {
         let mut wrote = false;
         while n.log.front().is_some_and(|w| w.due_ms <= now) {
             let w = n.log.pop_front().expect("checked");
-            if !w.batch.is_empty() {
-                db::write(&n.db, w.batch.inner, w.batch.must_sync)?;
-            }
-            n.shards[w.shard].on_persisted(w.persist, &mut outbox);
+            db::write(&n.db, w.batch.inner, w.batch.must_sync)?;
+            let released = n.pipelines[w.shard].persisted(w.seq);
+            n.shards[w.shard].on_persisted(released, &mut outbox);
             wrote = true;
         }
         for env in outbox {
@@ -622,18 +634,42 @@ impl SimCluster {
             return Ok(true);
         }
         let mut outbox: Vec<RaftEnvelope> = messages;
-        if self.log_delay_ms == 0 && n.log.is_empty() {
-            if !log.is_empty() {
-                db::write(&n.db, log.inner, log.must_sync)?;
+        match n.pipelines[shard].stage(log, persist) {
+            Staged::Write { seq, batch } => {
+                let jitter = match self.log_jitter_ms {
+                    0 => 0,
+                    j => self.rng.gen_range(0..=j),
+                };
+                let delay = self.log_delay_ms + jitter;
+                if delay == 0 && n.log.is_empty() {
+                    db::write(&n.db, batch.inner, batch.must_sync)?;
+                    let released = n.pipelines[shard].persisted(seq);
+                    n.shards[shard].on_persisted(released, &mut outbox);
+                } else {
+                    // In order within the shard: never due before its
+                    // previous batch.
+                    let after = n
+                        .log
+                        .iter()
+                        .filter(|w| w.shard == shard)
+                        .map(|w| w.due_ms)
+                        .max()
+                        .unwrap_or(0);
+                    let due_ms = (now + delay).max(after);
+                    let at = n.log.partition_point(|w| w.due_ms <= due_ms);
+                    n.log.insert(
+                        at,
+                        LogWrite {
+                            due_ms,
+                            shard,
+                            seq,
+                            batch,
+                        },
+                    );
+                }
             }
-            n.shards[shard].on_persisted(persist, &mut outbox);
-        } else if !log.is_empty() || !persist.is_empty() {
-            n.log.push_back(LogWrite {
-                due_ms: now + self.log_delay_ms,
-                shard,
-                batch: log,
-                persist,
-            });
+            Staged::Durable(persist) => n.shards[shard].on_persisted(persist, &mut outbox),
+            Staged::Queued => {}
         }
         n.shards[shard].serve_reads(&mut replies)?;
         for env in outbox {
