@@ -27,7 +27,11 @@
 //! - `cache`: the bounded hot-key read cache kept behind the apply point.
 //! - `snapshot`: building and decoding region snapshots.
 //! - `read`: ReadIndex batching (leader and follower reads) and the lease.
-//! - `peer`: [`Peer`], one region replica (RawNode + state machine).
+//! - `peer`: [`Peer`], one region replica (RawNode + state machine), one file
+//!   per operation: `load` (open, create), `drive` (ticks, messages,
+//!   elections), `propose`, `ready` (the ready cycle, apply, compaction),
+//!   `read` (ReadIndex, lease, serving), `sweep` (expiry, region clock),
+//!   `check` (consistency checks).
 //! - `replicas`: [`Replicas`], all replicas one owner drives, one round at a time.
 //! - `round`: [`round::LogPipeline`], the log side of rounds: batches in
 //!   flight by sequence number, readies released when theirs is durable.

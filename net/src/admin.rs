@@ -218,19 +218,21 @@ pub fn move_replica(
         node_id: to,
         remove_node: from,
     };
-    if let Err(e) = retry(wait, "promoting the learner", || {
+    match retry(wait, "promoting the learner", || {
         client.change_peer(region_id, promote)
     }) {
-        // Refused because leadership came back to `from` meanwhile (an
-        // election): move it away again and promote once more.
-        let _ = client.refresh();
-        if leader_of(client, region_id) != Some(from) {
-            return Err(e);
+        Ok(_) => {}
+        // Refused: most likely leadership came back to `from` meanwhile (an
+        // election; the leader refuses to remove itself). Move it away
+        // again and promote once more; any other refusal comes back from
+        // the second try.
+        Err(AdminError::Step { gave_up: false, .. }) => {
+            transfer_leader(client, region_id, other, wait)?;
+            retry(wait, "promoting the learner", || {
+                client.change_peer(region_id, promote)
+            })?;
         }
-        transfer_leader(client, region_id, other, wait)?;
-        retry(wait, "promoting the learner", || {
-            client.change_peer(region_id, promote)
-        })?;
+        Err(e) => return Err(e),
     }
     // The joint configuration ends with the next entry.
     loop {

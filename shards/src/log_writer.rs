@@ -117,7 +117,7 @@ fn run(db: Db, rx: Receiver<WriteTask>, stats: Arc<LogStats>, fail: Arc<AtomicBo
 fn stop(why: &str) -> ! {
     tracing::error!("raft log write failed, stopping the node: {why}");
     eprintln!("corekv: FATAL: raft log write failed, stopping the node: {why}");
-    std::process::exit(74);
+    std::process::exit(crate::server::exit::LOG_WRITE_FAILED);
 }
 
 /// Writes one group, syncing once if any batch needs it. Exits the process on

@@ -22,10 +22,25 @@ use crate::log_writer::LogWriter;
 use crate::node::NodeShared;
 use crate::shard::{Shard, ShardClients, ShardMsg, ShardPeers};
 
-/// Messages queued between two shards.
-pub const MESH_QUEUE: usize = 4096;
-/// Rounds queued for the log writer before shards wait.
-pub const LOG_QUEUE: usize = 4096;
+/// Messages (each one a batch) queued from one shard to another.
+pub const MESH_QUEUE_MSGS: usize = 4096;
+/// Log batches (one per shard round) queued for the log writer before
+/// shards wait.
+pub const LOG_QUEUE_BATCHES: usize = 4096;
+
+/// How `corekv-server` ends (its process exit status).
+pub mod exit {
+    /// It could not start (bad settings, ports taken, data directory); the
+    /// message says why.
+    pub const START_FAILED: i32 = 1;
+    /// A shard hit a storage, raft or decoding failure it cannot go on
+    /// from (fail-stop; nothing after it was acknowledged).
+    pub const SHARD_FATAL: i32 = 70;
+    /// A raft log write or sync failed (fail-stop).
+    pub const LOG_WRITE_FAILED: i32 = 74;
+    /// A second SIGINT/SIGTERM during a clean shutdown: stopped at once.
+    pub const SECOND_SIGNAL: i32 = 130;
+}
 /// Largest raft transport frame (a snapshot travels in one).
 pub const PEER_FRAME_BYTES_MAX: usize = 1 << 30;
 
@@ -130,7 +145,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
     check_free("--client-listen", cfg.client_listen)?;
     let opened = bootstrap::open(&cfg)?;
     let db = opened.db.clone();
-    let (log_tx, log_rx) = crossbeam_channel::bounded(LOG_QUEUE);
+    let (log_tx, log_rx) = crossbeam_channel::bounded(LOG_QUEUE_BATCHES);
     let fail_log_write = Arc::new(AtomicBool::new(false));
     let writer = LogWriter::start(db.clone(), log_rx, fail_log_write.clone());
     let placement: HashMap<u64, usize> = opened.placement.iter().map(|(r, s)| (r.id, *s)).collect();
@@ -223,14 +238,14 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
                     n.store(true, Ordering::SeqCst);
                 } else {
                     eprintln!("corekv-server: second signal, exiting at once");
-                    std::process::exit(130);
+                    std::process::exit(exit::SECOND_SIGNAL);
                 }
             }
         })
         .map_err(|e| e.to_string())?;
 
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let mesh = MeshBuilder::<ShardMsg, _>::full(cfg.shards, MESH_QUEUE);
+    let mesh = MeshBuilder::<ShardMsg, _>::full(cfg.shards, MESH_QUEUE_MSGS);
     let placement = Arc::new(placement);
     let mut handles = Vec::new();
     for i in 0..cfg.shards {

@@ -571,7 +571,7 @@ impl Shard {
             "corekv: FATAL: shard {}: {what}: {e}; stopping the node",
             self.id
         );
-        std::process::exit(70);
+        std::process::exit(crate::server::exit::SHARD_FATAL);
     }
 
     /// One round. Returns true if it did anything (another round may be due).

@@ -168,7 +168,11 @@ fn a_failed_log_write_stops_the_node_and_acknowledges_nothing_after_it() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(status.code(), Some(74), "{status}");
+    assert_eq!(
+        status.code(),
+        Some(corekv_shards::server::exit::LOG_WRITE_FAILED),
+        "{status}"
+    );
     // What was acknowledged before is there; the cluster goes on.
     t.cluster.set_faults(0, "").unwrap();
     let mut other = t.client_of(1);

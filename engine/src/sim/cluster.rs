@@ -6,9 +6,12 @@
 //! a new replica of it is created on). Each shard numbers its log batches
 //! with a [`LogPipeline`], as a server shard does; a batch becomes durable
 //! `log_delay_ms` (plus up to `log_jitter_ms`) after its round, in order
-//! within its shard but in any order across the shards of a node (at once
-//! by default), and only then are the readies it carries released, with
-//! the messages raft held back.
+//! within its shard (at once by default), and only then are the readies it
+//! carries released, with the messages raft held back. With jitter, one
+//! shard's batches may become durable before an earlier batch of another
+//! shard: stricter than the server, whose single log writer makes batches
+//! durable in the order they were handed to it, so code that is right here
+//! does not rely on that order.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -65,7 +68,8 @@ pub struct SimOptions {
     /// (0: at once, in the round).
     pub log_delay_ms: u64,
     /// Plus a random extra delay of up to this much, drawn per batch
-    /// (batches of one shard stay in order; shards overtake each other).
+    /// (batches of one shard stay in order; shards may overtake each other,
+    /// which the server's single log writer never does).
     pub log_jitter_ms: u64,
     /// Engine settings of every node.
     pub config: Config,

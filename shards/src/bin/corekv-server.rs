@@ -21,6 +21,6 @@ fn main() {
         .init();
     if let Err(e) = corekv_shards::server::run(cfg) {
         eprintln!("corekv-server: {e}");
-        std::process::exit(1);
+        std::process::exit(corekv_shards::server::exit::START_FAILED);
     }
 }

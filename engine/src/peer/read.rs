@@ -1,0 +1,143 @@
+//! Reads: ReadIndex (leader and follower), the lease, and answering the
+//! reads whose index is applied.
+
+use super::*;
+
+impl Peer {
+    /// Ends the lease, and blocks it for the rest of the term, when a
+    /// leader transfer is pending (see `lease_blocked_term`).
+    pub(super) fn block_lease_while_transferring(&mut self) {
+        if self.raw.raft.lead_transferee.is_some() {
+            self.lease_until_ms = 0;
+            self.lease_blocked_term = self.raw.raft.term;
+        }
+    }
+
+    /// True unless a leader transfer was pending in this term.
+    pub(super) fn lease_allowed(&self) -> bool {
+        self.raw.raft.term != self.lease_blocked_term && self.raw.raft.lead_transferee.is_none()
+    }
+
+    /// True when lease reads may be served from the lease at `now`.
+    pub(super) fn lease_holds(&self) -> bool {
+        self.now_ms < self.lease_until_ms
+            && self.lease_allowed()
+            && self.raw.raft.commit_to_current_term()
+    }
+
+    /// Queues a read of `key` arriving at `now_ms` (the caller's monotonic
+    /// clock: a lease is judged against the time of the read, not of the
+    /// last tick).
+    pub fn read(
+        &mut self,
+        id: u64,
+        key: Bytes,
+        consistency: Consistency,
+        now_ms: u64,
+        replies: &mut Vec<Reply>,
+    ) {
+        self.set_now(now_ms);
+        if let Err(e) = crate::command::check_key(&key) {
+            return replies.push(Reply { id, result: Err(e) });
+        }
+        if !self.region.contains(route_hash(&key)) {
+            return replies.push(Reply {
+                id,
+                result: Err(self.epoch_not_match()),
+            });
+        }
+        if self.reads_pending() >= self.cfg.reads_pending_max {
+            return replies.push(Reply {
+                id,
+                result: Err(Error::Busy("too many reads pending")),
+            });
+        }
+        let read = PendingRead {
+            id,
+            key,
+            deadline_ms: self.now_ms + self.cfg.request_timeout_ms,
+        };
+        if consistency == Consistency::Stale {
+            self.stale_reads.push(read);
+            return;
+        }
+        if consistency == Consistency::Follower && !self.is_leader() {
+            if self.raw.raft.leader_id == raft::INVALID_ID {
+                return replies.push(Reply {
+                    id,
+                    result: Err(self.not_leader()),
+                });
+            }
+            // Give up well before the client does, so it can try another
+            // replica: a follower cut off from the leader never answers
+            // from its own state.
+            let wait = (2 * self.cfg.election_timeout_ms()).min(self.cfg.request_timeout_ms);
+            self.follower_reads.push(PendingRead {
+                deadline_ms: self.now_ms + wait,
+                ..read
+            });
+            return;
+        }
+        if !self.is_leader() {
+            return replies.push(Reply {
+                id,
+                result: Err(self.not_leader()),
+            });
+        }
+        if consistency == Consistency::Lease {
+            self.lease_wanted = true;
+            if self.lease_holds() {
+                let index = self.raw.raft.raft_log.committed;
+                self.reads.push_with_index(read, index);
+                return;
+            }
+        }
+        self.reads.push(read);
+    }
+
+    /// Answers every read that can be served now, from `db` as of the last
+    /// written apply batch. Expiry is judged by the region's clock as of
+    /// what is applied ([`Peer::clock_ms`]): a read served at a later index
+    /// than another never sees a value the other saw expired.
+    pub fn serve_reads(&mut self, cache: &mut ReadCache, replies: &mut Vec<Reply>) -> Result<()> {
+        // While the region's clock is unknown (data of an earlier release),
+        // no read knows what has expired: reads wait for the leader's first
+        // clock entry, proposed as soon as it leads.
+        if self.snapshot_persisting.is_some() || self.region_clock().is_none() {
+            return Ok(());
+        }
+        let mut ready = std::mem::take(&mut self.stale_reads);
+        let applied = self.raw.store().applied_index();
+        self.reads.take_ready(applied, &mut ready);
+        self.follower_reads.take_ready(applied, &mut ready);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let db = self.raw.store().db().clone();
+        for r in ready {
+            if !self.region.contains(route_hash(&r.key)) {
+                replies.push(Reply {
+                    id: r.id,
+                    result: Err(self.epoch_not_match()),
+                });
+                continue;
+            }
+            let record = match cache.get(&r.key) {
+                Some(v) => v,
+                None => {
+                    let v = apply::load(&db, &r.key)?;
+                    // The key may be a slice of a whole request frame: keep a
+                    // copy of its own, not the frame.
+                    cache.put(Bytes::copy_from_slice(&r.key), v.clone());
+                    v
+                }
+            };
+            let live = record.filter(|v| !v.is_expired(self.clock_ms()));
+            replies.push(Reply {
+                id: r.id,
+                result: Ok(Response::Value(live)),
+            });
+        }
+        Ok(())
+    }
+}
