@@ -20,6 +20,12 @@ fn rows(c: &mut Client, addr: &str) -> Vec<RegionStatus> {
     c.status_doc(addr).map(|d| d.regions).unwrap_or_default()
 }
 
+/// The last lines of the log of node `id` (the one that exited).
+fn exited_log(t: &TestCluster, id: u64) -> String {
+    let n = t.cluster.nodes.iter().find(|n| n.id == id).expect("a node");
+    corekv_tools::dev::tail(&n.dir.join("server.log"), 20)
+}
+
 /// `addr`'s replica of `region`: (applied index, conf_ver), if it has one.
 fn replica_state(c: &mut Client, addr: &str, region: u64) -> Option<(u64, u64)> {
     rows(c, addr)
@@ -237,7 +243,7 @@ fn a_node_killed_in_the_middle_of_large_writes_always_starts_again() {
             if let Some((id, status)) = t.cluster.exited() {
                 panic!(
                     "kill {round}: node {id} exited ({status}) on restart:\n{}",
-                    corekv_tools::dev::tail(&t.cluster.nodes[2].dir.join("server.log"), 20)
+                    exited_log(&t, id)
                 );
             }
             assert!(
@@ -283,7 +289,7 @@ fn a_node_killed_while_it_installs_a_large_snapshot_starts_again_and_catches_up(
             if let Some((id, status)) = t.cluster.exited() {
                 panic!(
                     "kill {kill}: node {id} exited ({status}) on restart:\n{}",
-                    corekv_tools::dev::tail(&t.cluster.nodes[2].dir.join("server.log"), 20)
+                    exited_log(&t, id)
                 );
             }
             assert!(
