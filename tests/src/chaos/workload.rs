@@ -1,0 +1,205 @@
+//! The clients: each runs operations on its keys and records what it invoked
+//! and what came back.
+
+use super::*;
+
+pub(super) fn connect(endpoints: &[String], shared: &Shared) -> anyhow::Result<Client> {
+    let mut cfg = ClientConfig::new(endpoints.to_vec());
+    cfg.request_timeout = Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect(cfg.clone()) {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline || shared.stop.load(Ordering::SeqCst) => {
+                anyhow::bail!("no node answers: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// How an attempted operation ended.
+pub(super) enum Done {
+    Ok(Output),
+    /// Definitely not applied.
+    Failed,
+    /// May or may not have been applied.
+    Unknown,
+}
+
+pub(super) fn classify<T>(r: Result<T, ClientError>, ok: impl FnOnce(T) -> Output) -> Done {
+    match r {
+        Ok(v) => Done::Ok(ok(v)),
+        Err(ClientError::ConditionFailed { .. }) => Done::Ok(Output::Cas(false)),
+        Err(ClientError::NotANumber) => Done::Ok(Output::NotANumber),
+        // The client gives up with `Unavailable` only when no attempt could
+        // have been applied; that is a promise this run checks.
+        Err(ClientError::Unavailable { .. }) => Done::Failed,
+        Err(_) => Done::Unknown,
+    }
+}
+
+pub(super) fn read(c: &mut Client, key: &str, consistency: Consistency) -> Done {
+    match c.get(key.as_bytes(), consistency) {
+        Ok(v) => Done::Ok(Output::Value(
+            v.map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+        )),
+        // A read that got no answer constrains nothing.
+        Err(_) => Done::Failed,
+    }
+}
+
+pub(super) fn record(
+    shared: &Shared,
+    client: u64,
+    key: &str,
+    input: Input,
+    f: impl FnOnce() -> Done,
+) {
+    let call = shared.now_us();
+    let done = f();
+    let ret = shared.now_us();
+    let kind = match &input {
+        Input::Get => "get",
+        Input::Put(_) => "put",
+        Input::Delete => "delete",
+        Input::Cas { .. } => "cas",
+        Input::Incr(_) => "incr",
+    };
+    let (outcome, op) = match done {
+        Done::Ok(out) => (
+            "ok",
+            Some(Operation {
+                client,
+                key: key.to_string(),
+                call,
+                ret: Some(ret),
+                input,
+                output: Some(out),
+            }),
+        ),
+        Done::Unknown => (
+            "unknown",
+            Some(Operation {
+                client,
+                key: key.to_string(),
+                call,
+                ret: None,
+                input,
+                output: None,
+            }),
+        ),
+        Done::Failed => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            if let Input::Put(v) | Input::Cas { new: v, .. } = &input {
+                shared.failed_values.lock().unwrap().insert(v.clone());
+            }
+            ("failed", None)
+        }
+    };
+    *shared
+        .by_kind
+        .lock()
+        .unwrap()
+        .entry(format!("{kind} {outcome}"))
+        .or_default() += 1;
+    if let Some(op) = op {
+        shared.ops.lock().unwrap().push(op);
+    }
+}
+
+/// One client: random operations until told to stop. Returns the keys used.
+pub(super) fn client_loop(
+    client: u64,
+    shared: &Shared,
+    endpoints: Vec<String>,
+    opts: &ChaosOptions,
+) -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ client);
+    let mut used = std::collections::BTreeSet::new();
+    let Ok(mut c) = connect(&endpoints, shared) else {
+        return Vec::new();
+    };
+    let mut last_seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut n = 0u64;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let generation =
+            shared.started.elapsed().as_millis() / opts.key_rotation.as_millis().max(1);
+        n += 1;
+        let counter = rng.gen_bool(0.2);
+        let key = if counter {
+            format!("g{generation}-counter-{}", rng.gen_range(0..2))
+        } else {
+            format!("g{generation}-reg-{}", rng.gen_range(0..opts.keys))
+        };
+        used.insert(key.clone());
+        let consistency = match rng.gen_range(0..10) {
+            0..=1 => Consistency::Lease,
+            2..=4 => Consistency::Follower,
+            _ => Consistency::Linearizable,
+        };
+        let value = format!("c{client}-{n}");
+        let reader = client as usize <= opts.readers;
+        let roll = if reader { 0 } else { rng.gen_range(0..100) };
+        if counter {
+            if roll < 50 {
+                record(shared, client, &key, Input::Get, || {
+                    read(&mut c, &key, consistency)
+                });
+            } else {
+                record(shared, client, &key, Input::Incr(1), || {
+                    classify(c.incr(key.as_bytes(), 1), Output::Counter)
+                });
+            }
+            continue;
+        }
+        match roll {
+            0..=39 => {
+                let mut seen = None;
+                record(shared, client, &key, Input::Get, || {
+                    let d = read(&mut c, &key, consistency);
+                    if let Done::Ok(Output::Value(v)) = &d {
+                        seen = Some(v.clone());
+                    }
+                    d
+                });
+                if let Some(v) = seen {
+                    last_seen.insert(key.clone(), v);
+                }
+            }
+            40..=64 => record(shared, client, &key, Input::Put(value.clone()), || {
+                classify(
+                    c.put(key.as_bytes(), value.as_bytes(), PutOptions::default()),
+                    |_| Output::Written,
+                )
+            }),
+            65..=84 => {
+                let expected = last_seen.get(&key).cloned().flatten();
+                record(
+                    shared,
+                    client,
+                    &key,
+                    Input::Cas {
+                        expected: expected.clone(),
+                        new: value.clone(),
+                    },
+                    || {
+                        classify(
+                            c.cas(
+                                key.as_bytes(),
+                                expected.as_deref().map(str::as_bytes),
+                                value.as_bytes(),
+                                None,
+                            ),
+                            |_| Output::Cas(true),
+                        )
+                    },
+                );
+            }
+            _ => record(shared, client, &key, Input::Delete, || {
+                classify(c.delete(key.as_bytes(), None), Output::Deleted)
+            }),
+        }
+    }
+    used.into_iter().collect()
+}
