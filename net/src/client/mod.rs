@@ -10,6 +10,14 @@
 //! it at most once and answers with the first outcome. If no retry gets an
 //! answer within the time budget, the write is reported as
 //! [`ClientError::Unknown`].
+//!
+//! # Layout
+//! - this file: settings, errors, the client and its request path (call,
+//!   execute with retries);
+//! - `routes`: the routing table and where each request goes;
+//! - `conn`: one connection (framing, deadlines);
+//! - `kv`: reads and writes;
+//! - `admin`: checks, transfers, splits, membership, shard moves, status.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -26,6 +34,15 @@ use crate::message::{
     Response, ResponseFields, RouteInfo, WireError,
 };
 use crate::wire::ErrorCode;
+
+mod admin;
+mod conn;
+mod kv;
+mod routes;
+
+pub(crate) use conn::Conn;
+use conn::*;
+pub use routes::{covers_hash_space, merge_routes};
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -141,11 +158,6 @@ pub struct PutOptions {
     pub if_absent: bool,
     /// Write only if the current version is this.
     pub if_version: Option<u64>,
-}
-
-pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
-    pub(crate) frames: FrameBuffer,
 }
 
 enum CallError {
@@ -375,172 +387,9 @@ impl Client {
         Ok(got.into_iter().map(Option::unwrap).collect())
     }
 
-    /// Reloads the routing table. A node answers with the regions it has a
-    /// replica of; once replicas move, one node may not have them all, so
-    /// answers are merged (newest epoch of each region wins) until they
-    /// cover the whole hash space or every node was asked.
-    pub(crate) fn refresh_routes(&mut self, deadline: Instant) -> std::result::Result<(), String> {
-        let mut candidates: Vec<String> = self.nodes.values().cloned().collect();
-        candidates.extend(self.cfg.endpoints.iter().cloned());
-        let mut seen = std::collections::HashSet::new();
-        candidates.retain(|a| seen.insert(a.clone()));
-        let mut last = String::from("no endpoint answered");
-        let mut merged: Vec<RouteInfo> = Vec::new();
-        let mut nodes_seen: Vec<NodeInfo> = Vec::new();
-        let mut answered = false;
-        for addr in candidates {
-            let id = self.new_id();
-            let req = Request {
-                id,
-                region_id: 0,
-                epoch: Default::default(),
-                op: Op::Routes,
-                session: None,
-                system: false,
-            };
-            match self.call(&addr, &[req], deadline) {
-                Ok(mut rs) => match rs.remove(0).0.result {
-                    Ok(Outcome::Routes { regions, nodes }) => {
-                        answered = true;
-                        merge_routes(&mut merged, regions);
-                        nodes_seen.extend(nodes);
-                        if covers_hash_space(&merged) {
-                            break;
-                        }
-                    }
-                    Ok(other) => last = format!("{addr}: unexpected {other:?}"),
-                    Err(e) => last = format!("{addr}: {}", e.message),
-                },
-                Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => last = e,
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-        }
-        if !answered {
-            return Err(last);
-        }
-        self.install_routes(merged, nodes_seen);
-        Ok(())
-    }
-
-    fn install_routes(&mut self, mut regions: Vec<RouteInfo>, nodes: Vec<NodeInfo>) {
-        regions.sort_by_key(|r| r.region.start_hash);
-        self.routes = regions;
-        for n in nodes {
-            if !n.client_addr.is_empty() {
-                self.nodes.insert(n.node_id, n.client_addr);
-            }
-        }
-    }
-
-    pub(crate) fn route_index(&self, hash: u64) -> Option<usize> {
-        self.routes.iter().position(|r| r.region.contains(hash))
-    }
-
     pub(crate) fn new_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
-    }
-
-    fn is_down(&self, node: u64) -> bool {
-        self.down_until
-            .get(&node)
-            .is_some_and(|t| *t > Instant::now())
-    }
-
-    /// Avoids `node` for a while after it failed to answer, and drops what
-    /// the client holds of it: its connections (a restarted node closed
-    /// them all) and its shard ports (it may listen on others, `--shard-ports
-    /// auto`, which its next `Hello` gives).
-    pub(crate) fn mark_down(&mut self, node: u64) {
-        self.down_until.insert(node, Instant::now() + DOWN_FOR);
-        let Some(addr) = self.nodes.get(&node) else {
-            return;
-        };
-        self.conns.remove(addr);
-        let ports = self.shard_ports.remove(addr).unwrap_or_default();
-        if let Some((host, _)) = addr.rsplit_once(':') {
-            for p in ports {
-                self.conns.remove(&format!("{host}:{p}"));
-            }
-        }
-    }
-
-    /// The address of `shard`'s own port on the node whose client address
-    /// is `node_addr`, if the client is shard-aware and that node's `Hello`
-    /// gave one.
-    fn shard_addr(&self, node_addr: &str, shard: Option<u32>) -> Option<String> {
-        if !self.cfg.shard_aware {
-            return None;
-        }
-        let port = *self.shard_ports.get(node_addr)?.get(shard? as usize)?;
-        let host = node_addr.rsplit_once(':')?.0;
-        (port != 0).then(|| format!("{host}:{port}"))
-    }
-
-    /// Connects to the leader of region `i` once, if the client is
-    /// shard-aware and knows the leader's shard but not yet the node's shard
-    /// ports, so the request goes straight to the shard.
-    fn learn_shard_ports(&mut self, i: usize, deadline: Instant) {
-        let (leader, shard) = (self.routes[i].leader_node, self.routes[i].leader_shard);
-        if !self.cfg.shard_aware || shard.is_none() || self.is_down(leader) {
-            return;
-        }
-        // Checked before the address is copied: this runs per request.
-        let addr = match self.nodes.get(&leader) {
-            Some(a) if !self.shard_ports.contains_key(a) => a.clone(),
-            _ => return,
-        };
-        if self.conn(&addr, deadline).is_err() {
-            self.mark_down(leader);
-        }
-    }
-
-    /// Picks the node to send to for region `i`: the leader if known and not
-    /// recently silent, otherwise a replica chosen by attempt number, skipping
-    /// silent ones while others remain.
-    pub(crate) fn target(&self, i: usize, attempt: u32) -> Option<(u64, String)> {
-        let r = &self.routes[i];
-        if r.leader_node != 0 && !self.is_down(r.leader_node) {
-            if let Some(a) = self.nodes.get(&r.leader_node) {
-                let addr = self
-                    .shard_addr(a, r.leader_shard)
-                    .unwrap_or_else(|| a.clone());
-                return Some((r.leader_node, addr));
-            }
-        }
-        let peers = &r.region.peers;
-        if peers.is_empty() {
-            return None;
-        }
-        let n = peers.len();
-        let start = attempt as usize % n;
-        let pick = (0..n)
-            .map(|k| &peers[(start + k) % n])
-            .find(|p| !self.is_down(p.node_id))
-            .unwrap_or(&peers[start]);
-        self.nodes
-            .get(&pick.node_id)
-            .map(|a| (pick.node_id, a.clone()))
-    }
-
-    /// Picks a replica of region `i` for a follower read: round-robin over
-    /// the replicas, skipping recently silent ones while others remain, so
-    /// reads spread over every replica.
-    fn any_replica(&self, i: usize, turn: usize) -> Option<(u64, String)> {
-        let peers = &self.routes[i].region.peers;
-        let n = peers.len();
-        if n == 0 {
-            return None;
-        }
-        let pick = (0..n)
-            .map(|k| &peers[(turn + k) % n])
-            .find(|p| !self.is_down(p.node_id))
-            .unwrap_or(&peers[turn % n]);
-        self.nodes
-            .get(&pick.node_id)
-            .map(|a| (pick.node_id, a.clone()))
     }
 
     /// Runs one operation on the region owning `key`, with retries.
@@ -689,376 +538,12 @@ impl Client {
         })
     }
 
-    /// Starts a consistency check of `region_id`: every replica computes
-    /// the digest of its data at one raft entry and compares it with the
-    /// leader's. Returns that entry's index once the leader applied it;
-    /// each replica's verdict then shows in its node's status document
-    /// (`regions[].check`, see `corekv ctl check`).
-    pub fn check(&mut self, region_id: u64) -> Result<u64> {
-        let (_, f) = self.execute_on(RouteBy::Region(region_id), Op::Check, true)?;
-        Ok(f.version)
-    }
-
-    /// Makes the replica of `region_id` on `node_id` the region's preferred
-    /// leader: the current leader hands leadership over once that replica is
-    /// caught up, and later leaders hand it back there. Returns once the
-    /// preference is committed (the move follows within about a second;
-    /// watch `routes`). Replicated, so it outlives restarts and failovers.
-    pub fn transfer_leader(&mut self, region_id: u64, node_id: u64) -> Result<u64> {
-        let (_, f) = self.execute_on(
-            RouteBy::Region(region_id),
-            Op::TransferLeader { to_node: node_id },
-            true,
-        )?;
-        Ok(f.version)
-    }
-
-    /// Splits region `region_id` at `split_hash` (`None`: the middle of its
-    /// range). Returns the split's log index once every replica will apply
-    /// it; the routing table is reloaded.
-    pub fn split(&mut self, region_id: u64, split_hash: Option<u64>) -> Result<u64> {
-        let epoch = |c: &Client| {
-            c.routes
-                .iter()
-                .find(|r| r.region.id == region_id)
-                .map_or(0, |r| r.region.epoch.version)
-        };
-        let before = epoch(self);
-        let (_, f) = self.execute_on(
-            RouteBy::Region(region_id),
-            Op::Split {
-                split_hash: split_hash.unwrap_or(0),
-            },
-            false,
-        )?;
-        // The node answering routes may apply the split a moment later.
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        loop {
-            self.refresh()?;
-            if epoch(self) > before || Instant::now() > deadline {
-                return Ok(f.version);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Changes region `region_id`'s replicas (served by its leader; a
-    /// promotion waits, within the request timeout, for the learner to
-    /// catch up). Returns the change's log index once it is applied there.
-    pub fn change_peer(
-        &mut self,
-        region_id: u64,
-        change: corekv_engine::membership::PeerChange,
-    ) -> Result<u64> {
-        let (_, f) = self.execute_on(RouteBy::Region(region_id), Op::ChangePeer(change), false)?;
-        Ok(f.version)
-    }
-
-    /// Asks the node at `addr` to move its replica of `region_id` to its
-    /// shard `to_shard` (the move completes a moment later: see its status).
-    pub fn move_shard_on(&mut self, addr: &str, region_id: u64, to_shard: u32) -> Result<()> {
-        self.ask_node(addr, region_id, Op::MoveShard { to_shard })
-    }
-
-    /// Sends `op` about `region_id` to the node at `addr` itself (no
-    /// routing, no retry).
-    fn ask_node(&mut self, addr: &str, region_id: u64, op: Op) -> Result<()> {
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        let req = Request {
-            id: self.new_id(),
-            region_id,
-            epoch: Default::default(),
-            op,
-            session: None,
-            system: false,
-        };
-        match self.call(addr, &[req], deadline) {
-            Ok(mut rs) => match rs.remove(0).0.result {
-                Ok(_) => Ok(()),
-                Err(e) => Err(wire_to_client(e)),
-            },
-            Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => Err(ClientError::Unavailable {
-                attempts: 1,
-                last: e,
-            }),
-        }
-    }
-
-    /// Marks this client's requests as the cluster's own (or not): only
-    /// such requests may write the metadata keys.
-    pub fn set_system(&mut self, system: bool) {
-        self.cfg.system = system;
-    }
-
     /// Reloads the routing table (regions, epochs, leaders).
     pub fn refresh(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         self.refresh_routes(deadline)
             .map_err(|last| ClientError::Unavailable { attempts: 1, last })
     }
-
-    /// The status document of the node at `addr`.
-    pub fn status_doc(&mut self, addr: &str) -> Result<crate::status::NodeStatus> {
-        let text = self.status_of(addr)?;
-        serde_json::from_str(&text)
-            .map_err(|e| ClientError::Protocol(format!("status document of {addr}: {e}")))
-    }
-
-    /// The status document of the node at `addr`, as its JSON text.
-    pub fn status_of(&mut self, addr: &str) -> Result<String> {
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        let req = Request {
-            id: self.new_id(),
-            region_id: 0,
-            epoch: Default::default(),
-            op: Op::Status,
-            session: None,
-            system: false,
-        };
-        match self.call(addr, &[req], deadline) {
-            Ok(mut rs) => match rs.remove(0).0.result {
-                Ok(Outcome::Status(json)) => Ok(json),
-                Ok(other) => Err(ClientError::Protocol(format!("status answered {other:?}"))),
-                Err(e) => Err(wire_to_client(e)),
-            },
-            Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => Err(ClientError::Unavailable {
-                attempts: 1,
-                last: e,
-            }),
-        }
-    }
-
-    /// Reads `key`.
-    pub fn get(&mut self, key: &[u8], consistency: Consistency) -> Result<Option<Value>> {
-        let op = Op::Get {
-            key: Bytes::copy_from_slice(key),
-            consistency,
-        };
-        match self.execute(key, op, true)? {
-            (Outcome::Value(v), _) => Ok(v.map(|r| Value {
-                value: r.value,
-                version: r.version,
-                expire_at_ms: r.expire_at_ms,
-            })),
-            (other, _) => Err(ClientError::Protocol(format!("get answered {other:?}"))),
-        }
-    }
-
-    /// Writes `key`; returns the new version.
-    pub fn put(&mut self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<u64> {
-        let condition = match (opts.if_absent, opts.if_version) {
-            (false, None) => Condition::None,
-            (true, None) => Condition::IfAbsent,
-            (false, Some(v)) => Condition::IfVersion(v),
-            (true, Some(_)) => {
-                return Err(ClientError::Invalid {
-                    code: ErrorCode::InvalidRequest,
-                    message: "if_absent and if_version together".into(),
-                })
-            }
-        };
-        let w = WriteRequest::Put {
-            key: Bytes::copy_from_slice(key),
-            value: Bytes::copy_from_slice(value),
-            ttl_ms: opts.ttl.map(|t| t.as_millis().max(1) as u64),
-            condition,
-        };
-        let (_, f) = self.execute(key, Op::Write(w), false)?;
-        Ok(f.version)
-    }
-
-    /// Deletes `key`; returns whether a live value was removed.
-    pub fn delete(&mut self, key: &[u8], if_version: Option<u64>) -> Result<bool> {
-        let w = WriteRequest::Delete {
-            key: Bytes::copy_from_slice(key),
-            if_version,
-        };
-        let (_, f) = self.execute(key, Op::Write(w), false)?;
-        Ok(f.existed)
-    }
-
-    /// Adds `delta` to the integer at `key`; returns the new value.
-    pub fn incr(&mut self, key: &[u8], delta: i64) -> Result<i64> {
-        let w = WriteRequest::Incr {
-            key: Bytes::copy_from_slice(key),
-            delta,
-        };
-        let (_, f) = self.execute(key, Op::Write(w), false)?;
-        Ok(f.counter)
-    }
-
-    /// Replaces the value of `key` if it is `expected` (`None` = absent);
-    /// returns the new version.
-    pub fn cas(
-        &mut self,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<u64> {
-        let w = WriteRequest::Cas {
-            key: Bytes::copy_from_slice(key),
-            expected: expected.map(Bytes::copy_from_slice),
-            value: Bytes::copy_from_slice(value),
-            ttl_ms: ttl.map(|t| t.as_millis().max(1) as u64),
-        };
-        let (_, f) = self.execute(key, Op::Write(w), false)?;
-        Ok(f.version)
-    }
-
-    /// Reads several keys; one result per key, in order.
-    pub fn batch_get(
-        &mut self,
-        keys: &[&[u8]],
-        consistency: Consistency,
-    ) -> Vec<Result<Option<Value>>> {
-        keys.iter().map(|k| self.get(k, consistency)).collect()
-    }
-
-    /// Writes several pairs. Pairs in the same region are written atomically
-    /// in one entry; each key's result says whether its region's write
-    /// succeeded (with the version) or not.
-    pub fn batch_put(&mut self, items: &[(&[u8], &[u8])]) -> Vec<Result<u64>> {
-        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-        let mut out: Vec<Option<Result<u64>>> = vec![None; items.len()];
-        for (n, (k, _)) in items.iter().enumerate() {
-            let region = self.route_index(route_hash(k)).unwrap_or(usize::MAX);
-            match groups.iter_mut().find(|(r, _)| *r == region) {
-                Some((_, v)) => v.push(n),
-                None => groups.push((region, vec![n])),
-            }
-        }
-        for (_, members) in groups {
-            let batch: Vec<PutItem> = members
-                .iter()
-                .map(|&n| PutItem {
-                    key: Bytes::copy_from_slice(items[n].0),
-                    value: Bytes::copy_from_slice(items[n].1),
-                    ttl_ms: None,
-                })
-                .collect();
-            let first = items[members[0]].0;
-            let r = self
-                .execute(
-                    first,
-                    Op::Write(WriteRequest::BatchPut { items: batch }),
-                    false,
-                )
-                .map(|(_, f)| f.version);
-            for n in members {
-                out[n] = Some(r.clone());
-            }
-        }
-        out.into_iter().map(Option::unwrap).collect()
-    }
-}
-
-fn read_frame(conn: &mut Conn, deadline: Instant) -> std::result::Result<Frame, String> {
-    read_frame_with_fields(conn, deadline).map(|(f, _)| f)
-}
-
-fn read_frame_with_fields(
-    conn: &mut Conn,
-    deadline: Instant,
-) -> std::result::Result<(Frame, Vec<ResponseFields>), String> {
-    loop {
-        match conn.frames.next_frame() {
-            Ok(Some(body)) => {
-                return decode_frame_with_fields(body).map_err(|e| e.to_string());
-            }
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("timed out waiting for the server".into());
-        }
-        conn.read_more(left)?;
-    }
-}
-
-impl Conn {
-    /// Reads what the server sent, waiting at most `wait`; false if nothing
-    /// came in that time.
-    pub(crate) fn read_more(&mut self, wait: Duration) -> std::result::Result<bool, String> {
-        self.stream
-            .set_read_timeout(Some(wait))
-            .map_err(|e| e.to_string())?;
-        let spare = self.frames.spare(64 * 1024);
-        match self.stream.read(spare) {
-            Ok(0) => {
-                self.frames.filled(64 * 1024, 0);
-                Err("connection closed by the server".into())
-            }
-            Ok(n) => {
-                self.frames.filled(64 * 1024, n);
-                Ok(true)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                self.frames.filled(64 * 1024, 0);
-                Ok(false)
-            }
-            Err(e) => {
-                self.frames.filled(64 * 1024, 0);
-                Err(format!("read: {e}"))
-            }
-        }
-    }
-}
-
-/// Adds `more` to `routes`: of two answers for one region the newer epoch
-/// wins (a known leader breaks ties); a region overlapped by one of a newer
-/// epoch version is stale (it split since) and goes.
-pub fn merge_routes(routes: &mut Vec<RouteInfo>, more: Vec<RouteInfo>) {
-    let key = |r: &RouteInfo| {
-        (
-            r.region.epoch.version,
-            r.region.epoch.conf_ver,
-            r.leader_node != 0,
-        )
-    };
-    for r in more {
-        match routes.iter_mut().find(|x| x.region.id == r.region.id) {
-            Some(x) => {
-                if key(&r) > key(x) {
-                    *x = r;
-                } else if x.leader_shard.is_none()
-                    && key(&r) == key(x)
-                    && r.leader_node == x.leader_node
-                {
-                    // Only the leader's node knows the shard serving it.
-                    x.leader_shard = r.leader_shard;
-                }
-            }
-            None => routes.push(r),
-        }
-    }
-    let snapshot = routes.clone();
-    routes.retain(|r| {
-        !snapshot.iter().any(|o| {
-            o.region.id != r.region.id
-                && o.region.epoch.version > r.region.epoch.version
-                && o.region.overlaps(&r.region)
-        })
-    });
-    routes.sort_by_key(|r| r.region.start_hash);
-}
-
-/// True when `routes` (sorted by start) cover `[0, 2^64)` without a gap.
-pub fn covers_hash_space(routes: &[RouteInfo]) -> bool {
-    let mut next: u128 = 0;
-    for r in routes {
-        if u128::from(r.region.start_hash) > next {
-            return false;
-        }
-        next = next.max(r.region.end_u128());
-    }
-    next == 1u128 << 64
 }
 
 #[cfg(test)]

@@ -1,0 +1,129 @@
+//! Reads and writes: get, put, delete, incr, cas, batches.
+
+use super::*;
+
+impl Client {
+    /// Reads `key`.
+    pub fn get(&mut self, key: &[u8], consistency: Consistency) -> Result<Option<Value>> {
+        let op = Op::Get {
+            key: Bytes::copy_from_slice(key),
+            consistency,
+        };
+        match self.execute(key, op, true)? {
+            (Outcome::Value(v), _) => Ok(v.map(|r| Value {
+                value: r.value,
+                version: r.version,
+                expire_at_ms: r.expire_at_ms,
+            })),
+            (other, _) => Err(ClientError::Protocol(format!("get answered {other:?}"))),
+        }
+    }
+
+    /// Writes `key`; returns the new version.
+    pub fn put(&mut self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<u64> {
+        let condition = match (opts.if_absent, opts.if_version) {
+            (false, None) => Condition::None,
+            (true, None) => Condition::IfAbsent,
+            (false, Some(v)) => Condition::IfVersion(v),
+            (true, Some(_)) => {
+                return Err(ClientError::Invalid {
+                    code: ErrorCode::InvalidRequest,
+                    message: "if_absent and if_version together".into(),
+                })
+            }
+        };
+        let w = WriteRequest::Put {
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+            ttl_ms: opts.ttl.map(|t| t.as_millis().max(1) as u64),
+            condition,
+        };
+        let (_, f) = self.execute(key, Op::Write(w), false)?;
+        Ok(f.version)
+    }
+
+    /// Deletes `key`; returns whether a live value was removed.
+    pub fn delete(&mut self, key: &[u8], if_version: Option<u64>) -> Result<bool> {
+        let w = WriteRequest::Delete {
+            key: Bytes::copy_from_slice(key),
+            if_version,
+        };
+        let (_, f) = self.execute(key, Op::Write(w), false)?;
+        Ok(f.existed)
+    }
+
+    /// Adds `delta` to the integer at `key`; returns the new value.
+    pub fn incr(&mut self, key: &[u8], delta: i64) -> Result<i64> {
+        let w = WriteRequest::Incr {
+            key: Bytes::copy_from_slice(key),
+            delta,
+        };
+        let (_, f) = self.execute(key, Op::Write(w), false)?;
+        Ok(f.counter)
+    }
+
+    /// Replaces the value of `key` if it is `expected` (`None` = absent);
+    /// returns the new version.
+    pub fn cas(
+        &mut self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<u64> {
+        let w = WriteRequest::Cas {
+            key: Bytes::copy_from_slice(key),
+            expected: expected.map(Bytes::copy_from_slice),
+            value: Bytes::copy_from_slice(value),
+            ttl_ms: ttl.map(|t| t.as_millis().max(1) as u64),
+        };
+        let (_, f) = self.execute(key, Op::Write(w), false)?;
+        Ok(f.version)
+    }
+
+    /// Reads several keys; one result per key, in order.
+    pub fn batch_get(
+        &mut self,
+        keys: &[&[u8]],
+        consistency: Consistency,
+    ) -> Vec<Result<Option<Value>>> {
+        keys.iter().map(|k| self.get(k, consistency)).collect()
+    }
+
+    /// Writes several pairs. Pairs in the same region are written atomically
+    /// in one entry; each key's result says whether its region's write
+    /// succeeded (with the version) or not.
+    pub fn batch_put(&mut self, items: &[(&[u8], &[u8])]) -> Vec<Result<u64>> {
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut out: Vec<Option<Result<u64>>> = vec![None; items.len()];
+        for (n, (k, _)) in items.iter().enumerate() {
+            let region = self.route_index(route_hash(k)).unwrap_or(usize::MAX);
+            match groups.iter_mut().find(|(r, _)| *r == region) {
+                Some((_, v)) => v.push(n),
+                None => groups.push((region, vec![n])),
+            }
+        }
+        for (_, members) in groups {
+            let batch: Vec<PutItem> = members
+                .iter()
+                .map(|&n| PutItem {
+                    key: Bytes::copy_from_slice(items[n].0),
+                    value: Bytes::copy_from_slice(items[n].1),
+                    ttl_ms: None,
+                })
+                .collect();
+            let first = items[members[0]].0;
+            let r = self
+                .execute(
+                    first,
+                    Op::Write(WriteRequest::BatchPut { items: batch }),
+                    false,
+                )
+                .map(|(_, f)| f.version);
+            for n in members {
+                out[n] = Some(r.clone());
+            }
+        }
+        out.into_iter().map(Option::unwrap).collect()
+    }
+}
