@@ -5,7 +5,8 @@
 //! - this file: [`TestCluster`] (ports, data directories, process cleanup,
 //!   one cluster at a time per test binary) and raw-protocol helpers.
 //! - `checker.rs`: the per-key linearizability checker.
-//! - `chaos.rs`: the fault-injection runner (binary `corekv-chaos`).
+//! - `chaos/`: the fault-injection runner (binary `corekv-chaos`): faults,
+//!   workload, watcher, report.
 //! - `watch_check.rs`: checks a watch's changes against the recorded operations.
 //! - `tests/*.rs`: the tests.
 #![deny(missing_docs)]

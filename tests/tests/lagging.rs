@@ -20,6 +20,28 @@ fn rows(c: &mut Client, addr: &str) -> Vec<RegionStatus> {
     c.status_doc(addr).map(|d| d.regions).unwrap_or_default()
 }
 
+/// SIGKILLs node 3 and starts it again; fails the test (with the log of
+/// the node that exited) unless it answers within 30 s.
+fn kill_and_restart_node_3(t: &mut TestCluster, kill: usize) {
+    t.cluster.kill(2);
+    t.cluster.start_node(2).unwrap();
+    let addr = t.cluster.nodes[2].client_addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !corekv_tools::dev::node_answers(&addr) {
+        if let Some((id, status)) = t.cluster.exited() {
+            panic!(
+                "kill {kill}: node {id} exited ({status}) on restart:\n{}",
+                exited_log(t, id)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kill {kill}: node 3 never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The last lines of the log of node `id` (the one that exited).
 fn exited_log(t: &TestCluster, id: u64) -> String {
     let n = t.cluster.nodes.iter().find(|n| n.id == id).expect("a node");
@@ -235,23 +257,7 @@ fn a_node_killed_in_the_middle_of_large_writes_always_starts_again() {
     let mut t = t;
     for round in 0..20 {
         std::thread::sleep(Duration::from_millis(rng.gen_range(200..1200)));
-        t.cluster.kill(2);
-        t.cluster.start_node(2).unwrap();
-        let addr = t.cluster.nodes[2].client_addr.clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !corekv_tools::dev::node_answers(&addr) {
-            if let Some((id, status)) = t.cluster.exited() {
-                panic!(
-                    "kill {round}: node {id} exited ({status}) on restart:\n{}",
-                    exited_log(&t, id)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kill {round}: node 3 never answered"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        kill_and_restart_node_3(&mut t, round);
     }
     stop.store(true, Ordering::Release);
     let acked: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
@@ -281,23 +287,7 @@ fn a_node_killed_while_it_installs_a_large_snapshot_starts_again_and_catches_up(
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for kill in 0..6 {
         std::thread::sleep(Duration::from_millis(rng.gen_range(150..700)));
-        t.cluster.kill(2);
-        t.cluster.start_node(2).unwrap();
-        let addr = t.cluster.nodes[2].client_addr.clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !corekv_tools::dev::node_answers(&addr) {
-            if let Some((id, status)) = t.cluster.exited() {
-                panic!(
-                    "kill {kill}: node {id} exited ({status}) on restart:\n{}",
-                    exited_log(&t, id)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kill {kill}: node 3 never answered"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        kill_and_restart_node_3(&mut t, kill);
     }
     let addrs = t.endpoints();
     must_converge(&mut c, &addrs, 1, Duration::from_secs(60));
