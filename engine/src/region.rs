@@ -106,6 +106,34 @@ impl Region {
         self.peers.iter().find(|p| p.id == peer_id)
     }
 
+    /// A region as a new cluster starts it: epoch 1/1, a voter on each of
+    /// `nodes` (the first is its preferred leader) with the region-start
+    /// replica ids ([`crate::ids::region_peer_id`]).
+    pub fn initial(
+        id: u64,
+        start_hash: u64,
+        end_hash: u64,
+        nodes: impl IntoIterator<Item = u64>,
+    ) -> Region {
+        Region {
+            id,
+            start_hash,
+            end_hash,
+            epoch: Epoch {
+                conf_ver: 1,
+                version: 1,
+            },
+            peers: nodes
+                .into_iter()
+                .map(|node_id| PeerMeta {
+                    id: crate::ids::region_peer_id(id, node_id),
+                    node_id,
+                    role: PeerRole::Voter,
+                })
+                .collect(),
+        }
+    }
+
     /// Splits `[0, 2^64)` into `count` regions of equal width (the last takes the
     /// remainder). Region ids are `first_id..first_id + count`.
     pub fn even_ranges(count: u64) -> Vec<(u64, u64)> {

@@ -18,7 +18,7 @@ use corekv_engine::peer::list_regions;
 use corekv_engine::region::META_REGION_ID;
 use corekv_engine::replicas::bootstrap_regions;
 use corekv_engine::state::StoreIdent;
-use corekv_engine::{route_hash, Epoch, PeerMeta, PeerRole, Region};
+use corekv_engine::{route_hash, Region};
 
 use crate::config::NodeConfig;
 
@@ -34,24 +34,13 @@ pub const REPLICAS: usize = 3;
 pub fn initial_regions(nodes: &[u64], count: u64) -> Vec<Region> {
     let n = nodes.len();
     let replicas = REPLICAS.min(n);
-    let region = |i: usize, id: u64, start_hash: u64, end_hash: u64| Region {
-        id,
-        start_hash,
-        end_hash,
-        epoch: Epoch {
-            conf_ver: 1,
-            version: 1,
-        },
-        peers: (0..replicas)
-            .map(|k| {
-                let node_id = nodes[(i + k) % n];
-                PeerMeta {
-                    id: corekv_engine::ids::region_peer_id(id, node_id),
-                    node_id,
-                    role: PeerRole::Voter,
-                }
-            })
-            .collect(),
+    let region = |i: usize, id: u64, start_hash: u64, end_hash: u64| {
+        Region::initial(
+            id,
+            start_hash,
+            end_hash,
+            (0..replicas).map(|k| nodes[(i + k) % n]),
+        )
     };
     let mut regions: Vec<Region> = Region::even_ranges(count)
         .into_iter()

@@ -37,7 +37,7 @@ use crate::hash::route_hash;
 use crate::keys::{self, CF_DATA};
 use crate::peer::{Peer, PeerStatus, Reply, Response};
 use crate::read::Consistency;
-use crate::region::{Epoch, PeerMeta, PeerRole, Region};
+use crate::region::Region;
 use crate::replicas::{bootstrap_regions, Owner, RaftEnvelope, Replicas, Round};
 use crate::round::{LogPipeline, Staged};
 
@@ -184,24 +184,7 @@ impl SimCluster {
             .into_iter()
             .enumerate()
             .map(|(i, (start_hash, end_hash))| {
-                let id = i as u64 + 1;
-                Region {
-                    id,
-                    start_hash,
-                    end_hash,
-                    epoch: Epoch {
-                        conf_ver: 1,
-                        version: 1,
-                    },
-                    peers: voters
-                        .iter()
-                        .map(|&n| PeerMeta {
-                            id: crate::ids::region_peer_id(id, n),
-                            node_id: n,
-                            role: PeerRole::Voter,
-                        })
-                        .collect(),
-                }
+                Region::initial(i as u64 + 1, start_hash, end_hash, voters.iter().copied())
             })
             .collect();
         let mut c = SimCluster {
