@@ -7,6 +7,9 @@
 //! - `report`: hdrhistogram latencies per operation type, error counts, the
 //!   table and the JSON report.
 //! - `bin/corekv-bench`: the command line, the embedded local cluster, preload.
+//!
+//! Where new code goes: a new target protocol as a file of `driver/`; a new
+//! key or operation pattern in `workload`; a new figure in `report`.
 #![deny(missing_docs)]
 
 pub mod driver;

@@ -32,14 +32,24 @@
 //!   elections), `propose`, `ready` (the ready cycle, apply, compaction),
 //!   `read` (ReadIndex, lease, serving), `sweep` (expiry, region clock),
 //!   `check` (consistency checks).
-//! - `replicas`: [`Replicas`], all replicas one owner drives, one round at a time.
-//! - `round`: [`round::LogPipeline`], the log side of rounds: batches in
-//!   flight by sequence number, readies released when theirs is durable.
+//! - `replicas`: [`Replicas`], all replicas one owner drives (`drive`: a
+//!   round's work over them; `lifecycle`: bootstrap, splits, hand-overs,
+//!   removals).
+//! - `round`: [`round::ShardRound`], the round of one shard, I/O-free, run by
+//!   the server's shards and the simulator through [`round::RoundHost`];
+//!   `pipeline`: log batches in flight by sequence number, readies released
+//!   when theirs is durable.
 //! - `session`: per-region client sessions for exactly-once writes.
 //! - `sim`: deterministic in-process cluster with a faulty network, for tests
 //!   and the demo.
 //! - `slog_fields`: raft-rs log records' key-value pairs as text.
 //! - `watch`: the per-region change history watchers read and resume from.
+//!
+//! Where new code goes: a new kind of replicated entry in `command`/`admin`
+//! and `apply`; per-replica behaviour in `peer/` (the file of its
+//! operation); anything done once per round for every replica in
+//! `replicas/drive.rs`; a new step of the round in `round/` (and then in
+//! both hosts); I/O never (the hosts do it).
 #![deny(missing_docs)]
 
 pub mod admin;

@@ -3,7 +3,7 @@
 //! keys. Every read is checked against the history of acknowledged writes.
 //!
 //! Replay one run with `COREKV_SIM_SEED=<seed> cargo test --release -p
-//! corekv-engine --test randomized`.
+//! corekv-engine --test randomized`; run many with `COREKV_SIM_SEEDS=1..200`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -303,11 +303,19 @@ fn check(ops: &[Op]) -> Result<(), String> {
     Ok(())
 }
 
+/// The seeds to run: `COREKV_SIM_SEED=<seed>` one, `COREKV_SIM_SEEDS=A..B`
+/// every seed from A up to B (excluded), else eight fixed ones.
 fn seeds() -> Vec<u64> {
-    match std::env::var("COREKV_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("COREKV_SIM_SEED is a number")],
-        Err(_) => vec![101, 202, 303, 404, 505, 606, 707, 808],
+    if let Ok(s) = std::env::var("COREKV_SIM_SEED") {
+        return vec![s.parse().expect("COREKV_SIM_SEED is a number")];
     }
+    if let Ok(range) = std::env::var("COREKV_SIM_SEEDS") {
+        let (a, b) = range.split_once("..").expect("COREKV_SIM_SEEDS is A..B");
+        let a: u64 = a.parse().expect("COREKV_SIM_SEEDS start is a number");
+        let b: u64 = b.parse().expect("COREKV_SIM_SEEDS end is a number");
+        return (a..b).collect();
+    }
+    vec![101, 202, 303, 404, 505, 606, 707, 808]
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //! - `frame`: length-prefixed framing and stream reassembly.
 //! - `message`: client-protocol messages as Rust values; encode and decode.
 //! - `peer_codec`: frames of the raft transport between nodes.
+//! - `routing`: the routing table a client keeps (I/O-free): which region
+//!   a hash is in, and what an error answer means for it.
 //! - `client`: the blocking native client (region cache, leader hints, retries).
 //! - `admin`: placement operations through a client (leader transfer,
 //!   replica and shard moves), each waiting until it shows.
@@ -20,6 +22,13 @@
 //! - `wake`: a one-slot wake-up signal for single-threaded loops.
 //! - `watch_client`: watches in the native client (one resuming stream per
 //!   region).
+//!
+//! Where new code goes: a new request or answer in `schema/corekv.fbs`,
+//! then its type in `message/mod.rs` and its two directions in
+//! `message/encode.rs` and `message/decode.rs`; a new error detail as a
+//! `WireError` variant (`message/error.rs`); how a client reacts to an
+//! answer in `routing` (shared with `corekv-bench`); a new client operation
+//! in `client/kv.rs` (data) or `client/admin.rs` / `admin` (placement).
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -30,6 +39,7 @@ pub mod listen;
 pub mod message;
 pub mod meta;
 pub mod peer_codec;
+pub mod routing;
 pub mod server;
 pub mod status;
 pub mod transport;

@@ -21,7 +21,8 @@ use corekv_engine::route_hash;
 use corekv_engine::watch::Change;
 
 use crate::client::{wire_to_client, Client, ClientError, Conn, Result};
-use crate::message::{decode_frame, encode_requests, Frame, Op, Outcome, Request};
+use crate::message::{decode_frame, encode_requests, Frame, Op, Outcome, Request, WireError};
+use crate::routing::Routing;
 use crate::wire::ErrorCode;
 
 /// A connection that delivered nothing (not even progress) for this long is
@@ -449,27 +450,27 @@ fn attempt_stream(
                 }
                 Err(e) => {
                     c.conns.remove(&addr);
-                    ended(format!("{:?}: {}", e.code, e.message));
-                    return match e.code {
-                        ErrorCode::NotLeader => {
-                            let hinted =
-                                e.leader_node != 0 && e.leader_node != c.routes[i].leader_node;
-                            c.routes[i].leader_node = e.leader_node;
-                            c.routes[i].leader_shard = None;
-                            Ended::Retry { hinted }
-                        }
-                        ErrorCode::EpochNotMatch | ErrorCode::RegionNotFound => {
+                    ended(e.to_string());
+                    return match c.routes.on_error(i, &e) {
+                        Routing::Retry { hinted } => Ended::Retry { hinted },
+                        Routing::Reload => {
                             let _ = c.refresh_routes(deadline);
-                            Ended::Regroup {
-                                kept: e.regions.first().map_or(0, |r| r.id),
-                                split_at: e.current_version,
-                            }
+                            let (kept, split_at) = match &e {
+                                WireError::EpochNotMatch {
+                                    regions,
+                                    from_version,
+                                    ..
+                                } => (regions.first().map_or(0, |r| r.id), *from_version),
+                                _ => (0, 0),
+                            };
+                            Ended::Regroup { kept, split_at }
                         }
-                        ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::Timeout => {
-                            c.routes[i].leader_node = 0;
+                        Routing::Backoff => Ended::Retry { hinted: false },
+                        Routing::Other if e.code() == ErrorCode::Timeout => {
+                            c.routes.forget_leader(i);
                             Ended::Retry { hinted: false }
                         }
-                        _ => {
+                        Routing::Other => {
                             let _ = tx.send(Item::Failed(wire_to_client(e)));
                             Ended::Done
                         }

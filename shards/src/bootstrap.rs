@@ -21,6 +21,7 @@ use corekv_engine::state::StoreIdent;
 use corekv_engine::{route_hash, Region};
 
 use crate::config::NodeConfig;
+use crate::error::StartError;
 
 /// Replicas per region.
 pub const REPLICAS: usize = 3;
@@ -86,25 +87,30 @@ pub struct Opened {
 }
 
 /// Opens (bootstrapping if empty) the data directory of `cfg`.
-pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
+pub fn open(cfg: &NodeConfig) -> Result<Opened, StartError> {
     std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| format!("data dir {}: {e}", cfg.data_dir.display()))?;
-    let (db, db_options) = db::open_with_options(&cfg.data_dir.join("db"), &cfg.db)
-        .map_err(|e| format!("opening RocksDB in {}: {e}", cfg.data_dir.display()))?;
+        .map_err(|e| StartError::DataDir(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+    let (db, db_options) =
+        db::open_with_options(&cfg.data_dir.join("db"), &cfg.db).map_err(|e| {
+            StartError::DataDir(format!(
+                "opening RocksDB in {}: {e}",
+                cfg.data_dir.display()
+            ))
+        })?;
     let meta = cf(&db, CF_META);
     let ident = db
         .get_cf(meta, keys::store_ident_key())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| StartError::DataDir(e.to_string()))?;
     let fresh = match ident {
         Some(b) => {
-            let ident = StoreIdent::decode(&b).map_err(|e| e.to_string())?;
+            let ident = StoreIdent::decode(&b).map_err(|e| StartError::DataDir(e.to_string()))?;
             if ident.node_id != cfg.node_id {
-                return Err(format!(
+                return Err(StartError::DataDir(format!(
                     "data dir {} belongs to node {}, not {}",
                     cfg.data_dir.display(),
                     ident.node_id,
                     cfg.node_id
-                ));
+                )));
             }
             false
         }
@@ -116,7 +122,8 @@ pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
             } else {
                 initial_regions(&nodes, cfg.regions)
             };
-            bootstrap_regions(&db, cfg.node_id, &regions).map_err(|e| e.to_string())?;
+            bootstrap_regions(&db, cfg.node_id, &regions)
+                .map_err(|e| StartError::DataDir(e.to_string()))?;
             let mut wb = rocksdb::WriteBatch::default();
             for r in regions
                 .iter()
@@ -139,23 +146,24 @@ pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
                 }
                 .encode(),
             );
-            db::write(&db, wb, true).map_err(|e| e.to_string())?;
+            db::write(&db, wb, true).map_err(|e| StartError::DataDir(e.to_string()))?;
             true
         }
     };
     // A replica that applied its own removal and stopped before it was
     // cleaned up goes now.
-    let stale = corekv_engine::replicas::destroy_stale_replicas(&db, cfg.node_id)
-        .map_err(|e| format!("removing replicas taken out of their regions: {e}"))?;
+    let stale = corekv_engine::replicas::destroy_stale_replicas(&db, cfg.node_id).map_err(|e| {
+        StartError::DataDir(format!("removing replicas taken out of their regions: {e}"))
+    })?;
     if !stale.is_empty() {
         tracing::info!(regions = ?stale, "replicas removed from this node cleaned up");
     }
     let mut placement = Vec::new();
     let mut moved = rocksdb::WriteBatch::default();
-    for r in list_regions(&db).map_err(|e| e.to_string())? {
+    for r in list_regions(&db).map_err(|e| StartError::DataDir(e.to_string()))? {
         let stored = db
             .get_cf(meta, keys::placement_key(r.id))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| StartError::DataDir(e.to_string()))?
             .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
             .map(u32::from_be_bytes);
         let shard = match stored {
@@ -170,7 +178,7 @@ pub fn open(cfg: &NodeConfig) -> Result<Opened, String> {
         placement.push((r, shard));
     }
     if !moved.is_empty() {
-        db::write(&db, moved, true).map_err(|e| e.to_string())?;
+        db::write(&db, moved, true).map_err(|e| StartError::DataDir(e.to_string()))?;
     }
     Ok(Opened {
         db,

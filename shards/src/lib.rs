@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `config`: `corekv-server` flags and TOML file, validated into `NodeConfig`.
+//! - `error`: typed errors of settings, start-up and the node list.
 //! - `bootstrap`: the initial region layout, node identity, region → shard
 //!   placement (persisted) and the `Router`.
 //! - `node`: state shared by a node's shards (router, leaders, log writer queue).
@@ -24,11 +25,20 @@
 //! - `raft_log`: raft-rs logs into `tracing`.
 //! - `server`: start (memlock, ports, executors) and clean shutdown.
 //! - `bin/corekv-server`: the server binary.
+//!
+//! Where new code goes: a new flag in `config/` (validated there, with a
+//! `ConfigError`); a new request's handling in `shard/requests.rs`; periodic
+//! shard work in `shard/housekeeping.rs` (called from the tick of
+//! `shard/round.rs`); the order of a round is the engine's
+//! (`corekv_engine::round`), not this crate's; node-wide background work as
+//! a thread of its own (like `meta`, `placement`, `quota`), never on a
+//! shard.
 #![deny(missing_docs)]
 
 pub mod autosplit;
 pub mod bootstrap;
 pub mod config;
+pub mod error;
 pub mod log_writer;
 pub mod meta;
 pub mod metrics;

@@ -18,6 +18,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::bootstrap::{self, Router};
 use crate::config::NodeConfig;
+use crate::error::StartError;
 use crate::log_writer::LogWriter;
 use crate::node::NodeShared;
 use crate::shard::{Shard, ShardClients, ShardMsg, ShardPeers};
@@ -30,9 +31,14 @@ pub const LOG_QUEUE_BATCHES: usize = 4096;
 
 /// How `corekv-server` ends (its process exit status).
 pub mod exit {
-    /// It could not start (bad settings, ports taken, data directory); the
-    /// message says why.
+    use crate::error::StartError;
+
+    /// It could not start (ports taken, data directory, threads), or a
+    /// shard stopped with an error; the message says why.
     pub const START_FAILED: i32 = 1;
+    /// A setting cannot be used (the message names it); nothing was
+    /// written.
+    pub const BAD_SETTINGS: i32 = 2;
     /// A shard hit a storage, raft or decoding failure it cannot go on
     /// from (fail-stop; nothing after it was acknowledged).
     pub const SHARD_FATAL: i32 = 70;
@@ -40,6 +46,14 @@ pub mod exit {
     pub const LOG_WRITE_FAILED: i32 = 74;
     /// A second SIGINT/SIGTERM during a clean shutdown: stopped at once.
     pub const SECOND_SIGNAL: i32 = 130;
+
+    /// The exit code of a start-up error.
+    pub fn code(e: &StartError) -> i32 {
+        match e {
+            StartError::Config(_) => BAD_SETTINGS,
+            _ => START_FAILED,
+        }
+    }
 }
 /// Largest raft transport frame (a snapshot travels in one).
 pub const PEER_FRAME_BYTES_MAX: usize = 1 << 30;
@@ -116,27 +130,39 @@ fn raise_nofile(wanted: usize) {
     }
 }
 
-fn check_free(what: &str, addr: std::net::SocketAddr) -> Result<(), String> {
-    corekv_net::listen::check_free(addr).map_err(|e| format!("{what} {addr}: {e}"))
+fn listen_error(what: &str, addr: std::net::SocketAddr, e: impl std::fmt::Display) -> StartError {
+    StartError::Listen {
+        what: what.to_string(),
+        addr,
+        reason: e.to_string(),
+    }
+}
+
+fn check_free(what: &str, addr: std::net::SocketAddr) -> Result<(), StartError> {
+    corekv_net::listen::check_free(addr).map_err(|e| listen_error(what, addr, e))
 }
 
 /// A glommio listener on `addr`, shared with the other shards or the
 /// shard's own.
-fn listener(what: &str, addr: std::net::SocketAddr, shared: bool) -> Result<TcpListener, String> {
+fn listener(
+    what: &str,
+    addr: std::net::SocketAddr,
+    shared: bool,
+) -> Result<TcpListener, StartError> {
     use std::os::fd::IntoRawFd;
     let l = if shared {
         corekv_net::listen::shared_listener(addr, 1024)
     } else {
         corekv_net::listen::own_listener(addr, 1024)
     }
-    .map_err(|e| format!("{what} {addr}: {e}"))?;
+    .map_err(|e| listen_error(what, addr, e))?;
     // SAFETY: the fd is a bound, listening TCP socket we own; ownership moves
     // to the glommio listener.
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(l.into_raw_fd()) })
 }
 
 /// Runs a node until SIGTERM/SIGINT. Errors are fit to show the user.
-pub fn run(cfg: NodeConfig) -> Result<(), String> {
+pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     if let Some(w) = raise_memlock() {
         tracing::warn!("{w}");
     }
@@ -203,17 +229,17 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
     });
 
     crate::meta::spawn(Arc::downgrade(&node))
-        .map_err(|e| format!("starting the meta region thread: {e}"))?;
+        .map_err(|e| StartError::Runtime(format!("starting the meta region thread: {e}")))?;
     crate::status::spawn_size_scanner(Arc::downgrade(&node))
-        .map_err(|e| format!("starting the size scanner: {e}"))?;
+        .map_err(|e| StartError::Runtime(format!("starting the size scanner: {e}")))?;
     let policy = crate::placement::Policy {
         min_load: cfg.placement_min_load,
     };
     crate::placement::spawn(Arc::downgrade(&node), cfg.placement_moves_per_min, policy)
-        .map_err(|e| format!("starting the placement driver: {e}"))?;
+        .map_err(|e| StartError::Runtime(format!("starting the placement driver: {e}")))?;
     if cfg.disk_quota_bytes > 0 {
         crate::quota::spawn_quota_watcher(Arc::downgrade(&node))
-            .map_err(|e| format!("starting the disk quota watcher: {e}"))?;
+            .map_err(|e| StartError::Runtime(format!("starting the disk quota watcher: {e}")))?;
     }
     if let Some(addr) = cfg.metrics_listen {
         let (stats, db, opts) = (
@@ -222,11 +248,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
             opened.db_options.clone(),
         );
         crate::metrics::serve(addr, metrics, move |m| m.refresh(&stats, &db, &opts))
-            .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+            .map_err(|e| listen_error("--metrics-listen", addr, e))?;
     }
     let n = stopping;
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
-        .map_err(|e| format!("installing signal handlers: {e}"))?;
+        .map_err(|e| StartError::Runtime(format!("installing signal handlers: {e}")))?;
     std::thread::Builder::new()
         .name("corekv-signals".into())
         .spawn(move || {
@@ -242,7 +268,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
                 }
             }
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| StartError::Runtime(format!("starting the signal thread: {e}")))?;
 
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let mesh = MeshBuilder::<ShardMsg, _>::full(cfg.shards, MESH_QUEUE_MSGS);
@@ -254,10 +280,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
             .name(&format!("corekv-shard-{i}"))
             .spawn(move || async move { shard_main(i, node, mesh, placement).await })
             .map_err(|e| {
-                format!(
+                StartError::Runtime(format!(
                     "cannot start the io_uring executor of shard {i}: {e}. If the cause is memory, \
                      raise RLIMIT_MEMLOCK (`ulimit -l unlimited`, or LimitMEMLOCK=infinity under systemd)"
-                )
+                ))
             })?;
         handles.push(h);
     }
@@ -274,8 +300,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
     for (i, h) in handles.into_iter().enumerate() {
         match h.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failed = Some(format!("shard {i}: {e}")),
-            Err(e) => failed = Some(format!("shard {i} executor: {e:?}")),
+            Ok(Err(e)) => failed = Some(StartError::Runtime(format!("shard {i}: {e}"))),
+            Err(e) => failed = Some(StartError::Runtime(format!("shard {i} executor: {e:?}"))),
         }
     }
     let stats = node.log_stats.snapshot();
@@ -302,7 +328,7 @@ async fn shard_main(
     node: Arc<NodeShared>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     placement: Arc<HashMap<u64, usize>>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let cfg = &node.cfg;
     let seed = rand_seed(cfg.node_id, id);
     let owner = corekv_engine::Owner {
@@ -318,14 +344,14 @@ async fn shard_main(
         &crate::raft_log::logger(),
         |r| placement.get(&r.id) == Some(&id),
     )
-    .map_err(|e| format!("opening regions: {e}"))?;
+    .map_err(|e| StartError::Runtime(format!("opening regions: {e}")))?;
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let shard = Shard::new(id, node.clone(), replicas, done_tx);
 
     let (senders, mut receivers) = mesh
         .join()
         .await
-        .map_err(|_| "joining the shard mesh".to_string())?;
+        .map_err(|_| StartError::Runtime("joining the shard mesh".into()))?;
     shard.set_mesh(Rc::new(senders));
     for (_, rx) in receivers.streams() {
         let s = Rc::downgrade(&shard);
@@ -371,7 +397,7 @@ async fn shard_main(
         let own = listener("--shard-ports", addr, false)?;
         let port = own
             .local_addr()
-            .map_err(|e| format!("--shard-ports {addr}: {e}"))?
+            .map_err(|e| listen_error("--shard-ports", addr, e))?
             .port();
         node.shard_ports.set(id, port);
         client_listeners.push(own);

@@ -220,12 +220,10 @@ impl Watches {
         out: &mut Vec<WatchFrame>,
     ) -> Result<(), WireError> {
         if !peer.is_leader() {
-            let mut e = WireError::new(
-                ErrorCode::NotLeader,
-                format!("not the leader of region {}", peer.region_id()),
-            );
-            e.leader_node = peer.leader_node().unwrap_or(0);
-            return Err(e);
+            return Err(WireError::NotLeader {
+                leader_node: peer.leader_node().unwrap_or(0),
+                message: format!("not the leader of region {}", peer.region_id()),
+            });
         }
         if keys.is_empty() || keys.len() > self.limits.keys_max {
             return Err(WireError::new(
@@ -266,9 +264,10 @@ impl Watches {
             match at.unwrap_or(0) {
                 at if from_version != 0 && from_version < at => epoch = client_epoch,
                 at => {
-                    let mut e = WireError::new(
-                        ErrorCode::EpochNotMatch,
-                        format!(
+                    return Err(WireError::EpochNotMatch {
+                        regions: vec![peer.region().clone()],
+                        from_version: at,
+                        message: format!(
                             "watched keys are not in region {}: watch each region's keys \
                              separately{}",
                             peer.region_id(),
@@ -278,10 +277,7 @@ impl Watches {
                                 String::new()
                             }
                         ),
-                    );
-                    e.regions = vec![peer.region().clone()];
-                    e.current_version = at;
-                    return Err(e);
+                    });
                 }
             }
         }
@@ -442,17 +438,16 @@ impl Watches {
             }
             let peer = replicas.peer(w.region).filter(|p| p.is_leader());
             let Some(peer) = peer else {
-                let mut e = WireError::new(
-                    ErrorCode::NotLeader,
-                    format!(
+                let e = WireError::NotLeader {
+                    leader_node: replicas
+                        .peer(w.region)
+                        .and_then(Peer::leader_node)
+                        .unwrap_or(0),
+                    message: format!(
                         "this replica no longer leads region {}: resume the watch from the last version seen",
                         w.region
                     ),
-                );
-                e.leader_node = replicas
-                    .peer(w.region)
-                    .and_then(Peer::leader_node)
-                    .unwrap_or(0);
+                };
                 self.end(t, e, out);
                 continue;
             };
@@ -569,30 +564,22 @@ impl Watches {
         if at > 0 {
             self.send(t, events(at, Vec::new()), now_ms, out);
         }
-        let mut e = WireError::new(
-            ErrorCode::EpochNotMatch,
-            format!(
+        Some(WireError::EpochNotMatch {
+            regions: vec![peer.region().clone()],
+            from_version: at,
+            message: format!(
                 "region {} split at version {at}: watch the keys of each region separately, \
                  the moved ones from version {at}",
                 peer.region_id()
             ),
-        );
-        e.regions = vec![peer.region().clone()];
-        e.current_version = at;
-        Some(e)
+        })
     }
 }
 
 /// The `Compacted` error: the history after `from` is gone; the keys'
 /// current state comes with it to restart from.
 fn compacted(db: &rocksdb::DB, keys: &[Bytes], from: u64, floor: u64, wall_ms: u64) -> WireError {
-    let mut e = WireError::new(
-        ErrorCode::Compacted,
-        format!(
-            "changes after version {from} are no longer kept (history starts after {floor}): \
-             restart from the current values sent with this error"
-        ),
-    );
+    let mut current = Vec::with_capacity(keys.len());
     for k in keys {
         let change = match apply::get(db, k, wall_ms) {
             Ok(Some(r)) => Change {
@@ -616,9 +603,15 @@ fn compacted(db: &rocksdb::DB, keys: &[Bytes], from: u64, floor: u64, wall_ms: u
                 )
             }
         };
-        e.current.push(change);
+        current.push(change);
     }
-    e
+    WireError::Compacted {
+        current,
+        message: format!(
+            "changes after version {from} are no longer kept (history starts after {floor}): \
+             restart from the current values sent with this error"
+        ),
+    }
 }
 
 #[cfg(test)]

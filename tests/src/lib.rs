@@ -9,6 +9,10 @@
 //!   workload, watcher, report.
 //! - `watch_check.rs`: checks a watch's changes against the recorded operations.
 //! - `tests/*.rs`: the tests.
+//!
+//! Where new code goes: a new fault in `chaos/fault.rs`, a new check of
+//! replicas or histories in `chaos/report.rs`, helpers for real-process
+//! clusters in this file; a test of one crate's internals in that crate.
 #![deny(missing_docs)]
 
 pub mod chaos;

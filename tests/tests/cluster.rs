@@ -181,7 +181,7 @@ fn read_at(
         Frame::Responses(mut rs) => Some(match rs.remove(0).result {
             Ok(corekv_net::message::Outcome::Value(v)) => Ok(v.map(|v| v.value.to_vec())),
             Ok(other) => panic!("unexpected {other:?}"),
-            Err(e) => Err(e.code),
+            Err(e) => Err(e.code()),
         }),
         other => panic!("unexpected {other:?}"),
     }
@@ -303,7 +303,7 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
     bytes.extend((0..64u8).map(|i| i.wrapping_mul(37).wrapping_add(11)));
     std::io::Write::write_all(&mut garbage.stream, &bytes).unwrap();
     match garbage.read_frame() {
-        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::BadFrame),
+        Some(Frame::Error(e)) => assert_eq!(e.code(), ErrorCode::BadFrame),
         other => panic!("random bytes: {other:?}"),
     }
     assert!(
@@ -316,8 +316,8 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
     std::io::Write::write_all(&mut huge.stream, &u32::MAX.to_le_bytes()).unwrap();
     match huge.read_frame() {
         Some(Frame::Error(e)) => {
-            assert_eq!(e.code, ErrorCode::BadFrame);
-            assert!(e.message.contains("over the limit"), "{}", e.message);
+            assert_eq!(e.code(), ErrorCode::BadFrame);
+            assert!(e.message().contains("over the limit"), "{}", e.message());
         }
         other => panic!("4 GiB frame: {other:?}"),
     }
@@ -339,7 +339,7 @@ fn bad_input_gets_an_error_and_the_server_keeps_serving() {
         system: false,
     }]);
     match rude.read_frame() {
-        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::BadFrame),
+        Some(Frame::Error(e)) => assert_eq!(e.code(), ErrorCode::BadFrame),
         other => panic!("no hello: {other:?}"),
     }
 

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corekv_engine::{route_hash, Consistency};
-use corekv_net::message::{Frame, Op, Request};
-use corekv_net::wire::ErrorCode;
+use corekv_net::message::{Frame, Op, Request, WireError};
 use corekv_net::{Change, ClientError, PutOptions};
 use corekv_tests::{region_led_by, RawConn, TestCluster};
 
@@ -163,9 +162,8 @@ fn a_split_under_writes_loses_nothing_and_a_watch_across_it_sees_every_change_on
     }]);
     match raw.read_frame() {
         Some(Frame::Responses(rs)) => match &rs[0].result {
-            Err(e) => {
-                assert_eq!(e.code, ErrorCode::EpochNotMatch);
-                assert_eq!(e.regions[0].end_hash, mid);
+            Err(WireError::EpochNotMatch { regions, .. }) => {
+                assert_eq!(regions[0].end_hash, mid);
             }
             other => panic!("expected EpochNotMatch, got {other:?}"),
         },
@@ -563,18 +561,21 @@ fn a_watch_with_an_epoch_from_before_two_splits_is_told_the_split_that_moved_its
             Ok(other) => panic!("{other:?}"),
         }
     };
-    assert_eq!(ended.code, ErrorCode::EpochNotMatch, "{ended:?}");
-    eprintln!(
-        "changes {seen:?} from the old region, then: moved at version {}",
-        ended.current_version
-    );
+    let WireError::EpochNotMatch {
+        from_version: moved_at,
+        ..
+    } = ended
+    else {
+        panic!("expected EpochNotMatch, got {ended:?}");
+    };
+    eprintln!("changes {seen:?} from the old region, then: moved at version {moved_at}");
     assert_eq!(seen, between, "the changes made between the splits");
     // The keys left at the second split: their new region's log starts
     // right after it, so that is where the watch resumes.
-    assert!(ended.current_version > *between.last().unwrap());
+    assert!(moved_at > *between.last().unwrap());
     let mut c2 = t.client();
     let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-    let w = c2.watch(&refs, ended.current_version).unwrap();
+    let w = c2.watch(&refs, moved_at).unwrap();
     put_all(&mut c, "after", &mut written);
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);

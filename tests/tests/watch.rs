@@ -396,7 +396,7 @@ fn a_slow_watcher_catches_up_from_history_and_watches_are_limited() {
                         }
                         // A leader change on this busy 2-core machine: resume
                         // at the new leader, as the client library does.
-                        Err(e) if e.code == ErrorCode::NotLeader => ended = true,
+                        Err(e) if e.code() == ErrorCode::NotLeader => ended = true,
                         other => panic!("unexpected {other:?}"),
                     }
                 }
@@ -456,7 +456,7 @@ fn a_slow_watcher_catches_up_from_history_and_watches_are_limited() {
     }
     assert!(matches!(answers[&7], Ok(Outcome::Events { .. })));
     match &answers[&8] {
-        Err(e) => assert_eq!(e.code, ErrorCode::Busy, "{}", e.message),
+        Err(e) => assert_eq!(e.code(), ErrorCode::Busy, "{}", e.message()),
         other => panic!("expected Busy, got {other:?}"),
     }
     // Cancelling one makes room.

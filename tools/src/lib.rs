@@ -7,6 +7,10 @@
 //!   (the placement planner of `corekv_shards::placement`), membership; the
 //!   moves themselves are `corekv_net::admin`'s.
 //! - `bin/corekv`: the CLI: put/get/del/incr, `ctl` and `dev`.
+//!
+//! Where new code goes: parsing and printing only; what a command does
+//! belongs to `corekv_net` (client and admin operations) or
+//! `corekv_shards` (the planner), which never depend on this crate.
 #![deny(missing_docs)]
 
 pub mod ctl;

@@ -40,9 +40,10 @@ mod conn;
 mod kv;
 mod routes;
 
+pub use crate::routing::{covers_hash_space, merge_routes};
+use crate::routing::{RouteTable, Routing};
 pub(crate) use conn::Conn;
 use conn::*;
-pub use routes::{covers_hash_space, merge_routes};
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -170,7 +171,7 @@ enum CallError {
 /// A connection-pooling, region-aware client.
 pub struct Client {
     pub(crate) cfg: ClientConfig,
-    pub(crate) routes: Vec<RouteInfo>,
+    pub(crate) routes: RouteTable,
     nodes: HashMap<u64, String>,
     pub(crate) conns: HashMap<String, Conn>,
     /// Per-shard client ports of each address, as its `Hello` gave them.
@@ -197,18 +198,20 @@ enum RouteBy {
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
 pub(crate) fn wire_to_client(e: WireError) -> ClientError {
-    match e.code {
-        ErrorCode::ConditionFailed => ClientError::ConditionFailed {
-            current_version: (e.current_version != 0).then_some(e.current_version),
+    match e {
+        WireError::ConditionFailed {
+            current_version, ..
+        } => ClientError::ConditionFailed {
+            current_version: (current_version != 0).then_some(current_version),
         },
-        ErrorCode::NotANumber => ClientError::NotANumber,
-        ErrorCode::Compacted => ClientError::Compacted {
-            message: e.message,
-            current: e.current,
-        },
-        code => ClientError::Invalid {
-            code,
-            message: e.message,
+        WireError::Other {
+            code: ErrorCode::NotANumber,
+            ..
+        } => ClientError::NotANumber,
+        WireError::Compacted { message, current } => ClientError::Compacted { message, current },
+        e => ClientError::Invalid {
+            code: e.code(),
+            message: e.message().to_string(),
         },
     }
 }
@@ -222,7 +225,7 @@ impl Client {
         }
         let mut c = Client {
             cfg,
-            routes: Vec::new(),
+            routes: RouteTable::default(),
             nodes: HashMap::new(),
             conns: HashMap::new(),
             shard_ports: HashMap::new(),
@@ -331,7 +334,7 @@ impl Client {
                 Frame::Hello { shard_ports, .. } => {
                     self.shard_ports.insert(addr.to_string(), shard_ports);
                 }
-                Frame::Error(e) => return Err(format!("{addr}: {}", e.message)),
+                Frame::Error(e) => return Err(format!("{addr}: {}", e.message())),
                 other => return Err(format!("{addr}: expected hello, got {other:?}")),
             }
             self.conns.insert(addr.to_string(), conn);
@@ -376,7 +379,7 @@ impl Client {
                 }
                 Frame::Error(e) => {
                     self.conns.remove(addr);
-                    return Err(CallError::Lost(format!("{addr}: {}", e.message)));
+                    return Err(CallError::Lost(format!("{addr}: {}", e.message())));
                 }
                 other => {
                     self.conns.remove(addr);
@@ -435,7 +438,7 @@ impl Client {
             attempt += 1;
             let found = match by {
                 RouteBy::Hash(hash) => self.route_index(hash),
-                RouteBy::Region(id) => self.routes.iter().position(|r| r.region.id == id),
+                RouteBy::Region(id) => self.routes.position(id),
             };
             let Some(i) = found else {
                 if let Err(e) = self.refresh_routes(deadline) {
@@ -478,34 +481,28 @@ impl Client {
                     match resp.result {
                         Ok(o) => return Ok((o, fields)),
                         Err(e) => {
-                            last = format!("{addr}: {:?} {}", e.code, e.message);
-                            match e.code {
-                                ErrorCode::NotLeader => {
-                                    let hinted = e.leader_node != 0
-                                        && e.leader_node != self.routes[i].leader_node;
-                                    self.routes[i].leader_node = e.leader_node;
-                                    self.routes[i].leader_shard = None;
-                                    if !hinted {
-                                        self.backoff(attempt, deadline);
-                                    }
-                                }
-                                ErrorCode::EpochNotMatch | ErrorCode::RegionNotFound => {
-                                    let _ = self.refresh_routes(deadline);
-                                }
-                                ErrorCode::Busy
-                                | ErrorCode::ProposalDropped
-                                | ErrorCode::ShuttingDown => {
-                                    self.routes[i].leader_node = 0;
+                            last = format!("{addr}: {e}");
+                            match self.routes.on_error(i, &e) {
+                                Routing::Retry { hinted: true } => {}
+                                Routing::Retry { hinted: false } | Routing::Backoff => {
                                     self.backoff(attempt, deadline);
+                                }
+                                Routing::Reload => {
+                                    let _ = self.refresh_routes(deadline);
                                 }
                                 // A write with a session tag is retried with
                                 // the same tag: the region applies it once.
-                                ErrorCode::Timeout if idempotent || session.is_some() => {
+                                Routing::Other
+                                    if e.code() == ErrorCode::Timeout
+                                        && (idempotent || session.is_some()) =>
+                                {
                                     uncertain |= !idempotent;
                                     self.backoff(attempt, deadline);
                                 }
-                                ErrorCode::Timeout => return Err(ClientError::Unknown(last)),
-                                _ => return Err(wire_to_client(e)),
+                                Routing::Other if e.code() == ErrorCode::Timeout => {
+                                    return Err(ClientError::Unknown(last))
+                                }
+                                Routing::Other => return Err(wire_to_client(e)),
                             }
                         }
                     }

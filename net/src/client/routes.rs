@@ -1,57 +1,8 @@
-//! The routing table: merging what nodes answer, checking it covers the
-//! hash space, and which node or shard port to send a region's request to.
+//! Loading the routing table from the nodes, and which node or shard port
+//! to send a region's request to (the table itself, I/O-free, is
+//! [`crate::routing`]).
 
 use super::*;
-
-/// Adds `more` to `routes`: of two answers for one region the newer epoch
-/// wins (a known leader breaks ties); a region overlapped by one of a newer
-/// epoch version is stale (it split since) and goes.
-pub fn merge_routes(routes: &mut Vec<RouteInfo>, more: Vec<RouteInfo>) {
-    let key = |r: &RouteInfo| {
-        (
-            r.region.epoch.version,
-            r.region.epoch.conf_ver,
-            r.leader_node != 0,
-        )
-    };
-    for r in more {
-        match routes.iter_mut().find(|x| x.region.id == r.region.id) {
-            Some(x) => {
-                if key(&r) > key(x) {
-                    *x = r;
-                } else if x.leader_shard.is_none()
-                    && key(&r) == key(x)
-                    && r.leader_node == x.leader_node
-                {
-                    // Only the leader's node knows the shard serving it.
-                    x.leader_shard = r.leader_shard;
-                }
-            }
-            None => routes.push(r),
-        }
-    }
-    let snapshot = routes.clone();
-    routes.retain(|r| {
-        !snapshot.iter().any(|o| {
-            o.region.id != r.region.id
-                && o.region.epoch.version > r.region.epoch.version
-                && o.region.overlaps(&r.region)
-        })
-    });
-    routes.sort_by_key(|r| r.region.start_hash);
-}
-
-/// True when `routes` (sorted by start) cover `[0, 2^64)` without a gap.
-pub fn covers_hash_space(routes: &[RouteInfo]) -> bool {
-    let mut next: u128 = 0;
-    for r in routes {
-        if u128::from(r.region.start_hash) > next {
-            return false;
-        }
-        next = next.max(r.region.end_u128());
-    }
-    next == 1u128 << 64
-}
 
 impl Client {
     /// Reloads the routing table. A node answers with the regions it has a
@@ -88,7 +39,7 @@ impl Client {
                         }
                     }
                     Ok(other) => last = format!("{addr}: unexpected {other:?}"),
-                    Err(e) => last = format!("{addr}: {}", e.message),
+                    Err(e) => last = format!("{addr}: {}", e.message()),
                 },
                 Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => last = e,
             }
@@ -103,9 +54,8 @@ impl Client {
         Ok(())
     }
 
-    pub(super) fn install_routes(&mut self, mut regions: Vec<RouteInfo>, nodes: Vec<NodeInfo>) {
-        regions.sort_by_key(|r| r.region.start_hash);
-        self.routes = regions;
+    pub(super) fn install_routes(&mut self, regions: Vec<RouteInfo>, nodes: Vec<NodeInfo>) {
+        self.routes.replace(regions);
         for n in nodes {
             if !n.client_addr.is_empty() {
                 self.nodes.insert(n.node_id, n.client_addr);
@@ -114,7 +64,7 @@ impl Client {
     }
 
     pub(crate) fn route_index(&self, hash: u64) -> Option<usize> {
-        self.routes.iter().position(|r| r.region.contains(hash))
+        self.routes.index(hash)
     }
 
     pub(super) fn is_down(&self, node: u64) -> bool {

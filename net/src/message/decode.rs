@@ -78,16 +78,29 @@ pub(super) fn decode_region(r: wire::RegionInfo<'_>) -> Region {
 }
 
 pub(super) fn decode_error(e: wire::Error<'_>) -> WireError {
-    WireError {
-        code: e.code(),
-        message: e.message().unwrap_or("").to_string(),
-        leader_node: e.leader_node(),
-        regions: e
-            .regions()
-            .map(|rs| rs.iter().map(decode_region).collect())
-            .unwrap_or_default(),
-        current_version: e.current_version(),
-        current: decode_events(e.current(), None),
+    let message = e.message().unwrap_or("").to_string();
+    match e.code() {
+        ErrorCode::NotLeader => WireError::NotLeader {
+            leader_node: e.leader_node(),
+            message,
+        },
+        ErrorCode::EpochNotMatch => WireError::EpochNotMatch {
+            regions: e
+                .regions()
+                .map(|rs| rs.iter().map(decode_region).collect())
+                .unwrap_or_default(),
+            from_version: e.current_version(),
+            message,
+        },
+        ErrorCode::ConditionFailed => WireError::ConditionFailed {
+            current_version: e.current_version(),
+            message,
+        },
+        ErrorCode::Compacted => WireError::Compacted {
+            current: decode_events(e.current(), None),
+            message,
+        },
+        code => WireError::Other { code, message },
     }
 }
 

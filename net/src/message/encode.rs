@@ -88,25 +88,35 @@ pub(super) fn encode_error<'a>(
     fbb: &mut FlatBufferBuilder<'a>,
     err: &WireError,
 ) -> WIPOffset<wire::Error<'a>> {
-    let message = fbb.create_string(&err.message);
-    let regions: Vec<_> = err
-        .regions
-        .iter()
-        .map(|r| encode_region(fbb, r, (0, None)))
-        .collect();
-    let regions = fbb.create_vector(&regions);
-    let current = (!err.current.is_empty()).then(|| encode_events(fbb, &err.current));
-    wire::Error::create(
-        fbb,
-        &wire::ErrorArgs {
-            code: err.code,
-            message: Some(message),
-            leader_node: err.leader_node,
-            regions: Some(regions),
-            current_version: err.current_version,
-            current,
-        },
-    )
+    let message = fbb.create_string(err.message());
+    let mut args = wire::ErrorArgs {
+        code: err.code(),
+        message: Some(message),
+        ..Default::default()
+    };
+    match err {
+        WireError::NotLeader { leader_node, .. } => args.leader_node = *leader_node,
+        WireError::EpochNotMatch {
+            regions,
+            from_version,
+            ..
+        } => {
+            let regions: Vec<_> = regions
+                .iter()
+                .map(|r| encode_region(fbb, r, (0, None)))
+                .collect();
+            args.regions = Some(fbb.create_vector(&regions));
+            args.current_version = *from_version;
+        }
+        WireError::ConditionFailed {
+            current_version, ..
+        } => args.current_version = *current_version,
+        WireError::Compacted { current, .. } => {
+            args.current = (!current.is_empty()).then(|| encode_events(fbb, current));
+        }
+        WireError::Other { .. } => {}
+    }
+    wire::Error::create(fbb, &args)
 }
 
 pub(super) fn encode_events<'a>(
@@ -396,8 +406,10 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
                     args.version = *version;
                 }
                 WriteOutcome::ConditionFailed { current_version } => {
-                    let mut e = WireError::new(ErrorCode::ConditionFailed, "condition failed");
-                    e.current_version = current_version.unwrap_or(0);
+                    let e = WireError::ConditionFailed {
+                        current_version: current_version.unwrap_or(0),
+                        message: "condition failed".into(),
+                    };
                     args.error = Some(encode_error(&mut fbb, &e));
                 }
                 WriteOutcome::NotANumber => {

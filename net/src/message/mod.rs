@@ -5,6 +5,7 @@
 //! # Layout
 //! - this file: the message types (requests, responses, errors, routes,
 //!   frames);
+//! - `error`: [`WireError`], a failed request's code and what comes with it;
 //! - `encode`: values into frames;
 //! - `decode`: frames into values (verified first).
 
@@ -21,9 +22,11 @@ use crate::wire::{self, ErrorCode};
 
 mod decode;
 mod encode;
+mod error;
 
 pub use decode::{decode_frame, decode_frame_shared, decode_frame_with_fields, ResponseFields};
 pub use encode::{encode_error_frame, encode_hello, encode_requests, encode_responses};
+pub use error::WireError;
 
 /// What a client asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,50 +118,6 @@ pub struct NodeInfo {
     pub client_addr: String,
     /// Shards of the node.
     pub shard_count: u32,
-}
-
-/// A failed request, as carried on the wire.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WireError {
-    /// Stable code.
-    pub code: ErrorCode,
-    /// Human-readable detail.
-    pub message: String,
-    /// `NotLeader`: leader node, 0 = unknown.
-    pub leader_node: u64,
-    /// `EpochNotMatch`: the regions now covering the range.
-    pub regions: Vec<Region>,
-    /// `ConditionFailed`: current version, 0 = absent.
-    pub current_version: u64,
-    /// `Compacted`: the watched keys' current state (a put of the live
-    /// value, or a delete for an absent key).
-    pub current: Vec<Change>,
-}
-
-impl WireError {
-    /// An error with only a code and message.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        WireError {
-            code,
-            message: message.into(),
-            leader_node: 0,
-            regions: Vec::new(),
-            current_version: 0,
-            current: Vec::new(),
-        }
-    }
-
-    /// The wire form of an engine error.
-    pub fn from_engine(e: &corekv_engine::Error) -> Self {
-        use corekv_engine::Error as E;
-        let mut w = WireError::new(ErrorCode(e.code()), e.to_string());
-        match e {
-            E::NotLeader { leader_node, .. } => w.leader_node = leader_node.unwrap_or(0),
-            E::EpochNotMatch { current, .. } => w.regions = current.clone(),
-            _ => {}
-        }
-        w
-    }
 }
 
 /// What a request produced.
@@ -454,13 +413,17 @@ mod tests {
             },
             Response {
                 id: 3,
-                result: Err(WireError {
-                    code: ErrorCode::NotLeader,
+                result: Err(WireError::NotLeader {
                     message: "m".into(),
                     leader_node: 2,
+                }),
+            },
+            Response {
+                id: 8,
+                result: Err(WireError::EpochNotMatch {
+                    message: "split".into(),
                     regions: vec![region.clone()],
-                    current_version: 0,
-                    current: Vec::new(),
+                    from_version: 41,
                 }),
             },
             Response {
@@ -494,12 +457,8 @@ mod tests {
             },
             Response {
                 id: 7,
-                result: Err(WireError {
-                    code: ErrorCode::Compacted,
+                result: Err(WireError::Compacted {
                     message: "gone".into(),
-                    leader_node: 0,
-                    regions: Vec::new(),
-                    current_version: 0,
                     current: vec![Change {
                         key: b("a"),
                         kind: ChangeKind::Delete,
@@ -557,8 +516,16 @@ mod tests {
         match decode_frame(body(&encode_responses(&failed))).unwrap() {
             Frame::Responses(r) => {
                 let e = r[0].result.clone().unwrap_err();
-                assert_eq!(e.code, ErrorCode::ConditionFailed);
-                assert_eq!(e.current_version, 12);
+                assert!(
+                    matches!(
+                        e,
+                        WireError::ConditionFailed {
+                            current_version: 12,
+                            ..
+                        }
+                    ),
+                    "{e:?}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -614,7 +581,7 @@ mod tests {
         ];
         for (e, name) in errors {
             let w = WireError::from_engine(&e);
-            assert_eq!(w.code.variant_name(), Some(name), "{e}");
+            assert_eq!(w.code().variant_name(), Some(name), "{e}");
         }
     }
 

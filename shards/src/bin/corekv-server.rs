@@ -9,7 +9,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("corekv-server: {e}");
-            std::process::exit(2);
+            std::process::exit(corekv_shards::server::exit::BAD_SETTINGS);
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
@@ -21,6 +21,6 @@ fn main() {
         .init();
     if let Err(e) = corekv_shards::server::run(cfg) {
         eprintln!("corekv-server: {e}");
-        std::process::exit(corekv_shards::server::exit::START_FAILED);
+        std::process::exit(corekv_shards::server::exit::code(&e));
     }
 }

@@ -51,7 +51,7 @@ impl Shard {
             }
         }
         if !local.is_empty() {
-            self.inbox.borrow_mut().raft.extend(local);
+            self.inbox.borrow_mut().round.raft.extend(local);
             self.wake.notify();
         }
         self.flush(out);

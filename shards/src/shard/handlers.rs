@@ -64,6 +64,7 @@ impl RaftHandler for ShardPeers {
         let Some(s) = self.0.upgrade() else { return };
         s.inbox
             .borrow_mut()
+            .round
             .reports
             .extend(messages.into_iter().map(|m| (m, delivered)));
         s.wake.notify();

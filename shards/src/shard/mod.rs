@@ -21,9 +21,9 @@
 //! - `flush`: a round's output to nodes, shards and connections;
 //! - `handlers`: the connection and transport handlers that fill the inbox.
 //!
-//! The log side of a round (sequence numbers, readies released when their
-//! batch is durable) is `corekv_engine::round::LogPipeline`, which the
-//! simulator drives too.
+//! The order of a round and its log side (sequence numbers, readies
+//! released when their batch is durable) are `corekv_engine::round`, which
+//! the simulator drives too; this crate gives it the shard's I/O.
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use corekv_engine::admin::{self, AdminCommand};
 use corekv_engine::peer::{Reply, Response as EngineResponse};
-use corekv_engine::round::{LogPipeline, Staged};
-use corekv_engine::{db, route_hash, RaftEnvelope, Replicas, Round};
+use corekv_engine::round::{Flow, RoundHost, RoundInbox, ShardRound};
+use corekv_engine::{db, route_hash, RaftEnvelope, Replicas};
 use corekv_net::faults::{FaultFile, FaultRules};
 use corekv_net::message::{NodeInfo, Op, Outcome, Request, Response, RouteInfo, WireError};
 use corekv_net::server::{ClientConn, Connections, RequestHandler, WatchLink};
@@ -144,15 +144,12 @@ impl Origin {
     }
 }
 
+/// What arrived since the last round: the engine round's part, and the
+/// client requests.
 #[derive(Default)]
 struct Inbox {
-    tick: bool,
-    raft: Vec<RaftEnvelope>,
+    round: RoundInbox,
     requests: VecDeque<(Origin, Request)>,
-    reports: Vec<(RaftEnvelope, bool)>,
-    persisted_seq: u64,
-    /// Replicas handed over by other shards, to open.
-    open: Vec<(u64, bool)>,
 }
 
 /// A request handed to a replica and not answered yet.
@@ -166,8 +163,6 @@ struct Pending {
 struct State {
     pending: HashMap<u64, Pending, ahash::RandomState>,
     next_id: u64,
-    /// Log batches handed to the log writer and not yet durable.
-    log: LogPipeline,
     /// Replicas to hand over to another shard: (region, shard).
     moving: Vec<(u64, usize)>,
     ticks: u64,
@@ -180,6 +175,9 @@ pub struct Shard {
     id: usize,
     node: Arc<NodeShared>,
     replicas: RefCell<Replicas>,
+    /// The engine's round: log batches handed to the log writer and not
+    /// yet durable.
+    round: RefCell<ShardRound>,
     inbox: RefCell<Inbox>,
     state: RefCell<State>,
     wake: Wake,
@@ -241,11 +239,11 @@ impl Shard {
             id,
             node,
             replicas: RefCell::new(replicas),
+            round: RefCell::new(ShardRound::default()),
             inbox: RefCell::new(Inbox::default()),
             state: RefCell::new(State {
                 pending: HashMap::default(),
                 next_id: 1,
-                log: LogPipeline::default(),
                 moving: Vec::new(),
                 ticks: 0,
                 stop_since_ms: None,
@@ -292,14 +290,14 @@ impl Shard {
 
     /// Marks a tick due.
     pub fn on_tick(&self) {
-        self.inbox.borrow_mut().tick = true;
+        self.inbox.borrow_mut().round.tick = true;
         self.wake.notify();
     }
 
     /// Records that the log writer made rounds up to `seq` durable.
     pub fn on_persisted(&self, seq: u64) {
         let mut inbox = self.inbox.borrow_mut();
-        inbox.persisted_seq = inbox.persisted_seq.max(seq);
+        inbox.round.persisted_seq = inbox.round.persisted_seq.max(seq);
         drop(inbox);
         self.wake.notify();
     }
@@ -307,8 +305,8 @@ impl Shard {
     /// Takes a message from another shard.
     pub fn on_shard_msg(&self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Raft(envs) => self.inbox.borrow_mut().raft.extend(envs),
-            ShardMsg::Open(region, led) => self.inbox.borrow_mut().open.push((region, led)),
+            ShardMsg::Raft(envs) => self.inbox.borrow_mut().round.raft.extend(envs),
+            ShardMsg::Open(region, led) => self.inbox.borrow_mut().round.open.push((region, led)),
             ShardMsg::Requests {
                 from_shard,
                 conn,

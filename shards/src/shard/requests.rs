@@ -38,7 +38,7 @@ pub(super) fn result_name(result: &Result<Outcome, WireError>) -> &'static str {
         Ok(Outcome::Write(W::WrongRegion)) => "epoch_not_match",
         Ok(Outcome::Write(W::ResultForgotten)) => "timeout",
         Ok(_) => "ok",
-        Err(e) => match e.code {
+        Err(e) => match e.code() {
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::EpochNotMatch => "epoch_not_match",
             ErrorCode::RegionNotFound => "region_not_found",
@@ -224,8 +224,11 @@ impl Shard {
             return answer(out, result);
         }
         if req.region_id != 0 && req.epoch != current.epoch && !is_watch {
-            let mut e = WireError::new(ErrorCode::EpochNotMatch, "region epoch changed");
-            e.regions = vec![current];
+            let e = WireError::EpochNotMatch {
+                regions: vec![current],
+                from_version: 0,
+                message: "region epoch changed".into(),
+            };
             return answer(out, Err(e));
         }
         if matches!(req.op, Op::Get { .. } | Op::Write(_)) {

@@ -1,24 +1,57 @@
-//! The round: take the inbox (bounded), tick, step, requests, collect every
-//! region's ready, write the apply batch, stage the log batch, serve reads,
-//! answer, flush.
+//! The shard's round: take the inbox (bounded), run the engine's round
+//! (`corekv_engine::round`) with this shard as its host, answer, flush.
 
 use super::*;
 
 impl Shard {
     /// One round. Returns true if it did anything (another round may be due).
     pub(super) fn round(&self) -> bool {
-        let node = &self.node;
-        let now = node.now_ms();
-        let wall = wall_ms();
+        let now = self.node.now_ms();
+        let Inbox {
+            round: inbox,
+            requests,
+        } = self.take_inbox();
+        let mut out = Outbox::default();
+        let stopping = self.node.is_stopping();
+        let output = {
+            let mut replicas = self.replicas.borrow_mut();
+            let mut host = ShardHost {
+                shard: self,
+                out: &mut out,
+                requests,
+                stopping,
+                now,
+                wall: wall_ms(),
+            };
+            let run = self
+                .round
+                .borrow_mut()
+                .run(now, &mut replicas, inbox, &mut host);
+            match run {
+                Ok(o) => o,
+                Err(e) => self.fatal(e.during, e.error),
+            }
+        };
+        self.answer(output.replies, &mut out);
+        self.metrics.borrow_mut().flush();
+        self.follow_leaders();
+        if stopping {
+            self.drain(now, &mut out);
+        }
+        self.flush(out);
+        output.busy
+    }
+
+    /// Takes the inbox, leaving what is over one round's bound for the next.
+    fn take_inbox(&self) -> Inbox {
         let mut inbox = std::mem::take(&mut *self.inbox.borrow_mut());
-        // Bound the work of one round; the rest goes back.
         let rest_requests = if inbox.requests.len() > ROUND_REQUESTS_MAX {
             inbox.requests.split_off(ROUND_REQUESTS_MAX)
         } else {
             VecDeque::new()
         };
-        let rest_raft = if inbox.raft.len() > ROUND_MESSAGES_MAX {
-            inbox.raft.split_off(ROUND_MESSAGES_MAX)
+        let rest_raft = if inbox.round.raft.len() > ROUND_MESSAGES_MAX {
+            inbox.round.raft.split_off(ROUND_MESSAGES_MAX)
         } else {
             Vec::new()
         };
@@ -28,160 +61,18 @@ impl Shard {
                 .into_iter()
                 .chain(ib.requests.drain(..))
                 .collect();
-            let later = std::mem::take(&mut ib.raft);
-            ib.raft = rest_raft;
-            ib.raft.extend(later);
+            let later = std::mem::take(&mut ib.round.raft);
+            ib.round.raft = rest_raft;
+            ib.round.raft.extend(later);
             self.wake.notify();
         }
+        inbox
+    }
 
-        let mut busy = false;
-        let mut replies: Vec<Reply> = Vec::new();
-        let mut out = Outbox::default();
-        let mut replicas = self.replicas.borrow_mut();
-        let stopping = node.is_stopping();
-
-        if inbox.tick {
-            busy = true;
-            replicas.tick(now, &mut replies);
-            let ticks = {
-                let mut st = self.state.borrow_mut();
-                st.ticks += 1;
-                st.ticks
-            };
-            if ticks % BALANCE_EVERY_TICKS == 0 && !stopping {
-                self.balance_leaders(&mut replicas);
-            }
-            if !stopping {
-                if let Err(e) = replicas.sweep_expired(wall) {
-                    tracing::warn!(error = %e, "expiry sweep failed");
-                }
-            }
-            if ticks % REPORT_EVERY_TICKS == 0 {
-                self.report(&replicas);
-            }
-            // Ten times as often in the first period, so the status a
-            // node shows right after it started (`ctl regions` once `corekv
-            // dev` says ready) already lists its regions and leaders.
-            let early = ticks < STATUS_EVERY_TICKS && ticks % REPORT_EVERY_TICKS == 0;
-            if ticks % STATUS_EVERY_TICKS == 0 || early {
-                self.publish_status(&replicas);
-            }
-            if !stopping {
-                self.split_by_load_or_size(&mut replicas, now, &mut replies);
-            }
-        }
-        if self.hand_over(&mut replicas, &mut replies) {
-            busy = true;
-        }
-        for (region, led) in inbox.open.drain(..) {
-            busy = true;
-            match replicas.open_region(region, led, &mut replies) {
-                Ok(opened) => {
-                    for r in opened {
-                        tracing::info!(
-                            shard = self.id,
-                            region = r.id,
-                            "replica handed over from another shard opened"
-                        );
-                    }
-                }
-                Err(e) => self.fatal("opening a replica handed over", e),
-            }
-        }
-        for env in inbox.raft.drain(..) {
-            busy = true;
-            if let Err(e) = replicas.step(env, &mut replies) {
-                self.fatal("raft step", e);
-            }
-        }
-        for (env, delivered) in inbox.reports.drain(..) {
-            replicas.report_delivery(&env, delivered);
-        }
-        // Rounds the log writer made durable.
-        let released = self.state.borrow_mut().log.persisted(inbox.persisted_seq);
-        if !released.is_empty() {
-            busy = true;
-            let mut msgs = Vec::new();
-            replicas.on_persisted(released, &mut msgs);
-            for m in msgs {
-                self.route_raft(m, &mut out);
-            }
-        }
-        for (origin, req) in inbox.requests.drain(..) {
-            busy = true;
-            self.handle_request(
-                origin,
-                req,
-                &mut replicas,
-                &mut replies,
-                &mut out,
-                stopping,
-                (now, wall),
-            );
-        }
-
-        let mut round = Round::default();
-        if let Err(e) = replicas.collect(&mut round) {
-            self.fatal("collecting ready", e);
-        }
-        let Round {
-            log,
-            mut apply,
-            messages,
-            replies: applied,
-            persist,
-        } = round;
-        replies.extend(applied);
-        if !apply.is_empty() {
-            busy = true;
-            if let Err(e) = db::write(&node.db, apply.take(), false) {
-                self.fatal("apply write", e);
-            }
-        }
-        // Written: regions split off may open, replicas removed go,
-        // watchers see the changes.
-        self.open_splits(&mut replicas, &mut replies);
-        self.follow_membership(&mut replicas, &mut replies);
-        {
-            let mut watches = self.watches.borrow_mut();
-            watches.on_changes(&apply.take_changes(), now, &mut out.watch);
-            watches.maintain(&replicas, &node.db, now, wall, &mut out.watch);
-        }
-        for m in messages {
-            busy = true;
-            self.route_raft(m, &mut out);
-        }
-        if !log.is_empty() || !persist.is_empty() {
-            busy = true;
-        }
-        let staged = self.state.borrow_mut().log.stage(log, persist);
-        match staged {
-            Staged::Write { seq, batch } => {
-                let task = WriteTask {
-                    shard: self.id,
-                    seq,
-                    batch,
-                    done: self.done_tx.clone(),
-                };
-                if node.log_tx.send(task).is_err() {
-                    self.fatal("log writer", "stopped");
-                }
-            }
-            Staged::Durable(persist) => {
-                let mut msgs = Vec::new();
-                replicas.on_persisted(persist, &mut msgs);
-                for m in msgs {
-                    self.route_raft(m, &mut out);
-                }
-            }
-            Staged::Queued => {}
-        }
-        if let Err(e) = replicas.serve_reads(&mut replies) {
-            self.fatal("serving reads", e);
-        }
-        if !replies.is_empty() {
-            busy = true;
-        }
+    /// Answers the requests the round finished. A reply whose request is no
+    /// longer pending (answered when the node began to stop, or when its
+    /// replica moved) is dropped: each request is answered once.
+    fn answer(&self, replies: Vec<Reply>, out: &mut Outbox) {
         let mut st = self.state.borrow_mut();
         for r in replies {
             if r.id == AUTO_SPLIT_ID {
@@ -203,12 +94,15 @@ impl Shard {
                 Err(e) => Err(WireError::from_engine(&e)),
             };
             self.count(p.op, p.region, p.started, &result);
-            push_response(&mut out, p.origin, result);
+            push_response(out, p.origin, result);
         }
-        self.metrics.borrow_mut().flush();
-        // Leaders as this shard sees them, for routing answers.
+    }
+
+    /// Shows the router the leaders as this shard sees them, for routing
+    /// answers.
+    fn follow_leaders(&self) {
         let router = self.router();
-        for p in replicas.iter() {
+        for p in self.replicas.borrow().iter() {
             if let Some(i) = router.index_of(p.region_id()) {
                 let leader = p.leader_node().unwrap_or(0);
                 let before = router.set_leader(i, leader);
@@ -224,22 +118,166 @@ impl Shard {
                 }
             }
         }
-        if stopping {
-            // Everything still pending is answered: the outcome of writes in
-            // flight is unknown.
-            for (_, p) in st.pending.drain() {
-                let e = WireError::new(ErrorCode::Timeout, "node shutting down: outcome unknown");
-                push_response(&mut out, p.origin, Err(e));
-            }
-            let since = *st.stop_since_ms.get_or_insert(now);
-            // Wait (bounded) for log writes in flight, then stop.
-            if st.log.is_drained() || now.saturating_sub(since) > 2000 {
-                st.stopped = true;
+    }
+
+    /// While the node stops: everything still pending is answered (the
+    /// outcome of writes in flight is unknown); once the log writes in
+    /// flight are durable (or after 2 s), the shard stops.
+    fn drain(&self, now: u64, out: &mut Outbox) {
+        let mut st = self.state.borrow_mut();
+        for (_, p) in st.pending.drain() {
+            let e = WireError::new(ErrorCode::Timeout, "node shutting down: outcome unknown");
+            push_response(out, p.origin, Err(e));
+        }
+        let since = *st.stop_since_ms.get_or_insert(now);
+        if self.round.borrow().is_drained() || now.saturating_sub(since) > 2000 {
+            st.stopped = true;
+        }
+    }
+
+    /// A tick's periodic work: preferred leaders, expiry sweeps, metrics,
+    /// the status board, splits by load or size.
+    fn periodic(
+        &self,
+        replicas: &mut Replicas,
+        replies: &mut Vec<Reply>,
+        (now, wall): (u64, u64),
+        stopping: bool,
+    ) {
+        let ticks = {
+            let mut st = self.state.borrow_mut();
+            st.ticks += 1;
+            st.ticks
+        };
+        if ticks % BALANCE_EVERY_TICKS == 0 && !stopping {
+            self.balance_leaders(replicas);
+        }
+        if !stopping {
+            if let Err(e) = replicas.sweep_expired(wall) {
+                tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
-        drop(st);
-        drop(replicas);
-        self.flush(out);
-        busy
+        if ticks % REPORT_EVERY_TICKS == 0 {
+            self.report(replicas);
+        }
+        // Ten times as often in the first period, so the status a node
+        // shows right after it started (`ctl regions` once `corekv dev` says
+        // ready) already lists its regions and leaders.
+        let early = ticks < STATUS_EVERY_TICKS && ticks % REPORT_EVERY_TICKS == 0;
+        if ticks % STATUS_EVERY_TICKS == 0 || early {
+            self.publish_status(replicas);
+        }
+        if !stopping {
+            self.split_by_load_or_size(replicas, now, replies);
+        }
+    }
+}
+
+/// The shard as the host of the engine's round: RocksDB, the transport, the
+/// log writer, the connections.
+struct ShardHost<'a> {
+    shard: &'a Shard,
+    out: &'a mut Outbox,
+    requests: VecDeque<(Origin, Request)>,
+    stopping: bool,
+    now: u64,
+    wall: u64,
+}
+
+impl RoundHost for ShardHost<'_> {
+    fn on_tick(
+        &mut self,
+        replicas: &mut Replicas,
+        replies: &mut Vec<Reply>,
+    ) -> corekv_engine::Result<()> {
+        self.shard
+            .periodic(replicas, replies, (self.now, self.wall), self.stopping);
+        Ok(())
+    }
+
+    fn hand_over(
+        &mut self,
+        replicas: &mut Replicas,
+        replies: &mut Vec<Reply>,
+    ) -> corekv_engine::Result<bool> {
+        Ok(self.shard.hand_over(replicas, replies))
+    }
+
+    fn opened(&mut self, regions: Vec<corekv_engine::Region>) -> corekv_engine::Result<()> {
+        for r in regions {
+            tracing::info!(
+                shard = self.shard.id,
+                region = r.id,
+                "replica handed over from another shard opened"
+            );
+        }
+        Ok(())
+    }
+
+    fn requests(
+        &mut self,
+        replicas: &mut Replicas,
+        replies: &mut Vec<Reply>,
+    ) -> corekv_engine::Result<bool> {
+        let any = !self.requests.is_empty();
+        for (origin, req) in self.requests.drain(..) {
+            self.shard.handle_request(
+                origin,
+                req,
+                replicas,
+                replies,
+                self.out,
+                self.stopping,
+                (self.now, self.wall),
+            );
+        }
+        Ok(any)
+    }
+
+    fn write_apply(&mut self, batch: rocksdb::WriteBatch) -> corekv_engine::Result<Flow> {
+        db::write(&self.shard.node.db, batch, false)?;
+        Ok(Flow::Continue)
+    }
+
+    fn applied(
+        &mut self,
+        replicas: &mut Replicas,
+        changes: Vec<corekv_engine::watch::EntryChanges>,
+        replies: &mut Vec<Reply>,
+    ) -> corekv_engine::Result<Flow> {
+        let shard = self.shard;
+        shard.open_splits(replicas, replies);
+        shard.follow_membership(replicas, replies);
+        let mut watches = shard.watches.borrow_mut();
+        watches.on_changes(&changes, self.now, &mut self.out.watch);
+        watches.maintain(
+            replicas,
+            &shard.node.db,
+            self.now,
+            self.wall,
+            &mut self.out.watch,
+        );
+        Ok(Flow::Continue)
+    }
+
+    fn send(&mut self, message: RaftEnvelope) {
+        self.shard.route_raft(message, self.out);
+    }
+
+    fn write_log(
+        &mut self,
+        seq: u64,
+        batch: corekv_engine::LogBatch,
+    ) -> corekv_engine::Result<bool> {
+        let task = WriteTask {
+            shard: self.shard.id,
+            seq,
+            batch,
+            done: self.shard.done_tx.clone(),
+        };
+        if self.shard.node.log_tx.send(task).is_err() {
+            self.shard.fatal("log writer", "stopped");
+        }
+        Ok(false)
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Each node runs one [`Replicas`] per shard over one RocksDB and one
 //! [`Directory`], as a server node does: messages for a region go to the
-//! shard holding it (or, for a region the node does not hold, to the shard
-//! a new replica of it is created on). Each shard numbers its log batches
-//! with a [`LogPipeline`], as a server shard does; a batch becomes durable
+//! inbox of the shard holding it (or, for a region the node does not hold,
+//! of the shard a new replica of it is created on). Each shard runs the
+//! engine's round ([`ShardRound`]), the very code a server shard runs, with
+//! the simulator as its host; its log batches are numbered by the round's
+//! pipeline, as on a server; a batch becomes durable
 //! `log_delay_ms` (plus up to `log_jitter_ms`) after its round, in order
 //! within its shard (at once by default), and only then are the readies it
 //! carries released, with the messages raft held back. With jitter, one
@@ -38,8 +40,8 @@ use crate::keys::{self, CF_DATA};
 use crate::peer::{Peer, PeerStatus, Reply, Response};
 use crate::read::Consistency;
 use crate::region::Region;
-use crate::replicas::{bootstrap_regions, Owner, RaftEnvelope, Replicas, Round};
-use crate::round::{LogPipeline, Staged};
+use crate::replicas::{bootstrap_regions, Owner, RaftEnvelope, Replicas, SplitElsewhere};
+use crate::round::{Flow, RoundHost, RoundInbox, ShardRound};
 
 mod checks;
 mod requests;
@@ -114,8 +116,10 @@ struct SimNode {
     db: Db,
     directory: Directory,
     shards: Vec<Replicas>,
-    /// Each shard's log batches in flight.
-    pipelines: Vec<LogPipeline>,
+    /// Each shard's round (its log batches in flight).
+    rounds: Vec<ShardRound>,
+    /// What arrived for each shard since its last round.
+    inboxes: Vec<RoundInbox>,
     /// Log batches not written yet, in the order they are due.
     log: VecDeque<LogWrite>,
 }
@@ -154,6 +158,8 @@ pub struct SimCluster {
     now_ms: u64,
     next_id: u64,
     replies: HashMap<u64, Reply>,
+    /// Every request id answered so far (each is answered once).
+    answered: std::collections::HashSet<u64>,
     crash_plan: Option<(u64, CrashPoint)>,
     /// Nodes paused (as by SIGSTOP): no ticks, no rounds; messages to them
     /// wait in `parked` until they resume.
@@ -199,6 +205,7 @@ impl SimCluster {
             now_ms: 0,
             next_id: 1,
             replies: HashMap::new(),
+            answered: Default::default(),
             crash_plan: None,
             paused: Default::default(),
             parked: Vec::new(),
@@ -254,7 +261,8 @@ impl SimCluster {
             SimNode {
                 db,
                 directory,
-                pipelines: (0..self.shards).map(|_| LogPipeline::default()).collect(),
+                rounds: (0..self.shards).map(|_| ShardRound::default()).collect(),
+                inboxes: (0..self.shards).map(|_| RoundInbox::default()).collect(),
                 shards,
                 log: VecDeque::new(),
             },

@@ -1,5 +1,6 @@
-//! Running the simulated cluster: ticks, rounds on every shard of every node,
-//! delayed log writes, message delivery until quiet.
+//! Running the simulated cluster: ticks, rounds on every shard of every node
+//! (the engine's [`ShardRound`], with the simulator as its host), delayed
+//! log writes, message delivery until quiet.
 
 use super::*;
 
@@ -9,23 +10,18 @@ pub(super) fn skewed(now_ms: u64, offset: Option<&i64>) -> u64 {
 }
 
 impl SimCluster {
-    /// Advances time by one tick: deliver due messages, tick every replica,
-    /// then run rounds until the cluster is quiet.
+    /// Advances time by one tick: every running shard has a tick due; then
+    /// deliver due messages and run rounds until the cluster is quiet.
     pub fn tick(&mut self) -> Result<()> {
         self.now_ms += self.cfg.tick_interval_ms;
-        let now = self.now_ms;
-        let mut replies = Vec::new();
         for (id, node) in self.nodes.iter_mut() {
             if self.paused.contains(id) {
                 continue;
             }
-            let wall = skewed(self.now_ms, self.clock_offsets.get(id));
-            for shard in node.shards.iter_mut() {
-                shard.tick(now, &mut replies);
-                shard.sweep_expired(wall)?;
+            for inbox in node.inboxes.iter_mut() {
+                inbox.tick = true;
             }
         }
-        self.collect_replies(replies);
         self.settle()
     }
 
@@ -56,20 +52,28 @@ impl SimCluster {
         }
     }
 
+    /// Keeps the replies to wait on.
+    ///
+    /// # Panics
+    /// If a request is answered twice: every request gets one answer.
     pub(super) fn collect_replies(&mut self, replies: Vec<Reply>) {
         for r in replies {
-            self.replies.insert(r.id, r);
+            let id = r.id;
+            assert!(
+                self.answered.insert(id),
+                "request {id} answered twice (seed {})",
+                self.seed
+            );
+            self.replies.insert(id, r);
         }
     }
 
-    /// Delivers messages due now and runs rounds on every node until nothing
-    /// moves (bounded).
+    /// Delivers messages due now into the inboxes of the shards they are
+    /// for and runs rounds on every node until nothing moves (bounded).
     pub(super) fn settle(&mut self) -> Result<()> {
         for _ in 0..256 {
             let mut moved = false;
-            let due = self.net.due(self.now_ms);
-            let mut replies = Vec::new();
-            for env in due {
+            for env in self.net.due(self.now_ms) {
                 moved = true;
                 if self.paused.contains(&env.to_node) {
                     self.parked.push(env);
@@ -81,14 +85,13 @@ impl SimCluster {
                         .directory
                         .get(env.region_id)
                         .map_or(default_shard(env.region_id, shards), |c| c.owner);
-                    node.shards[s].step(env, &mut replies)?;
+                    node.inboxes[s].raft.push(env);
                 }
             }
-            self.collect_replies(replies);
             for (env, delivered) in self.net.take_snapshot_reports() {
                 if let Some(node) = self.nodes.get_mut(&env.from_node) {
-                    if let Some(r) = node.replicas_of(env.region_id) {
-                        r.report_delivery(&env, delivered);
+                    if let Some(s) = node.shard_of(env.region_id) {
+                        node.inboxes[s].reports.push((env, delivered));
                     }
                 }
             }
@@ -111,75 +114,80 @@ impl SimCluster {
         Ok(())
     }
 
-    /// Writes `node`'s log batches that are due (in order) and confirms
-    /// them to their shards; true if one was.
+    /// Writes `node`'s log batches that are due (in order) and reports them
+    /// to their shards' next rounds; true if one was.
     pub(super) fn write_due_logs(&mut self, node: u64) -> Result<bool> {
         let now = self.now_ms;
         let Some(n) = self.nodes.get_mut(&node) else {
             return Ok(false);
         };
-        let mut outbox = Vec::new();
         let mut wrote = false;
         while n.log.front().is_some_and(|w| w.due_ms <= now) {
             let w = n.log.pop_front().expect("checked");
             db::write(&n.db, w.batch.inner, w.batch.must_sync)?;
-            let released = n.pipelines[w.shard].persisted(w.seq);
-            n.shards[w.shard].on_persisted(released, &mut outbox);
+            let inbox = &mut n.inboxes[w.shard];
+            inbox.persisted_seq = inbox.persisted_seq.max(w.seq);
             wrote = true;
-        }
-        for env in outbox {
-            self.net.send(env, now, &mut self.rng);
         }
         Ok(wrote)
     }
 
-    /// One shard-style round on `shard` of `node`; true if it produced
-    /// anything.
+    /// One round of `shard` of `node` (the engine's, as on a server);
+    /// true if it did anything.
     pub(super) fn round(&mut self, node: u64, shard: usize) -> Result<bool> {
         let now = self.now_ms;
+        let wall = skewed(now, self.clock_offsets.get(&node));
+        let crash = match self.crash_plan {
+            Some((victim, point)) if victim == node => Some(point),
+            _ => None,
+        };
         let Some(n) = self.nodes.get_mut(&node) else {
             return Ok(false);
         };
-        let mut round = Round::default();
-        n.shards[shard].collect(&mut round)?;
-        let Round {
-            log,
-            mut apply,
-            messages,
-            mut replies,
-            persist,
-        } = round;
-        let produced = !(log.is_empty()
-            && apply.is_empty()
-            && messages.is_empty()
-            && persist.is_empty()
-            && replies.is_empty());
-        let crash = match self.crash_plan {
-            Some((victim, point)) if victim == node && !apply.is_empty() => Some(point),
-            _ => None,
+        let inbox = std::mem::take(&mut n.inboxes[shard]);
+        let mut host = SimHost {
+            db: &n.db,
+            log: &mut n.log,
+            rng: &mut self.rng,
+            shard,
+            now,
+            wall,
+            delay_ms: self.log_delay_ms,
+            jitter_ms: self.log_jitter_ms,
+            crash,
+            wrote_apply: false,
+            crashed: false,
+            sends: Vec::new(),
+            opened: Vec::new(),
+            elsewhere: Vec::new(),
         };
-        if crash == Some(CrashPoint::BeforeWrites) {
+        let output = n.rounds[shard]
+            .run(now, &mut n.shards[shard], inbox, &mut host)
+            .map_err(|e| {
+                slog::error!(self.logger, "SIM node {node} shard {shard}: {e}");
+                e.error
+            })?;
+        let SimHost {
+            crashed,
+            sends,
+            opened,
+            elsewhere,
+            ..
+        } = host;
+        if crashed {
+            // The process died in the middle of the round: nothing of it
+            // was sent or answered.
             self.crash_plan = None;
             self.crash(node);
             return Ok(true);
         }
-        if !apply.is_empty() {
-            db::write(&n.db, apply.take(), false)?;
-        }
-        let (here, elsewhere) = n.shards[shard].open_splits(&mut replies)?;
-        let mut opened: Vec<(Region, usize)> = here.into_iter().map(|r| (r, shard)).collect();
         for s in elsewhere {
-            for r in n.shards[s.owner].open_region(s.region.id, s.led, &mut replies)? {
-                opened.push((r, s.owner));
-            }
+            n.inboxes[s.owner].open.push((s.region.id, s.led));
         }
-        for r in n.shards[shard].open_waiting(&mut replies)? {
-            opened.push((r, shard));
+        for env in sends {
+            self.net.send(env, now, &mut self.rng);
         }
-        for (r, s) in &opened {
-            store_placement(&n.db, r.id, *s)?;
-        }
-        for (new, _) in opened {
+        for new in opened {
             // The cluster-wide layout follows the first node that splits.
             if !self.regions.iter().any(|r| r.id == new.id) {
                 for r in self.regions.iter_mut() {
@@ -192,55 +200,117 @@ impl SimCluster {
                 self.regions.sort_by_key(|r| r.start_hash);
             }
         }
-        n.shards[shard].destroy_removed(&mut replies)?;
-        if crash == Some(CrashPoint::AfterApplyWrite) {
-            self.crash_plan = None;
-            self.crash(node);
+        self.collect_replies(output.replies);
+        Ok(output.busy)
+    }
+}
+
+/// A simulated node's shard as the host of the engine's round: its
+/// RocksDB, its delayed log disk, the simulated network, planned crashes.
+struct SimHost<'a> {
+    db: &'a Db,
+    log: &'a mut VecDeque<LogWrite>,
+    rng: &'a mut SmallRng,
+    shard: usize,
+    now: u64,
+    wall: u64,
+    delay_ms: u64,
+    jitter_ms: u64,
+    /// A crash planned for this node, in its next round that applies.
+    crash: Option<CrashPoint>,
+    wrote_apply: bool,
+    crashed: bool,
+    sends: Vec<RaftEnvelope>,
+    /// Regions opened on this shard, for the cluster-wide layout.
+    opened: Vec<Region>,
+    /// Regions split off here that another shard of the node opens.
+    elsewhere: Vec<SplitElsewhere>,
+}
+
+impl SimHost<'_> {
+    /// Regions opened on this shard: their placement is stored, as a
+    /// server stores it.
+    fn place(&mut self, regions: Vec<Region>) -> Result<()> {
+        for r in regions {
+            store_placement(self.db, r.id, self.shard)?;
+            self.opened.push(r);
+        }
+        Ok(())
+    }
+}
+
+impl RoundHost for SimHost<'_> {
+    fn on_tick(&mut self, replicas: &mut Replicas, _replies: &mut Vec<Reply>) -> Result<()> {
+        replicas.sweep_expired(self.wall)?;
+        Ok(())
+    }
+
+    fn opened(&mut self, regions: Vec<Region>) -> Result<()> {
+        self.place(regions)
+    }
+
+    fn write_apply(&mut self, batch: rocksdb::WriteBatch) -> Result<Flow> {
+        if self.crash == Some(CrashPoint::BeforeWrites) {
+            self.crashed = true;
+            return Ok(Flow::Abandon);
+        }
+        db::write(self.db, batch, false)?;
+        self.wrote_apply = true;
+        Ok(Flow::Continue)
+    }
+
+    fn applied(
+        &mut self,
+        replicas: &mut Replicas,
+        _changes: Vec<crate::watch::EntryChanges>,
+        replies: &mut Vec<Reply>,
+    ) -> Result<Flow> {
+        let (here, elsewhere) = replicas.open_splits(replies)?;
+        self.place(here)?;
+        self.elsewhere.extend(elsewhere);
+        let waiting = replicas.open_waiting(replies)?;
+        self.place(waiting)?;
+        replicas.destroy_removed(replies)?;
+        if self.wrote_apply && self.crash == Some(CrashPoint::AfterApplyWrite) {
+            self.crashed = true;
+            return Ok(Flow::Abandon);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn send(&mut self, message: RaftEnvelope) {
+        self.sends.push(message);
+    }
+
+    fn write_log(&mut self, seq: u64, batch: LogBatch) -> Result<bool> {
+        let jitter = match self.jitter_ms {
+            0 => 0,
+            j => self.rng.gen_range(0..=j),
+        };
+        let delay = self.delay_ms + jitter;
+        if delay == 0 && self.log.is_empty() {
+            db::write(self.db, batch.inner, batch.must_sync)?;
             return Ok(true);
         }
-        let mut outbox: Vec<RaftEnvelope> = messages;
-        match n.pipelines[shard].stage(log, persist) {
-            Staged::Write { seq, batch } => {
-                let jitter = match self.log_jitter_ms {
-                    0 => 0,
-                    j => self.rng.gen_range(0..=j),
-                };
-                let delay = self.log_delay_ms + jitter;
-                if delay == 0 && n.log.is_empty() {
-                    db::write(&n.db, batch.inner, batch.must_sync)?;
-                    let released = n.pipelines[shard].persisted(seq);
-                    n.shards[shard].on_persisted(released, &mut outbox);
-                } else {
-                    // In order within the shard: never due before its
-                    // previous batch.
-                    let after = n
-                        .log
-                        .iter()
-                        .filter(|w| w.shard == shard)
-                        .map(|w| w.due_ms)
-                        .max()
-                        .unwrap_or(0);
-                    let due_ms = (now + delay).max(after);
-                    let at = n.log.partition_point(|w| w.due_ms <= due_ms);
-                    n.log.insert(
-                        at,
-                        LogWrite {
-                            due_ms,
-                            shard,
-                            seq,
-                            batch,
-                        },
-                    );
-                }
-            }
-            Staged::Durable(persist) => n.shards[shard].on_persisted(persist, &mut outbox),
-            Staged::Queued => {}
-        }
-        n.shards[shard].serve_reads(&mut replies)?;
-        for env in outbox {
-            self.net.send(env, now, &mut self.rng);
-        }
-        self.collect_replies(replies);
-        Ok(produced)
+        // In order within the shard: never due before its previous batch.
+        let after = self
+            .log
+            .iter()
+            .filter(|w| w.shard == self.shard)
+            .map(|w| w.due_ms)
+            .max()
+            .unwrap_or(0);
+        let due_ms = (self.now + delay).max(after);
+        let at = self.log.partition_point(|w| w.due_ms <= due_ms);
+        self.log.insert(
+            at,
+            LogWrite {
+                due_ms,
+                shard: self.shard,
+                seq,
+                batch,
+            },
+        );
+        Ok(false)
     }
 }

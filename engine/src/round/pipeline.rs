@@ -1,13 +1,13 @@
-//! The log side of a round, I/O-free: which log batch to write under which
-//! sequence number, and which readies (with the messages raft holds back
-//! until their entries are durable) each durable sequence releases.
+//! The log side of a round: which log batch to write under which sequence
+//! number, and which readies (with the messages raft holds back until their
+//! entries are durable) each durable sequence releases.
 //!
 //! A round ([`crate::Replicas::collect`]) yields a [`crate::Round`]: a log batch
 //! and the readies waiting for it. [`LogPipeline::stage`] numbers the batch
-//! and queues the readies behind it; the owner hands the batch to whatever
-//! writes it (the server's group-committing log writer thread, the
-//! simulator's delayed disk) and, when that reports sequence `n` durable,
-//! calls [`LogPipeline::persisted`] and passes what it returns to
+//! and queues the readies behind it; the batch goes to whatever writes it
+//! (the server's group-committing log writer thread, the simulator's
+//! delayed disk) and, when that reports sequence `n` durable,
+//! [`LogPipeline::persisted`] returns the readies to pass to
 //! [`crate::Replicas::on_persisted`]. Readies with no log write of their own
 //! are durable as soon as everything staged before them is.
 //!

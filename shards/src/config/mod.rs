@@ -7,6 +7,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use corekv_engine::{Config as EngineConfig, DbConfig};
+
+use crate::error::in_range;
+pub use crate::error::ConfigError;
 use serde::Deserialize;
 
 /// Flags of `corekv-server`; every field may also come from the file.
@@ -238,7 +241,7 @@ fn parse_shard_ports(
     s: &str,
     shards: usize,
     taken: &[(&str, Option<SocketAddr>)],
-) -> Result<ShardPortMode, String> {
+) -> Result<ShardPortMode, ConfigError> {
     match s.trim() {
         "auto" => Ok(ShardPortMode::Auto),
         "off" => Ok(ShardPortMode::Off),
@@ -248,16 +251,16 @@ fn parse_shard_ports(
             })?;
             let last = u32::from(first) + shards as u32 - 1;
             if first == 0 || last > u32::from(u16::MAX) {
-                return Err(format!(
+                return Err(ConfigError::Invalid(format!(
                     "--shard-ports {first}: ports {first}..={last} for {shards} shards are outside 1..=65535"
-                ));
+                )));
             }
             for (what, a) in taken {
                 if let Some(a) = a {
                     if (u32::from(first)..=last).contains(&u32::from(a.port())) {
-                        return Err(format!(
+                        return Err(ConfigError::Invalid(format!(
                             "--shard-ports {first}: ports {first}..={last} include {what} {a}"
-                        ));
+                        )));
                     }
                 }
             }
@@ -273,11 +276,11 @@ const _: () = assert!(REGIONS_MAX < corekv_engine::region::META_REGION_ID);
 /// Most shards per node.
 pub const SHARDS_MAX: usize = 64;
 
-fn addr(what: &str, s: &str) -> Result<SocketAddr, String> {
+fn addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.to_socket_addrs()
         .map_err(|e| format!("{what} {s:?}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{what} {s:?}: no address"))
+        .ok_or_else(|| ConfigError::Invalid(format!("{what} {s:?}: no address")))
 }
 
 /// Smallest `--memory-budget-mb`.
@@ -306,7 +309,7 @@ pub fn split_memory_budget(budget: usize, shards: usize) -> MemorySplit {
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
-pub fn parse_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
+pub fn parse_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, ConfigError> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, a) = part
@@ -317,13 +320,15 @@ pub fn parse_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
             .parse()
             .map_err(|_| format!("--initial-cluster entry {part:?}: {id:?} is not a node id"))?;
         if id == 0 || id > NODE_ID_MAX {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "--initial-cluster: node id {id} outside 1..={NODE_ID_MAX}"
-            ));
+            )));
         }
         let a = addr("--initial-cluster address", a.trim())?;
         if out.insert(id, a).is_some() {
-            return Err(format!("--initial-cluster: node {id} listed twice"));
+            return Err(ConfigError::Invalid(format!(
+                "--initial-cluster: node {id} listed twice"
+            )));
         }
     }
     if out.is_empty() {
@@ -334,14 +339,18 @@ pub fn parse_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
 
 impl ServerArgs {
     /// Reads `--config` (if any) and lets the flags override it.
-    pub fn merge_file(self) -> Result<ServerArgs, String> {
+    pub fn merge_file(self) -> Result<ServerArgs, ConfigError> {
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("--config {}: {e}", path.display()))?;
-        let file: ServerArgs =
-            toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let file: ServerArgs = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         macro_rules! pick {
             ($($f:ident),*) => { ServerArgs { config: self.config, $($f: self.$f.or(file.$f),)* } };
         }
@@ -385,23 +394,21 @@ impl ServerArgs {
     }
 
     /// Checks every setting; the message says which one is wrong and why.
-    pub fn validate(self) -> Result<NodeConfig, String> {
-        let node_id = self.id.ok_or("--id is required")?;
-        if node_id == 0 || node_id > NODE_ID_MAX {
-            return Err(format!("--id {node_id} outside 1..={NODE_ID_MAX}"));
-        }
-        let data_dir = self.data_dir.ok_or("--data-dir is required")?;
+    pub fn validate(self) -> Result<NodeConfig, ConfigError> {
+        let node_id = self.id.ok_or(ConfigError::Missing("--id"))?;
+        in_range("--id", node_id, 1, NODE_ID_MAX)?;
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing("--data-dir"))?;
         let peer_listen = addr(
             "--peer-listen",
             self.peer_listen
                 .as_deref()
-                .ok_or("--peer-listen is required")?,
+                .ok_or(ConfigError::Missing("--peer-listen"))?,
         )?;
         let client_listen = addr(
             "--client-listen",
             self.client_listen
                 .as_deref()
-                .ok_or("--client-listen is required")?,
+                .ok_or(ConfigError::Missing("--client-listen"))?,
         )?;
         if peer_listen == client_listen {
             return Err("--peer-listen and --client-listen must differ".into());
@@ -409,26 +416,22 @@ impl ServerArgs {
         let initial_cluster = parse_cluster(
             self.initial_cluster
                 .as_deref()
-                .ok_or("--initial-cluster is required")?,
+                .ok_or(ConfigError::Missing("--initial-cluster"))?,
         )?;
         match initial_cluster.get(&node_id) {
-            None => return Err(format!("--initial-cluster does not list this node ({node_id})")),
+            None => return Err(ConfigError::Invalid(format!("--initial-cluster does not list this node ({node_id})"))),
             Some(a) if a.port() != peer_listen.port() => {
-                return Err(format!(
+                return Err(ConfigError::Invalid(format!(
                     "--initial-cluster gives node {node_id} the peer address {a}, but --peer-listen is {peer_listen}"
-                ))
+                )))
             }
             _ => {}
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = self.shards.unwrap_or(cores);
-        if shards == 0 || shards > SHARDS_MAX {
-            return Err(format!("--shards {shards} outside 1..={SHARDS_MAX}"));
-        }
+        in_range("--shards", shards as u64, 1, SHARDS_MAX as u64)?;
         let regions = self.regions.unwrap_or(8);
-        if regions == 0 || regions > REGIONS_MAX {
-            return Err(format!("--regions {regions} outside 1..={REGIONS_MAX}"));
-        }
+        in_range("--regions", regions, 1, REGIONS_MAX)?;
         let mut engine = EngineConfig::default();
         if let Some(t) = self.tick_ms {
             engine.tick_interval_ms = t;
@@ -454,7 +457,9 @@ impl ServerArgs {
         }
         if let Some(n) = self.log_compact_entries {
             if n < 20 {
-                return Err(format!("--log-compact-entries {n}: at least 20"));
+                return Err(ConfigError::Invalid(format!(
+                    "--log-compact-entries {n}: at least 20"
+                )));
             }
             engine.log_compact_entries = n;
             engine.log_retain_entries = (n / 10).min(1000);
@@ -465,9 +470,9 @@ impl ServerArgs {
         }
         let placement_min_load = self.placement_min_load.unwrap_or(1000.0);
         if !(placement_min_load.is_finite() && placement_min_load >= 0.0) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "--placement-min-load {placement_min_load}: must be a number of requests/s >= 0"
-            ));
+            )));
         }
         let mut split = crate::autosplit::SplitPolicy::default();
         split.load_ops = self.split_load_ops.unwrap_or(split.load_ops);
@@ -487,13 +492,15 @@ impl ServerArgs {
         engine.lease_margin_ms = engine
             .lease_margin_ms
             .min(engine.election_tick as u64 * engine.tick_interval_ms / 2);
-        let mut engine = engine.validate().map_err(|e| e.to_string())?;
+        let mut engine = engine
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let frame_bytes_max = self.frame_bytes_max.unwrap_or(16 << 20);
         if frame_bytes_max < engine.entry_bytes_max + (64 << 10) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "--frame-bytes-max {frame_bytes_max} must exceed the largest entry ({} bytes) by 64 KiB",
                 engine.entry_bytes_max
-            ));
+            )));
         }
         let connections_max = self.connections_max.unwrap_or(10_000);
         if connections_max == 0 {
@@ -508,9 +515,9 @@ impl ServerArgs {
                 return Err("give --memory-budget-mb or --block-cache-mb, not both".into());
             }
             if mb < MEMORY_BUDGET_MIN_MB {
-                return Err(format!(
+                return Err(ConfigError::Invalid(format!(
                     "--memory-budget-mb {mb} is below the minimum of {MEMORY_BUDGET_MIN_MB}"
-                ));
+                )));
             }
             let budget = mb << 20;
             let split = split_memory_budget(budget, shards);
@@ -564,154 +571,4 @@ impl ServerArgs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn args(extra: &[&str]) -> ServerArgs {
-        let mut flags = vec![
-            ("--id", "1"),
-            ("--data-dir", "/tmp/x"),
-            ("--peer-listen", "127.0.0.1:7201"),
-            ("--client-listen", "127.0.0.1:7101"),
-            ("--initial-cluster", "1=127.0.0.1:7201,2=127.0.0.1:7202"),
-        ];
-        for pair in extra.chunks(2) {
-            match flags.iter_mut().find(|(f, _)| *f == pair[0]) {
-                Some(slot) => slot.1 = pair[1],
-                None => flags.push((pair[0], pair[1])),
-            }
-        }
-        let mut v = vec!["corekv-server"];
-        for (f, val) in flags {
-            v.push(f);
-            v.push(val);
-        }
-        ServerArgs::try_parse_from(v).unwrap()
-    }
-
-    #[test]
-    fn valid_flags_give_a_config() {
-        let c = args(&["--shards", "2", "--regions", "16"])
-            .validate()
-            .unwrap();
-        assert_eq!(c.node_id, 1);
-        assert_eq!(c.shards, 2);
-        assert_eq!(c.regions, 16);
-        assert_eq!(c.initial_cluster.len(), 2);
-    }
-
-    #[test]
-    fn a_memory_budget_is_divided_over_caches_and_memtables() {
-        let c = args(&["--shards", "2", "--memory-budget-mb", "256"])
-            .validate()
-            .unwrap();
-        assert_eq!(c.db.block_cache_bytes, 128 << 20);
-        assert_eq!(c.engine.read_cache_bytes, 32 << 20);
-        assert_eq!(c.db.write_buffer_bytes, (256 << 20) / 28);
-        let s = split_memory_budget(1 << 30, 3);
-        // Block cache, every shard's cache and every memtable (two each of
-        // raft, data, meta, and of history at half size) fit.
-        assert!(
-            s.block_cache_bytes + 3 * s.read_cache_bytes_per_shard + 7 * s.write_buffer_bytes
-                <= 1 << 30
-        );
-        let e = args(&["--memory-budget-mb", "32"]).validate().unwrap_err();
-        assert!(e.contains("minimum"), "{e}");
-        let e = args(&["--memory-budget-mb", "128", "--block-cache-mb", "64"])
-            .validate()
-            .unwrap_err();
-        assert!(e.contains("not both"), "{e}");
-    }
-
-    #[test]
-    fn invalid_settings_say_what_is_wrong() {
-        let cases: &[(&[&str], &str)] = &[
-            (&["--shards", "0"], "--shards"),
-            (&["--regions", "0"], "--regions"),
-            (&["--id", "5"], "does not list this node"),
-            (&["--peer-listen", "127.0.0.1:9999"], "--peer-listen is"),
-            (&["--initial-cluster", "x=1"], "is not a node id"),
-            (
-                &["--initial-cluster", "1=nohost"],
-                "--initial-cluster address",
-            ),
-            (&["--value-bytes-max", "99999999"], "value_bytes_max"),
-            (&["--heartbeat-ticks", "50"], "election_tick"),
-            (&["--split-load-windows", "0"], "--split-load-windows"),
-            (&["--shard-ports", "many"], "auto, off, or a first port"),
-            (
-                &["--shard-ports", "65535", "--shards", "2"],
-                "outside 1..=65535",
-            ),
-            (
-                &["--shard-ports", "7100", "--shards", "2"],
-                "include --client-listen",
-            ),
-        ];
-        for (extra, needle) in cases {
-            let err = args(extra).validate().unwrap_err();
-            assert!(err.contains(needle), "{extra:?}: {err}");
-        }
-        let missing = ServerArgs::try_parse_from(["corekv-server"]).unwrap();
-        assert!(missing.validate().unwrap_err().contains("--id"));
-    }
-
-    #[test]
-    fn shard_ports_are_automatic_off_or_counted_from_a_first_port() {
-        let client: SocketAddr = "127.0.0.1:7101".parse().unwrap();
-        let c = args(&["--shards", "2"]).validate().unwrap();
-        assert_eq!(c.shard_ports, ShardPortMode::Auto);
-        assert_eq!(
-            c.shard_ports.addr(client, 1),
-            Some("127.0.0.1:0".parse().unwrap())
-        );
-        let c = args(&["--shards", "2", "--shard-ports", "off"])
-            .validate()
-            .unwrap();
-        assert_eq!(c.shard_ports.addr(client, 0), None);
-        let c = args(&["--shards", "3", "--shard-ports", "7300"])
-            .validate()
-            .unwrap();
-        assert_eq!(c.shard_ports, ShardPortMode::From(7300));
-        assert_eq!(
-            c.shard_ports.addr(client, 2),
-            Some("127.0.0.1:7302".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn the_documented_example_file_is_valid() {
-        let file: ServerArgs =
-            toml::from_str(include_str!("../../docs/node.example.toml")).unwrap();
-        let c = file.validate().unwrap();
-        assert_eq!(c.node_id, 1);
-        assert_eq!(c.initial_cluster.len(), 3);
-    }
-
-    #[test]
-    fn file_settings_are_overridden_by_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(
-            &path,
-            "id = 2\ndata-dir = \"/tmp/n2\"\npeer-listen = \"127.0.0.1:7202\"\nclient-listen = \"127.0.0.1:7102\"\ninitial-cluster = \"1=127.0.0.1:7201,2=127.0.0.1:7202\"\nshards = 3\n",
-        )
-        .unwrap();
-        let a = ServerArgs::try_parse_from([
-            "corekv-server",
-            "--config",
-            path.to_str().unwrap(),
-            "--shards",
-            "1",
-        ])
-        .unwrap();
-        let c = a.merge_file().unwrap().validate().unwrap();
-        assert_eq!(c.node_id, 2);
-        assert_eq!(c.shards, 1, "flag wins");
-        std::fs::write(&path, "bogus-key = 1\n").unwrap();
-        let a = ServerArgs::try_parse_from(["corekv-server", "--config", path.to_str().unwrap()])
-            .unwrap();
-        assert!(a.merge_file().unwrap_err().contains("bogus-key"));
-    }
-}
+mod tests;
