@@ -112,6 +112,15 @@ run_split() { # key server-flags...
 run_split split-before --split-load-ops 0
 run_split split-after --split-load-ops 60000 --split-load-windows 3 --split-cooldown-ms 60000
 
+# Client shapes: many small clients, and the generator's default, beside
+# the suite's 4 x 512 (reads, linearizable), each against Redis too.
+shapes="16x32 200x1"
+for shape in $shapes; do
+    c=${shape%x*}; p=${shape#*x}
+    run "shape-redis-$shape" --target "redis://127.0.0.1:$redis_port" --workload read-only --connections "$c" --pipeline "$p"
+    run "shape-corekv-$shape" --workload read-only --shards "$shards" --connections "$c" --pipeline "$p"
+done
+
 # Shard ports: requests sent straight to the shard serving their region
 # (default) or to the node's shared client port, whose shard passes on
 # those of regions served by the other shard. Two shards per node; the
@@ -128,12 +137,13 @@ commit=$(git rev-parse --short HEAD)
 
 row() { # key label
     local j=${R[$1]}
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$2" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$2" \
         "$(field "$j" 'int(d["ops_per_sec"])')" \
         "$(field "$j" 'int(d["read"]["ops_per_sec"])')" \
         "$(field "$j" 'd["read"]["p99_us"]')" \
         "$(field "$j" 'int(d["write"]["ops_per_sec"])')" \
         "$(field "$j" 'd["write"]["p99_us"]')" \
+        "$(field "$j" 'd.get("server_cpu_us_per_op") or "-"')" \
         "$(field "$j" 'sum(d["errors"].values())')"
 }
 
@@ -174,8 +184,8 @@ row() { # key label
     echo
     echo "## Results"
     echo
-    echo "| run | total ops/s | read ops/s | read p99 µs | write ops/s | write p99 µs | errors |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| run | total ops/s | read ops/s | read p99 µs | write ops/s | write p99 µs | server CPU µs/op | errors |"
+    echo "|---|---|---|---|---|---|---|---|"
     for w in read-only read-heavy mixed write-only; do
         row "corekv-$w" "corekv $w (linearizable reads)"
         row "redis-$w" "redis $w"
@@ -188,6 +198,21 @@ row() { # key label
     echo "at a leader change, answered \`NotLeader\` or \`ProposalDropped\`: the"
     echo "placement driver (on by default) moves a leader or two while the load"
     echo "settles over the nodes. The generator counts them and goes on."
+    echo
+    echo "Server CPU is the user and system time of the server processes (found by"
+    echo "the ports they listen on, so the generator is not counted) over the"
+    echo "measured time, per successful operation."
+    echo
+    echo "## Client shapes (linearizable reads)"
+    echo
+    echo "| clients x in flight | corekv ops/s | corekv read p99 µs | corekv CPU µs/op | redis ops/s | redis CPU µs/op | corekv / redis |"
+    echo "|---|---|---|---|---|---|---|"
+    for shape in $shapes 4x512; do
+        if [ "$shape" = 4x512 ]; then ck=corekv-read-only; rk=redis-read-only; else ck=shape-corekv-$shape; rk=shape-redis-$shape; fi
+        c=$(field "${R[$ck]}" 'd["ops_per_sec"]')
+        r=$(field "${R[$rk]}" 'd["ops_per_sec"]')
+        echo "| ${shape/x/ x } | $(field "${R[$ck]}" 'int(d["ops_per_sec"])') | $(field "${R[$ck]}" 'd["read"]["p99_us"]') | $(field "${R[$ck]}" 'd.get("server_cpu_us_per_op")') | $(field "${R[$rk]}" 'int(d["ops_per_sec"])') | $(field "${R[$rk]}" 'd.get("server_cpu_us_per_op")') | $(python3 -c "print(f'{$c/$r:.2f}')") |"
+    done
     echo
     echo "## Ratios to Redis (same workload, same run)"
     echo

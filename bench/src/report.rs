@@ -85,6 +85,9 @@ pub struct Report {
     pub elapsed: Duration,
     /// Merged stats.
     pub stats: Stats,
+    /// CPU of the server processes over the measured time, when they run
+    /// on this machine.
+    pub server_cpu: Option<crate::cpu::ServerCpu>,
 }
 
 fn op_json(h: &Histogram<u64>, secs: f64) -> serde_json::Value {
@@ -117,6 +120,13 @@ impl Report {
             "read": op_json(&self.stats.read, secs),
             "write": op_json(&self.stats.write, secs),
             "errors": self.stats.errors,
+            "server_cpu_us_per_op": self.server_cpu.map(|c| (c.us_per_op() * 100.0).round() / 100.0),
+            "server_cpu": self.server_cpu.map(|c| json!({
+                "processes": c.processes,
+                "user_us_per_op": (c.user_us_per_op * 100.0).round() / 100.0,
+                "system_us_per_op": (c.system_us_per_op * 100.0).round() / 100.0,
+                "cores": (c.cores * 100.0).round() / 100.0,
+            })),
         })
     }
 
@@ -141,6 +151,21 @@ impl Report {
                 h.value_at_quantile(0.999),
                 h.max()
             );
+        }
+        match self.server_cpu {
+            Some(c) => {
+                s += &format!(
+                    "server cpu {:.2} µs/op (user {:.2}, system {:.2}) over {} process(es), {:.2} cores busy\n",
+                    c.us_per_op(),
+                    c.user_us_per_op,
+                    c.system_us_per_op,
+                    c.processes,
+                    c.cores
+                );
+            }
+            None => {
+                s += "server cpu: not measured (no local process listens on the target ports)\n"
+            }
         }
         if self.stats.errors.is_empty() {
             s += "errors: none\n";

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use corekv_bench::cpu::{cpu_time, pids_listening_on, ServerCpu};
 use corekv_bench::driver::{self, LoadSpec, Progress, Target};
 use corekv_bench::report::Report;
 use corekv_bench::workload::{KeyDist, Mix};
@@ -131,17 +132,47 @@ fn progress_thread(p: Arc<Progress>, label: &'static str) -> std::thread::JoinHa
     })
 }
 
+/// The ports the servers of `target` listen on for clients.
+fn server_ports(target: &Target) -> Vec<u16> {
+    let port = |a: &str| a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+    match target {
+        Target::Redis(addr) => port(addr).into_iter().collect(),
+        Target::Corekv { nodes, .. } => nodes.values().filter_map(|a| port(a)).collect(),
+    }
+}
+
+/// Runs the load; with `servers`, also measures their CPU from the end of
+/// the warm-up to the end of the run.
 fn load(
     spec: LoadSpec,
     target: Target,
     label: &'static str,
-) -> anyhow::Result<(corekv_bench::report::Stats, Duration)> {
+    servers: &[u32],
+) -> anyhow::Result<(corekv_bench::report::Stats, Duration, Option<ServerCpu>)> {
     let progress = Arc::new(Progress::default());
     let t = progress_thread(progress.clone(), label);
+    let sampler = (!servers.is_empty()).then(|| {
+        let (p, pids, warmup) = (progress.clone(), servers.to_vec(), spec.warmup);
+        std::thread::spawn(move || {
+            std::thread::sleep(warmup);
+            (
+                cpu_time(&pids),
+                p.done.load(Ordering::Relaxed),
+                Instant::now(),
+            )
+        })
+    });
     let r = driver::run(spec, target, progress.clone());
+    let end = (cpu_time(servers), progress.done.load(Ordering::Relaxed));
     progress.stop.store(true, Ordering::Relaxed);
     let _ = t.join();
-    r
+    let (stats, elapsed) = r?;
+    let cpu = sampler
+        .and_then(|s| s.join().ok())
+        .map(|(start, done, at)| {
+            ServerCpu::between(start, end.0, servers.len(), end.1 - done, at.elapsed())
+        });
+    Ok((stats, elapsed, cpu))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -257,7 +288,7 @@ fn main() -> anyhow::Result<()> {
             rate: None,
             ..spec.clone()
         };
-        let (stats, took) = load(preload, target.clone(), "preload")?;
+        let (stats, took, _) = load(preload, target.clone(), "preload", &[])?;
         let written = stats.write.len();
         eprintln!(
             "preloaded {written} keys in {took:.1?} ({:.0} writes/s), errors {:?}",
@@ -281,7 +312,13 @@ fn main() -> anyhow::Result<()> {
             .map(|r| format!(", open loop at {r:.0} ops/s"))
             .unwrap_or_default()
     );
-    let (stats, elapsed) = load(spec, target, "run")?;
+    let servers = pids_listening_on(&server_ports(&target));
+    if servers.is_empty() {
+        eprintln!("no local process listens on the target's ports: server CPU not measured");
+    } else {
+        eprintln!("measuring the CPU of server processes {servers:?}");
+    }
+    let (stats, elapsed, server_cpu) = load(spec, target, "run", &servers)?;
     if a.target.is_none() {
         let endpoints = match &embedded {
             Some((c, _)) => c.endpoints().split(',').map(String::from).collect(),
@@ -306,6 +343,7 @@ fn main() -> anyhow::Result<()> {
         consistency: format!("{:?}", consistency).to_lowercase(),
         elapsed,
         stats,
+        server_cpu,
     };
     if let Some((mut c, _dir)) = embedded {
         c.stop();

@@ -136,7 +136,7 @@ pub(super) async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyho
         {
             let routes = state.routes.borrow();
             while refill && state.inflight.get() < spec.pipeline {
-                let op = match gen.next(&shared, now) {
+                let op = match state.next_op(&mut gen, now) {
                     Ok(Some(op)) => op,
                     Ok(None) => {
                         done = true;
@@ -192,6 +192,8 @@ pub(super) async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyho
                         kind: op.kind,
                         at: op.intended,
                         region: route.region.id,
+                        key: op.key,
+                        attempt: op.attempt,
                     },
                 );
                 next_id += 1;

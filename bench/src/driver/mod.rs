@@ -182,7 +182,13 @@ struct Sent {
     kind: OpKind,
     at: Instant,
     region: u64,
+    /// The key (preload retries it) and how many times it was sent before.
+    key: u64,
+    attempt: u32,
 }
+
+/// Times a preload write is sent before the preload gives up on its key.
+const PRELOAD_ATTEMPTS_MAX: u32 = 20;
 
 struct ClientState {
     stats: RefCell<Stats>,
@@ -195,6 +201,9 @@ struct ClientState {
     /// hints from NotLeader; stale after EpochNotMatch or RegionNotFound
     /// (reloaded before the next request).
     routes: RefCell<RouteTable>,
+    /// Preload: keys whose write failed (a leader moved, a region split),
+    /// to send again, with the attempts made.
+    retry: RefCell<Vec<(u64, u32)>>,
 }
 
 impl ClientState {
@@ -221,6 +230,11 @@ impl ClientState {
                 if now >= s.measure_from || s.spec.preload {
                     self.stats.borrow_mut().error(kind);
                 }
+                // A preload writes every key: what a leader move or a split
+                // refused is sent again, not given up.
+                if s.spec.preload && sent.attempt + 1 < PRELOAD_ATTEMPTS_MAX {
+                    self.retry.borrow_mut().push((sent.key, sent.attempt + 1));
+                }
             }
         }
         self.inflight.set(self.inflight.get() - 1);
@@ -233,6 +247,32 @@ struct NextOp {
     kind: OpKind,
     key: u64,
     intended: Instant,
+    /// Times it was sent before (preload retries).
+    attempt: u32,
+}
+
+impl ClientState {
+    /// The next operation: a preload retry first, else the generator's. A
+    /// preload is over once every key was sent and nothing is in flight or
+    /// waiting to be sent again.
+    fn next_op(&self, gen: &mut Generator, now: Instant) -> Result<Option<NextOp>, Instant> {
+        let preload = self.shared.spec.preload;
+        if preload {
+            if let Some((key, attempt)) = self.retry.borrow_mut().pop() {
+                return Ok(Some(NextOp {
+                    kind: OpKind::Write,
+                    key,
+                    intended: now,
+                    attempt,
+                }));
+            }
+        }
+        match gen.next(&self.shared, now) {
+            // Answers still due may ask for retries: wait for them.
+            Ok(None) if preload && self.inflight.get() > 0 => Err(now + Duration::from_millis(50)),
+            other => other,
+        }
+    }
 }
 
 struct Generator {
@@ -274,6 +314,7 @@ impl Generator {
                 kind: OpKind::Write,
                 key: k,
                 intended: now,
+                attempt: 0,
             }));
         }
         let intended = match self.interval {
@@ -296,6 +337,7 @@ impl Generator {
             kind,
             key: self.picker.next(&mut self.rng),
             intended,
+            attempt: 0,
         }))
     }
 }
@@ -316,6 +358,7 @@ async fn client(shared: Arc<Shared>, index: usize) -> Stats {
             Target::Corekv { routes, .. } => RouteTable::new(routes.clone()),
             Target::Redis(_) => RouteTable::default(),
         }),
+        retry: RefCell::new(Vec::new()),
     });
     let result = match &shared.target {
         Target::Corekv { .. } => corekv_client(state.clone(), index).await,

@@ -115,7 +115,7 @@ pub(super) async fn redis_client(
         let now = Instant::now();
         let refill = state.inflight.get() < refill_below(spec, gen.interval.is_some());
         while refill && state.inflight.get() < spec.pipeline {
-            let op = match gen.next(&shared, now) {
+            let op = match state.next_op(&mut gen, now) {
                 Ok(Some(op)) => op,
                 Ok(None) => {
                     done = true;
@@ -136,6 +136,8 @@ pub(super) async fn redis_client(
                 kind: op.kind,
                 at: op.intended,
                 region: 0,
+                key: op.key,
+                attempt: op.attempt,
             });
             state.inflight.set(state.inflight.get() + 1);
         }
