@@ -77,6 +77,7 @@ impl Shard {
         out: &mut Outbox,
         stopping: bool,
         (now, wall): (u64, u64),
+        router: &crate::bootstrap::Router,
     ) {
         let node = &self.node;
         let op = op_name(&req.op, req.system);
@@ -155,7 +156,6 @@ impl Shard {
                 }
             },
         };
-        let router = self.router();
         let index = if req.region_id != 0 {
             router.index_of(req.region_id)
         } else {
@@ -189,10 +189,8 @@ impl Shard {
             return answer(out, Err(e));
         }
         let region_id = region.id;
-        let current = replicas
-            .peer(region_id)
-            .map(|p| p.region().clone())
-            .unwrap_or_else(|| region.clone());
+        // Borrowed, not cloned: this runs for every request.
+        let current = replicas.peer(region_id).map_or(region, |p| p.region());
         // A watch checks its keys itself (and says where a split moved them);
         // a shard move does not depend on the region's shape.
         let is_watch = matches!(req.op, Op::Watch { .. });
@@ -225,7 +223,7 @@ impl Shard {
         }
         if req.region_id != 0 && req.epoch != current.epoch && !is_watch {
             let e = WireError::EpochNotMatch {
-                regions: vec![current],
+                regions: vec![current.clone()],
                 from_version: 0,
                 message: "region epoch changed".into(),
             };

@@ -220,6 +220,9 @@ impl RoundHost for ShardHost<'_> {
         replies: &mut Vec<Reply>,
     ) -> corekv_engine::Result<bool> {
         let any = !self.requests.is_empty();
+        // Once per round, not per request: the router is shared by the
+        // node's shards, and its count is an atomic they would all bounce.
+        let router = self.shard.router();
         for (origin, req) in self.requests.drain(..) {
             self.shard.handle_request(
                 origin,
@@ -229,6 +232,7 @@ impl RoundHost for ShardHost<'_> {
                 self.out,
                 self.stopping,
                 (self.now, self.wall),
+                &router,
             );
         }
         Ok(any)
