@@ -110,6 +110,15 @@ impl WatchLink {
 }
 
 /// A frame waiting for the connection's writer.
+/// Bytes written to a socket in one go at most when frames queued up behind
+/// each other (they go out in one write instead of one each).
+pub const COALESCE_BYTES_MAX: usize = 1 << 20;
+
+/// The next item of `rx` if one is queued now (never waits).
+pub(crate) async fn queued_now<T>(rx: &local_channel::LocalReceiver<T>) -> Option<T> {
+    futures_lite::future::poll_once(rx.recv()).await.flatten()
+}
+
 struct OutFrame {
     bytes: Vec<u8>,
     /// The watch whose frame this is: told when it is written.
@@ -282,9 +291,41 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
         answered: Wake::default(),
     });
     let writer_task = glommio::spawn_local(async move {
-        while let Some(frame) = rx.recv().await {
-            let written = writer.write_all(&frame.bytes).await.is_ok();
-            if let Some(l) = frame.link {
+        // Frames that queued up while the shard ran go out in one write.
+        let mut joined = Vec::new();
+        let mut links = Vec::new();
+        let mut held: Option<OutFrame> = None;
+        loop {
+            let first = match held.take() {
+                Some(f) => f,
+                None => match rx.recv().await {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            links.extend(first.link);
+            let mut more = Vec::new();
+            let mut bytes = first.bytes.len();
+            while let Some(f) = queued_now(&rx).await {
+                if bytes + f.bytes.len() > COALESCE_BYTES_MAX {
+                    held = Some(f);
+                    break;
+                }
+                bytes += f.bytes.len();
+                links.extend(f.link);
+                more.push(f.bytes);
+            }
+            let written = if more.is_empty() {
+                writer.write_all(&first.bytes).await.is_ok()
+            } else {
+                joined.clear();
+                joined.extend_from_slice(&first.bytes);
+                for b in &more {
+                    joined.extend_from_slice(b);
+                }
+                writer.write_all(&joined).await.is_ok()
+            };
+            for l in links.drain(..) {
                 l.outstanding.fetch_sub(1, Ordering::AcqRel);
                 if !written {
                     l.close();

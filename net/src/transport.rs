@@ -219,7 +219,18 @@ impl Transport {
         );
         let mut stream: Option<TcpStream> = None;
         let mut delay = self.cfg.backoff_base;
-        while let Some(out) = rx.recv().await {
+        // A frame taken while gathering a batch that must wait (an injected
+        // delay): it starts the next turn.
+        let mut held: Option<Outgoing> = None;
+        let mut joined = Vec::new();
+        loop {
+            let out = match held.take() {
+                Some(o) => o,
+                None => match rx.recv().await {
+                    Some(o) => o,
+                    None => break,
+                },
+            };
             if let Some(wait) = out
                 .send_at
                 .and_then(|t| t.checked_duration_since(Instant::now()))
@@ -248,21 +259,49 @@ impl Transport {
                 delay = (delay * 2).min(self.cfg.backoff_max);
                 continue;
             };
-            match s.write_all(&out.frame).await {
-                Ok(()) => {
+            // Frames queued behind this one go out in the same write, in
+            // order (up to COALESCE_BYTES_MAX).
+            let mut batch = vec![out];
+            let mut bytes = batch[0].frame.len();
+            while bytes < crate::server::COALESCE_BYTES_MAX {
+                match crate::server::queued_now(&rx).await {
+                    Some(next)
+                        if next.send_at.is_none()
+                            && bytes + next.frame.len() <= crate::server::COALESCE_BYTES_MAX =>
+                    {
+                        bytes += next.frame.len();
+                        batch.push(next);
+                    }
+                    Some(next) => {
+                        held = Some(next);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let result = if batch.len() == 1 {
+                s.write_all(&batch[0].frame).await
+            } else {
+                joined.clear();
+                for o in &batch {
+                    joined.extend_from_slice(&o.frame);
+                }
+                s.write_all(&joined).await
+            };
+            let written = result.is_ok();
+            if !written {
+                stream = None;
+            }
+            for out in batch {
+                if written {
                     self.frames_sent.set(self.frames_sent.get() + 1);
                     self.bytes_sent
                         .set(self.bytes_sent.get() + out.frame.len() as u64);
-                    if !out.tracked.is_empty() {
-                        self.handler.on_report(out.tracked, true);
-                    }
-                }
-                Err(_) => {
-                    stream = None;
+                } else {
                     self.dropped();
-                    if !out.tracked.is_empty() {
-                        self.handler.on_report(out.tracked, false);
-                    }
+                }
+                if !out.tracked.is_empty() {
+                    self.handler.on_report(out.tracked, written);
                 }
             }
         }
