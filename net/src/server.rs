@@ -109,16 +109,20 @@ impl WatchLink {
     }
 }
 
-/// A frame waiting for the connection's writer.
 /// Bytes written to a socket in one go at most when frames queued up behind
 /// each other (they go out in one write instead of one each).
 pub const COALESCE_BYTES_MAX: usize = 1 << 20;
+
+/// What a writer keeps of its joining buffer between writes: a connection
+/// that once joined 1 MiB does not hold 1 MiB for the rest of its life.
+pub(crate) const COALESCE_BUFFER_KEPT: usize = 64 << 10;
 
 /// The next item of `rx` if one is queued now (never waits).
 pub(crate) async fn queued_now<T>(rx: &local_channel::LocalReceiver<T>) -> Option<T> {
     futures_lite::future::poll_once(rx.recv()).await.flatten()
 }
 
+/// A frame waiting for the connection's writer.
 struct OutFrame {
     bytes: Vec<u8>,
     /// The watch whose frame this is: told when it is written.
@@ -323,7 +327,10 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
                 for b in &more {
                     joined.extend_from_slice(b);
                 }
-                writer.write_all(&joined).await.is_ok()
+                let ok = writer.write_all(&joined).await.is_ok();
+                joined.clear();
+                joined.shrink_to(COALESCE_BUFFER_KEPT);
+                ok
             };
             for l in links.drain(..) {
                 l.outstanding.fetch_sub(1, Ordering::AcqRel);

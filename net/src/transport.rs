@@ -286,7 +286,10 @@ impl Transport {
                 for o in &batch {
                     joined.extend_from_slice(&o.frame);
                 }
-                s.write_all(&joined).await
+                let r = s.write_all(&joined).await;
+                joined.clear();
+                joined.shrink_to(crate::server::COALESCE_BUFFER_KEPT);
+                r
             };
             let written = result.is_ok();
             if !written {
