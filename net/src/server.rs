@@ -117,6 +117,18 @@ pub const COALESCE_BYTES_MAX: usize = 1 << 20;
 /// that once joined 1 MiB does not hold 1 MiB for the rest of its life.
 pub(crate) const COALESCE_BUFFER_KEPT: usize = 64 << 10;
 
+/// The item held back from the last turn, else the next of `rx` (waits);
+/// None once `rx` is closed and empty.
+pub(crate) async fn held_or_next<T>(
+    held: &mut Option<T>,
+    rx: &local_channel::LocalReceiver<T>,
+) -> Option<T> {
+    match held.take() {
+        Some(item) => Some(item),
+        None => rx.recv().await,
+    }
+}
+
 /// The next item of `rx` if one is queued now (never waits).
 pub(crate) async fn queued_now<T>(rx: &local_channel::LocalReceiver<T>) -> Option<T> {
     futures_lite::future::poll_once(rx.recv()).await.flatten()
@@ -299,14 +311,7 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
         let mut joined = Vec::new();
         let mut links = Vec::new();
         let mut held: Option<OutFrame> = None;
-        loop {
-            let first = match held.take() {
-                Some(f) => f,
-                None => match rx.recv().await {
-                    Some(f) => f,
-                    None => break,
-                },
-            };
+        while let Some(first) = held_or_next(&mut held, &rx).await {
             links.extend(first.link);
             let mut more = Vec::new();
             let mut bytes = first.bytes.len();

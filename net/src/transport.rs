@@ -223,14 +223,7 @@ impl Transport {
         // delay): it starts the next turn.
         let mut held: Option<Outgoing> = None;
         let mut joined = Vec::new();
-        loop {
-            let out = match held.take() {
-                Some(o) => o,
-                None => match rx.recv().await {
-                    Some(o) => o,
-                    None => break,
-                },
-            };
+        while let Some(out) = crate::server::held_or_next(&mut held, &rx).await {
             if let Some(wait) = out
                 .send_at
                 .and_then(|t| t.checked_duration_since(Instant::now()))

@@ -122,7 +122,6 @@ pub(super) async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyho
     let mut batches: HashMap<Dest, Vec<Request>> = HashMap::new();
     let mut done = false;
     while !done {
-        let mut wake_at = None;
         let now = Instant::now();
         if state.routes.borrow().is_stale() {
             // Rare (a split): a blocking reload is fine for a load generator.
@@ -131,22 +130,10 @@ pub(super) async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyho
                 state.routes.borrow_mut().replace(c.routes().to_vec());
             }
         }
-        let refill = state.inflight.get() < refill_below(spec, gen.interval.is_some());
         // Borrowed while requests are built, never across an await.
-        {
+        let turn = {
             let routes = state.routes.borrow();
-            while refill && state.inflight.get() < spec.pipeline {
-                let op = match state.next_op(&mut gen, now) {
-                    Ok(Some(op)) => op,
-                    Ok(None) => {
-                        done = true;
-                        break;
-                    }
-                    Err(at) => {
-                        wake_at = Some(at);
-                        break;
-                    }
-                };
+            state.refill(&mut gen, now, |op| {
                 let hash = shared.keys.hash(op.key);
                 let Some(i) = routes.index(hash) else {
                     anyhow::bail!("no region covers key hash {hash:016x}");
@@ -197,10 +184,11 @@ pub(super) async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyho
                     },
                 );
                 next_id += 1;
-                state.inflight.set(state.inflight.get() + 1);
                 batches.entry(dest).or_default().push(req);
-            }
-        }
+                Ok(())
+            })?
+        };
+        done = turn.done;
         for (dest, reqs) in batches.iter_mut() {
             if reqs.is_empty() {
                 continue;
@@ -219,7 +207,7 @@ pub(super) async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyho
         }
         state.publish();
         if !done {
-            wait(&state, wake_at).await;
+            wait(&state, turn.wake_at).await;
         }
     }
     drain(&state).await;

@@ -251,7 +251,51 @@ struct NextOp {
     attempt: u32,
 }
 
+/// What one refill of the pipeline ended with.
+struct Refilled {
+    /// The run is over for this client.
+    done: bool,
+    /// Open loop: nothing is due before this.
+    wake_at: Option<Instant>,
+}
+
 impl ClientState {
+    /// Fills the pipeline: takes operations while fewer than `pipeline` are
+    /// in flight (once below the refill mark) and hands each to `send`,
+    /// which queues it as the protocol wants.
+    fn refill(
+        &self,
+        gen: &mut Generator,
+        now: Instant,
+        mut send: impl FnMut(&NextOp) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Refilled> {
+        let spec = &self.shared.spec;
+        let mut turn = Refilled {
+            done: false,
+            wake_at: None,
+        };
+        if self.inflight.get() >= refill_below(spec, gen.interval.is_some()) {
+            return Ok(turn);
+        }
+        while self.inflight.get() < spec.pipeline {
+            match self.next_op(gen, now) {
+                Ok(Some(op)) => {
+                    send(&op)?;
+                    self.inflight.set(self.inflight.get() + 1);
+                }
+                Ok(None) => {
+                    turn.done = true;
+                    break;
+                }
+                Err(at) => {
+                    turn.wake_at = Some(at);
+                    break;
+                }
+            }
+        }
+        Ok(turn)
+    }
+
     /// The next operation: a preload retry first, else the generator's. A
     /// preload is over once every key was sent and nothing is in flight or
     /// waiting to be sent again.

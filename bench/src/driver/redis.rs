@@ -111,21 +111,8 @@ pub(super) async fn redis_client(
     let mut out = Vec::with_capacity(64 * 1024);
     let mut done = false;
     while !done {
-        let mut wake_at = None;
         let now = Instant::now();
-        let refill = state.inflight.get() < refill_below(spec, gen.interval.is_some());
-        while refill && state.inflight.get() < spec.pipeline {
-            let op = match state.next_op(&mut gen, now) {
-                Ok(Some(op)) => op,
-                Ok(None) => {
-                    done = true;
-                    break;
-                }
-                Err(at) => {
-                    wake_at = Some(at);
-                    break;
-                }
-            };
+        let turn = state.refill(&mut gen, now, |op| {
             match op.kind {
                 OpKind::Read => shared.keys.put_resp_get(op.key, &mut out),
                 OpKind::Write => {
@@ -139,15 +126,16 @@ pub(super) async fn redis_client(
                 key: op.key,
                 attempt: op.attempt,
             });
-            state.inflight.set(state.inflight.get() + 1);
-        }
+            Ok(())
+        })?;
+        done = turn.done;
         if !out.is_empty() {
             writer.write_all(&out).await?;
             out.clear();
         }
         state.publish();
         if !done {
-            wait(&state, wake_at).await;
+            wait(&state, turn.wake_at).await;
         }
     }
     drain(&state).await;
