@@ -83,6 +83,18 @@ pub struct Config {
     /// asked (`corekv ctl check`). Each check reads the whole region once on
     /// every replica. Default 0.
     pub consistency_check_interval_ms: u64,
+    /// A region whose leader found nothing new this many ticks in a row
+    /// hibernates: no ticks, no heartbeats, until a message or a request
+    /// wakes it (see [`crate::hibernate`]); 0: regions never sleep.
+    /// Default 50 (500 ms).
+    pub hibernate_after_ticks: usize,
+    /// An owner with sleeping leaders beats to the nodes of their
+    /// followers this often, in ms; a sleeping follower wakes once its
+    /// leader's owner was silent for a minimum election timeout. At most a
+    /// third of that timeout; 0 (default): that third (50 ms), so two beats
+    /// may be lost in a row before a follower wakes (waking alone it only
+    /// wakes its region: the others refuse its pre-vote).
+    pub beat_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -114,6 +126,8 @@ impl Default for Config {
             watch_history_entries: 10_000,
             clock_step_ms: 100,
             consistency_check_interval_ms: 0,
+            hibernate_after_ticks: 50,
+            beat_interval_ms: 0,
         }
     }
 }
@@ -121,6 +135,28 @@ impl Default for Config {
 const _: () = assert!(KEY_BYTES_MAX <= VALUE_BYTES_CEILING);
 
 impl Config {
+    /// How often an owner with sleeping leaders beats, in ms (see
+    /// [`Config::beat_interval_ms`]).
+    pub fn beat_interval(&self) -> u64 {
+        match self.beat_interval_ms {
+            0 => (self.election_tick as u64 * self.tick_interval_ms / 3).max(1),
+            b => b,
+        }
+    }
+
+    /// A sleeping follower wakes once its leader's owner was silent this
+    /// long, in ms: the minimum election timeout, as for heartbeats.
+    pub fn beat_silence_ms(&self) -> u64 {
+        self.election_tick as u64 * self.tick_interval_ms
+    }
+
+    /// A sleeping follower wakes by itself after this long at most, in ms
+    /// (drawn per sleep from `[1, 2)` times it), in case its region went on
+    /// without it (a removal it never heard of).
+    pub fn follower_sleep_max_ms(&self) -> u64 {
+        60_000
+    }
+
     /// Checks every field and the relations between them.
     pub fn validate(self) -> Result<Config> {
         let fail = |m: String| Err(Error::Config(m));
@@ -143,6 +179,14 @@ impl Config {
             return fail(format!(
                 "election_tick_max ({}) must be greater than election_tick ({})",
                 self.election_tick_max, self.election_tick
+            ));
+        }
+        let election_ms = self.election_tick as u64 * self.tick_interval_ms;
+        if 3 * self.beat_interval() > election_ms {
+            return fail(format!(
+                "beat_interval_ms ({}) must be at most a third of the minimum election \
+                 timeout ({election_ms} ms)",
+                self.beat_interval()
             ));
         }
         if self.value_bytes_max > VALUE_BYTES_CEILING {

@@ -64,6 +64,7 @@ pub mod directory;
 pub mod error;
 pub mod expire;
 pub mod hash;
+pub mod hibernate;
 pub mod ids;
 pub mod keys;
 pub mod membership;

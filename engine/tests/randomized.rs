@@ -79,8 +79,15 @@ fn run(opts: SimOptions, duration_ms: u64) -> (Vec<Op>, SimCluster, tempfile::Te
     let mut next_value = 0u64;
     let nodes: Vec<u64> = c.node_ids().to_vec();
     let end = c.now_ms() + duration_ms;
+    // Now and then the clients pause long enough for regions to fall
+    // asleep, while the faults go on: sleeping regions must fail over and
+    // wake as safely as awake ones.
+    let mut quiet_until = 0;
 
     while c.now_ms() < end {
+        if rng.gen_ratio(1, 500) {
+            quiet_until = c.now_ms() + rng.gen_range(600..2500);
+        }
         // Faults.
         if rng.gen_ratio(1, 150) {
             let f = &mut c.net.filters;
@@ -122,7 +129,7 @@ fn run(opts: SimOptions, duration_ms: u64) -> (Vec<Op>, SimCluster, tempfile::Te
         }
         // Clients.
         for slot in inflight.iter_mut() {
-            if slot.is_some() {
+            if slot.is_some() || c.now_ms() < quiet_until {
                 continue;
             }
             let key = KEYS[rng.gen_range(0..KEYS.len())];
@@ -352,8 +359,16 @@ fn check_run(opts: SimOptions) {
             .iter()
             .filter(|o| matches!(o.outcome, Outcome::Read(_)))
             .count();
+        let slept: u64 = c
+            .node_ids()
+            .iter()
+            .flat_map(|&n| c.regions().iter().map(move |r| (n, r.id)))
+            .filter_map(|(n, r)| c.peer_counters(n, r))
+            .map(|k| k.hibernations)
+            .sum();
         eprintln!(
-            "seed {seed}: {} ops, {acked} acked writes, {reads} reads, {} msgs dropped",
+            "seed {seed}: {} ops, {acked} acked writes, {reads} reads, {} msgs dropped, \
+             {slept} replica sleeps since the last restarts",
             ops.len(),
             c.net.dropped
         );

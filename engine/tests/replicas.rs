@@ -62,6 +62,7 @@ fn node3() -> Node {
         node_id: 3,
         index: 0,
         directory: directory.clone(),
+        liveness: Default::default(),
     };
     let cfg = std::sync::Arc::new(Config::default());
     let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -97,6 +98,7 @@ impl Node {
             message,
             removed_at: 0,
             epoch,
+            control: Default::default(),
         };
         self.r.step(env, &mut Vec::new()).unwrap();
     }
@@ -177,6 +179,7 @@ fn a_split_written_after_a_vote_landed_keeps_the_vote() {
         node_id: 3,
         index: 0,
         directory: Directory::default(),
+        liveness: Default::default(),
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let cfg = std::sync::Arc::new(Config::default());

@@ -4,13 +4,17 @@
 //! - `1` hello: `node_id u64, shard_count u32, client_addr (u32 len + utf-8)`;
 //! - `2` raft batch: `count u32`, then per message `region_id u64,
 //!   from_node u64, to_node u64, removed_at u64, conf_ver u64, version u64,
-//!   len u32, raft Message (protobuf)`; `removed_at` != 0 makes it a
-//!   removal notice, `conf_ver` and `version` are the region's epoch at the
-//!   sender (see `corekv_engine::Replicas::step`).
+//!   control u8, shard u32, incarnation u64, len u32, raft Message
+//!   (protobuf)`; `removed_at` != 0 makes it a removal notice, `conf_ver`
+//!   and `version` are the region's epoch at the sender (see
+//!   `corekv_engine::Replicas::step`); `control` is 0 for a raft message,
+//!   1 for a sleep notice and 2 for a beat, with the sending shard and its
+//!   incarnation (see `corekv_engine::hibernate`; 0 and 0 otherwise).
 //!
 //! One batch carries every raft message one shard has for one node in one
 //! round. All integers are big-endian.
 
+use corekv_engine::hibernate::Control;
 use corekv_engine::RaftEnvelope;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
@@ -67,6 +71,14 @@ pub fn encode_raft_batch(envs: &[RaftEnvelope]) -> Vec<u8> {
         out.extend_from_slice(&e.removed_at.to_be_bytes());
         out.extend_from_slice(&e.epoch.conf_ver.to_be_bytes());
         out.extend_from_slice(&e.epoch.version.to_be_bytes());
+        let (kind, shard, incarnation) = match e.control {
+            Control::Raft => (0u8, 0u32, 0u64),
+            Control::Asleep { shard, incarnation } => (1, shard, incarnation),
+            Control::Beat { shard, incarnation } => (2, shard, incarnation),
+        };
+        out.push(kind);
+        out.extend_from_slice(&shard.to_be_bytes());
+        out.extend_from_slice(&incarnation.to_be_bytes());
         let len_at = out.len();
         out.extend_from_slice(&[0u8; 4]);
         e.message
@@ -122,9 +134,9 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerDecodeError> {
         }
         KIND_RAFT => {
             let count = r.u32()? as usize;
-            // Each message takes at least 52 bytes: refuse counts the body
+            // Each message takes at least 65 bytes: refuse counts the body
             // cannot hold before allocating for them.
-            if count > body.len() / 52 {
+            if count > body.len() / 65 {
                 return Err(PeerDecodeError(format!(
                     "{count} messages in {} bytes",
                     body.len()
@@ -140,6 +152,15 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerDecodeError> {
                     conf_ver: r.u64()?,
                     version: r.u64()?,
                 };
+                let kind = r.take(1)?[0];
+                let shard = r.u32()?;
+                let incarnation = r.u64()?;
+                let control = match kind {
+                    0 => Control::Raft,
+                    1 => Control::Asleep { shard, incarnation },
+                    2 => Control::Beat { shard, incarnation },
+                    k => return Err(PeerDecodeError(format!("unknown control {k}"))),
+                };
                 let len = r.u32()? as usize;
                 let message = Message::parse_from_bytes(r.take(len)?)
                     .map_err(|e| PeerDecodeError(format!("raft message: {e}")))?;
@@ -150,6 +171,7 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, PeerDecodeError> {
                     message,
                     removed_at,
                     epoch,
+                    control,
                 });
             }
             PeerFrame::Raft(envs)
@@ -192,6 +214,7 @@ mod tests {
                     conf_ver: 3,
                     version: 4,
                 },
+                control: Control::Raft,
             },
             RaftEnvelope {
                 region_id: 3,
@@ -200,6 +223,22 @@ mod tests {
                 message: Message::default(),
                 removed_at: 9,
                 epoch: Default::default(),
+                control: Control::Asleep {
+                    shard: 1,
+                    incarnation: 77,
+                },
+            },
+            RaftEnvelope {
+                region_id: 0,
+                from_node: 1,
+                to_node: 2,
+                message: Message::default(),
+                removed_at: 0,
+                epoch: Default::default(),
+                control: Control::Beat {
+                    shard: 3,
+                    incarnation: u64::MAX,
+                },
             },
         ];
         let framed = encode_raft_batch(&envs);
@@ -209,7 +248,11 @@ mod tests {
         );
         match decode_peer_frame(&framed[4..]).unwrap() {
             PeerFrame::Raft(got) => {
-                assert_eq!(got.len(), 2);
+                assert_eq!(got.len(), 3);
+                assert_eq!(
+                    got.iter().map(|e| e.control).collect::<Vec<_>>(),
+                    envs.iter().map(|e| e.control).collect::<Vec<_>>()
+                );
                 assert_eq!(got[0].message, m);
                 assert_eq!(got[1].region_id, 3);
                 assert_eq!((got[0].removed_at, got[1].removed_at), (0, 9));

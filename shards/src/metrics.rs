@@ -68,6 +68,11 @@ const RAFT_COUNTERS: &[(&str, &str)] = &[
         "consistency_mismatches",
         "Consistency checks where a replica's digest differed from its leader's.",
     ),
+    (
+        "hibernations",
+        "Times a region replica went to sleep (its region was idle).",
+    ),
+    ("wakes", "Times a sleeping region replica woke."),
     ("cache_hits", "Reads answered from the hot-key cache."),
     ("cache_misses", "Reads that went to RocksDB."),
     (
@@ -97,6 +102,10 @@ const RAFT_COUNTERS: &[(&str, &str)] = &[
 const GAUGES: &[(&str, &str)] = &[
     ("regions", "Region replicas on the shard."),
     ("leaders", "Region replicas that lead."),
+    (
+        "regions_asleep",
+        "Region replicas asleep (idle regions hibernate: no ticks, no heartbeats).",
+    ),
     (
         "apply_lag_entries",
         "Sum over replicas of commit index minus applied index.",
@@ -379,6 +388,8 @@ impl ShardMetrics {
                 c.digest_mismatches,
                 p.digest_mismatches,
             ),
+            ("hibernations", c.hibernations, p.hibernations),
+            ("wakes", c.wakes, p.wakes),
             ("cache_hits", f.cache.0, self.last.cache_hits),
             ("cache_misses", f.cache.1, self.last.cache_misses),
             (
@@ -405,6 +416,7 @@ impl ShardMetrics {
         for (name, v) in [
             ("regions", t.regions as i64),
             ("leaders", t.leaders as i64),
+            ("regions_asleep", t.asleep as i64),
             ("apply_lag_entries", t.apply_lag as i64),
             ("raft_log_entries", t.log_entries as i64),
             ("reads_pending", t.reads_pending as i64),

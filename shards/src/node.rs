@@ -25,6 +25,9 @@ pub struct NodeShared {
     /// and one-replica-per-node checks; taken only when replicas are
     /// created, opened, resized, moved or destroyed).
     pub directory: corekv_engine::Directory,
+    /// When the other nodes' shards last beat (hibernating regions), shared
+    /// by this node's shards.
+    pub liveness: corekv_engine::hibernate::Liveness,
     /// Bumped whenever `router` is replaced.
     pub router_version: AtomicU64,
     /// Raft transport addresses of the other nodes (every shard sends

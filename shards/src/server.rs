@@ -205,6 +205,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     let node = Arc::new(NodeShared {
         board: Default::default(),
         directory: corekv_engine::Directory::default(),
+        liveness: Default::default(),
         metrics: metrics.clone(),
         router: std::sync::RwLock::new(Arc::new(router)),
         router_version: AtomicU64::new(0),
@@ -335,6 +336,7 @@ async fn shard_main(
         node_id: cfg.node_id,
         index: id,
         directory: node.directory.clone(),
+        liveness: node.liveness.clone(),
     };
     let replicas = Replicas::open(
         Arc::new(cfg.engine.clone()),

@@ -216,6 +216,7 @@ impl Peer {
             lease_until_ms: 0,
             lease_wanted: false,
             lease_blocked_term: 0,
+            sleep: Default::default(),
             clock_proposed_ms: 0,
             rng,
             role_term,

@@ -44,6 +44,7 @@ use crate::watch;
 
 mod check;
 mod drive;
+mod hibernate;
 mod load;
 mod propose;
 mod read;
@@ -146,6 +147,10 @@ pub struct PeerCounters {
     pub digest_checks: u64,
     /// Of those, checks whose digests differed.
     pub digest_mismatches: u64,
+    /// Times this replica went to sleep (see [`crate::hibernate`]).
+    pub hibernations: u64,
+    /// Times this replica woke from sleep.
+    pub wakes: u64,
 }
 
 /// A snapshot of a peer's raft state, for tests and status pages.
@@ -207,6 +212,8 @@ pub struct Peer {
     /// its term bounds it), so a lease held in a term with a transfer
     /// proves nothing. The next term this replica leads has a lease again.
     lease_blocked_term: u64,
+    /// Asleep or awake (see [`crate::hibernate`]).
+    sleep: crate::hibernate::Sleep,
     /// The latest leader time this replica proposed (a write or a clock
     /// entry), unix ms.
     clock_proposed_ms: u64,

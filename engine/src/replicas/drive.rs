@@ -12,6 +12,7 @@ pub(super) fn envelope(node_id: u64, peer: &Peer, message: Message) -> Option<Ra
         message,
         removed_at: 0,
         epoch: peer.region().epoch,
+        control: Control::Raft,
     })
 }
 
@@ -65,6 +66,26 @@ impl Replicas {
         use raft::eraftpb::MessageType::{
             MsgAppend, MsgHeartbeat, MsgRequestPreVote, MsgRequestVote, MsgSnapshot,
         };
+        match env.control {
+            Control::Raft => {}
+            Control::Beat { shard, incarnation } => {
+                self.liveness
+                    .heard(env.from_node, shard, incarnation, self.now_ms);
+                return Ok(());
+            }
+            Control::Asleep { shard, incarnation } => {
+                if let Some(p) = self.peers.get_mut(&env.region_id) {
+                    if p.peer_id() == env.message.to && !p.is_asleep() {
+                        p.on_leader_asleep(
+                            &env.message,
+                            (env.from_node, shard, incarnation),
+                            self.now_ms,
+                        );
+                    }
+                }
+                return Ok(());
+            }
+        }
         if env.removed_at != 0 {
             if let Some(p) = self.peers.get_mut(&env.region_id) {
                 if p.peer_id() == env.message.to && p.is_initialized() {
@@ -129,6 +150,7 @@ impl Replicas {
                         message: m,
                         removed_at: p.region().epoch.conf_ver,
                         epoch: p.region().epoch,
+                        control: Control::Raft,
                     });
                     return Ok(());
                 }
@@ -139,6 +161,13 @@ impl Replicas {
             if is_snapshot && !admit(&self.directory, &env) {
                 return Ok(());
             }
+            if p.step_asleep(&env.message, replies) {
+                return Ok(());
+            }
+            self.wake_if_asleep(region_id, replies);
+            let Some(p) = self.peers.get_mut(&region_id) else {
+                return Ok(());
+            };
             p.step(env.message, replies)?;
             if is_snapshot && !p.snapshot_pending() {
                 // raft did not take it: the range is what it was.
@@ -282,7 +311,16 @@ impl Replicas {
     /// Collects the output of every replica into one round.
     pub fn collect(&mut self, round: &mut Round) -> Result<()> {
         let mut out = ReadyOutput::default();
+        let now_ms = self.now_ms;
         for (region_id, p) in self.peers.iter_mut() {
+            if p.is_asleep() {
+                if p.is_idle() {
+                    continue;
+                }
+                // A request or a local change: awake again.
+                let last = super::last_contact(&self.liveness, p);
+                p.wake(now_ms, last, &mut out.replies);
+            }
             let pending =
                 p.handle_ready(&mut round.log, &mut round.apply, &mut self.cache, &mut out)?;
             if let Some(pending) = pending {

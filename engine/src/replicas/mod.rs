@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::db::{Db, LogBatch};
 use crate::directory::{Directory, Span};
 use crate::error::{Error, Result};
+use crate::hibernate::{Control, Liveness, Sleep};
 use crate::peer::{list_regions, load_region_state, Peer, PendingPersist, ReadyOutput, Reply};
 use crate::read::Consistency;
 use crate::region::{Epoch, Region};
@@ -40,6 +41,8 @@ pub struct ReplicaTotals {
     pub regions: u64,
     /// Replicas that lead.
     pub leaders: u64,
+    /// Replicas asleep (see [`crate::hibernate`]).
+    pub asleep: u64,
     /// Sum of commit index - applied index.
     pub apply_lag: u64,
     /// Entries held in the raft logs.
@@ -70,6 +73,9 @@ pub struct RaftEnvelope {
     /// The region's epoch at the sender: a replica that has not applied a
     /// membership change yet still listens to a sender that has.
     pub epoch: Epoch,
+    /// A hibernation notice or a beat instead of a raft message (see
+    /// [`crate::hibernate`]).
+    pub control: Control,
 }
 
 /// Output of one round over every replica.
@@ -119,6 +125,15 @@ pub struct Replicas {
     opening: Vec<(u64, bool)>,
     /// A replica was opened since the last [`Replicas::take_layout_changed`].
     opened: bool,
+    /// When the node's other owners were last heard (beats), shared.
+    liveness: Liveness,
+    /// Drawn when these replicas were opened: beats and sleep notices say
+    /// which life of this owner sent them.
+    incarnation: u64,
+    /// The owner's monotonic clock as of the last round, ms.
+    now_ms: u64,
+    /// Next beat to the nodes of sleeping leaders' followers, ms.
+    next_beat_ms: u64,
 }
 
 /// Where an owner is and what it shares with the other owners of its node.
@@ -130,6 +145,26 @@ pub struct Owner {
     pub index: usize,
     /// The node's directory of replicas.
     pub directory: Directory,
+    /// The node's table of beats heard, shared by its owners.
+    pub liveness: Liveness,
+}
+
+/// When a sleeping follower last heard of its leader: the leader's notice,
+/// or a later beat of the leader's owner in the same incarnation.
+fn last_contact(liveness: &Liveness, p: &Peer) -> u64 {
+    match p.sleep_state() {
+        Sleep::Follower {
+            leader_node,
+            leader_shard,
+            incarnation,
+            since_ms,
+            ..
+        } => liveness
+            .last_heard(leader_node, leader_shard, incarnation)
+            .unwrap_or(0)
+            .max(since_ms),
+        _ => 0,
+    }
 }
 
 /// A region split off here that another owner of the node opens: it holds
@@ -184,6 +219,10 @@ impl Replicas {
             notices: Vec::new(),
             opening: Vec::new(),
             opened: false,
+            liveness: owner.liveness,
+            incarnation: crate::hibernate::new_incarnation(),
+            now_ms: 0,
+            next_beat_ms: 0,
         })
     }
 
@@ -207,10 +246,103 @@ impl Replicas {
         self.peers.values()
     }
 
-    /// Ticks every replica.
+    /// Moves the owner's clock (monotonic ms) to `now_ms`, at the start of
+    /// a round.
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// Ticks every awake replica. A leader that found nothing to do long
+    /// enough falls asleep and tells its region's other replicas; sleeping
+    /// leaders' followers get one beat per node; a sleeping follower whose
+    /// leader's owner fell silent wakes (see [`crate::hibernate`]).
     pub fn tick(&mut self, now_ms: u64, replies: &mut Vec<Reply>) {
+        self.set_now(now_ms);
+        let now_ms = self.now_ms;
+        let silence = self.cfg.beat_silence_ms();
+        let control = Control::Asleep {
+            shard: self.owner as u32,
+            incarnation: self.incarnation,
+        };
+        let mut beat_to = Vec::new();
         for p in self.peers.values_mut() {
-            p.tick(now_ms, replies);
+            match p.sleep_state() {
+                Sleep::Awake { .. } => {
+                    p.tick(now_ms, replies);
+                    if p.consider_sleep() {
+                        for (to_node, message) in p.sleep_notices() {
+                            self.notices.push(RaftEnvelope {
+                                region_id: p.region_id(),
+                                from_node: self.node_id,
+                                to_node,
+                                message,
+                                removed_at: 0,
+                                epoch: p.region().epoch,
+                                control,
+                            });
+                        }
+                    }
+                }
+                Sleep::Leader if p.timer_due(now_ms) => {
+                    p.wake(now_ms, now_ms, replies);
+                    p.tick(now_ms, replies);
+                }
+                Sleep::Leader => p.follower_nodes(&mut beat_to),
+                Sleep::Follower { until_ms, .. } => {
+                    let last = last_contact(&self.liveness, p);
+                    if now_ms.saturating_sub(last) >= silence || now_ms >= until_ms {
+                        p.wake(now_ms, last, replies);
+                    }
+                }
+            }
+        }
+        if beat_to.is_empty() || now_ms < self.next_beat_ms {
+            return;
+        }
+        self.next_beat_ms = now_ms + self.cfg.beat_interval();
+        beat_to.sort_unstable();
+        beat_to.dedup();
+        for to_node in beat_to {
+            self.notices.push(RaftEnvelope {
+                region_id: 0,
+                from_node: self.node_id,
+                to_node,
+                message: Message::default(),
+                removed_at: 0,
+                epoch: Epoch::default(),
+                control: Control::Beat {
+                    shard: self.owner as u32,
+                    incarnation: self.incarnation,
+                },
+            });
+        }
+    }
+
+    /// True when every replica sleeps (the owner may tick less often, but
+    /// at least every beat interval).
+    pub fn all_asleep(&self) -> bool {
+        self.peers.values().all(|p| p.is_asleep()) && self.opening.is_empty()
+    }
+
+    /// Takes the beats among `envs` into the node's liveness table (before
+    /// a round's tick, so a beat that came with the tick counts).
+    pub fn take_beats(&mut self, envs: &[RaftEnvelope]) {
+        for env in envs {
+            if let Control::Beat { shard, incarnation } = env.control {
+                self.liveness
+                    .heard(env.from_node, shard, incarnation, self.now_ms);
+            }
+        }
+    }
+
+    /// Wakes `region_id`'s replica if it sleeps.
+    fn wake_if_asleep(&mut self, region_id: u64, replies: &mut Vec<Reply>) {
+        let now_ms = self.now_ms;
+        if let Some(p) = self.peers.get_mut(&region_id) {
+            if p.is_asleep() {
+                let last = last_contact(&self.liveness, p);
+                p.wake(now_ms, last, replies);
+            }
         }
     }
 
@@ -251,6 +383,9 @@ impl Replicas {
             t.counters.expire_proposals += c.expire_proposals;
             t.counters.digest_checks += c.digest_checks;
             t.counters.digest_mismatches += c.digest_mismatches;
+            t.counters.hibernations += c.hibernations;
+            t.counters.wakes += c.wakes;
+            t.asleep += p.is_asleep() as u64;
         }
         t
     }

@@ -193,6 +193,8 @@ impl ShardRound {
             open,
         } = inbox;
         let mut busy = false;
+        replicas.set_now(now_ms);
+        replicas.take_beats(&raft);
         if tick {
             busy = true;
             replicas.tick(now_ms, replies);

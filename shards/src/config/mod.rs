@@ -112,6 +112,12 @@ pub struct ServerArgs {
     /// every region once on every replica. Default 0.
     #[arg(long)]
     pub consistency_check_secs: Option<u64>,
+    /// A region whose leader found nothing new this many ticks in a row
+    /// hibernates: no ticks and no heartbeats until a request or a message
+    /// wakes it; its followers watch one beat per node instead. 0 = never.
+    /// Default 50 (500 ms at the default tick).
+    #[arg(long)]
+    pub hibernate_ticks: Option<usize>,
     /// Largest value, bytes. Default 1 MiB; at most 8 MiB.
     #[arg(long)]
     pub value_bytes_max: Option<usize>,
@@ -370,6 +376,7 @@ impl ServerArgs {
             watch_history_entries,
             log_compact_entries,
             consistency_check_secs,
+            hibernate_ticks,
             split_load_ops,
             split_load_windows,
             split_keys,
@@ -454,6 +461,9 @@ impl ServerArgs {
         }
         if let Some(s) = self.consistency_check_secs {
             engine.consistency_check_interval_ms = s.saturating_mul(1000);
+        }
+        if let Some(t) = self.hibernate_ticks {
+            engine.hibernate_after_ticks = t;
         }
         if let Some(n) = self.log_compact_entries {
             if n < 20 {

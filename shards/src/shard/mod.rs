@@ -193,6 +193,9 @@ pub struct Shard {
     /// (reads, writes).
     region_ops: RefCell<HashMap<u64, (u64, u64), ahash::RandomState>>,
     rates_at: std::cell::Cell<Instant>,
+    /// Every replica slept at the end of the last round: the ticker waits a
+    /// beat interval instead of a tick.
+    all_asleep: std::cell::Cell<bool>,
     last_counters: std::cell::Cell<corekv_engine::peer::PeerCounters>,
     watches: RefCell<Watches>,
     /// Watch frames waiting to go to other shards, in order, and whether a
@@ -259,6 +262,7 @@ impl Shard {
             metrics,
             region_ops: RefCell::new(HashMap::default()),
             rates_at: std::cell::Cell::new(Instant::now()),
+            all_asleep: std::cell::Cell::new(false),
             last_counters: Default::default(),
             watches: RefCell::new(Watches::new(WatchLimits {
                 watchers_max,
@@ -357,14 +361,19 @@ impl Shard {
         }
     }
 
-    /// Ticks until the shard stops; re-reads the fault file every 10 ticks.
+    /// Ticks until the shard stops; re-reads the fault file every 10
+    /// ticks. While every replica sleeps, a tick comes every beat interval
+    /// instead (see `corekv_engine::hibernate`).
     pub async fn run_ticker(me: Weak<Self>, tick: Duration) {
         let mut n = 0u64;
+        let mut idle_tick = tick;
         if let Some(s) = me.upgrade() {
             s.greet_nodes();
+            idle_tick = Duration::from_millis(s.node.cfg.engine.beat_interval()).max(tick);
         }
+        let mut asleep = false;
         loop {
-            glommio::timer::sleep(tick).await;
+            glommio::timer::sleep(if asleep { idle_tick } else { tick }).await;
             let Some(s) = me.upgrade() else { return };
             if s.state.borrow().stopped {
                 return;
@@ -374,6 +383,12 @@ impl Shard {
                 s.poll_faults();
             }
             s.on_tick();
+            // Let the round with this tick run first: it may wake a replica
+            // (then ticks come every tick again).
+            drop(s);
+            futures_lite::future::yield_now().await;
+            let Some(s) = me.upgrade() else { return };
+            asleep = s.all_asleep.get();
         }
     }
 

@@ -27,10 +27,12 @@ impl Shard {
                 .round
                 .borrow_mut()
                 .run(now, &mut replicas, inbox, &mut host);
-            match run {
+            let run = match run {
                 Ok(o) => o,
                 Err(e) => self.fatal(e.during, e.error),
-            }
+            };
+            self.all_asleep.set(replicas.all_asleep());
+            run
         };
         self.answer(output.replies, &mut out);
         self.metrics.borrow_mut().flush();
@@ -144,12 +146,18 @@ impl Shard {
         (now, wall): (u64, u64),
         stopping: bool,
     ) {
-        let ticks = {
+        // Ticks counted from the clock, not from calls: while every replica
+        // sleeps a call comes only every beat interval.
+        let (before, ticks) = {
             let mut st = self.state.borrow_mut();
-            st.ticks += 1;
-            st.ticks
+            let before = st.ticks;
+            st.ticks = st
+                .ticks
+                .max(now / self.node.cfg.engine.tick_interval_ms.max(1));
+            (before, st.ticks)
         };
-        if ticks % BALANCE_EVERY_TICKS == 0 && !stopping {
+        let crossed = |every: u64| ticks / every > before / every;
+        if crossed(BALANCE_EVERY_TICKS) && !stopping {
             self.balance_leaders(replicas);
         }
         if !stopping {
@@ -157,14 +165,14 @@ impl Shard {
                 tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
-        if ticks % REPORT_EVERY_TICKS == 0 {
+        if crossed(REPORT_EVERY_TICKS) {
             self.report(replicas);
         }
         // Ten times as often in the first period, so the status a node
         // shows right after it started (`ctl regions` once `corekv dev` says
         // ready) already lists its regions and leaders.
-        let early = ticks < STATUS_EVERY_TICKS && ticks % REPORT_EVERY_TICKS == 0;
-        if ticks % STATUS_EVERY_TICKS == 0 || early {
+        let early = ticks < STATUS_EVERY_TICKS && crossed(REPORT_EVERY_TICKS);
+        if crossed(STATUS_EVERY_TICKS) || early {
             self.publish_status(replicas);
         }
         if !stopping {

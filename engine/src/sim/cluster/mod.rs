@@ -232,12 +232,14 @@ impl SimCluster {
         let db = db::open(&self.node_dir(node), &db_config())?;
         crate::replicas::destroy_stale_replicas(&db, node)?;
         let directory = Directory::default();
+        let liveness = crate::hibernate::Liveness::default();
         let mut shards = Vec::new();
         for index in 0..self.shards {
             let owner = Owner {
                 node_id: node,
                 index,
                 directory: directory.clone(),
+                liveness: liveness.clone(),
             };
             let placed = placements(&db)?;
             let count = self.shards;
