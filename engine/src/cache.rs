@@ -4,12 +4,13 @@
 //! Every applied write updates it on the same thread before any read of that
 //! round is served, and installing a snapshot clears it, so it never holds a
 //! value the state machine no longer holds. A read that misses loads the key
-//! from RocksDB (present or absent) and remembers it. When over its byte
-//! budget it forgets the oldest entries first.
-
-use std::collections::{HashMap, VecDeque};
+//! from RocksDB (present or absent) and remembers it. Over its byte budget
+//! it evicts by frequency as well as recency (quick_cache's CLOCK-Pro
+//! style policy, single-threaded): a key read often outlives a scan of keys
+//! read once, so under skewed load the hot keys stay.
 
 use bytes::Bytes;
+use quick_cache::Weighter;
 
 use crate::value::ValueRecord;
 
@@ -25,11 +26,21 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
+/// An entry's weight: its bytes.
+#[derive(Clone, Copy)]
+struct Cost;
+
+impl Weighter<Bytes, Option<ValueRecord>> for Cost {
+    fn weight(&self, key: &Bytes, v: &Option<ValueRecord>) -> u64 {
+        cost(key, v) as u64
+    }
+}
+
+type Map = quick_cache::unsync::Cache<Bytes, Option<ValueRecord>, Cost, ahash::RandomState>;
+
 /// A bounded cache of applied values (`None` = known absent).
 pub struct ReadCache {
-    map: HashMap<Bytes, Option<ValueRecord>, ahash::RandomState>,
-    order: VecDeque<Bytes>,
-    bytes: usize,
+    map: Option<Map>,
     bytes_max: usize,
     /// Counters.
     pub stats: CacheStats,
@@ -43,9 +54,7 @@ impl ReadCache {
     /// A cache holding at most `bytes_max` bytes (0 disables it).
     pub fn new(bytes_max: usize) -> ReadCache {
         ReadCache {
-            map: HashMap::default(),
-            order: VecDeque::new(),
-            bytes: 0,
+            map: (bytes_max > 0).then(|| new_map(bytes_max)),
             bytes_max,
             stats: CacheStats::default(),
         }
@@ -53,23 +62,23 @@ impl ReadCache {
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.as_ref().map_or(0, |m| m.len())
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// Bytes accounted.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.map.as_ref().map_or(0, |m| m.weight() as usize)
     }
 
     /// The cached state of `key`: `Some(None)` = known absent, `None` = not cached.
     #[inline]
     pub fn get(&mut self, key: &[u8]) -> Option<Option<ValueRecord>> {
-        match self.map.get(key) {
+        match self.map.as_ref().and_then(|m| m.get(key)) {
             Some(v) => {
                 self.stats.hits += 1;
                 Some(v.clone())
@@ -83,57 +92,43 @@ impl ReadCache {
 
     /// Records the applied (or loaded) state of `key`.
     pub fn put(&mut self, key: Bytes, value: Option<ValueRecord>) {
-        if self.bytes_max == 0 {
+        let Some(map) = self.map.as_mut() else {
             return;
-        }
-        let c = cost(&key, &value);
-        if c > self.bytes_max / 4 {
+        };
+        if cost(&key, &value) > self.bytes_max / 4 {
             // Too large to be worth holding: make sure no older copy stays.
-            self.remove(&key);
+            map.remove(&key[..]);
             return;
         }
-        match self.map.get_mut(&key) {
-            Some(old) => {
-                self.bytes = self.bytes - cost(&key, old) + c;
-                *old = value;
-            }
-            None => {
-                self.bytes += c;
-                self.order.push_back(key.clone());
-                self.map.insert(key, value);
-            }
-        }
-        self.evict();
+        // Replaces an older copy; a new key may push others out.
+        map.insert(key, value);
     }
 
     /// Forgets `key`.
     pub fn remove(&mut self, key: &[u8]) {
-        if let Some((k, v)) = self.map.remove_entry(key) {
-            self.bytes -= cost(&k, &v);
+        if let Some(m) = self.map.as_mut() {
+            m.remove(key);
         }
     }
 
     /// Forgets everything (a snapshot replaced a region's data).
     pub fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
-        self.bytes = 0;
+        if let Some(m) = self.map.as_mut() {
+            m.clear();
+        }
     }
+}
 
-    fn evict(&mut self) {
-        while self.bytes > self.bytes_max {
-            let Some(k) = self.order.pop_front() else {
-                break;
-            };
-            self.remove(&k);
-        }
-        // Keys removed out of order leave stale names behind; keep the queue
-        // from growing past twice the live entries.
-        if self.order.len() > 2 * self.map.len() + 64 {
-            let map = &self.map;
-            self.order.retain(|k| map.contains_key(k));
-        }
-    }
+fn new_map(bytes_max: usize) -> Map {
+    // Sized for values of about 100 bytes; it grows past that if need be.
+    let items = (bytes_max / (ENTRY_OVERHEAD_BYTES + 100)).clamp(16, 1 << 20);
+    Map::with(
+        items,
+        bytes_max as u64,
+        Cost,
+        ahash::RandomState::new(),
+        Default::default(),
+    )
 }
 
 #[cfg(test)]
@@ -149,26 +144,51 @@ mod tests {
     }
 
     #[test]
-    fn updates_replace_and_budget_evicts_oldest() {
-        let mut c = ReadCache::new(1000);
+    fn updates_replace_and_the_budget_holds() {
+        let mut c = ReadCache::new(10_000);
         c.put(Bytes::from_static(b"a"), rec("1", 1));
         c.put(Bytes::from_static(b"a"), rec("2", 2));
         assert_eq!(c.get(b"a"), Some(rec("2", 2)));
         c.put(Bytes::from_static(b"gone"), None);
         assert_eq!(c.get(b"gone"), Some(None), "absence is remembered");
         assert_eq!(c.get(b"other"), None);
-        for i in 0..100 {
+        for i in 0..1000 {
             c.put(Bytes::from(format!("k{i}")), rec("xxxxxxxxxx", i));
+            assert!(c.bytes() <= 10_000);
         }
-        assert!(c.bytes() <= 1000);
-        assert_eq!(c.get(b"a"), None, "oldest evicted first");
-        assert!(c.get(b"k99").is_some());
+        assert!(c.get(b"k999").is_some());
         assert_eq!(c.stats.hits, 3);
+        // Too large to hold: an older copy goes too.
+        c.put(Bytes::from_static(b"k999"), rec(&"y".repeat(5000), 1000));
+        assert_eq!(c.get(b"k999"), None);
         c.clear();
         assert!(c.is_empty());
         assert_eq!(c.bytes(), 0);
         let mut off = ReadCache::new(0);
         off.put(Bytes::from_static(b"a"), rec("1", 1));
         assert_eq!(off.get(b"a"), None);
+    }
+
+    /// Keys read over and over survive a scan of many keys read once (a
+    /// first-in-first-out cache loses them).
+    #[test]
+    fn hot_keys_outlive_a_scan() {
+        let mut c = ReadCache::new(20_000);
+        let hot: Vec<Bytes> = (0..20).map(|i| Bytes::from(format!("hot{i}"))).collect();
+        for round in 0..50u64 {
+            for k in &hot {
+                if c.get(k).is_none() {
+                    c.put(k.clone(), rec("h", round));
+                }
+            }
+            for i in 0..400 {
+                let k = Bytes::from(format!("cold{round}-{i}"));
+                if c.get(&k).is_none() {
+                    c.put(k, rec("c", round));
+                }
+            }
+        }
+        let held = hot.iter().filter(|k| c.get(k).is_some()).count();
+        assert!(held >= 18, "only {held} of 20 hot keys held");
     }
 }

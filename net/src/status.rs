@@ -65,6 +65,40 @@ pub struct ShardStatus {
     pub port: u16,
     /// Requests other shards' connections forwarded to it.
     pub forwarded_requests: u64,
+    /// Of its reads over the last second, the share its hot-key cache
+    /// answered (none: no reads).
+    pub cache_hit_ratio: Option<f64>,
+    /// The keys it served most over the last second, hottest first
+    /// (sampled: one request in 16).
+    pub hot_keys: Vec<HotKey>,
+}
+
+/// A key one shard serves often.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HotKey {
+    /// The key: its text if UTF-8, else `0x` and its bytes in hex.
+    pub key: String,
+    /// Its region.
+    pub region: u64,
+    /// Estimated requests per second (reads and writes).
+    pub ops_per_sec: f64,
+}
+
+impl HotKey {
+    /// The key as shown: text if UTF-8, else `0x` and hex.
+    pub fn show(key: &[u8]) -> String {
+        match std::str::from_utf8(key) {
+            Ok(s) if !s.starts_with("0x") => s.to_string(),
+            _ => {
+                let mut out = String::with_capacity(2 + 2 * key.len());
+                out.push_str("0x");
+                for b in key {
+                    out.push_str(&format!("{b:02x}"));
+                }
+                out
+            }
+        }
+    }
 }
 
 /// A replica's raft role.

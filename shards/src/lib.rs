@@ -39,6 +39,7 @@ pub mod autosplit;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod hotkeys;
 pub mod log_writer;
 pub mod meta;
 pub mod metrics;

@@ -100,6 +100,17 @@ pub struct StatusBoard {
     /// The hash range (start, end) each region had when it was scanned: a
     /// size is only the region's while its range is the same.
     pub scanned_ranges: std::collections::BTreeMap<u64, (u64, u64)>,
+    /// Per shard: cache hit ratio and hot keys over the last second.
+    pub shards: std::collections::BTreeMap<usize, ShardRow>,
+}
+
+/// What one shard last published about its load.
+#[derive(Clone, Debug, Default)]
+pub struct ShardRow {
+    /// Share of reads the hot-key cache answered (none: no reads).
+    pub cache_hit_ratio: Option<f64>,
+    /// Hottest keys first.
+    pub hot_keys: Vec<corekv_net::status::HotKey>,
 }
 
 impl NodeShared {

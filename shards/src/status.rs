@@ -77,6 +77,12 @@ pub fn status(node: &NodeShared) -> NodeStatus {
                     port: ports.get(s).copied().unwrap_or(0),
                     forwarded_requests: node.forwarded[s]
                         .load(std::sync::atomic::Ordering::Relaxed),
+                    cache_hit_ratio: b.shards.get(&s).and_then(|r| r.cache_hit_ratio),
+                    hot_keys: b
+                        .shards
+                        .get(&s)
+                        .map(|r| r.hot_keys.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect();

@@ -243,3 +243,76 @@ fn expired_keys_are_removed_on_every_replica_and_counted() {
             .is_some());
     }
 }
+
+/// `ctl hotkeys` names a key that takes most of the requests, with the
+/// node and shard serving it; `ctl status` shows each shard's cache hit
+/// ratio; and once the load stops the regions hibernate (metrics say so).
+#[test]
+fn hot_keys_cache_ratio_and_hibernation_show_in_status_and_metrics() {
+    let t = TestCluster::start(3, 2, &[]);
+    let mut c = t.client();
+    c.put(b"hot", b"v", PutOptions::default()).unwrap();
+    for i in 0..20 {
+        c.put(format!("cold{i}").as_bytes(), b"v", PutOptions::default())
+            .unwrap();
+    }
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut i = 0u64;
+    while Instant::now() < until {
+        c.get(b"hot", Consistency::Linearizable).unwrap();
+        i += 1;
+        if i.is_multiple_of(4) {
+            c.get(
+                format!("cold{}", i % 20).as_bytes(),
+                Consistency::Linearizable,
+            )
+            .unwrap();
+        }
+    }
+    let docs = corekv_tools::ctl::gather(t.endpoints(), Duration::from_secs(5)).unwrap();
+    let rows = corekv_tools::ctl::hot_keys(&docs, None, 5);
+    assert!(!rows.is_empty(), "no hot key listed");
+    assert_eq!(rows[0].key, "hot", "{rows:?}");
+    assert!(rows[0].ops_per_sec > 10.0, "{rows:?}");
+    let leader = c
+        .routes()
+        .iter()
+        .find(|r| r.region.id == rows[0].region)
+        .map(|r| r.leader_node);
+    assert_eq!(leader, Some(rows[0].node), "listed on the node leading it");
+    let only = corekv_tools::ctl::hot_keys(&docs, Some(rows[0].region + 1000), 5);
+    assert!(only.is_empty(), "--region filters: {only:?}");
+    let ratios: Vec<f64> = docs
+        .iter()
+        .filter_map(|d| match d {
+            corekv_net::status::NodeReport::Up(d) => Some(d),
+            _ => None,
+        })
+        .flat_map(|d| d.shards.iter().filter_map(|s| s.cache_hit_ratio))
+        .collect();
+    assert!(
+        ratios.iter().any(|r| *r > 0.5),
+        "the shard serving the hot key answers it from its cache: {ratios:?}"
+    );
+    // Idle now: the regions fall asleep within a few seconds.
+    let addrs = metrics_addrs(&t);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let asleep: f64 = addrs
+            .iter()
+            .map(|a| sum(&parse(&scrape(a)), "corekv_regions_asleep", ""))
+            .sum();
+        if asleep > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no region fell asleep when idle");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A sleeping cluster still answers at once, and reads what was written.
+    assert_eq!(
+        c.get(b"hot", Consistency::Linearizable)
+            .unwrap()
+            .map(|v| v.value),
+        Some(bytes::Bytes::from_static(b"v"))
+    );
+}

@@ -475,11 +475,78 @@ pub fn status_table(docs: &[NodeReport]) -> String {
             d.uptime_secs,
         );
         for sh in &d.shards {
+            let cache = sh.cache_hit_ratio.map_or("no reads".to_string(), |r| {
+                format!("{:.1}% cache hits", r * 100.0)
+            });
             s += &format!(
-                "        shard {}: {} regions, {} leaders\n",
+                "        shard {}: {} regions, {} leaders, {cache}\n",
                 sh.shard, sh.regions, sh.leaders
             );
         }
+    }
+    s
+}
+
+/// A hot key as `ctl hotkeys` lists it: where it is served.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct HotKeyRow {
+    /// The key (text, or `0x` and hex).
+    pub key: String,
+    /// Its region.
+    pub region: u64,
+    /// The node and shard serving it.
+    pub node: u64,
+    /// The shard.
+    pub shard: usize,
+    /// Estimated requests per second over the last second.
+    pub ops_per_sec: f64,
+}
+
+/// Every shard's hot keys, hottest first; only region `region` if given;
+/// at most `limit`.
+pub fn hot_keys(docs: &[NodeReport], region: Option<u64>, limit: usize) -> Vec<HotKeyRow> {
+    let mut rows: Vec<HotKeyRow> = docs
+        .iter()
+        .filter_map(|d| match d {
+            NodeReport::Up(d) => Some(d),
+            NodeReport::Unreachable { .. } => None,
+        })
+        .flat_map(|d| {
+            d.shards.iter().flat_map(move |sh| {
+                sh.hot_keys.iter().map(move |h| HotKeyRow {
+                    key: h.key.clone(),
+                    region: h.region,
+                    node: d.node_id,
+                    shard: sh.shard,
+                    ops_per_sec: h.ops_per_sec,
+                })
+            })
+        })
+        .filter(|r| region.is_none_or(|id| r.region == id))
+        .collect();
+    rows.sort_by(|a, b| {
+        b.ops_per_sec
+            .total_cmp(&a.ops_per_sec)
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    rows.truncate(limit);
+    rows
+}
+
+/// `ctl hotkeys` as a table.
+pub fn hot_keys_table(rows: &[HotKeyRow]) -> String {
+    if rows.is_empty() {
+        return "no key was requested often enough in the last second to show\n".into();
+    }
+    let mut s = String::from("req/s      region  node/shard  key\n");
+    for r in rows {
+        s += &format!(
+            "{:<10} {:<7} {:<11} {}\n",
+            r.ops_per_sec,
+            r.region,
+            format!("{}/{}", r.node, r.shard),
+            r.key
+        );
     }
     s
 }

@@ -118,9 +118,28 @@ impl Shard {
             .as_secs_f64()
             .max(1e-3);
         let ops = std::mem::take(&mut *self.region_ops.borrow_mut());
+        let hot = self.hot_keys.borrow_mut().take(secs);
+        let (hits, misses, _, _) = replicas.cache_stats();
+        let (h0, m0) = self.cache_at_status.replace((hits, misses));
+        let (dh, dm) = (hits.saturating_sub(h0), misses.saturating_sub(m0));
         let Ok(mut board) = self.node.board.lock() else {
             return;
         };
+        board.shards.insert(
+            self.id,
+            crate::node::ShardRow {
+                cache_hit_ratio: (dh + dm > 0)
+                    .then(|| (dh as f64 / (dh + dm) as f64 * 1000.0).round() / 1000.0),
+                hot_keys: hot
+                    .into_iter()
+                    .map(|(k, region, rate)| corekv_net::status::HotKey {
+                        key: corekv_net::status::HotKey::show(&k),
+                        region,
+                        ops_per_sec: rate.round(),
+                    })
+                    .collect(),
+            },
+        );
         // Replicas removed from this shard (destroyed) leave the board.
         board.regions.retain(|id, row| {
             row.shard != self.id || replicas.peer(*id).is_some_and(|p| p.is_initialized())

@@ -196,6 +196,10 @@ pub struct Shard {
     /// Every replica slept at the end of the last round: the ticker waits a
     /// beat interval instead of a tick.
     all_asleep: std::cell::Cell<bool>,
+    /// Sampled request keys (`ctl hotkeys`).
+    hot_keys: RefCell<crate::hotkeys::HotKeys>,
+    /// Cache (hits, misses) at the last status refresh.
+    cache_at_status: std::cell::Cell<(u64, u64)>,
     last_counters: std::cell::Cell<corekv_engine::peer::PeerCounters>,
     watches: RefCell<Watches>,
     /// Watch frames waiting to go to other shards, in order, and whether a
@@ -263,6 +267,8 @@ impl Shard {
             region_ops: RefCell::new(HashMap::default()),
             rates_at: std::cell::Cell::new(Instant::now()),
             all_asleep: std::cell::Cell::new(false),
+            hot_keys: RefCell::new(Default::default()),
+            cache_at_status: std::cell::Cell::new((0, 0)),
             last_counters: Default::default(),
             watches: RefCell::new(Watches::new(WatchLimits {
                 watchers_max,

@@ -142,6 +142,20 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The keys requested most over the last second, hottest first, with
+    /// the node and shard serving each (sampled: one request in 16 per
+    /// shard, the top 16 of each shard).
+    Hotkeys {
+        /// Only keys of this region.
+        #[arg(long)]
+        region: Option<u64>,
+        /// Rows at most.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Split a region in two at a hash (default: the middle of its range);
     /// prints the two regions.
     Split {
@@ -568,6 +582,18 @@ fn main() -> ExitCode {
                     json_line(&rows)
                 } else {
                     corekv_tools::ctl::regions_table(&rows)
+                }
+            }
+            CtlCmd::Hotkeys {
+                region,
+                limit,
+                json,
+            } => {
+                let rows = corekv_tools::ctl::hot_keys(&docs, *region, *limit);
+                if *json {
+                    json_line(&rows)
+                } else {
+                    corekv_tools::ctl::hot_keys_table(&rows)
                 }
             }
             CtlCmd::TransferLeader { .. }
