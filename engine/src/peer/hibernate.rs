@@ -67,7 +67,9 @@ impl Peer {
             && self.raw.store().applied_index() == commit
             && all_caught_up
             && !self.sweep_needed
-            && !self.lease_wanted
+            // A renewal wanted but not allowed in this term (a transfer was
+            // tried) never comes: it does not keep the region awake.
+            && !(self.lease_wanted && self.lease_allowed())
             && self.nothing_waits();
         let Sleep::Awake { quiet_ticks, mark } = &mut self.sleep else {
             return false;
