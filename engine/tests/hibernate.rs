@@ -60,6 +60,17 @@ fn write_and_sleep(c: &mut SimCluster) -> u64 {
     c.now_ms() - start
 }
 
+/// A 2-shard cluster that wrote `k` = v1 and fell asleep: the region of
+/// `k`, its leader's node and the other nodes.
+fn asleep(seed: u64) -> (tempfile::TempDir, SimCluster, u64, u64, Vec<u64>) {
+    let (d, mut c) = sim(seed, 2, 50);
+    write_and_sleep(&mut c);
+    let region = c.region_of(b"k");
+    let old = c.must_leader(region);
+    let others: Vec<u64> = c.node_ids().iter().copied().filter(|&n| n != old).collect();
+    (d, c, region, old, others)
+}
+
 #[test]
 fn idle_regions_sleep_and_a_request_wakes_them() {
     for seed in [1, 2, 3] {
@@ -150,11 +161,7 @@ fn a_sleeping_region_fails_over_as_fast_as_an_awake_one() {
 #[test]
 fn a_sleeping_leader_cut_off_answers_no_read_from_what_it_had() {
     for seed in [1, 2, 3, 4] {
-        let (_d, mut c) = sim(seed, 2, 50);
-        write_and_sleep(&mut c);
-        let region = c.region_of(b"k");
-        let old = c.must_leader(region);
-        let others: Vec<u64> = c.node_ids().iter().copied().filter(|&n| n != old).collect();
+        let (_d, mut c, region, old, others) = asleep(seed);
         // Cut the sleeping leader off both ways: its beats stop, the others
         // wake and elect a leader, which commits v2.
         for &o in &others {
@@ -214,11 +221,7 @@ fn a_sleeping_leader_cut_off_answers_no_read_from_what_it_had() {
 #[test]
 fn a_sleeping_leader_that_hears_no_one_gives_up_once_woken() {
     for seed in [1, 2, 3, 4, 5, 6, 7, 8] {
-        let (_d, mut c) = sim(seed, 2, 50);
-        write_and_sleep(&mut c);
-        let region = c.region_of(b"k");
-        let old = c.must_leader(region);
-        let others: Vec<u64> = c.node_ids().iter().copied().filter(|&n| n != old).collect();
+        let (_d, mut c, region, old, others) = asleep(seed);
         for &o in &others {
             c.net.filters.held.insert((o, old));
         }

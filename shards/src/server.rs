@@ -274,12 +274,13 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let mesh = MeshBuilder::<ShardMsg, _>::full(cfg.shards, MESH_QUEUE_MSGS);
     let placement = Arc::new(placement);
+    let fresh = opened.fresh;
     let mut handles = Vec::new();
     for i in 0..cfg.shards {
         let (node, mesh, placement) = (node.clone(), mesh.clone(), placement.clone());
         let h = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
             .name(&format!("corekv-shard-{i}"))
-            .spawn(move || async move { shard_main(i, node, mesh, placement).await })
+            .spawn(move || async move { shard_main(i, node, mesh, placement, fresh).await })
             .map_err(|e| {
                 StartError::Runtime(format!(
                     "cannot start the io_uring executor of shard {i}: {e}. If the cause is memory, \
@@ -324,11 +325,17 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     }
 }
 
+/// In a new cluster, replicas other than a region's preferred leader let
+/// this many ticks pass before their first election timeout starts
+/// counting (unless they hear of a leader first).
+const FIRST_CAMPAIGN_HOLD_TICKS: u64 = 50;
+
 async fn shard_main(
     id: usize,
     node: Arc<NodeShared>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     placement: Arc<HashMap<u64, usize>>,
+    fresh: bool,
 ) -> Result<(), StartError> {
     let cfg = &node.cfg;
     let seed = rand_seed(cfg.node_id, id);
@@ -347,6 +354,16 @@ async fn shard_main(
         |r| placement.get(&r.id) == Some(&id),
     )
     .map_err(|e| StartError::Runtime(format!("opening regions: {e}")))?;
+    let mut replicas = replicas;
+    if fresh {
+        // A new cluster: each region's first leader should be its preferred
+        // one (leaders spread over the nodes), not whichever replica's timer
+        // ran out first, which the leader balancing would then move.
+        let me = cfg.node_id;
+        replicas.hold_first_campaign(FIRST_CAMPAIGN_HOLD_TICKS, |r| {
+            crate::bootstrap::preferred_leader(r) == me
+        });
+    }
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let shard = Shard::new(id, node.clone(), replicas, done_tx);
 

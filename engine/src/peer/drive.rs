@@ -69,7 +69,14 @@ impl Peer {
     pub fn tick(&mut self, now_ms: u64, replies: &mut Vec<Reply>) {
         self.set_now(now_ms);
         self.ticks += 1;
-        self.raw.tick();
+        if self.raw.raft.leader_id != raft::INVALID_ID {
+            self.campaign_hold = 0;
+        }
+        if self.campaign_hold > 0 {
+            self.campaign_hold -= 1;
+        } else {
+            self.raw.tick();
+        }
         self.after_input(replies);
         self.block_lease_while_transferring();
         self.expire_requests(replies);
@@ -187,6 +194,13 @@ impl Peer {
             Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Lets `ticks` ticks pass before the election clock starts, while no
+    /// leader is known: another replica (the preferred leader of a new
+    /// cluster) campaigns first.
+    pub fn hold_first_campaign(&mut self, ticks: u64) {
+        self.campaign_hold = ticks;
     }
 
     /// Starts an election now (tests, leader balancing).

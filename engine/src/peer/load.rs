@@ -217,6 +217,7 @@ impl Peer {
             lease_wanted: false,
             lease_blocked_term: 0,
             sleep: Default::default(),
+            campaign_hold: 0,
             clock_proposed_ms: 0,
             rng,
             role_term,

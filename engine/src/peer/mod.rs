@@ -214,6 +214,9 @@ pub struct Peer {
     lease_blocked_term: u64,
     /// Asleep or awake (see [`crate::hibernate`]).
     sleep: crate::hibernate::Sleep,
+    /// Ticks left before the election clock starts while no leader is
+    /// known ([`Peer::hold_first_campaign`]).
+    campaign_hold: u64,
     /// The latest leader time this replica proposed (a write or a clock
     /// entry), unix ms.
     clock_proposed_ms: u64,

@@ -318,6 +318,18 @@ impl Replicas {
         }
     }
 
+    /// Replicas of regions for which `preferred(region)` is false wait
+    /// `ticks` ticks before their election clock starts (until they learn
+    /// of a leader): a new cluster's first leaders are then the preferred
+    /// ones.
+    pub fn hold_first_campaign(&mut self, ticks: u64, preferred: impl Fn(&Region) -> bool) {
+        for p in self.peers.values_mut() {
+            if !preferred(p.region()) {
+                p.hold_first_campaign(ticks);
+            }
+        }
+    }
+
     /// True when every replica sleeps (the owner may tick less often, but
     /// at least every beat interval).
     pub fn all_asleep(&self) -> bool {
