@@ -14,8 +14,10 @@ use quick_cache::Weighter;
 
 use crate::value::ValueRecord;
 
-/// Bytes counted per entry besides key and value.
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Bytes counted per entry besides key and value: the cache's slot and
+/// table entry and the two heap blocks of key and value, about (the
+/// budget is approximate: the policy's ghost keys are not counted).
+const ENTRY_OVERHEAD_BYTES: usize = 160;
 
 /// Hit and miss counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,7 +92,23 @@ impl ReadCache {
         }
     }
 
-    /// Records the applied (or loaded) state of `key`.
+    /// An applied write to `key`: updates the cached copy if there is one
+    /// (without making the key hotter), else caches nothing: a key only
+    /// written is not worth memory, and an uncached key cannot be stale.
+    pub fn update(&mut self, key: Bytes, value: Option<ValueRecord>) {
+        let Some(map) = self.map.as_mut() else {
+            return;
+        };
+        if cost(&key, &value) > self.bytes_max / 4 {
+            map.remove(&key[..]);
+            return;
+        }
+        // Not resident: nothing stored (quick_cache's `replace`); too heavy
+        // for the cache: the old copy is removed as well.
+        let _ = map.replace(key, value, true);
+    }
+
+    /// Records the state of `key` a read loaded.
     pub fn put(&mut self, key: Bytes, value: Option<ValueRecord>) {
         let Some(map) = self.map.as_mut() else {
             return;
@@ -158,6 +176,13 @@ mod tests {
         }
         assert!(c.get(b"k999").is_some());
         assert_eq!(c.stats.hits, 3);
+        // A write updates a cached key and caches no other.
+        c.update(Bytes::from_static(b"k999"), rec("new", 1001));
+        assert_eq!(c.get(b"k999"), Some(rec("new", 1001)));
+        c.update(Bytes::from_static(b"only-written"), rec("w", 1));
+        assert_eq!(c.get(b"only-written"), None);
+        c.update(Bytes::from_static(b"k999"), None);
+        assert_eq!(c.get(b"k999"), Some(None), "a delete is cached as absent");
         // Too large to hold: an older copy goes too.
         c.put(Bytes::from_static(b"k999"), rec(&"y".repeat(5000), 1000));
         assert_eq!(c.get(b"k999"), None);

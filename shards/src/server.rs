@@ -326,9 +326,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
 }
 
 /// In a new cluster, replicas other than a region's preferred leader let
-/// this many ticks pass before their first election timeout starts
-/// counting (unless they hear of a leader first).
-const FIRST_CAMPAIGN_HOLD_TICKS: u64 = 50;
+/// the longest election timeout and this many more ticks pass before their
+/// first election timeout starts counting (unless they hear of a leader
+/// first).
+const FIRST_CAMPAIGN_HOLD_TICKS: u64 = 20;
 
 async fn shard_main(
     id: usize,
@@ -360,9 +361,8 @@ async fn shard_main(
         // one (leaders spread over the nodes), not whichever replica's timer
         // ran out first, which the leader balancing would then move.
         let me = cfg.node_id;
-        replicas.hold_first_campaign(FIRST_CAMPAIGN_HOLD_TICKS, |r| {
-            crate::bootstrap::preferred_leader(r) == me
-        });
+        let hold = cfg.engine.election_tick_max as u64 + FIRST_CAMPAIGN_HOLD_TICKS;
+        replicas.hold_first_campaign(hold, |r| crate::bootstrap::preferred_leader(r) == me);
     }
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let shard = Shard::new(id, node.clone(), replicas, done_tx);

@@ -88,7 +88,7 @@ impl Peer {
         let applied_before = self.raw.store().applied_index();
         self.apply_entries(committed, apply, &mut out.replies)?;
         for (key, value) in apply.take_touched() {
-            cache.put(key, value);
+            cache.update(key, value);
         }
 
         self.raw.mut_store().append(rd.entries(), log)?;

@@ -117,7 +117,7 @@ pub struct Replicas {
     db: Db,
     seed: u64,
     logger: slog::Logger,
-    /// Removal notices to send with the next round.
+    /// Removal notices, sleep notices and beats to send with the next round.
     notices: Vec<RaftEnvelope>,
     /// Stored replicas to open here (and whether the replica led where it
     /// came from), each once the replica it replaces has no log write in

@@ -230,7 +230,9 @@ impl Shard {
             return answer(out, Err(e));
         }
         if matches!(req.op, Op::Get { .. } | Op::Write(_)) {
-            self.hot_keys.borrow_mut().sample(&key, region_id);
+            if key.len() <= corekv_engine::config::KEY_BYTES_MAX {
+                self.hot_keys.borrow_mut().sample(&key, region_id);
+            }
             // Off by default: no hashing or borrowing on the request path.
             let mut load = self.load.borrow_mut();
             if load.by_load() {
