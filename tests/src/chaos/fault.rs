@@ -4,8 +4,9 @@
 
 use super::*;
 
-/// The faults that run their own course until `until`: `lag` and
-/// `kill-loop` (see the module's documentation). Returns what was done.
+/// The faults that run their own course until `until`: `lag`,
+/// `kill-loop` and `idle` (see the module's documentation). Returns what
+/// was done.
 pub(super) fn during(
     cluster: &mut LocalCluster,
     base: &[String],
@@ -128,7 +129,23 @@ pub(super) fn during(
                 acked.load(Ordering::Relaxed)
             ))
         }
-        _ => unreachable!("only lag and kill-loop run their own course"),
+        FaultKind::Idle => {
+            // Nothing for the regions to do for 1.5 s: they fall asleep
+            // (500 ms without anything new by default).
+            shared.idle.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1500));
+            let fails = [FaultKind::Kill, FaultKind::Isolate, FaultKind::Pause];
+            let kind = fails[choice % fails.len()];
+            let other = (victim + 1) % ids.len();
+            let failed = inject(cluster, base, kind, (victim, other, choice / 3));
+            // The sleeping followers must notice and elect meanwhile.
+            std::thread::sleep(Duration::from_millis(600));
+            shared.idle.store(false, Ordering::SeqCst);
+            let failed = failed?;
+            sleep_until_or(until, u64::MAX / 4);
+            Ok(format!("clients idle 1.5 s, then while asleep: {failed}"))
+        }
+        _ => unreachable!("only lag, kill-loop and idle run their own course"),
     }
 }
 
@@ -238,7 +255,9 @@ pub(super) fn inject(
                 Err(e) => format!("move: no node answered: {e}"),
             }
         }
-        FaultKind::Lag | FaultKind::KillLoop => unreachable!("run by `during`"),
+        FaultKind::Lag | FaultKind::KillLoop | FaultKind::Idle => {
+            unreachable!("run by `during`")
+        }
         FaultKind::Split => {
             let mut cfg = ClientConfig::new(cluster_endpoints(cluster));
             cfg.request_timeout = Duration::from_secs(2);

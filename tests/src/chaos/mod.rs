@@ -17,6 +17,10 @@
 //! - `lag`: a node is cut off while a region it holds splits and (with 4
 //!   nodes or more) a replica of one moves and its leadership follows, then
 //!   it catches up on all of it;
+//! - `idle`: the clients pause long enough for the regions to hibernate,
+//!   then a node is killed, isolated or paused while they sleep, and the
+//!   clients come back while it still is: sleeping regions must fail over
+//!   and wake as safely as awake ones;
 //! - `move` (not a default; needs `--nodes 4` or more): a region's replica
 //!   moves to a node without one (learner, catch-up, joint change);
 //! - `kill-loop` (not a default): a node is SIGKILLed and restarted again
@@ -105,11 +109,14 @@ pub enum FaultKind {
     Lag,
     /// A node is SIGKILLed and restarted over and over during 900 KB writes.
     KillLoop,
+    /// The clients pause, the regions sleep, a node fails while they do,
+    /// the clients come back.
+    Idle,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Isolate,
@@ -119,6 +126,7 @@ impl FaultKind {
         FaultKind::Delay,
         FaultKind::Split,
         FaultKind::Lag,
+        FaultKind::Idle,
         FaultKind::Move,
         FaultKind::KillLoop,
     ];
@@ -137,12 +145,13 @@ impl FaultKind {
             FaultKind::Move => "move",
             FaultKind::Lag => "lag",
             FaultKind::KillLoop => "kill-loop",
+            FaultKind::Idle => "idle",
         }
     }
 
     /// The kinds a run injects unless told otherwise: all but `move`
     /// (which needs a fourth node) and `kill-loop` (heavy on the disk).
-    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(9).0;
+    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(10).0;
 
     /// Parses a name.
     pub fn parse(s: &str) -> Result<FaultKind, String> {
@@ -231,6 +240,8 @@ pub struct FaultEvent {
 struct Shared {
     started: Instant,
     stop: AtomicBool,
+    /// The clients wait while this is set (`idle` faults).
+    idle: AtomicBool,
     ops: Mutex<Vec<Operation>>,
     failed: AtomicU64,
     by_kind: Mutex<BTreeMap<String, u64>>,
@@ -319,6 +330,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     let shared = Arc::new(Shared {
         started: Instant::now(),
         stop: AtomicBool::new(false),
+        idle: AtomicBool::new(false),
         ops: Mutex::new(Vec::new()),
         failed: AtomicU64::new(0),
         by_kind: Mutex::new(BTreeMap::new()),
@@ -369,7 +381,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         let choice: usize = rng.gen();
         let detail = match kind {
             // Faults that run their own course for `lasting` ms.
-            FaultKind::Lag | FaultKind::KillLoop => {
+            FaultKind::Lag | FaultKind::KillLoop | FaultKind::Idle => {
                 let until = Instant::now() + Duration::from_millis(lasting);
                 during(
                     &mut cluster,

@@ -123,6 +123,10 @@ pub(super) fn client_loop(
     let mut last_seen: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut n = 0u64;
     while !shared.stop.load(Ordering::SeqCst) {
+        if shared.idle.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         let generation =
             shared.started.elapsed().as_millis() / opts.key_rotation.as_millis().max(1);
         n += 1;
