@@ -30,8 +30,9 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     key_rotation: u64,
     /// Faults to inject, comma-separated: kill, pause, isolate, one-way,
-    /// cut-link, loss, delay, split, lag; not by default: move (needs
-    /// --nodes 4 or more) and kill-loop; `none` for none.
+    /// cut-link, loss, delay, split, lag; not by default: idle (clients
+    /// pause, regions hibernate, a node fails while they sleep), move
+    /// (needs --nodes 4 or more) and kill-loop; `none` for none.
     #[arg(
         long,
         default_value = "kill,pause,isolate,one-way,cut-link,loss,delay,split,lag"
