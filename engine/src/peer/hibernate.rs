@@ -197,10 +197,10 @@ impl Peer {
     /// its election clock moves forward by the ticks since then, as if it
     /// had been ticking without heartbeats.
     pub(crate) fn wake(&mut self, now_ms: u64, last_contact_ms: u64, replies: &mut Vec<Reply>) {
-        let was = self.sleep;
-        if was == Sleep::default() {
+        if !self.is_asleep() {
             return;
         }
+        let was = self.sleep;
         self.sleep = Sleep::default();
         self.counters.wakes += 1;
         if was == Sleep::Leader {
