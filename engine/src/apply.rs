@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::command::{Command, Condition, WriteOutcome, WriteRequest};
+use crate::command::{Command, Condition, Expiry, TxnOp, WriteOutcome, WriteRequest};
 use crate::db::cf;
 use crate::error::Result;
 use crate::hash::route_hash;
@@ -298,6 +298,39 @@ pub fn apply_command(
                     value: item.value.clone(),
                 };
                 batch.put(db, dk, record);
+            }
+            WriteOutcome::Written { version: index }
+        }
+        WriteRequest::Txn { checks, ops } => {
+            // Every check is judged against the state before the entry;
+            // nothing is written unless all hold.
+            for c in checks {
+                let dk = keys::data_key(route_hash(&c.key), &c.key);
+                let current = live(batch, &dk)?.map(|r| r.version);
+                if current != c.version {
+                    return Ok(WriteOutcome::ConditionFailed {
+                        current_version: current,
+                    });
+                }
+            }
+            for op in ops {
+                let dk = keys::data_key(route_hash(op.key()), op.key());
+                match op {
+                    TxnOp::Put { value, expiry, .. } => {
+                        let expire_at_ms = match *expiry {
+                            Expiry::Never => 0,
+                            Expiry::After(t) => now.saturating_add(t),
+                            // 0 means "never" in a record: a time at or
+                            // before the epoch is as expired as 1 ms.
+                            Expiry::At(t) => t.max(1),
+                        };
+                        write_value(db, batch, dk, index, expire_at_ms, value);
+                    }
+                    TxnOp::Delete { .. } => {
+                        let in_store = batch.current(db, &dk)?.is_some();
+                        batch.delete(db, dk, in_store, ChangeKind::Delete);
+                    }
+                }
             }
             WriteOutcome::Written { version: index }
         }

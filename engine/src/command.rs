@@ -33,6 +33,56 @@ pub struct PutItem {
     pub ttl_ms: Option<u64>,
 }
 
+/// When a value written by a transaction expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Never.
+    Never,
+    /// This many ms after the proposal (the leader's clock, as for puts).
+    After(u64),
+    /// At this unix time in ms, as given (a time already past leaves the
+    /// key expired: it is never read again).
+    At(u64),
+}
+
+/// What a transaction requires of a key before it writes anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnCheck {
+    /// Key.
+    pub key: Bytes,
+    /// The key's live version must be exactly this; `None`: the key must
+    /// hold no live value.
+    pub version: Option<u64>,
+}
+
+/// One write of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Set a key.
+    Put {
+        /// Key.
+        key: Bytes,
+        /// Value.
+        value: Bytes,
+        /// When it expires.
+        expiry: Expiry,
+    },
+    /// Remove a key.
+    Delete {
+        /// Key.
+        key: Bytes,
+    },
+}
+
+impl TxnOp {
+    /// The key written.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+        }
+    }
+}
+
 /// A write a client asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteRequest {
@@ -76,6 +126,14 @@ pub enum WriteRequest {
     BatchPut {
         /// The pairs.
         items: Vec<PutItem>,
+    },
+    /// Several writes applied atomically, only if every check holds (all
+    /// keys must be in one region): how read-modify-writes are made safe.
+    Txn {
+        /// Conditions on the keys' versions, judged before any op.
+        checks: Vec<TxnCheck>,
+        /// The writes, in order (a later op on a key wins).
+        ops: Vec<TxnOp>,
     },
 }
 
@@ -162,13 +220,21 @@ impl WriteRequest {
             | WriteRequest::Delete { key, .. }
             | WriteRequest::Cas { key, .. }
             | WriteRequest::Incr { key, .. } => Some(key),
-            WriteRequest::BatchPut { .. } => None,
+            WriteRequest::BatchPut { .. } | WriteRequest::Txn { .. } => None,
         };
         let many: &[PutItem] = match self {
             WriteRequest::BatchPut { items } => items,
             _ => &[],
         };
-        single.into_iter().chain(many.iter().map(|i| &i.key))
+        let (checks, ops): (&[TxnCheck], &[TxnOp]) = match self {
+            WriteRequest::Txn { checks, ops } => (checks, ops),
+            _ => (&[], &[]),
+        };
+        single
+            .into_iter()
+            .chain(many.iter().map(|i| &i.key))
+            .chain(checks.iter().map(|c| &c.key))
+            .chain(ops.iter().map(TxnOp::key))
     }
 
     /// True if the write gives some key an expiry.
@@ -176,6 +242,15 @@ impl WriteRequest {
         match self {
             WriteRequest::Put { ttl_ms, .. } | WriteRequest::Cas { ttl_ms, .. } => ttl_ms.is_some(),
             WriteRequest::BatchPut { items } => items.iter().any(|i| i.ttl_ms.is_some()),
+            WriteRequest::Txn { ops, .. } => ops.iter().any(|o| {
+                matches!(
+                    o,
+                    TxnOp::Put {
+                        expiry: Expiry::After(_) | Expiry::At(_),
+                        ..
+                    }
+                )
+            }),
             WriteRequest::Delete { .. } | WriteRequest::Incr { .. } => false,
         }
     }
@@ -225,6 +300,31 @@ impl WriteRequest {
                 if total > cfg.entry_bytes_max {
                     return Err(Error::InvalidRequest(format!(
                         "batch of {total} bytes is over the limit of {}",
+                        cfg.entry_bytes_max
+                    )));
+                }
+            }
+            WriteRequest::Txn { checks, ops } => {
+                if ops.is_empty() && checks.is_empty() {
+                    return Err(Error::InvalidRequest("empty transaction".into()));
+                }
+                let mut total = 0usize;
+                for c in checks {
+                    total += c.key.len() + 16;
+                }
+                for o in ops {
+                    if let TxnOp::Put { value, expiry, .. } = o {
+                        check_value(value)?;
+                        if let Expiry::After(t) = expiry {
+                            check_ttl(Some(*t))?;
+                        }
+                        total += value.len();
+                    }
+                    total += o.key().len() + 16;
+                }
+                if total > cfg.entry_bytes_max {
+                    return Err(Error::InvalidRequest(format!(
+                        "transaction of {total} bytes is over the limit of {}",
                         cfg.entry_bytes_max
                     )));
                 }
@@ -290,6 +390,7 @@ const OP_DELETE: u8 = 2;
 const OP_CAS: u8 = 3;
 const OP_INCR: u8 = 4;
 const OP_BATCH_PUT: u8 = 5;
+const OP_TXN: u8 = 6;
 
 fn put_opt_u64(e: &mut Encoder, v: Option<u64>) {
     match v {
@@ -365,6 +466,29 @@ impl Command {
                     put_opt_u64(&mut e, i.ttl_ms);
                 }
             }
+            WriteRequest::Txn { checks, ops } => {
+                e.u8(OP_TXN).u32(checks.len() as u32);
+                for c in checks {
+                    e.bytes(&c.key);
+                    put_opt_u64(&mut e, c.version);
+                }
+                e.u32(ops.len() as u32);
+                for o in ops {
+                    match o {
+                        TxnOp::Put { key, value, expiry } => {
+                            e.u8(1).bytes(key).bytes(value);
+                            match expiry {
+                                Expiry::Never => e.u8(0),
+                                Expiry::After(t) => e.u8(1).u64(*t),
+                                Expiry::At(t) => e.u8(2).u64(*t),
+                            };
+                        }
+                        TxnOp::Delete { key } => {
+                            e.u8(2).bytes(key);
+                        }
+                    }
+                }
+            }
         }
         e.finish()
     }
@@ -435,6 +559,38 @@ impl Command {
                 }
                 WriteRequest::BatchPut { items }
             }
+            OP_TXN => {
+                let n = d.u32()? as usize;
+                let mut checks = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    checks.push(TxnCheck {
+                        key: get_bytes(&mut d)?,
+                        version: get_opt_u64(&mut d)?,
+                    });
+                }
+                let n = d.u32()? as usize;
+                let mut ops = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    ops.push(match d.u8()? {
+                        1 => {
+                            let key = get_bytes(&mut d)?;
+                            let value = get_bytes(&mut d)?;
+                            let expiry = match d.u8()? {
+                                0 => Expiry::Never,
+                                1 => Expiry::After(d.u64()?),
+                                2 => Expiry::At(d.u64()?),
+                                t => return Err(Error::Corruption(format!("command: expiry {t}"))),
+                            };
+                            TxnOp::Put { key, value, expiry }
+                        }
+                        2 => TxnOp::Delete {
+                            key: get_bytes(&mut d)?,
+                        },
+                        t => return Err(Error::Corruption(format!("command: txn op {t}"))),
+                    });
+                }
+                WriteRequest::Txn { checks, ops }
+            }
             op => return Err(Error::Corruption(format!("command: op {op}"))),
         };
         d.finish()?;
@@ -503,6 +659,36 @@ mod tests {
                     },
                 ],
             },
+            WriteRequest::Txn {
+                checks: vec![
+                    TxnCheck {
+                        key: b("a"),
+                        version: Some(4),
+                    },
+                    TxnCheck {
+                        key: b("b"),
+                        version: None,
+                    },
+                ],
+                ops: vec![
+                    TxnOp::Put {
+                        key: b("a"),
+                        value: b("x"),
+                        expiry: Expiry::Never,
+                    },
+                    TxnOp::Put {
+                        key: b("b"),
+                        value: b("y"),
+                        expiry: Expiry::After(7),
+                    },
+                    TxnOp::Put {
+                        key: b("c"),
+                        value: b(""),
+                        expiry: Expiry::At(1_700_000_000_000),
+                    },
+                    TxnOp::Delete { key: b("d") },
+                ],
+            },
         ];
         for request in reqs {
             let c = Command {
@@ -550,6 +736,14 @@ mod tests {
             Err(Error::ValueTooLarge { .. })
         ));
         let empty = WriteRequest::BatchPut { items: vec![] };
+        assert!(matches!(
+            empty.validate(&cfg),
+            Err(Error::InvalidRequest(_))
+        ));
+        let empty = WriteRequest::Txn {
+            checks: vec![],
+            ops: vec![],
+        };
         assert!(matches!(
             empty.validate(&cfg),
             Err(Error::InvalidRequest(_))

@@ -82,7 +82,9 @@ pub mod storage;
 pub mod value;
 pub mod watch;
 
-pub use command::{Condition, PutItem, SessionTag, WriteOutcome, WriteRequest};
+pub use command::{
+    Condition, Expiry, PutItem, SessionTag, TxnCheck, TxnOp, WriteOutcome, WriteRequest,
+};
 pub use config::Config;
 pub use db::{Db, DbConfig, LogBatch};
 pub use directory::Directory;

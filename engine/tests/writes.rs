@@ -4,7 +4,10 @@
 
 use bytes::Bytes;
 use corekv_engine::sim::{CrashPoint, SimCluster};
-use corekv_engine::{Condition, Config, Consistency, Error, Response, WriteOutcome, WriteRequest};
+use corekv_engine::{
+    Condition, Config, Consistency, Error, Expiry, Response, TxnCheck, TxnOp, WriteOutcome,
+    WriteRequest,
+};
 use raft::StateRole;
 
 mod common;
@@ -172,6 +175,89 @@ fn conditional_writes_and_counters() {
         .unwrap(),
         WriteOutcome::NotANumber
     );
+}
+
+#[test]
+fn transactions_write_all_or_nothing_and_identically_on_every_replica() {
+    let (_d, mut c) = cluster(1, 31, Config::default());
+    must_elect(&mut c, 1);
+    let va = must_put(&mut c, "a", "1");
+    must_put(&mut c, "gone", "x");
+    let put = |k: &str, v: &str, expiry| TxnOp::Put {
+        key: b(k),
+        value: b(v),
+        expiry,
+    };
+    let txn = |checks: Vec<TxnCheck>, ops| WriteRequest::Txn { checks, ops };
+    let check = |k: &str, version| TxnCheck { key: b(k), version };
+    // One failing check and nothing is written, not even the ops whose
+    // own checks hold.
+    let failing = txn(
+        vec![check("a", Some(va)), check("b", Some(va))],
+        vec![put("a", "2", Expiry::Never), put("b", "2", Expiry::Never)],
+    );
+    assert_eq!(
+        c.write(failing, 5000).unwrap(),
+        WriteOutcome::ConditionFailed {
+            current_version: None
+        }
+    );
+    assert_eq!(must_get(&mut c, "a"), Some(b("1")));
+    assert_eq!(must_get(&mut c, "b"), None);
+    // All checks hold: every op lands, in order, at one version.
+    let far = c.wall_ms() + 3_600_000;
+    let ok = txn(
+        vec![check("a", Some(va)), check("b", None)],
+        vec![
+            put("a", "2", Expiry::Never),
+            put("b", "first", Expiry::After(60_000)),
+            put("b", "second", Expiry::At(far)),
+            TxnOp::Delete { key: b("gone") },
+        ],
+    );
+    let WriteOutcome::Written { version } = c.write(ok, 5000).unwrap() else {
+        panic!("transaction not written")
+    };
+    assert!(version > va);
+    assert_eq!(must_get(&mut c, "a"), Some(b("2")));
+    assert_eq!(must_get(&mut c, "b"), Some(b("second")));
+    assert_eq!(must_get(&mut c, "gone"), None);
+    c.run_ms(100).unwrap();
+    let dumps: Vec<_> = [1, 2, 3].iter().map(|&n| c.dump_data(n).unwrap()).collect();
+    assert!(dumps.iter().all(|d| d == &dumps[0]), "replicas differ");
+    let b_record = &dumps[0][&b"b".to_vec()];
+    assert_eq!((b_record.version, b_record.expire_at_ms), (version, far));
+    assert!(!dumps[0].contains_key(b"gone".as_slice()));
+    // The same checks again fail now: the versions moved.
+    let stale = txn(
+        vec![check("a", Some(va))],
+        vec![put("a", "3", Expiry::Never)],
+    );
+    assert_eq!(
+        c.write(stale, 5000).unwrap(),
+        WriteOutcome::ConditionFailed {
+            current_version: Some(version)
+        }
+    );
+    // An absolute expiry already past leaves the key unreadable.
+    let past = txn(vec![], vec![put("a", "old", Expiry::At(1))]);
+    assert!(matches!(
+        c.write(past, 5000).unwrap(),
+        WriteOutcome::Written { .. }
+    ));
+    assert_eq!(must_get(&mut c, "a"), None);
+    // Checks alone: a read of several keys validated at one point.
+    let holds = txn(vec![check("a", None), check("b", Some(version))], vec![]);
+    assert!(matches!(
+        c.write(holds, 5000).unwrap(),
+        WriteOutcome::Written { .. }
+    ));
+    let fails = txn(vec![check("b", None)], vec![]);
+    assert!(matches!(
+        c.write(fails, 5000).unwrap(),
+        WriteOutcome::ConditionFailed { .. }
+    ));
+    assert_eq!(must_get(&mut c, "b"), Some(b("second")));
 }
 
 #[test]

@@ -35,6 +35,26 @@ pub struct NodeStatus {
     pub shards: Vec<ShardStatus>,
     /// Each replica the node holds, by region id.
     pub regions: Vec<RegionStatus>,
+    /// The Redis-protocol listener, if the node has one.
+    #[serde(default)]
+    pub resp: Option<RespStatus>,
+}
+
+/// Counters of a node's Redis-protocol listener since start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RespStatus {
+    /// Where it listens.
+    pub addr: String,
+    /// Connections open.
+    pub connections: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused (over the limit).
+    pub rejected: u64,
+    /// Commands answered.
+    pub commands: u64,
+    /// Of which with an error.
+    pub error_replies: u64,
 }
 
 /// Counters of the node's log writer since start.
@@ -388,6 +408,7 @@ mod tests {
             },
             shards: vec![],
             regions,
+            resp: None,
         }
     }
 

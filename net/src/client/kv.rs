@@ -81,6 +81,35 @@ impl Client {
         Ok(f.version)
     }
 
+    /// Applies `ops` atomically in one raft entry if every check holds (all
+    /// keys in one region); returns the version written. A failed check is
+    /// [`ClientError::ConditionFailed`] and nothing is written.
+    pub fn txn(&mut self, checks: Vec<TxnCheck>, ops: Vec<TxnOp>) -> Result<u64> {
+        let Some(first) = checks
+            .first()
+            .map(|c| c.key.clone())
+            .or_else(|| ops.first().map(|o| o.key().clone()))
+        else {
+            return Err(ClientError::Invalid {
+                code: ErrorCode::InvalidRequest,
+                message: "transaction without a key".into(),
+            });
+        };
+        let (_, f) = self.execute(&first, Op::Write(WriteRequest::Txn { checks, ops }), false)?;
+        Ok(f.version)
+    }
+
+    /// The id of the region that holds `key`, as the client's routing table
+    /// says (loading it first if need be); 0 if not known.
+    pub fn region_of(&mut self, key: &[u8]) -> u64 {
+        let hash = route_hash(key);
+        if self.route_index(hash).is_none() {
+            let _ = self.refresh();
+        }
+        self.route_index(hash)
+            .map_or(0, |i| self.routes[i].region.id)
+    }
+
     /// Reads several keys; one result per key, in order.
     pub fn batch_get(
         &mut self,

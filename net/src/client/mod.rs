@@ -25,7 +25,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corekv_engine::{route_hash, Condition, Consistency, PutItem, SessionTag, WriteRequest};
+use corekv_engine::{
+    route_hash, Condition, Consistency, PutItem, SessionTag, TxnCheck, TxnOp, WriteRequest,
+};
 use rand::Rng;
 
 use crate::frame::FrameBuffer;

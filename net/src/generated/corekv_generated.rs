@@ -364,13 +364,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 15;
+        pub const ENUM_MAX_OP: u8 = 16;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 16] = [
+        pub const ENUM_VALUES_OP: [Op; 17] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -387,6 +387,7 @@ pub mod corekv {
             Op::ChangePeer,
             Op::MoveShard,
             Op::Check,
+            Op::Txn,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -410,9 +411,10 @@ pub mod corekv {
             pub const ChangePeer: Self = Self(13);
             pub const MoveShard: Self = Self(14);
             pub const Check: Self = Self(15);
+            pub const Txn: Self = Self(16);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 15;
+            pub const ENUM_MAX: u8 = 16;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -430,6 +432,7 @@ pub mod corekv {
                 Self::ChangePeer,
                 Self::MoveShard,
                 Self::Check,
+                Self::Txn,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -450,6 +453,7 @@ pub mod corekv {
                     Self::ChangePeer => Some("ChangePeer"),
                     Self::MoveShard => Some("MoveShard"),
                     Self::Check => Some("Check"),
+                    Self::Txn => Some("Txn"),
                     _ => None,
                 }
             }
@@ -2642,6 +2646,544 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum TxnCheckOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct TxnCheck<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for TxnCheck<'a> {
+            type Inner = TxnCheck<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> TxnCheck<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+            pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+            pub const VT_ABSENT: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                TxnCheck { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args TxnCheckArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<TxnCheck<'bldr>> {
+                let mut builder = TxnCheckBuilder::new(_fbb);
+                builder.add_version(args.version);
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.add_absent(args.absent);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            TxnCheck::VT_KEY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn version(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(TxnCheck::VT_VERSION, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn absent(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(TxnCheck::VT_ABSENT, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for TxnCheck<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .visit_field::<u64>("version", Self::VT_VERSION, false)?
+                    .visit_field::<bool>("absent", Self::VT_ABSENT, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct TxnCheckArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub version: u64,
+            pub absent: bool,
+        }
+        impl<'a> Default for TxnCheckArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                TxnCheckArgs {
+                    key: None,
+                    version: 0,
+                    absent: false,
+                }
+            }
+        }
+
+        pub struct TxnCheckBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnCheckBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnCheck::VT_KEY, key);
+            }
+            #[inline]
+            pub fn add_version(&mut self, version: u64) {
+                self.fbb_.push_slot::<u64>(TxnCheck::VT_VERSION, version, 0);
+            }
+            #[inline]
+            pub fn add_absent(&mut self, absent: bool) {
+                self.fbb_
+                    .push_slot::<bool>(TxnCheck::VT_ABSENT, absent, false);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> TxnCheckBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                TxnCheckBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnCheck<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for TxnCheck<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("TxnCheck");
+                ds.field("key", &self.key());
+                ds.field("version", &self.version());
+                ds.field("absent", &self.absent());
+                ds.finish()
+            }
+        }
+        pub enum TxnOpOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct TxnOp<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for TxnOp<'a> {
+            type Inner = TxnOp<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> TxnOp<'a> {
+            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+            pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_DELETE: ::flatbuffers::VOffsetT = 8;
+            pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 10;
+            pub const VT_EXPIRE_AT_MS: ::flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                TxnOp { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args TxnOpArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<TxnOp<'bldr>> {
+                let mut builder = TxnOpBuilder::new(_fbb);
+                builder.add_expire_at_ms(args.expire_at_ms);
+                builder.add_ttl_ms(args.ttl_ms);
+                if let Some(x) = args.value {
+                    builder.add_value(x);
+                }
+                if let Some(x) = args.key {
+                    builder.add_key(x);
+                }
+                builder.add_delete(args.delete);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            TxnOp::VT_KEY,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            TxnOp::VT_VALUE,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn delete(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(TxnOp::VT_DELETE, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn ttl_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(TxnOp::VT_TTL_MS, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn expire_at_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TxnOp::VT_EXPIRE_AT_MS, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for TxnOp<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "key",
+                        Self::VT_KEY,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "value",
+                        Self::VT_VALUE,
+                        false,
+                    )?
+                    .visit_field::<bool>("delete", Self::VT_DELETE, false)?
+                    .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
+                    .visit_field::<u64>("expire_at_ms", Self::VT_EXPIRE_AT_MS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct TxnOpArgs<'a> {
+            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub delete: bool,
+            pub ttl_ms: u64,
+            pub expire_at_ms: u64,
+        }
+        impl<'a> Default for TxnOpArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                TxnOpArgs {
+                    key: None,
+                    value: None,
+                    delete: false,
+                    ttl_ms: 0,
+                    expire_at_ms: 0,
+                }
+            }
+        }
+
+        pub struct TxnOpBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnOpBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_key(
+                &mut self,
+                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOp::VT_KEY, key);
+            }
+            #[inline]
+            pub fn add_value(
+                &mut self,
+                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOp::VT_VALUE, value);
+            }
+            #[inline]
+            pub fn add_delete(&mut self, delete: bool) {
+                self.fbb_.push_slot::<bool>(TxnOp::VT_DELETE, delete, false);
+            }
+            #[inline]
+            pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+                self.fbb_.push_slot::<u64>(TxnOp::VT_TTL_MS, ttl_ms, 0);
+            }
+            #[inline]
+            pub fn add_expire_at_ms(&mut self, expire_at_ms: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TxnOp::VT_EXPIRE_AT_MS, expire_at_ms, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> TxnOpBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                TxnOpBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnOp<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for TxnOp<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("TxnOp");
+                ds.field("key", &self.key());
+                ds.field("value", &self.value());
+                ds.field("delete", &self.delete());
+                ds.field("ttl_ms", &self.ttl_ms());
+                ds.field("expire_at_ms", &self.expire_at_ms());
+                ds.finish()
+            }
+        }
+        pub enum TxnOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Txn<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Txn<'a> {
+            type Inner = Txn<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Txn<'a> {
+            pub const VT_CHECKS: ::flatbuffers::VOffsetT = 4;
+            pub const VT_OPS: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Txn { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args TxnArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Txn<'bldr>> {
+                let mut builder = TxnBuilder::new(_fbb);
+                if let Some(x) = args.ops {
+                    builder.add_ops(x);
+                }
+                if let Some(x) = args.checks {
+                    builder.add_checks(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn checks(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnCheck<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnCheck>>,
+                    >>(Txn::VT_CHECKS, None)
+                }
+            }
+            #[inline]
+            pub fn ops(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnOp<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnOp>>,
+                    >>(Txn::VT_OPS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Txn<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TxnCheck>>,
+                    >>("checks", Self::VT_CHECKS, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TxnOp>>,
+                    >>("ops", Self::VT_OPS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct TxnArgs<'a> {
+            pub checks: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnCheck<'a>>>,
+                >,
+            >,
+            pub ops: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TxnOp<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for TxnArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                TxnArgs {
+                    checks: None,
+                    ops: None,
+                }
+            }
+        }
+
+        pub struct TxnBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_checks(
+                &mut self,
+                checks: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<TxnCheck<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Txn::VT_CHECKS, checks);
+            }
+            #[inline]
+            pub fn add_ops(
+                &mut self,
+                ops: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<TxnOp<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Txn::VT_OPS, ops);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> TxnBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                TxnBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Txn<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Txn<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Txn");
+                ds.field("checks", &self.checks());
+                ds.field("ops", &self.ops());
+                ds.finish()
+            }
+        }
         pub enum EventOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -4322,6 +4864,21 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_txn(&self) -> Option<Txn<'a>> {
+                if self.op_type() == Op::Txn {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Txn::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -4351,6 +4908,7 @@ pub mod corekv {
           Op::ChangePeer => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangePeer>>("Op::ChangePeer", pos),
           Op::MoveShard => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveShard>>("Op::MoveShard", pos),
           Op::Check => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Check>>("Op::Check", pos),
+          Op::Txn => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Txn>>("Op::Txn", pos),
           _ => Ok(()),
         }
      })?
@@ -4604,6 +5162,16 @@ pub mod corekv {
                     }
                     Op::Check => {
                         if let Some(x) = self.op_as_check() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Txn => {
+                        if let Some(x) = self.op_as_txn() {
                             ds.field("op", &x)
                         } else {
                             ds.field(

@@ -179,6 +179,40 @@ pub(super) fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op
                 .unwrap_or_default();
             Op::Write(WriteRequest::BatchPut { items })
         }
+        wire::Op::Txn => {
+            let t = r.op_as_txn().ok_or_else(|| content("txn without body"))?;
+            let checks = t
+                .checks()
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| TxnCheck {
+                            key: bytes_of(src, c.key()),
+                            version: (!c.absent()).then_some(c.version()),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut ops = Vec::new();
+            for o in t.ops().iter().flatten() {
+                let key = bytes_of(src, o.key());
+                ops.push(if o.delete() {
+                    TxnOp::Delete { key }
+                } else {
+                    let expiry = match (o.ttl_ms(), o.expire_at_ms()) {
+                        (0, 0) => Expiry::Never,
+                        (t, 0) => Expiry::After(t),
+                        (0, at) => Expiry::At(at),
+                        _ => return Err(content("txn op with both ttl_ms and expire_at_ms")),
+                    };
+                    TxnOp::Put {
+                        key,
+                        value: bytes_of(src, o.value()),
+                        expiry,
+                    }
+                });
+            }
+            Op::Write(WriteRequest::Txn { checks, ops })
+        }
         wire::Op::Routes => Op::Routes,
         wire::Op::Check => Op::Check,
         wire::Op::Status => Op::Status,

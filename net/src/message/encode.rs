@@ -375,6 +375,59 @@ pub(super) fn encode_op<'a>(
                 let b = wire::BatchPut::create(fbb, &wire::BatchPutArgs { items: Some(items) });
                 (wire::Op::BatchPut, b.as_union_value())
             }
+            WriteRequest::Txn { checks, ops } => {
+                let checks: Vec<_> = checks
+                    .iter()
+                    .map(|c| {
+                        let key = fbb.create_vector(&c.key);
+                        wire::TxnCheck::create(
+                            fbb,
+                            &wire::TxnCheckArgs {
+                                key: Some(key),
+                                version: c.version.unwrap_or(0),
+                                absent: c.version.is_none(),
+                            },
+                        )
+                    })
+                    .collect();
+                let ops: Vec<_> = ops
+                    .iter()
+                    .map(|o| {
+                        let key = fbb.create_vector(o.key());
+                        let (value, delete, ttl_ms, expire_at_ms) = match o {
+                            TxnOp::Put { value, expiry, .. } => {
+                                let (t, at) = match expiry {
+                                    Expiry::Never => (0, 0),
+                                    Expiry::After(t) => (*t, 0),
+                                    Expiry::At(at) => (0, *at),
+                                };
+                                (Some(fbb.create_vector(value)), false, t, at)
+                            }
+                            TxnOp::Delete { .. } => (None, true, 0, 0),
+                        };
+                        wire::TxnOp::create(
+                            fbb,
+                            &wire::TxnOpArgs {
+                                key: Some(key),
+                                value,
+                                delete,
+                                ttl_ms,
+                                expire_at_ms,
+                            },
+                        )
+                    })
+                    .collect();
+                let checks = fbb.create_vector(&checks);
+                let ops = fbb.create_vector(&ops);
+                let t = wire::Txn::create(
+                    fbb,
+                    &wire::TxnArgs {
+                        checks: Some(checks),
+                        ops: Some(ops),
+                    },
+                );
+                (wire::Op::Txn, t.as_union_value())
+            }
         },
     }
 }

@@ -12,8 +12,8 @@
 use bytes::Bytes;
 use corekv_engine::watch::{Change, ChangeKind};
 use corekv_engine::{
-    Condition, Consistency, Epoch, PeerMeta, PeerRole, PutItem, Region, SessionTag, ValueRecord,
-    WriteOutcome, WriteRequest,
+    Condition, Consistency, Epoch, Expiry, PeerMeta, PeerRole, PutItem, Region, SessionTag,
+    TxnCheck, TxnOp, ValueRecord, WriteOutcome, WriteRequest,
 };
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
@@ -294,6 +294,47 @@ mod tests {
                     delta: -3,
                 }),
                 session: None,
+                system: false,
+            },
+            Request {
+                id: 20,
+                region_id: 0,
+                epoch: Epoch::default(),
+                op: Op::Write(WriteRequest::Txn {
+                    checks: vec![
+                        TxnCheck {
+                            key: b("a"),
+                            version: Some(3),
+                        },
+                        TxnCheck {
+                            key: b("b"),
+                            version: None,
+                        },
+                    ],
+                    ops: vec![
+                        TxnOp::Put {
+                            key: b("a"),
+                            value: b("1"),
+                            expiry: Expiry::Never,
+                        },
+                        TxnOp::Put {
+                            key: b("b"),
+                            value: b(""),
+                            expiry: Expiry::After(9),
+                        },
+                        TxnOp::Put {
+                            key: b("c"),
+                            value: b("3"),
+                            expiry: Expiry::At(1_700_000_000_000),
+                        },
+                        TxnOp::Delete { key: b("d") },
+                    ],
+                }),
+                session: Some(SessionTag {
+                    client_id: 1,
+                    seq: 2,
+                    retry: false,
+                }),
                 system: false,
             },
             Request {

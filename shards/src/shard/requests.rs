@@ -25,6 +25,7 @@ pub(super) fn op_name(op: &Op, system: bool) -> &'static str {
             corekv_engine::WriteRequest::Cas { .. } => "cas",
             corekv_engine::WriteRequest::Incr { .. } => "incr",
             corekv_engine::WriteRequest::BatchPut { .. } => "batch_put",
+            corekv_engine::WriteRequest::Txn { .. } => "txn",
         },
     }
 }
