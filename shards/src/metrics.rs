@@ -34,7 +34,27 @@ pub struct Metrics {
     gauges: HashMap<&'static str, IntGaugeVec>,
     log: HashMap<&'static str, IntCounter>,
     rocksdb: HashMap<&'static str, IntGauge>,
+    resp: HashMap<&'static str, IntCounter>,
+    resp_connections: IntGauge,
 }
+
+/// Counters of the Redis-protocol listener: (name suffix, help).
+const RESP_COUNTERS: &[(&str, &str)] = &[
+    ("connections", "Redis-protocol connections accepted."),
+    (
+        "rejected_connections",
+        "Redis-protocol connections refused (over --resp-connections-max).",
+    ),
+    ("commands", "Redis-protocol commands answered."),
+    (
+        "error_replies",
+        "Redis-protocol commands answered with an error.",
+    ),
+    (
+        "protocol_errors",
+        "Redis-protocol connections closed for a malformed or oversized request.",
+    ),
+];
 
 /// Raft counters per shard: (name suffix, help).
 const RAFT_COUNTERS: &[(&str, &str)] = &[
@@ -208,8 +228,21 @@ impl Metrics {
             reg(Box::new(g.clone()));
             rocksdb.insert(*name, g);
         }
+        let mut resp = HashMap::new();
+        for (name, help) in RESP_COUNTERS {
+            let c = must(IntCounter::new(format!("corekv_resp_{name}_total"), *help));
+            reg(Box::new(c.clone()));
+            resp.insert(*name, c);
+        }
+        let resp_connections = must(IntGauge::new(
+            "corekv_resp_connections",
+            "Redis-protocol connections open.",
+        ));
+        reg(Box::new(resp_connections.clone()));
         Metrics {
             registry,
+            resp,
+            resp_connections,
             requests,
             request_seconds,
             slow_requests,
@@ -229,6 +262,22 @@ impl Metrics {
             latency: HashMap::default(),
             last: Last::default(),
         }
+    }
+
+    /// Copies the Redis-protocol listener's counters in (at scrape time).
+    pub fn refresh_resp(&self, st: &corekv_resp::RespStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, now) in [
+            ("connections", st.accepted.load(Relaxed)),
+            ("rejected_connections", st.rejected.load(Relaxed)),
+            ("commands", st.commands.load(Relaxed)),
+            ("error_replies", st.errors.load(Relaxed)),
+            ("protocol_errors", st.protocol_errors.load(Relaxed)),
+        ] {
+            let c = &self.resp[name];
+            c.inc_by(now.saturating_sub(c.get()));
+        }
+        self.resp_connections.set(st.open.load(Relaxed) as i64);
     }
 
     /// Copies the log writer's and RocksDB's figures in (at scrape time).

@@ -58,6 +58,8 @@ pub struct NodeShared {
     pub no_space: AtomicBool,
     /// Monotonic clock origin.
     pub started: Instant,
+    /// The Redis-protocol listener's address and counters, if it has one.
+    pub resp: Option<(std::net::SocketAddr, Arc<corekv_resp::RespStats>)>,
     /// Metrics of the node.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What `Status` requests and `corekv ctl` show: refreshed by the shards

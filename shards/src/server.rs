@@ -169,6 +169,16 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     raise_nofile(cfg.connections_max * cfg.shards + 1024);
     check_free("--peer-listen", cfg.peer_listen)?;
     check_free("--client-listen", cfg.client_listen)?;
+    // Bound before anything starts, so a taken port fails the start-up.
+    let resp_listener = match cfg.resp_listen {
+        Some(addr) => Some((
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| listen_error("--resp-listen", addr, e))?,
+            addr,
+        )),
+        None => None,
+    };
+    let resp_stats = Arc::new(corekv_resp::RespStats::default());
     let opened = bootstrap::open(&cfg)?;
     let db = opened.db.clone();
     let (log_tx, log_rx) = crossbeam_channel::bounded(LOG_QUEUE_BATCHES);
@@ -227,6 +237,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         forwarded: (0..cfg.shards).map(|_| AtomicU64::new(0)).collect(),
         no_space: AtomicBool::new(false),
         started: Instant::now(),
+        resp: resp_listener
+            .as_ref()
+            .map(|(_, addr)| (*addr, resp_stats.clone())),
     });
 
     crate::meta::spawn(Arc::downgrade(&node))
@@ -248,8 +261,12 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             opened.db.clone(),
             opened.db_options.clone(),
         );
-        crate::metrics::serve(addr, metrics, move |m| m.refresh(&stats, &db, &opts))
-            .map_err(|e| listen_error("--metrics-listen", addr, e))?;
+        let resp = resp_stats.clone();
+        crate::metrics::serve(addr, metrics, move |m| {
+            m.refresh(&stats, &db, &opts);
+            m.refresh_resp(&resp);
+        })
+        .map_err(|e| listen_error("--metrics-listen", addr, e))?;
     }
     let n = stopping;
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
@@ -288,6 +305,33 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 ))
             })?;
         handles.push(h);
+    }
+    if let Some((listener, addr)) = resp_listener {
+        // Sessions reach the cluster through this node's client address.
+        let mut own = cfg.client_listen;
+        if own.ip().is_unspecified() {
+            own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let resp_cfg = corekv_resp::RespConfig {
+            node_id: cfg.node_id,
+            endpoints: vec![own.to_string()],
+            consistency: corekv_engine::Consistency::Linearizable,
+            connections_max: cfg.resp_connections_max,
+            limits: corekv_resp::codec::Limits {
+                bulk_bytes_max: cfg
+                    .engine
+                    .value_bytes_max
+                    .max(corekv_engine::config::KEY_BYTES_MAX)
+                    + 1024,
+                query_bytes_max: cfg.engine.entry_bytes_max.max(cfg.engine.value_bytes_max) * 2
+                    + (1 << 20),
+                ..Default::default()
+            },
+        };
+        corekv_resp::start(listener, resp_cfg, resp_stats).map_err(|e| {
+            StartError::Runtime(format!("starting the Redis-protocol listener: {e}"))
+        })?;
+        tracing::info!(resp = %addr, "serving the Redis protocol");
     }
     tracing::info!(
         node = cfg.node_id,

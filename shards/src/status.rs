@@ -125,6 +125,17 @@ pub fn status(node: &NodeShared) -> NodeStatus {
         },
         shards,
         regions,
+        resp: node.resp.as_ref().map(|(addr, st)| {
+            use std::sync::atomic::Ordering::Relaxed;
+            corekv_net::status::RespStatus {
+                addr: addr.to_string(),
+                connections: st.open.load(Relaxed),
+                accepted: st.accepted.load(Relaxed),
+                rejected: st.rejected.load(Relaxed),
+                commands: st.commands.load(Relaxed),
+                error_replies: st.errors.load(Relaxed),
+            }
+        }),
     }
 }
 

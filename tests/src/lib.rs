@@ -236,6 +236,7 @@ impl TestCluster {
             node_args,
             fault_files: true,
             metrics: true,
+            resp: false,
         })
         .unwrap();
         let mut t = TestCluster {

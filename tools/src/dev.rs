@@ -1,7 +1,8 @@
 //! A local cluster of `corekv-server` processes on loopback.
 //!
 //! Node `i` (1-based) listens for clients on `127.0.0.1:BASE+i` and for peers
-//! on `127.0.0.1:BASE+100+i`. Children get `PR_SET_PDEATHSIG`, so they stop
+//! on `127.0.0.1:BASE+100+i` (with the options below, for Redis clients on
+//! BASE+200+i and for metrics on BASE+300+i). Children get `PR_SET_PDEATHSIG`, so they stop
 //! with their parent even if it is killed; [`LocalCluster`] stops them on drop.
 
 use std::io::Write as _;
@@ -34,6 +35,8 @@ pub struct DevOptions {
     pub fault_files: bool,
     /// Give node `i` `--metrics-listen 127.0.0.1:BASE+300+i`.
     pub metrics: bool,
+    /// Give node `i` `--resp-listen 127.0.0.1:BASE+200+i`.
+    pub resp: bool,
 }
 
 /// One running node.
@@ -46,6 +49,8 @@ pub struct DevNode {
     pub peer_addr: String,
     /// Metrics address, if enabled.
     pub metrics_addr: Option<String>,
+    /// Redis-protocol address, if enabled.
+    pub resp_addr: Option<String>,
     /// Its data directory.
     pub dir: PathBuf,
     /// Started with `--join` (added to a running cluster).
@@ -102,6 +107,9 @@ impl LocalCluster {
                 metrics_addr: opts
                     .metrics
                     .then(|| format!("127.0.0.1:{}", opts.base_port + 300 + i as u16)),
+                resp_addr: opts
+                    .resp
+                    .then(|| format!("127.0.0.1:{}", opts.base_port + 200 + i as u16)),
                 dir: opts.data_dir.join(format!("node-{i}")),
                 join: false,
                 child: None,
@@ -168,6 +176,9 @@ impl LocalCluster {
         if let Some(m) = &n.metrics_addr {
             cmd.arg("--metrics-listen").arg(m);
         }
+        if let Some(r) = &n.resp_addr {
+            cmd.arg("--resp-listen").arg(r);
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -202,6 +213,10 @@ impl LocalCluster {
                 .opts
                 .metrics
                 .then(|| format!("127.0.0.1:{}", base + 300 + i as u16)),
+            resp_addr: self
+                .opts
+                .resp
+                .then(|| format!("127.0.0.1:{}", base + 200 + i as u16)),
             dir: self.opts.data_dir.join(format!("node-{i}")),
             join: true,
             child: None,
@@ -405,7 +420,20 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    println!("ready endpoints={}", cluster.endpoints());
+    let resp: Vec<&str> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.resp_addr.as_deref())
+        .collect();
+    if resp.is_empty() {
+        println!("ready endpoints={}", cluster.endpoints());
+    } else {
+        println!(
+            "ready endpoints={} resp={}",
+            cluster.endpoints(),
+            resp.join(",")
+        );
+    }
     std::io::stdout().flush()?;
     eprintln!(
         "corekv dev: every region has a leader ({took:.2?}); try `corekv --endpoints {} put greeting hello`",
@@ -422,6 +450,10 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         .collect();
     if !metrics.is_empty() {
         eprintln!("corekv dev: metrics at {}", metrics.join(" "));
+    }
+    if let Some(first) = resp.first() {
+        let port = first.rsplit(':').next().unwrap_or_default();
+        eprintln!("corekv dev: Redis clients welcome: `redis-cli -p {port}`");
     }
     let mut signals = signals;
     loop {

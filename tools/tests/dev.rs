@@ -20,7 +20,7 @@ fn free_base() -> u16 {
         .map(|i| 10_200 + ((seed + skip + i) % SLOTS) * 400)
         .find(|&b| {
             (1..=3u16).all(|i| {
-                [b + i, b + 100 + i, b + 300 + i]
+                [b + i, b + 100 + i, b + 200 + i, b + 300 + i]
                     .iter()
                     .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
             })
@@ -74,14 +74,32 @@ fn start_dev() -> Dev {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = lines.next().expect("a line from corekv dev").unwrap();
-    let endpoints = line
+    let (endpoints, resp) = line
         .strip_prefix("ready endpoints=")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+        .and_then(|rest| rest.split_once(" resp="))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     assert_eq!(endpoints.split(',').count(), 3);
+    let want: Vec<String> = (1..=3)
+        .map(|i| format!("127.0.0.1:{}", base + 200 + i))
+        .collect();
+    assert_eq!(
+        resp,
+        want.join(","),
+        "Redis-protocol ports in the ready line"
+    );
+    // Each of them answers a Redis client.
+    for addr in &want {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"PING\r\n").unwrap();
+        let mut got = [0u8; 7];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"+PONG\r\n", "{addr}");
+    }
     Dev {
         child,
-        endpoints,
+        endpoints: endpoints.to_string(),
         data_dir,
     }
 }

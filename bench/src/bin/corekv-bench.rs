@@ -221,6 +221,7 @@ fn main() -> anyhow::Result<()> {
                 node_args: Vec::new(),
                 fault_files: false,
                 metrics: false,
+                resp: false,
             })?;
             c.wait_ready(Duration::from_secs(60))?;
             // Let leaders move to their preferred nodes before measuring.

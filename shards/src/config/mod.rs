@@ -147,6 +147,14 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics on HOST:PORT (`GET /metrics`). Default: off.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Serve the Redis protocol (RESP2/RESP3) on HOST:PORT: redis-cli and
+    /// Redis client libraries reach the cluster through this node, every
+    /// read linearizable (docs/resp.md). Default: off.
+    #[arg(long)]
+    pub resp_listen: Option<String>,
+    /// Redis-protocol connections at most; more are refused. Default 10000.
+    #[arg(long)]
+    pub resp_connections_max: Option<usize>,
     /// Requests slower than this are counted and logged, ms. Default 500.
     #[arg(long)]
     pub slow_request_ms: Option<u64>,
@@ -206,6 +214,10 @@ pub struct NodeConfig {
     pub fault_file: Option<PathBuf>,
     /// Metrics endpoint address, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Redis-protocol listen address, if any.
+    pub resp_listen: Option<SocketAddr>,
+    /// Redis-protocol connections at most.
+    pub resp_connections_max: usize,
     /// Slow request threshold, ms.
     pub slow_request_ms: u64,
     /// Disk quota for data in bytes; 0 = none.
@@ -392,6 +404,8 @@ impl ServerArgs {
             block_cache_mb,
             memory_budget_mb,
             metrics_listen,
+            resp_listen,
+            resp_connections_max,
             slow_request_ms,
             disk_quota_mb,
             fault_file,
@@ -540,14 +554,34 @@ impl ServerArgs {
             .as_deref()
             .map(|a| addr("--metrics-listen", a))
             .transpose()?;
+        let resp_listen = self
+            .resp_listen
+            .as_deref()
+            .map(|a| addr("--resp-listen", a))
+            .transpose()?;
+        let others = [
+            ("--peer-listen", Some(peer_listen)),
+            ("--client-listen", Some(client_listen)),
+            ("--metrics-listen", metrics_listen),
+        ];
+        if let Some(r) = resp_listen {
+            if let Some((flag, _)) = others.iter().find(|(_, a)| *a == Some(r)) {
+                return Err(format!("--resp-listen and {flag} must differ").into());
+            }
+        }
+        let resp_connections_max = self.resp_connections_max.unwrap_or(10_000);
+        in_range(
+            "--resp-connections-max",
+            resp_connections_max as u64,
+            1,
+            1_000_000,
+        )?;
+        let mut taken = others.to_vec();
+        taken.push(("--resp-listen", resp_listen));
         let shard_ports = parse_shard_ports(
             self.shard_ports.as_deref().unwrap_or("auto"),
             shards,
-            &[
-                ("--peer-listen", Some(peer_listen)),
-                ("--client-listen", Some(client_listen)),
-                ("--metrics-listen", metrics_listen),
-            ],
+            &taken,
         )?;
         let log_level = self
             .log_level
@@ -570,6 +604,8 @@ impl ServerArgs {
             log_level,
             fault_file: self.fault_file,
             metrics_listen,
+            resp_listen,
+            resp_connections_max,
             slow_request_ms: self.slow_request_ms.unwrap_or(500),
             disk_quota_bytes: self.disk_quota_mb.unwrap_or(0).saturating_mul(1 << 20),
             watchers_max,

@@ -305,6 +305,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         node_args,
         fault_files: true,
         metrics: false,
+        resp: false,
     })?;
     let base_rules: Vec<String> = (0..opts.nodes)
         .map(|i| {

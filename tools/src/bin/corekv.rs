@@ -406,6 +406,7 @@ fn main() -> ExitCode {
             node_args: Vec::new(),
             fault_files: false,
             metrics: true,
+            resp: true,
         };
         return match run_dev(opts) {
             Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,368 @@
+//! The RESP listener: accepts connections, gives each a thread and a
+//! session, and keeps the counts INFO, CLIENT LIST, metrics and status show.
+//!
+//! Each connection's commands go to the cluster through the native client
+//! (one per connection, connected on its first command): straight to the
+//! shard leading the key's region, on this node or another, with the same
+//! routing, retries and exactly-once write sessions as any native client.
+//! Pipelined commands are read together and their replies written together.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use corekv_engine::Consistency;
+
+use crate::codec::{next_command, Limits};
+use crate::reply::Reply;
+use crate::session::Session;
+use crate::store::ClusterStore;
+
+/// Settings of the listener.
+#[derive(Clone, Debug)]
+pub struct RespConfig {
+    /// This node's id (INFO).
+    pub node_id: u64,
+    /// Where the sessions reach the cluster (this node's client address).
+    pub endpoints: Vec<String>,
+    /// Consistency of reads.
+    pub consistency: Consistency,
+    /// Open connections at most; more are refused with an error.
+    pub connections_max: usize,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// Counters of the listener.
+#[derive(Debug, Default)]
+pub struct RespStats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections refused (over the limit).
+    pub rejected: AtomicU64,
+    /// Commands answered.
+    pub commands: AtomicU64,
+    /// Commands answered with an error.
+    pub errors: AtomicU64,
+    /// Connections closed for a protocol error.
+    pub protocol_errors: AtomicU64,
+}
+
+#[derive(Clone, Debug)]
+struct ClientInfo {
+    addr: String,
+    name: Option<String>,
+    lib_name: Option<String>,
+    lib_ver: Option<String>,
+    since: Instant,
+    last_cmd: &'static str,
+    proto: u8,
+}
+
+/// What every connection of the listener shares.
+pub struct Shared {
+    /// Settings.
+    pub cfg: RespConfig,
+    /// Counters.
+    pub stats: Arc<RespStats>,
+    port: u16,
+    started: Instant,
+    next_id: AtomicU64,
+    clients: Mutex<BTreeMap<u64, ClientInfo>>,
+}
+
+impl Shared {
+    /// Shared state of a listener on `port`.
+    pub fn new(cfg: RespConfig, port: u16) -> Arc<Shared> {
+        Shared::with_stats(cfg, port, Arc::default())
+    }
+
+    /// Shared state of a listener on `port`, counting in `stats`.
+    pub fn with_stats(cfg: RespConfig, port: u16, stats: Arc<RespStats>) -> Arc<Shared> {
+        Arc::new(Shared {
+            cfg,
+            stats,
+            port,
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+            clients: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub(crate) fn register(&self, addr: String) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let info = ClientInfo {
+            addr,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            since: Instant::now(),
+            last_cmd: "NULL",
+            proto: 2,
+        };
+        self.with_clients(|c| {
+            c.insert(id, info);
+        });
+        id
+    }
+
+    fn with_clients<T>(&self, f: impl FnOnce(&mut BTreeMap<u64, ClientInfo>) -> T) -> T {
+        let mut g = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.with_clients(|c| c.remove(&id));
+    }
+
+    /// Records the last command of connection `id`.
+    pub fn note_command(&self, id: u64, name: &'static str) {
+        self.with_clients(|c| {
+            if let Some(i) = c.get_mut(&id) {
+                i.last_cmd = name;
+            }
+        });
+    }
+
+    /// Sets the name of connection `id`.
+    pub fn set_client_name(&self, id: u64, name: Option<String>) {
+        self.with_clients(|c| {
+            if let Some(i) = c.get_mut(&id) {
+                i.name = name;
+            }
+        });
+    }
+
+    /// The name of connection `id`.
+    pub fn client_name(&self, id: u64) -> Option<String> {
+        self.with_clients(|c| c.get(&id).and_then(|i| i.name.clone()))
+    }
+
+    /// Sets the library name or version of connection `id`.
+    pub fn set_lib(&self, id: u64, name: Option<String>, ver: Option<String>) {
+        self.with_clients(|c| {
+            if let Some(i) = c.get_mut(&id) {
+                if name.is_some() {
+                    i.lib_name = name;
+                }
+                if ver.is_some() {
+                    i.lib_ver = ver;
+                }
+            }
+        });
+    }
+
+    /// Records the protocol of connection `id`.
+    pub fn set_proto(&self, id: u64, proto: u8) {
+        self.with_clients(|c| {
+            if let Some(i) = c.get_mut(&id) {
+                i.proto = proto;
+            }
+        });
+    }
+
+    fn line(id: u64, i: &ClientInfo) -> String {
+        format!(
+            "id={id} addr={} laddr=- fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 \
+             ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 \
+             omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            i.addr,
+            i.name.as_deref().unwrap_or(""),
+            i.since.elapsed().as_secs(),
+            i.last_cmd,
+            i.proto,
+            i.lib_name.as_deref().unwrap_or(""),
+            i.lib_ver.as_deref().unwrap_or(""),
+        )
+    }
+
+    /// `CLIENT INFO` of connection `id`.
+    pub fn client_line(&self, id: u64) -> String {
+        self.with_clients(|c| c.get(&id).map(|i| Self::line(id, i)).unwrap_or_default()) + "\n"
+    }
+
+    /// `CLIENT LIST`.
+    pub fn client_list(&self) -> String {
+        self.with_clients(|c| {
+            c.iter()
+                .map(|(id, i)| Self::line(*id, i) + "\n")
+                .collect::<String>()
+        })
+    }
+
+    /// The INFO text, all sections or one.
+    pub fn info(&self, section: Option<&bytes::Bytes>) -> String {
+        let want = |s: &str| {
+            section.is_none_or(|w| {
+                let w = w.to_ascii_lowercase();
+                w == b"all" || w == b"default" || w == b"everything" || w == s.as_bytes()
+            })
+        };
+        let st = &self.stats;
+        let mut out = String::new();
+        if want("server") {
+            out.push_str(&format!(
+                "# Server\r\nredis_version:{}\r\nredis_mode:standalone\r\ncorekv_version:{}\r\n\
+                 corekv_node_id:{}\r\ncorekv_consistency:{:?}\r\nos:{}\r\narch_bits:64\r\n\
+                 process_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+                crate::REDIS_VERSION,
+                env!("CARGO_PKG_VERSION"),
+                self.cfg.node_id,
+                self.cfg.consistency,
+                std::env::consts::OS,
+                std::process::id(),
+                self.port,
+                self.started.elapsed().as_secs(),
+            ));
+        }
+        if want("clients") {
+            out.push_str(&format!(
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+                st.open.load(Ordering::Relaxed),
+                self.cfg.connections_max
+            ));
+        }
+        if want("stats") {
+            out.push_str(&format!(
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+                 rejected_connections:{}\r\ntotal_error_replies:{}\r\n\r\n",
+                st.accepted.load(Ordering::Relaxed),
+                st.commands.load(Ordering::Relaxed),
+                st.rejected.load(Ordering::Relaxed),
+                st.errors.load(Ordering::Relaxed),
+            ));
+        }
+        if want("replication") {
+            out.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
+        }
+        if want("keyspace") {
+            // Counting keys needs a scan of every region, which corekv does
+            // not have yet: the section is empty rather than wrong.
+            out.push_str("# Keyspace\r\n");
+        }
+        out
+    }
+}
+
+/// A running listener.
+pub struct RespServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its counters.
+    pub stats: Arc<RespStats>,
+}
+
+/// Starts serving `listener` on a thread of its own, counting in `stats`.
+pub fn start(
+    listener: TcpListener,
+    cfg: RespConfig,
+    stats: Arc<RespStats>,
+) -> std::io::Result<RespServer> {
+    let addr = listener.local_addr()?;
+    let shared = Shared::with_stats(cfg, addr.port(), stats.clone());
+    std::thread::Builder::new()
+        .name("corekv-resp".into())
+        .spawn(move || accept_loop(listener, shared))?;
+    Ok(RespServer { addr, stats })
+}
+
+/// Stack of a connection thread: enough for the client and a command.
+const CONN_STACK_BYTES: usize = 256 << 10;
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else {
+            // Out of file descriptors and the like: back off briefly.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        };
+        let st = &shared.stats;
+        if st.open.load(Ordering::Relaxed) as usize >= shared.cfg.connections_max {
+            st.rejected.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
+            continue;
+        }
+        st.open.fetch_add(1, Ordering::Relaxed);
+        st.accepted.fetch_add(1, Ordering::Relaxed);
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("corekv-resp-conn".into())
+            .stack_size(CONN_STACK_BYTES)
+            .spawn(move || {
+                connection(stream, &s);
+                s.stats.open.fetch_sub(1, Ordering::Relaxed);
+            });
+        if spawned.is_err() {
+            shared.stats.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn connection(mut stream: TcpStream, shared: &Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let store = ClusterStore::new(shared.cfg.endpoints.clone(), shared.cfg.consistency);
+    let mut session = Session::new(shared.clone(), Box::new(store), peer);
+    serve(&mut stream, &mut session, &shared.cfg.limits, &shared.stats);
+}
+
+/// Reads commands and writes replies until the client leaves, QUITs or
+/// breaks the protocol.
+pub(crate) fn serve<S: Read + Write>(
+    stream: &mut S,
+    session: &mut Session,
+    limits: &Limits,
+    stats: &RespStats,
+) {
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut out = Vec::with_capacity(16 << 10);
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut close = false;
+        loop {
+            match next_command(&mut buf, limits) {
+                Ok(Some(args)) => {
+                    let reply = session.handle(args);
+                    reply.encode(session.proto, &mut out);
+                    if session.closing {
+                        close = true;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    Reply::err(format!("Protocol error: {}", e.0)).encode(session.proto, &mut out);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).is_err() {
+                return;
+            }
+            out.clear();
+            out.shrink_to(64 << 10);
+        }
+        if close {
+            return;
+        }
+        if buf.capacity() > (1 << 20) && buf.is_empty() {
+            buf = BytesMut::with_capacity(16 << 10);
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! One Redis connection's state and how it answers each command: the
+//! connection and server commands, MULTI/EXEC/WATCH, and data commands run
+//! against the cluster.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::commands::{self, is, lookup, not_integer, parse_int, wrong_arity, Run, Spec};
+use crate::reply::Reply;
+use crate::server::Shared;
+use crate::store::{now_ms, Store, StoreError};
+use crate::view::{atomically, Attempt};
+
+/// Redis's reply when the keys of one request are in several regions.
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// A MULTI in progress.
+struct Multi {
+    queue: Vec<Vec<Bytes>>,
+    /// A command was refused while queueing: EXEC aborts.
+    failed: bool,
+}
+
+/// One connection.
+pub struct Session {
+    /// Connection id (`CLIENT ID`).
+    pub id: u64,
+    /// Protocol of the replies, 2 or 3.
+    pub proto: u8,
+    /// Set by QUIT: close after the reply.
+    pub closing: bool,
+    store: Box<dyn Store + Send>,
+    shared: Arc<Shared>,
+    multi: Option<Multi>,
+    /// WATCHed keys and the versions they had then (None: absent).
+    watched: Vec<(Bytes, Option<u64>)>,
+}
+
+fn store_err(e: StoreError) -> Reply {
+    Reply::Error(e.reply_text())
+}
+
+/// Commands that may be queued inside MULTI but are not data commands.
+fn queueable_conn(name: &str) -> bool {
+    matches!(name, "ping" | "echo" | "time")
+}
+
+impl Session {
+    /// A new connection from `peer` on `store` (registered with `shared`
+    /// until dropped).
+    pub fn new(shared: Arc<Shared>, store: Box<dyn Store + Send>, peer: String) -> Session {
+        Session {
+            id: shared.register(peer),
+            proto: 2,
+            closing: false,
+            store,
+            shared,
+            multi: None,
+            watched: Vec::new(),
+        }
+    }
+
+    /// The store, for tests that play another client.
+    #[cfg(test)]
+    pub fn store_for_tests(&mut self) -> &mut (dyn Store + Send) {
+        self.store.as_mut()
+    }
+
+    /// Answers one command (`args[0]` is its name).
+    pub fn handle(&mut self, args: Vec<Bytes>) -> Reply {
+        self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
+        let reply = self.dispatch(args);
+        if reply.is_error() {
+            self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        reply
+    }
+
+    fn dispatch(&mut self, args: Vec<Bytes>) -> Reply {
+        let Some(spec) = lookup(&args[0]) else {
+            self.fail_multi();
+            return commands::unknown(&args);
+        };
+        self.shared.note_command(self.id, spec.name);
+        if !spec.arity_ok(args.len()) {
+            self.fail_multi();
+            return wrong_arity(spec.name);
+        }
+        if let Some(m) = &mut self.multi {
+            match (spec.name, spec.run) {
+                ("exec" | "discard" | "multi" | "watch" | "quit" | "reset", _) => {}
+                (_, Run::Unsupported(msg)) => {
+                    m.failed = true;
+                    return Reply::err(msg);
+                }
+                (name, Run::Conn) if !queueable_conn(name) => {
+                    m.failed = true;
+                    return Reply::err("Command not allowed inside a transaction");
+                }
+                _ => {
+                    m.queue.push(args);
+                    return Reply::Status("QUEUED".into());
+                }
+            }
+        }
+        match spec.run {
+            Run::Unsupported(msg) => Reply::err(msg),
+            Run::Data(f) => self.data(spec, f, &args),
+            Run::Conn => self.conn_command(spec, &args),
+        }
+    }
+
+    fn fail_multi(&mut self) {
+        if let Some(m) = &mut self.multi {
+            m.failed = true;
+        }
+    }
+
+    /// CROSSSLOT unless every key is in one region.
+    fn one_region(&mut self, keys: &[Bytes]) -> Result<(), Reply> {
+        let distinct: HashSet<&Bytes> = keys.iter().collect();
+        if distinct.len() <= 1 {
+            return Ok(());
+        }
+        let regions: HashSet<u64> = distinct
+            .into_iter()
+            .map(|k| self.store.region_of(k))
+            .collect();
+        if regions.len() > 1 {
+            return Err(Reply::Error(CROSSSLOT.into()));
+        }
+        Ok(())
+    }
+
+    fn data(
+        &mut self,
+        spec: &Spec,
+        f: fn(&mut crate::view::View, &[Bytes]) -> Reply,
+        args: &[Bytes],
+    ) -> Reply {
+        if let Some(r) = commands::fast_path(self.store.as_mut(), spec.name, args) {
+            return r;
+        }
+        let keys = spec.keys_of(args);
+        if let Err(r) = self.one_region(&keys) {
+            return r;
+        }
+        let result = atomically(self.store.as_mut(), &keys, false, now_ms, |view| {
+            let reply = f(view, args);
+            if reply.is_error() {
+                Attempt::Abort(reply)
+            } else {
+                Attempt::Commit(reply)
+            }
+        });
+        result.unwrap_or_else(store_err)
+    }
+
+    fn exec(&mut self) -> Reply {
+        let Some(m) = self.multi.take() else {
+            return Reply::err("EXEC without MULTI");
+        };
+        let watched = std::mem::take(&mut self.watched);
+        if m.failed {
+            return Reply::Error(
+                "EXECABORT Transaction discarded because of previous errors.".into(),
+            );
+        }
+        let mut keys: Vec<Bytes> = watched.iter().map(|(k, _)| k.clone()).collect();
+        for args in &m.queue {
+            if let Some(spec) = lookup(&args[0]) {
+                keys.extend(spec.keys_of(args));
+            }
+        }
+        if let Err(r) = self.one_region(&keys) {
+            return r;
+        }
+        let distinct = keys.iter().collect::<HashSet<_>>().len();
+        let validate = distinct > 1 || !watched.is_empty();
+        let result = atomically(self.store.as_mut(), &keys, validate, now_ms, |view| {
+            if watched
+                .iter()
+                .any(|(k, version)| view.read_version(k) != *version)
+            {
+                return Attempt::Abort(Reply::NilArray);
+            }
+            let replies = m
+                .queue
+                .iter()
+                .map(|args| {
+                    let spec = lookup(&args[0]).expect("queued commands are known");
+                    match spec.run {
+                        Run::Data(f) => f(view, args),
+                        _ => simple_conn(spec.name, args, view.now_ms),
+                    }
+                })
+                .collect();
+            Attempt::Commit(Reply::Array(replies))
+        });
+        result.unwrap_or_else(store_err)
+    }
+
+    fn conn_command(&mut self, spec: &Spec, a: &[Bytes]) -> Reply {
+        let name = spec.name;
+        match name {
+            "ping" | "echo" | "time" => simple_conn(name, a, now_ms()),
+            "quit" => {
+                self.closing = true;
+                Reply::Ok
+            }
+            "reset" => {
+                self.multi = None;
+                self.watched.clear();
+                self.proto = 2;
+                self.shared.set_client_name(self.id, None);
+                Reply::Status("RESET".into())
+            }
+            "select" => match parse_int(&a[1]) {
+                Some(0) => Reply::Ok,
+                Some(_) => Reply::err("DB index is out of range"),
+                None => not_integer(),
+            },
+            "auth" => auth_refused(),
+            "hello" => self.hello(a),
+            "client" => self.client(a),
+            "command" => command_info(&a[1..]),
+            "info" => Reply::text(self.shared.info(a.get(1))),
+            "config" => config(a),
+            "debug" => Reply::err("DEBUG is not supported by corekv"),
+            "multi" => {
+                if self.multi.is_some() {
+                    return Reply::err("MULTI calls can not be nested");
+                }
+                self.multi = Some(Multi {
+                    queue: Vec::new(),
+                    failed: false,
+                });
+                Reply::Ok
+            }
+            "exec" => self.exec(),
+            "discard" => {
+                if self.multi.take().is_none() {
+                    return Reply::err("DISCARD without MULTI");
+                }
+                self.watched.clear();
+                Reply::Ok
+            }
+            "watch" => {
+                if self.multi.is_some() {
+                    return Reply::err("WATCH inside MULTI is not allowed");
+                }
+                for k in &a[1..] {
+                    match self.store.get(k) {
+                        Ok(v) => self.watched.push((k.clone(), v.map(|s| s.version))),
+                        Err(e) => return store_err(e),
+                    }
+                }
+                Reply::Ok
+            }
+            "unwatch" => {
+                self.watched.clear();
+                Reply::Ok
+            }
+            _ => commands::unknown(a),
+        }
+    }
+
+    fn hello(&mut self, a: &[Bytes]) -> Reply {
+        let mut proto = self.proto;
+        if let Some(v) = a.get(1) {
+            match parse_int(v) {
+                Some(2) => proto = 2,
+                Some(3) => proto = 3,
+                Some(_) => return Reply::Error("NOPROTO unsupported protocol version".into()),
+                None => return Reply::err("Protocol version is not an integer or out of range"),
+            }
+        }
+        let mut i = 2;
+        let mut name = None;
+        while i < a.len() {
+            if is(&a[i], "auth") && i + 2 < a.len() {
+                return auth_refused();
+            } else if is(&a[i], "setname") && i + 1 < a.len() {
+                name = Some(a[i + 1].clone());
+                i += 2;
+            } else {
+                return Reply::err(format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&a[i])
+                ));
+            }
+        }
+        if let Some(n) = name {
+            if let Err(r) = self.set_name(&n) {
+                return r;
+            }
+        }
+        self.proto = proto;
+        self.shared.set_proto(self.id, proto);
+        Reply::Map(vec![
+            (Reply::text("server"), Reply::text("redis")),
+            (Reply::text("version"), Reply::text(crate::REDIS_VERSION)),
+            (Reply::text("proto"), Reply::Int(i64::from(proto))),
+            (Reply::text("id"), Reply::Int(self.id as i64)),
+            (Reply::text("mode"), Reply::text("standalone")),
+            (Reply::text("role"), Reply::text("master")),
+            (Reply::text("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn set_name(&mut self, n: &[u8]) -> Result<(), Reply> {
+        if n.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+            return Err(Reply::err(
+                "Client names cannot contain spaces, newlines or special characters.",
+            ));
+        }
+        let name = (!n.is_empty()).then(|| String::from_utf8_lossy(n).into_owned());
+        self.shared.set_client_name(self.id, name);
+        Ok(())
+    }
+
+    fn client(&mut self, a: &[Bytes]) -> Reply {
+        let sub = a[1].to_ascii_lowercase();
+        match (&sub[..], a.len()) {
+            (b"id", 2) => Reply::Int(self.id as i64),
+            (b"setname", 3) => match self.set_name(&a[2]) {
+                Ok(()) => Reply::Ok,
+                Err(r) => r,
+            },
+            (b"getname", 2) => match self.shared.client_name(self.id) {
+                Some(n) => Reply::text(n),
+                None => Reply::Nil,
+            },
+            (b"setinfo", 4) => {
+                let value = String::from_utf8_lossy(&a[3]).into_owned();
+                if is(&a[2], "lib-name") {
+                    self.shared.set_lib(self.id, Some(value), None);
+                } else if is(&a[2], "lib-ver") {
+                    self.shared.set_lib(self.id, None, Some(value));
+                } else {
+                    return Reply::err(format!(
+                        "Unrecognized option '{}'",
+                        String::from_utf8_lossy(&a[2])
+                    ));
+                }
+                Reply::Ok
+            }
+            (b"info", 2) => Reply::text(self.shared.client_line(self.id)),
+            (b"list", _) => Reply::text(self.shared.client_list()),
+            (b"id" | b"setname" | b"getname" | b"setinfo" | b"info", _) => Reply::err(format!(
+                "wrong number of arguments for 'client|{}' command",
+                String::from_utf8_lossy(&sub)
+            )),
+            _ => Reply::err(format!(
+                "unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&a[1])
+            )),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.unregister(self.id);
+    }
+}
+
+fn auth_refused() -> Reply {
+    Reply::err(
+        "AUTH <password> called without any password configured for the default user. \
+         Are you sure your configuration is correct?",
+    )
+}
+
+/// PING, ECHO and TIME: they need nothing but their arguments.
+fn simple_conn(name: &str, a: &[Bytes], now_ms: u64) -> Reply {
+    match name {
+        "ping" => match a.len() {
+            1 => Reply::Status("PONG".into()),
+            2 => Reply::Bulk(a[1].clone()),
+            _ => wrong_arity("ping"),
+        },
+        "echo" => Reply::Bulk(a[1].clone()),
+        "time" => Reply::Array(vec![
+            Reply::text((now_ms / 1000).to_string()),
+            Reply::text(((now_ms % 1000) * 1000).to_string()),
+        ]),
+        _ => Reply::err("Command not allowed inside a transaction"),
+    }
+}
+
+fn command_entry(s: &Spec) -> Reply {
+    let (first, last, step) = s.keys;
+    Reply::Array(vec![
+        Reply::text(s.name),
+        Reply::Int(i64::from(s.arity)),
+        Reply::Array(s.flags.iter().map(|f| Reply::Status((*f).into())).collect()),
+        Reply::Int(i64::from(first)),
+        Reply::Int(i64::from(last)),
+        Reply::Int(i64::from(step)),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+/// COMMAND, COMMAND COUNT|INFO|DOCS|LIST.
+fn command_info(a: &[Bytes]) -> Reply {
+    let all = commands::COMMANDS;
+    let Some(sub) = a.first() else {
+        return Reply::Array(all.iter().map(command_entry).collect());
+    };
+    if is(sub, "count") {
+        Reply::Int(all.len() as i64)
+    } else if is(sub, "info") {
+        if a.len() == 1 {
+            return Reply::Array(all.iter().map(command_entry).collect());
+        }
+        Reply::Array(
+            a[1..]
+                .iter()
+                .map(|n| lookup(n).map_or(Reply::Nil, command_entry))
+                .collect(),
+        )
+    } else if is(sub, "docs") {
+        let wanted: Vec<&Spec> = if a.len() == 1 {
+            all.iter().collect()
+        } else {
+            a[1..].iter().filter_map(|n| lookup(n)).collect()
+        };
+        Reply::Map(
+            wanted
+                .into_iter()
+                .map(|s| {
+                    (
+                        Reply::text(s.name),
+                        Reply::Map(vec![
+                            (Reply::text("summary"), Reply::text("")),
+                            (Reply::text("since"), Reply::text("1.0.0")),
+                            (Reply::text("group"), Reply::text(group_of(s))),
+                        ]),
+                    )
+                })
+                .collect(),
+        )
+    } else if is(sub, "list") {
+        Reply::Array(all.iter().map(|s| Reply::text(s.name)).collect())
+    } else {
+        Reply::err(format!(
+            "unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(sub)
+        ))
+    }
+}
+
+fn group_of(s: &Spec) -> &'static str {
+    match s.run {
+        Run::Conn => "connection",
+        _ if s.keys.0 == 0 => "server",
+        _ if matches!(
+            s.name,
+            "del" | "unlink" | "exists" | "type" | "rename" | "renamenx" | "copy" | "persist"
+        ) || s.name.contains("expire")
+            || s.name.ends_with("ttl") =>
+        {
+            "generic"
+        }
+        _ => "string",
+    }
+}
+
+/// Settings CONFIG GET answers (read-only; corekv's settings are flags).
+const CONFIG: &[(&str, &str)] = &[
+    ("appendonly", "yes"),
+    ("databases", "1"),
+    ("maxclients", "10000"),
+    ("maxmemory", "0"),
+    ("maxmemory-policy", "noeviction"),
+    ("proto-max-bulk-len", "1048576"),
+    ("save", ""),
+    ("timeout", "0"),
+];
+
+/// Glob match with `*` and `?`, as CONFIG GET patterns use.
+pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    match (pattern.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&pattern[1..], s) || (!s.is_empty() && glob(pattern, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &s[1..]),
+        (Some(p), Some(c)) if p.eq_ignore_ascii_case(c) => glob(&pattern[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+fn config(a: &[Bytes]) -> Reply {
+    if is(&a[1], "get") {
+        if a.len() < 3 {
+            return wrong_arity("config|get");
+        }
+        let pairs = CONFIG
+            .iter()
+            .filter(|(k, _)| a[2..].iter().any(|p| glob(p, k.as_bytes())))
+            .map(|(k, v)| (Reply::text(k), Reply::text(v)))
+            .collect();
+        Reply::Map(pairs)
+    } else if is(&a[1], "set") {
+        Reply::err("CONFIG SET is not supported: corekv's settings are corekv-server's flags")
+    } else if is(&a[1], "resetstat") {
+        Reply::Ok
+    } else {
+        Reply::err(format!(
+            "unknown subcommand '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(&a[1])
+        ))
+    }
+}
