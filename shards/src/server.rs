@@ -166,7 +166,13 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     if let Some(w) = raise_memlock() {
         tracing::warn!("{w}");
     }
-    raise_nofile(cfg.connections_max * cfg.shards + 1024);
+    let resp_fds = if cfg.resp_listen.is_some() {
+        // A Redis connection, and the native connections its client opens.
+        cfg.resp_connections_max * 2
+    } else {
+        0
+    };
+    raise_nofile(cfg.connections_max * cfg.shards + resp_fds + 1024);
     check_free("--peer-listen", cfg.peer_listen)?;
     check_free("--client-listen", cfg.client_listen)?;
     // Bound before anything starts, so a taken port fails the start-up.

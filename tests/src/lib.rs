@@ -47,7 +47,7 @@ pub struct TestCluster {
 
 fn ports_free(base: u16, nodes: u16) -> bool {
     (1..=nodes).all(|i| {
-        [base + i, base + 100 + i, base + 300 + i]
+        [base + i, base + 100 + i, base + 200 + i, base + 300 + i]
             .iter()
             .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
     })
@@ -218,6 +218,22 @@ impl TestCluster {
         extra: &[&str],
         node_args: Vec<(u64, Vec<String>)>,
     ) -> TestCluster {
+        Self::start_opts(nodes, shards, extra, node_args, false)
+    }
+
+    /// Like [`TestCluster::start`], every node also serving the Redis
+    /// protocol on BASE+200+i (`DevNode::resp_addr`).
+    pub fn start_resp(nodes: u64, shards: usize, extra: &[&str]) -> TestCluster {
+        Self::start_opts(nodes, shards, extra, Vec::new(), true)
+    }
+
+    fn start_opts(
+        nodes: u64,
+        shards: usize,
+        extra: &[&str],
+        node_args: Vec<(u64, Vec<String>)>,
+        resp: bool,
+    ) -> TestCluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         assert!(
             server_binary().is_file(),
@@ -236,7 +252,7 @@ impl TestCluster {
             node_args,
             fault_files: true,
             metrics: true,
-            resp: false,
+            resp,
         })
         .unwrap();
         let mut t = TestCluster {
