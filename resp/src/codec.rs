@@ -47,26 +47,162 @@ impl ProtocolError {
     }
 }
 
-/// The next complete command in `buf` (removed from it), `Ok(None)` when
-/// more bytes are needed. Empty commands (`*0`, a blank line) are skipped.
+/// Reads commands off one connection's buffer. It remembers how far it
+/// checked an incomplete command, so a command that arrives in many small
+/// pieces is scanned once, not once per piece.
+#[derive(Debug)]
+pub struct RequestReader {
+    limits: Limits,
+    /// Bytes of the incomplete command at the buffer's start already
+    /// checked, and (multibulk) the arguments still to come after them.
+    scanned: usize,
+    args_left: Option<i64>,
+}
+
+impl RequestReader {
+    /// A reader with these limits.
+    pub fn new(limits: Limits) -> RequestReader {
+        RequestReader {
+            limits,
+            scanned: 0,
+            args_left: None,
+        }
+    }
+
+    /// The next complete command in `buf` (removed from it), `Ok(None)`
+    /// when more bytes are needed. Empty commands (`*0`, a blank line) are
+    /// skipped.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        loop {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let parsed = if buf[0] == b'*' {
+                self.multibulk(buf)?
+            } else {
+                self.inline(buf)?
+            };
+            match parsed {
+                Some(args) if args.is_empty() => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn done(&mut self) {
+        self.scanned = 0;
+        self.args_left = None;
+    }
+
+    fn multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        let limits = self.limits;
+        // Walk the headers that have arrived since the last call, checking
+        // each against the limits; stop at the first incomplete part.
+        let mut left = match self.args_left {
+            Some(n) => n,
+            None => {
+                let Some((head, at)) = line_at(buf, 0) else {
+                    if buf.len() > HEADER_BYTES_MAX {
+                        return Err(ProtocolError::new("too big mbulk count string"));
+                    }
+                    return Ok(None);
+                };
+                let count = match parse_len(&head[1..]) {
+                    Some(n) if n <= limits.args_max as i64 => n,
+                    _ => return Err(ProtocolError::new("invalid multibulk length")),
+                };
+                if count <= 0 {
+                    let _ = buf.split_to(at);
+                    self.done();
+                    return Ok(Some(Vec::new()));
+                }
+                self.scanned = at;
+                count
+            }
+        };
+        let mut at = self.scanned;
+        while left > 0 {
+            if at >= buf.len() {
+                break;
+            }
+            if buf[at] != b'$' {
+                return Err(ProtocolError(format!(
+                    "expected '$', got '{}'",
+                    char::from(buf[at])
+                )));
+            }
+            let Some((line, next)) = line_at(buf, at) else {
+                if buf.len() - at > HEADER_BYTES_MAX {
+                    return Err(ProtocolError::new("too big bulk count string"));
+                }
+                break;
+            };
+            let len = match parse_len(&line[1..]) {
+                Some(n) if (0..=limits.bulk_bytes_max as i64).contains(&n) => n as usize,
+                _ => return Err(ProtocolError::new("invalid bulk length")),
+            };
+            if next + len + 2 > buf.len() {
+                break;
+            }
+            at = next + len + 2;
+            left -= 1;
+        }
+        self.scanned = at;
+        self.args_left = Some(left);
+        if left > 0 {
+            return check_buffered(buf, &limits);
+        }
+        // Complete and within limits: the codec decodes it.
+        self.done();
+        let (frame, used) = match decode_range(buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(ProtocolError::new("incomplete multibulk")),
+            Err(e) => return Err(ProtocolError(e.details().to_string())),
+        };
+        let data = buf.split_to(used).freeze();
+        let RangeFrame::Array(items) = frame else {
+            return Err(ProtocolError::new("expected an array of bulk strings"));
+        };
+        items
+            .into_iter()
+            .map(|f| match f {
+                RangeFrame::BulkString((s, e)) => Ok(data.slice(s..e)),
+                _ => Err(ProtocolError::new("expected an array of bulk strings")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    fn inline(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        let limits = self.limits;
+        let from = self.scanned.min(buf.len());
+        let Some(nl) = buf[from..].iter().position(|&b| b == b'\n') else {
+            if buf.len() > limits.inline_bytes_max {
+                return Err(ProtocolError::new("too big inline request"));
+            }
+            self.scanned = buf.len();
+            return Ok(None);
+        };
+        self.done();
+        let (line, next) = line_at(buf, 0).expect("a newline was found at or after `from`");
+        debug_assert_eq!(next, from + nl + 1);
+        if line.len() > limits.inline_bytes_max {
+            return Err(ProtocolError::new("too big inline request"));
+        }
+        let args =
+            split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
+        let _ = buf.split_to(next);
+        Ok(Some(args))
+    }
+}
+
+/// The next complete command in `buf`, for one-off parsing (a connection
+/// keeps a [`RequestReader`]).
 pub fn next_command(
     buf: &mut BytesMut,
     limits: &Limits,
 ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    loop {
-        if buf.is_empty() {
-            return Ok(None);
-        }
-        let parsed = if buf[0] == b'*' {
-            multibulk(buf, limits)?
-        } else {
-            inline(buf, limits)?
-        };
-        match parsed {
-            Some(args) if args.is_empty() => continue,
-            other => return Ok(other),
-        }
-    }
+    RequestReader::new(*limits).next(buf)
 }
 
 /// The line at `from` (without `\r\n`) and where the next one starts, or
@@ -88,68 +224,6 @@ fn parse_len(line: &[u8]) -> Option<i64> {
 /// Longest header line accepted (`*N` or `$N`).
 const HEADER_BYTES_MAX: usize = 64;
 
-fn multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    // Walk the headers that have arrived, checking each against the limits;
-    // stop at the first incomplete part.
-    let Some((head, mut at)) = line_at(buf, 0) else {
-        if buf.len() > HEADER_BYTES_MAX {
-            return Err(ProtocolError::new("too big mbulk count string"));
-        }
-        return Ok(None);
-    };
-    let count = match parse_len(&head[1..]) {
-        Some(n) if n <= limits.args_max as i64 => n,
-        _ => return Err(ProtocolError::new("invalid multibulk length")),
-    };
-    if count <= 0 {
-        let _ = buf.split_to(at);
-        return Ok(Some(Vec::new()));
-    }
-    for _ in 0..count {
-        if at >= buf.len() {
-            return check_buffered(buf, limits);
-        }
-        if buf[at] != b'$' {
-            return Err(ProtocolError(format!(
-                "expected '$', got '{}'",
-                char::from(buf[at])
-            )));
-        }
-        let Some((line, next)) = line_at(buf, at) else {
-            if buf.len() - at > HEADER_BYTES_MAX {
-                return Err(ProtocolError::new("too big bulk count string"));
-            }
-            return check_buffered(buf, limits);
-        };
-        let len = match parse_len(&line[1..]) {
-            Some(n) if (0..=limits.bulk_bytes_max as i64).contains(&n) => n as usize,
-            _ => return Err(ProtocolError::new("invalid bulk length")),
-        };
-        at = next + len + 2;
-        if at > buf.len() {
-            return check_buffered(buf, limits);
-        }
-    }
-    // Complete and within limits: the codec decodes it.
-    let (frame, used) = match decode_range(buf) {
-        Ok(Some(f)) => f,
-        Ok(None) => return check_buffered(buf, limits),
-        Err(e) => return Err(ProtocolError(e.details().to_string())),
-    };
-    let data = buf.split_to(used).freeze();
-    let RangeFrame::Array(items) = frame else {
-        return Err(ProtocolError::new("expected an array of bulk strings"));
-    };
-    items
-        .into_iter()
-        .map(|f| match f {
-            RangeFrame::BulkString((s, e)) => Ok(data.slice(s..e)),
-            _ => Err(ProtocolError::new("expected an array of bulk strings")),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
 fn check_buffered(buf: &BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     if buf.len() > limits.query_bytes_max {
         return Err(ProtocolError::new(
@@ -157,22 +231,6 @@ fn check_buffered(buf: &BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>,
         ));
     }
     Ok(None)
-}
-
-fn inline(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some((line, next)) = line_at(buf, 0) else {
-        if buf.len() > limits.inline_bytes_max {
-            return Err(ProtocolError::new("too big inline request"));
-        }
-        return Ok(None);
-    };
-    if line.len() > limits.inline_bytes_max {
-        return Err(ProtocolError::new("too big inline request"));
-    }
-    let args =
-        split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
-    let _ = buf.split_to(next);
-    Ok(Some(args))
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -334,6 +392,26 @@ mod tests {
             many.extend_from_slice(b"\r\n");
         }
         assert!(parse(&many).0.is_err());
+    }
+
+    #[test]
+    fn a_command_in_many_pieces_comes_out_once_complete() {
+        let mut cmd = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5000\r\n".to_vec();
+        cmd.extend_from_slice(&vec![b'v'; 5000]);
+        cmd.extend_from_slice(b"\r\nPING\r\n");
+        let mut r = RequestReader::new(Limits::default());
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in cmd.chunks(7) {
+            buf.extend_from_slice(piece);
+            while let Some(args) = r.next(&mut buf).unwrap() {
+                got.push(args);
+            }
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0][2].len(), 5000);
+        assert_eq!(got[1], args(&["PING"]).unwrap());
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use corekv_engine::Consistency;
 
-use crate::codec::{next_command, Limits};
+use crate::codec::{Limits, RequestReader};
 use crate::reply::Reply;
 use crate::session::Session;
 use crate::store::ClusterStore;
@@ -35,6 +35,8 @@ pub struct RespConfig {
     pub connections_max: usize,
     /// Request limits.
     pub limits: Limits,
+    /// Limits of what one command may read and build.
+    pub view: crate::view::ViewLimits,
 }
 
 /// Counters of the listener.
@@ -288,21 +290,44 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
             continue;
         }
-        st.open.fetch_add(1, Ordering::Relaxed);
         st.accepted.fetch_add(1, Ordering::Relaxed);
-        let s = shared.clone();
+        let open = OpenGuard::new(shared.clone());
         let spawned = std::thread::Builder::new()
             .name("corekv-resp-conn".into())
             .stack_size(CONN_STACK_BYTES)
             .spawn(move || {
-                connection(stream, &s);
-                s.stats.open.fetch_sub(1, Ordering::Relaxed);
+                // Counted open until this thread ends, even by a panic.
+                let open = open;
+                connection(stream, &open.0);
             });
-        if spawned.is_err() {
-            shared.stats.open.fetch_sub(1, Ordering::Relaxed);
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a thread for a Redis connection: {e}");
         }
     }
 }
+
+/// Counts a connection open for as long as it lives.
+struct OpenGuard(Arc<Shared>);
+
+impl OpenGuard {
+    fn new(shared: Arc<Shared>) -> OpenGuard {
+        shared.stats.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(shared)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Replies buffered before they are written, at most (then they go out
+/// before the next commands run).
+const OUT_BYTES_MAX: usize = 1 << 20;
+
+/// Pipelined commands run together at most.
+const PIPELINE_RUN_MAX: usize = 16;
 
 fn connection(mut stream: TcpStream, shared: &Arc<Shared>) {
     let _ = stream.set_nodelay(true);
@@ -325,6 +350,7 @@ pub(crate) fn serve<S: Read + Write>(
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut chunk = vec![0u8; 64 << 10];
     let mut out = Vec::with_capacity(16 << 10);
+    let mut reader = RequestReader::new(*limits);
     loop {
         let n = match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return,
@@ -332,23 +358,45 @@ pub(crate) fn serve<S: Read + Write>(
         };
         buf.extend_from_slice(&chunk[..n]);
         let mut close = false;
+        // The complete commands that arrived, a few at a time (their
+        // replies are bounded before they are written).
         loop {
-            match next_command(&mut buf, limits) {
-                Ok(Some(args)) => {
-                    let reply = session.handle(args);
-                    reply.encode(session.proto, &mut out);
-                    if session.closing {
-                        close = true;
+            let mut cmds = Vec::new();
+            let mut bad = None;
+            while cmds.len() < PIPELINE_RUN_MAX {
+                match reader.next(&mut buf) {
+                    Ok(Some(args)) => cmds.push(args),
+                    Ok(None) => break,
+                    Err(e) => {
+                        bad = Some(e);
                         break;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    Reply::err(format!("Protocol error: {}", e.0)).encode(session.proto, &mut out);
-                    close = true;
-                    break;
+            }
+            let more = cmds.len() == PIPELINE_RUN_MAX;
+            for reply in session.handle_pipeline(cmds) {
+                reply.encode(session.proto, &mut out);
+            }
+            if session.closing {
+                close = true;
+                break;
+            }
+            if let Some(e) = bad {
+                stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                Reply::err(format!("Protocol error: {}", e.0)).encode(session.proto, &mut out);
+                close = true;
+                break;
+            }
+            // A pipeline of large replies is written as it goes, never
+            // held whole.
+            if out.len() >= OUT_BYTES_MAX {
+                if stream.write_all(&out).is_err() {
+                    return;
                 }
+                out.clear();
+            }
+            if !more {
+                break;
             }
         }
         if !out.is_empty() {

@@ -43,10 +43,19 @@ fn store_err(e: StoreError) -> Reply {
     Reply::Error(e.reply_text())
 }
 
-/// Commands that may be queued inside MULTI but are not data commands.
+/// Commands that may be queued inside MULTI but are not data commands:
+/// what they answer depends on their arguments alone.
 fn queueable_conn(name: &str) -> bool {
-    matches!(name, "ping" | "echo" | "time")
+    matches!(
+        name,
+        "ping" | "echo" | "time" | "select" | "config" | "command" | "info" | "unwatch"
+    )
 }
+
+/// Commands one MULTI may queue.
+pub const MULTI_QUEUE_MAX: usize = 4096;
+/// Keys one connection may WATCH.
+pub const WATCHED_KEYS_MAX: usize = 4096;
 
 impl Session {
     /// A new connection from `peer` on `store` (registered with `shared`
@@ -67,6 +76,59 @@ impl Session {
     #[cfg(test)]
     pub fn store_for_tests(&mut self) -> &mut (dyn Store + Send) {
         self.store.as_mut()
+    }
+
+    /// Answers pipelined commands in order; stops after a QUIT. A run of
+    /// GETs of one region (outside MULTI) is read in one go, from one state
+    /// of the region, which no client can tell from one GET after another.
+    pub fn handle_pipeline(&mut self, cmds: Vec<Vec<Bytes>>) -> Vec<Reply> {
+        let mut replies = Vec::with_capacity(cmds.len());
+        let mut i = 0;
+        while i < cmds.len() && !self.closing {
+            let run = self.get_run(&cmds[i..]);
+            if run < 2 {
+                replies.push(self.handle(cmds[i].clone()));
+                i += 1;
+                continue;
+            }
+            let keys: Vec<Bytes> = cmds[i..i + run].iter().map(|c| c[1].clone()).collect();
+            let st = &self.shared.stats;
+            st.commands.fetch_add(run as u64, Ordering::Relaxed);
+            self.shared.note_command(self.id, "get");
+            for r in self.store.get_pipelined(&keys) {
+                let reply = match r {
+                    Ok(v) => Reply::opt(v.map(|s| s.value)),
+                    Err(e) => {
+                        st.errors.fetch_add(1, Ordering::Relaxed);
+                        store_err(e)
+                    }
+                };
+                replies.push(reply);
+            }
+            i += run;
+        }
+        replies
+    }
+
+    /// How many commands at the start of `cmds` are GETs of one region
+    /// that can be read together.
+    fn get_run(&mut self, cmds: &[Vec<Bytes>]) -> usize {
+        if self.multi.is_some() {
+            return 0;
+        }
+        let is_get = |c: &Vec<Bytes>| c.len() == 2 && is(&c[0], "get");
+        if cmds.len() < 2 || !is_get(&cmds[0]) || !is_get(&cmds[1]) {
+            return 0;
+        }
+        let region = self.store.region_of(&cmds[0][1]);
+        if region == 0 {
+            return 0;
+        }
+        let mut n = 1;
+        while n < cmds.len() && is_get(&cmds[n]) && self.store.region_of(&cmds[n][1]) == region {
+            n += 1;
+        }
+        n
     }
 
     /// Answers one command (`args[0]` is its name).
@@ -99,6 +161,12 @@ impl Session {
                 (name, Run::Conn) if !queueable_conn(name) => {
                     m.failed = true;
                     return Reply::err("Command not allowed inside a transaction");
+                }
+                _ if m.queue.len() >= MULTI_QUEUE_MAX => {
+                    m.failed = true;
+                    return Reply::err(format!(
+                        "a transaction holds at most {MULTI_QUEUE_MAX} commands"
+                    ));
                 }
                 _ => {
                     m.queue.push(args);
@@ -148,7 +216,8 @@ impl Session {
         if let Err(r) = self.one_region(&keys) {
             return r;
         }
-        let result = atomically(self.store.as_mut(), &keys, false, now_ms, |view| {
+        let limits = (false, self.shared.cfg.view);
+        let result = atomically(self.store.as_mut(), &keys, limits, now_ms, |view| {
             let reply = f(view, args);
             if reply.is_error() {
                 Attempt::Abort(reply)
@@ -180,7 +249,9 @@ impl Session {
         }
         let distinct = keys.iter().collect::<HashSet<_>>().len();
         let validate = distinct > 1 || !watched.is_empty();
-        let result = atomically(self.store.as_mut(), &keys, validate, now_ms, |view| {
+        let shared = self.shared.clone();
+        let limits = (validate, self.shared.cfg.view);
+        let result = atomically(self.store.as_mut(), &keys, limits, now_ms, |view| {
             if watched
                 .iter()
                 .any(|(k, version)| view.read_version(k) != *version)
@@ -194,7 +265,7 @@ impl Session {
                     let spec = lookup(&args[0]).expect("queued commands are known");
                     match spec.run {
                         Run::Data(f) => f(view, args),
-                        _ => simple_conn(spec.name, args, view.now_ms),
+                        _ => pure_conn(&shared, spec.name, args, view.now_ms),
                     }
                 })
                 .collect();
@@ -206,7 +277,9 @@ impl Session {
     fn conn_command(&mut self, spec: &Spec, a: &[Bytes]) -> Reply {
         let name = spec.name;
         match name {
-            "ping" | "echo" | "time" => simple_conn(name, a, now_ms()),
+            "ping" | "echo" | "time" | "select" | "command" | "info" | "config" => {
+                pure_conn(&self.shared, name, a, now_ms())
+            }
             "quit" => {
                 self.closing = true;
                 Reply::Ok
@@ -218,17 +291,9 @@ impl Session {
                 self.shared.set_client_name(self.id, None);
                 Reply::Status("RESET".into())
             }
-            "select" => match parse_int(&a[1]) {
-                Some(0) => Reply::Ok,
-                Some(_) => Reply::err("DB index is out of range"),
-                None => not_integer(),
-            },
             "auth" => auth_refused(),
             "hello" => self.hello(a),
             "client" => self.client(a),
-            "command" => command_info(&a[1..]),
-            "info" => Reply::text(self.shared.info(a.get(1))),
-            "config" => config(a),
             "debug" => Reply::err("DEBUG is not supported by corekv"),
             "multi" => {
                 if self.multi.is_some() {
@@ -251,6 +316,11 @@ impl Session {
             "watch" => {
                 if self.multi.is_some() {
                     return Reply::err("WATCH inside MULTI is not allowed");
+                }
+                if self.watched.len() + a.len() - 1 > WATCHED_KEYS_MAX {
+                    return Reply::err(format!(
+                        "a connection watches at most {WATCHED_KEYS_MAX} keys"
+                    ));
                 }
                 for k in &a[1..] {
                     match self.store.get(k) {
@@ -375,9 +445,20 @@ fn auth_refused() -> Reply {
     )
 }
 
-/// PING, ECHO and TIME: they need nothing but their arguments.
-fn simple_conn(name: &str, a: &[Bytes], now_ms: u64) -> Reply {
+/// Commands whose answer depends on their arguments alone (and the
+/// listener's counters): served alike inside MULTI and outside.
+fn pure_conn(shared: &Shared, name: &str, a: &[Bytes], now_ms: u64) -> Reply {
     match name {
+        "select" => match parse_int(&a[1]) {
+            Some(0) => Reply::Ok,
+            Some(_) => Reply::err("DB index is out of range"),
+            None => not_integer(),
+        },
+        "command" => command_info(&a[1..]),
+        "info" => Reply::text(shared.info(a.get(1))),
+        "config" => config(a),
+        // Queued inside MULTI, where it changes nothing (Redis alike).
+        "unwatch" => Reply::Ok,
         "ping" => match a.len() {
             1 => Reply::Status("PONG".into()),
             2 => Reply::Bulk(a[1].clone()),
@@ -485,15 +566,32 @@ const CONFIG: &[(&str, &str)] = &[
     ("timeout", "0"),
 ];
 
-/// Glob match with `*` and `?`, as CONFIG GET patterns use.
+/// Glob match with `*` and `?` (ASCII case ignored), as CONFIG GET
+/// patterns use. Iterative, in O(pattern × text) at worst: a hostile
+/// pattern of many stars costs no stack and no exponential time.
 pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
-    match (pattern.first(), s.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => glob(&pattern[1..], s) || (!s.is_empty() && glob(pattern, &s[1..])),
-        (Some(b'?'), Some(_)) => glob(&pattern[1..], &s[1..]),
-        (Some(p), Some(c)) if p.eq_ignore_ascii_case(c) => glob(&pattern[1..], &s[1..]),
-        _ => false,
+    let (mut p, mut i) = (0, 0);
+    // The last star seen, and where in `s` its match now ends.
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, i));
+            p += 1;
+        } else if p < pattern.len()
+            && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&s[i]))
+        {
+            p += 1;
+            i += 1;
+        } else if let Some((sp, si)) = star {
+            // Let the star take one more byte and try again after it.
+            p = sp + 1;
+            i = si + 1;
+            star = Some((sp, si + 1));
+        } else {
+            return false;
+        }
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 fn config(a: &[Bytes]) -> Reply {

@@ -42,8 +42,11 @@ impl StoreError {
         match self {
             StoreError::NotANumber => "ERR value is not an integer or out of range".into(),
             StoreError::Invalid(m) => format!("ERR {m}"),
+            // Not TRYAGAIN: Redis clients retry that on their own, and a
+            // write that may have been applied must not be sent again blindly.
             StoreError::Unknown(m) => format!(
-                "TRYAGAIN the outcome of this write is unknown ({m}); read the key to find out"
+                "UNCERTAIN the write may or may not have been applied ({m}); read the key to \
+                 find out"
             ),
             StoreError::Unavailable(m) => format!("CLUSTERDOWN no replica could answer: {m}"),
         }
@@ -77,6 +80,11 @@ pub trait Store {
     fn put_many(&mut self, items: &[(Bytes, Bytes)]) -> StoreResult<()>;
     /// The region holding `key` (0 if not known).
     fn region_of(&mut self, key: &[u8]) -> u64;
+    /// Reads `keys` (all of one region) as a pipeline: in order, each
+    /// linearizable, none older than the one before.
+    fn get_pipelined(&mut self, keys: &[Bytes]) -> Vec<StoreResult<Option<Stored>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
 }
 
 /// Unix time now, in ms.
@@ -118,7 +126,9 @@ fn map_err(e: ClientError) -> StoreError {
         ClientError::Invalid { message, .. } => StoreError::Invalid(message),
         ClientError::Unknown(m) => StoreError::Unknown(m),
         ClientError::Unavailable { last, .. } => StoreError::Unavailable(last),
-        other => StoreError::Unavailable(other.to_string()),
+        // Anything else (an answer the client did not understand): what
+        // became of a write is not known.
+        other => StoreError::Unknown(other.to_string()),
     }
 }
 
@@ -170,10 +180,19 @@ impl Store for ClusterStore {
 
     fn put_many(&mut self, items: &[(Bytes, Bytes)]) -> StoreResult<()> {
         let pairs: Vec<(&[u8], &[u8])> = items.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-        for r in self.client()?.batch_put(&pairs) {
-            r.map_err(map_err)?;
+        let results = self.client()?.batch_put(&pairs);
+        let written = results.iter().filter(|r| r.is_ok()).count();
+        match results.into_iter().find_map(Result::err) {
+            None => Ok(()),
+            Some(e) if written == 0 => Err(map_err(e)),
+            // Each region's part is atomic, the whole is not: say so.
+            Some(e) => Err(StoreError::Invalid(format!(
+                "only part of the keys were written ({written} of {}; a region's keys are \
+                 written together): {}",
+                items.len(),
+                map_err(e).reply_text()
+            ))),
         }
-        Ok(())
     }
 
     fn region_of(&mut self, key: &[u8]) -> u64 {
@@ -181,6 +200,28 @@ impl Store for ClusterStore {
             Ok(c) => c.region_of(key),
             Err(_) => 0,
         }
+    }
+
+    fn get_pipelined(&mut self, keys: &[Bytes]) -> Vec<StoreResult<Option<Stored>>> {
+        let consistency = self.consistency;
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => return keys.iter().map(|_| Err(e.clone())).collect(),
+        };
+        client
+            .get_pipelined(keys, consistency)
+            .into_iter()
+            .map(|r| {
+                r.map(|v| {
+                    v.map(|v| Stored {
+                        value: v.value,
+                        version: v.version,
+                        expire_at_ms: v.expire_at_ms,
+                    })
+                })
+                .map_err(map_err)
+            })
+            .collect()
     }
 }
 

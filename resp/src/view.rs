@@ -32,6 +32,28 @@ struct Slot {
     dirty: bool,
 }
 
+/// Limits of one view.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewLimits {
+    /// Longest value a command may build (the cluster's value limit).
+    pub value_bytes_max: usize,
+    /// Bytes of values one view may read.
+    pub read_bytes_max: usize,
+}
+
+impl Default for ViewLimits {
+    fn default() -> Self {
+        ViewLimits {
+            value_bytes_max: 1 << 20,
+            read_bytes_max: READ_BYTES_MAX,
+        }
+    }
+}
+
+/// Bytes of values one command (or MULTI) may read: past it, it is
+/// refused rather than buffered.
+pub const READ_BYTES_MAX: usize = 64 << 20;
+
 /// Keys as read, and as changed by the commands run on them.
 pub struct View {
     slots: HashMap<Bytes, Slot>,
@@ -39,21 +61,37 @@ pub struct View {
     order: Vec<Bytes>,
     /// Unix ms the view was read at.
     pub now_ms: u64,
+    /// Longest value a command may build.
+    pub value_bytes_max: usize,
 }
 
 impl View {
     /// Reads `keys` (each a linearizable read).
-    pub fn load(store: &mut dyn Store, keys: &[Bytes], now_ms: u64) -> StoreResult<View> {
+    pub fn load(
+        store: &mut dyn Store,
+        keys: &[Bytes],
+        now_ms: u64,
+        limits: ViewLimits,
+    ) -> StoreResult<View> {
         let mut v = View {
             slots: HashMap::new(),
             order: Vec::new(),
             now_ms,
+            value_bytes_max: limits.value_bytes_max,
         };
+        let mut read = 0usize;
         for k in keys {
             if v.slots.contains_key(k) {
                 continue;
             }
             let got = store.get(k)?;
+            read += got.as_ref().map_or(0, |s| s.value.len());
+            if read > limits.read_bytes_max {
+                return Err(StoreError::Invalid(format!(
+                    "the command reads more than {} MiB of values: ask for fewer keys",
+                    limits.read_bytes_max >> 20
+                )));
+            }
             let slot = Slot {
                 read: got.as_ref().map(|s| s.version),
                 value: got.map(|s| {
@@ -84,11 +122,14 @@ impl View {
             .expect("a command touches only the keys it declared")
     }
 
-    /// The live value of `key` and its expiry.
+    /// The live value of `key` and its expiry. A value as read is live
+    /// (the cluster judged its expiry by the region's clock; the commit
+    /// checks it still is); one a command set with an absolute time already
+    /// past is not.
     pub fn get(&self, key: &[u8]) -> Option<(&Bytes, Ttl)> {
-        let now = self.now_ms;
-        match &self.slot(key).value {
-            Some((_, Ttl::At(t))) if *t <= now => None,
+        let slot = self.slot(key);
+        match &slot.value {
+            Some((_, Ttl::At(t))) if slot.dirty && *t <= self.now_ms => None,
             Some((v, ttl)) => Some((v, *ttl)),
             None => None,
         }
@@ -188,12 +229,12 @@ pub enum Attempt<T> {
 pub fn atomically<T>(
     store: &mut dyn Store,
     keys: &[Bytes],
-    validate_reads: bool,
+    (validate_reads, limits): (bool, ViewLimits),
     now_ms: impl Fn() -> u64,
     mut body: impl FnMut(&mut View) -> Attempt<T>,
 ) -> Result<T, StoreError> {
     for _ in 0..CONFLICT_RETRIES {
-        let mut view = View::load(store, keys, now_ms())?;
+        let mut view = View::load(store, keys, now_ms(), limits)?;
         let out = match body(&mut view) {
             Attempt::Abort(t) => return Ok(t),
             Attempt::Commit(t) => t,

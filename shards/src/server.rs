@@ -333,6 +333,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     + (1 << 20),
                 ..Default::default()
             },
+            view: corekv_resp::view::ViewLimits {
+                value_bytes_max: cfg.engine.value_bytes_max,
+                read_bytes_max: corekv_resp::view::READ_BYTES_MAX,
+            },
         };
         corekv_resp::start(listener, resp_cfg, resp_stats).map_err(|e| {
             StartError::Runtime(format!("starting the Redis-protocol listener: {e}"))

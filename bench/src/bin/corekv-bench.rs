@@ -32,7 +32,9 @@ struct Args {
     /// corekv client addresses (absent: start a local 3-node cluster).
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
-    /// Run against another system instead: redis://HOST:PORT.
+    /// Run against a server speaking the Redis protocol instead:
+    /// redis://HOST:PORT (a redis-server), or resp://HOST:PORT,... (corekv
+    /// nodes' --resp-listen addresses; connections spread over them).
     #[arg(long)]
     target: Option<String>,
     /// read-only, read-heavy (95/5), mixed (50/50), write-only.
@@ -136,7 +138,7 @@ fn progress_thread(p: Arc<Progress>, label: &'static str) -> std::thread::JoinHa
 fn server_ports(target: &Target) -> Vec<u16> {
     let port = |a: &str| a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
     match target {
-        Target::Redis(addr) => port(addr).into_iter().collect(),
+        Target::Redis(addrs) => addrs.iter().filter_map(|a| port(a)).collect(),
         Target::Corekv { nodes, .. } => nodes.values().filter_map(|a| port(a)).collect(),
     }
 }
@@ -195,10 +197,18 @@ fn main() -> anyhow::Result<()> {
     // The cluster: given, or embedded.
     let mut embedded: Option<(LocalCluster, tempfile::TempDir)> = None;
     let (target, target_name) = if let Some(t) = &a.target {
-        let addr = t
+        let addrs = t
             .strip_prefix("redis://")
-            .ok_or_else(|| anyhow::anyhow!("--target must be redis://HOST:PORT"))?;
-        (Target::Redis(addr.to_string()), t.clone())
+            .or_else(|| t.strip_prefix("resp://"))
+            .ok_or_else(|| {
+                anyhow::anyhow!("--target must be redis://HOST:PORT or resp://HOST:PORT,...")
+            })?;
+        let addrs: Vec<String> = addrs.split(',').map(String::from).collect();
+        anyhow::ensure!(
+            addrs.iter().all(|a| !a.is_empty()),
+            "--target lists an empty address"
+        );
+        (Target::Redis(addrs), t.clone())
     } else {
         let endpoints = if a.endpoints.is_empty() {
             let dir = tempfile::Builder::new().prefix("corekv-bench-").tempdir()?;

@@ -60,8 +60,10 @@ pub enum Target {
         /// node's client address).
         shard_ports: HashMap<u64, Vec<u16>>,
     },
-    /// A Redis server at `host:port`.
-    Redis(String),
+    /// Servers speaking the Redis protocol at these `host:port`s (a
+    /// redis-server, or corekv nodes' `--resp-listen`): connection i goes to
+    /// address i modulo their number.
+    Redis(Vec<String>),
 }
 
 /// One phase of load.
@@ -406,7 +408,10 @@ async fn client(shared: Arc<Shared>, index: usize) -> Stats {
     });
     let result = match &shared.target {
         Target::Corekv { .. } => corekv_client(state.clone(), index).await,
-        Target::Redis(addr) => redis_client(state.clone(), addr.clone(), index).await,
+        Target::Redis(addrs) => {
+            let addr = addrs[index % addrs.len()].clone();
+            redis_client(state.clone(), addr, index).await
+        }
     };
     if let Err(e) = result {
         state.stats.borrow_mut().error(&format!("connection: {e}"));

@@ -95,6 +95,22 @@ impl Client {
                 message: "transaction without a key".into(),
             });
         };
+        // The wire writes "no expiry" as 0: a relative one of 0 ms cannot
+        // travel (and is refused by the cluster anyway).
+        if ops.iter().any(|o| {
+            matches!(
+                o,
+                TxnOp::Put {
+                    expiry: corekv_engine::Expiry::After(0),
+                    ..
+                }
+            )
+        }) {
+            return Err(ClientError::Invalid {
+                code: ErrorCode::InvalidRequest,
+                message: "invalid request: ttl must be > 0".into(),
+            });
+        }
         let (_, f) = self.execute(&first, Op::Write(WriteRequest::Txn { checks, ops }), false)?;
         Ok(f.version)
     }
@@ -108,6 +124,74 @@ impl Client {
         }
         self.route_index(hash)
             .map_or(0, |i| self.routes[i].region.id)
+    }
+
+    /// Reads `keys` in order, as a pipeline of gets: when they are all in
+    /// one region, in one frame to its leader, which answers them from one
+    /// state (one round of reads). From the first that did not succeed
+    /// that way (leader moved, connection lost, ...), the rest are read
+    /// again one by one, in order, with the usual retries; keys of several
+    /// regions are read one by one. Either way each read sees every write
+    /// acknowledged before the call, and a read never sees an older state
+    /// than the one before it.
+    pub fn get_pipelined(
+        &mut self,
+        keys: &[Bytes],
+        consistency: Consistency,
+    ) -> Vec<Result<Option<Value>>> {
+        let mut out: Vec<Result<Option<Value>>> = Vec::with_capacity(keys.len());
+        let one_region = keys.len() > 1
+            && consistency != Consistency::Follower
+            && self.route_index(route_hash(&keys[0])).is_some_and(|i| {
+                keys.iter()
+                    .all(|k| self.route_index(route_hash(k)) == Some(i))
+            });
+        if one_region {
+            let i = self
+                .route_index(route_hash(&keys[0]))
+                .expect("checked above");
+            let deadline = Instant::now() + self.cfg.request_timeout;
+            self.learn_shard_ports(i, deadline);
+            if let Some((node, addr)) = self.target(i, 1) {
+                let (region_id, epoch) = (self.routes[i].region.id, self.routes[i].region.epoch);
+                let reqs: Vec<Request> = keys
+                    .iter()
+                    .map(|k| Request {
+                        id: self.new_id(),
+                        region_id,
+                        epoch,
+                        op: Op::Get {
+                            key: k.clone(),
+                            consistency,
+                        },
+                        session: None,
+                        system: self.cfg.system,
+                    })
+                    .collect();
+                match self.call(&addr, &reqs, deadline) {
+                    Ok(rs) => {
+                        for (resp, _) in rs {
+                            match resp.result {
+                                Ok(Outcome::Value(v)) => out.push(Ok(v.map(|r| Value {
+                                    value: r.value,
+                                    version: r.version,
+                                    expire_at_ms: r.expire_at_ms,
+                                }))),
+                                // Refused (not the leader any more, ...):
+                                // this one and the rest go one by one.
+                                _ => break,
+                            }
+                        }
+                    }
+                    Err(CallError::NotSent(_) | CallError::Lost(_)) => self.mark_down(node),
+                }
+            }
+        }
+        for k in &keys[out.len()..] {
+            let r = self.get(k, consistency);
+            out.push(r);
+        }
+        out
     }
 
     /// Reads several keys; one result per key, in order.

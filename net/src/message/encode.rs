@@ -399,7 +399,9 @@ pub(super) fn encode_op<'a>(
                                 let (t, at) = match expiry {
                                     Expiry::Never => (0, 0),
                                     Expiry::After(t) => (*t, 0),
-                                    Expiry::At(at) => (0, *at),
+                                    // A record's 0 means "never"; the
+                                    // cluster applies At(0) as At(1).
+                                    Expiry::At(at) => (0, (*at).max(1)),
                                 };
                                 (Some(fbb.create_vector(value)), false, t, at)
                             }

@@ -106,9 +106,19 @@ pub fn fast_path(store: &mut dyn Store, name: &str, a: &[Bytes]) -> Option<Reply
         }
         "mget" => {
             let mut out = Vec::with_capacity(a.len() - 1);
+            let mut read = 0usize;
             for k in &a[1..] {
                 match store.get(k) {
-                    Ok(v) => out.push(Reply::opt(v.map(|s| s.value))),
+                    Ok(v) => {
+                        read += v.as_ref().map_or(0, |s| s.value.len());
+                        if read > crate::view::READ_BYTES_MAX {
+                            return Some(Reply::err(format!(
+                                "the command reads more than {} MiB of values: ask for fewer keys",
+                                crate::view::READ_BYTES_MAX >> 20
+                            )));
+                        }
+                        out.push(Reply::opt(v.map(|s| s.value)))
+                    }
                     Err(e) => return Some(store_err(e)),
                 }
             }

@@ -62,10 +62,11 @@ fn expire_opt(a: &[Bytes], i: usize, cmd: &str) -> Option<Result<(ExpireOpt, usi
     let Some(ms) = (n as u64).checked_mul(unit) else {
         return Some(Err(invalid()));
     };
-    if ms > corekv_engine::command::TTL_MS_MAX * 2 {
+    let absolute = word.len() == 4;
+    // The cluster's limit on a time to live; an absolute time has none.
+    if !absolute && ms > corekv_engine::command::TTL_MS_MAX {
         return Some(Err(invalid()));
     }
-    let absolute = word.len() == 4;
     Some(Ok((
         if absolute {
             ExpireOpt::At(ms)
@@ -159,8 +160,9 @@ fn setex_with(v: &mut View, a: &[Bytes], unit: u64, cmd: &str) -> Reply {
     let Some(n) = parse_int(&a[2]) else {
         return not_integer();
     };
-    if n <= 0 || (n as u64).checked_mul(unit).is_none() {
-        return Reply::err(format!("invalid expire time in '{cmd}' command"));
+    match (n as u64).checked_mul(unit) {
+        Some(ms) if n > 0 && ms <= corekv_engine::command::TTL_MS_MAX => {}
+        _ => return Reply::err(format!("invalid expire time in '{cmd}' command")),
     }
     v.set(&a[1], a[3].clone(), Ttl::After(n as u64 * unit));
     Reply::Ok
@@ -254,6 +256,9 @@ pub fn append(v: &mut View, a: &[Bytes]) -> Reply {
         Some((x, t)) => (x.to_vec(), t),
         None => (Vec::new(), Ttl::None),
     };
+    if value.len() + a[2].len() > v.value_bytes_max {
+        return Reply::err("string exceeds maximum allowed size (proto-max-bulk-len)");
+    }
     value.extend_from_slice(&a[2]);
     let n = value.len() as i64;
     v.set(&a[1], Bytes::from(value), ttl);
@@ -286,9 +291,6 @@ pub fn getrange(v: &mut View, a: &[Bytes]) -> Reply {
     Reply::Bulk(value.slice(start as usize..=end as usize))
 }
 
-/// Redis's limit on a string's length (proto-max-bulk-len).
-const STRING_BYTES_MAX: i64 = 512 << 20;
-
 pub fn setrange(v: &mut View, a: &[Bytes]) -> Reply {
     let Some(offset) = parse_int(&a[2]) else {
         return not_integer();
@@ -300,8 +302,11 @@ pub fn setrange(v: &mut View, a: &[Bytes]) -> Reply {
     if a[3].is_empty() {
         return Reply::Int(current.map_or(0, |(x, _)| x.len() as i64));
     }
-    if offset + a[3].len() as i64 > STRING_BYTES_MAX {
-        return Reply::err("string exceeds maximum allowed size (proto-max-bulk-len)");
+    // Checked before anything is allocated: an offset near i64::MAX must
+    // neither overflow nor make the node zero-fill gigabytes.
+    match (offset as u64).checked_add(a[3].len() as u64) {
+        Some(end) if end <= v.value_bytes_max as u64 => {}
+        _ => return Reply::err("string exceeds maximum allowed size (proto-max-bulk-len)"),
     }
     let (mut value, ttl) = current.map_or((Vec::new(), Ttl::None), |(x, t)| (x.to_vec(), t));
     let end = offset as usize + a[3].len();
@@ -318,9 +323,14 @@ fn add(v: &mut View, key: &Bytes, delta: Option<i64>) -> Reply {
     let Some(delta) = delta else {
         return not_integer();
     };
+    // The stored value is read as the engine's INCR reads it (so INCR
+    // answers alike inside MULTI and out).
     let (old, ttl) = match v.get(key) {
         None => (0, Ttl::None),
-        Some((x, t)) => match parse_int(x) {
+        Some((x, t)) => match std::str::from_utf8(x)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+        {
             Some(n) => (n, t),
             None => return not_integer(),
         },
@@ -360,12 +370,24 @@ fn parse_float(b: &[u8]) -> Option<f64> {
     (!f.is_nan()).then_some(f)
 }
 
-/// A float as INCRBYFLOAT writes it: plain decimal, no exponent, no
-/// trailing zeros.
+/// A float as INCRBYFLOAT writes it: plain decimal, 16 significant
+/// digits at most (0.1 + 0.2 is "0.3", as Redis's long double gives), no
+/// exponent, no trailing zeros.
 pub fn format_float(f: f64) -> String {
-    let s = format!("{f}");
-    if s.contains('.') {
+    let exp = if f == 0.0 {
+        0
+    } else {
+        f.abs().log10().floor() as i32
+    };
+    let decimals = (15 - exp).clamp(0, 17) as usize;
+    let s = format!("{f:.decimals$}");
+    let s = if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    if s == "-0" {
+        "0".into()
     } else {
         s
     }

@@ -16,6 +16,7 @@ fn session(regions: u64) -> Session {
         consistency: Consistency::Linearizable,
         connections_max: 10,
         limits: Default::default(),
+        view: Default::default(),
     };
     Session::new(
         Shared::new(cfg, 7301),
@@ -371,6 +372,7 @@ fn a_read_modify_write_is_retried_when_a_check_fails() {
         consistency: Consistency::Linearizable,
         connections_max: 10,
         limits: Default::default(),
+        view: Default::default(),
     };
     let store = Racy {
         inner: MemStore::new(1),
@@ -382,4 +384,147 @@ fn a_read_modify_write_is_retried_when_a_check_fails() {
     // appended to what was there then.
     assert_eq!(run(&mut s, "APPEND k !"), ":6\r\n");
     assert_eq!(run(&mut s, "GET k"), "$6\r\nother!\r\n");
+}
+
+#[test]
+fn config_patterns_match_like_globs_and_hostile_ones_cost_nothing() {
+    use crate::session::glob;
+    assert!(glob(b"*", b"save"));
+    assert!(glob(b"SAVE", b"save"));
+    assert!(glob(b"max*", b"maxmemory-policy"));
+    assert!(glob(b"*memory*", b"maxmemory"));
+    assert!(glob(b"s?ve", b"save"));
+    assert!(!glob(b"s?ve", b"sve"));
+    assert!(!glob(b"max*x", b"maxmemory"));
+    assert!(glob(b"a*b*c", b"axxbyyc"));
+    assert!(!glob(b"a*b*c", b"axxbyy"));
+    // Exponential for a naive backtracking matcher; instant here.
+    let mut hostile = vec![b'*'; 64 << 10];
+    hostile.push(b'#');
+    assert!(!glob(&hostile, b"proto-max-bulk-len"));
+    let mut s = session(1);
+    let stars = format!("CONFIG GET {}#", "*".repeat(40));
+    assert_eq!(run(&mut s, &stars), "*0\r\n");
+}
+
+#[test]
+fn hostile_arguments_are_refused_before_anything_is_built() {
+    let mut s = session(1);
+    let too_big = "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n";
+    check(
+        &mut s,
+        &[
+            ("SETRANGE k 9223372036854775000 x", too_big),
+            ("SETRANGE k 600000000 x", too_big),
+            ("SETRANGE k 1048575 x", ":1048576\r\n"),
+            ("APPEND k x", too_big),
+            (
+                "SETEX k 9999999999999 v",
+                "-ERR invalid expire time in 'setex' command\r\n",
+            ),
+            ("MULTI", "+OK\r\n"),
+            ("SETEX k 9999999999999 v", "+QUEUED\r\n"),
+            ("SELECT 0", "+QUEUED\r\n"),
+            ("PING", "+QUEUED\r\n"),
+            (
+                "EXEC",
+                "*3\r\n-ERR invalid expire time in 'setex' command\r\n+OK\r\n+PONG\r\n",
+            ),
+            ("SET f 0.1", "+OK\r\n"),
+            ("INCRBYFLOAT f 0.2", "$3\r\n0.3\r\n"),
+        ],
+    );
+}
+
+#[test]
+fn a_value_the_cluster_reads_as_live_is_live_whatever_the_node_clock_says() {
+    use crate::store::{Store, StoreResult, Stored};
+    use corekv_engine::{TxnCheck, TxnOp};
+    /// The region's clock is behind this node's: it still serves a value
+    /// whose expiry this node's clock has passed.
+    struct Behind {
+        committed: Vec<(Vec<TxnCheck>, Vec<TxnOp>)>,
+    }
+    impl Store for Behind {
+        fn get(&mut self, _: &[u8]) -> StoreResult<Option<Stored>> {
+            Ok(Some(Stored {
+                value: Bytes::from_static(b"live"),
+                version: 7,
+                expire_at_ms: 1,
+            }))
+        }
+        fn put(&mut self, _: &[u8], _: &[u8], _: Option<u64>, _: bool) -> StoreResult<bool> {
+            unreachable!("APPEND is a read-modify-write")
+        }
+        fn delete(&mut self, _: &[u8]) -> StoreResult<bool> {
+            unreachable!()
+        }
+        fn incr(&mut self, _: &[u8], _: i64) -> StoreResult<i64> {
+            unreachable!()
+        }
+        fn txn(&mut self, c: Vec<TxnCheck>, o: Vec<TxnOp>) -> StoreResult<bool> {
+            self.committed.push((c, o));
+            Ok(true)
+        }
+        fn put_many(&mut self, _: &[(Bytes, Bytes)]) -> StoreResult<()> {
+            unreachable!()
+        }
+        fn region_of(&mut self, _: &[u8]) -> u64 {
+            1
+        }
+    }
+    let mut store = Behind {
+        committed: Vec::new(),
+    };
+    let reply = crate::view::atomically(
+        &mut store,
+        &[Bytes::from_static(b"k")],
+        (false, Default::default()),
+        crate::store::now_ms,
+        |v| {
+            crate::view::Attempt::Commit(strings::append(
+                v,
+                &[
+                    Bytes::new(),
+                    Bytes::from_static(b"k"),
+                    Bytes::from_static(b"!"),
+                ],
+            ))
+        },
+    )
+    .unwrap();
+    assert_eq!(reply, Reply::Int(5), "appended to the live value");
+    let (checks, ops) = &store.committed[0];
+    assert_eq!(checks[0].version, Some(7), "checked at the version read");
+    assert!(matches!(&ops[0], TxnOp::Put { value, .. } if value.as_ref() == b"live!"));
+}
+
+#[test]
+fn a_pipeline_answers_in_order_and_stops_at_quit() {
+    let mut s = session(1);
+    let cmds: Vec<Vec<Bytes>> = [
+        "SET a 1", "GET a", "GET a", "GET b", "INCR a", "GET a", "QUIT", "SET a 9",
+    ]
+    .iter()
+    .map(|l| split_args(l.as_bytes()).unwrap())
+    .collect();
+    let replies = s.handle_pipeline(cmds);
+    let mut out = Vec::new();
+    for r in &replies {
+        r.encode(2, &mut out);
+    }
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "+OK\r\n$1\r\n1\r\n$1\r\n1\r\n$-1\r\n:2\r\n$1\r\n2\r\n+OK\r\n"
+    );
+    assert!(s.closing);
+    assert_eq!(
+        s.store_for_tests()
+            .get(b"a")
+            .unwrap()
+            .unwrap()
+            .value
+            .as_ref(),
+        b"2"
+    );
 }

@@ -271,7 +271,13 @@ impl Shard {
             _ => {}
         }
         if let Op::Write(w) = &req.op {
-            let adds_data = !matches!(w, corekv_engine::WriteRequest::Delete { .. });
+            let adds_data = match w {
+                corekv_engine::WriteRequest::Delete { .. } => false,
+                corekv_engine::WriteRequest::Txn { ops, .. } => ops
+                    .iter()
+                    .any(|o| matches!(o, corekv_engine::TxnOp::Put { .. })),
+                _ => true,
+            };
             if adds_data && node.no_space.load(Ordering::Relaxed) {
                 let e = WireError::new(
                     ErrorCode::NoSpace,

@@ -23,6 +23,10 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 6)]
     clients: usize,
+    /// Of those, clients that speak the Redis protocol (the nodes then
+    /// serve it on BASE+200+i); their operations are checked like the rest.
+    #[arg(long, default_value_t = 0)]
+    resp_clients: usize,
     /// Register keys in use at a time (plus 2 counters).
     #[arg(long, default_value_t = 6)]
     keys: usize,
@@ -81,6 +85,7 @@ fn main() {
         duration: Duration::from_secs(a.duration),
         seed,
         clients: a.clients,
+        resp_clients: a.resp_clients.min(a.clients),
         keys: a.keys,
         key_rotation: Duration::from_secs(a.key_rotation.max(1)),
         faults,

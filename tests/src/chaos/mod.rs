@@ -73,6 +73,7 @@ use crate::watch_check::check_watch;
 
 mod fault;
 mod report;
+mod resp;
 mod watcher;
 mod workload;
 
@@ -178,6 +179,9 @@ pub struct ChaosOptions {
     /// Of those, clients that only read (they keep reading from whichever
     /// node they believe leads, which is where stale reads would show).
     pub readers: usize,
+    /// Of those (the last ones), clients that speak the Redis protocol to
+    /// the nodes' `--resp-listen` ports (GET, SET, DEL, INCR).
+    pub resp_clients: usize,
     /// Register keys per key generation (plus 2 counter keys).
     pub keys: usize,
     /// Clients move to fresh keys this often.
@@ -210,6 +214,7 @@ impl Default for ChaosOptions {
             seed: 1,
             clients: 6,
             readers: 0,
+            resp_clients: 0,
             keys: 6,
             key_rotation: Duration::from_secs(10),
             faults: FaultKind::DEFAULT.to_vec(),
@@ -305,7 +310,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         node_args,
         fault_files: true,
         metrics: false,
-        resp: false,
+        resp: opts.resp_clients > 0,
     })?;
     let base_rules: Vec<String> = (0..opts.nodes)
         .map(|i| {
@@ -354,10 +359,21 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         std::thread::spawn(move || watch_loop(&shared, watch_client, first, &opts))
     };
     let mut workers = Vec::new();
+    let resp_addrs: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.resp_addr.clone())
+        .collect();
     for c in 0..opts.clients {
         let (shared, endpoints, opts) = (shared.clone(), endpoints.clone(), opts.clone());
+        let over_resp = c >= opts.clients.saturating_sub(opts.resp_clients);
+        let addrs = resp_addrs.clone();
         workers.push(std::thread::spawn(move || {
-            client_loop(c as u64 + 1, &shared, endpoints, &opts)
+            if over_resp {
+                resp::resp_client_loop(c as u64 + 1, &shared, addrs, &opts)
+            } else {
+                client_loop(c as u64 + 1, &shared, endpoints, &opts)
+            }
         }));
     }
 
