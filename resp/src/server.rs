@@ -374,8 +374,17 @@ pub(crate) fn serve<S: Read + Write>(
                 }
             }
             let more = cmds.len() == PIPELINE_RUN_MAX;
-            for reply in session.handle_pipeline(cmds) {
-                reply.encode(session.proto, &mut out);
+            let mut done = 0;
+            while done < cmds.len() && !session.closing {
+                done += session.handle_pipeline(&cmds[done..], &mut out, OUT_BYTES_MAX);
+                // A pipeline of large replies is written as it goes,
+                // never held whole.
+                if out.len() >= OUT_BYTES_MAX {
+                    if stream.write_all(&out).is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
             }
             if session.closing {
                 close = true;
@@ -386,14 +395,6 @@ pub(crate) fn serve<S: Read + Write>(
                 Reply::err(format!("Protocol error: {}", e.0)).encode(session.proto, &mut out);
                 close = true;
                 break;
-            }
-            // A pipeline of large replies is written as it goes, never
-            // held whole.
-            if out.len() >= OUT_BYTES_MAX {
-                if stream.write_all(&out).is_err() {
-                    return;
-                }
-                out.clear();
             }
             if !more {
                 break;

@@ -78,16 +78,48 @@ impl Session {
         self.store.as_mut()
     }
 
-    /// Answers pipelined commands in order; stops after a QUIT. A run of
-    /// GETs of one region (outside MULTI) is read in one go, from one state
-    /// of the region, which no client can tell from one GET after another.
-    pub fn handle_pipeline(&mut self, cmds: Vec<Vec<Bytes>>) -> Vec<Reply> {
-        let mut replies = Vec::with_capacity(cmds.len());
+    /// Answers pipelined commands in order, each reply encoded into `out`
+    /// in the protocol in force after its command (HELLO and RESET switch
+    /// it). Returns how many commands it ran: it stops after a QUIT, and
+    /// once `out` holds `budget` bytes or more, so that the caller writes
+    /// them before running the rest. Outside MULTI, a run of GETs of one
+    /// region is read in one go, in order, none from an older state than
+    /// the one before, and a run of writes of one region that need no read
+    /// first (SET, SETNX, SETEX, INCR..., DEL of one key) is sent in one go
+    /// and applied by the region's log in order: no client can tell either
+    /// from one command after another.
+    pub fn handle_pipeline(
+        &mut self,
+        cmds: &[Vec<Bytes>],
+        out: &mut Vec<u8>,
+        budget: usize,
+    ) -> usize {
         let mut i = 0;
-        while i < cmds.len() && !self.closing {
+        while i < cmds.len() && !self.closing && (i == 0 || out.len() < budget) {
+            let writes = self.write_run(&cmds[i..]);
+            if writes.len() >= 2 {
+                let st = &self.shared.stats;
+                st.commands
+                    .fetch_add(writes.len() as u64, Ordering::Relaxed);
+                self.shared.note_command(self.id, "set");
+                let n = writes.len();
+                let (ops, kinds): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
+                let keys: Vec<Bytes> = ops.iter().map(|w| w.key().clone()).collect();
+                let answers = self.store.write_pipelined(ops);
+                for ((r, kind), key) in answers.into_iter().zip(kinds).zip(keys) {
+                    let reply = commands::write_reply(self.store.as_mut(), &key, kind, r);
+                    if reply.is_error() {
+                        self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    reply.encode(self.proto, out);
+                }
+                i += n;
+                continue;
+            }
             let run = self.get_run(&cmds[i..]);
             if run < 2 {
-                replies.push(self.handle(cmds[i].clone()));
+                let reply = self.handle(cmds[i].clone());
+                reply.encode(self.proto, out);
                 i += 1;
                 continue;
             }
@@ -103,11 +135,38 @@ impl Session {
                         store_err(e)
                     }
                 };
-                replies.push(reply);
+                reply.encode(self.proto, out);
             }
             i += run;
         }
-        replies
+        i
+    }
+
+    /// The writes at the start of `cmds` that need no read first and are
+    /// all of one region: sent together, the region's log applies them in
+    /// this order.
+    fn write_run(
+        &mut self,
+        cmds: &[Vec<Bytes>],
+    ) -> Vec<(crate::store::FastWrite, commands::WriteReply)> {
+        if self.multi.is_some() || cmds.len() < 2 {
+            return Vec::new();
+        }
+        let mut run = Vec::new();
+        let mut region = 0;
+        for c in cmds {
+            let Some(spec) = lookup(&c[0]) else { break };
+            let Some(w) = commands::as_fast_write(spec.name, c) else {
+                break;
+            };
+            let r = self.store.region_of(w.0.key());
+            if r == 0 || (region != 0 && r != region) {
+                break;
+            }
+            region = r;
+            run.push(w);
+        }
+        run
     }
 
     /// How many commands at the start of `cmds` are GETs of one region

@@ -45,8 +45,8 @@ impl StoreError {
             // Not TRYAGAIN: Redis clients retry that on their own, and a
             // write that may have been applied must not be sent again blindly.
             StoreError::Unknown(m) => format!(
-                "UNCERTAIN the write may or may not have been applied ({m}); read the key to \
-                 find out"
+                "UNCERTAIN the outcome is unknown: a write may or may not have been applied \
+                 ({m}); read the key to find out"
             ),
             StoreError::Unavailable(m) => format!("CLUSTERDOWN no replica could answer: {m}"),
         }
@@ -55,6 +55,44 @@ impl StoreError {
 
 /// Result of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A write that needs no read first, as a pipeline may send several.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FastWrite {
+    /// Set a key (with `if_absent`, only if it holds no live value).
+    Put {
+        key: Bytes,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+        if_absent: bool,
+    },
+    /// Delete a key.
+    Delete { key: Bytes },
+    /// Add to the integer at a key.
+    Incr { key: Bytes, delta: i64 },
+}
+
+impl FastWrite {
+    /// The key written.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            FastWrite::Put { key, .. }
+            | FastWrite::Delete { key }
+            | FastWrite::Incr { key, .. } => key,
+        }
+    }
+}
+
+/// What a [`FastWrite`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A put: written (false: its condition did not hold).
+    Written(bool),
+    /// A delete: a live value was removed.
+    Deleted(bool),
+    /// An increment: the new value.
+    Counter(i64),
+}
 
 /// The cluster as the commands see it.
 pub trait Store {
@@ -84,6 +122,26 @@ pub trait Store {
     /// linearizable, none older than the one before.
     fn get_pipelined(&mut self, keys: &[Bytes]) -> Vec<StoreResult<Option<Stored>>> {
         keys.iter().map(|k| self.get(k)).collect()
+    }
+
+    /// Applies `writes` (all of one region) as a pipeline: in order, as if
+    /// one after another.
+    fn write_pipelined(&mut self, writes: Vec<FastWrite>) -> Vec<StoreResult<Answer>> {
+        writes
+            .into_iter()
+            .map(|w| match w {
+                FastWrite::Put {
+                    key,
+                    value,
+                    ttl_ms,
+                    if_absent,
+                } => self
+                    .put(&key, &value, ttl_ms, if_absent)
+                    .map(Answer::Written),
+                FastWrite::Delete { key } => self.delete(&key).map(Answer::Deleted),
+                FastWrite::Incr { key, delta } => self.incr(&key, delta).map(Answer::Counter),
+            })
+            .collect()
     }
 }
 
@@ -182,15 +240,30 @@ impl Store for ClusterStore {
         let pairs: Vec<(&[u8], &[u8])> = items.iter().map(|(k, v)| (&k[..], &v[..])).collect();
         let results = self.client()?.batch_put(&pairs);
         let written = results.iter().filter(|r| r.is_ok()).count();
-        match results.into_iter().find_map(Result::err) {
-            None => Ok(()),
-            Some(e) if written == 0 => Err(map_err(e)),
+        let errors: Vec<StoreError> = results
+            .into_iter()
+            .filter_map(Result::err)
+            .map(map_err)
+            .collect();
+        let Some(first) = errors.first().cloned() else {
+            return Ok(());
+        };
+        // Not applied only if no region's part was, nor may have been.
+        let unknown = errors.iter().find(|e| matches!(e, StoreError::Unknown(_)));
+        match (written, unknown) {
+            (0, None) => Err(first),
+            (_, Some(u)) => Err(StoreError::Unknown(format!(
+                "{written} of {} keys written, some may or may not be (a region's keys are \
+                 written together): {}",
+                items.len(),
+                u.reply_text()
+            ))),
             // Each region's part is atomic, the whole is not: say so.
-            Some(e) => Err(StoreError::Invalid(format!(
+            (_, None) => Err(StoreError::Invalid(format!(
                 "only part of the keys were written ({written} of {}; a region's keys are \
                  written together): {}",
                 items.len(),
-                map_err(e).reply_text()
+                first.reply_text()
             ))),
         }
     }
@@ -200,6 +273,59 @@ impl Store for ClusterStore {
             Ok(c) => c.region_of(key),
             Err(_) => 0,
         }
+    }
+
+    fn write_pipelined(&mut self, writes: Vec<FastWrite>) -> Vec<StoreResult<Answer>> {
+        use corekv_engine::{Condition, WriteRequest};
+        let kinds: Vec<u8> = writes
+            .iter()
+            .map(|w| match w {
+                FastWrite::Put { .. } => 0,
+                FastWrite::Delete { .. } => 1,
+                FastWrite::Incr { .. } => 2,
+            })
+            .collect();
+        let reqs: Vec<WriteRequest> = writes
+            .into_iter()
+            .map(|w| match w {
+                FastWrite::Put {
+                    key,
+                    value,
+                    ttl_ms,
+                    if_absent,
+                } => WriteRequest::Put {
+                    key,
+                    value,
+                    ttl_ms,
+                    condition: if if_absent {
+                        Condition::IfAbsent
+                    } else {
+                        Condition::None
+                    },
+                },
+                FastWrite::Delete { key } => WriteRequest::Delete {
+                    key,
+                    if_version: None,
+                },
+                FastWrite::Incr { key, delta } => WriteRequest::Incr { key, delta },
+            })
+            .collect();
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => return kinds.iter().map(|_| Err(e.clone())).collect(),
+        };
+        client
+            .write_pipelined(reqs)
+            .into_iter()
+            .zip(kinds)
+            .map(|(r, kind)| match (r, kind) {
+                (Ok(_), 0) => Ok(Answer::Written(true)),
+                (Ok((_, f)), 1) => Ok(Answer::Deleted(f.existed)),
+                (Ok((_, f)), _) => Ok(Answer::Counter(f.counter)),
+                (Err(ClientError::ConditionFailed { .. }), 0) => Ok(Answer::Written(false)),
+                (Err(e), _) => Err(map_err(e)),
+            })
+            .collect()
     }
 
     fn get_pipelined(&mut self, keys: &[Bytes]) -> Vec<StoreResult<Option<Stored>>> {

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// Writes of one client in one frame at most. A region remembers the last
+/// `RESULTS_PER_CLIENT` outcomes of each client, so while a frame's writes
+/// are retried after a lost answer, each of them is still remembered if
+/// it was applied: a retry is never applied twice.
+pub const PIPELINED_WRITES_MAX: usize = 16;
+const _: () = assert!(PIPELINED_WRITES_MAX <= corekv_engine::session::RESULTS_PER_CLIENT);
+
 impl Client {
     /// Reads `key`.
     pub fn get(&mut self, key: &[u8], consistency: Consistency) -> Result<Option<Value>> {
@@ -127,8 +134,9 @@ impl Client {
     }
 
     /// Reads `keys` in order, as a pipeline of gets: when they are all in
-    /// one region, in one frame to its leader, which answers them from one
-    /// state (one round of reads). From the first that did not succeed
+    /// one region and linearizable, in one frame to its leader, which
+    /// serves them in order (one round of reads, unless the frame spans
+    /// rounds). From the first that did not succeed
     /// that way (leader moved, connection lost, ...), the rest are read
     /// again one by one, in order, with the usual retries; keys of several
     /// regions are read one by one. Either way each read sees every write
@@ -140,8 +148,11 @@ impl Client {
         consistency: Consistency,
     ) -> Vec<Result<Option<Value>>> {
         let mut out: Vec<Result<Option<Value>>> = Vec::with_capacity(keys.len());
+        // Linearizable reads only: their batches are served in the order
+        // they arrive; a lease read arriving later may be served from the
+        // state before an earlier one that waits for its quorum check.
         let one_region = keys.len() > 1
-            && consistency != Consistency::Follower
+            && consistency == Consistency::Linearizable
             && self.route_index(route_hash(&keys[0])).is_some_and(|i| {
                 keys.iter()
                     .all(|k| self.route_index(route_hash(k)) == Some(i))
@@ -183,13 +194,149 @@ impl Client {
                             }
                         }
                     }
-                    Err(CallError::NotSent(_) | CallError::Lost(_)) => self.mark_down(node),
+                    Err(CallError::NotSent(_) | CallError::Lost(_)) => {
+                        self.mark_down(node);
+                        self.routes[i].leader_node = 0;
+                    }
                 }
             }
         }
         for k in &keys[out.len()..] {
             let r = self.get(k, consistency);
             out.push(r);
+        }
+        out
+    }
+
+    /// Applies `writes` in order, as a pipeline: when every key is in one
+    /// region, in one frame to its leader, which proposes them one after
+    /// another in one round, so the log applies them in this order. Each
+    /// carries its own session tag, so an uncertain one is retried exactly
+    /// once. From the first that was refused (leader moved, ...) or got no
+    /// answer, the rest go one by one, in order, with the usual retries (an
+    /// unanswered one with its tag, as a retry); should a later one have
+    /// succeeded already, the earlier ones are not sent again (order comes
+    /// first): a refused one is reported `Unavailable`, an unanswered one
+    /// `Unknown`. Writes of several regions go one by one.
+    pub fn write_pipelined(
+        &mut self,
+        mut writes: Vec<WriteRequest>,
+    ) -> Vec<Result<(Outcome, ResponseFields)>> {
+        if writes.len() > PIPELINED_WRITES_MAX {
+            // In frames of at most that many, one after another.
+            let rest = writes.split_off(PIPELINED_WRITES_MAX);
+            let mut out = self.write_pipelined(writes);
+            out.extend(self.write_pipelined(rest));
+            return out;
+        }
+        let route_of = |c: &Self, w: &WriteRequest| -> Option<usize> {
+            let mut keys = w.keys();
+            let i = c.route_index(route_hash(keys.next()?))?;
+            keys.all(|k| c.route_index(route_hash(k)) == Some(i))
+                .then_some(i)
+        };
+        let first = writes.first().and_then(|w| route_of(self, w));
+        let one_region = writes.len() > 1
+            && first.is_some()
+            && writes.iter().all(|w| route_of(self, w) == first);
+        let sequential = |c: &mut Self, ws: Vec<WriteRequest>| -> Vec<_> {
+            ws.into_iter()
+                .map(|w| {
+                    let key = w.keys().next().cloned().unwrap_or_default();
+                    c.execute(&key, Op::Write(w), false)
+                })
+                .collect()
+        };
+        let (true, Some(i)) = (one_region, first) else {
+            return sequential(self, writes);
+        };
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        self.learn_shard_ports(i, deadline);
+        let Some((node, addr)) = self.target(i, 1) else {
+            return sequential(self, writes);
+        };
+        let (region_id, epoch) = (self.routes[i].region.id, self.routes[i].region.epoch);
+        let tags: Vec<SessionTag> = writes.iter().map(|_| self.new_tag()).collect();
+        let reqs: Vec<Request> = writes
+            .iter()
+            .zip(&tags)
+            .map(|(w, tag)| Request {
+                id: self.new_id(),
+                region_id,
+                epoch,
+                op: Op::Write(w.clone()),
+                session: Some(*tag),
+                system: self.cfg.system,
+            })
+            .collect();
+        /// What became of one write of the frame.
+        enum Fate {
+            Done(Result<(Outcome, ResponseFields)>),
+            /// Refused before it was proposed: not applied.
+            Refused(String),
+            /// Maybe applied.
+            Uncertain(String),
+        }
+        let (got, failure) = self.call_partial(&addr, &reqs, deadline);
+        if failure.is_some() {
+            self.mark_down(node);
+            self.routes[i].leader_node = 0;
+        }
+        let mut rerouted = false;
+        let fates: Vec<Fate> = got
+            .into_iter()
+            .map(|r| match r {
+                Some((resp, f)) => match resp.result {
+                    Ok(o) => Fate::Done(Ok((o, f))),
+                    Err(e) => {
+                        let code = e.code();
+                        match code {
+                            ErrorCode::NotLeader
+                            | ErrorCode::EpochNotMatch
+                            | ErrorCode::RegionNotFound
+                            | ErrorCode::Busy
+                            | ErrorCode::ProposalDropped
+                            | ErrorCode::ShuttingDown => {
+                                if !rerouted {
+                                    rerouted = true;
+                                    let _ = self.routes.on_error(i, &e);
+                                }
+                                Fate::Refused(format!("{addr}: {e}"))
+                            }
+                            ErrorCode::Timeout => Fate::Uncertain(format!("{addr}: {e}")),
+                            _ => Fate::Done(Err(wire_to_client(e))),
+                        }
+                    }
+                },
+                None => match &failure {
+                    Some(CallError::NotSent(e)) => Fate::Refused(e.clone()),
+                    Some(CallError::Lost(e)) => Fate::Uncertain(e.clone()),
+                    None => Fate::Uncertain("no answer".into()),
+                },
+            })
+            .collect();
+        let first_open = fates.iter().position(|f| !matches!(f, Fate::Done(_)));
+        let later_done =
+            first_open.is_some_and(|f| fates[f..].iter().any(|x| matches!(x, Fate::Done(_))));
+        let mut out = Vec::with_capacity(writes.len());
+        for ((fate, w), tag) in fates.into_iter().zip(writes).zip(tags) {
+            out.push(match fate {
+                Fate::Done(r) => r,
+                Fate::Refused(last) if later_done => {
+                    Err(ClientError::Unavailable { attempts: 1, last })
+                }
+                Fate::Uncertain(last) if later_done => Err(ClientError::Unknown(last)),
+                Fate::Refused(_) => {
+                    // Never applied: a new write with a new tag.
+                    let by = RouteBy::Hash(route_hash(w.keys().next().expect("a write has a key")));
+                    self.execute_tagged(by, Op::Write(w), false, None)
+                }
+                Fate::Uncertain(_) => {
+                    let by = RouteBy::Hash(route_hash(w.keys().next().expect("a write has a key")));
+                    let retry = SessionTag { retry: true, ..tag };
+                    self.execute_tagged(by, Op::Write(w), false, Some(retry))
+                }
+            });
         }
         out
     }

@@ -189,7 +189,7 @@ pub struct Client {
 
 /// How an operation picks its region.
 #[derive(Clone, Copy)]
-enum RouteBy {
+pub(crate) enum RouteBy {
     /// The region owning this key hash.
     Hash(u64),
     /// The region with this id.
@@ -350,14 +350,33 @@ impl Client {
         reqs: &[Request],
         deadline: Instant,
     ) -> std::result::Result<Vec<(Response, ResponseFields)>, CallError> {
-        let conn = self.conn(addr, deadline).map_err(CallError::NotSent)?;
+        match self.call_partial(addr, reqs, deadline) {
+            (_, Some(e)) => Err(e),
+            (got, None) => Ok(got.into_iter().map(|r| r.expect("all answered")).collect()),
+        }
+    }
+
+    /// Sends `reqs` in one frame and collects the answers, in request
+    /// order, until all came or the connection failed: then the error, and
+    /// the answers that came before it.
+    #[allow(clippy::type_complexity)]
+    fn call_partial(
+        &mut self,
+        addr: &str,
+        reqs: &[Request],
+        deadline: Instant,
+    ) -> (Vec<Option<(Response, ResponseFields)>>, Option<CallError>) {
+        let mut got: Vec<Option<(Response, ResponseFields)>> = vec![None; reqs.len()];
+        let conn = match self.conn(addr, deadline) {
+            Ok(c) => c,
+            Err(e) => return (got, Some(CallError::NotSent(e))),
+        };
         let frame = encode_requests(reqs);
         if let Err(e) = conn.stream.write_all(&frame) {
             self.conns.remove(addr);
             // A partial write may have delivered the frame.
-            return Err(CallError::Lost(format!("{addr}: {e}")));
+            return (got, Some(CallError::Lost(format!("{addr}: {e}"))));
         }
-        let mut got: Vec<Option<(Response, ResponseFields)>> = vec![None; reqs.len()];
         let mut missing = reqs.len();
         while missing > 0 {
             let conn = self.conns.get_mut(addr).unwrap();
@@ -365,7 +384,7 @@ impl Client {
                 Ok(f) => f,
                 Err(e) => {
                     self.conns.remove(addr);
-                    return Err(CallError::Lost(e));
+                    return (got, Some(CallError::Lost(e)));
                 }
             };
             match frame {
@@ -381,15 +400,27 @@ impl Client {
                 }
                 Frame::Error(e) => {
                     self.conns.remove(addr);
-                    return Err(CallError::Lost(format!("{addr}: {}", e.message())));
+                    let e = CallError::Lost(format!("{addr}: {}", e.message()));
+                    return (got, Some(e));
                 }
                 other => {
                     self.conns.remove(addr);
-                    return Err(CallError::Lost(format!("{addr}: unexpected {other:?}")));
+                    let e = CallError::Lost(format!("{addr}: unexpected {other:?}"));
+                    return (got, Some(e));
                 }
             }
         }
-        Ok(got.into_iter().map(Option::unwrap).collect())
+        (got, None)
+    }
+
+    /// A session tag for a new write of this client.
+    pub(crate) fn new_tag(&mut self) -> SessionTag {
+        self.seq += 1;
+        SessionTag {
+            client_id: self.client_id,
+            seq: self.seq,
+            retry: false,
+        }
     }
 
     pub(crate) fn new_id(&mut self) -> u64 {
@@ -414,6 +445,19 @@ impl Client {
         op: Op,
         idempotent: bool,
     ) -> Result<(Outcome, ResponseFields)> {
+        self.execute_tagged(by, op, idempotent, None)
+    }
+
+    /// Like [`Client::execute_on`]; a write with `preset` goes with that
+    /// session tag (an earlier attempt's, its `retry` saying whether that
+    /// one may have been applied) instead of a new one.
+    pub(crate) fn execute_tagged(
+        &mut self,
+        by: RouteBy,
+        op: Op,
+        idempotent: bool,
+        preset: Option<SessionTag>,
+    ) -> Result<(Outcome, ResponseFields)> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let spread = matches!(
             op,
@@ -422,20 +466,14 @@ impl Client {
                 ..
             }
         );
-        let session = match (&op, idempotent) {
-            (Op::Write(_), false) => {
-                self.seq += 1;
-                Some(SessionTag {
-                    client_id: self.client_id,
-                    seq: self.seq,
-                    retry: false,
-                })
-            }
+        let session = match (&op, idempotent, preset) {
+            (Op::Write(_), false, Some(tag)) => Some(tag),
+            (Op::Write(_), false, None) => Some(self.new_tag()),
             _ => None,
         };
         let mut last = String::new();
         let mut attempt = 0;
-        let mut uncertain = false;
+        let mut uncertain = session.is_some_and(|s| s.retry);
         while attempt < self.cfg.attempts_max && Instant::now() < deadline {
             attempt += 1;
             let found = match by {

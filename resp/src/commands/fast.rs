@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::strings::{parse_set, ExpireOpt};
 use super::{not_integer, parse_int};
 use crate::reply::Reply;
-use crate::store::{Store, StoreError};
+use crate::store::{Answer, FastWrite, Store, StoreError};
 
 fn store_err(e: StoreError) -> Reply {
     Reply::Error(e.reply_text())
@@ -86,10 +86,19 @@ pub fn fast_path(store: &mut dyn Store, name: &str, a: &[Bytes]) -> Option<Reply
         }
         "del" | "unlink" => {
             let mut n = 0;
-            for k in &a[1..] {
+            for (done, k) in a[1..].iter().enumerate() {
                 match store.delete(k) {
                     Ok(existed) => n += i64::from(existed),
-                    Err(e) => return Some(store_err(e)),
+                    Err(e) if done == 0 => return Some(store_err(e)),
+                    // Keys before it are deleted already: the command as a
+                    // whole was applied in part.
+                    Err(e) => {
+                        return Some(store_err(StoreError::Unknown(format!(
+                            "{done} of the {} keys were deleted, then: {}",
+                            a.len() - 1,
+                            e.reply_text()
+                        ))))
+                    }
                 }
             }
             Reply::Int(n)
@@ -136,4 +145,95 @@ pub fn fast_path(store: &mut dyn Store, name: &str, a: &[Bytes]) -> Option<Reply
         }
         _ => return None,
     })
+}
+
+/// How the reply of a pipelined write is shaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteReply {
+    /// SET: OK, or nil when NX did not hold.
+    Set,
+    /// SETNX: 1 or 0.
+    SetNx,
+    /// SETEX, PSETEX: OK.
+    SetEx,
+    /// INCR and its kin: the new value.
+    Incr,
+    /// DEL or UNLINK of one key: 1 or 0.
+    Del,
+}
+
+/// The command as a write that needs no read first, if it is one (with
+/// valid arguments: anything else runs on its own and gets its error).
+pub fn as_fast_write(name: &str, a: &[Bytes]) -> Option<(FastWrite, WriteReply)> {
+    let key = a.get(1)?.clone();
+    let put = |value: &Bytes, ttl_ms, if_absent| FastWrite::Put {
+        key: key.clone(),
+        value: value.clone(),
+        ttl_ms,
+        if_absent,
+    };
+    Some(match name {
+        "set" if a.len() >= 3 => {
+            let o = parse_set(a).ok()?;
+            let ttl = match o.expire {
+                ExpireOpt::Unset => None,
+                ExpireOpt::In(ms) => Some(ms),
+                _ => return None,
+            };
+            if o.get || o.xx {
+                return None;
+            }
+            (put(&a[2], ttl, o.nx), WriteReply::Set)
+        }
+        "setnx" if a.len() == 3 => (put(&a[2], None, true), WriteReply::SetNx),
+        "setex" | "psetex" if a.len() == 4 => {
+            let unit = if name == "setex" { 1000 } else { 1 };
+            let n = parse_int(&a[2])?;
+            let ms = (n as u64).checked_mul(unit)?;
+            if n <= 0 || ms > corekv_engine::command::TTL_MS_MAX {
+                return None;
+            }
+            (put(&a[3], Some(ms), false), WriteReply::SetEx)
+        }
+        "incr" | "decr" if a.len() == 2 => {
+            let delta = if name == "incr" { 1 } else { -1 };
+            (FastWrite::Incr { key, delta }, WriteReply::Incr)
+        }
+        "incrby" | "decrby" if a.len() == 3 => {
+            let d = parse_int(&a[2])?;
+            let delta = if name == "incrby" {
+                d
+            } else {
+                d.checked_neg()?
+            };
+            (FastWrite::Incr { key, delta }, WriteReply::Incr)
+        }
+        "del" | "unlink" if a.len() == 2 => (FastWrite::Delete { key }, WriteReply::Del),
+        _ => return None,
+    })
+}
+
+/// The reply of a pipelined write.
+pub fn write_reply(
+    store: &mut dyn Store,
+    key: &[u8],
+    kind: WriteReply,
+    r: Result<Answer, StoreError>,
+) -> Reply {
+    match (r, kind) {
+        (Ok(Answer::Written(true)), WriteReply::Set | WriteReply::SetEx) => Reply::Ok,
+        (Ok(Answer::Written(false)), WriteReply::Set) => Reply::Nil,
+        (Ok(Answer::Written(w)), WriteReply::SetNx) => Reply::Int(i64::from(w)),
+        (Ok(Answer::Counter(n)), WriteReply::Incr) => Reply::Int(n),
+        (Ok(Answer::Deleted(d)), WriteReply::Del) => Reply::Int(i64::from(d)),
+        // The engine does not tell overflow from garbage: look.
+        (Err(StoreError::NotANumber), WriteReply::Incr) => match store.get(key) {
+            Ok(Some(s)) if parse_int(&s.value).is_some() => {
+                Reply::err("increment or decrement would overflow")
+            }
+            _ => not_integer(),
+        },
+        (Err(e), _) => store_err(e),
+        (Ok(other), kind) => Reply::err(format!("unexpected answer {other:?} to {kind:?}")),
+    }
 }

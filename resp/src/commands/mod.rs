@@ -17,7 +17,7 @@ mod fast;
 mod keys;
 mod strings;
 
-pub use fast::fast_path;
+pub use fast::{as_fast_write, fast_path, write_reply, WriteReply};
 
 /// What runs a command.
 #[derive(Clone, Copy)]

@@ -508,11 +508,8 @@ fn a_pipeline_answers_in_order_and_stops_at_quit() {
     .iter()
     .map(|l| split_args(l.as_bytes()).unwrap())
     .collect();
-    let replies = s.handle_pipeline(cmds);
     let mut out = Vec::new();
-    for r in &replies {
-        r.encode(2, &mut out);
-    }
+    assert_eq!(s.handle_pipeline(&cmds, &mut out, usize::MAX), 7);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "+OK\r\n$1\r\n1\r\n$1\r\n1\r\n$-1\r\n:2\r\n$1\r\n2\r\n+OK\r\n"
@@ -527,4 +524,32 @@ fn a_pipeline_answers_in_order_and_stops_at_quit() {
             .as_ref(),
         b"2"
     );
+}
+
+#[test]
+fn a_pipeline_switching_protocols_encodes_each_reply_in_its_own() {
+    let mut s = session(1);
+    let cmds: Vec<Vec<Bytes>> = ["GET none", "HELLO 3", "GET none", "RESET", "GET none"]
+        .iter()
+        .map(|l| split_args(l.as_bytes()).unwrap())
+        .collect();
+    let mut out = Vec::new();
+    assert_eq!(s.handle_pipeline(&cmds, &mut out, usize::MAX), 5);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("$-1\r\n%7\r\n"), "{text}");
+    assert!(text.ends_with("_\r\n+RESET\r\n$-1\r\n"), "{text}");
+}
+
+#[test]
+fn a_pipeline_stops_at_its_reply_budget_so_replies_go_out_first() {
+    let mut s = session(1);
+    let cmds: Vec<Vec<Bytes>> = ["SET a 1", "PING", "PING", "PING"]
+        .iter()
+        .map(|l| split_args(l.as_bytes()).unwrap())
+        .collect();
+    let mut out = Vec::new();
+    // A budget of one byte: one command at a time.
+    assert_eq!(s.handle_pipeline(&cmds, &mut out, 1), 1);
+    assert_eq!(out, b"+OK\r\n");
+    assert_eq!(s.handle_pipeline(&cmds[1..], &mut out, 1), 1);
 }

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use super::workload::{record, Done};
+use super::workload::{record, record_timed, Done};
 use super::*;
 
 /// One reply, as far as these clients need it.
@@ -57,11 +57,23 @@ impl Conn {
     }
 
     fn call(&mut self, args: &[&str]) -> std::io::Result<Reply> {
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        self.send(&[args])?;
+        self.reply()
+    }
+
+    /// Sends commands in one write (a pipeline).
+    fn send(&mut self, cmds: &[&[&str]]) -> std::io::Result<()> {
+        let mut out = String::new();
+        for args in cmds {
+            out.push_str(&format!("*{}\r\n", args.len()));
+            for a in *args {
+                out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
         }
-        self.stream.write_all(out.as_bytes())?;
+        self.stream.write_all(out.as_bytes())
+    }
+
+    fn reply(&mut self) -> std::io::Result<Reply> {
         let l = self.line()?;
         let bad = || std::io::Error::other(format!("unexpected reply {l:?}"));
         Ok(match l.as_bytes().first() {
@@ -127,6 +139,17 @@ pub(super) fn resp_client_loop(
             }
         }
         let c = conn.as_mut().expect("connected above");
+        if rng.gen_bool(0.25) {
+            // A pipeline: several commands in one write, each recorded from
+            // the send to its own reply (the server runs runs of one region
+            // together).
+            n += 1;
+            if !burst(c, client, n, shared, opts, &mut rng, &mut used) {
+                conn = None;
+                node = (node + 1) % addrs.len();
+            }
+            continue;
+        }
         let generation =
             shared.started.elapsed().as_millis() / opts.key_rotation.as_millis().max(1);
         n += 1;
@@ -182,4 +205,72 @@ pub(super) fn resp_client_loop(
         }
     }
     used.into_iter().collect()
+}
+
+/// One pipeline of 2 to 6 GETs, SETs or INCRs (on few keys, so that runs of
+/// one region occur); false if the connection broke.
+fn burst(
+    c: &mut Conn,
+    client: u64,
+    n: u64,
+    shared: &Shared,
+    opts: &ChaosOptions,
+    rng: &mut StdRng,
+    used: &mut std::collections::BTreeSet<String>,
+) -> bool {
+    let generation = shared.started.elapsed().as_millis() / opts.key_rotation.as_millis().max(1);
+    let writes = rng.gen_bool(0.5);
+    let len = rng.gen_range(2..=6);
+    let mut ops: Vec<(String, Input, Vec<String>)> = Vec::new();
+    for j in 0..len {
+        let counter = rng.gen_bool(0.3);
+        let key = if counter {
+            format!("g{generation}-counter-{}", rng.gen_range(0..2))
+        } else {
+            format!("g{generation}-reg-{}", rng.gen_range(0..opts.keys.min(3)))
+        };
+        used.insert(key.clone());
+        let (input, args) = match (writes, counter) {
+            (false, _) => (Input::Get, vec!["GET".to_string(), key.clone()]),
+            (true, true) => (Input::Incr(1), vec!["INCR".to_string(), key.clone()]),
+            (true, false) => {
+                let v = format!("p{client}-{n}-{j}");
+                (
+                    Input::Put(v.clone()),
+                    vec!["SET".to_string(), key.clone(), v],
+                )
+            }
+        };
+        ops.push((key, input, args));
+    }
+    let cmds: Vec<Vec<&str>> = ops
+        .iter()
+        .map(|(_, _, a)| a.iter().map(String::as_str).collect())
+        .collect();
+    let refs: Vec<&[&str]> = cmds.iter().map(Vec::as_slice).collect();
+    let call = shared.now_us();
+    let sent = c.send(&refs).is_ok();
+    let mut broken = !sent;
+    for (key, input, _) in ops {
+        let r = if broken {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        } else {
+            c.reply()
+        };
+        broken |= r.is_err();
+        let ret = shared.now_us();
+        let done = match &input {
+            Input::Get => match r {
+                Ok(Reply::Bulk(v)) => Done::Ok(Output::Value(v)),
+                _ => Done::Failed,
+            },
+            Input::Incr(_) => write_done(r, |r| match r {
+                Reply::Int(v) => Some(Output::Counter(v)),
+                _ => None,
+            }),
+            _ => write_done(r, |r| matches!(r, Reply::Status).then_some(Output::Written)),
+        };
+        record_timed(shared, client, &key, input, (call, ret), done);
+    }
+    !broken
 }

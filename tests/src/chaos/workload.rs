@@ -59,6 +59,19 @@ pub(super) fn record(
     let call = shared.now_us();
     let done = f();
     let ret = shared.now_us();
+    record_timed(shared, client, key, input, (call, ret), done);
+}
+
+/// Records an operation invoked at `call` and answered at `ret` (µs of the
+/// run), as [`record`] does.
+pub(super) fn record_timed(
+    shared: &Shared,
+    client: u64,
+    key: &str,
+    input: Input,
+    (call, ret): (u64, u64),
+    done: Done,
+) {
     let kind = match &input {
         Input::Get => "get",
         Input::Put(_) => "put",
