@@ -39,13 +39,28 @@ pub enum Consistency {
     Follower,
 }
 
+/// A scan of a region's keys in hash order: every live key whose routing
+/// hash is at or after `from_hash` (within the region), at most `limit`
+/// keys, but never part of the keys of one hash value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// First hash to include.
+    pub from_hash: u64,
+    /// Keys to return at most (past it, only keys of the last hash).
+    pub limit: usize,
+    /// Leave the values out.
+    pub keys_only: bool,
+}
+
 /// A read waiting to be served.
 #[derive(Debug)]
 pub struct PendingRead {
     /// Caller's request id.
     pub id: u64,
-    /// Key to read.
+    /// Key to read (empty for a scan).
     pub key: Bytes,
+    /// A scan instead of a read of `key`.
+    pub scan: Option<Scan>,
     /// Answer `Timeout` after this time (monotonic ms).
     pub deadline_ms: u64,
 }
@@ -239,6 +254,7 @@ mod tests {
         PendingRead {
             id,
             key: Bytes::from_static(b"k"),
+            scan: None,
             deadline_ms: 1000,
         }
     }
@@ -297,6 +313,7 @@ mod tests {
     fn deadlines_and_leadership_loss_drain_reads() {
         let mut q = ReadQueue::default();
         q.push(PendingRead {
+            scan: None,
             id: 1,
             key: Bytes::new(),
             deadline_ms: 10,

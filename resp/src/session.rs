@@ -52,6 +52,21 @@ fn queueable_conn(name: &str) -> bool {
     )
 }
 
+/// Keys per page when a command walks the whole key space.
+pub const PAGE_KEYS: u32 = 1000;
+
+/// A random routing hash (RANDOMKEY).
+fn rand_hash() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
 /// Commands one MULTI may queue.
 pub const MULTI_QUEUE_MAX: usize = 4096;
 /// Keys one connection may WATCH.
@@ -213,10 +228,6 @@ impl Session {
         if let Some(m) = &mut self.multi {
             match (spec.name, spec.run) {
                 ("exec" | "discard" | "multi" | "watch" | "quit" | "reset", _) => {}
-                (_, Run::Unsupported(msg)) => {
-                    m.failed = true;
-                    return Reply::err(msg);
-                }
                 (name, Run::Conn) if !queueable_conn(name) => {
                     m.failed = true;
                     return Reply::err("Command not allowed inside a transaction");
@@ -234,7 +245,6 @@ impl Session {
             }
         }
         match spec.run {
-            Run::Unsupported(msg) => Reply::err(msg),
             Run::Data(f) => self.data(spec, f, &args),
             Run::Conn => self.conn_command(spec, &args),
         }
@@ -350,6 +360,11 @@ impl Session {
                 self.shared.set_client_name(self.id, None);
                 Reply::Status("RESET".into())
             }
+            "scan" => self.scan(a),
+            "keys" => self.keys(a),
+            "dbsize" => self.dbsize(),
+            "randomkey" => self.randomkey(),
+            "flushdb" | "flushall" => self.flush(a),
             "auth" => auth_refused(),
             "hello" => self.hello(a),
             "client" => self.client(a),
@@ -394,6 +409,164 @@ impl Session {
                 Reply::Ok
             }
             _ => commands::unknown(a),
+        }
+    }
+
+    /// Calls `f` with every page of live keys (no values) in hash order,
+    /// from the start, until it says stop.
+    fn pages(
+        &mut self,
+        mut f: impl FnMut(&mut dyn Store, Vec<Bytes>) -> Result<bool, Reply>,
+    ) -> Result<(), Reply> {
+        let mut from = 0;
+        loop {
+            let (items, next) = self.store.scan(from, PAGE_KEYS, true).map_err(store_err)?;
+            let keys = items.into_iter().map(|(k, _)| k).collect();
+            if !f(self.store.as_mut(), keys)? {
+                return Ok(());
+            }
+            match next {
+                Some(n) => from = n,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]. The cursor is
+    /// the routing hash to go on from: 0 starts, 0 again means done.
+    fn scan(&mut self, a: &[Bytes]) -> Reply {
+        let Some(cursor) = std::str::from_utf8(&a[1])
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok())
+        else {
+            return Reply::err("invalid cursor");
+        };
+        let (mut pattern, mut count, mut strings) = (None, 10i64, true);
+        let mut i = 2;
+        while i < a.len() {
+            let Some(v) = a.get(i + 1) else {
+                return commands::syntax_error();
+            };
+            if is(&a[i], "match") {
+                pattern = Some(v.clone());
+            } else if is(&a[i], "count") {
+                match parse_int(v) {
+                    Some(n) if n >= 1 => count = n,
+                    Some(_) => return commands::syntax_error(),
+                    None => return not_integer(),
+                }
+            } else if is(&a[i], "type") {
+                strings = is(v, "string");
+            } else {
+                return commands::syntax_error();
+            }
+            i += 2;
+        }
+        let limit = count.min(PAGE_KEYS as i64) as u32;
+        let (items, next) = match self.store.scan(cursor, limit, true) {
+            Ok(r) => r,
+            Err(e) => return store_err(e),
+        };
+        let keys = items
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| strings && pattern.as_ref().is_none_or(|p| glob_case(p, k)))
+            .map(Reply::Bulk)
+            .collect();
+        Reply::Array(vec![
+            Reply::text(next.unwrap_or(0).to_string()),
+            Reply::Array(keys),
+        ])
+    }
+
+    fn keys(&mut self, a: &[Bytes]) -> Reply {
+        let pattern = a[1].clone();
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let r = self.pages(|_, keys| {
+            for k in keys {
+                if glob_case(&pattern, &k) {
+                    bytes += k.len();
+                    if bytes > crate::view::READ_BYTES_MAX {
+                        return Err(Reply::err(format!(
+                            "KEYS would answer more than {} MiB: use SCAN",
+                            crate::view::READ_BYTES_MAX >> 20
+                        )));
+                    }
+                    out.push(Reply::Bulk(k));
+                }
+            }
+            Ok(true)
+        });
+        match r {
+            Ok(()) => Reply::Array(out),
+            Err(e) => e,
+        }
+    }
+
+    fn dbsize(&mut self) -> Reply {
+        let mut n = 0i64;
+        match self.pages(|_, keys| {
+            n += keys.len() as i64;
+            Ok(true)
+        }) {
+            Ok(()) => Reply::Int(n),
+            Err(e) => e,
+        }
+    }
+
+    /// A key chosen at random: the first one at or after a random hash
+    /// (wrapping around once).
+    fn randomkey(&mut self) -> Reply {
+        let start = rand_hash();
+        for from in [start, 0] {
+            let mut at = from;
+            loop {
+                let (items, next) = match self.store.scan(at, 1, true) {
+                    Ok(r) => r,
+                    Err(e) => return store_err(e),
+                };
+                if let Some((k, _)) = items.into_iter().next() {
+                    return Reply::Bulk(k);
+                }
+                match next {
+                    Some(n) if from == 0 && n > start => break,
+                    Some(n) => at = n,
+                    None => break,
+                }
+            }
+        }
+        Reply::Nil
+    }
+
+    /// FLUSHDB / FLUSHALL [ASYNC|SYNC]: every key deleted through raft,
+    /// page by page (a page is one region's; its deletes go together).
+    fn flush(&mut self, a: &[Bytes]) -> Reply {
+        match a.get(1) {
+            None => {}
+            Some(m) if a.len() == 2 && (is(m, "async") || is(m, "sync")) => {}
+            Some(_) => return commands::syntax_error(),
+        }
+        let r = self.pages(|store, keys| {
+            for chunk in keys.chunks(16) {
+                let writes = chunk
+                    .iter()
+                    .map(|k| crate::store::FastWrite::Delete { key: k.clone() })
+                    .collect();
+                for r in store.write_pipelined(writes) {
+                    if let Err(e) = r {
+                        return Err(store_err(StoreError::Unknown(format!(
+                            "flush stopped part way: {}",
+                            e.reply_text()
+                        ))));
+                    }
+                }
+            }
+            Ok(true)
+        });
+        match r {
+            Ok(()) => Reply::Ok,
+            Err(e) => e,
         }
     }
 
@@ -626,9 +799,27 @@ const CONFIG: &[(&str, &str)] = &[
 ];
 
 /// Glob match with `*` and `?` (ASCII case ignored), as CONFIG GET
-/// patterns use. Iterative, in O(pattern × text) at worst: a hostile
-/// pattern of many stars costs no stack and no exponential time.
+/// patterns use.
 pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    glob_with(pattern, s, true)
+}
+
+/// Glob match with `*` and `?`, case-sensitive, as KEYS and SCAN MATCH
+/// use.
+pub fn glob_case(pattern: &[u8], s: &[u8]) -> bool {
+    glob_with(pattern, s, false)
+}
+
+/// Iterative, in O(pattern × text) at worst: a hostile pattern of many
+/// stars costs no stack and no exponential time.
+fn glob_with(pattern: &[u8], s: &[u8], nocase: bool) -> bool {
+    let same = |p: u8, c: u8| {
+        if nocase {
+            p.eq_ignore_ascii_case(&c)
+        } else {
+            p == c
+        }
+    };
     let (mut p, mut i) = (0, 0);
     // The last star seen, and where in `s` its match now ends.
     let mut star: Option<(usize, usize)> = None;
@@ -636,9 +827,7 @@ pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
         if p < pattern.len() && pattern[p] == b'*' {
             star = Some((p, i));
             p += 1;
-        } else if p < pattern.len()
-            && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&s[i]))
-        {
+        } else if p < pattern.len() && (pattern[p] == b'?' || same(pattern[p], s[i])) {
             p += 1;
             i += 1;
         } else if let Some((sp, si)) = star {

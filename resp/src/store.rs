@@ -118,6 +118,18 @@ pub trait Store {
     fn put_many(&mut self, items: &[(Bytes, Bytes)]) -> StoreResult<()>;
     /// The region holding `key` (0 if not known).
     fn region_of(&mut self, key: &[u8]) -> u64;
+    /// One page of live keys in routing-hash order from `from_hash` (see
+    /// `Client::scan_page`): the keys (values left out when `keys_only`)
+    /// and where the next page starts (`None`: done). The cluster's own
+    /// metadata keys are left out.
+    #[allow(clippy::type_complexity)]
+    fn scan(
+        &mut self,
+        from_hash: u64,
+        limit: u32,
+        keys_only: bool,
+    ) -> StoreResult<(Vec<(Bytes, Stored)>, Option<u64>)>;
+
     /// Reads `keys` (all of one region) as a pipeline: in order, each
     /// linearizable, none older than the one before.
     fn get_pipelined(&mut self, keys: &[Bytes]) -> Vec<StoreResult<Option<Stored>>> {
@@ -273,6 +285,33 @@ impl Store for ClusterStore {
             Ok(c) => c.region_of(key),
             Err(_) => 0,
         }
+    }
+
+    fn scan(
+        &mut self,
+        from_hash: u64,
+        limit: u32,
+        keys_only: bool,
+    ) -> StoreResult<(Vec<(Bytes, Stored)>, Option<u64>)> {
+        let (items, next) = self
+            .client()?
+            .scan_page(from_hash, limit, keys_only)
+            .map_err(map_err)?;
+        let items = items
+            .into_iter()
+            .filter(|(k, _)| !corekv_engine::is_meta_key(k))
+            .map(|(k, v)| {
+                (
+                    k,
+                    Stored {
+                        value: v.value,
+                        version: v.version,
+                        expire_at_ms: v.expire_at_ms,
+                    },
+                )
+            })
+            .collect();
+        Ok((items, next))
     }
 
     fn write_pipelined(&mut self, writes: Vec<FastWrite>) -> Vec<StoreResult<Answer>> {
@@ -502,6 +541,37 @@ pub mod mem {
         fn region_of(&mut self, key: &[u8]) -> u64 {
             let h = corekv_engine::route_hash(key);
             1 + (h / (u64::MAX / self.regions).max(1)).min(self.regions - 1)
+        }
+
+        fn scan(
+            &mut self,
+            from_hash: u64,
+            limit: u32,
+            keys_only: bool,
+        ) -> StoreResult<(Vec<(Bytes, Stored)>, Option<u64>)> {
+            let mut live: Vec<(u64, Bytes, Stored)> = self
+                .data
+                .keys()
+                .filter_map(|k| {
+                    let h = corekv_engine::route_hash(k);
+                    let s = self.live(k)?.clone();
+                    (h >= from_hash).then(|| (h, k.clone(), s))
+                })
+                .collect();
+            live.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            let mut out = Vec::new();
+            let mut last = None;
+            for (h, k, mut s) in live {
+                if out.len() >= limit as usize && last != Some(h) {
+                    return Ok((out, Some(h)));
+                }
+                if keys_only {
+                    s.value = Bytes::new();
+                }
+                out.push((k, s));
+                last = Some(h);
+            }
+            Ok((out, None))
         }
     }
 }

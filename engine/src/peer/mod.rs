@@ -68,6 +68,15 @@ pub enum Response {
     Write(WriteOutcome),
     /// The value read (`None` = no live value).
     Value(Option<ValueRecord>),
+    /// A scan's keys in hash order, with their values (empty when keys
+    /// only), and the hash the next page starts at: the next key's, or the
+    /// region's end (`None`: the end of the hash space).
+    Scanned {
+        /// Live keys and their records.
+        items: Vec<(Bytes, ValueRecord)>,
+        /// Where the next page starts, if the region has more.
+        next_hash: Option<u64>,
+    },
 }
 
 /// The answer to request `id`.

@@ -2,6 +2,7 @@
 //! reads whose index is applied.
 
 use super::*;
+use crate::read::Scan;
 
 impl Peer {
     /// Ends the lease, and blocks it for the rest of the term, when a
@@ -46,6 +47,39 @@ impl Peer {
                 result: Err(self.epoch_not_match()),
             });
         }
+        self.queue_read(id, key, None, consistency, replies);
+    }
+
+    /// Queues a scan of the region's keys (see [`Scan`]) arriving at
+    /// `now_ms`, served like a read of `consistency`.
+    pub fn scan(
+        &mut self,
+        id: u64,
+        scan: Scan,
+        consistency: Consistency,
+        now_ms: u64,
+        replies: &mut Vec<Reply>,
+    ) {
+        self.set_now(now_ms);
+        if scan.limit == 0 || scan.limit > SCAN_KEYS_MAX {
+            return replies.push(Reply {
+                id,
+                result: Err(Error::InvalidRequest(format!(
+                    "a scan returns 1..={SCAN_KEYS_MAX} keys"
+                ))),
+            });
+        }
+        self.queue_read(id, Bytes::new(), Some(scan), consistency, replies);
+    }
+
+    fn queue_read(
+        &mut self,
+        id: u64,
+        key: Bytes,
+        scan: Option<Scan>,
+        consistency: Consistency,
+        replies: &mut Vec<Reply>,
+    ) {
         if self.reads_pending() >= self.cfg.reads_pending_max {
             return replies.push(Reply {
                 id,
@@ -55,6 +89,7 @@ impl Peer {
         let read = PendingRead {
             id,
             key,
+            scan,
             deadline_ms: self.now_ms + self.cfg.request_timeout_ms,
         };
         if consistency == Consistency::Stale {
@@ -115,6 +150,13 @@ impl Peer {
         }
         let db = self.raw.store().db().clone();
         for r in ready {
+            if let Some(scan) = r.scan {
+                let result = self
+                    .scan_now(&db, scan)
+                    .map(|(items, next_hash)| Response::Scanned { items, next_hash });
+                replies.push(Reply { id: r.id, result });
+                continue;
+            }
             if !self.region.contains(route_hash(&r.key)) {
                 replies.push(Reply {
                     id: r.id,
@@ -140,4 +182,61 @@ impl Peer {
         }
         Ok(())
     }
+
+    /// One page of a scan from what is applied (RocksDB as of the last
+    /// written apply batch, as for reads); expiry judged by the region's
+    /// clock. The next hash is the next key's (the page is full) or the
+    /// region's end.
+    #[allow(clippy::type_complexity)]
+    fn scan_now(
+        &self,
+        db: &rocksdb::DB,
+        scan: Scan,
+    ) -> Result<(Vec<(Bytes, ValueRecord)>, Option<u64>)> {
+        // A page never starts before the region (the caller's routing is
+        // stale: it must not skip the hashes between).
+        let from = scan.from_hash;
+        if !self.region.contains(from) {
+            return Err(self.epoch_not_match());
+        }
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(crate::keys::data_range_end(self.region.end_hash));
+        opts.fill_cache(false);
+        let mut it = db.raw_iterator_cf_opt(crate::db::cf(db, crate::keys::CF_DATA), opts);
+        it.seek(crate::keys::data_range_start(from));
+        let clock = self.clock_ms();
+        let mut items: Vec<(Bytes, ValueRecord)> = Vec::new();
+        let mut last_hash = None;
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let Some((hash, key)) = crate::keys::split_data_key(k) else {
+                it.next();
+                continue;
+            };
+            if items.len() >= scan.limit && last_hash != Some(hash) {
+                // A full page, ending with every key of its last hash.
+                it.status()?;
+                return Ok((items, Some(hash)));
+            }
+            let mut record = crate::value::ValueRecord::decode(v)?;
+            if !record.is_expired(clock) {
+                if scan.keys_only {
+                    record.value = Bytes::new();
+                }
+                items.push((Bytes::copy_from_slice(key), record));
+                last_hash = Some(hash);
+            }
+            it.next();
+        }
+        it.status()?;
+        // The region is done: the next page starts where it ends (none past
+        // the end of the hash space).
+        let next = (self.region.end_hash != 0).then_some(self.region.end_hash);
+        Ok((items, next))
+    }
 }
+
+/// Keys one page of a scan returns at most.
+pub const SCAN_KEYS_MAX: usize = 10_000;

@@ -308,6 +308,25 @@ impl Replicas {
         }
     }
 
+    /// Queues a scan of region `region_id` (see [`crate::read::Scan`]).
+    pub fn scan(
+        &mut self,
+        region_id: u64,
+        id: u64,
+        scan: crate::read::Scan,
+        consistency: Consistency,
+        now_ms: u64,
+        replies: &mut Vec<Reply>,
+    ) {
+        match self.peers.get_mut(&region_id) {
+            Some(p) => p.scan(id, scan, consistency, now_ms, replies),
+            None => replies.push(Reply {
+                id,
+                result: Err(Error::RegionNotFound(region_id)),
+            }),
+        }
+    }
+
     /// Collects the output of every replica into one round.
     pub fn collect(&mut self, round: &mut Round) -> Result<()> {
         let mut out = ReadyOutput::default();

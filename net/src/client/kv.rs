@@ -341,6 +341,49 @@ impl Client {
         out
     }
 
+    /// One page of the cluster's live keys in routing-hash order, from
+    /// `from_hash` (0: the start), read linearizably from the region that
+    /// holds that hash: at most `limit` keys (1..=10000; more when several
+    /// share the last hash), with their values unless `keys_only`. Returns
+    /// the keys and where the next page starts (`None`: every region was
+    /// read). Following the pages from 0 visits every key that lives from
+    /// the first page to the last exactly once, whatever splits or leader
+    /// moves happen in between: a page never spans regions, and its
+    /// continuation is a hash, not a region.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_page(
+        &mut self,
+        from_hash: u64,
+        limit: u32,
+        keys_only: bool,
+    ) -> Result<(Vec<(Bytes, Value)>, Option<u64>)> {
+        let op = Op::Scan {
+            from_hash,
+            limit,
+            keys_only,
+            consistency: Consistency::Linearizable,
+        };
+        match self.execute_on(RouteBy::Hash(from_hash), op, true)? {
+            (Outcome::Scanned { items, next_hash }, _) => Ok((
+                items
+                    .into_iter()
+                    .map(|c| {
+                        (
+                            c.key,
+                            Value {
+                                value: c.value,
+                                version: c.version,
+                                expire_at_ms: c.expire_at_ms,
+                            },
+                        )
+                    })
+                    .collect(),
+                next_hash,
+            )),
+            (other, _) => Err(ClientError::Protocol(format!("scan answered {other:?}"))),
+        }
+    }
+
     /// Reads several keys; one result per key, in order.
     pub fn batch_get(
         &mut self,

@@ -364,13 +364,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 16;
+        pub const ENUM_MAX_OP: u8 = 17;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 17] = [
+        pub const ENUM_VALUES_OP: [Op; 18] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -388,6 +388,7 @@ pub mod corekv {
             Op::MoveShard,
             Op::Check,
             Op::Txn,
+            Op::Scan,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -412,9 +413,10 @@ pub mod corekv {
             pub const MoveShard: Self = Self(14);
             pub const Check: Self = Self(15);
             pub const Txn: Self = Self(16);
+            pub const Scan: Self = Self(17);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 16;
+            pub const ENUM_MAX: u8 = 17;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -433,6 +435,7 @@ pub mod corekv {
                 Self::MoveShard,
                 Self::Check,
                 Self::Txn,
+                Self::Scan,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -454,6 +457,7 @@ pub mod corekv {
                     Self::MoveShard => Some("MoveShard"),
                     Self::Check => Some("Check"),
                     Self::Txn => Some("Txn"),
+                    Self::Scan => Some("Scan"),
                     _ => None,
                 }
             }
@@ -4492,6 +4496,175 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum ScanOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Scan<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Scan<'a> {
+            type Inner = Scan<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Scan<'a> {
+            pub const VT_FROM_HASH: ::flatbuffers::VOffsetT = 4;
+            pub const VT_LIMIT: ::flatbuffers::VOffsetT = 6;
+            pub const VT_KEYS_ONLY: ::flatbuffers::VOffsetT = 8;
+            pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Scan { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ScanArgs,
+            ) -> ::flatbuffers::WIPOffset<Scan<'bldr>> {
+                let mut builder = ScanBuilder::new(_fbb);
+                builder.add_from_hash(args.from_hash);
+                builder.add_limit(args.limit);
+                builder.add_consistency(args.consistency);
+                builder.add_keys_only(args.keys_only);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn from_hash(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Scan::VT_FROM_HASH, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn limit(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u32>(Scan::VT_LIMIT, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn keys_only(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(Scan::VT_KEYS_ONLY, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn consistency(&self) -> Consistency {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Consistency>(Scan::VT_CONSISTENCY, Some(Consistency::Linearizable))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Scan<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("from_hash", Self::VT_FROM_HASH, false)?
+                    .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+                    .visit_field::<bool>("keys_only", Self::VT_KEYS_ONLY, false)?
+                    .visit_field::<Consistency>("consistency", Self::VT_CONSISTENCY, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ScanArgs {
+            pub from_hash: u64,
+            pub limit: u32,
+            pub keys_only: bool,
+            pub consistency: Consistency,
+        }
+        impl<'a> Default for ScanArgs {
+            #[inline]
+            fn default() -> Self {
+                ScanArgs {
+                    from_hash: 0,
+                    limit: 0,
+                    keys_only: false,
+                    consistency: Consistency::Linearizable,
+                }
+            }
+        }
+
+        pub struct ScanBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_from_hash(&mut self, from_hash: u64) {
+                self.fbb_.push_slot::<u64>(Scan::VT_FROM_HASH, from_hash, 0);
+            }
+            #[inline]
+            pub fn add_limit(&mut self, limit: u32) {
+                self.fbb_.push_slot::<u32>(Scan::VT_LIMIT, limit, 0);
+            }
+            #[inline]
+            pub fn add_keys_only(&mut self, keys_only: bool) {
+                self.fbb_
+                    .push_slot::<bool>(Scan::VT_KEYS_ONLY, keys_only, false);
+            }
+            #[inline]
+            pub fn add_consistency(&mut self, consistency: Consistency) {
+                self.fbb_.push_slot::<Consistency>(
+                    Scan::VT_CONSISTENCY,
+                    consistency,
+                    Consistency::Linearizable,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ScanBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ScanBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Scan<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Scan<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Scan");
+                ds.field("from_hash", &self.from_hash());
+                ds.field("limit", &self.limit());
+                ds.field("keys_only", &self.keys_only());
+                ds.field("consistency", &self.consistency());
+                ds.finish()
+            }
+        }
         pub enum RequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -4879,6 +5052,21 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_scan(&self) -> Option<Scan<'a>> {
+                if self.op_type() == Op::Scan {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Scan::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -4909,6 +5097,7 @@ pub mod corekv {
           Op::MoveShard => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MoveShard>>("Op::MoveShard", pos),
           Op::Check => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Check>>("Op::Check", pos),
           Op::Txn => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Txn>>("Op::Txn", pos),
+          Op::Scan => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Scan>>("Op::Scan", pos),
           _ => Ok(()),
         }
      })?
@@ -5172,6 +5361,16 @@ pub mod corekv {
                     }
                     Op::Txn => {
                         if let Some(x) = self.op_as_txn() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Scan => {
+                        if let Some(x) = self.op_as_scan() {
                             ds.field("op", &x)
                         } else {
                             ds.field(
@@ -5479,6 +5678,9 @@ pub mod corekv {
             pub const VT_NODES: ::flatbuffers::VOffsetT = 22;
             pub const VT_STATUS_JSON: ::flatbuffers::VOffsetT = 24;
             pub const VT_EVENTS: ::flatbuffers::VOffsetT = 26;
+            pub const VT_SCANNED: ::flatbuffers::VOffsetT = 28;
+            pub const VT_SCAN_MORE: ::flatbuffers::VOffsetT = 30;
+            pub const VT_SCAN_NEXT_HASH: ::flatbuffers::VOffsetT = 32;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5495,10 +5697,14 @@ pub mod corekv {
                 args: &'args ResponseArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<Response<'bldr>> {
                 let mut builder = ResponseBuilder::new(_fbb);
+                builder.add_scan_next_hash(args.scan_next_hash);
                 builder.add_counter(args.counter);
                 builder.add_expire_at_ms(args.expire_at_ms);
                 builder.add_version(args.version);
                 builder.add_id(args.id);
+                if let Some(x) = args.scanned {
+                    builder.add_scanned(x);
+                }
                 if let Some(x) = args.events {
                     builder.add_events(x);
                 }
@@ -5517,6 +5723,7 @@ pub mod corekv {
                 if let Some(x) = args.error {
                     builder.add_error(x);
                 }
+                builder.add_scan_more(args.scan_more);
                 builder.add_existed(args.existed);
                 builder.add_found(args.found);
                 builder.finish()
@@ -5651,6 +5858,42 @@ pub mod corekv {
                     >>(Response::VT_EVENTS, None)
                 }
             }
+            #[inline]
+            pub fn scanned(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event>>,
+                    >>(Response::VT_SCANNED, None)
+                }
+            }
+            #[inline]
+            pub fn scan_more(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(Response::VT_SCAN_MORE, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn scan_next_hash(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Response::VT_SCAN_NEXT_HASH, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -5690,6 +5933,11 @@ pub mod corekv {
                     .visit_field::<::flatbuffers::ForwardsUOffset<
                         ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Event>>,
                     >>("events", Self::VT_EVENTS, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Event>>,
+                    >>("scanned", Self::VT_SCANNED, false)?
+                    .visit_field::<bool>("scan_more", Self::VT_SCAN_MORE, false)?
+                    .visit_field::<u64>("scan_next_hash", Self::VT_SCAN_NEXT_HASH, false)?
                     .finish();
                 Ok(())
             }
@@ -5719,6 +5967,13 @@ pub mod corekv {
                     ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event<'a>>>,
                 >,
             >,
+            pub scanned: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event<'a>>>,
+                >,
+            >,
+            pub scan_more: bool,
+            pub scan_next_hash: u64,
         }
         impl<'a> Default for ResponseArgs<'a> {
             #[inline]
@@ -5736,6 +5991,9 @@ pub mod corekv {
                     nodes: None,
                     status_json: None,
                     events: None,
+                    scanned: None,
+                    scan_more: false,
+                    scan_next_hash: 0,
                 }
             }
         }
@@ -5823,6 +6081,26 @@ pub mod corekv {
                     .push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_EVENTS, events);
             }
             #[inline]
+            pub fn add_scanned(
+                &mut self,
+                scanned: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Event<'b>>>,
+                >,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_SCANNED, scanned);
+            }
+            #[inline]
+            pub fn add_scan_more(&mut self, scan_more: bool) {
+                self.fbb_
+                    .push_slot::<bool>(Response::VT_SCAN_MORE, scan_more, false);
+            }
+            #[inline]
+            pub fn add_scan_next_hash(&mut self, scan_next_hash: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Response::VT_SCAN_NEXT_HASH, scan_next_hash, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ResponseBuilder<'a, 'b, A> {
@@ -5854,6 +6132,9 @@ pub mod corekv {
                 ds.field("nodes", &self.nodes());
                 ds.field("status_json", &self.status_json());
                 ds.field("events", &self.events());
+                ds.field("scanned", &self.scanned());
+                ds.field("scan_more", &self.scan_more());
+                ds.field("scan_next_hash", &self.scan_next_hash());
                 ds.finish()
             }
         }

@@ -108,13 +108,7 @@ pub(super) fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op
     let op = match r.op_type() {
         wire::Op::Get => {
             let g = r.op_as_get().ok_or_else(|| content("get without body"))?;
-            let consistency = match g.consistency() {
-                wire::Consistency::Linearizable => Consistency::Linearizable,
-                wire::Consistency::Lease => Consistency::Lease,
-                wire::Consistency::Stale => Consistency::Stale,
-                wire::Consistency::Follower => Consistency::Follower,
-                other => return Err(content(format!("unknown consistency {}", other.0))),
-            };
+            let consistency = consistency_from_wire(g.consistency())?;
             Op::Get {
                 key: bytes_of(src, g.key()),
                 consistency,
@@ -213,6 +207,15 @@ pub(super) fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op
             }
             Op::Write(WriteRequest::Txn { checks, ops })
         }
+        wire::Op::Scan => {
+            let sc = r.op_as_scan().ok_or_else(|| content("scan without body"))?;
+            Op::Scan {
+                from_hash: sc.from_hash(),
+                limit: sc.limit(),
+                keys_only: sc.keys_only(),
+                consistency: consistency_from_wire(sc.consistency())?,
+            }
+        }
         wire::Op::Routes => Op::Routes,
         wire::Op::Check => Op::Check,
         wire::Op::Status => Op::Status,
@@ -289,6 +292,11 @@ pub(super) fn decode_response(r: wire::Response<'_>, src: Option<&Bytes>) -> Res
         None => {
             if let Some(json) = r.status_json() {
                 Ok(Outcome::Status(json.to_string()))
+            } else if r.scanned().is_some() {
+                Ok(Outcome::Scanned {
+                    items: decode_events(r.scanned(), src),
+                    next_hash: r.scan_more().then(|| r.scan_next_hash()),
+                })
             } else if r.events().is_some() {
                 Ok(Outcome::Events {
                     progress: r.version(),
@@ -427,4 +435,14 @@ pub(super) fn decode_with(
         other => return Err(content(format!("unknown frame body {}", other.0))),
     };
     Ok((frame, fields))
+}
+
+fn consistency_from_wire(c: wire::Consistency) -> Result<Consistency, DecodeError> {
+    Ok(match c {
+        wire::Consistency::Linearizable => Consistency::Linearizable,
+        wire::Consistency::Lease => Consistency::Lease,
+        wire::Consistency::Stale => Consistency::Stale,
+        wire::Consistency::Follower => Consistency::Follower,
+        other => return Err(content(format!("unknown consistency {}", other.0))),
+    })
 }

@@ -189,12 +189,7 @@ pub(super) fn encode_op<'a>(
     match op {
         Op::Get { key, consistency } => {
             let key = fbb.create_vector(key);
-            let c = match consistency {
-                Consistency::Linearizable => wire::Consistency::Linearizable,
-                Consistency::Lease => wire::Consistency::Lease,
-                Consistency::Stale => wire::Consistency::Stale,
-                Consistency::Follower => wire::Consistency::Follower,
-            };
+            let c = consistency_to_wire(*consistency);
             let g = wire::Get::create(
                 fbb,
                 &wire::GetArgs {
@@ -281,6 +276,23 @@ pub(super) fn encode_op<'a>(
         Op::Check => {
             let r = wire::Check::create(fbb, &wire::CheckArgs {});
             (wire::Op::Check, r.as_union_value())
+        }
+        Op::Scan {
+            from_hash,
+            limit,
+            keys_only,
+            consistency,
+        } => {
+            let r = wire::Scan::create(
+                fbb,
+                &wire::ScanArgs {
+                    from_hash: *from_hash,
+                    limit: *limit,
+                    keys_only: *keys_only,
+                    consistency: consistency_to_wire(*consistency),
+                },
+            );
+            (wire::Op::Scan, r.as_union_value())
         }
         Op::Status => {
             let r = wire::Status::create(fbb, &wire::StatusArgs {});
@@ -494,6 +506,11 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
                 args.events = Some(encode_events(&mut fbb, events));
             }
             Ok(Outcome::Cancelled { existed }) => args.existed = *existed,
+            Ok(Outcome::Scanned { items, next_hash }) => {
+                args.scanned = Some(encode_events(&mut fbb, items));
+                args.scan_more = next_hash.is_some();
+                args.scan_next_hash = next_hash.unwrap_or(0);
+            }
             Ok(Outcome::Routes { regions, nodes }) => {
                 let rs: Vec<_> = regions
                     .iter()
@@ -530,3 +547,12 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------- decoding
+
+fn consistency_to_wire(c: Consistency) -> wire::Consistency {
+    match c {
+        Consistency::Linearizable => wire::Consistency::Linearizable,
+        Consistency::Lease => wire::Consistency::Lease,
+        Consistency::Stale => wire::Consistency::Stale,
+        Consistency::Follower => wire::Consistency::Follower,
+    }
+}

@@ -76,6 +76,17 @@ pub enum Op {
     },
     /// Start a consistency check of the region (see the schema).
     Check,
+    /// One page of the region's keys in hash order (see the schema).
+    Scan {
+        /// First hash to include.
+        from_hash: u64,
+        /// Keys at most.
+        limit: u32,
+        /// Leave the values out.
+        keys_only: bool,
+        /// Consistency asked for.
+        consistency: Consistency,
+    },
 }
 
 /// One request of a batch.
@@ -148,6 +159,14 @@ pub enum Outcome {
     Cancelled {
         /// The watch was running.
         existed: bool,
+    },
+    /// A page of a scan: live keys (as puts, with their records), and
+    /// where the next page starts (`None`: the hash space is done).
+    Scanned {
+        /// The keys in hash order.
+        items: Vec<Change>,
+        /// The next page's first hash.
+        next_hash: Option<u64>,
     },
 }
 

@@ -24,10 +24,9 @@ pub use fast::{as_fast_write, fast_path, write_reply, WriteReply};
 pub enum Run {
     /// A data command on a view of its keys.
     Data(fn(&mut View, &[Bytes]) -> Reply),
-    /// Handled by the connection (server, connection and MULTI commands).
+    /// Handled by the connection (server, connection, MULTI and
+    /// whole-keyspace commands).
     Conn,
-    /// Known, but not served by this version: answered with this error.
-    Unsupported(&'static str),
 }
 
 /// One command.
@@ -83,7 +82,6 @@ const R: &[&str] = &["readonly", "fast"];
 const W: &[&str] = &["write", "denyoom"];
 const WF: &[&str] = &["write", "fast"];
 const C: &[&str] = &["fast", "loading", "stale"];
-const NO_SCAN: &str = "this command needs a scan of every region, which corekv does not offer yet";
 
 macro_rules! spec {
     ($name:literal, $arity:expr, $flags:expr, $keys:expr, $run:expr) => {
@@ -97,7 +95,7 @@ macro_rules! spec {
     };
 }
 
-use Run::{Conn, Data, Unsupported};
+use Run::{Conn, Data};
 
 /// Every command known, in alphabetical order.
 pub static COMMANDS: &[Spec] = &[
@@ -107,7 +105,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("command", -1, C, (0, 0, 0), Conn),
     spec!("config", -2, C, (0, 0, 0), Conn),
     spec!("copy", -3, W, (1, 2, 1), Data(keys::copy)),
-    spec!("dbsize", 1, R, (0, 0, 0), Unsupported(NO_SCAN)),
+    spec!("dbsize", 1, R, (0, 0, 0), Conn),
     spec!("debug", -2, C, (0, 0, 0), Conn),
     spec!("decr", 2, W, (1, 1, 1), Data(strings::decr)),
     spec!("decrby", 3, W, (1, 1, 1), Data(strings::decrby)),
@@ -119,8 +117,8 @@ pub static COMMANDS: &[Spec] = &[
     spec!("expire", -3, WF, (1, 1, 1), Data(keys::expire)),
     spec!("expireat", -3, WF, (1, 1, 1), Data(keys::expireat)),
     spec!("expiretime", 2, R, (1, 1, 1), Data(keys::expiretime)),
-    spec!("flushall", -1, W, (0, 0, 0), Unsupported(NO_SCAN)),
-    spec!("flushdb", -1, W, (0, 0, 0), Unsupported(NO_SCAN)),
+    spec!("flushall", -1, W, (0, 0, 0), Conn),
+    spec!("flushdb", -1, W, (0, 0, 0), Conn),
     spec!("get", 2, R, (1, 1, 1), Data(strings::get)),
     spec!("getdel", 2, WF, (1, 1, 1), Data(strings::getdel)),
     spec!("getex", -2, WF, (1, 1, 1), Data(strings::getex)),
@@ -131,7 +129,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("incrby", 3, W, (1, 1, 1), Data(strings::incrby)),
     spec!("incrbyfloat", 3, W, (1, 1, 1), Data(strings::incrbyfloat)),
     spec!("info", -1, C, (0, 0, 0), Conn),
-    spec!("keys", 2, R, (0, 0, 0), Unsupported(NO_SCAN)),
+    spec!("keys", 2, R, (0, 0, 0), Conn),
     spec!("mget", -2, R, (1, -1, 1), Data(strings::mget)),
     spec!("mset", -3, W, (1, -1, 2), Data(strings::mset)),
     spec!("msetnx", -3, W, (1, -1, 2), Data(strings::msetnx)),
@@ -144,11 +142,11 @@ pub static COMMANDS: &[Spec] = &[
     spec!("psetex", 4, W, (1, 1, 1), Data(strings::psetex)),
     spec!("pttl", 2, R, (1, 1, 1), Data(keys::pttl)),
     spec!("quit", -1, C, (0, 0, 0), Conn),
-    spec!("randomkey", 1, R, (0, 0, 0), Unsupported(NO_SCAN)),
+    spec!("randomkey", 1, R, (0, 0, 0), Conn),
     spec!("rename", 3, W, (1, 2, 1), Data(keys::rename)),
     spec!("renamenx", 3, WF, (1, 2, 1), Data(keys::renamenx)),
     spec!("reset", 1, C, (0, 0, 0), Conn),
-    spec!("scan", -2, R, (0, 0, 0), Unsupported(NO_SCAN)),
+    spec!("scan", -2, R, (0, 0, 0), Conn),
     spec!("select", 2, C, (0, 0, 0), Conn),
     spec!("set", -3, W, (1, 1, 1), Data(strings::set)),
     spec!("setex", 4, W, (1, 1, 1), Data(strings::setex)),

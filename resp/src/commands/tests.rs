@@ -233,7 +233,6 @@ fn connection_commands_and_protocol_versions() {
     assert!(run(&mut s, "AUTH x").starts_with("-ERR AUTH <password> called without"));
     assert!(run(&mut s, "INFO server").contains("redis_mode:standalone\r\n"));
     assert!(run(&mut s, "CLIENT LIST").contains("name=app"));
-    assert!(run(&mut s, "KEYS *").starts_with("-ERR this command needs a scan"));
     // RESP3 after HELLO 3: maps and nulls change shape.
     let hello = run(&mut s, "HELLO 3");
     assert!(hello.starts_with("%7\r\n"), "{hello}");
@@ -365,6 +364,14 @@ fn a_read_modify_write_is_retried_when_a_check_fails() {
         fn region_of(&mut self, k: &[u8]) -> u64 {
             self.inner.region_of(k)
         }
+        fn scan(
+            &mut self,
+            f: u64,
+            l: u32,
+            k: bool,
+        ) -> StoreResult<(Vec<(Bytes, Stored)>, Option<u64>)> {
+            self.inner.scan(f, l, k)
+        }
     }
     let cfg = RespConfig {
         node_id: 1,
@@ -472,6 +479,14 @@ fn a_value_the_cluster_reads_as_live_is_live_whatever_the_node_clock_says() {
         fn region_of(&mut self, _: &[u8]) -> u64 {
             1
         }
+        fn scan(
+            &mut self,
+            _: u64,
+            _: u32,
+            _: bool,
+        ) -> StoreResult<(Vec<(Bytes, Stored)>, Option<u64>)> {
+            unreachable!()
+        }
     }
     let mut store = Behind {
         committed: Vec::new(),
@@ -552,4 +567,53 @@ fn a_pipeline_stops_at_its_reply_budget_so_replies_go_out_first() {
     assert_eq!(s.handle_pipeline(&cmds, &mut out, 1), 1);
     assert_eq!(out, b"+OK\r\n");
     assert_eq!(s.handle_pipeline(&cmds[1..], &mut out, 1), 1);
+}
+
+#[test]
+fn scan_keys_dbsize_randomkey_and_flushdb_walk_every_key_once() {
+    let mut s = session(8);
+    for i in 0..250 {
+        run(&mut s, &format!("SET user:{i} v"));
+    }
+    for i in 0..20 {
+        run(&mut s, &format!("SET other:{i} v"));
+    }
+    assert_eq!(run(&mut s, "DBSIZE"), ":270\r\n");
+    // SCAN from 0 until 0: every key once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = "0".to_string();
+    let mut calls = 0;
+    loop {
+        let args = split_args(format!("SCAN {cursor} MATCH user:* COUNT 7").as_bytes()).unwrap();
+        let Reply::Array(parts) = s.handle(args) else {
+            panic!("SCAN answers an array")
+        };
+        let (Reply::Bulk(next), Reply::Array(keys)) = (&parts[0], &parts[1]) else {
+            panic!("cursor and keys")
+        };
+        for k in keys {
+            let Reply::Bulk(k) = k else { panic!() };
+            assert!(k.starts_with(b"user:"));
+            assert!(seen.insert(k.clone()), "{k:?} twice");
+        }
+        calls += 1;
+        cursor = String::from_utf8(next.to_vec()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 250);
+    assert!(calls > 10, "COUNT pages the scan ({calls} calls)");
+    let Reply::Array(all) = s.handle(split_args(b"KEYS other:*").unwrap()) else {
+        panic!()
+    };
+    assert_eq!(all.len(), 20);
+    assert_eq!(run(&mut s, "KEYS nothing*"), "*0\r\n");
+    assert_eq!(run(&mut s, "SCAN x"), "-ERR invalid cursor\r\n");
+    assert_eq!(run(&mut s, "SCAN 0 COUNT 0"), "-ERR syntax error\r\n");
+    assert!(run(&mut s, "RANDOMKEY").contains(':'));
+    assert_eq!(run(&mut s, "FLUSHDB"), "+OK\r\n");
+    assert_eq!(run(&mut s, "DBSIZE"), ":0\r\n");
+    assert_eq!(run(&mut s, "RANDOMKEY"), "$-1\r\n");
+    assert_eq!(run(&mut s, "SCAN 0"), "*2\r\n$1\r\n0\r\n*0\r\n");
 }

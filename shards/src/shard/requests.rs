@@ -19,6 +19,7 @@ pub(super) fn op_name(op: &Op, system: bool) -> &'static str {
         Op::ChangePeer(_) => "change_peer",
         Op::MoveShard { .. } => "move_shard",
         Op::Check => "check",
+        Op::Scan { .. } => "scan",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",
@@ -112,6 +113,7 @@ impl Shard {
             | Op::ChangePeer(_)
             | Op::MoveShard { .. }
             | Op::Check
+            | Op::Scan { .. }
                 if req.region_id != 0 =>
             {
                 Bytes::new()
@@ -121,7 +123,8 @@ impl Shard {
             | Op::Split { .. }
             | Op::ChangePeer(_)
             | Op::MoveShard { .. }
-            | Op::Check => {
+            | Op::Check
+            | Op::Scan { .. } => {
                 let e = WireError::new(ErrorCode::InvalidRequest, "request without a region id");
                 return answer(out, Err(e));
             }
@@ -316,6 +319,19 @@ impl Shard {
                 replicas.read(region_id, id, key, consistency, now, replies)
             }
             Op::Write(w) => replicas.propose(region_id, id, w, req.session, wall, replies),
+            Op::Scan {
+                from_hash,
+                limit,
+                keys_only,
+                consistency,
+            } => {
+                let scan = corekv_engine::read::Scan {
+                    from_hash,
+                    limit: limit as usize,
+                    keys_only,
+                };
+                replicas.scan(region_id, id, scan, consistency, now, replies)
+            }
             Op::Split { split_hash } => match self.split_command(replicas, region_id, split_hash) {
                 Ok(cmd) => {
                     tracing::info!(region = region_id, ?cmd, "split requested");
@@ -415,7 +431,7 @@ impl Shard {
         if region != 0 {
             let mut ops = self.region_ops.borrow_mut();
             let e = ops.entry(region).or_default();
-            if op == "get" || op == "meta_get" {
+            if op == "get" || op == "meta_get" || op == "scan" {
                 e.0 += 1;
             } else {
                 e.1 += 1;

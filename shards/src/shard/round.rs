@@ -89,6 +89,19 @@ impl Shard {
             let result = match r.result {
                 Ok(EngineResponse::Value(v)) => Ok(Outcome::Value(v)),
                 Ok(EngineResponse::Write(w)) => Ok(Outcome::Write(w)),
+                Ok(EngineResponse::Scanned { items, next_hash }) => Ok(Outcome::Scanned {
+                    items: items
+                        .into_iter()
+                        .map(|(key, r)| corekv_engine::watch::Change {
+                            key,
+                            kind: corekv_engine::watch::ChangeKind::Put,
+                            value: r.value,
+                            version: r.version,
+                            expire_at_ms: r.expire_at_ms,
+                        })
+                        .collect(),
+                    next_hash,
+                }),
                 Err(e) if e.is_fatal() => {
                     drop(st);
                     self.fatal("request", e)
