@@ -112,7 +112,11 @@ fn redis_cli_sessions_get_redis_replies_on_every_node() {
     let sessions: &[(&str, &[&str], &str)] = &[
         ("connection", &["PING"], "PONG"),
         ("connection", &["ECHO", "hi there"], "\"hi there\""),
-        ("connection", &["SELECT", "1"], "(error) ERR DB index is out of range"),
+        (
+            "connection",
+            &["SELECT", "1"],
+            "(error) ERR DB index is out of range",
+        ),
         ("strings", &["SET", "greeting", "hello"], "OK"),
         ("strings", &["GET", "greeting"], "\"hello\""),
         ("strings", &["SET", "greeting", "x", "NX"], "(nil)"),
@@ -122,13 +126,21 @@ fn redis_cli_sessions_get_redis_replies_on_every_node() {
         ("strings", &["GETSET", "greeting", "bye"], "\"hello world\""),
         ("strings", &["GETDEL", "greeting"], "\"bye\""),
         ("strings", &["GET", "greeting"], "(nil)"),
-        ("strings", &["GET"], "(error) ERR wrong number of arguments for 'get' command"),
+        (
+            "strings",
+            &["GET"],
+            "(error) ERR wrong number of arguments for 'get' command",
+        ),
         ("counters", &["INCR", "hits"], "(integer) 1"),
         ("counters", &["INCRBY", "hits", "41"], "(integer) 42"),
         ("counters", &["DECR", "hits"], "(integer) 41"),
         ("counters", &["INCRBYFLOAT", "price", "1.5"], "\"1.5\""),
         ("counters", &["SET", "word", "abc"], "OK"),
-        ("counters", &["INCR", "word"], "(error) ERR value is not an integer or out of range"),
+        (
+            "counters",
+            &["INCR", "word"],
+            "(error) ERR value is not an integer or out of range",
+        ),
         ("expiry", &["SET", "session", "t", "EX", "100"], "OK"),
         ("expiry", &["TTL", "session"], "(integer) 100"),
         ("expiry", &["EXPIRE", "session", "50", "GT"], "(integer) 0"),
@@ -137,12 +149,28 @@ fn redis_cli_sessions_get_redis_replies_on_every_node() {
         ("expiry", &["TTL", "nothing"], "(integer) -2"),
         ("keys", &["EXISTS", "session", "nothing"], "(integer) 1"),
         ("keys", &["TYPE", "session"], "string"),
-        ("keys", &["DEL", "session", "hits", "nothing"], "(integer) 2"),
+        (
+            "keys",
+            &["DEL", "session", "hits", "nothing"],
+            "(integer) 2",
+        ),
         ("keys", &["MSET", "a", "1", "b", "2"], "OK"),
-        ("keys", &["MGET", "a", "b", "c"], "1) \"1\"\n2) \"2\"\n3) (nil)"),
-        ("server", &["INFO", "replication"], "# Replication\nrole:master\nconnected_slaves:0"),
+        (
+            "keys",
+            &["MGET", "a", "b", "c"],
+            "1) \"1\"\n2) \"2\"\n3) (nil)",
+        ),
+        (
+            "server",
+            &["INFO", "replication"],
+            "# Replication\nrole:master\nconnected_slaves:0",
+        ),
         ("server", &["SELECT", "0"], "OK"),
-        ("server", &["NOSUCH", "x"], "(error) ERR unknown command 'NOSUCH', with args beginning with: 'x'"),
+        (
+            "server",
+            &["NOSUCH", "x"],
+            "(error) ERR unknown command 'NOSUCH', with args beginning with: 'x'",
+        ),
     ];
     for (family, args, want) in sessions {
         assert_eq!(cli(&a, args), *want, "{family}: {args:?}");
@@ -316,6 +344,22 @@ fn hostile_clients_leave_the_node_serving() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no connected_clients in {info}"));
     assert!(open >= 1001, "{info}");
+    // ctl status counts them too, and the protocol errors above.
+    let docs = corekv_tools::ctl::gather(t.endpoints(), Duration::from_secs(5)).unwrap();
+    let table = corekv_tools::ctl::status_table(&docs);
+    let node1 = docs
+        .iter()
+        .find_map(|d| match d {
+            corekv_net::status::NodeReport::Up(d) if d.node_id == 1 => d.resp.clone(),
+            _ => None,
+        })
+        .expect("node 1 reports its Redis listener");
+    assert!(
+        node1.connections >= 1001 && node1.accepted >= 1006,
+        "{node1:?}"
+    );
+    assert!(node1.error_replies >= 1, "{node1:?}");
+    assert!(table.contains("redis protocol on 127.0.0.1:"), "{table}");
     for mut i in idle.into_iter().step_by(100) {
         assert_eq!(text(&i.call(&[b"PING"]).unwrap()), "PONG");
     }
@@ -521,7 +565,9 @@ fn scan_keys_and_dbsize_see_every_key_once_across_splits() {
     let mut out = Vec::new();
     for i in 0..400 {
         let k = format!("cfg:{i}");
-        out.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n$1\r\nv\r\n", k.len()).as_bytes());
+        out.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n$1\r\nv\r\n", k.len()).as_bytes(),
+        );
     }
     c.stream.write_all(&out).unwrap();
     for _ in 0..400 {

@@ -483,6 +483,13 @@ pub fn status_table(docs: &[NodeReport]) -> String {
                 sh.shard, sh.regions, sh.leaders
             );
         }
+        if let Some(r) = &d.resp {
+            s += &format!(
+                "        redis protocol on {}: {} connections open ({} since start, {} refused), \
+                 {} commands ({} answered with an error)\n",
+                r.addr, r.connections, r.accepted, r.rejected, r.commands, r.error_replies
+            );
+        }
     }
     s
 }
