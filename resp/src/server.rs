@@ -77,7 +77,12 @@ pub struct Shared {
     started: Instant,
     next_id: AtomicU64,
     clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    /// When INFO last counted the keyspace, and what it found.
+    keyspace: Mutex<Option<(Instant, (u64, u64))>>,
 }
+
+/// INFO counts the keys (a walk of every region) at most this often.
+pub const KEYSPACE_CACHE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Shared {
     /// Shared state of a listener on `port`.
@@ -94,6 +99,7 @@ impl Shared {
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             clients: Mutex::new(BTreeMap::new()),
+            keyspace: Mutex::new(None),
         })
     }
 
@@ -198,8 +204,30 @@ impl Shared {
         })
     }
 
-    /// The INFO text, all sections or one.
-    pub fn info(&self, section: Option<&bytes::Bytes>) -> String {
+    /// True if INFO with `section` shows the keyspace.
+    pub fn info_wants_keyspace(section: Option<&bytes::Bytes>) -> bool {
+        section.is_none_or(|w| {
+            let w = w.to_ascii_lowercase();
+            w == b"all" || w == b"default" || w == b"everything" || w == b"keyspace"
+        })
+    }
+
+    /// The keyspace counts INFO last showed, if younger than
+    /// [`KEYSPACE_CACHE`].
+    pub fn cached_keyspace(&self) -> Option<(u64, u64)> {
+        let g = self.keyspace.lock().unwrap_or_else(|p| p.into_inner());
+        g.filter(|(at, _)| at.elapsed() < KEYSPACE_CACHE)
+            .map(|(_, counts)| counts)
+    }
+
+    /// Remembers keyspace counts (keys, keys with an expiry).
+    pub fn set_keyspace(&self, counts: (u64, u64)) {
+        *self.keyspace.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), counts));
+    }
+
+    /// The INFO text, all sections or one; `keyspace` (keys, keys with an
+    /// expiry) fills its section.
+    pub fn info(&self, section: Option<&bytes::Bytes>, keyspace: Option<(u64, u64)>) -> String {
         let want = |s: &str| {
             section.is_none_or(|w| {
                 let w = w.to_ascii_lowercase();
@@ -244,9 +272,10 @@ impl Shared {
             out.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
         }
         if want("keyspace") {
-            // Counting keys needs a scan of every region, which corekv does
-            // not have yet: the section is empty rather than wrong.
             out.push_str("# Keyspace\r\n");
+            if let Some((keys, expires)) = keyspace.filter(|(k, _)| *k > 0) {
+                out.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
+            }
         }
         out
     }

@@ -346,6 +346,16 @@ impl Session {
     fn conn_command(&mut self, spec: &Spec, a: &[Bytes]) -> Reply {
         let name = spec.name;
         match name {
+            "info" if Shared::info_wants_keyspace(a.get(1)) => {
+                let counts = match self.shared.cached_keyspace() {
+                    Some(c) => Some(c),
+                    None => self.count_keys().ok(),
+                };
+                if let Some(c) = counts {
+                    self.shared.set_keyspace(c);
+                }
+                Reply::text(self.shared.info(a.get(1), counts))
+            }
             "ping" | "echo" | "time" | "select" | "command" | "info" | "config" => {
                 pure_conn(&self.shared, name, a, now_ms())
             }
@@ -505,13 +515,24 @@ impl Session {
     }
 
     fn dbsize(&mut self) -> Reply {
-        let mut n = 0i64;
-        match self.pages(|_, keys| {
-            n += keys.len() as i64;
-            Ok(true)
-        }) {
-            Ok(()) => Reply::Int(n),
+        match self.count_keys() {
+            Ok((n, _)) => Reply::Int(n as i64),
             Err(e) => e,
+        }
+    }
+
+    /// Live keys, and of those with an expiry, over every region.
+    fn count_keys(&mut self) -> Result<(u64, u64), Reply> {
+        let (mut keys, mut expires) = (0u64, 0u64);
+        let mut from = 0;
+        loop {
+            let (items, next) = self.store.scan(from, PAGE_KEYS, true).map_err(store_err)?;
+            keys += items.len() as u64;
+            expires += items.iter().filter(|(_, s)| s.expire_at_ms != 0).count() as u64;
+            match next {
+                Some(n) => from = n,
+                None => return Ok((keys, expires)),
+            }
         }
     }
 
@@ -687,7 +708,8 @@ fn pure_conn(shared: &Shared, name: &str, a: &[Bytes], now_ms: u64) -> Reply {
             None => not_integer(),
         },
         "command" => command_info(&a[1..]),
-        "info" => Reply::text(shared.info(a.get(1))),
+        // Inside MULTI: the keyspace as INFO last counted it.
+        "info" => Reply::text(shared.info(a.get(1), shared.cached_keyspace())),
         "config" => config(a),
         // Queued inside MULTI, where it changes nothing (Redis alike).
         "unwatch" => Reply::Ok,

@@ -579,6 +579,8 @@ fn scan_keys_dbsize_randomkey_and_flushdb_walk_every_key_once() {
         run(&mut s, &format!("SET other:{i} v"));
     }
     assert_eq!(run(&mut s, "DBSIZE"), ":270\r\n");
+    run(&mut s, "EXPIRE user:1 100");
+    assert!(run(&mut s, "INFO keyspace").contains("db0:keys=270,expires=1,avg_ttl=0\r\n"));
     // SCAN from 0 until 0: every key once.
     let mut seen = std::collections::BTreeSet::new();
     let mut cursor = "0".to_string();
