@@ -37,6 +37,17 @@ impl ValueRecord {
         e.finish()
     }
 
+    /// Decodes a record's header only: the value is left empty (no copy).
+    pub fn decode_header(buf: &[u8]) -> Result<Self> {
+        let mut d = Decoder::new(buf, "value record");
+        d.version(VALUE_FORMAT)?;
+        Ok(ValueRecord {
+            version: d.u64()?,
+            expire_at_ms: d.u64()?,
+            value: bytes::Bytes::new(),
+        })
+    }
+
     /// Decodes a record written by [`ValueRecord::encode`].
     pub fn decode(buf: &[u8]) -> Result<Self> {
         let mut d = Decoder::new(buf, "value record");
@@ -73,5 +84,7 @@ mod tests {
         };
         assert!(!forever.is_expired(u64::MAX));
         assert!(ValueRecord::decode(&[1, 2, 3]).is_err());
+        let h = ValueRecord::decode_header(&forever.encode()).unwrap();
+        assert_eq!((h.version, h.expire_at_ms, h.value.len()), (42, 0, 0));
     }
 }

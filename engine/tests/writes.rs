@@ -261,6 +261,79 @@ fn transactions_write_all_or_nothing_and_identically_on_every_replica() {
 }
 
 #[test]
+fn scan_pages_chained_from_zero_return_every_live_key_once_in_hash_order() {
+    let (_d, mut c) = cluster(4, 37, Config::default());
+    for r in 1..=4 {
+        must_elect(&mut c, r);
+    }
+    let mut live = std::collections::BTreeSet::new();
+    for i in 0..300 {
+        let key = format!("k{i}");
+        let ttl_ms = (i % 10 == 0).then_some(50);
+        c.write(
+            WriteRequest::Put {
+                key: b(&key),
+                value: b("v"),
+                ttl_ms,
+                condition: Condition::None,
+            },
+            5000,
+        )
+        .unwrap();
+        if ttl_ms.is_none() {
+            live.insert(key);
+        }
+    }
+    // Large values: a page ends at its byte budget, not at its key limit.
+    let big = "x".repeat(256 << 10);
+    for i in 0..100 {
+        must_put(&mut c, &format!("big{i}"), &big);
+        live.insert(format!("big{i}"));
+    }
+    c.run_ms(200).unwrap(); // the keys with a ttl expire
+    for (limit, keys_only) in [(7, true), (10_000, false)] {
+        let mut seen = std::collections::BTreeSet::new();
+        let (mut from, mut pages, mut last) = (0u64, 0, None);
+        loop {
+            let (items, next) = c.scan_page(from, limit, keys_only, 5000).unwrap();
+            pages += 1;
+            for (k, r) in &items {
+                let h = corekv_engine::route_hash(k);
+                assert!(
+                    h >= from && next.is_none_or(|n| h < n),
+                    "key outside its page"
+                );
+                assert!(last.is_none_or(|l| (l, k.clone()) < (h, k.clone())));
+                last = Some(h);
+                assert_eq!(r.value.is_empty(), keys_only || k.is_empty());
+                let k = String::from_utf8(k.to_vec()).unwrap();
+                assert!(seen.insert(k.clone()), "{k} twice");
+            }
+            let bytes: usize = items.iter().map(|(k, r)| k.len() + r.value.len()).sum();
+            assert!(
+                bytes <= (4 << 20) + (256 << 10) + 4096,
+                "page of {bytes} bytes"
+            );
+            match next {
+                Some(n) => {
+                    assert!(n > from, "pages move on");
+                    from = n;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(
+            seen, live,
+            "limit {limit}: every live key once, no expired one"
+        );
+        assert!(
+            pages >= 6,
+            "limit {limit}: {pages} pages (4 regions, and budgets)"
+        );
+    }
+}
+
+#[test]
 fn crash_and_restart_never_applies_twice_or_skips() {
     let (_d, mut c) = cluster(1, 31, Config::default());
     must_elect(&mut c, 1);

@@ -206,6 +206,11 @@ impl Peer {
         it.seek(crate::keys::data_range_start(from));
         let clock = self.clock_ms();
         let mut items: Vec<(Bytes, ValueRecord)> = Vec::new();
+        // The page ends, at the first new hash, once it holds `limit` keys
+        // or SCAN_PAGE_BYTES of them, or once it has looked at
+        // SCAN_EXAMINED_MAX records (expired ones too): a page is bounded
+        // in memory and in the time it holds the shard.
+        let (mut bytes, mut examined) = (0usize, 0usize);
         let mut last_hash = None;
         while it.valid() {
             let (Some(k), Some(v)) = (it.key(), it.value()) else {
@@ -215,18 +220,23 @@ impl Peer {
                 it.next();
                 continue;
             };
-            if items.len() >= scan.limit && last_hash != Some(hash) {
-                // A full page, ending with every key of its last hash.
+            let full = items.len() >= scan.limit
+                || bytes >= SCAN_PAGE_BYTES
+                || examined >= SCAN_EXAMINED_MAX;
+            if full && last_hash.is_some_and(|h| h != hash) {
                 it.status()?;
                 return Ok((items, Some(hash)));
             }
-            let mut record = crate::value::ValueRecord::decode(v)?;
+            examined += 1;
+            last_hash = Some(hash);
+            let record = if scan.keys_only {
+                crate::value::ValueRecord::decode_header(v)?
+            } else {
+                crate::value::ValueRecord::decode(v)?
+            };
             if !record.is_expired(clock) {
-                if scan.keys_only {
-                    record.value = Bytes::new();
-                }
+                bytes += key.len() + record.value.len() + 32;
                 items.push((Bytes::copy_from_slice(key), record));
-                last_hash = Some(hash);
             }
             it.next();
         }
@@ -240,3 +250,9 @@ impl Peer {
 
 /// Keys one page of a scan returns at most.
 pub const SCAN_KEYS_MAX: usize = 10_000;
+
+/// Bytes of keys and values past which a page ends (at its next hash).
+pub const SCAN_PAGE_BYTES: usize = 4 << 20;
+
+/// Records (expired ones too) past which a page ends (at its next hash).
+pub const SCAN_EXAMINED_MAX: usize = 4 * SCAN_KEYS_MAX;

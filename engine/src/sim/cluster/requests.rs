@@ -237,6 +237,54 @@ impl SimCluster {
         Err(Error::Timeout)
     }
 
+    /// One page of a scan from `from_hash` (see [`crate::read::Scan`]),
+    /// through whichever node leads the region holding that hash, following
+    /// leader changes, for up to `max_ms`: the keys with their records and
+    /// the next page's first hash.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_page(
+        &mut self,
+        from_hash: u64,
+        limit: usize,
+        keys_only: bool,
+        max_ms: u64,
+    ) -> Result<(Vec<(Bytes, ValueRecord)>, Option<u64>)> {
+        let end = self.now_ms + max_ms;
+        while self.now_ms < end {
+            let region = self
+                .regions
+                .iter()
+                .find(|r| r.contains(from_hash))
+                .map(|r| r.id)
+                .expect("regions cover the hash space");
+            let Some(leader) = self.leader(region) else {
+                self.tick()?;
+                continue;
+            };
+            let id = self.new_id();
+            let now = self.now_ms;
+            let scan = crate::read::Scan {
+                from_hash,
+                limit,
+                keys_only,
+            };
+            self.submit((leader, region, id), true, |r, replies| {
+                r.scan(region, id, scan, Consistency::Linearizable, now, replies)
+            });
+            match self.wait(id, end.saturating_sub(self.now_ms))? {
+                Some(Reply {
+                    result: Ok(Response::Scanned { items, next_hash }),
+                    ..
+                }) => return Ok((items, next_hash)),
+                Some(Reply { result: Err(e), .. }) if e.is_retryable() => self.tick()?,
+                Some(Reply { result: Err(e), .. }) => return Err(e),
+                Some(other) => panic!("unexpected reply {other:?}"),
+                None => return Err(Error::Timeout),
+            }
+        }
+        Err(Error::Timeout)
+    }
+
     /// Every record in `node`'s data CF (expired ones included), by key.
     pub fn dump_data(&self, node: u64) -> Result<BTreeMap<Vec<u8>, ValueRecord>> {
         let n = self.nodes.get(&node).expect("live node");
