@@ -1,7 +1,8 @@
 //! Direct paths for the hottest commands outside MULTI: each maps onto one
 //! operation of the cluster with no read first (a plain SET is one put, an
-//! INCR one replicated increment). Anything they do not cover goes through
-//! a view and a checked transaction, with the same result.
+//! INCR one replicated increment), alone or as a pipelined run of one
+//! region. Anything they do not cover goes through a view and a checked
+//! transaction, with the same result.
 
 use bytes::Bytes;
 
@@ -21,69 +22,16 @@ fn done<T>(r: Result<T, StoreError>, f: impl FnOnce(T) -> Reply) -> Reply {
     }
 }
 
-/// The reply of `args` if a direct path serves it; None to use a view.
+/// The reply of `args` if a direct path serves it; None to use a view
+/// (which also answers malformed arguments with their error).
 pub fn fast_path(store: &mut dyn Store, name: &str, a: &[Bytes]) -> Option<Reply> {
+    if let Some((w, kind)) = as_fast_write(name, a) {
+        let key = w.key().clone();
+        let r = store.write_pipelined(vec![w]).pop()?;
+        return Some(write_reply(store, &key, kind, r));
+    }
     Some(match name {
         "get" => done(store.get(&a[1]), |v| Reply::opt(v.map(|s| s.value))),
-        "set" => {
-            let o = match parse_set(a) {
-                Ok(o) => o,
-                Err(r) => return Some(r),
-            };
-            let ttl = match o.expire {
-                ExpireOpt::Unset => None,
-                ExpireOpt::In(ms) => Some(ms),
-                _ => return None,
-            };
-            if o.get || o.xx {
-                return None;
-            }
-            done(store.put(&a[1], &a[2], ttl, o.nx), |written| {
-                if written {
-                    Reply::Ok
-                } else {
-                    Reply::Nil
-                }
-            })
-        }
-        "setnx" => done(store.put(&a[1], &a[2], None, true), |w| {
-            Reply::Int(i64::from(w))
-        }),
-        "setex" | "psetex" => {
-            let unit = if name == "setex" { 1000 } else { 1 };
-            let Some(n) = parse_int(&a[2]) else {
-                return Some(not_integer());
-            };
-            match (n as u64).checked_mul(unit) {
-                Some(ms) if n > 0 && ms <= corekv_engine::command::TTL_MS_MAX => {
-                    done(store.put(&a[1], &a[3], Some(ms), false), |_| Reply::Ok)
-                }
-                _ => Reply::err(format!("invalid expire time in '{name}' command")),
-            }
-        }
-        "incr" | "decr" | "incrby" | "decrby" => {
-            let delta = match name {
-                "incr" => 1,
-                "decr" => -1,
-                _ => match parse_int(&a[2]) {
-                    Some(d) if name == "incrby" => d,
-                    Some(d) if d != i64::MIN => -d,
-                    Some(_) => return Some(Reply::err("decrement would overflow")),
-                    None => return Some(not_integer()),
-                },
-            };
-            match store.incr(&a[1], delta) {
-                Ok(n) => Reply::Int(n),
-                // The engine does not tell overflow from garbage: look.
-                Err(StoreError::NotANumber) => match store.get(&a[1]) {
-                    Ok(Some(s)) if parse_int(&s.value).is_some() => {
-                        Reply::err("increment or decrement would overflow")
-                    }
-                    _ => not_integer(),
-                },
-                Err(e) => store_err(e),
-            }
-        }
         "del" | "unlink" => {
             let mut n = 0;
             for (done, k) in a[1..].iter().enumerate() {
