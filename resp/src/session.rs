@@ -121,8 +121,10 @@ impl Session {
                 let (ops, kinds): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
                 let keys: Vec<Bytes> = ops.iter().map(|w| w.key().clone()).collect();
                 let answers = self.store.write_pipelined(ops);
-                for ((r, kind), key) in answers.into_iter().zip(kinds).zip(keys) {
-                    let reply = commands::write_reply(self.store.as_mut(), &key, kind, r);
+                for (j, (r, kind)) in answers.into_iter().zip(kinds).enumerate() {
+                    let key = &keys[j];
+                    let look = !keys[j + 1..].contains(key);
+                    let reply = commands::write_reply(self.store.as_mut(), key, kind, r, look);
                     if reply.is_error() {
                         self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                     }

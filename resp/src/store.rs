@@ -34,6 +34,9 @@ pub enum StoreError {
     Unknown(String),
     /// No replica could answer in time.
     Unavailable(String),
+    /// A pipelined write refused and not sent again (a later one of the
+    /// pipeline may be applied): not applied.
+    NotApplied(String),
 }
 
 impl StoreError {
@@ -49,6 +52,9 @@ impl StoreError {
                  ({m}); read the key to find out"
             ),
             StoreError::Unavailable(m) => format!("CLUSTERDOWN no replica could answer: {m}"),
+            // Not CLUSTERDOWN, which some clients retry on their own: this
+            // one must not be resent behind the pipeline's later writes.
+            StoreError::NotApplied(m) => format!("ERR not applied: {m}"),
         }
     }
 }
@@ -196,6 +202,7 @@ fn map_err(e: ClientError) -> StoreError {
         ClientError::Invalid { message, .. } => StoreError::Invalid(message),
         ClientError::Unknown(m) => StoreError::Unknown(m),
         ClientError::Unavailable { last, .. } => StoreError::Unavailable(last),
+        ClientError::NotApplied(m) => StoreError::NotApplied(m),
         // Anything else (an answer the client did not understand): what
         // became of a write is not known.
         other => StoreError::Unknown(other.to_string()),

@@ -2,6 +2,47 @@
 
 use super::*;
 
+/// What became of one write of a pipelined frame, as far as a redo cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FateKind {
+    /// Answered.
+    Done,
+    /// Refused before it was proposed: not applied.
+    Refused,
+    /// Maybe applied (no answer, or a timeout).
+    Uncertain,
+}
+
+/// What to do with one write of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Redo {
+    /// Keep its answer.
+    Keep,
+    /// Send it again (refused: with a new tag; uncertain: as a retry).
+    Send,
+    /// Do not send it again: report it as it stands.
+    Leave,
+}
+
+/// The redo of a frame: the last write that is, or may be, applied splits
+/// it. Nothing open before it is sent again (it would land after it);
+/// after it every write was refused and goes again, in order; it itself,
+/// if uncertain, is retried with its tag.
+fn redo_plan(fates: &[FateKind]) -> Vec<Redo> {
+    let last = fates
+        .iter()
+        .rposition(|f| matches!(f, FateKind::Done | FateKind::Uncertain));
+    fates
+        .iter()
+        .enumerate()
+        .map(|(j, f)| match f {
+            FateKind::Done => Redo::Keep,
+            _ if last.is_some_and(|l| j < l) => Redo::Leave,
+            _ => Redo::Send,
+        })
+        .collect()
+}
+
 /// Writes of one client in one frame at most. A region remembers the last
 /// `RESULTS_PER_CLIENT` outcomes of each client, so while a frame's writes
 /// are retried after a lost answer, each of them is still remembered if
@@ -214,10 +255,11 @@ impl Client {
     /// carries its own session tag, so an uncertain one is retried exactly
     /// once. From the first that was refused (leader moved, ...) or got no
     /// answer, the rest go one by one, in order, with the usual retries (an
-    /// unanswered one with its tag, as a retry); should a later one have
-    /// succeeded already, the earlier ones are not sent again (order comes
-    /// first): a refused one is reported `Unavailable`, an unanswered one
-    /// `Unknown`. Writes of several regions go one by one.
+    /// unanswered one with its tag, as a retry), but only those after the
+    /// last one that is or may be applied: one before it is not sent again
+    /// (it would land after it; order comes first) and is reported
+    /// [`ClientError::NotApplied`] if it was refused, `Unknown` if its answer
+    /// was lost. Writes of several regions go one by one.
     pub fn write_pipelined(
         &mut self,
         mut writes: Vec<WriteRequest>,
@@ -315,17 +357,25 @@ impl Client {
                 },
             })
             .collect();
-        let first_open = fates.iter().position(|f| !matches!(f, Fate::Done(_)));
-        let later_done =
-            first_open.is_some_and(|f| fates[f..].iter().any(|x| matches!(x, Fate::Done(_))));
+        let kinds: Vec<FateKind> = fates
+            .iter()
+            .map(|f| match f {
+                Fate::Done(_) => FateKind::Done,
+                Fate::Refused(_) => FateKind::Refused,
+                Fate::Uncertain(_) => FateKind::Uncertain,
+            })
+            .collect();
+        let plan = redo_plan(&kinds);
         let mut out = Vec::with_capacity(writes.len());
-        for ((fate, w), tag) in fates.into_iter().zip(writes).zip(tags) {
+        for (((fate, w), tag), step) in fates.into_iter().zip(writes).zip(tags).zip(plan) {
+            let before_last = step == Redo::Leave;
             out.push(match fate {
                 Fate::Done(r) => r,
-                Fate::Refused(last) if later_done => {
-                    Err(ClientError::Unavailable { attempts: 1, last })
-                }
-                Fate::Uncertain(last) if later_done => Err(ClientError::Unknown(last)),
+                Fate::Refused(last) if before_last => Err(ClientError::NotApplied(format!(
+                    "{last}; not sent again: a later write of the same frame may be applied, \
+                     and order comes first"
+                ))),
+                Fate::Uncertain(last) if before_last => Err(ClientError::Unknown(last)),
                 Fate::Refused(_) => {
                     // Never applied: a new write with a new tag.
                     let by = RouteBy::Hash(route_hash(w.keys().next().expect("a write has a key")));
@@ -428,5 +478,31 @@ impl Client {
             }
         }
         out.into_iter().map(Option::unwrap).collect()
+    }
+}
+
+#[cfg(test)]
+mod redo_tests {
+    use super::FateKind::{Done as D, Refused as R, Uncertain as U};
+    use super::Redo::{Keep as K, Leave as L, Send as S};
+    use super::*;
+
+    #[test]
+    fn nothing_is_sent_again_before_a_write_that_may_be_applied() {
+        let cases: &[(&[FateKind], &[Redo])] = &[
+            (&[D, D], &[K, K]),
+            (&[D, R, R], &[K, S, S]),
+            (&[R, R], &[S, S]),
+            (&[R, D], &[L, K]),
+            // A refused write before an uncertain one: the later may be
+            // applied (a large entry refused, a small one after it taken).
+            (&[R, U], &[L, S]),
+            (&[U, U], &[L, S]),
+            (&[U, R], &[S, S]),
+            (&[D, U, R, D, R], &[K, L, L, K, S]),
+        ];
+        for (fates, want) in cases {
+            assert_eq!(&redo_plan(fates), want, "{fates:?}");
+        }
     }
 }

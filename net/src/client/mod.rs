@@ -115,6 +115,11 @@ pub enum ClientError {
     /// was lost after it was sent). Read the key to find out.
     #[error("outcome unknown: {0}")]
     Unknown(String),
+    /// A write of a pipelined frame that was refused (never applied) and
+    /// not sent again, because a later write of the frame may be applied:
+    /// sending it now would apply it after that one.
+    #[error("not applied: {0}")]
+    NotApplied(String),
     /// No replica could serve the request within the attempts and time.
     #[error("unavailable after {attempts} attempts: {last}")]
     Unavailable {

@@ -28,7 +28,7 @@ pub fn fast_path(store: &mut dyn Store, name: &str, a: &[Bytes]) -> Option<Reply
     if let Some((w, kind)) = as_fast_write(name, a) {
         let key = w.key().clone();
         let r = store.write_pipelined(vec![w]).pop()?;
-        return Some(write_reply(store, &key, kind, r));
+        return Some(write_reply(store, &key, kind, r, true));
     }
     Some(match name {
         "get" => done(store.get(&a[1]), |v| Reply::opt(v.map(|s| s.value))),
@@ -162,11 +162,14 @@ pub fn as_fast_write(name: &str, a: &[Bytes]) -> Option<(FastWrite, WriteReply)>
 }
 
 /// The reply of a pipelined write.
+/// `look`: the key may be read to tell an overflow from a value that is no
+/// integer (false when a later write of the pipeline changed it already).
 pub fn write_reply(
     store: &mut dyn Store,
     key: &[u8],
     kind: WriteReply,
     r: Result<Answer, StoreError>,
+    look: bool,
 ) -> Reply {
     match (r, kind) {
         (Ok(Answer::Written(true)), WriteReply::Set | WriteReply::SetEx) => Reply::Ok,
@@ -175,6 +178,7 @@ pub fn write_reply(
         (Ok(Answer::Counter(n)), WriteReply::Incr) => Reply::Int(n),
         (Ok(Answer::Deleted(d)), WriteReply::Del) => Reply::Int(i64::from(d)),
         // The engine does not tell overflow from garbage: look.
+        (Err(StoreError::NotANumber), WriteReply::Incr) if !look => not_integer(),
         (Err(StoreError::NotANumber), WriteReply::Incr) => match store.get(key) {
             Ok(Some(s)) if parse_int(&s.value).is_some() => {
                 Reply::err("increment or decrement would overflow")

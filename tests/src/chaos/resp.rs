@@ -96,11 +96,15 @@ impl Conn {
 }
 
 /// What a write's reply says about it. `UNCERTAIN` is an unknown outcome;
-/// `CLUSTERDOWN` (no replica could answer: nothing applied) a failure;
+/// `CLUSTERDOWN` (no replica could answer) and `ERR not applied` failures;
 /// anything else unexpected, or a broken connection, is unknown.
 fn write_done(r: std::io::Result<Reply>, ok: impl FnOnce(Reply) -> Option<Output>) -> Done {
     match r {
-        Ok(Reply::Error(e)) if e.starts_with("CLUSTERDOWN") => Done::Failed,
+        // No replica answered, or a pipelined write refused and not sent
+        // again: not applied, a promise the checker holds the front to.
+        Ok(Reply::Error(e)) if e.starts_with("CLUSTERDOWN") || e.starts_with("ERR not applied") => {
+            Done::Failed
+        }
         Ok(Reply::Error(e)) if e.starts_with("ERR value is not an integer") => {
             Done::Ok(Output::NotANumber)
         }
