@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::commands::{self, is, lookup, not_integer, parse_int, wrong_arity, Run, Spec};
 use crate::reply::Reply;
 use crate::server::Shared;
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{now_ms, store_err, Store, StoreError};
 use crate::view::{atomically, Attempt};
 
 /// Redis's reply when the keys of one request are in several regions.
@@ -37,10 +37,6 @@ pub struct Session {
     multi: Option<Multi>,
     /// WATCHed keys and the versions they had then (None: absent).
     watched: Vec<(Bytes, Option<u64>)>,
-}
-
-fn store_err(e: StoreError) -> Reply {
-    Reply::Error(e.reply_text())
 }
 
 /// Commands that may be queued inside MULTI but are not data commands:

@@ -62,6 +62,11 @@ impl StoreError {
 /// Result of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The error reply for a Redis client.
+pub(crate) fn store_err(e: StoreError) -> crate::reply::Reply {
+    crate::reply::Reply::Error(e.reply_text())
+}
+
 /// A write that needs no read first, as a pipeline may send several.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FastWrite {

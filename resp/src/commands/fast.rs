@@ -9,11 +9,7 @@ use bytes::Bytes;
 use super::strings::{parse_set, ExpireOpt};
 use super::{not_integer, parse_int};
 use crate::reply::Reply;
-use crate::store::{Answer, FastWrite, Store, StoreError};
-
-fn store_err(e: StoreError) -> Reply {
-    Reply::Error(e.reply_text())
-}
+use crate::store::{store_err, Answer, FastWrite, Store, StoreError};
 
 fn done<T>(r: Result<T, StoreError>, f: impl FnOnce(T) -> Reply) -> Reply {
     match r {

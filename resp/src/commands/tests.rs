@@ -9,15 +9,19 @@ use crate::session::Session;
 use crate::store::mem::MemStore;
 use corekv_engine::Consistency;
 
-fn session(regions: u64) -> Session {
-    let cfg = RespConfig {
+fn test_config() -> RespConfig {
+    RespConfig {
         node_id: 1,
         endpoints: Vec::new(),
         consistency: Consistency::Linearizable,
         connections_max: 10,
         limits: Default::default(),
         view: Default::default(),
-    };
+    }
+}
+
+fn session(regions: u64) -> Session {
+    let cfg = test_config();
     Session::new(
         Shared::new(cfg, 7301),
         Box::new(MemStore::new(regions)),
@@ -373,14 +377,7 @@ fn a_read_modify_write_is_retried_when_a_check_fails() {
             self.inner.scan(f, l, k)
         }
     }
-    let cfg = RespConfig {
-        node_id: 1,
-        endpoints: Vec::new(),
-        consistency: Consistency::Linearizable,
-        connections_max: 10,
-        limits: Default::default(),
-        view: Default::default(),
-    };
+    let cfg = test_config();
     let store = Racy {
         inner: MemStore::new(1),
         raced: false,
