@@ -44,6 +44,7 @@ const META_NODE: u8 = 0x08;
 const META_ORIGIN: u8 = 0x09;
 const META_RETIRED: u8 = 0x0A;
 const META_CHECK: u8 = 0x0B;
+const META_AUTH: u8 = 0x0C;
 const HISTORY_RECORD: u8 = 0x01;
 const HISTORY_FLOOR: u8 = 0x02;
 
@@ -105,6 +106,12 @@ pub fn apply_state_key(region_id: u64) -> [u8; 9] {
 /// Key of the node identity.
 pub fn store_ident_key() -> [u8; 1] {
     [META_IDENT]
+}
+
+/// Key of the node's copy of the cluster's users (the meta region's auth
+/// record as last read), so a restarted node checks logins at once.
+pub fn auth_copy_key() -> [u8; 1] {
+    [META_AUTH]
 }
 
 /// Key of a replica's last digest and consistency check verdict.

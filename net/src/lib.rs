@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - `wire`: the generated flatbuffers code of `schema/corekv.fbs`.
+//! - `auth`: users, roles and token hashes (kept in the meta region), and
+//!   the gate every listener checks logins and requests against.
 //! - `faults`: fault-injection rules for the raft transport (tests, chaos runs).
 //! - `frame`: length-prefixed framing and stream reassembly.
 //! - `message`: client-protocol messages as Rust values; encode and decode.
@@ -32,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod faults;
 pub mod frame;
@@ -47,6 +50,6 @@ pub mod wake;
 pub mod watch_client;
 pub mod wire;
 
-pub use client::{Client, ClientConfig, ClientError, PutOptions, Value};
+pub use client::{Client, ClientConfig, ClientError, Credentials, PutOptions, Value};
 pub use corekv_engine::watch::{Change, ChangeKind};
 pub use watch_client::{StreamStatus, Watch};

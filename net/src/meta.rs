@@ -48,15 +48,17 @@ pub struct NodeRecord {
 }
 
 /// Checks a write marked as the cluster's own ([`ClientConfig::system`]),
-/// the only kind that may touch keys under [`META_PREFIX`]. Until clients
-/// authenticate, any client can set that mark, so these are the only
+/// the only kind that may touch keys under [`META_PREFIX`]. While
+/// authentication is off any client can set that mark, so these are the only
 /// metadata writes a node takes, each with a value it can read:
 /// - a put of the node list ([`nodes_key`]), conditioned on its version
 ///   (nodes recording themselves, `corekv ctl add-node`, `remove-node`);
 /// - a put of a node's report of the regions it leads
 ///   ([`routes_key`]), each route naming that node as leader;
 /// - a put of the region id allocator ([`next_region_id_key`]),
-///   conditioned, never below the first allocated id.
+///   conditioned, never below the first allocated id;
+/// - a put of the users ([`crate::auth::auth_key`]), conditioned, valid
+///   (with authentication on, only a node or an admin may send one).
 ///
 /// Deletes, compare-and-swaps, increments, batches, expiries and every
 /// other metadata key are refused, with the reason. A write that touches no
@@ -108,6 +110,13 @@ pub fn check_system_write(w: &corekv_engine::WriteRequest) -> std::result::Resul
             );
         }
         return Ok(());
+    }
+    if key[..] == crate::auth::auth_key()[..] {
+        if !conditioned {
+            return Err("the users are written only with a version condition".into());
+        }
+        let table = crate::auth::AuthTable::decode(value)?;
+        return table.validate().map_err(|e| format!("users: {e}"));
     }
     let routes_prefix = [META_PREFIX, b"routes/"].concat();
     if let Some(node) = key.strip_prefix(&routes_prefix[..]) {

@@ -24,6 +24,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 
+use crate::auth::{Gate, LoginAttempt, LoginStep, Principal};
 use crate::frame::FrameBuffer;
 use crate::message::{
     decode_frame_shared, encode_error_frame, encode_hello, encode_responses, Frame, Request,
@@ -55,6 +56,9 @@ pub struct ServerInfo {
     pub shard_count: u32,
     /// Per-shard client ports.
     pub shard_ports: Arc<ShardPorts>,
+    /// Users, the node key and protected mode: what logins and requests
+    /// are checked against.
+    pub gate: Arc<crate::auth::Gate>,
 }
 
 /// The node's per-shard client ports, index = shard: each shard fills in
@@ -297,6 +301,7 @@ async fn refuse(mut stream: TcpStream) {
 
 async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
     let (info, limits, handler) = (&ctx.info, &ctx.limits, &ctx.handler);
+    let peer = stream.peer_addr().ok();
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<OutFrame>(limits.queued_frames_max);
     let conn = Rc::new(ClientConn {
@@ -352,6 +357,8 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
 
     let mut frames = FrameBuffer::new(limits.frame_bytes_max);
     let mut greeted = false;
+    let hello_by = std::time::Instant::now() + HELLO_WAIT;
+    let mut principal = Principal::Anonymous;
     // Read size adapts: small for idle or chatty clients, up to 256 KiB for
     // clients that send large batches.
     let mut want = 4096usize;
@@ -370,13 +377,25 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
         }
         let spare = frames.spare(want);
         let room = spare.len();
-        let n = match reader.read(spare).await {
-            Ok(0) | Err(_) => {
+        let read = reader.read(spare);
+        let got = if greeted {
+            Some(read.await)
+        } else {
+            // A connection that does not say hello in time holds no slot.
+            let left = hello_by.saturating_duration_since(std::time::Instant::now());
+            futures_lite::future::or(async { Some(read.await) }, async {
+                glommio::timer::sleep(left).await;
+                None
+            })
+            .await
+        };
+        let n = match got {
+            Some(Ok(0)) | Some(Err(_)) | None => {
                 frames.filled(room, 0);
                 conn.close();
                 break;
             }
-            Ok(n) => n,
+            Some(Ok(n)) => n,
         };
         frames.filled(room, n);
         want = if n == room {
@@ -397,8 +416,11 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
             let body = bytes::Bytes::copy_from_slice(body);
             match decode_frame_shared(&body) {
                 Ok(Frame::Hello {
-                    protocol_version, ..
-                }) => {
+                    protocol_version,
+                    user,
+                    token,
+                    ..
+                }) if !greeted => {
                     if protocol_version != PROTOCOL_VERSION {
                         fail(
                             &conn,
@@ -409,6 +431,20 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
                         );
                         break 'read;
                     }
+                    if !user.is_empty() || !token.is_empty() {
+                        match login(&info.gate, &user, &token).await {
+                            Ok(p) => principal = p,
+                            Err(e) => {
+                                conn.push(encode_error_frame(&e));
+                                conn.close();
+                                break 'read;
+                            }
+                        }
+                    }
+                    if let Some(why) = info.gate.protected_refusal(peer, &principal) {
+                        fail(&conn, ErrorCode::Unauthenticated, why);
+                        break 'read;
+                    }
                     greeted = true;
                     let hello =
                         encode_hello(info.node_id, info.shard_count, &info.shard_ports.get());
@@ -416,12 +452,47 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
                         break 'read;
                     }
                 }
-                Ok(Frame::Requests(reqs)) if greeted => {
+                Ok(Frame::Requests(mut reqs)) if greeted => {
+                    // Authentication may have gone off since the hello.
+                    if let Some(why) = info.gate.protected_refusal(peer, &principal) {
+                        fail(&conn, ErrorCode::Unauthenticated, why);
+                        break 'read;
+                    }
                     conn.inflight.set(conn.inflight.get() + reqs.len());
-                    handler.on_requests(&conn, reqs)
+                    let mut refused = Vec::new();
+                    reqs.retain(|r| match info.gate.authorize(&principal, r) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            refused.push(Response {
+                                id: r.id,
+                                result: Err(e),
+                            });
+                            false
+                        }
+                    });
+                    if !refused.is_empty() && !conn.send(&refused) {
+                        break 'read;
+                    }
+                    // A connection with no login has nothing to do while
+                    // authentication is on: it goes once told, and holds no
+                    // slot meanwhile.
+                    if matches!(principal, Principal::Anonymous)
+                        && info.gate.state() == crate::auth::AuthState::On
+                        && reqs.is_empty()
+                    {
+                        conn.close();
+                        break 'read;
+                    }
+                    if !reqs.is_empty() {
+                        handler.on_requests(&conn, reqs)
+                    }
                 }
                 Ok(Frame::Requests(_)) => {
                     fail(&conn, ErrorCode::BadFrame, "hello expected first".into());
+                    break 'read;
+                }
+                Ok(Frame::Hello { .. }) => {
+                    fail(&conn, ErrorCode::BadFrame, "a second hello".into());
                     break 'read;
                 }
                 Ok(other) => {
@@ -445,6 +516,22 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
     conn.close();
     writer_task.await;
 }
+
+/// Checks credentials, waiting (without blocking the shard) for the node to
+/// reread the users when its copy does not know them.
+async fn login(gate: &Gate, user: &str, token: &str) -> Result<Principal, WireError> {
+    let started = std::time::Instant::now();
+    let mut attempt = LoginAttempt::default();
+    loop {
+        match gate.login_step(user, token.as_bytes(), started, &mut attempt) {
+            LoginStep::Done(r) => return r,
+            LoginStep::Wait(d) => glommio::timer::sleep(d).await,
+        }
+    }
+}
+
+/// How long a new connection has to send its hello (and log in).
+pub const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Shard-local registry of open connections, for routing answers back.
 #[derive(Default)]

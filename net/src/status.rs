@@ -38,6 +38,36 @@ pub struct NodeStatus {
     /// The Redis-protocol listener, if the node has one.
     #[serde(default)]
     pub resp: Option<RespStatus>,
+    /// Authentication and protected mode.
+    #[serde(default)]
+    pub auth: Option<AuthStatus>,
+}
+
+/// A node's view of authentication, and its counters since start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuthStatus {
+    /// `on`, `off`, or `unknown` (not loaded from the meta region yet).
+    pub state: String,
+    /// Users in the record.
+    pub users: u64,
+    /// Version of the record as last read from the meta region.
+    #[serde(default)]
+    pub version: u64,
+    /// First hex digits of the node key's hash (equal on nodes sharing the
+    /// key); None: the node has no `--auth-key-file`.
+    pub node_key: Option<String>,
+    /// Protected mode is off (`--insecure`).
+    pub insecure: bool,
+    /// Logins accepted.
+    pub logins: u64,
+    /// Logins refused.
+    pub login_failures: u64,
+    /// Requests refused for want of a login.
+    pub unauthenticated: u64,
+    /// Requests refused by the user's roles.
+    pub denied: u64,
+    /// Connections refused by protected mode.
+    pub protected_refusals: u64,
 }
 
 /// Counters of a node's Redis-protocol listener since start.
@@ -409,6 +439,7 @@ mod tests {
             shards: vec![],
             regions,
             resp: None,
+            auth: None,
         }
     }
 

@@ -236,6 +236,8 @@ impl Client {
             let client = Client::connect(self.cfg.clone())?;
             streams.spawn(client, keys, from_version, Some(ready_tx.clone()))?;
         }
+        // A stream that fails drops its sender: the wait below ends then.
+        drop(ready_tx);
         for _ in 0..count {
             let left = deadline.saturating_duration_since(Instant::now());
             if ready_rx.recv_timeout(left).is_err() {

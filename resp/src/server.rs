@@ -37,6 +37,9 @@ pub struct RespConfig {
     pub limits: Limits,
     /// Limits of what one command may read and build.
     pub view: crate::view::ViewLimits,
+    /// The node's users and protected mode: logins (AUTH, HELLO AUTH) and
+    /// each command are checked against it.
+    pub gate: Arc<corekv_net::auth::Gate>,
 }
 
 /// Counters of the listener.
@@ -360,10 +363,21 @@ const PIPELINE_RUN_MAX: usize = 16;
 
 fn connection(mut stream: TcpStream, shared: &Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
-    let store = ClusterStore::new(shared.cfg.endpoints.clone(), shared.cfg.consistency);
+    let peer_addr = stream.peer_addr().ok();
+    let anonymous = corekv_net::auth::Principal::Anonymous;
+    if let Some(why) = shared.cfg.gate.protected_refusal(peer_addr, &anonymous) {
+        let _ =
+            stream.write_all(format!("-DENIED {}\r\n", why.replace(['\r', '\n'], " ")).as_bytes());
+        return;
+    }
+    let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+    // The sessions' own connections to the node log in as the node; each
+    // command is checked here against the Redis client's login.
+    let store = ClusterStore::new(
+        shared.cfg.endpoints.clone(),
+        shared.cfg.consistency,
+        shared.cfg.gate.node_credentials(),
+    );
     let mut session = Session::new(shared.clone(), Box::new(store), peer);
     serve(&mut stream, &mut session, &shared.cfg.limits, &shared.stats);
 }

@@ -13,6 +13,7 @@ use crate::reply::Reply;
 use crate::server::Shared;
 use crate::store::{now_ms, store_err, Store, StoreError};
 use crate::view::{atomically, Attempt};
+use corekv_net::auth::{AuthState, Principal};
 
 /// Redis's reply when the keys of one request are in several regions.
 pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
@@ -37,6 +38,10 @@ pub struct Session {
     multi: Option<Multi>,
     /// WATCHed keys and the versions they had then (None: absent).
     watched: Vec<(Bytes, Option<u64>)>,
+    /// Who the client logged in as (AUTH, HELLO AUTH).
+    principal: Principal,
+    /// The client's address, if known (protected mode).
+    remote: Option<std::net::SocketAddr>,
 }
 
 /// Commands that may be queued inside MULTI but are not data commands:
@@ -72,7 +77,9 @@ impl Session {
     /// A new connection from `peer` on `store` (registered with `shared`
     /// until dropped).
     pub fn new(shared: Arc<Shared>, store: Box<dyn Store + Send>, peer: String) -> Session {
+        let remote = peer.parse().ok();
         Session {
+            remote,
             id: shared.register(peer),
             proto: 2,
             closing: false,
@@ -80,6 +87,7 @@ impl Session {
             shared,
             multi: None,
             watched: Vec::new(),
+            principal: Principal::Anonymous,
         }
     }
 
@@ -168,6 +176,9 @@ impl Session {
         let mut run = Vec::new();
         let mut region = 0;
         for c in cmds {
+            if !self.permitted(c) {
+                break;
+            }
             let Some(spec) = lookup(&c[0]) else { break };
             let Some(w) = commands::as_fast_write(spec.name, c) else {
                 break;
@@ -188,7 +199,13 @@ impl Session {
         if self.multi.is_some() {
             return 0;
         }
+        // A GET this login may not run ends the run (it is refused alone).
+        let gets = cmds
+            .iter()
+            .take_while(|c| c.len() == 2 && is(&c[0], "get") && self.permitted(c))
+            .count();
         let is_get = |c: &Vec<Bytes>| c.len() == 2 && is(&c[0], "get");
+        let cmds = &cmds[..gets];
         if cmds.len() < 2 || !is_get(&cmds[0]) || !is_get(&cmds[1]) {
             return 0;
         }
@@ -223,6 +240,10 @@ impl Session {
             self.fail_multi();
             return wrong_arity(spec.name);
         }
+        if let Some(refused) = self.refusal(spec, &args) {
+            self.fail_multi();
+            return refused;
+        }
         if let Some(m) = &mut self.multi {
             match (spec.name, spec.run) {
                 ("exec" | "discard" | "multi" | "watch" | "quit" | "reset", _) => {}
@@ -245,6 +266,144 @@ impl Session {
         match spec.run {
             Run::Data(f) => self.data(spec, f, &args),
             Run::Conn => self.conn_command(spec, &args),
+        }
+    }
+
+    /// Why this connection's login may not run `args`, if it may not: a
+    /// login is needed while authentication is on (every command but
+    /// AUTH, HELLO, QUIT and RESET), and a user's roles must cover every
+    /// key the command names (whole-keyspace commands need `*`).
+    fn refusal(&self, spec: &Spec, args: &[Bytes]) -> Option<Reply> {
+        self.refusal_counted(spec, args, true)
+    }
+
+    /// [`Session::refusal`], counted in the gate's statistics if `count`.
+    fn refusal_counted(&self, spec: &Spec, args: &[Bytes], count: bool) -> Option<Reply> {
+        let gate = &self.shared.cfg.gate;
+        // Authentication may have gone off since the connection came.
+        if let Some(remote) = self.remote {
+            if let Some(why) = gate.protected_refusal(Some(remote), &self.principal) {
+                return Some(Reply::Error(format!("DENIED {why}")));
+            }
+        }
+        let user = match (gate.state(), &self.principal) {
+            (AuthState::Off, _) | (_, Principal::Node) => return None,
+            _ if matches!(spec.name, "auth" | "hello" | "quit" | "reset") => return None,
+            (AuthState::Unknown, Principal::Anonymous) => {
+                return Some(Reply::Error(
+                    "TRYAGAIN this node has not loaded the cluster's users yet".into(),
+                ))
+            }
+            (AuthState::On, Principal::Anonymous) => {
+                if count {
+                    gate.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                }
+                return Some(Reply::Error(
+                    "NOAUTH Authentication required (AUTH user token).".into(),
+                ));
+            }
+            (_, Principal::User(u)) => u,
+        };
+        let denied = |what: String| {
+            if count {
+                gate.stats.denied.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Reply::Error(format!(
+                "NOPERM user '{}' may not {what}",
+                user.name
+            )))
+        };
+        match (spec.name, args.get(1)) {
+            ("scan" | "keys" | "dbsize" | "randomkey", _) if !user.may_read_all() => {
+                return denied(format!("run '{}' (it needs read:*)", spec.name));
+            }
+            ("flushdb" | "flushall", _) if !user.may_write_all() => {
+                return denied(format!("run '{}' (it needs write:*)", spec.name));
+            }
+            // Every connection's address and name.
+            ("client", Some(sub)) if is(sub, "list") && !user.is_admin() => {
+                return denied("run 'client list' (admin only)".into());
+            }
+            _ => {}
+        }
+        let write = spec.is_write();
+        for k in spec.keys_of(args) {
+            let ok = if write {
+                user.may_write(&k)
+            } else {
+                user.may_read(&k)
+            };
+            if !ok {
+                let verb = if write { "write" } else { "read" };
+                let shown = String::from_utf8_lossy(&k[..k.len().min(64)]).into_owned();
+                return denied(format!("{verb} '{shown}'"));
+            }
+        }
+        None
+    }
+
+    /// True if this connection's login may run `cmd` (a pipelined run
+    /// holds only such commands; the rest go one by one and are refused).
+    fn permitted(&self, cmd: &[Bytes]) -> bool {
+        if self.shared.cfg.gate.state() == AuthState::Off
+            || matches!(self.principal, Principal::Node)
+        {
+            return true;
+        }
+        lookup(&cmd[0]).is_some_and(|spec| self.refusal_counted(spec, cmd, false).is_none())
+    }
+
+    /// True if the login may see the whole key space (its counts, INFO's
+    /// keyspace section).
+    fn may_read_all(&self) -> bool {
+        match (&self.principal, self.shared.cfg.gate.state()) {
+            (_, AuthState::Off) | (Principal::Node, _) => true,
+            (Principal::User(u), _) => u.may_read_all(),
+            (Principal::Anonymous, _) => false,
+        }
+    }
+
+    /// Logs in as `user` with `token` (waiting a little for the node to
+    /// reread the users when it does not know them yet).
+    fn login(&mut self, user: &[u8], token: &[u8]) -> Result<(), Reply> {
+        use corekv_net::auth::{LoginAttempt, LoginStep};
+        let gate = self.shared.cfg.gate.clone();
+        let user = String::from_utf8_lossy(user);
+        let started = std::time::Instant::now();
+        let mut attempt = LoginAttempt::default();
+        loop {
+            match gate.login_step(&user, token, started, &mut attempt) {
+                LoginStep::Done(Ok(p)) => {
+                    self.principal = p;
+                    return Ok(());
+                }
+                LoginStep::Done(Err(e)) if e.code() == corekv_net::wire::ErrorCode::Busy => {
+                    return Err(Reply::Error(
+                        "TRYAGAIN this node has not loaded the cluster's users yet".into(),
+                    ))
+                }
+                LoginStep::Done(Err(_)) => {
+                    return Err(Reply::Error(
+                        "WRONGPASS invalid user name or token, or the user does not exist".into(),
+                    ))
+                }
+                LoginStep::Wait(d) => std::thread::sleep(d),
+            }
+        }
+    }
+
+    fn auth(&mut self, a: &[Bytes]) -> Reply {
+        if self.shared.cfg.gate.state() == AuthState::Off {
+            return auth_refused();
+        }
+        let (user, token) = match a.len() {
+            2 => (corekv_net::auth::DEFAULT_USER.as_bytes(), &a[1][..]),
+            3 => (&a[1][..], &a[2][..]),
+            _ => return commands::syntax_error(),
+        };
+        match self.login(user, token) {
+            Ok(()) => Reply::Ok,
+            Err(r) => r,
         }
     }
 
@@ -305,6 +464,13 @@ impl Session {
                 "EXECABORT Transaction discarded because of previous errors.".into(),
             );
         }
+        // Checked again: authentication may have come on since they queued.
+        for args in &m.queue {
+            if let Some(refused) = lookup(&args[0]).and_then(|spec| self.refusal(spec, args)) {
+                return refused;
+            }
+        }
+        let keyspace = self.may_read_all();
         let mut keys: Vec<Bytes> = watched.iter().map(|(k, _)| k.clone()).collect();
         for args in &m.queue {
             if let Some(spec) = lookup(&args[0]) {
@@ -332,7 +498,7 @@ impl Session {
                     let spec = lookup(&args[0]).expect("queued commands are known");
                     match spec.run {
                         Run::Data(f) => f(view, args),
-                        _ => pure_conn(&shared, spec.name, args, view.now_ms),
+                        _ => pure_conn(&shared, spec.name, args, view.now_ms, keyspace),
                     }
                 })
                 .collect();
@@ -344,7 +510,7 @@ impl Session {
     fn conn_command(&mut self, spec: &Spec, a: &[Bytes]) -> Reply {
         let name = spec.name;
         match name {
-            "info" if Shared::info_wants_keyspace(a.get(1)) => {
+            "info" if Shared::info_wants_keyspace(a.get(1)) && self.may_read_all() => {
                 let counts = match self.shared.cached_keyspace() {
                     Some(c) => Some(c),
                     None => self.count_keys().ok(),
@@ -355,7 +521,7 @@ impl Session {
                 Reply::text(self.shared.info(a.get(1), counts))
             }
             "ping" | "echo" | "time" | "select" | "command" | "info" | "config" => {
-                pure_conn(&self.shared, name, a, now_ms())
+                pure_conn(&self.shared, name, a, now_ms(), self.may_read_all())
             }
             "quit" => {
                 self.closing = true;
@@ -365,6 +531,7 @@ impl Session {
                 self.multi = None;
                 self.watched.clear();
                 self.proto = 2;
+                self.principal = Principal::Anonymous;
                 self.shared.set_client_name(self.id, None);
                 Reply::Status("RESET".into())
             }
@@ -373,7 +540,7 @@ impl Session {
             "dbsize" => self.dbsize(),
             "randomkey" => self.randomkey(),
             "flushdb" | "flushall" => self.flush(a),
-            "auth" => auth_refused(),
+            "auth" => self.auth(a),
             "hello" => self.hello(a),
             "client" => self.client(a),
             "debug" => Reply::err("DEBUG is not supported by corekv"),
@@ -603,7 +770,13 @@ impl Session {
         let mut name = None;
         while i < a.len() {
             if is(&a[i], "auth") && i + 2 < a.len() {
-                return auth_refused();
+                if self.shared.cfg.gate.state() == AuthState::Off {
+                    return auth_refused();
+                }
+                if let Err(r) = self.login(&a[i + 1], &a[i + 2]) {
+                    return r;
+                }
+                i += 3;
             } else if is(&a[i], "setname") && i + 1 < a.len() {
                 name = Some(a[i + 1].clone());
                 i += 2;
@@ -613,6 +786,13 @@ impl Session {
                     String::from_utf8_lossy(&a[i])
                 ));
             }
+        }
+        let gate = &self.shared.cfg.gate;
+        if gate.state() != AuthState::Off && matches!(self.principal, Principal::Anonymous) {
+            return Reply::Error(
+                "NOAUTH HELLO needs a login first, or its AUTH option (HELLO 3 AUTH user token)"
+                    .into(),
+            );
         }
         if let Some(n) = name {
             if let Err(r) = self.set_name(&n) {
@@ -698,7 +878,7 @@ fn auth_refused() -> Reply {
 
 /// Commands whose answer depends on their arguments alone (and the
 /// listener's counters): served alike inside MULTI and outside.
-fn pure_conn(shared: &Shared, name: &str, a: &[Bytes], now_ms: u64) -> Reply {
+fn pure_conn(shared: &Shared, name: &str, a: &[Bytes], now_ms: u64, keyspace: bool) -> Reply {
     match name {
         "select" => match parse_int(&a[1]) {
             Some(0) => Reply::Ok,
@@ -707,7 +887,14 @@ fn pure_conn(shared: &Shared, name: &str, a: &[Bytes], now_ms: u64) -> Reply {
         },
         "command" => command_info(&a[1..]),
         // Inside MULTI: the keyspace as INFO last counted it.
-        "info" => Reply::text(shared.info(a.get(1), shared.cached_keyspace())),
+        "info" => {
+            let counts = if keyspace {
+                shared.cached_keyspace()
+            } else {
+                None
+            };
+            Reply::text(shared.info(a.get(1), counts))
+        }
         "config" => config(a),
         // Queued inside MULTI, where it changes nothing (Redis alike).
         "unwatch" => Reply::Ok,

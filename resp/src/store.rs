@@ -184,10 +184,17 @@ pub struct ClusterStore {
 }
 
 impl ClusterStore {
-    /// A store that reaches the cluster through `endpoints`.
-    pub fn new(endpoints: Vec<String>, consistency: Consistency) -> ClusterStore {
+    /// A store that reaches the cluster through `endpoints`, logged in
+    /// with `credentials` if given.
+    pub fn new(
+        endpoints: Vec<String>,
+        consistency: Consistency,
+        credentials: Option<corekv_net::Credentials>,
+    ) -> ClusterStore {
+        let mut cfg = ClientConfig::new(endpoints);
+        cfg.credentials = credentials;
         ClusterStore {
-            cfg: ClientConfig::new(endpoints),
+            cfg,
             consistency,
             client: None,
         }
@@ -208,6 +215,11 @@ fn map_err(e: ClientError) -> StoreError {
         ClientError::Unknown(m) => StoreError::Unknown(m),
         ClientError::Unavailable { last, .. } => StoreError::Unavailable(last),
         ClientError::NotApplied(m) => StoreError::NotApplied(m),
+        // Refused before anything was applied (a node without the node
+        // key in a cluster with authentication on).
+        ClientError::Unauthenticated(m) | ClientError::PermissionDenied(m) => {
+            StoreError::Invalid(m)
+        }
         // Anything else (an answer the client did not understand): what
         // became of a write is not known.
         other => StoreError::Unknown(other.to_string()),

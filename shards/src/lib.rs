@@ -15,6 +15,8 @@
 //! - `shard`: one pinned glommio executor running rounds over its regions.
 //! - `watch`: a shard's watches: subscriptions, change frames, lagging
 //!   watchers.
+//! - `auth`: the node's gate (users, node key, protected mode) and the copy
+//!   of the users it keeps.
 //! - `autosplit`: per-region load tracking and the split decision.
 //! - `placement`: the placement driver and its planner (`plan`, `count`):
 //!   replicas, leaders and shards evened out; `corekv ctl balance` runs the
@@ -35,6 +37,7 @@
 //! shard.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod autosplit;
 pub mod bootstrap;
 pub mod config;

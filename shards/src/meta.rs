@@ -9,7 +9,9 @@
 //! - reports the regions this node leads when that changed,
 //! - reads the routing table (every node's report) that `Routes` requests
 //!   are answered from, merged with the regions this node holds,
-//! - keeps a few region ids reserved from the allocator for splits.
+//! - keeps a few region ids reserved from the allocator for splits,
+//! - reads the users ([`corekv_net::auth`]) into the node's gate, and again
+//!   at once when a login the gate does not know asks for it.
 //!
 //! While the meta region has no quorum the node keeps what it last saw:
 //! requests are served as before; only adding nodes and splitting wait.
@@ -26,6 +28,12 @@ use crate::node::NodeShared;
 
 const PASS_EVERY: Duration = Duration::from_millis(500);
 
+/// How often the thread looks for a login's request to reread the users.
+const STEP: Duration = Duration::from_millis(10);
+
+/// Rereads of the users asked for by logins, at most one per this.
+const AUTH_REREAD_MIN: Duration = Duration::from_millis(50);
+
 /// Region ids reserved at a time.
 const ID_BLOCK: u64 = 16;
 
@@ -36,13 +44,35 @@ pub fn spawn(node: Weak<NodeShared>) -> std::io::Result<()> {
         .spawn(move || {
             let mut sync = MetaSync::default();
             let mut last_warning: Option<Instant> = None;
+            let mut last_pass = Instant::now();
+            let mut last_auth = Instant::now();
             loop {
-                std::thread::sleep(PASS_EVERY);
+                std::thread::sleep(STEP);
                 let Some(node) = node.upgrade() else { return };
                 if node.is_stopping() {
                     return;
                 }
-                if let Err(e) = sync.pass(&node) {
+                let due = last_pass.elapsed() >= PASS_EVERY;
+                let asked =
+                    last_auth.elapsed() >= AUTH_REREAD_MIN && node.auth.take_refresh_wanted();
+                if !due && !asked {
+                    continue;
+                }
+                last_auth = Instant::now();
+                let done = if due {
+                    last_pass = Instant::now();
+                    sync.pass(&node)
+                } else {
+                    connected(&mut sync.client, &node)
+                        .and_then(|c| read_users(&node, c, &mut sync.kept))
+                };
+                if let Err(mut e) = done {
+                    if e.contains("unauthenticated") && node.auth.node_credentials().is_none() {
+                        e = format!(
+                            "{e} (authentication is on in this cluster: this node needs the \
+                             cluster's --auth-key-file to reach the meta region)"
+                        );
+                    }
                     sync.client = None;
                     // Expected while the cluster starts or loses its
                     // quorum: said once in 30 s.
@@ -61,14 +91,15 @@ struct MetaSync {
     client: Option<Client>,
     /// What this node last reported leading.
     reported: Option<Vec<RouteInfo>>,
+    /// The users as this node last kept them in its RocksDB (None: not
+    /// since it started).
+    kept: Option<corekv_net::auth::AuthTable>,
 }
 
 impl MetaSync {
     fn pass(&mut self, node: &Arc<NodeShared>) -> Result<(), String> {
-        let client = match &mut self.client {
-            Some(c) => c,
-            None => self.client.insert(connect(node)?),
-        };
+        let client = connected(&mut self.client, node)?;
+        read_users(node, client, &mut self.kept)?;
         let own = node.cfg.node_id;
         let mut nodes = meta::read_nodes(client).map_err(|e| e.to_string())?;
         if !nodes.iter().any(|n| n.id == own) {
@@ -113,6 +144,44 @@ impl MetaSync {
     }
 }
 
+/// The client in `slot`, connected first if need be.
+fn connected<'a>(
+    slot: &'a mut Option<Client>,
+    node: &NodeShared,
+) -> Result<&'a mut Client, String> {
+    if slot.is_none() {
+        *slot = Some(connect(node)?);
+    }
+    Ok(slot.as_mut().expect("connected above"))
+}
+
+/// Reads the users into the node's gate, and keeps a copy when they changed.
+fn read_users(
+    node: &NodeShared,
+    client: &mut Client,
+    kept: &mut Option<corekv_net::auth::AuthTable>,
+) -> Result<(), String> {
+    let (table, version) = corekv_net::auth::read_auth(client)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let was_on = node.auth.table().map(|k| k.enabled);
+    if was_on != Some(table.enabled) && (was_on.is_some() || table.enabled) {
+        tracing::info!(
+            enabled = table.enabled,
+            users = table.users.len(),
+            "authentication"
+        );
+    }
+    // The gate first: a failed write of the copy must not keep the node on
+    // the old record.
+    node.auth.set_read(table.clone(), version);
+    if kept.as_ref() != Some(&table) {
+        crate::auth::keep_copy(&node.db, &table)?;
+        *kept = Some(table);
+    }
+    Ok(())
+}
+
 /// A client to the cluster through every node this one knows.
 fn connect(node: &NodeShared) -> Result<Client, String> {
     let addrs: Vec<String> = node
@@ -126,13 +195,23 @@ fn connect(node: &NodeShared) -> Result<Client, String> {
     let mut cfg = ClientConfig::new(addrs);
     cfg.request_timeout = Duration::from_secs(2);
     cfg.system = true;
+    cfg.credentials = node.auth.node_credentials();
     Client::connect(cfg).map_err(|e| e.to_string())
 }
 
 /// Makes the node's peer and client addresses and leaving marks those of
-/// the meta region's node list.
+/// the meta region's node list, and the addresses protected mode serves.
 fn take_node_list(node: &NodeShared, list: &[NodeRecord]) {
     let own = node.cfg.node_id;
+    let mut ips: Vec<std::net::IpAddr> =
+        node.cfg.initial_cluster.values().map(|a| a.ip()).collect();
+    ips.extend([node.cfg.client_listen.ip(), node.cfg.peer_listen.ip()]);
+    for n in list {
+        for a in [&n.peer_addr, &n.client_addr] {
+            ips.extend(a.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+        }
+    }
+    node.auth.trust_nodes(ips);
     for n in list.iter().filter(|n| n.id != own) {
         let known = node
             .peer_addrs

@@ -36,7 +36,27 @@ pub struct Metrics {
     rocksdb: HashMap<&'static str, IntGauge>,
     resp: HashMap<&'static str, IntCounter>,
     resp_connections: IntGauge,
+    auth: HashMap<&'static str, IntCounter>,
+    auth_enabled: IntGauge,
 }
+
+/// Counters of logins and refusals: (name suffix, help).
+const AUTH_COUNTERS: &[(&str, &str)] = &[
+    ("logins", "Logins accepted (native and Redis protocol)."),
+    (
+        "login_failures",
+        "Logins refused: unknown user or wrong token.",
+    ),
+    (
+        "unauthenticated",
+        "Requests refused for want of a login while authentication is on.",
+    ),
+    ("denied", "Requests refused by the user's roles."),
+    (
+        "protected_refusals",
+        "Connections refused by protected mode (authentication off, not from 127.0.0.1 or ::1).",
+    ),
+];
 
 /// Counters of the Redis-protocol listener: (name suffix, help).
 const RESP_COUNTERS: &[(&str, &str)] = &[
@@ -239,7 +259,20 @@ impl Metrics {
             "Redis-protocol connections open.",
         ));
         reg(Box::new(resp_connections.clone()));
+        let mut auth = HashMap::new();
+        for (name, help) in AUTH_COUNTERS {
+            let c = must(IntCounter::new(format!("corekv_auth_{name}_total"), *help));
+            reg(Box::new(c.clone()));
+            auth.insert(*name, c);
+        }
+        let auth_enabled = must(IntGauge::new(
+            "corekv_auth_enabled",
+            "1 while authentication is on, 0 while off, -1 while not known yet.",
+        ));
+        reg(Box::new(auth_enabled.clone()));
         Metrics {
+            auth,
+            auth_enabled,
             registry,
             resp,
             resp_connections,
@@ -278,6 +311,28 @@ impl Metrics {
             c.inc_by(now.saturating_sub(c.get()));
         }
         self.resp_connections.set(st.open.load(Relaxed) as i64);
+    }
+
+    /// Copies the gate's counters in (at scrape time).
+    pub fn refresh_auth(&self, gate: &corekv_net::auth::Gate) {
+        use corekv_net::auth::AuthState;
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &gate.stats;
+        for (name, now) in [
+            ("logins", st.logins.load(Relaxed)),
+            ("login_failures", st.login_failures.load(Relaxed)),
+            ("unauthenticated", st.unauthenticated.load(Relaxed)),
+            ("denied", st.denied.load(Relaxed)),
+            ("protected_refusals", st.protected_refusals.load(Relaxed)),
+        ] {
+            let c = &self.auth[name];
+            c.inc_by(now.saturating_sub(c.get()));
+        }
+        self.auth_enabled.set(match gate.state() {
+            AuthState::On => 1,
+            AuthState::Off => 0,
+            AuthState::Unknown => -1,
+        });
     }
 
     /// Copies the log writer's and RocksDB's figures in (at scrape time).

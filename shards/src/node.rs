@@ -62,6 +62,8 @@ pub struct NodeShared {
     pub resp: Option<(std::net::SocketAddr, Arc<corekv_resp::RespStats>)>,
     /// Metrics of the node.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Users, node key and protected mode (see `corekv_net::auth`).
+    pub auth: Arc<corekv_net::auth::Gate>,
     /// What `Status` requests and `corekv ctl` show: refreshed by the shards
     /// and the size scanner, read when asked (never on the request path).
     pub board: Mutex<StatusBoard>,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use corekv_engine::Replicas;
+use corekv_net::auth::AuthState;
 use corekv_net::message::NodeInfo;
 use corekv_net::server::{serve, ServerInfo, ServerLimits, ShardPorts};
 use corekv_net::transport::{serve_peers, Transport, TransportConfig};
@@ -218,6 +219,30 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     )));
     let stopping = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    let gate = Arc::new(crate::auth::gate(&cfg, &db, opened.fresh)?);
+    // The nodes' own clients (meta, placement, Redis sessions) come from
+    // these; the meta region's node list extends them (`meta`).
+    let mut node_ips: Vec<std::net::IpAddr> =
+        cfg.initial_cluster.values().map(|a| a.ip()).collect();
+    node_ips.extend([cfg.client_listen.ip(), cfg.peer_listen.ip()]);
+    for (_, peer, client) in &added {
+        node_ips.push(peer.ip());
+        node_ips.extend(client.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+    }
+    gate.trust_nodes(node_ips);
+    if !cfg.insecure && !cfg.client_listen.ip().is_loopback() && gate.state() != AuthState::On {
+        tracing::warn!(
+            "protected mode: authentication is off, so clients from addresses other than \
+             127.0.0.1 and ::1 are refused (turn it on with corekv ctl auth enable, or start \
+             with --insecure)"
+        );
+    }
+    if cfg.insecure {
+        tracing::warn!(
+            "--insecure: protected mode is off; while authentication is off anyone who can \
+             reach the client ports can read and write every key"
+        );
+    }
     let node = Arc::new(NodeShared {
         board: Default::default(),
         directory: corekv_engine::Directory::default(),
@@ -246,6 +271,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         resp: resp_listener
             .as_ref()
             .map(|(_, addr)| (*addr, resp_stats.clone())),
+        auth: gate.clone(),
     });
 
     crate::meta::spawn(Arc::downgrade(&node))
@@ -268,9 +294,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             opened.db_options.clone(),
         );
         let resp = resp_stats.clone();
+        let auth = gate.clone();
         crate::metrics::serve(addr, metrics, move |m| {
             m.refresh(&stats, &db, &opts);
             m.refresh_resp(&resp);
+            m.refresh_auth(&auth);
         })
         .map_err(|e| listen_error("--metrics-listen", addr, e))?;
     }
@@ -337,6 +365,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 value_bytes_max: cfg.engine.value_bytes_max,
                 read_bytes_max: corekv_resp::view::READ_BYTES_MAX,
             },
+            gate: gate.clone(),
         };
         corekv_resp::start(listener, resp_cfg, resp_stats).map_err(|e| {
             StartError::Runtime(format!("starting the Redis-protocol listener: {e}"))
@@ -481,6 +510,7 @@ async fn shard_main(
             node_id: cfg.node_id,
             shard_count: cfg.shards as u32,
             shard_ports: node.shard_ports.clone(),
+            gate: node.auth.clone(),
         },
         ServerLimits {
             frame_bytes_max: cfg.frame_bytes_max,

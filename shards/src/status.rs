@@ -136,6 +136,31 @@ pub fn status(node: &NodeShared) -> NodeStatus {
                 error_replies: st.errors.load(Relaxed),
             }
         }),
+        auth: Some(auth_status(&node.auth)),
+    }
+}
+
+/// The status of a node's gate.
+pub fn auth_status(gate: &corekv_net::auth::Gate) -> corekv_net::status::AuthStatus {
+    use corekv_net::auth::AuthState;
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = &gate.stats;
+    corekv_net::status::AuthStatus {
+        state: match gate.state() {
+            AuthState::On => "on",
+            AuthState::Off => "off",
+            AuthState::Unknown => "unknown",
+        }
+        .into(),
+        users: gate.table().map_or(0, |t| t.users.len() as u64),
+        version: gate.version(),
+        node_key: gate.node_key_fingerprint(),
+        insecure: gate.insecure(),
+        logins: st.logins.load(Relaxed),
+        login_failures: st.login_failures.load(Relaxed),
+        unauthenticated: st.unauthenticated.load(Relaxed),
+        denied: st.denied.load(Relaxed),
+        protected_refusals: st.protected_refusals.load(Relaxed),
     }
 }
 

@@ -34,6 +34,13 @@ use corekv_net::{Client, ClientConfig};
 use corekv_tools::dev::{server_binary, DevOptions, LocalCluster};
 
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds off every other cluster of this test process while alive: for a
+/// test that starts servers itself (as a user would), not through
+/// [`TestCluster`].
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 static NEXT_BASE: AtomicU16 = AtomicU16::new(0);
 
 /// A cluster of real processes for one test. Dropping it kills every process
@@ -218,13 +225,19 @@ impl TestCluster {
         extra: &[&str],
         node_args: Vec<(u64, Vec<String>)>,
     ) -> TestCluster {
-        Self::start_opts(nodes, shards, extra, node_args, false)
+        Self::start_opts(nodes, shards, extra, node_args, false, false)
     }
 
     /// Like [`TestCluster::start`], every node also serving the Redis
     /// protocol on BASE+200+i (`DevNode::resp_addr`).
     pub fn start_resp(nodes: u64, shards: usize, extra: &[&str]) -> TestCluster {
-        Self::start_opts(nodes, shards, extra, Vec::new(), true)
+        Self::start_opts(nodes, shards, extra, Vec::new(), true, false)
+    }
+
+    /// Like [`TestCluster::start_resp`], every node holding the cluster's
+    /// node key (authentication still off: [`LocalCluster::enable_auth`]).
+    pub fn start_keyed(nodes: u64, shards: usize, extra: &[&str]) -> TestCluster {
+        Self::start_opts(nodes, shards, extra, Vec::new(), true, true)
     }
 
     fn start_opts(
@@ -233,6 +246,7 @@ impl TestCluster {
         extra: &[&str],
         node_args: Vec<(u64, Vec<String>)>,
         resp: bool,
+        node_key: bool,
     ) -> TestCluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         assert!(
@@ -253,6 +267,7 @@ impl TestCluster {
             fault_files: true,
             metrics: true,
             resp,
+            node_key,
         })
         .unwrap();
         let mut t = TestCluster {
@@ -316,6 +331,17 @@ impl RawConn {
         match c.read_frame() {
             Some(Frame::Hello { .. }) => c,
             other => panic!("expected hello, got {other:?}"),
+        }
+    }
+
+    /// Speaks frames over `stream` (no hello sent).
+    pub fn over(stream: TcpStream) -> RawConn {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        RawConn {
+            stream,
+            frames: FrameBuffer::new(64 << 20),
         }
     }
 
@@ -453,6 +479,16 @@ pub fn read_on_node(
     region: &corekv_engine::Region,
     key: &[u8],
 ) -> Result<Option<bytes::Bytes>, String> {
+    read_on_node_as(addr, region, key, None)
+}
+
+/// [`read_on_node`], logged in with `login`.
+pub fn read_on_node_as(
+    addr: &str,
+    region: &corekv_engine::Region,
+    key: &[u8],
+    login: Option<&corekv_net::Credentials>,
+) -> Result<Option<bytes::Bytes>, String> {
     use corekv_net::message::{Op, Outcome};
     let stream = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
     stream
@@ -462,8 +498,9 @@ pub fn read_on_node(
         stream,
         frames: FrameBuffer::new(64 << 20),
     };
+    let creds = login.map(|c| (c.user.as_str(), c.token.as_str()));
     conn.stream
-        .write_all(&encode_hello(0, 0, &[]))
+        .write_all(&corekv_net::message::encode_client_hello(creds))
         .map_err(|e| e.to_string())?;
     match conn.read_frame() {
         Some(Frame::Hello { .. }) => {}

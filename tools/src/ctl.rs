@@ -10,7 +10,9 @@
 //! cluster with them.
 
 use corekv_net::meta::{self, NodeRecord};
-use corekv_net::status::{CheckStatus, NodeReport, NodeStatus, RegionReport, Role, Verdict};
+use corekv_net::status::{
+    AuthStatus, CheckStatus, NodeReport, NodeStatus, RegionReport, Role, Verdict,
+};
 use corekv_net::{Client, ClientConfig};
 use corekv_shards::placement::count::{replica_counts, ReplicaMove};
 use corekv_shards::placement::{plan, Policy, Step, View};
@@ -425,8 +427,15 @@ pub fn gather(
     endpoints: Vec<String>,
     timeout: std::time::Duration,
 ) -> anyhow::Result<Vec<NodeReport>> {
-    let mut cfg = ClientConfig::new(endpoints.clone());
+    let mut cfg = ClientConfig::new(endpoints);
     cfg.request_timeout = timeout;
+    gather_with(cfg)
+}
+
+/// The status documents of every node reachable with `cfg` (its endpoints,
+/// time budget and login).
+pub fn gather_with(cfg: ClientConfig) -> anyhow::Result<Vec<NodeReport>> {
+    let endpoints = cfg.endpoints.clone();
     let mut client = Client::connect(cfg)?;
     let mut addrs = client.nodes_sorted();
     if addrs.is_empty() {
@@ -483,6 +492,9 @@ pub fn status_table(docs: &[NodeReport]) -> String {
                 sh.shard, sh.regions, sh.leaders
             );
         }
+        if let Some(a) = &d.auth {
+            s += &format!("        {}\n", auth_line(a));
+        }
         if let Some(r) = &d.resp {
             s += &format!(
                 "        redis protocol on {}: {} connections open ({} since start, {} refused), \
@@ -490,6 +502,181 @@ pub fn status_table(docs: &[NodeReport]) -> String {
                 r.addr, r.connections, r.accepted, r.rejected, r.commands, r.error_replies
             );
         }
+    }
+    s
+}
+
+fn auth_line(a: &AuthStatus) -> String {
+    let guard = if a.state == "on" {
+        String::new()
+    } else if a.insecure {
+        ", --insecure: clients from any address".to_string()
+    } else {
+        ", protected mode: clients from 127.0.0.1 and ::1 only".to_string()
+    };
+    format!(
+        "authentication {} ({} users, node key {}){guard}; {} logins, {} refused, \
+         {} requests refused without a login, {} by roles, {} connections by protected mode",
+        a.state,
+        a.users,
+        a.node_key.as_deref().unwrap_or("none"),
+        a.logins,
+        a.login_failures,
+        a.unauthenticated,
+        a.denied,
+        a.protected_refusals
+    )
+}
+
+/// One node's authentication status, as `ctl auth status --json` gives it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AuthRow {
+    /// Node id.
+    pub node_id: u64,
+    /// Its status (None: unreachable, or a node without the section).
+    pub auth: Option<AuthStatus>,
+}
+
+/// Each node's authentication status.
+pub fn auth_rows(docs: &[NodeReport]) -> Vec<AuthRow> {
+    docs.iter()
+        .map(|d| match d {
+            NodeReport::Up(d) => AuthRow {
+                node_id: d.node_id,
+                auth: d.auth.clone(),
+            },
+            NodeReport::Unreachable { node_id, .. } => AuthRow {
+                node_id: *node_id,
+                auth: None,
+            },
+        })
+        .collect()
+}
+
+/// `ctl auth status` as text.
+pub fn auth_table(docs: &[NodeReport]) -> String {
+    let mut s = String::new();
+    for d in docs {
+        match d {
+            NodeReport::Up(d) => match &d.auth {
+                Some(a) => s += &format!("node {}: {}\n", d.node_id, auth_line(a)),
+                None => s += &format!("node {}: no authentication status\n", d.node_id),
+            },
+            NodeReport::Unreachable { node_id, error, .. } => {
+                s += &format!("node {node_id}: unreachable: {error}\n")
+            }
+        }
+    }
+    s
+}
+
+/// `ctl auth enable`: checks that every node holds the same node key, then
+/// turns authentication on; prints root's token if it made root (or
+/// writes it to `token_out`, mode 0600).
+pub fn auth_enable(
+    client: &mut Client,
+    docs: &[NodeReport],
+    token_out: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    let nodes: Vec<(u64, Option<AuthStatus>)> = auth_rows(docs)
+        .into_iter()
+        .map(|r| (r.node_id, r.auth))
+        .collect();
+    if let Some(why) = corekv_net::auth::enable_refusal(&nodes) {
+        anyhow::bail!("authentication not turned on: {why}");
+    }
+    let (made, late) = corekv_net::auth::set_enabled(client, true)?;
+    warn_late(&late);
+    // Users made while authentication was off (by anyone who could reach a
+    // node then) log in from now on: say who they are.
+    if let Some((table, _)) = corekv_net::auth::read_auth(client)? {
+        for u in &table.users {
+            eprintln!("user {:<24} {}", u.name, u.roles());
+        }
+    }
+    let Some(token) = made else {
+        return Ok("authentication on\n".into());
+    };
+    match token_out {
+        Some(path) => {
+            write_secret(path, &token)?;
+            Ok(format!(
+                "authentication on; made the admin root, its token is in {}\n",
+                path.display()
+            ))
+        }
+        None => {
+            eprintln!("authentication on; made the admin root, its token is shown once:");
+            Ok(format!("{token}\n"))
+        }
+    }
+}
+
+/// Says on stderr which nodes did not confirm a change of the users in time.
+pub fn warn_late(nodes: &[u64]) {
+    for n in nodes {
+        eprintln!(
+            "warning: node {n} did not confirm the change within {:?} (down or cut off?); it \
+             takes it with its next read of the meta region",
+            corekv_net::auth::TAKE_WAIT
+        );
+    }
+}
+
+/// Writes `secret` and a newline to `path`, readable by its owner only.
+pub fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // A file that was there keeps its mode when opened: set it.
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    writeln!(f, "{secret}").map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    f.sync_all()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// A user as `ctl user list --json` gives it (no token, no hash).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct UserRow {
+    /// Name.
+    pub name: String,
+    /// Roles, as `--role` takes them.
+    pub roles: Vec<String>,
+    /// When it was made or its token rotated (Unix ms).
+    pub changed_unix_ms: u64,
+}
+
+/// The users of `table`.
+pub fn user_rows(table: &corekv_net::auth::AuthTable) -> Vec<UserRow> {
+    table
+        .users
+        .iter()
+        .map(|u| UserRow {
+            name: u.name.clone(),
+            roles: u.grants.iter().map(|g| g.to_string()).collect(),
+            changed_unix_ms: u.changed_unix_ms,
+        })
+        .collect()
+}
+
+/// `ctl user list` as text.
+pub fn users_table(table: &corekv_net::auth::AuthTable, rows: &[UserRow]) -> String {
+    let mut s = format!(
+        "authentication {} in the meta region, {} users\n",
+        if table.enabled { "on" } else { "off" },
+        rows.len()
+    );
+    for r in rows {
+        s += &format!("{:<24} {}\n", r.name, r.roles.join(","));
     }
     s
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corekv_net::{Client, ClientConfig};
+use corekv_net::{Client, ClientConfig, Credentials};
 
 /// Settings of a local cluster.
 #[derive(Clone, Debug)]
@@ -37,6 +37,10 @@ pub struct DevOptions {
     pub metrics: bool,
     /// Give node `i` `--resp-listen 127.0.0.1:BASE+200+i`.
     pub resp: bool,
+    /// Give every node the node key `<data dir>/node.key` (made if
+    /// missing), so authentication can be turned on
+    /// ([`LocalCluster::enable_auth`]).
+    pub node_key: bool,
 }
 
 /// One running node.
@@ -64,6 +68,9 @@ pub struct LocalCluster {
     pub nodes: Vec<DevNode>,
     server_bin: PathBuf,
     opts: DevOptions,
+    /// The node key, if the nodes have one: the cluster's own checks
+    /// (readiness, [`LocalCluster::enable_auth`]) log in with it.
+    node_key: Option<String>,
 }
 
 /// Finds `corekv-server`: `$COREKV_SERVER_BIN` if set, else next to the
@@ -115,8 +122,14 @@ impl LocalCluster {
                 child: None,
             });
         }
+        let node_key = if opts.node_key {
+            Some(node_key(&opts.data_dir)?)
+        } else {
+            None
+        };
         let mut c = LocalCluster {
             nodes,
+            node_key,
             server_bin,
             opts,
         };
@@ -178,6 +191,10 @@ impl LocalCluster {
         }
         if let Some(r) = &n.resp_addr {
             cmd.arg("--resp-listen").arg(r);
+        }
+        if self.node_key.is_some() {
+            cmd.arg("--auth-key-file")
+                .arg(self.opts.data_dir.join(NODE_KEY_FILE));
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -329,11 +346,12 @@ impl LocalCluster {
                 .filter(|n| n.child.is_some())
                 .map(|n| (n.client_addr.clone(), n.join))
                 .collect();
+            let login = self.node_login();
             let ready = |(a, join): &(String, bool)| {
                 if *join {
-                    node_answers(a)
+                    node_answers_as(a, login.clone())
                 } else {
-                    node_sees_all_leaders(a)
+                    sees_all_leaders(a, login.clone())
                 }
             };
             if running.iter().all(ready) {
@@ -370,23 +388,110 @@ impl Drop for LocalCluster {
     }
 }
 
-/// True if the node at `addr` answers and knows a leader for every region.
-pub fn node_sees_all_leaders(addr: &str) -> bool {
+/// Where a local cluster's node key is kept, in its data directory.
+pub const NODE_KEY_FILE: &str = "node.key";
+/// Where [`LocalCluster::enable_auth`] keeps root's token.
+pub const ROOT_TOKEN_FILE: &str = "root.token";
+
+/// The node key of the cluster in `dir`, made (random, mode 0600) if
+/// missing.
+fn node_key(dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(NODE_KEY_FILE);
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_string());
+    }
+    use rand::RngCore;
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let key = corekv_net::auth::hex(&raw);
+    crate::ctl::write_secret(&path, &key)?;
+    Ok(key)
+}
+
+impl LocalCluster {
+    /// How the cluster's own checks log in: as a node, if the nodes have
+    /// a key.
+    pub fn node_login(&self) -> Option<Credentials> {
+        self.node_key.as_ref().map(|k| Credentials {
+            user: corekv_net::auth::NODE_USER.into(),
+            token: k.clone(),
+        })
+    }
+
+    /// Turns authentication on (the nodes need a key: [`DevOptions::node_key`])
+    /// and waits until every running node has it; returns the file holding
+    /// root's token (made, or rotated if the file was lost).
+    pub fn enable_auth(&self) -> anyhow::Result<PathBuf> {
+        let login = self
+            .node_login()
+            .ok_or_else(|| anyhow::anyhow!("the nodes have no node key"))?;
+        let path = self.opts.data_dir.join(ROOT_TOKEN_FILE);
+        let mut cfg = ClientConfig::new(self.endpoints().split(',').map(String::from).collect());
+        cfg.credentials = Some(login.clone());
+        cfg.system = true;
+        let mut client = Client::connect(cfg)?;
+        match corekv_net::auth::set_enabled(&mut client, true)?.0 {
+            Some(token) => crate::ctl::write_secret(&path, &token)?,
+            None if path.is_file() => {}
+            None => {
+                let (token, _) =
+                    corekv_net::auth::rotate_token(&mut client, corekv_net::auth::ROOT_USER)?;
+                crate::ctl::write_secret(&path, &token)?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                let on = client
+                    .status_doc(&n.client_addr)
+                    .ok()
+                    .and_then(|d| d.auth)
+                    .is_some_and(|a| a.state == "on");
+                if on {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "node {} did not take authentication on within 10 s",
+                    n.id
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(path)
+    }
+}
+
+fn sees_all_leaders(addr: &str, login: Option<Credentials>) -> bool {
     let mut cfg = ClientConfig::new(vec![addr.to_string()]);
     cfg.request_timeout = Duration::from_millis(500);
     cfg.attempts_max = 1;
+    cfg.credentials = login;
     let Ok(client) = Client::connect(cfg) else {
         return false;
     };
     !client.routes().is_empty() && client.routes().iter().all(|r| r.leader_node != 0)
 }
 
-/// True when the node at `addr` answers a routes request.
-pub fn node_answers(addr: &str) -> bool {
+/// True when the node at `addr` answers a routes request from a client
+/// logged in with `login`.
+pub fn node_answers_as(addr: &str, login: Option<Credentials>) -> bool {
     let mut cfg = ClientConfig::new(vec![addr.to_string()]);
     cfg.request_timeout = Duration::from_millis(500);
     cfg.attempts_max = 1;
+    cfg.credentials = login;
     Client::connect(cfg).is_ok()
+}
+
+/// True if the node at `addr` answers and knows a leader for every region.
+pub fn node_sees_all_leaders(addr: &str) -> bool {
+    sees_all_leaders(addr, None)
+}
+
+/// True when the node at `addr` answers a routes request.
+pub fn node_answers(addr: &str) -> bool {
+    node_answers_as(addr, None)
 }
 
 /// The last `lines` lines of a file, after the first panic message in it
@@ -405,7 +510,10 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 /// Runs `corekv dev` in the foreground: start, print `ready endpoints=...`,
 /// then wait for Ctrl-C/SIGTERM or a node dying, and stop everything.
-pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
+/// With `auth`, the nodes get a node key and authentication is turned on
+/// before the ready line, which then names root's token file (`token=`).
+pub fn run_dev(mut opts: DevOptions, auth: bool) -> anyhow::Result<()> {
+    opts.node_key |= auth;
     let signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     let mut cluster = LocalCluster::start(opts.clone())?;
     eprintln!(
@@ -420,21 +528,38 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let token = if auth {
+        match cluster.enable_auth() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                cluster.stop();
+                return Err(e.context("turning authentication on"));
+            }
+        }
+    } else {
+        None
+    };
     let resp: Vec<&str> = cluster
         .nodes
         .iter()
         .filter_map(|n| n.resp_addr.as_deref())
         .collect();
-    if resp.is_empty() {
-        println!("ready endpoints={}", cluster.endpoints());
-    } else {
-        println!(
-            "ready endpoints={} resp={}",
-            cluster.endpoints(),
-            resp.join(",")
+    let mut ready = format!("ready endpoints={}", cluster.endpoints());
+    if !resp.is_empty() {
+        ready += &format!(" resp={}", resp.join(","));
+    }
+    if let Some(t) = &token {
+        ready += &format!(" token={}", t.display());
+    }
+    println!("{ready}");
+    std::io::stdout().flush()?;
+    if let Some(t) = &token {
+        eprintln!(
+            "corekv dev: authentication on; log in as root with `--token-file {}` \
+             (redis-cli: AUTH root TOKEN)",
+            t.display()
         );
     }
-    std::io::stdout().flush()?;
     eprintln!(
         "corekv dev: every region has a leader ({took:.2?}); try `corekv --endpoints {} put greeting hello`",
         cluster.endpoints()

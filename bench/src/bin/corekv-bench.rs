@@ -232,6 +232,7 @@ fn main() -> anyhow::Result<()> {
                 fault_files: false,
                 metrics: false,
                 resp: false,
+                node_key: false,
             })?;
             c.wait_ready(Duration::from_secs(60))?;
             // Let leaders move to their preferred nodes before measuring.

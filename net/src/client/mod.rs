@@ -32,8 +32,8 @@ use rand::Rng;
 
 use crate::frame::FrameBuffer;
 use crate::message::{
-    decode_frame_with_fields, encode_hello, encode_requests, Frame, NodeInfo, Op, Outcome, Request,
-    Response, ResponseFields, RouteInfo, WireError,
+    decode_frame_with_fields, encode_client_hello, encode_requests, Frame, NodeInfo, Op, Outcome,
+    Request, Response, ResponseFields, RouteInfo, WireError,
 };
 use crate::wire::ErrorCode;
 
@@ -72,6 +72,28 @@ pub struct ClientConfig {
     /// table says which shard (otherwise to the node's client address,
     /// whose shard passes it on). Default true.
     pub shard_aware: bool,
+    /// Logs in with these on every connection (None: anonymous).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user and its token, given in each connection's `Hello`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name (`@node` for the cluster's nodes).
+    pub user: String,
+    /// Its token (for nodes, the node key).
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of logs.
+        write!(
+            f,
+            "Credentials {{ user: {:?}, token: <hidden> }}",
+            self.user
+        )
+    }
 }
 
 impl ClientConfig {
@@ -87,6 +109,7 @@ impl ClientConfig {
             frame_bytes_max: 64 << 20,
             system: false,
             shard_aware: true,
+            credentials: None,
         }
     }
 }
@@ -128,6 +151,13 @@ pub enum ClientError {
         /// Last error seen.
         last: String,
     },
+    /// The cluster has authentication on and refused this client's
+    /// credentials (or it gave none).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The user's roles do not allow the request; nothing was applied.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The server answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -190,6 +220,9 @@ pub struct Client {
     down_until: HashMap<u64, Instant>,
     /// Turn of the follower-read round-robin.
     spread: usize,
+    /// Why a node refused this client's login, if one did: operations end
+    /// with it instead of trying other nodes with the same credentials.
+    login_refused: Option<String>,
 }
 
 /// How an operation picks its region.
@@ -216,6 +249,14 @@ pub(crate) fn wire_to_client(e: WireError) -> ClientError {
             ..
         } => ClientError::NotANumber,
         WireError::Compacted { message, current } => ClientError::Compacted { message, current },
+        WireError::Other {
+            code: ErrorCode::Unauthenticated,
+            message,
+        } => ClientError::Unauthenticated(message),
+        WireError::Other {
+            code: ErrorCode::PermissionDenied,
+            message,
+        } => ClientError::PermissionDenied(message),
         e => ClientError::Invalid {
             code: e.code(),
             message: e.message().to_string(),
@@ -241,6 +282,7 @@ impl Client {
             seq: 0,
             down_until: HashMap::new(),
             spread: 0,
+            login_refused: None,
         };
         let deadline = Instant::now() + c.cfg.request_timeout;
         let mut last = String::new();
@@ -248,6 +290,9 @@ impl Client {
             match c.refresh_routes(deadline) {
                 Ok(()) => return Ok(c),
                 Err(e) => last = e,
+            }
+            if let Some(why) = c.login_refused.take() {
+                return Err(ClientError::Unauthenticated(why));
             }
             if !c.backoff(attempt, deadline) {
                 break;
@@ -327,8 +372,13 @@ impl Client {
             let mut stream =
                 TcpStream::connect_timeout(&sa, budget).map_err(|e| format!("{addr}: {e}"))?;
             stream.set_nodelay(true).ok();
+            let creds = self
+                .cfg
+                .credentials
+                .as_ref()
+                .map(|c| (c.user.as_str(), c.token.as_str()));
             stream
-                .write_all(&encode_hello(0, 0, &[]))
+                .write_all(&encode_client_hello(creds))
                 .map_err(|e| format!("{addr}: {e}"))?;
             let mut conn = Conn {
                 stream,
@@ -341,7 +391,13 @@ impl Client {
                 Frame::Hello { shard_ports, .. } => {
                     self.shard_ports.insert(addr.to_string(), shard_ports);
                 }
-                Frame::Error(e) => return Err(format!("{addr}: {}", e.message())),
+                Frame::Error(e) => {
+                    let why = format!("{addr}: {}", e.message());
+                    if e.code() == ErrorCode::Unauthenticated {
+                        self.login_refused = Some(why.clone());
+                    }
+                    return Err(why);
+                }
                 other => return Err(format!("{addr}: expected hello, got {other:?}")),
             }
             self.conns.insert(addr.to_string(), conn);
@@ -481,6 +537,9 @@ impl Client {
         let mut uncertain = session.is_some_and(|s| s.retry);
         while attempt < self.cfg.attempts_max && Instant::now() < deadline {
             attempt += 1;
+            if let Some(why) = self.login_refused.take() {
+                return Err(ClientError::Unauthenticated(why));
+            }
             let found = match by {
                 RouteBy::Hash(hash) => self.route_index(hash),
                 RouteBy::Region(id) => self.routes.position(id),

@@ -39,7 +39,14 @@ impl Client {
                         }
                     }
                     Ok(other) => last = format!("{addr}: unexpected {other:?}"),
-                    Err(e) => last = format!("{addr}: {}", e.message()),
+                    Err(e) => {
+                        last = format!("{addr}: {}", e.message());
+                        if e.code() == ErrorCode::Unauthenticated {
+                            // Another node would say the same.
+                            self.login_refused = Some(last.clone());
+                            break;
+                        }
+                    }
                 },
                 Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => last = e,
             }

@@ -121,7 +121,7 @@ pub mod corekv {
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 20] = [
             ErrorCode::None,
             ErrorCode::NotLeader,
             ErrorCode::EpochNotMatch,
@@ -139,6 +139,8 @@ pub mod corekv {
             ErrorCode::BadFrame,
             ErrorCode::UnsupportedVersion,
             ErrorCode::ShuttingDown,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
             ErrorCode::Internal,
         ];
 
@@ -164,6 +166,8 @@ pub mod corekv {
             pub const BadFrame: Self = Self(30);
             pub const UnsupportedVersion: Self = Self(31);
             pub const ShuttingDown: Self = Self(32);
+            pub const Unauthenticated: Self = Self(40);
+            pub const PermissionDenied: Self = Self(41);
             pub const Internal: Self = Self(100);
 
             pub const ENUM_MIN: u16 = 0;
@@ -186,6 +190,8 @@ pub mod corekv {
                 Self::BadFrame,
                 Self::UnsupportedVersion,
                 Self::ShuttingDown,
+                Self::Unauthenticated,
+                Self::PermissionDenied,
                 Self::Internal,
             ];
             /// Returns the variant's name or "" if unknown.
@@ -208,6 +214,8 @@ pub mod corekv {
                     Self::BadFrame => Some("BadFrame"),
                     Self::UnsupportedVersion => Some("UnsupportedVersion"),
                     Self::ShuttingDown => Some("ShuttingDown"),
+                    Self::Unauthenticated => Some("Unauthenticated"),
+                    Self::PermissionDenied => Some("PermissionDenied"),
                     Self::Internal => Some("Internal"),
                     _ => None,
                 }
@@ -1329,6 +1337,8 @@ pub mod corekv {
             pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
             pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 8;
             pub const VT_SHARD_PORTS: ::flatbuffers::VOffsetT = 10;
+            pub const VT_USER: ::flatbuffers::VOffsetT = 12;
+            pub const VT_TOKEN: ::flatbuffers::VOffsetT = 14;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1346,6 +1356,12 @@ pub mod corekv {
             ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
                 let mut builder = HelloBuilder::new(_fbb);
                 builder.add_node_id(args.node_id);
+                if let Some(x) = args.token {
+                    builder.add_token(x);
+                }
+                if let Some(x) = args.user {
+                    builder.add_user(x);
+                }
                 if let Some(x) = args.shard_ports {
                     builder.add_shard_ports(x);
                 }
@@ -1396,6 +1412,26 @@ pub mod corekv {
                         )
                 }
             }
+            #[inline]
+            pub fn user(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_USER, None)
+                }
+            }
+            #[inline]
+            pub fn token(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_TOKEN, None)
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -1413,6 +1449,16 @@ pub mod corekv {
                         Self::VT_SHARD_PORTS,
                         false,
                     )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "user",
+                        Self::VT_USER,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "token",
+                        Self::VT_TOKEN,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -1422,6 +1468,8 @@ pub mod corekv {
             pub node_id: u64,
             pub shard_count: u32,
             pub shard_ports: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+            pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
         }
         impl<'a> Default for HelloArgs<'a> {
             #[inline]
@@ -1431,6 +1479,8 @@ pub mod corekv {
                     node_id: 0,
                     shard_count: 0,
                     shard_ports: None,
+                    user: None,
+                    token: None,
                 }
             }
         }
@@ -1465,6 +1515,16 @@ pub mod corekv {
                 );
             }
             #[inline]
+            pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_USER, user);
+            }
+            #[inline]
+            pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_TOKEN, token);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> HelloBuilder<'a, 'b, A> {
@@ -1488,6 +1548,8 @@ pub mod corekv {
                 ds.field("node_id", &self.node_id());
                 ds.field("shard_count", &self.shard_count());
                 ds.field("shard_ports", &self.shard_ports());
+                ds.field("user", &self.user());
+                ds.field("token", &self.token());
                 ds.finish()
             }
         }

@@ -387,6 +387,8 @@ pub(super) fn decode_with(
                     .shard_ports()
                     .map(|p| p.iter().collect())
                     .unwrap_or_default(),
+                user: h.user().unwrap_or_default().to_string(),
+                token: h.token().unwrap_or_default().to_string(),
             }
         }
         wire::Body::RequestBatch => {

@@ -61,10 +61,28 @@ pub(super) fn encode_region<'a>(
     )
 }
 
-/// Encodes a `Hello` frame (with its length prefix).
+/// Encodes a node's `Hello` frame (with its length prefix).
 pub fn encode_hello(node_id: u64, shard_count: u32, shard_ports: &[u16]) -> Vec<u8> {
+    hello(node_id, shard_count, shard_ports, None)
+}
+
+/// Encodes a client's `Hello` frame, logging in as `(user, token)` if given.
+pub fn encode_client_hello(credentials: Option<(&str, &str)>) -> Vec<u8> {
+    hello(0, 0, &[], credentials)
+}
+
+fn hello(
+    node_id: u64,
+    shard_count: u32,
+    shard_ports: &[u16],
+    credentials: Option<(&str, &str)>,
+) -> Vec<u8> {
     let mut fbb = FlatBufferBuilder::with_capacity(64);
     let ports = fbb.create_vector(shard_ports);
+    let (user, token) = match credentials {
+        Some((u, t)) => (Some(fbb.create_string(u)), Some(fbb.create_string(t))),
+        None => (None, None),
+    };
     let hello = wire::Hello::create(
         &mut fbb,
         &wire::HelloArgs {
@@ -72,6 +90,8 @@ pub fn encode_hello(node_id: u64, shard_count: u32, shard_ports: &[u16]) -> Vec<
             node_id,
             shard_count,
             shard_ports: Some(ports),
+            user,
+            token,
         },
     );
     finish(fbb, wire::Body::Hello, hello.as_union_value())

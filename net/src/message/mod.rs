@@ -25,7 +25,9 @@ mod encode;
 mod error;
 
 pub use decode::{decode_frame, decode_frame_shared, decode_frame_with_fields, ResponseFields};
-pub use encode::{encode_error_frame, encode_hello, encode_requests, encode_responses};
+pub use encode::{
+    encode_client_hello, encode_error_frame, encode_hello, encode_requests, encode_responses,
+};
 pub use error::WireError;
 
 /// What a client asks for.
@@ -192,6 +194,10 @@ pub enum Frame {
         shard_count: u32,
         /// Per-shard client ports.
         shard_ports: Vec<u16>,
+        /// User a client logs in as (empty: anonymous).
+        user: String,
+        /// Its token.
+        token: String,
     },
     /// Requests.
     Requests(Vec<Request>),
@@ -600,9 +606,17 @@ mod tests {
                 protocol_version: wire::PROTOCOL_VERSION,
                 node_id: 3,
                 shard_count: 2,
-                shard_ports: vec![7001, 7002]
+                shard_ports: vec![7001, 7002],
+                user: String::new(),
+                token: String::new(),
             }
         );
+        match decode_frame(body(&encode_client_hello(Some(("app", "t0k3n"))))).unwrap() {
+            Frame::Hello { user, token, .. } => {
+                assert_eq!((&user[..], &token[..]), ("app", "t0k3n"))
+            }
+            other => panic!("{other:?}"),
+        }
         let e = WireError::new(ErrorCode::BadFrame, "nope");
         assert_eq!(
             decode_frame(body(&encode_error_frame(&e))).unwrap(),

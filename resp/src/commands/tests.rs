@@ -17,6 +17,7 @@ fn test_config() -> RespConfig {
         connections_max: 10,
         limits: Default::default(),
         view: Default::default(),
+        gate: corekv_net::auth::Gate::open(),
     }
 }
 
@@ -615,4 +616,120 @@ fn scan_keys_dbsize_randomkey_and_flushdb_walk_every_key_once() {
     assert_eq!(run(&mut s, "DBSIZE"), ":0\r\n");
     assert_eq!(run(&mut s, "RANDOMKEY"), "$-1\r\n");
     assert_eq!(run(&mut s, "SCAN 0"), "*2\r\n$1\r\n0\r\n*0\r\n");
+}
+
+/// A session on a node with authentication on: users `root` (admin) and
+/// `app` (`write:cfg:`); returns their tokens.
+fn session_with_users() -> (Session, String, String) {
+    use corekv_net::auth::{AuthTable, Gate, Grant, User};
+    let (root, root_token) = User::new("root", vec![Grant::Admin]).unwrap();
+    let (app, app_token) = User::new("app", vec![Grant::Write(b"cfg:".to_vec())]).unwrap();
+    let table = AuthTable {
+        enabled: true,
+        users: vec![app, root],
+    };
+    let mut cfg = test_config();
+    cfg.gate = std::sync::Arc::new(Gate::new(None, false, Some(table)));
+    let s = Session::new(
+        Shared::new(cfg, 7301),
+        Box::new(MemStore::new(2)),
+        "test".into(),
+    );
+    (s, root_token, app_token)
+}
+
+#[test]
+fn with_authentication_on_commands_wait_for_a_login_and_keep_to_its_roles() {
+    let (mut s, root, app) = session_with_users();
+    check(
+        &mut s,
+        &[
+            (
+                "GET cfg:a",
+                "-NOAUTH Authentication required (AUTH user token).\r\n",
+            ),
+            (
+                "PING",
+                "-NOAUTH Authentication required (AUTH user token).\r\n",
+            ),
+            (
+                "AUTH app wrong",
+                "-WRONGPASS invalid user name or token, or the user does not exist\r\n",
+            ),
+            (
+                "AUTH nobody wrong",
+                "-WRONGPASS invalid user name or token, or the user does not exist\r\n",
+            ),
+            (&format!("AUTH app {app}"), "+OK\r\n"),
+            ("SET cfg:a 1", "+OK\r\n"),
+            ("GET cfg:a", "$1\r\n1\r\n"),
+            (
+                "SET other 1",
+                "-NOPERM user 'app' may not write 'other'\r\n",
+            ),
+            ("GET other", "-NOPERM user 'app' may not read 'other'\r\n"),
+            (
+                "MSET cfg:b 1 other 2",
+                "-NOPERM user 'app' may not write 'other'\r\n",
+            ),
+            ("GET cfg:b", "$-1\r\n"),
+            (
+                "DBSIZE",
+                "-NOPERM user 'app' may not run 'dbsize' (it needs read:*)\r\n",
+            ),
+            (
+                "FLUSHDB",
+                "-NOPERM user 'app' may not run 'flushdb' (it needs write:*)\r\n",
+            ),
+            ("MULTI", "+OK\r\n"),
+            ("SET cfg:c 1", "+QUEUED\r\n"),
+            (
+                "SET other 1",
+                "-NOPERM user 'app' may not write 'other'\r\n",
+            ),
+            (
+                "EXEC",
+                "-EXECABORT Transaction discarded because of previous errors.\r\n",
+            ),
+            ("GET cfg:c", "$-1\r\n"),
+            ("RESET", "+RESET\r\n"),
+            (
+                "GET cfg:a",
+                "-NOAUTH Authentication required (AUTH user token).\r\n",
+            ),
+        ],
+    );
+    // HELLO: refused without a login, logs in with its AUTH option.
+    let hello = run(&mut s, "HELLO 3");
+    assert!(hello.starts_with("-NOAUTH"), "{hello}");
+    let hello = run(&mut s, &format!("HELLO 3 AUTH root {root}"));
+    assert!(hello.starts_with("%7"), "{hello}");
+    assert_eq!(run(&mut s, "SET other 1"), "+OK\r\n");
+    assert_eq!(run(&mut s, "DBSIZE"), ":2\r\n");
+}
+
+#[test]
+fn a_pipelined_run_refuses_only_the_commands_the_login_may_not_run() {
+    let (mut s, _, app) = session_with_users();
+    assert_eq!(run(&mut s, &format!("AUTH app {app}")), "+OK\r\n");
+    let cmds: Vec<Vec<Bytes>> = [
+        "SET cfg:a 1",
+        "SET cfg:b 2",
+        "SET other 3",
+        "SET cfg:c 4",
+        "GET cfg:a",
+        "GET other",
+        "GET cfg:c",
+    ]
+    .iter()
+    .map(|l| split_args(l.as_bytes()).unwrap())
+    .collect();
+    let mut out = Vec::new();
+    assert_eq!(s.handle_pipeline(&cmds, &mut out, usize::MAX), 7);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "+OK\r\n+OK\r\n-NOPERM user 'app' may not write 'other'\r\n+OK\r\n\
+         $1\r\n1\r\n-NOPERM user 'app' may not read 'other'\r\n$1\r\n4\r\n"
+    );
+    assert!(s.store_for_tests().get(b"other").unwrap().is_none());
 }

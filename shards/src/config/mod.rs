@@ -177,6 +177,18 @@ pub struct ServerArgs {
     /// the running nodes and this one.
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub join: Option<bool>,
+    /// The cluster's node key: a file holding a secret of at least 32
+    /// characters, the same on every node (`openssl rand -hex 32 >
+    /// node.key`). Nodes log in to each other with it; authentication
+    /// (`corekv ctl auth enable`) needs it on every node. Default: none.
+    #[arg(long)]
+    pub auth_key_file: Option<PathBuf>,
+    /// Serve clients from any address while authentication is off. Without
+    /// it (protected mode), a node with authentication off answers client
+    /// connections (native, shard and Redis ports) from addresses other than
+    /// 127.0.0.1 and ::1 with an error that says how to turn it on.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub insecure: Option<bool>,
 }
 
 /// Validated settings of a node.
@@ -230,6 +242,10 @@ pub struct NodeConfig {
     pub placement_moves_per_min: u32,
     /// Requests/s below which the driver balances by count.
     pub placement_min_load: f64,
+    /// The cluster's node key (content of `--auth-key-file`), if given.
+    pub node_key: Option<String>,
+    /// Protected mode off (`--insecure`).
+    pub insecure: bool,
 }
 
 /// Where each shard's own client port comes from (`--shard-ports`).
@@ -410,7 +426,9 @@ impl ServerArgs {
             disk_quota_mb,
             fault_file,
             log_level,
-            join
+            join,
+            auth_key_file,
+            insecure
         ))
     }
 
@@ -587,6 +605,11 @@ impl ServerArgs {
             .log_level
             .or_else(|| std::env::var("COREKV_LOG").ok())
             .unwrap_or_else(|| "info".into());
+        let node_key = self
+            .auth_key_file
+            .as_deref()
+            .map(read_node_key)
+            .transpose()?;
         Ok(NodeConfig {
             node_id,
             data_dir,
@@ -612,8 +635,37 @@ impl ServerArgs {
             split,
             placement_moves_per_min: self.placement_moves_per_min.unwrap_or(6),
             placement_min_load,
+            node_key,
+            insecure: self.insecure.unwrap_or(false),
         })
     }
+}
+
+/// Shortest node key, in characters.
+pub const NODE_KEY_MIN: usize = 32;
+
+/// Reads a node key file: its content, surrounding whitespace removed.
+fn read_node_key(path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let key = text.trim();
+    if key.len() < NODE_KEY_MIN || key.len() > corekv_net::auth::CREDENTIAL_BYTES_MAX {
+        return Err(ConfigError::Invalid(format!(
+            "--auth-key-file {}: the key is {} characters; give {NODE_KEY_MIN} to {}              (openssl rand -hex 32)",
+            path.display(),
+            key.len(),
+            corekv_net::auth::CREDENTIAL_BYTES_MAX
+        )));
+    }
+    if key.chars().any(char::is_whitespace) {
+        return Err(ConfigError::Invalid(format!(
+            "--auth-key-file {}: the key holds whitespace",
+            path.display()
+        )));
+    }
+    Ok(key.to_string())
 }
 
 #[cfg(test)]

@@ -163,3 +163,33 @@ fn file_settings_are_overridden_by_flags() {
         e => panic!("expected a file error, got {e}"),
     }
 }
+
+#[test]
+fn a_node_key_file_must_hold_a_long_secret_without_spaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.key");
+    let with = |content: &str| {
+        std::fs::write(&path, content).unwrap();
+        args(&["--auth-key-file", path.to_str().unwrap()]).validate()
+    };
+    let good = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        with(&format!("{good}\n")).unwrap().node_key.as_deref(),
+        Some(good)
+    );
+    let short = with("0123456789").unwrap_err().to_string();
+    assert!(
+        short.contains("10 characters") && short.contains("openssl rand"),
+        "{short}"
+    );
+    assert!(with(&format!("{good} {good}"))
+        .unwrap_err()
+        .to_string()
+        .contains("whitespace"));
+    let missing = args(&["--auth-key-file", "/nonexistent/node.key"]).validate();
+    assert!(missing
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/node.key"));
+    assert!(args(&[]).validate().unwrap().node_key.is_none());
+}

@@ -52,7 +52,17 @@ impl RaftHandler for ShardPeers {
         };
         let node = s.node.clone();
         if let Ok(mut nodes) = node.nodes.lock() {
-            nodes.insert(node_id, info);
+            // The peer port is not authenticated: a greeting teaches the
+            // address of a node not known yet (at bootstrap, before the meta
+            // region answers), never replaces one the node knows (the meta
+            // region's node list does that), so a forged greeting cannot
+            // send this node's clients and its own logins elsewhere.
+            let known = nodes
+                .get(&node_id)
+                .is_some_and(|n| !n.client_addr.is_empty());
+            if !known {
+                nodes.insert(node_id, info);
+            }
         };
         // Greet back, so the node learns this one's client address too.
         if let Some(t) = s.transport.get() {

@@ -60,6 +60,11 @@ struct Args {
     /// report an anomaly.
     #[arg(long)]
     break_reads: bool,
+    /// Turn authentication on before the clients start: the nodes share a
+    /// node key, every client (native and Redis) logs in as a user with
+    /// write:*, and the cluster's checks log in as well.
+    #[arg(long)]
+    auth: bool,
 }
 
 fn main() {
@@ -96,6 +101,7 @@ fn main() {
             .history
             .unwrap_or_else(|| std::env::temp_dir().join(format!("corekv-chaos-{seed}.txt"))),
         break_reads: a.break_reads,
+        auth: a.auth,
         progress: true,
         ..ChaosOptions::default()
     };

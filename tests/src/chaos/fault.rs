@@ -17,7 +17,7 @@ pub(super) fn during(
 ) -> anyhow::Result<String> {
     let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
     let id = ids[victim];
-    let mut cfg = ClientConfig::new(cluster_endpoints(cluster));
+    let mut cfg = admin_config(cluster_endpoints(cluster));
     cfg.request_timeout = Duration::from_secs(5);
     match kind {
         FaultKind::Lag => {
@@ -109,7 +109,10 @@ pub(super) fn during(
                 cluster.start_node(victim)?;
                 let addr = cluster.nodes[victim].client_addr.clone();
                 let deadline = Instant::now() + Duration::from_secs(20);
-                while !corekv_tools::dev::node_answers(&addr) && Instant::now() < deadline {
+                let login = cluster.node_login();
+                while !corekv_tools::dev::node_answers_as(&addr, login.clone())
+                    && Instant::now() < deadline
+                {
                     if let Some((n, status)) = cluster.exited() {
                         let log = cluster.nodes[victim].dir.join("server.log");
                         shared.restart_failures.lock().unwrap().push(format!(
@@ -168,7 +171,7 @@ pub(super) fn wait_until_node_leads(
         .map(|n| n.client_addr.clone())
         .collect();
     loop {
-        if let Ok(c) = Client::connect(ClientConfig::new(endpoints.clone())) {
+        if let Ok(c) = Client::connect(admin_config(endpoints.clone())) {
             if c.routes().iter().any(|r| r.leader_node == node) {
                 return Ok(());
             }
@@ -231,7 +234,7 @@ pub(super) fn inject(
             "raft frames delayed 40 ms".to_string()
         }
         FaultKind::Move => {
-            let mut cfg = ClientConfig::new(cluster_endpoints(cluster));
+            let mut cfg = admin_config(cluster_endpoints(cluster));
             cfg.request_timeout = Duration::from_secs(2);
             match Client::connect(cfg) {
                 Ok(mut c) => {
@@ -259,7 +262,7 @@ pub(super) fn inject(
             unreachable!("run by `during`")
         }
         FaultKind::Split => {
-            let mut cfg = ClientConfig::new(cluster_endpoints(cluster));
+            let mut cfg = admin_config(cluster_endpoints(cluster));
             cfg.request_timeout = Duration::from_secs(2);
             match Client::connect(cfg) {
                 Ok(mut c) => {

@@ -203,8 +203,38 @@ pub struct ChaosOptions {
     /// Deliberately break reads on node 1 (the `stale-reads` fault and a
     /// slow quorum check), to show that the checker notices.
     pub break_reads: bool,
+    /// Authentication on: every client logs in (see [`login_config`]).
+    pub auth: bool,
     /// Print progress on stderr.
     pub progress: bool,
+}
+
+/// The login of this run's clients, and of its faults and checks (set by
+/// [`run`] when `auth` is on).
+static LOGIN: std::sync::RwLock<Option<corekv_net::Credentials>> = std::sync::RwLock::new(None);
+static ADMIN_LOGIN: std::sync::RwLock<Option<corekv_net::Credentials>> =
+    std::sync::RwLock::new(None);
+
+fn login() -> Option<corekv_net::Credentials> {
+    LOGIN.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Client settings for `endpoints` with the clients' login.
+pub(crate) fn login_config(endpoints: Vec<String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new(endpoints);
+    cfg.credentials = login();
+    cfg
+}
+
+/// Client settings for `endpoints` with the admin login (faults: splits,
+/// moves; the final checks).
+pub(crate) fn admin_config(endpoints: Vec<String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new(endpoints);
+    cfg.credentials = ADMIN_LOGIN
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    cfg
 }
 
 impl Default for ChaosOptions {
@@ -225,6 +255,7 @@ impl Default for ChaosOptions {
             base_port: None,
             history_file: std::env::temp_dir().join("corekv-chaos-history.txt"),
             break_reads: false,
+            auth: false,
             progress: true,
         }
     }
@@ -311,6 +342,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         fault_files: true,
         metrics: false,
         resp: opts.resp_clients > 0,
+        node_key: opts.auth,
     })?;
     let base_rules: Vec<String> = (0..opts.nodes)
         .map(|i| {
@@ -325,6 +357,34 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         cluster.set_faults(i, r)?;
     }
     cluster.wait_ready(Duration::from_secs(30))?;
+    *LOGIN.write().unwrap_or_else(|e| e.into_inner()) = None;
+    *ADMIN_LOGIN.write().unwrap_or_else(|e| e.into_inner()) = None;
+    if opts.auth {
+        let root = std::fs::read_to_string(cluster.enable_auth()?)?;
+        let root = corekv_net::Credentials {
+            user: corekv_net::auth::ROOT_USER.into(),
+            token: root.trim().into(),
+        };
+        *ADMIN_LOGIN.write().unwrap_or_else(|e| e.into_inner()) = Some(root.clone());
+        let mut cfg = admin_config(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.client_addr.clone())
+                .collect(),
+        );
+        cfg.system = true;
+        let mut admin = Client::connect(cfg)?;
+        let grants = vec![corekv_net::auth::Grant::Write(Vec::new())];
+        let token = corekv_net::auth::add_user(&mut admin, "chaos", grants)?;
+        *LOGIN.write().unwrap_or_else(|e| e.into_inner()) = Some(corekv_net::Credentials {
+            user: "chaos".into(),
+            token,
+        });
+        if opts.progress {
+            eprintln!("corekv-chaos: authentication on; clients log in as user chaos (write:*)");
+        }
+    }
     if opts.break_reads {
         wait_until_node_leads(&cluster, 1, Duration::from_secs(20))?;
     }

@@ -195,7 +195,7 @@ pub(super) fn check_replicas(
     big_keys: &std::collections::BTreeSet<String>,
     progress: bool,
 ) -> anyhow::Result<(String, Vec<String>, usize)> {
-    let mut cfg = ClientConfig::new(endpoints.to_vec());
+    let mut cfg = admin_config(endpoints.to_vec());
     cfg.request_timeout = Duration::from_secs(10);
     let mut c = Client::connect(cfg)?;
     let mut problems = Vec::new();
@@ -235,7 +235,11 @@ pub(super) fn check_replicas(
             let Some(addr) = c.nodes().get(&p.node_id).cloned() else {
                 continue;
             };
-            match crate::read_on_node(&addr, &route.region, key.as_bytes()) {
+            let login = ADMIN_LOGIN
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            match crate::read_on_node_as(&addr, &route.region, key.as_bytes(), login.as_ref()) {
                 Ok(got) if got == want => {}
                 Ok(got) => problems.push(format!(
                     "key {key}: node {} holds {}, the cluster {}",

@@ -29,10 +29,18 @@ impl Conn {
         // first unless the node itself is stuck (paused, cut off).
         stream.set_read_timeout(Some(Duration::from_secs(8)))?;
         stream.set_nodelay(true)?;
-        Ok(Conn {
+        let mut c = Conn {
             stream,
             buf: Vec::new(),
-        })
+        };
+        if let Some(l) = super::login() {
+            match c.call(&["AUTH", &l.user, &l.token])? {
+                Reply::Status => {}
+                Reply::Error(e) => return Err(std::io::Error::other(format!("AUTH: {e}"))),
+                _ => return Err(std::io::Error::other("AUTH: unexpected reply")),
+            }
+        }
+        Ok(c)
     }
 
     fn line(&mut self) -> std::io::Result<String> {

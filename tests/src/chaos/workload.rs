@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) fn connect(endpoints: &[String], shared: &Shared) -> anyhow::Result<Client> {
-    let mut cfg = ClientConfig::new(endpoints.to_vec());
+    let mut cfg = login_config(endpoints.to_vec());
     cfg.request_timeout = Duration::from_secs(2);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

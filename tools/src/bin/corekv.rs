@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use corekv_engine::Consistency;
-use corekv_net::{ChangeKind, Client, ClientConfig, ClientError, PutOptions};
+use corekv_net::{ChangeKind, Client, ClientConfig, ClientError, Credentials, PutOptions};
 use corekv_tools::dev::{run_dev, DevOptions};
 
 #[derive(Parser)]
@@ -28,8 +28,56 @@ struct Cli {
     /// Time budget of one command, ms.
     #[arg(long, global = true, default_value_t = 5000)]
     timeout_ms: u64,
+    /// User to log in as (with --token or --token-file). Default: root.
+    #[arg(long, global = true, env = "COREKV_USER")]
+    user: Option<String>,
+    /// Token to log in with (a cluster with authentication on refuses
+    /// requests without one).
+    #[arg(long, global = true, env = "COREKV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the token (as `corekv dev --auth` writes it).
+    #[arg(
+        long,
+        global = true,
+        env = "COREKV_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Credentials of every client this process makes (from --user, --token,
+/// --token-file), set once in `main`.
+static CREDENTIALS: std::sync::OnceLock<Option<Credentials>> = std::sync::OnceLock::new();
+
+fn credentials(cli: &Cli) -> Result<Option<Credentials>, String> {
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => t.trim().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("--token-file {}: {e}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, None) if cli.user.is_some() => {
+            return Err("--user needs --token or --token-file".into())
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Credentials {
+        user: cli
+            .user
+            .clone()
+            .unwrap_or_else(|| corekv_net::auth::ROOT_USER.into()),
+        token,
+    }))
+}
+
+/// Client settings: `endpoints`, the time budget, the login.
+fn client_config(endpoints: Vec<String>, timeout_ms: u64) -> ClientConfig {
+    let mut cfg = ClientConfig::new(endpoints);
+    cfg.request_timeout = Duration::from_millis(timeout_ms);
+    cfg.credentials = CREDENTIALS.get().cloned().flatten();
+    cfg
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,6 +169,11 @@ enum Cmd {
         /// Regions of the new cluster (default 8).
         #[arg(long)]
         regions: Option<u64>,
+        /// Turn authentication on: the nodes get a node key, root's token
+        /// goes to <data dir>/root.token, named on the ready line (`token=`);
+        /// log in with `--token-file PATH`.
+        #[arg(long)]
+        auth: bool,
         /// Flags for every server, after `--` (e.g. `-- --split-load-ops 20000`).
         #[arg(last = true)]
         server_args: Vec<String>,
@@ -128,7 +181,69 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum UserCmd {
+    /// Make a user; prints its token, once (only its hash is kept).
+    Add {
+        /// Name: letters, digits, '_', '-', '.'.
+        name: String,
+        /// What it may do: admin, read[:PREFIX], write[:PREFIX] (write
+        /// includes read; no prefix or * is every key). Repeat for more.
+        #[arg(long = "role", required = true, value_name = "ROLE")]
+        roles: Vec<String>,
+    },
+    /// The users and their roles.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user (its open connections keep their login until they
+    /// close).
+    Remove {
+        /// Name.
+        name: String,
+    },
+    /// Give a user a new token and print it; the old one stops working for
+    /// new connections.
+    Rotate {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCmd {
+    /// Require a login on every client connection. Makes the admin `root`
+    /// if there is no admin and prints its token (once). Refused unless
+    /// every node has the same --auth-key-file.
+    Enable {
+        /// Write root's token to this file (mode 0600) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        token_out: Option<PathBuf>,
+    },
+    /// Serve clients without a login again (protected mode then limits
+    /// them to each node's own machine, unless --insecure).
+    Disable,
+    /// Each node's view: on/off, users, node key, protected mode, counters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum CtlCmd {
+    /// Users and their roles (admin).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Authentication on or off (admin).
+    Auth {
+        #[command(subcommand)]
+        cmd: AuthCmd,
+    },
     /// Nodes, shards, regions and leaders per node, log writer counters.
     Status {
         /// Print the nodes' status documents as JSON.
@@ -260,6 +375,42 @@ enum CtlCmd {
     },
 }
 
+fn user_command(c: &mut Client, cmd: &UserCmd) -> anyhow::Result<String> {
+    use corekv_net::auth::{self, Grant};
+    Ok(match cmd {
+        UserCmd::Add { name, roles } => {
+            let grants = roles
+                .iter()
+                .map(|r| Grant::parse(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let token = auth::add_user(c, name, grants)?;
+            eprintln!("user {name} added; its token is shown once:");
+            format!("{token}\n")
+        }
+        UserCmd::Rotate { name } => {
+            let (token, late) = auth::rotate_token(c, name)?;
+            corekv_tools::ctl::warn_late(&late);
+            eprintln!("new token of {name} (the old one no longer logs in):");
+            format!("{token}\n")
+        }
+        UserCmd::Remove { name } => {
+            let late = auth::remove_user(c, name)?;
+            corekv_tools::ctl::warn_late(&late);
+            format!("user {name} removed\n")
+        }
+        UserCmd::List { json } => {
+            let (table, _) = auth::read_auth(c)?.unwrap_or_default();
+            let rows = corekv_tools::ctl::user_rows(&table);
+            if *json {
+                json_line(&rows)
+            } else {
+                corekv_tools::ctl::users_table(&table, &rows)
+            }
+        }
+    })
+}
+
 fn parse_hex(s: &str) -> Result<u64, String> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -271,8 +422,7 @@ fn ctl_text(
     timeout_ms: u64,
     f: impl FnOnce(&mut Client) -> anyhow::Result<String>,
 ) -> ExitCode {
-    let mut cfg = ClientConfig::new(endpoints);
-    cfg.request_timeout = Duration::from_millis(timeout_ms);
+    let mut cfg = client_config(endpoints, timeout_ms);
     // Cluster administration: may write the meta region's records.
     cfg.system = true;
     match Client::connect(cfg)
@@ -307,6 +457,12 @@ fn client_error(e: ClientError) -> ExitCode {
             None => fail(2, "condition failed: key is absent"),
         },
         ClientError::Unknown(m) => fail(4, format!("outcome unknown: {m}")),
+        ClientError::Unauthenticated(m) => fail(
+            3,
+            format!(
+                "error: not logged in: {m}\n(give --user and --token, COREKV_TOKEN, or --token-file)"
+            ),
+        ),
         other => fail(3, format!("error: {other}")),
     }
 }
@@ -376,12 +532,19 @@ fn watch(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match credentials(&cli) {
+        Ok(c) => {
+            let _ = CREDENTIALS.set(c);
+        }
+        Err(e) => return fail(3, format!("error: {e}")),
+    }
     if let Cmd::Dev {
         nodes,
         data_dir,
         base_port,
         shards,
         regions,
+        auth,
         server_args,
     } = cli.cmd
     {
@@ -407,8 +570,9 @@ fn main() -> ExitCode {
             fault_files: false,
             metrics: true,
             resp: true,
+            node_key: auth,
         };
-        return match run_dev(opts) {
+        return match run_dev(opts, auth) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(3, format!("corekv dev: {e:#}")),
         };
@@ -428,8 +592,7 @@ fn main() -> ExitCode {
             },
     } = &cli.cmd
     {
-        let mut cfg = ClientConfig::new(endpoints);
-        cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+        let cfg = client_config(endpoints, cli.timeout_ms);
         let moved = Client::connect(cfg)
             .map_err(anyhow::Error::from)
             .and_then(|mut c| {
@@ -539,8 +702,7 @@ fn main() -> ExitCode {
         if region.is_none() && !*all {
             return fail(3, "error: name a region or pass --all".to_string());
         }
-        let mut cfg = ClientConfig::new(endpoints);
-        cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+        let cfg = client_config(endpoints, cli.timeout_ms);
         let report = Client::connect(cfg)
             .map_err(anyhow::Error::from)
             .and_then(|mut c| {
@@ -561,6 +723,36 @@ fn main() -> ExitCode {
         };
     }
     if let Cmd::Ctl {
+        cmd: CtlCmd::User { cmd },
+    } = &cli.cmd
+    {
+        return ctl_text(endpoints, cli.timeout_ms, |c| user_command(c, cmd));
+    }
+    if let Cmd::Ctl {
+        cmd: CtlCmd::Auth { cmd },
+    } = &cli.cmd
+    {
+        if let AuthCmd::Enable { token_out } = cmd {
+            let docs = match corekv_tools::ctl::gather_with(client_config(
+                endpoints.clone(),
+                cli.timeout_ms,
+            )) {
+                Ok(d) => d,
+                Err(e) => return fail(3, format!("cannot reach the cluster: {e}")),
+            };
+            return ctl_text(endpoints, cli.timeout_ms, |c| {
+                corekv_tools::ctl::auth_enable(c, &docs, token_out.as_deref())
+            });
+        }
+        if let AuthCmd::Disable = cmd {
+            return ctl_text(endpoints, cli.timeout_ms, |c| {
+                let (_, late) = corekv_net::auth::set_enabled(c, false)?;
+                corekv_tools::ctl::warn_late(&late);
+                Ok("authentication off\n".into())
+            });
+        }
+    }
+    if let Cmd::Ctl {
         cmd: CtlCmd::Split { region, at },
     } = &cli.cmd
     {
@@ -569,8 +761,7 @@ fn main() -> ExitCode {
         });
     }
     if let Cmd::Ctl { cmd } = &cli.cmd {
-        let docs = match corekv_tools::ctl::gather(endpoints, Duration::from_millis(cli.timeout_ms))
-        {
+        let docs = match corekv_tools::ctl::gather_with(client_config(endpoints, cli.timeout_ms)) {
             Ok(d) => d,
             Err(e) => return fail(3, format!("cannot reach the cluster: {e}")),
         };
@@ -597,7 +788,18 @@ fn main() -> ExitCode {
                     corekv_tools::ctl::hot_keys_table(&rows)
                 }
             }
-            CtlCmd::TransferLeader { .. }
+            CtlCmd::Auth {
+                cmd: AuthCmd::Status { json },
+            } => {
+                if *json {
+                    json_line(&corekv_tools::ctl::auth_rows(&docs))
+                } else {
+                    corekv_tools::ctl::auth_table(&docs)
+                }
+            }
+            CtlCmd::User { .. }
+            | CtlCmd::Auth { .. }
+            | CtlCmd::TransferLeader { .. }
             | CtlCmd::Check { .. }
             | CtlCmd::Split { .. }
             | CtlCmd::Balance { .. }
@@ -611,10 +813,12 @@ fn main() -> ExitCode {
         print!("{text}");
         return ExitCode::SUCCESS;
     }
-    let mut cfg = ClientConfig::new(endpoints);
-    cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+    let cfg = client_config(endpoints, cli.timeout_ms);
     let mut client = match Client::connect(cfg) {
         Ok(c) => c,
+        Err(e @ (ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_))) => {
+            return client_error(e)
+        }
         Err(e) => return fail(3, format!("cannot reach the cluster: {e}")),
     };
     let mut stdout = std::io::stdout();
