@@ -41,7 +41,7 @@ use corekv_engine::codec::{Decoder, Encoder};
 use corekv_engine::{Consistency, META_PREFIX};
 use sha2::{Digest, Sha256};
 
-use crate::client::{Client, ClientError, PutOptions, Result};
+use crate::client::{Client, ClientError, Result};
 use crate::message::{Op, Request, WireError};
 use crate::wire::ErrorCode;
 
@@ -416,40 +416,16 @@ pub fn update_auth<T>(
     client: &mut Client,
     mut change: impl FnMut(&mut AuthTable) -> std::result::Result<T, String>,
 ) -> Result<(T, u64)> {
-    let key = auth_key();
-    for _ in 0..32 {
-        let old = client.get(&key, Consistency::Linearizable)?;
-        let mut table = match &old {
-            Some(v) => AuthTable::decode(&v.value).map_err(ClientError::Protocol)?,
+    let (out, version) = crate::meta::update_versioned(client, &auth_key(), |old| {
+        let mut table = match old {
+            Some(b) => AuthTable::decode(b)?,
             None => AuthTable::default(),
         };
-        let out = change(&mut table).map_err(|message| ClientError::Invalid {
-            code: ErrorCode::InvalidRequest,
-            message,
-        })?;
-        table.validate().map_err(|message| ClientError::Invalid {
-            code: ErrorCode::InvalidRequest,
-            message,
-        })?;
-        let opts = match &old {
-            Some(v) => PutOptions {
-                if_version: Some(v.version),
-                ..Default::default()
-            },
-            None => PutOptions {
-                if_absent: true,
-                ..Default::default()
-            },
-        };
-        match client.put(&key, &table.encode(), opts) {
-            Ok(version) => return Ok((out, version)),
-            Err(ClientError::ConditionFailed { .. }) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(ClientError::Protocol(
-        "the auth record changed under 32 attempts in a row".into(),
-    ))
+        let out = change(&mut table)?;
+        table.validate()?;
+        Ok((Some(table.encode()), out))
+    })?;
+    Ok((out, version.expect("the record is always written")))
 }
 
 /// Adds user `name` with `grants`; returns its token (shown once).

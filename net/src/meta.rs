@@ -303,8 +303,17 @@ pub fn read_routes(client: &mut Client, nodes: &[u64]) -> Result<Vec<RouteInfo>>
 fn update<T>(
     client: &mut Client,
     key: &[u8],
-    mut f: impl FnMut(Option<&[u8]>) -> std::result::Result<(Option<Vec<u8>>, T), String>,
+    f: impl FnMut(Option<&[u8]>) -> std::result::Result<(Option<Vec<u8>>, T), String>,
 ) -> Result<T> {
+    update_versioned(client, key, f).map(|(out, _)| out)
+}
+
+/// [`update`], with the version written (None: nothing was).
+pub(crate) fn update_versioned<T>(
+    client: &mut Client,
+    key: &[u8],
+    mut f: impl FnMut(Option<&[u8]>) -> std::result::Result<(Option<Vec<u8>>, T), String>,
+) -> Result<(T, Option<u64>)> {
     for _ in 0..UPDATE_ATTEMPTS {
         let old = client.get(key, Consistency::Linearizable)?;
         let (new, out) =
@@ -312,7 +321,9 @@ fn update<T>(
                 code: crate::wire::ErrorCode::InvalidRequest,
                 message,
             })?;
-        let Some(new) = new else { return Ok(out) };
+        let Some(new) = new else {
+            return Ok((out, None));
+        };
         let opts = match &old {
             Some(v) => PutOptions {
                 if_version: Some(v.version),
@@ -324,7 +335,7 @@ fn update<T>(
             },
         };
         match client.put(key, &new, opts) {
-            Ok(_) => return Ok(out),
+            Ok(version) => return Ok((out, Some(version))),
             Err(ClientError::ConditionFailed { .. }) => continue,
             Err(e) => return Err(e),
         }

@@ -354,6 +354,10 @@ impl Drop for OpenGuard {
     }
 }
 
+/// How long a connection may stay silent without a login while
+/// authentication is on.
+pub const LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Replies buffered before they are written, at most (then they go out
 /// before the next commands run).
 const OUT_BYTES_MAX: usize = 1 << 20;
@@ -371,6 +375,11 @@ fn connection(mut stream: TcpStream, shared: &Arc<Shared>) {
         return;
     }
     let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+    // With authentication on, a connection that stays silent without a
+    // login is closed (see `serve`); logged-in ones just wake up.
+    if shared.cfg.gate.state() == corekv_net::auth::AuthState::On {
+        let _ = stream.set_read_timeout(Some(LOGIN_WAIT));
+    }
     // The sessions' own connections to the node log in as the node; each
     // command is checked here against the Redis client's login.
     let store = ClusterStore::new(
@@ -396,7 +405,16 @@ pub(crate) fn serve<S: Read + Write>(
     let mut reader = RequestReader::new(*limits);
     loop {
         let n = match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) && session.may_idle() =>
+            {
+                continue
+            }
+            Err(_) => return,
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);

@@ -353,6 +353,13 @@ impl Session {
         lookup(&cmd[0]).is_some_and(|spec| self.refusal_counted(spec, cmd, false).is_none())
     }
 
+    /// True if the connection may sit idle: it logged in, or no login is
+    /// needed.
+    pub fn may_idle(&self) -> bool {
+        self.shared.cfg.gate.state() == AuthState::Off
+            || !matches!(self.principal, Principal::Anonymous)
+    }
+
     /// True if the login may see the whole key space (its counts, INFO's
     /// keyspace section).
     fn may_read_all(&self) -> bool {

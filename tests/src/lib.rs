@@ -309,6 +309,20 @@ impl TestCluster {
     }
 }
 
+/// Fails the test unless `tool` is on PATH (`.ci/run` installs what the
+/// tests need: redis-tools, redis-py).
+pub fn need_tool(tool: &str) {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is needed by this test: apt-get install redis-tools (and pip install redis)"
+    );
+}
+
 /// A raw protocol connection, for tests that speak frames directly.
 pub struct RawConn {
     /// The socket.
@@ -347,14 +361,7 @@ impl RawConn {
 
     /// Connects without the hello.
     pub fn connect_bare(addr: &str) -> RawConn {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        RawConn {
-            stream,
-            frames: FrameBuffer::new(64 << 20),
-        }
+        RawConn::over(TcpStream::connect(addr).unwrap())
     }
 
     /// Sends requests.

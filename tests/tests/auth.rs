@@ -491,21 +491,9 @@ fn insecure_nodes_serve_every_address_and_keyless_clusters_cannot_turn_auth_on()
     );
 }
 
-fn need(tool: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} is needed: apt-get install redis-tools (and pip install redis)"
-    );
-}
-
 #[test]
 fn redis_cli_and_redis_py_log_in_and_stay_within_their_roles() {
-    need("redis-cli");
+    corekv_tests::need_tool("redis-cli");
     let t = TestCluster::start_keyed(1, 1, &[]);
     let root_token = turn_on(&t);
     let mut root = admin_as(t.endpoints(), login("root", &root_token)).unwrap();
@@ -627,6 +615,40 @@ fn a_flood_of_wrong_tokens_is_counted_and_logged_in_clients_carry_on() {
         a.login_failures >= tries,
         "{} counted of {tries}",
         a.login_failures
+    );
+
+    // Connections that never log in are closed: a native one without a
+    // hello, a Redis one without AUTH (both after 10 s), a native one
+    // whose anonymous request was refused (at once).
+    let silent = TcpStream::connect(&node).unwrap();
+    let resp = TcpStream::connect(t.cluster.nodes[0].resp_addr.as_ref().unwrap()).unwrap();
+    let mut refused = RawConn::connect_bare(&node);
+    refused
+        .stream
+        .write_all(&encode_client_hello(None))
+        .unwrap();
+    assert!(matches!(refused.read_frame(), Some(Frame::Hello { .. })));
+    refused.send(&[get_req("k")]);
+    assert!(matches!(refused.read_frame(), Some(Frame::Responses(_))));
+    let mut one = [0u8; 1];
+    assert!(
+        matches!(refused.stream.read(&mut one), Ok(0)),
+        "still open after its refusal"
+    );
+    let started = Instant::now();
+    for mut s in [silent, resp] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut b = [0u8; 64];
+        assert_eq!(
+            s.read(&mut b).unwrap_or(0),
+            0,
+            "a silent connection got an answer"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(19),
+        "silent connections kept for {took:?}"
     );
 }
 

@@ -20,18 +20,6 @@ fn port_of(addr: &str) -> &str {
     addr.rsplit(':').next().unwrap()
 }
 
-fn need(tool: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} is needed by this test: apt-get install redis-tools (and pip install redis)"
-    );
-}
-
 /// Runs redis-cli with `args` against `addr`; its stdout.
 fn cli(addr: &str, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
@@ -106,7 +94,7 @@ fn text(f: &OwnedFrame) -> String {
 
 #[test]
 fn redis_cli_sessions_get_redis_replies_on_every_node() {
-    need("redis-cli");
+    corekv_tests::need_tool("redis-cli");
     let t = TestCluster::start_resp(3, 1, &[]);
     let (a, b) = (resp_addr(&t, 0), resp_addr(&t, 2));
     let sessions: &[(&str, &[&str], &str)] = &[
@@ -199,7 +187,7 @@ fn redis_cli_sessions_get_redis_replies_on_every_node() {
 
 #[test]
 fn redis_benchmark_and_redis_py_run_without_errors() {
-    need("redis-benchmark");
+    corekv_tests::need_tool("redis-benchmark");
     let t = TestCluster::start_resp(3, 1, &[]);
     let addr = resp_addr(&t, 0);
     let out = Command::new("timeout")

@@ -38,6 +38,14 @@ fn run(s: &mut Session, line: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Inline command lines as a pipeline's commands.
+fn pipeline(lines: &[&str]) -> Vec<Vec<Bytes>> {
+    lines
+        .iter()
+        .map(|l| split_args(l.as_bytes()).unwrap())
+        .collect()
+}
+
 fn check(s: &mut Session, pairs: &[(&str, &str)]) {
     for (cmd, want) in pairs {
         assert_eq!(run(s, cmd), *want, "{cmd}");
@@ -515,12 +523,9 @@ fn a_value_the_cluster_reads_as_live_is_live_whatever_the_node_clock_says() {
 #[test]
 fn a_pipeline_answers_in_order_and_stops_at_quit() {
     let mut s = session(1);
-    let cmds: Vec<Vec<Bytes>> = [
+    let cmds = pipeline(&[
         "SET a 1", "GET a", "GET a", "GET b", "INCR a", "GET a", "QUIT", "SET a 9",
-    ]
-    .iter()
-    .map(|l| split_args(l.as_bytes()).unwrap())
-    .collect();
+    ]);
     let mut out = Vec::new();
     assert_eq!(s.handle_pipeline(&cmds, &mut out, usize::MAX), 7);
     assert_eq!(
@@ -542,10 +547,7 @@ fn a_pipeline_answers_in_order_and_stops_at_quit() {
 #[test]
 fn a_pipeline_switching_protocols_encodes_each_reply_in_its_own() {
     let mut s = session(1);
-    let cmds: Vec<Vec<Bytes>> = ["GET none", "HELLO 3", "GET none", "RESET", "GET none"]
-        .iter()
-        .map(|l| split_args(l.as_bytes()).unwrap())
-        .collect();
+    let cmds = pipeline(&["GET none", "HELLO 3", "GET none", "RESET", "GET none"]);
     let mut out = Vec::new();
     assert_eq!(s.handle_pipeline(&cmds, &mut out, usize::MAX), 5);
     let text = String::from_utf8(out).unwrap();
@@ -556,10 +558,7 @@ fn a_pipeline_switching_protocols_encodes_each_reply_in_its_own() {
 #[test]
 fn a_pipeline_stops_at_its_reply_budget_so_replies_go_out_first() {
     let mut s = session(1);
-    let cmds: Vec<Vec<Bytes>> = ["SET a 1", "PING", "PING", "PING"]
-        .iter()
-        .map(|l| split_args(l.as_bytes()).unwrap())
-        .collect();
+    let cmds = pipeline(&["SET a 1", "PING", "PING", "PING"]);
     let mut out = Vec::new();
     // A budget of one byte: one command at a time.
     assert_eq!(s.handle_pipeline(&cmds, &mut out, 1), 1);
@@ -712,7 +711,7 @@ fn with_authentication_on_commands_wait_for_a_login_and_keep_to_its_roles() {
 fn a_pipelined_run_refuses_only_the_commands_the_login_may_not_run() {
     let (mut s, _, app) = session_with_users();
     assert_eq!(run(&mut s, &format!("AUTH app {app}")), "+OK\r\n");
-    let cmds: Vec<Vec<Bytes>> = [
+    let cmds = pipeline(&[
         "SET cfg:a 1",
         "SET cfg:b 2",
         "SET other 3",
@@ -720,10 +719,7 @@ fn a_pipelined_run_refuses_only_the_commands_the_login_may_not_run() {
         "GET cfg:a",
         "GET other",
         "GET cfg:c",
-    ]
-    .iter()
-    .map(|l| split_args(l.as_bytes()).unwrap())
-    .collect();
+    ]);
     let mut out = Vec::new();
     assert_eq!(s.handle_pipeline(&cmds, &mut out, usize::MAX), 7);
     assert_eq!(
