@@ -15,7 +15,7 @@ use corekv_bench::driver::{self, LoadSpec, Progress, Target};
 use corekv_bench::report::Report;
 use corekv_bench::workload::{KeyDist, Mix};
 use corekv_engine::Consistency;
-use corekv_net::{Client, ClientConfig};
+use corekv_net::Client;
 use corekv_tools::dev::{DevOptions, LocalCluster};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,10 +93,29 @@ struct Args {
     /// Seed of key and operation choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Turn authentication on in the embedded cluster (a node key, root's
+    /// login) and log every connection in: the cost of the checks.
+    #[arg(long)]
+    auth: bool,
+    /// Log in as this user (default root) with the token in FILE, for a
+    /// cluster given with --endpoints that has authentication on.
+    #[arg(long, value_name = "FILE", conflicts_with = "auth")]
+    token_file: Option<std::path::PathBuf>,
+    /// See --token-file.
+    #[arg(long, requires = "token_file")]
+    user: Option<String>,
     /// Flags for every server of the embedded cluster, after `--`
     /// (e.g. `-- --split-load-ops 20000`).
     #[arg(last = true)]
     server_args: Vec<String>,
+}
+
+/// Logs every connection of the run in as `user` with `token`.
+fn login(user: &str, token: &str) {
+    let _ = driver::LOGIN.set(corekv_net::Credentials {
+        user: user.into(),
+        token: token.into(),
+    });
 }
 
 fn free_base(nodes: u16) -> u16 {
@@ -232,9 +251,14 @@ fn main() -> anyhow::Result<()> {
                 fault_files: false,
                 metrics: false,
                 resp: false,
-                node_key: false,
+                node_key: a.auth,
             })?;
             c.wait_ready(Duration::from_secs(60))?;
+            if a.auth {
+                let token = std::fs::read_to_string(c.enable_auth()?)?;
+                login(corekv_net::auth::ROOT_USER, token.trim());
+                eprintln!("authentication on; every connection logs in as root");
+            }
             // Let leaders move to their preferred nodes before measuring.
             std::thread::sleep(Duration::from_secs(3));
             c.wait_ready(Duration::from_secs(60))?;
@@ -242,13 +266,19 @@ fn main() -> anyhow::Result<()> {
             embedded = Some((c, dir));
             e.split(',').map(String::from).collect()
         } else {
+            if let Some(path) = &a.token_file {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", path.display()))?;
+                let user = a.user.as_deref().unwrap_or(corekv_net::auth::ROOT_USER);
+                login(user, token.trim());
+            }
             a.endpoints.clone()
         };
         // Leaders may be moving (balancing after start): wait until every
         // region has one.
         let deadline = Instant::now() + Duration::from_secs(20);
         let (routes, nodes, shard_ports) = loop {
-            let mut client = Client::connect(ClientConfig::new(endpoints.clone()))?;
+            let mut client = Client::connect(driver::client_config(endpoints.clone()))?;
             let routes = client.routes().to_vec();
             if routes.iter().all(|r| r.leader_node != 0) {
                 let nodes = client.nodes().clone();
@@ -336,7 +366,7 @@ fn main() -> anyhow::Result<()> {
             Some((c, _)) => c.endpoints().split(',').map(String::from).collect(),
             None => a.endpoints.clone(),
         };
-        if let Ok(c) = Client::connect(ClientConfig::new(endpoints)) {
+        if let Ok(c) = Client::connect(driver::client_config(endpoints)) {
             // The regions holding the workload's keys: not the meta region.
             let data: Vec<_> = c.routes().iter().filter(|r| !r.region.is_meta()).collect();
             let leaders: std::collections::BTreeSet<u64> =

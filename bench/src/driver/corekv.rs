@@ -22,7 +22,8 @@ async fn connect_corekv(
         .await
         .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    stream.write_all(&encode_hello(0, 0, &[])).await?;
+    let login = LOGIN.get().map(|c| (c.user.as_str(), c.token.as_str()));
+    stream.write_all(&encode_client_hello(login)).await?;
     let (mut reader, writer) = futures_lite::io::split(stream);
     glommio::spawn_local(async move {
         let mut frames = FrameBuffer::new(64 << 20);
@@ -126,7 +127,7 @@ pub(super) async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyho
         if state.routes.borrow().is_stale() {
             // Rare (a split): a blocking reload is fine for a load generator.
             let endpoints: Vec<String> = nodes.values().cloned().collect();
-            if let Ok(c) = corekv_net::Client::connect(corekv_net::ClientConfig::new(endpoints)) {
+            if let Ok(c) = corekv_net::Client::connect(client_config(endpoints)) {
                 state.routes.borrow_mut().replace(c.routes().to_vec());
             }
         }

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use corekv_engine::{Condition, Consistency, WriteRequest};
 use corekv_net::frame::FrameBuffer;
 use corekv_net::message::{
-    decode_frame, encode_hello, encode_requests, Frame, Op, Outcome, Request, RouteInfo,
+    decode_frame, encode_client_hello, encode_requests, Frame, Op, Outcome, Request, RouteInfo,
 };
 use corekv_net::routing::RouteTable;
 use corekv_net::wake::Wake;
@@ -39,6 +39,17 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::report::{OpKind, Stats};
+
+/// The login of every connection to corekv the driver makes (set once, by
+/// the binary, when the cluster has authentication on).
+pub static LOGIN: std::sync::OnceLock<corekv_net::Credentials> = std::sync::OnceLock::new();
+
+/// Client settings for `endpoints` with the driver's login.
+pub fn client_config(endpoints: Vec<String>) -> corekv_net::ClientConfig {
+    let mut cfg = corekv_net::ClientConfig::new(endpoints);
+    cfg.credentials = LOGIN.get().cloned();
+    cfg
+}
 use crate::workload::{KeyDist, KeyPicker, KeyTable, Mix};
 
 mod corekv;
