@@ -633,6 +633,9 @@ pub struct GateStats {
     pub denied: AtomicU64,
     /// Connections refused by protected mode.
     pub protected_refusals: AtomicU64,
+    /// TLS handshakes that failed or timed out (plain TCP to a TLS port,
+    /// an untrusted certificate, garbage).
+    pub tls_failures: AtomicU64,
 }
 
 /// A node's copy of the auth record, its node key and its protected-mode
@@ -650,6 +653,11 @@ pub struct Gate {
     node_key_hash: Option<[u8; 32]>,
     node_key: Option<String>,
     insecure: bool,
+    /// Every client connection presents a certificate from the cluster's
+    /// CA (`--tls-client-auth`): protected mode has nothing to add.
+    client_certs: AtomicBool,
+    /// The node serves TLS (status only).
+    tls: AtomicBool,
     /// Addresses of the cluster's nodes: served by protected mode like the
     /// local host (the nodes' own clients come from them).
     trusted: RwLock<Vec<std::net::IpAddr>>,
@@ -687,6 +695,8 @@ impl Gate {
                 .map(|k| digest(b"corekv node key", k.as_bytes())),
             node_key,
             insecure,
+            client_certs: AtomicBool::new(false),
+            tls: AtomicBool::new(false),
             trusted: RwLock::new(Vec::new()),
             stats: GateStats::default(),
         };
@@ -774,6 +784,27 @@ impl Gate {
         *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = ips;
     }
 
+    /// Records that client ports require certificates from the cluster's
+    /// CA (mutual TLS), which lifts protected mode.
+    pub fn require_client_certs(&self) {
+        self.client_certs.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that the node serves TLS (shown in its status).
+    pub fn set_tls(&self) {
+        self.tls.store(true, Ordering::Relaxed);
+    }
+
+    /// The node serves TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.load(Ordering::Relaxed)
+    }
+
+    /// Client ports require certificates from the CA.
+    pub fn client_certs(&self) -> bool {
+        self.client_certs.load(Ordering::Relaxed)
+    }
+
     /// Protected mode is off (`--insecure`).
     pub fn insecure(&self) -> bool {
         self.insecure
@@ -858,7 +889,7 @@ impl Gate {
 
     /// Why a connection from `peer` with `principal` is not served by
     /// protected mode, if it is not: while authentication is off (or not
-    /// known), only connections from 127.0.0.1 and ::1, from the cluster's
+    /// known) and client certificates are not required, only connections from 127.0.0.1 and ::1, from the cluster's
     /// nodes' addresses ([`Gate::trust_nodes`]) and those that logged in
     /// with the node key are, unless the node runs with `--insecure`.
     pub fn protected_refusal(
@@ -866,7 +897,11 @@ impl Gate {
         peer: Option<std::net::SocketAddr>,
         principal: &Principal,
     ) -> Option<String> {
-        if self.insecure || self.state() == AuthState::On || matches!(principal, Principal::Node) {
+        if self.insecure
+            || self.client_certs()
+            || self.state() == AuthState::On
+            || matches!(principal, Principal::Node)
+        {
             return None;
         }
         let local = peer.is_some_and(|p| match p.ip() {

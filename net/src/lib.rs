@@ -45,6 +45,7 @@ pub mod peer_codec;
 pub mod routing;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod transport;
 pub mod wake;
 pub mod watch_client;

@@ -30,6 +30,7 @@ use crate::message::{
     decode_frame_shared, encode_error_frame, encode_hello, encode_responses, Frame, Request,
     Response, WireError,
 };
+use crate::tls;
 use crate::wake::Wake;
 use crate::wire::{ErrorCode, PROTOCOL_VERSION};
 
@@ -59,6 +60,8 @@ pub struct ServerInfo {
     /// Users, the node key and protected mode: what logins and requests
     /// are checked against.
     pub gate: Arc<crate::auth::Gate>,
+    /// TLS for every connection (None: plain TCP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The node's per-shard client ports, index = shard: each shard fills in
@@ -277,7 +280,7 @@ async fn accept(listener: TcpListener, ctx: Rc<Accepting>) {
         };
         let _ = stream.set_nodelay(true);
         if ctx.open.get() >= ctx.limits.connections_max {
-            glommio::spawn_local(refuse(stream)).detach();
+            glommio::spawn_local(refuse(stream, ctx.info.tls.is_some())).detach();
             continue;
         }
         let id = ctx.next_id.get();
@@ -285,7 +288,29 @@ async fn accept(listener: TcpListener, ctx: Rc<Accepting>) {
         ctx.open.set(ctx.open.get() + 1);
         let ctx = ctx.clone();
         glommio::spawn_local(async move {
-            connection(stream, id, &ctx).await;
+            let peer = stream.peer_addr().ok();
+            // The handshake holds a connection slot and is bounded in time;
+            // garbage or plain TCP closes this connection only.
+            let stream = match &ctx.info.tls {
+                None => Some(tls::Stream::Plain(stream)),
+                Some(cfg) => {
+                    let acceptor = tls::TlsAcceptor::from(cfg.clone());
+                    match tls::accept(&acceptor, stream).await {
+                        Ok(s) => Some(s),
+                        Err(_) => {
+                            ctx.info
+                                .gate
+                                .stats
+                                .tls_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(stream) = stream {
+                connection(stream, peer, id, &ctx).await;
+            }
             ctx.handler.on_close(id);
             ctx.open.set(ctx.open.get() - 1);
         })
@@ -293,15 +318,23 @@ async fn accept(listener: TcpListener, ctx: Rc<Accepting>) {
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let e = WireError::new(ErrorCode::Busy, "too many connections");
-    let _ = stream.write_all(&encode_error_frame(&e)).await;
+async fn refuse(mut stream: TcpStream, tls: bool) {
+    // Over TLS the refusal could only be read after a handshake, which is
+    // what a full node must not spend: the connection is just closed.
+    if !tls {
+        let e = WireError::new(ErrorCode::Busy, "too many connections");
+        let _ = stream.write_all(&encode_error_frame(&e)).await;
+    }
     let _ = stream.close().await;
 }
 
-async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
+async fn connection(
+    stream: tls::Stream<TcpStream>,
+    peer: Option<std::net::SocketAddr>,
+    id: u64,
+    ctx: &Accepting,
+) {
     let (info, limits, handler) = (&ctx.info, &ctx.limits, &ctx.handler);
-    let peer = stream.peer_addr().ok();
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<OutFrame>(limits.queued_frames_max);
     let conn = Rc::new(ClientConn {
@@ -342,6 +375,9 @@ async fn connection(stream: TcpStream, id: u64, ctx: &Accepting) {
                 joined.shrink_to(COALESCE_BUFFER_KEPT);
                 ok
             };
+            // TLS may hold the tail of a write until a flush (a no-op on
+            // plain TCP).
+            let written = written && writer.flush().await.is_ok();
             for l in links.drain(..) {
                 l.outstanding.fetch_sub(1, Ordering::AcqRel);
                 if !written {

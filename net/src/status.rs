@@ -68,6 +68,15 @@ pub struct AuthStatus {
     pub denied: u64,
     /// Connections refused by protected mode.
     pub protected_refusals: u64,
+    /// The node serves TLS (`--tls-cert`).
+    #[serde(default)]
+    pub tls: bool,
+    /// Clients must present a certificate (`--tls-client-auth`).
+    #[serde(default)]
+    pub tls_client_auth: bool,
+    /// TLS handshakes that failed or timed out.
+    #[serde(default)]
+    pub tls_failures: u64,
 }
 
 /// Counters of a node's Redis-protocol listener since start.

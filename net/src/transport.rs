@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corekv_engine::RaftEnvelope;
@@ -44,6 +45,9 @@ pub struct TransportConfig {
     pub backoff_base: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// TLS to other nodes (None: plain TCP): each is verified against the
+    /// CA and the name `node-<id>.corekv`, and sees this node's certificate.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// The shard side of the transport.
@@ -201,7 +205,7 @@ impl Transport {
         let link = links.entry(to_node).or_insert_with(|| {
             let (tx, rx) = local_channel::new_bounded(self.cfg.queued_frames_max);
             let me = self.clone();
-            glommio::spawn_local(async move { me.run_link(addr, rx).await }).detach();
+            glommio::spawn_local(async move { me.run_link(to_node, addr, rx).await }).detach();
             Link { queue: tx }
         });
         link.queue.try_send(out)
@@ -209,6 +213,7 @@ impl Transport {
 
     async fn run_link(
         self: Rc<Self>,
+        to_node: u64,
         addr: SocketAddr,
         rx: local_channel::LocalReceiver<Outgoing>,
     ) {
@@ -217,7 +222,7 @@ impl Transport {
             self.cfg.shard_count,
             &self.cfg.client_addr,
         );
-        let mut stream: Option<TcpStream> = None;
+        let mut stream: Option<crate::tls::Stream<TcpStream>> = None;
         let mut delay = self.cfg.backoff_base;
         // A frame taken while gathering a batch that must wait (an injected
         // delay): it starts the next turn.
@@ -231,11 +236,8 @@ impl Transport {
                 glommio::timer::sleep(wait).await;
             }
             if stream.is_none() {
-                if let Ok(mut s) =
-                    TcpStream::connect_timeout(addr, Duration::from_millis(500)).await
-                {
-                    let _ = s.set_nodelay(true);
-                    if s.write_all(&hello).await.is_ok() {
+                if let Some(mut s) = self.dial(to_node, addr).await {
+                    if s.write_all(&hello).await.is_ok() && s.flush().await.is_ok() {
                         stream = Some(s);
                         delay = self.cfg.backoff_base;
                     }
@@ -284,6 +286,11 @@ impl Transport {
                 joined.shrink_to(crate::server::COALESCE_BUFFER_KEPT);
                 r
             };
+            // TLS holds written bytes until a flush (a no-op on plain TCP).
+            let result = match result {
+                Ok(()) => s.flush().await,
+                e => e,
+            };
             let written = result.is_ok();
             if !written {
                 stream = None;
@@ -304,12 +311,31 @@ impl Transport {
     }
 }
 
-/// Accepts raft connections from other nodes until the listener fails.
+impl Transport {
+    /// A connection to `to_node` at `addr`, TLS when configured (the other
+    /// side must prove it is that node).
+    async fn dial(&self, to_node: u64, addr: SocketAddr) -> Option<crate::tls::Stream<TcpStream>> {
+        let s = TcpStream::connect_timeout(addr, Duration::from_millis(500))
+            .await
+            .ok()?;
+        let _ = s.set_nodelay(true);
+        let Some(tls) = &self.cfg.tls else {
+            return Some(crate::tls::Stream::Plain(s));
+        };
+        let name = rustls::pki_types::ServerName::try_from(crate::tls::node_name(to_node)).ok()?;
+        crate::tls::connect(tls, name, s).await.ok()
+    }
+}
+
+/// Accepts raft connections from other nodes until the listener fails;
+/// with `tls`, each must present a certificate from the CA naming the node
+/// its hello claims to be.
 pub async fn serve_peers(
     listener: TcpListener,
     frame_bytes_max: usize,
     handler: Rc<dyn RaftHandler>,
     faults: Rc<RefCell<FaultRules>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -320,8 +346,18 @@ pub async fn serve_peers(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (handler, faults) = (handler.clone(), faults.clone());
+        let (handler, faults, tls) = (handler.clone(), faults.clone(), tls.clone());
         glommio::spawn_local(async move {
+            let stream = match tls {
+                None => crate::tls::Stream::Plain(stream),
+                Some(cfg) => {
+                    let acceptor = crate::tls::TlsAcceptor::from(cfg);
+                    match crate::tls::accept(&acceptor, stream).await {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    }
+                }
+            };
             peer_connection(stream, frame_bytes_max, handler, faults).await
         })
         .detach();
@@ -329,7 +365,7 @@ pub async fn serve_peers(
 }
 
 async fn peer_connection(
-    mut stream: TcpStream,
+    mut stream: crate::tls::Stream<TcpStream>,
     frame_bytes_max: usize,
     handler: Rc<dyn RaftHandler>,
     faults: Rc<RefCell<FaultRules>>,
@@ -356,6 +392,16 @@ async fn peer_connection(
                     shard_count,
                     client_addr,
                 }) => {
+                    // Over TLS, the certificate must name the node the
+                    // hello claims; a node of the cluster cannot pose as
+                    // another.
+                    if let Some(certs) = stream.peer_certificates() {
+                        if !crate::tls::certifies_node(certs, node_id) {
+                            return;
+                        }
+                    } else if !matches!(stream, crate::tls::Stream::Plain(_)) {
+                        return;
+                    }
                     greeted = true;
                     from = node_id;
                     handler.on_peer(node_id, shard_count, client_addr);

@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use corekv_net::tls::SyncStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -40,6 +42,10 @@ pub struct RespConfig {
     /// The node's users and protected mode: logins (AUTH, HELLO AUTH) and
     /// each command are checked against it.
     pub gate: Arc<corekv_net::auth::Gate>,
+    /// TLS on this port (None: plain TCP).
+    pub tls: Option<Arc<corekv_net::tls::rustls::ServerConfig>>,
+    /// TLS of the sessions' connections to the node (None: plain TCP).
+    pub dial_tls: Option<corekv_net::tls::ClientTls>,
 }
 
 /// Counters of the listener.
@@ -319,7 +325,11 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let st = &shared.stats;
         if st.open.load(Ordering::Relaxed) as usize >= shared.cfg.connections_max {
             st.rejected.fetch_add(1, Ordering::Relaxed);
-            let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
+            // Over TLS the error could only be read after a handshake,
+            // which a full node does not spend: the connection is closed.
+            if shared.cfg.tls.is_none() {
+                let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
+            }
             continue;
         }
         st.accepted.fetch_add(1, Ordering::Relaxed);
@@ -365,9 +375,26 @@ const OUT_BYTES_MAX: usize = 1 << 20;
 /// Pipelined commands run together at most.
 const PIPELINE_RUN_MAX: usize = 16;
 
-fn connection(mut stream: TcpStream, shared: &Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let peer_addr = stream.peer_addr().ok();
+fn connection(tcp: TcpStream, shared: &Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let peer_addr = tcp.peer_addr().ok();
+    // The handshake is bounded in time; garbage or plain TCP on a TLS port
+    // closes this connection only.
+    let mut stream = match &shared.cfg.tls {
+        None => SyncStream::Plain(tcp),
+        Some(cfg) => match SyncStream::accept(tcp, cfg) {
+            Ok(s) => s,
+            Err(_) => {
+                shared
+                    .cfg
+                    .gate
+                    .stats
+                    .tls_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+    };
     let anonymous = corekv_net::auth::Principal::Anonymous;
     if let Some(why) = shared.cfg.gate.protected_refusal(peer_addr, &anonymous) {
         let _ =
@@ -378,7 +405,7 @@ fn connection(mut stream: TcpStream, shared: &Arc<Shared>) {
     // With authentication on, a connection that stays silent without a
     // login is closed (see `serve`); logged-in ones just wake up.
     if shared.cfg.gate.state() == corekv_net::auth::AuthState::On {
-        let _ = stream.set_read_timeout(Some(LOGIN_WAIT));
+        let _ = stream.tcp().set_read_timeout(Some(LOGIN_WAIT));
     }
     // The sessions' own connections to the node log in as the node; each
     // command is checked here against the Redis client's login.
@@ -386,6 +413,7 @@ fn connection(mut stream: TcpStream, shared: &Arc<Shared>) {
         shared.cfg.endpoints.clone(),
         shared.cfg.consistency,
         shared.cfg.gate.node_credentials(),
+        shared.cfg.dial_tls.clone(),
     );
     let mut session = Session::new(shared.clone(), Box::new(store), peer);
     serve(&mut stream, &mut session, &shared.cfg.limits, &shared.stats);

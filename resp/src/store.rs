@@ -185,14 +185,16 @@ pub struct ClusterStore {
 
 impl ClusterStore {
     /// A store that reaches the cluster through `endpoints`, logged in
-    /// with `credentials` if given.
+    /// with `credentials` if given, over TLS if given.
     pub fn new(
         endpoints: Vec<String>,
         consistency: Consistency,
         credentials: Option<corekv_net::Credentials>,
+        tls: Option<corekv_net::tls::ClientTls>,
     ) -> ClusterStore {
         let mut cfg = ClientConfig::new(endpoints);
         cfg.credentials = credentials;
+        cfg.tls = tls;
         ClusterStore {
             cfg,
             consistency,

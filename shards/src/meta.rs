@@ -196,6 +196,7 @@ fn connect(node: &NodeShared) -> Result<Client, String> {
     cfg.request_timeout = Duration::from_secs(2);
     cfg.system = true;
     cfg.credentials = node.auth.node_credentials();
+    cfg.tls = node.dial_tls();
     Client::connect(cfg).map_err(|e| e.to_string())
 }
 

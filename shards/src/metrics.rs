@@ -56,6 +56,10 @@ const AUTH_COUNTERS: &[(&str, &str)] = &[
         "protected_refusals",
         "Connections refused by protected mode (authentication off, not from 127.0.0.1 or ::1).",
     ),
+    (
+        "tls_failures",
+        "TLS handshakes on client ports that failed or timed out (plain TCP, untrusted certificates, garbage).",
+    ),
 ];
 
 /// Counters of the Redis-protocol listener: (name suffix, help).
@@ -324,6 +328,7 @@ impl Metrics {
             ("unauthenticated", st.unauthenticated.load(Relaxed)),
             ("denied", st.denied.load(Relaxed)),
             ("protected_refusals", st.protected_refusals.load(Relaxed)),
+            ("tls_failures", st.tls_failures.load(Relaxed)),
         ] {
             let c = &self.auth[name];
             c.inc_by(now.saturating_sub(c.get()));

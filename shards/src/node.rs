@@ -64,6 +64,8 @@ pub struct NodeShared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Users, node key and protected mode (see `corekv_net::auth`).
     pub auth: Arc<corekv_net::auth::Gate>,
+    /// TLS of every port and of the node's own connections (None: plain).
+    pub tls: Option<Arc<corekv_net::tls::NodeTls>>,
     /// What `Status` requests and `corekv ctl` show: refreshed by the shards
     /// and the size scanner, read when asked (never on the request path).
     pub board: Mutex<StatusBoard>,
@@ -118,6 +120,12 @@ pub struct ShardRow {
 }
 
 impl NodeShared {
+    /// TLS for the node's own clients of the cluster (meta, placement,
+    /// Redis sessions), if the node has TLS.
+    pub fn dial_tls(&self) -> Option<corekv_net::tls::ClientTls> {
+        self.tls.as_ref().map(|t| t.dial.clone())
+    }
+
     /// Monotonic milliseconds since start.
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64

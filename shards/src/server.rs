@@ -230,6 +230,30 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         node_ips.extend(client.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
     }
     gate.trust_nodes(node_ips);
+    let tls = match &cfg.tls {
+        Some(files) => {
+            let t = corekv_net::tls::node_tls(files, cfg.tls_client_auth)
+                .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?;
+            gate.set_tls();
+            if t.client_auth {
+                gate.require_client_certs();
+            }
+            tracing::info!(
+                cert = %files.cert.display(),
+                ca = %files.ca.display(),
+                client_auth = t.client_auth,
+                "TLS on the client, shard, Redis and peer ports"
+            );
+            Some(Arc::new(t))
+        }
+        None => {
+            tracing::warn!(
+                "no TLS certificate (--tls-cert, --tls-key, --tls-ca): client, Redis and peer \
+                 traffic, tokens included, crosses the network in clear text"
+            );
+            None
+        }
+    };
     if !cfg.insecure && !cfg.client_listen.ip().is_loopback() && gate.state() != AuthState::On {
         tracing::warn!(
             "protected mode: authentication is off, so clients from addresses other than \
@@ -272,6 +296,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             .as_ref()
             .map(|(_, addr)| (*addr, resp_stats.clone())),
         auth: gate.clone(),
+        tls: tls.clone(),
     });
 
     crate::meta::spawn(Arc::downgrade(&node))
@@ -366,6 +391,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 read_bytes_max: corekv_resp::view::READ_BYTES_MAX,
             },
             gate: gate.clone(),
+            tls: tls.as_ref().map(|t| t.clients.clone()),
+            dial_tls: tls.as_ref().map(|t| t.dial.clone()),
         };
         corekv_resp::start(listener, resp_cfg, resp_stats).map_err(|e| {
             StartError::Runtime(format!("starting the Redis-protocol listener: {e}"))
@@ -479,6 +506,7 @@ async fn shard_main(
             frame_bytes_max: PEER_FRAME_BYTES_MAX,
             backoff_base: std::time::Duration::from_millis(20),
             backoff_max: std::time::Duration::from_secs(1),
+            tls: node.dial_tls(),
         },
         peers,
         raft_handler.clone(),
@@ -492,6 +520,7 @@ async fn shard_main(
         PEER_FRAME_BYTES_MAX,
         raft_handler,
         shard.faults.clone(),
+        node.tls.as_ref().map(|t| t.peers.clone()),
     ))
     .detach();
     let mut client_listeners = vec![listener("--client-listen", cfg.client_listen, true)?];
@@ -511,6 +540,7 @@ async fn shard_main(
             shard_count: cfg.shards as u32,
             shard_ports: node.shard_ports.clone(),
             gate: node.auth.clone(),
+            tls: node.tls.as_ref().map(|t| t.clients.clone()),
         },
         ServerLimits {
             frame_bytes_max: cfg.frame_bytes_max,

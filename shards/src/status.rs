@@ -161,6 +161,9 @@ pub fn auth_status(gate: &corekv_net::auth::Gate) -> corekv_net::status::AuthSta
         unauthenticated: st.unauthenticated.load(Relaxed),
         denied: st.denied.load(Relaxed),
         protected_refusals: st.protected_refusals.load(Relaxed),
+        tls: gate.tls(),
+        tls_client_auth: gate.client_certs(),
+        tls_failures: st.tls_failures.load(Relaxed),
     }
 }
 

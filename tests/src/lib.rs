@@ -30,7 +30,7 @@ use corekv_net::message::RouteInfo;
 use corekv_net::message::{
     decode_frame_with_fields, encode_hello, encode_requests, Frame, Request, ResponseFields,
 };
-use corekv_net::{Client, ClientConfig};
+use corekv_net::Client;
 use corekv_tools::dev::{server_binary, DevOptions, LocalCluster};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -225,19 +225,25 @@ impl TestCluster {
         extra: &[&str],
         node_args: Vec<(u64, Vec<String>)>,
     ) -> TestCluster {
-        Self::start_opts(nodes, shards, extra, node_args, false, false)
+        Self::start_opts(nodes, shards, extra, node_args, false, false, false)
     }
 
     /// Like [`TestCluster::start`], every node also serving the Redis
     /// protocol on BASE+200+i (`DevNode::resp_addr`).
     pub fn start_resp(nodes: u64, shards: usize, extra: &[&str]) -> TestCluster {
-        Self::start_opts(nodes, shards, extra, Vec::new(), true, false)
+        Self::start_opts(nodes, shards, extra, Vec::new(), true, false, false)
     }
 
     /// Like [`TestCluster::start_resp`], every node holding the cluster's
     /// node key (authentication still off: [`LocalCluster::enable_auth`]).
     pub fn start_keyed(nodes: u64, shards: usize, extra: &[&str]) -> TestCluster {
-        Self::start_opts(nodes, shards, extra, Vec::new(), true, true)
+        Self::start_opts(nodes, shards, extra, Vec::new(), true, true, false)
+    }
+
+    /// Like [`TestCluster::start_keyed`], with TLS on every port (a
+    /// throwaway CA in the data directory; [`LocalCluster::client_tls`]).
+    pub fn start_tls(nodes: u64, shards: usize, extra: &[&str]) -> TestCluster {
+        Self::start_opts(nodes, shards, extra, Vec::new(), true, true, true)
     }
 
     fn start_opts(
@@ -247,6 +253,7 @@ impl TestCluster {
         node_args: Vec<(u64, Vec<String>)>,
         resp: bool,
         node_key: bool,
+        tls: bool,
     ) -> TestCluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         assert!(
@@ -268,6 +275,7 @@ impl TestCluster {
             metrics: true,
             resp,
             node_key,
+            tls,
         })
         .unwrap();
         let mut t = TestCluster {
@@ -297,15 +305,14 @@ impl TestCluster {
 
     /// A client of the whole cluster.
     pub fn client(&self) -> Client {
-        Client::connect(ClientConfig::new(self.endpoints())).unwrap()
+        Client::connect(self.cluster.client_config()).unwrap()
     }
 
     /// A client that only knows node `index`.
     pub fn client_of(&self, index: usize) -> Client {
-        Client::connect(ClientConfig::new(vec![self.cluster.nodes[index]
-            .client_addr
-            .clone()]))
-        .unwrap()
+        let mut cfg = self.cluster.client_config();
+        cfg.endpoints = vec![self.cluster.nodes[index].client_addr.clone()];
+        Client::connect(cfg).unwrap()
     }
 }
 
@@ -496,24 +503,51 @@ pub fn read_on_node_as(
     key: &[u8],
     login: Option<&corekv_net::Credentials>,
 ) -> Result<Option<bytes::Bytes>, String> {
+    read_on_node_with(addr, region, key, login, None)
+}
+
+/// [`read_on_node_as`], over TLS when `tls` is given.
+pub fn read_on_node_with(
+    addr: &str,
+    region: &corekv_engine::Region,
+    key: &[u8],
+    login: Option<&corekv_net::Credentials>,
+    tls: Option<&corekv_net::tls::ClientTls>,
+) -> Result<Option<bytes::Bytes>, String> {
     use corekv_net::message::{Op, Outcome};
-    let stream = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+    let tcp = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
-    let mut conn = RawConn {
-        stream,
-        frames: FrameBuffer::new(64 << 20),
+    let mut stream = corekv_net::tls::SyncStream::dial(tcp, addr, tls)?;
+    let mut frames = FrameBuffer::new(64 << 20);
+    let mut next_frame = |stream: &mut corekv_net::tls::SyncStream| -> Option<Frame> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(body) = frames.next_frame().ok()? {
+                return Some(decode_frame_with_fields(body).ok()?.0);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            let spare = frames.spare(64 * 1024);
+            match stream.read(spare) {
+                Ok(0) | Err(_) => {
+                    frames.filled(64 * 1024, 0);
+                    return None;
+                }
+                Ok(n) => frames.filled(64 * 1024, n),
+            }
+        }
     };
     let creds = login.map(|c| (c.user.as_str(), c.token.as_str()));
-    conn.stream
+    stream
         .write_all(&corekv_net::message::encode_client_hello(creds))
         .map_err(|e| e.to_string())?;
-    match conn.read_frame() {
+    match next_frame(&mut stream) {
         Some(Frame::Hello { .. }) => {}
         other => return Err(format!("{addr}: no hello: {other:?}")),
     }
-    conn.try_send(&[Request {
+    let req = Request {
         id: 1,
         region_id: region.id,
         epoch: region.epoch,
@@ -523,9 +557,11 @@ pub fn read_on_node_as(
         },
         session: None,
         system: false,
-    }])
-    .map_err(|e| e.to_string())?;
-    match conn.read_frame() {
+    };
+    stream
+        .write_all(&encode_requests(&[req]))
+        .map_err(|e| e.to_string())?;
+    match next_frame(&mut stream) {
         Some(Frame::Responses(mut rs)) if !rs.is_empty() => match rs.remove(0).result {
             Ok(Outcome::Value(v)) => Ok(v.map(|v| v.value)),
             other => Err(format!("{addr}: {other:?}")),

@@ -516,7 +516,7 @@ fn auth_line(a: &AuthStatus) -> String {
     };
     format!(
         "authentication {} ({} users, node key {}){guard}; {} logins, {} refused, \
-         {} requests refused without a login, {} by roles, {} connections by protected mode",
+         {} requests refused without a login, {} by roles, {} connections by protected mode; {}",
         a.state,
         a.users,
         a.node_key.as_deref().unwrap_or("none"),
@@ -524,7 +524,15 @@ fn auth_line(a: &AuthStatus) -> String {
         a.login_failures,
         a.unauthenticated,
         a.denied,
-        a.protected_refusals
+        a.protected_refusals,
+        match (a.tls, a.tls_client_auth) {
+            (false, _) => "no TLS".to_string(),
+            (true, false) => format!("TLS, {} handshakes failed", a.tls_failures),
+            (true, true) => format!(
+                "TLS with client certificates, {} handshakes failed",
+                a.tls_failures
+            ),
+        }
     )
 }
 

@@ -41,6 +41,9 @@ pub struct DevOptions {
     /// missing), so authentication can be turned on
     /// ([`LocalCluster::enable_auth`]).
     pub node_key: bool,
+    /// TLS on every port: a throwaway CA and node certificates in
+    /// `<data dir>/tls` (made if missing; see [`crate::certs`]).
+    pub tls: bool,
 }
 
 /// One running node.
@@ -71,6 +74,11 @@ pub struct LocalCluster {
     /// The node key, if the nodes have one: the cluster's own checks
     /// (readiness, [`LocalCluster::enable_auth`]) log in with it.
     node_key: Option<String>,
+    /// The CA that signs the nodes' certificates (with [`DevOptions::tls`]).
+    ca: Option<crate::certs::DevCa>,
+    /// How the cluster's own clients and tests dial it over TLS: the CA,
+    /// and the client certificate for mutual TLS.
+    client_tls: Option<corekv_net::tls::ClientTls>,
 }
 
 /// Finds `corekv-server`: `$COREKV_SERVER_BIN` if set, else next to the
@@ -127,11 +135,22 @@ impl LocalCluster {
         } else {
             None
         };
+        let (ca, client_tls) = if opts.tls {
+            let ca = crate::certs::DevCa::open_or_make(&opts.data_dir.join("tls"))?;
+            let (cert, key) = ca.client()?;
+            let tls = corekv_net::tls::client_tls(&ca.ca_file(), Some((&cert, &key)))
+                .map_err(anyhow::Error::msg)?;
+            (Some(ca), Some(tls))
+        } else {
+            (None, None)
+        };
         let mut c = LocalCluster {
             nodes,
             node_key,
             server_bin,
             opts,
+            ca,
+            client_tls,
         };
         for i in 0..c.nodes.len() {
             c.start_node(i)?;
@@ -195,6 +214,21 @@ impl LocalCluster {
         if self.node_key.is_some() {
             cmd.arg("--auth-key-file")
                 .arg(self.opts.data_dir.join(NODE_KEY_FILE));
+        }
+        if let Some(ca) = &self.ca {
+            let ips: Vec<std::net::IpAddr> = [&n.client_addr, &n.peer_addr]
+                .into_iter()
+                .chain(n.resp_addr.as_ref())
+                .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.ip())
+                .collect();
+            let (cert, key) = ca.node(n.id, &ips)?;
+            cmd.arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key)
+                .arg("--tls-ca")
+                .arg(ca.ca_file());
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -349,9 +383,9 @@ impl LocalCluster {
             let login = self.node_login();
             let ready = |(a, join): &(String, bool)| {
                 if *join {
-                    node_answers_as(a, login.clone())
+                    node_answers_with(a, login.clone(), self.client_tls.clone())
                 } else {
-                    sees_all_leaders(a, login.clone())
+                    sees_all_leaders(a, login.clone(), self.client_tls.clone())
                 }
             };
             if running.iter().all(ready) {
@@ -410,6 +444,25 @@ fn node_key(dir: &Path) -> anyhow::Result<String> {
 }
 
 impl LocalCluster {
+    /// How to dial the cluster over TLS (with [`DevOptions::tls`]): trusts
+    /// its CA and presents the client certificate.
+    pub fn client_tls(&self) -> Option<corekv_net::tls::ClientTls> {
+        self.client_tls.clone()
+    }
+
+    /// The CA certificate file (with [`DevOptions::tls`]).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.ca.as_ref().map(|c| c.ca_file())
+    }
+
+    /// Client settings for the cluster: its endpoints, over TLS if it has
+    /// TLS (anonymous; set `credentials` to log in).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new(self.endpoints().split(',').map(String::from).collect());
+        cfg.tls = self.client_tls.clone();
+        cfg
+    }
+
     /// How the cluster's own checks log in: as a node, if the nodes have
     /// a key.
     pub fn node_login(&self) -> Option<Credentials> {
@@ -430,6 +483,7 @@ impl LocalCluster {
         let mut cfg = ClientConfig::new(self.endpoints().split(',').map(String::from).collect());
         cfg.credentials = Some(login.clone());
         cfg.system = true;
+        cfg.tls = self.client_tls.clone();
         let mut client = Client::connect(cfg)?;
         match corekv_net::auth::set_enabled(&mut client, true)?.0 {
             Some(token) => crate::ctl::write_secret(&path, &token)?,
@@ -463,11 +517,16 @@ impl LocalCluster {
     }
 }
 
-fn sees_all_leaders(addr: &str, login: Option<Credentials>) -> bool {
+fn sees_all_leaders(
+    addr: &str,
+    login: Option<Credentials>,
+    tls: Option<corekv_net::tls::ClientTls>,
+) -> bool {
     let mut cfg = ClientConfig::new(vec![addr.to_string()]);
     cfg.request_timeout = Duration::from_millis(500);
     cfg.attempts_max = 1;
     cfg.credentials = login;
+    cfg.tls = tls;
     let Ok(client) = Client::connect(cfg) else {
         return false;
     };
@@ -477,16 +536,26 @@ fn sees_all_leaders(addr: &str, login: Option<Credentials>) -> bool {
 /// True when the node at `addr` answers a routes request from a client
 /// logged in with `login`.
 pub fn node_answers_as(addr: &str, login: Option<Credentials>) -> bool {
+    node_answers_with(addr, login, None)
+}
+
+/// [`node_answers_as`], over TLS when `tls` is given.
+pub fn node_answers_with(
+    addr: &str,
+    login: Option<Credentials>,
+    tls: Option<corekv_net::tls::ClientTls>,
+) -> bool {
     let mut cfg = ClientConfig::new(vec![addr.to_string()]);
     cfg.request_timeout = Duration::from_millis(500);
     cfg.attempts_max = 1;
     cfg.credentials = login;
+    cfg.tls = tls;
     Client::connect(cfg).is_ok()
 }
 
 /// True if the node at `addr` answers and knows a leader for every region.
 pub fn node_sees_all_leaders(addr: &str) -> bool {
-    sees_all_leaders(addr, None)
+    sees_all_leaders(addr, None, None)
 }
 
 /// True when the node at `addr` answers a routes request.
@@ -551,6 +620,10 @@ pub fn run_dev(mut opts: DevOptions, auth: bool) -> anyhow::Result<()> {
     if let Some(t) = &token {
         ready += &format!(" token={}", t.display());
     }
+    let ca = cluster.ca_file();
+    if let Some(ca) = &ca {
+        ready += &format!(" ca={}", ca.display());
+    }
     println!("{ready}");
     std::io::stdout().flush()?;
     if let Some(t) = &token {
@@ -558,6 +631,14 @@ pub fn run_dev(mut opts: DevOptions, auth: bool) -> anyhow::Result<()> {
             "corekv dev: authentication on; log in as root with `--token-file {}` \
              (redis-cli: AUTH root TOKEN)",
             t.display()
+        );
+    }
+    if let Some(ca) = &ca {
+        eprintln!(
+            "corekv dev: TLS on every port; trust the CA with `--tls-ca {}` (redis-cli: --tls \
+             --cacert {})",
+            ca.display(),
+            ca.display()
         );
     }
     eprintln!(

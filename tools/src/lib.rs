@@ -13,5 +13,6 @@
 //! `corekv_shards` (the planner), which never depend on this crate.
 #![deny(missing_docs)]
 
+pub mod certs;
 pub mod ctl;
 pub mod dev;

@@ -104,6 +104,14 @@ struct Args {
     /// See --token-file.
     #[arg(long, requires = "token_file")]
     user: Option<String>,
+    /// TLS on every port of the embedded cluster (a throwaway CA), and
+    /// every connection speaks TLS: the cost of encryption.
+    #[arg(long)]
+    tls: bool,
+    /// Speak TLS to a cluster given with --endpoints, trusting this CA
+    /// (PEM).
+    #[arg(long, value_name = "FILE", conflicts_with = "tls")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Flags for every server of the embedded cluster, after `--`
     /// (e.g. `-- --split-load-ops 20000`).
     #[arg(last = true)]
@@ -252,7 +260,12 @@ fn main() -> anyhow::Result<()> {
                 metrics: false,
                 resp: false,
                 node_key: a.auth,
+                tls: a.tls,
             })?;
+            if let Some(t) = c.client_tls() {
+                let _ = driver::TLS.set(t);
+                eprintln!("TLS on every port; every connection speaks TLS");
+            }
             c.wait_ready(Duration::from_secs(60))?;
             if a.auth {
                 let token = std::fs::read_to_string(c.enable_auth()?)?;
@@ -271,6 +284,10 @@ fn main() -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", path.display()))?;
                 let user = a.user.as_deref().unwrap_or(corekv_net::auth::ROOT_USER);
                 login(user, token.trim());
+            }
+            if let Some(ca) = &a.tls_ca {
+                let t = corekv_net::tls::client_tls(ca, None).map_err(anyhow::Error::msg)?;
+                let _ = driver::TLS.set(t);
             }
             a.endpoints.clone()
         };

@@ -4,7 +4,7 @@
 use super::*;
 
 struct NodeConn {
-    writer: futures_lite::io::WriteHalf<TcpStream>,
+    writer: futures_lite::io::WriteHalf<corekv_net::tls::Stream<TcpStream>>,
 }
 
 fn error_name(code: ErrorCode) -> String {
@@ -18,12 +18,22 @@ async fn connect_corekv(
     addr: &str,
     sent: SentMap,
 ) -> anyhow::Result<NodeConn> {
-    let mut stream = TcpStream::connect(addr)
+    let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match TLS.get() {
+        None => corekv_net::tls::Stream::Plain(tcp),
+        Some(tls) => {
+            let name = corekv_net::tls::server_name_of(addr).map_err(anyhow::Error::msg)?;
+            corekv_net::tls::connect(tls, name, tcp)
+                .await
+                .map_err(|e| anyhow::anyhow!("{addr}: TLS handshake: {e}"))?
+        }
+    };
     let login = LOGIN.get().map(|c| (c.user.as_str(), c.token.as_str()));
     stream.write_all(&encode_client_hello(login)).await?;
+    stream.flush().await?;
     let (mut reader, writer) = futures_lite::io::split(stream);
     glommio::spawn_local(async move {
         let mut frames = FrameBuffer::new(64 << 20);
@@ -201,7 +211,13 @@ pub(super) async fn corekv_client(state: Rc<ClientState>, index: usize) -> anyho
             }
             let frame = encode_requests(reqs);
             reqs.clear();
-            if let Err(e) = conns.get_mut(dest).unwrap().writer.write_all(&frame).await {
+            let w = &mut conns.get_mut(dest).unwrap().writer;
+            // The flush sends what TLS still holds (a no-op on plain TCP).
+            let sent_ok = match w.write_all(&frame).await {
+                Ok(()) => w.flush().await,
+                e => e,
+            };
+            if let Err(e) = sent_ok {
                 conns.remove(dest);
                 return Err(anyhow::anyhow!("write to node {} ({dest:?}): {e}", dest.0));
             }

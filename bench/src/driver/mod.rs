@@ -44,10 +44,15 @@ use crate::report::{OpKind, Stats};
 /// the binary, when the cluster has authentication on).
 pub static LOGIN: std::sync::OnceLock<corekv_net::Credentials> = std::sync::OnceLock::new();
 
-/// Client settings for `endpoints` with the driver's login.
+/// TLS of every connection to corekv the driver makes (set once, by the
+/// binary, when the cluster has TLS).
+pub static TLS: std::sync::OnceLock<corekv_net::tls::ClientTls> = std::sync::OnceLock::new();
+
+/// Client settings for `endpoints` with the driver's login and TLS.
 pub fn client_config(endpoints: Vec<String>) -> corekv_net::ClientConfig {
     let mut cfg = corekv_net::ClientConfig::new(endpoints);
     cfg.credentials = LOGIN.get().cloned();
+    cfg.tls = TLS.get().cloned();
     cfg
 }
 use crate::workload::{KeyDist, KeyPicker, KeyTable, Mix};

@@ -28,7 +28,7 @@ pub(super) fn read_frame_with_fields(
 }
 
 pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: crate::tls::SyncStream,
     pub(crate) frames: FrameBuffer,
 }
 
@@ -37,6 +37,7 @@ impl Conn {
     /// came in that time.
     pub(crate) fn read_more(&mut self, wait: Duration) -> std::result::Result<bool, String> {
         self.stream
+            .tcp()
             .set_read_timeout(Some(wait))
             .map_err(|e| e.to_string())?;
         let spare = self.frames.spare(64 * 1024);

@@ -74,6 +74,9 @@ pub struct ClientConfig {
     pub shard_aware: bool,
     /// Logs in with these on every connection (None: anonymous).
     pub credentials: Option<Credentials>,
+    /// TLS to every node (None: plain TCP). Nodes are verified against
+    /// the CA and the host dialed.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// A user and its token, given in each connection's `Hello`.
@@ -110,6 +113,7 @@ impl ClientConfig {
             system: false,
             shard_aware: true,
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -369,9 +373,12 @@ impl Client {
             if budget.is_zero() {
                 return Err("deadline passed".into());
             }
-            let mut stream =
+            let tcp =
                 TcpStream::connect_timeout(&sa, budget).map_err(|e| format!("{addr}: {e}"))?;
-            stream.set_nodelay(true).ok();
+            tcp.set_nodelay(true).ok();
+            // The TLS handshake gets what is left of the connect budget.
+            tcp.set_read_timeout(Some(budget)).ok();
+            let mut stream = crate::tls::SyncStream::dial(tcp, addr, self.cfg.tls.as_ref())?;
             let creds = self
                 .cfg
                 .credentials
@@ -387,7 +394,16 @@ impl Client {
             // The hello must come back quickly: a node that accepts but does
             // not answer (paused, overloaded) is not worth the whole budget.
             let hello_deadline = deadline.min(Instant::now() + self.cfg.connect_timeout);
-            match read_frame(&mut conn, hello_deadline)? {
+            let plain = self.cfg.tls.is_none();
+            let hello = read_frame(&mut conn, hello_deadline).map_err(|e| {
+                // A node with TLS closes plain connections without a word.
+                if plain && e.contains("closed by the server") {
+                    format!("{addr}: {e} (if the cluster serves TLS, give its CA: --tls-ca)")
+                } else {
+                    format!("{addr}: {e}")
+                }
+            })?;
+            match hello {
                 Frame::Hello { shard_ports, .. } => {
                     self.shard_ports.insert(addr.to_string(), shard_ports);
                 }

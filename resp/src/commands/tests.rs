@@ -18,6 +18,8 @@ fn test_config() -> RespConfig {
         limits: Default::default(),
         view: Default::default(),
         gate: corekv_net::auth::Gate::open(),
+        tls: None,
+        dial_tls: None,
     }
 }
 

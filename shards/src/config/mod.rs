@@ -189,6 +189,24 @@ pub struct ServerArgs {
     /// 127.0.0.1 and ::1 with an error that says how to turn it on.
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub insecure: Option<bool>,
+    /// This node's TLS certificate chain (PEM, leaf first). With
+    /// --tls-key and --tls-ca, every port but metrics speaks TLS: client,
+    /// shard, Redis and peer. The certificate names the node as the DNS
+    /// name `node-<id>.corekv` (peers check it) and the addresses clients
+    /// dial (IP or DNS). Default: none (plain TCP, with a warning).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the nodes' certificates and, with
+    /// --tls-client-auth, the clients'.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: client connections (native, shard and Redis ports) must
+    /// present a certificate signed by --tls-ca. Lifts protected mode.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub tls_client_auth: Option<bool>,
 }
 
 /// Validated settings of a node.
@@ -246,6 +264,10 @@ pub struct NodeConfig {
     pub node_key: Option<String>,
     /// Protected mode off (`--insecure`).
     pub insecure: bool,
+    /// TLS files (`--tls-cert`, `--tls-key`, `--tls-ca`), if given.
+    pub tls: Option<corekv_net::tls::TlsFiles>,
+    /// Clients must present a certificate (`--tls-client-auth`).
+    pub tls_client_auth: bool,
 }
 
 /// Where each shard's own client port comes from (`--shard-ports`).
@@ -428,7 +450,11 @@ impl ServerArgs {
             log_level,
             join,
             auth_key_file,
-            insecure
+            insecure,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            tls_client_auth
         ))
     }
 
@@ -610,6 +636,19 @@ impl ServerArgs {
             .as_deref()
             .map(read_node_key)
             .transpose()?;
+        let tls = match (self.tls_cert, self.tls_key, self.tls_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(corekv_net::tls::TlsFiles { cert, key, ca }),
+            _ => {
+                return Err(
+                    "--tls-cert, --tls-key and --tls-ca go together: give all three or none".into(),
+                )
+            }
+        };
+        let tls_client_auth = self.tls_client_auth.unwrap_or(false);
+        if tls_client_auth && tls.is_none() {
+            return Err("--tls-client-auth needs --tls-cert, --tls-key and --tls-ca".into());
+        }
         Ok(NodeConfig {
             node_id,
             data_dir,
@@ -637,6 +676,8 @@ impl ServerArgs {
             placement_min_load,
             node_key,
             insecure: self.insecure.unwrap_or(false),
+            tls,
+            tls_client_auth,
         })
     }
 }

@@ -71,6 +71,7 @@ fn pass(node: &Arc<NodeShared>, policy: &Policy) -> bool {
     let mut cfg = ClientConfig::new(addrs);
     cfg.request_timeout = Duration::from_secs(2);
     cfg.credentials = node.auth.node_credentials();
+    cfg.tls = node.dial_tls();
     let Ok(mut client) = Client::connect(cfg) else {
         return false;
     };

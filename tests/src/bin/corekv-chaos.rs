@@ -65,6 +65,10 @@ struct Args {
     /// write:*, and the cluster's checks log in as well.
     #[arg(long)]
     auth: bool,
+    /// TLS on every port (a throwaway CA in the cluster's directory): every
+    /// client, native and Redis, and every peer link speaks TLS.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn main() {
@@ -102,6 +106,7 @@ fn main() {
             .unwrap_or_else(|| std::env::temp_dir().join(format!("corekv-chaos-{seed}.txt"))),
         break_reads: a.break_reads,
         auth: a.auth,
+        tls: a.tls,
         progress: true,
         ..ChaosOptions::default()
     };

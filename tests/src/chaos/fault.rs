@@ -110,7 +110,7 @@ pub(super) fn during(
                 let addr = cluster.nodes[victim].client_addr.clone();
                 let deadline = Instant::now() + Duration::from_secs(20);
                 let login = cluster.node_login();
-                while !corekv_tools::dev::node_answers_as(&addr, login.clone())
+                while !corekv_tools::dev::node_answers_with(&addr, login.clone(), super::tls())
                     && Instant::now() < deadline
                 {
                     if let Some((n, status)) = cluster.exited() {

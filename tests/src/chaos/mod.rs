@@ -205,6 +205,8 @@ pub struct ChaosOptions {
     pub break_reads: bool,
     /// Authentication on: every client logs in (see [`login_config`]).
     pub auth: bool,
+    /// TLS on every port: every client (native and Redis) speaks TLS.
+    pub tls: bool,
     /// Print progress on stderr.
     pub progress: bool,
 }
@@ -215,6 +217,13 @@ static LOGIN: std::sync::RwLock<Option<corekv_net::Credentials>> = std::sync::Rw
 static ADMIN_LOGIN: std::sync::RwLock<Option<corekv_net::Credentials>> =
     std::sync::RwLock::new(None);
 
+/// TLS of every client of this run (set by [`run`] when `tls` is on).
+static TLS: std::sync::RwLock<Option<corekv_net::tls::ClientTls>> = std::sync::RwLock::new(None);
+
+pub(crate) fn tls() -> Option<corekv_net::tls::ClientTls> {
+    TLS.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 fn login() -> Option<corekv_net::Credentials> {
     LOGIN.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
@@ -223,6 +232,7 @@ fn login() -> Option<corekv_net::Credentials> {
 pub(crate) fn login_config(endpoints: Vec<String>) -> ClientConfig {
     let mut cfg = ClientConfig::new(endpoints);
     cfg.credentials = login();
+    cfg.tls = tls();
     cfg
 }
 
@@ -234,6 +244,7 @@ pub(crate) fn admin_config(endpoints: Vec<String>) -> ClientConfig {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    cfg.tls = tls();
     cfg
 }
 
@@ -256,6 +267,7 @@ impl Default for ChaosOptions {
             history_file: std::env::temp_dir().join("corekv-chaos-history.txt"),
             break_reads: false,
             auth: false,
+            tls: false,
             progress: true,
         }
     }
@@ -343,6 +355,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         metrics: false,
         resp: opts.resp_clients > 0,
         node_key: opts.auth,
+        tls: opts.tls,
     })?;
     let base_rules: Vec<String> = (0..opts.nodes)
         .map(|i| {
@@ -359,6 +372,10 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     cluster.wait_ready(Duration::from_secs(30))?;
     *LOGIN.write().unwrap_or_else(|e| e.into_inner()) = None;
     *ADMIN_LOGIN.write().unwrap_or_else(|e| e.into_inner()) = None;
+    *TLS.write().unwrap_or_else(|e| e.into_inner()) = cluster.client_tls();
+    if opts.tls && opts.progress {
+        eprintln!("corekv-chaos: TLS on every port; every client speaks TLS");
+    }
     if opts.auth {
         let root = std::fs::read_to_string(cluster.enable_auth()?)?;
         let root = corekv_net::Credentials {

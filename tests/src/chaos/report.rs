@@ -239,7 +239,13 @@ pub(super) fn check_replicas(
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            match crate::read_on_node_as(&addr, &route.region, key.as_bytes(), login.as_ref()) {
+            match crate::read_on_node_with(
+                &addr,
+                &route.region,
+                key.as_bytes(),
+                login.as_ref(),
+                super::tls().as_ref(),
+            ) {
                 Ok(got) if got == want => {}
                 Ok(got) => problems.push(format!(
                     "key {key}: node {} holds {}, the cluster {}",

@@ -17,7 +17,7 @@ enum Reply {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: corekv_net::tls::SyncStream,
     buf: Vec<u8>,
 }
 
@@ -29,6 +29,8 @@ impl Conn {
         // first unless the node itself is stuck (paused, cut off).
         stream.set_read_timeout(Some(Duration::from_secs(8)))?;
         stream.set_nodelay(true)?;
+        let stream = corekv_net::tls::SyncStream::dial(stream, addr, super::tls().as_ref())
+            .map_err(std::io::Error::other)?;
         let mut c = Conn {
             stream,
             buf: Vec::new(),

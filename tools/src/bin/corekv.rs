@@ -43,8 +43,34 @@ struct Cli {
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
+    /// Speak TLS to the nodes, trusting this CA bundle (PEM). `corekv dev
+    /// --tls` names its CA on the ready line (`ca=`).
+    #[arg(long, global = true, env = "COREKV_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for nodes that require one
+    /// (`--tls-client-auth`); with --tls-key.
+    #[arg(long, global = true, env = "COREKV_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "COREKV_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// TLS of every client this process makes (from --tls-ca, --tls-cert,
+/// --tls-key), set once in `main`.
+static TLS: std::sync::OnceLock<Option<corekv_net::tls::ClientTls>> = std::sync::OnceLock::new();
+
+fn client_tls(cli: &Cli) -> Result<Option<corekv_net::tls::ClientTls>, String> {
+    match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
+        (None, None, None) => Ok(None),
+        (None, _, _) => Err("--tls-cert and --tls-key need --tls-ca".into()),
+        (Some(ca), cert, key) => {
+            let identity = cert.as_deref().zip(key.as_deref());
+            corekv_net::tls::client_tls(ca, identity).map(Some)
+        }
+    }
 }
 
 /// Credentials of every client this process makes (from --user, --token,
@@ -77,6 +103,7 @@ fn client_config(endpoints: Vec<String>, timeout_ms: u64) -> ClientConfig {
     let mut cfg = ClientConfig::new(endpoints);
     cfg.request_timeout = Duration::from_millis(timeout_ms);
     cfg.credentials = CREDENTIALS.get().cloned().flatten();
+    cfg.tls = TLS.get().cloned().flatten();
     cfg
 }
 
@@ -174,6 +201,12 @@ enum Cmd {
         /// log in with `--token-file PATH`.
         #[arg(long)]
         auth: bool,
+        /// TLS on every port: a throwaway CA and node certificates go to
+        /// <data dir>/tls; the ready line names the CA (`ca=`), which the
+        /// CLI takes with `--tls-ca PATH` (and redis-cli with `--tls
+        /// --cacert PATH`).
+        #[arg(long)]
+        tls: bool,
         /// Flags for every server, after `--` (e.g. `-- --split-load-ops 20000`).
         #[arg(last = true)]
         server_args: Vec<String>,
@@ -538,6 +571,12 @@ fn main() -> ExitCode {
         }
         Err(e) => return fail(3, format!("error: {e}")),
     }
+    match client_tls(&cli) {
+        Ok(t) => {
+            let _ = TLS.set(t);
+        }
+        Err(e) => return fail(3, format!("error: {e}")),
+    }
     if let Cmd::Dev {
         nodes,
         data_dir,
@@ -545,6 +584,7 @@ fn main() -> ExitCode {
         shards,
         regions,
         auth,
+        tls,
         server_args,
     } = cli.cmd
     {
@@ -571,6 +611,7 @@ fn main() -> ExitCode {
             metrics: true,
             resp: true,
             node_key: auth,
+            tls,
         };
         return match run_dev(opts, auth) {
             Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,289 @@
+//! TLS on real clusters: every port speaks it, plain TCP and garbage close
+//! only their own connection, clients that do not trust the CA fail, peers
+//! must hold a certificate from the cluster's CA naming the node they claim
+//! to be, and mutual TLS refuses clients without a certificate.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use corekv_engine::Consistency;
+use corekv_net::peer_codec::encode_peer_hello;
+use corekv_net::tls::{client_tls, ClientTls, SyncStream};
+use corekv_net::{Client, PutOptions};
+use corekv_tests::{need_tool, TestCluster};
+use corekv_tools::certs::DevCa;
+
+fn tcp(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// True if the other side closed the connection (or broke it) within a
+/// few seconds, whatever it sent first (a TLS alert, say); false if it
+/// stayed open and silent.
+fn closed_by_server(s: &mut SyncStream) -> bool {
+    s.tcp()
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    for _ in 0..64 {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+    false
+}
+
+fn client_with(t: &TestCluster, tls: Option<ClientTls>) -> Result<Client, corekv_net::ClientError> {
+    let mut cfg = t.cluster.client_config();
+    cfg.tls = tls;
+    cfg.request_timeout = Duration::from_secs(2);
+    Client::connect(cfg)
+}
+
+fn tls_dir(t: &TestCluster) -> std::path::PathBuf {
+    t.cluster
+        .ca_file()
+        .expect("a TLS cluster has a CA")
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn redis_cli_tls(port: &str, ca: &Path, extra: &[&str], cmd: &[&str]) -> std::process::Output {
+    std::process::Command::new("redis-cli")
+        .args(["-p", port, "--tls", "--cacert"])
+        .arg(ca)
+        .args(extra)
+        .args(cmd)
+        .output()
+        .expect("redis-cli runs")
+}
+
+#[test]
+fn every_port_speaks_tls_and_refuses_what_does_not() {
+    need_tool("redis-cli");
+    let t = TestCluster::start_tls(3, 2, &[]);
+    let ca = t.cluster.ca_file().unwrap();
+
+    // A client that trusts the CA writes and reads (shard ports too: the
+    // client is shard-aware by default).
+    let mut c = t.client();
+    let v = c
+        .put(b"tls/k", b"v1", PutOptions::default())
+        .expect("put over TLS");
+    assert!(v > 0);
+    assert_eq!(
+        c.get(b"tls/k", Consistency::Linearizable)
+            .unwrap()
+            .unwrap()
+            .value
+            .as_ref(),
+        b"v1"
+    );
+
+    // Plain TCP to a TLS client port: closed, nothing answered; the error
+    // says what to do.
+    let e = client_with(&t, None).err().expect("plain client refused");
+    assert!(e.to_string().contains("--tls-ca"), "{e}");
+    let mut plain = SyncStream::Plain(tcp(&t.cluster.nodes[0].client_addr));
+    plain
+        .write_all(&corekv_net::message::encode_client_hello(None))
+        .unwrap();
+    assert!(closed_by_server(&mut plain), "plain hello on a TLS port");
+
+    // A client trusting another CA does not get through.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = DevCa::open_or_make(other_dir.path()).unwrap();
+    let wrong = client_tls(&other.ca_file(), None).unwrap();
+    let e = client_with(&t, Some(wrong))
+        .err()
+        .expect("wrong CA refused");
+    assert!(e.to_string().contains("TLS"), "{e}");
+
+    // Garbage where a handshake belongs closes that connection only, on
+    // the client and the Redis ports; the node goes on serving.
+    for addr in [
+        t.cluster.nodes[0].client_addr.clone(),
+        t.cluster.nodes[0].resp_addr.clone().unwrap(),
+    ] {
+        let mut g = SyncStream::Plain(tcp(&addr));
+        g.write_all(b"\x16\x03\x01\x00\x05garbage and more garbage\r\n")
+            .unwrap();
+        assert!(closed_by_server(&mut g), "garbage on {addr}");
+    }
+    let mut again = t.client_of(0);
+    assert_eq!(
+        again
+            .get(b"tls/k", Consistency::Linearizable)
+            .unwrap()
+            .unwrap()
+            .value
+            .as_ref(),
+        b"v1"
+    );
+
+    // A handshake that never finishes holds nothing forever: a silent
+    // connection is closed (HANDSHAKE_WAIT, 10 s).
+    let mut silent = SyncStream::Plain(tcp(&t.cluster.nodes[1].client_addr));
+    let started = Instant::now();
+    silent
+        .tcp()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut b = [0u8; 8];
+    let r = silent.read(&mut b);
+    assert!(
+        matches!(r, Ok(0)) || r.is_err() && started.elapsed() < Duration::from_secs(19),
+        "a silent connection stayed open: {r:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(5));
+
+    // Redis clients: redis-cli with --tls --cacert; without TLS refused.
+    let port = t.cluster.nodes[0]
+        .resp_addr
+        .as_ref()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = redis_cli_tls(&port, &ca, &[], &["SET", "tls/r", "from-redis"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "{out:?}");
+    let out = redis_cli_tls(&port, &ca, &[], &["GET", "tls/k"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1");
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "GET", "tls/k"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("v1"),
+        "plain redis-cli was served: {out:?}"
+    );
+    // redis-py over TLS.
+    let script = format!(
+        "import redis\nr = redis.Redis(port={port}, ssl=True, ssl_ca_certs='{}')\nprint(r.get('tls/r').decode())",
+        ca.display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "from-redis",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The peer port: a certificate from another CA does not get in; one
+    // from the cluster's CA must name the node its hello claims.
+    let peer = t.cluster.nodes[0].peer_addr.clone();
+    let (ocert, okey) = other.node(2, &[]).unwrap();
+    let outsider = client_tls(&ca, Some((&ocert, &okey))).unwrap();
+    let outsider_in = match SyncStream::dial(tcp(&peer), &peer, Some(&outsider)) {
+        Err(_) => false,
+        Ok(mut s) => {
+            let _ = s.write_all(&encode_peer_hello(2, 2, &t.cluster.nodes[1].client_addr));
+            let _ = s.flush();
+            !closed_by_server(&mut s)
+        }
+    };
+    assert!(
+        !outsider_in,
+        "a certificate from another CA reached the peer port"
+    );
+    let ours = DevCa::open_or_make(&tls_dir(&t)).unwrap();
+    let (cert2, key2) = ours.node(2, &[]).unwrap();
+    let node2 = client_tls(&ca, Some((&cert2, &key2))).unwrap();
+    // Claiming to be node 3 with node 2's certificate: dropped.
+    let mut s = SyncStream::dial(tcp(&peer), &peer, Some(&node2)).unwrap();
+    s.write_all(&encode_peer_hello(3, 2, &t.cluster.nodes[2].client_addr))
+        .unwrap();
+    s.flush().unwrap();
+    assert!(
+        closed_by_server(&mut s),
+        "node 2's certificate posed as node 3"
+    );
+    // As itself it is let in (the connection stays open): the check above
+    // is about the name, not about every connection.
+    let mut s = SyncStream::dial(tcp(&peer), &peer, Some(&node2)).unwrap();
+    s.write_all(&encode_peer_hello(2, 2, &t.cluster.nodes[1].client_addr))
+        .unwrap();
+    s.flush().unwrap();
+    assert!(!closed_by_server(&mut s), "node 2 refused as itself");
+    drop(s);
+
+    // The cluster itself still works over its TLS peer links.
+    let mut c = t.client();
+    c.put(b"tls/after", b"ok", PutOptions::default()).unwrap();
+    assert_eq!(
+        c.get(b"tls/after", Consistency::Linearizable)
+            .unwrap()
+            .unwrap()
+            .value
+            .as_ref(),
+        b"ok"
+    );
+}
+
+#[test]
+fn mutual_tls_refuses_clients_without_a_certificate() {
+    need_tool("redis-cli");
+    let t = TestCluster::start_tls(3, 1, &["--tls-client-auth"]);
+    let ca = t.cluster.ca_file().unwrap();
+    // The cluster's client certificate: served.
+    let mut c = t.client();
+    c.put(b"mtls/k", b"v", PutOptions::default()).unwrap();
+    // Trusting the CA but presenting no certificate: refused.
+    let bare = client_tls(&ca, None).unwrap();
+    assert!(
+        client_with(&t, Some(bare)).is_err(),
+        "no client certificate"
+    );
+    // A certificate from another CA: refused.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = DevCa::open_or_make(other_dir.path()).unwrap();
+    let (oc, ok) = other.client().unwrap();
+    let foreign = client_tls(&ca, Some((&oc, &ok))).unwrap();
+    assert!(
+        client_with(&t, Some(foreign)).is_err(),
+        "foreign certificate"
+    );
+    // redis-cli with and without the client certificate.
+    let port = t.cluster.nodes[0]
+        .resp_addr
+        .as_ref()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let dir = tls_dir(&t);
+    let cert = dir.join(corekv_tools::certs::CLIENT_CERT_FILE);
+    let key = dir.join(corekv_tools::certs::CLIENT_KEY_FILE);
+    let out = redis_cli_tls(
+        &port,
+        &ca,
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        &["GET", "mtls/k"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v", "{out:?}");
+    let out = redis_cli_tls(&port, &ca, &[], &["GET", "mtls/k"]);
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "v", "{out:?}");
+}
