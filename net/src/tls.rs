@@ -220,48 +220,38 @@ impl<S> Stream<S> {
     }
 }
 
+/// `hs`, or a `TimedOut` error once [`HANDSHAKE_WAIT`] has passed.
+async fn within_wait<T>(
+    hs: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let hs = async { hs.await.map(Some) };
+    let timeout = async {
+        glommio::timer::sleep(HANDSHAKE_WAIT).await;
+        Ok(None)
+    };
+    futures_lite::future::or(hs, timeout)
+        .await?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
+}
+
 /// Accepts a TLS connection on `stream` within [`HANDSHAKE_WAIT`].
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     acceptor: &TlsAcceptor,
     stream: S,
 ) -> std::io::Result<Stream<S>> {
-    let hs = async { acceptor.accept(stream).await.map(|s| Some(Box::new(s))) };
-    let timeout = async {
-        glommio::timer::sleep(HANDSHAKE_WAIT).await;
-        Ok(None)
-    };
-    match futures_lite::future::or(hs, timeout).await? {
-        Some(s) => Ok(Stream::Server(s)),
-        None => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "TLS handshake timed out",
-        )),
-    }
+    let s = within_wait(acceptor.accept(stream)).await?;
+    Ok(Stream::Server(Box::new(s)))
 }
 
-/// Dials TLS over `stream`, verifying the other side as `name`.
+/// Dials TLS over `stream`, verifying the other side as `name`, within
+/// [`HANDSHAKE_WAIT`].
 pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     tls: &ClientTls,
     name: ServerName<'static>,
     stream: S,
 ) -> std::io::Result<Stream<S>> {
-    let hs = async {
-        TlsConnector::from(tls.0.clone())
-            .connect(name, stream)
-            .await
-            .map(|s| Some(Box::new(s)))
-    };
-    let timeout = async {
-        glommio::timer::sleep(HANDSHAKE_WAIT).await;
-        Ok(None)
-    };
-    match futures_lite::future::or(hs, timeout).await? {
-        Some(s) => Ok(Stream::Client(s)),
-        None => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "TLS handshake timed out",
-        )),
-    }
+    let s = within_wait(TlsConnector::from(tls.0.clone()).connect(name, stream)).await?;
+    Ok(Stream::Client(Box::new(s)))
 }
 
 macro_rules! each {

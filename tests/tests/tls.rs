@@ -60,6 +60,12 @@ fn tls_dir(t: &TestCluster) -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// Node 1's Redis port.
+fn resp_port(t: &TestCluster) -> String {
+    let addr = t.cluster.nodes[0].resp_addr.as_ref().unwrap();
+    addr.rsplit(':').next().unwrap().to_string()
+}
+
 fn redis_cli_tls(port: &str, ca: &Path, extra: &[&str], cmd: &[&str]) -> std::process::Output {
     std::process::Command::new("redis-cli")
         .args(["-p", port, "--tls", "--cacert"])
@@ -150,14 +156,7 @@ fn every_port_speaks_tls_and_refuses_what_does_not() {
     assert!(started.elapsed() >= Duration::from_secs(5));
 
     // Redis clients: redis-cli with --tls --cacert; without TLS refused.
-    let port = t.cluster.nodes[0]
-        .resp_addr
-        .as_ref()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let port = resp_port(&t);
     let out = redis_cli_tls(&port, &ca, &[], &["SET", "tls/r", "from-redis"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "{out:?}");
     let out = redis_cli_tls(&port, &ca, &[], &["GET", "tls/k"]);
@@ -261,14 +260,7 @@ fn mutual_tls_refuses_clients_without_a_certificate() {
         "foreign certificate"
     );
     // redis-cli with and without the client certificate.
-    let port = t.cluster.nodes[0]
-        .resp_addr
-        .as_ref()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let port = resp_port(&t);
     let dir = tls_dir(&t);
     let cert = dir.join(corekv_tools::certs::CLIENT_CERT_FILE);
     let key = dir.join(corekv_tools::certs::CLIENT_KEY_FILE);
@@ -286,4 +278,82 @@ fn mutual_tls_refuses_clients_without_a_certificate() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v", "{out:?}");
     let out = redis_cli_tls(&port, &ca, &[], &["GET", "mtls/k"]);
     assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "v", "{out:?}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn ten_thousand_connections_that_never_log_in_are_bounded_and_hold_no_one_up() {
+    // Two shards: the node's client port spreads connections over both
+    // (each takes up to --connections-max, 10,000 by default).
+    let t = TestCluster::start_tls(3, 2, &[]);
+    let root = std::fs::read_to_string(t.cluster.enable_auth().unwrap()).unwrap();
+    let addr = t.cluster.nodes[0].client_addr.clone();
+    let pid = t.cluster.pid(0).expect("running");
+    let rss_before = rss_kib(pid);
+    let mut cfg = t.cluster.client_config();
+    cfg.endpoints = vec![addr.clone()];
+    cfg.credentials = Some(corekv_net::Credentials {
+        user: corekv_net::auth::ROOT_USER.into(),
+        token: root.trim().into(),
+    });
+    let mut good = Client::connect(cfg.clone()).unwrap();
+    good.put(b"held/k", b"v", PutOptions::default()).unwrap();
+
+    // 10,000 connections that never start their handshake, let alone log in.
+    let mut idle = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        idle.push(TcpStream::connect(&addr).unwrap());
+    }
+    // A new client, TLS and logged in, is served meanwhile, and so is the
+    // one already open.
+    let mut fresh = Client::connect(cfg).unwrap();
+    assert_eq!(
+        fresh
+            .get(b"held/k", Consistency::Linearizable)
+            .unwrap()
+            .unwrap()
+            .value
+            .as_ref(),
+        b"v"
+    );
+    good.put(b"held/k", b"v2", PutOptions::default()).unwrap();
+    let grown = rss_kib(pid).saturating_sub(rss_before);
+    eprintln!(
+        "10,000 silent connections: server RSS grew {} MiB",
+        grown / 1024
+    );
+    assert!(grown < 512 * 1024, "server RSS grew {grown} KiB");
+
+    // They hold nothing for long: the handshake wait closes every one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in idle.iter_mut().step_by(100) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut b = [0u8; 8];
+        let r = s.read(&mut b);
+        assert!(
+            matches!(r, Ok(0))
+                || r.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a silent connection stayed open: {r:?}"
+        );
+    }
+    drop(idle);
+    assert_eq!(
+        good.get(b"held/k", Consistency::Linearizable)
+            .unwrap()
+            .unwrap()
+            .value
+            .as_ref(),
+        b"v2"
+    );
 }
