@@ -130,6 +130,17 @@ for n in 1 3; do
     run "ports-$n-off" --workload read-only --nodes "$n" --shards 2 --no-shard-ports
 done
 
+# Authentication and TLS: the same reads and writes with every connection
+# logged in (--auth), and with TLS on every port and peer link (--tls),
+# beside runs without either, alternated (plain, auth, tls; twice).
+for w in read-only write-only; do
+    for i in 1 2; do
+        run "sec-plain-$w-$i" --workload "$w" --shards "$shards"
+        run "sec-auth-$w-$i" --workload "$w" --shards "$shards" --auth
+        run "sec-tls-$w-$i" --workload "$w" --shards "$shards" --tls
+    done
+done
+
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 cores=$(nproc)
 mem=$(free -g | awk '/Mem:/ {print $2}')
@@ -222,6 +233,26 @@ row() { # key label
         c=$(field "${R[corekv-$w]}" 'd["ops_per_sec"]')
         r=$(field "${R[redis-$w]}" 'd["ops_per_sec"]')
         echo "| $w | $(python3 -c "print(f'{$c/$r:.2f}')") |"
+    done
+    echo
+    echo "## Authentication and TLS"
+    echo
+    echo "The same workload with every connection logged in (\`--auth\`: root's"
+    echo "login, each request checked against its roles) and with TLS on every"
+    echo "port and peer link (\`--tls\`: a throwaway CA, TLS 1.3), beside runs"
+    echo "with neither; alternated, two runs each, means."
+    echo
+    echo "| workload | plain ops/s | auth ops/s | auth / plain | TLS ops/s | TLS / plain | server CPU µs/op plain / auth / TLS |"
+    echo "|---|---|---|---|---|---|---|"
+    for w in read-only write-only; do
+        mean_of() { python3 -c "import json,sys; v=[json.loads(a)[sys.argv[1]] for a in sys.argv[2:]]; v=[x for x in v if x is not None]; print(sum(v)/len(v) if v else 0)" "$@"; }
+        p=$(mean_of ops_per_sec "${R[sec-plain-$w-1]}" "${R[sec-plain-$w-2]}")
+        a=$(mean_of ops_per_sec "${R[sec-auth-$w-1]}" "${R[sec-auth-$w-2]}")
+        t=$(mean_of ops_per_sec "${R[sec-tls-$w-1]}" "${R[sec-tls-$w-2]}")
+        pc=$(mean_of server_cpu_us_per_op "${R[sec-plain-$w-1]}" "${R[sec-plain-$w-2]}")
+        ac=$(mean_of server_cpu_us_per_op "${R[sec-auth-$w-1]}" "${R[sec-auth-$w-2]}")
+        tc=$(mean_of server_cpu_us_per_op "${R[sec-tls-$w-1]}" "${R[sec-tls-$w-2]}")
+        echo "| $w | $(python3 -c "print(int($p))") | $(python3 -c "print(int($a))") | $(python3 -c "print(f'{$a/$p:.2f}')") | $(python3 -c "print(int($t))") | $(python3 -c "print(f'{$t/$p:.2f}')") | $(python3 -c "print(f'{$pc:.1f} / {$ac:.1f} / {$tc:.1f}')") |"
     done
     echo
     echo "## One hot region, before and after splitting by load"
