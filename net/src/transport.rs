@@ -406,6 +406,16 @@ async fn peer_connection(
                     from = node_id;
                     handler.on_peer(node_id, shard_count, client_addr);
                 }
+                // Over TLS, every message must come from the node the
+                // certificate names: one node's certificate cannot speak
+                // for another.
+                Ok(PeerFrame::Raft(envs))
+                    if greeted
+                        && !matches!(stream, crate::tls::Stream::Plain(_))
+                        && envs.iter().any(|e| e.from_node != from) =>
+                {
+                    return
+                }
                 Ok(PeerFrame::Raft(envs)) if greeted => {
                     // An empty batch is a greeting (`Transport::greet`).
                     if !envs.is_empty() && !faults.borrow().blocks_from(from) {

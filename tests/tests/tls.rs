@@ -221,7 +221,25 @@ fn every_port_speaks_tls_and_refuses_what_does_not() {
         .unwrap();
     s.flush().unwrap();
     assert!(!closed_by_server(&mut s), "node 2 refused as itself");
-    drop(s);
+    // Greeted as itself, it cannot then send messages in node 3's name.
+    let mut forged = raft::eraftpb::Message::default();
+    forged.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    let env = corekv_engine::RaftEnvelope {
+        region_id: 1,
+        from_node: 3,
+        to_node: 1,
+        message: forged,
+        removed_at: 0,
+        epoch: Default::default(),
+        control: Default::default(),
+    };
+    s.write_all(&corekv_net::peer_codec::encode_raft_batch(&[env]))
+        .unwrap();
+    s.flush().unwrap();
+    assert!(
+        closed_by_server(&mut s),
+        "node 2's connection sent a message as node 3"
+    );
 
     // The cluster itself still works over its TLS peer links.
     let mut c = t.client();
