@@ -316,6 +316,16 @@ impl TestCluster {
     }
 }
 
+/// Resident memory of process `pid`, KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Fails the test unless `tool` is on PATH (`.ci/run` installs what the
 /// tests need: redis-tools, redis-py).
 pub fn need_tool(tool: &str) {

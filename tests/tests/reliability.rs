@@ -205,15 +205,6 @@ fn reset_on_close(s: &std::net::TcpStream) {
     assert_eq!(rc, 0, "SO_LINGER");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn abusive_clients_do_not_stop_the_server_serving_others() {
     let t = TestCluster::start(3, 2, &[]);
@@ -237,12 +228,12 @@ fn abusive_clients_do_not_stop_the_server_serving_others() {
     eprintln!(
         "10,000 idle connections: a new client served in {:?}; server RSS {} MiB",
         started.elapsed(),
-        rss_kib(pid) / 1024
+        corekv_tests::rss_kib(pid) / 1024
     );
     assert!(
-        rss_kib(pid) < 1024 * 1024,
+        corekv_tests::rss_kib(pid) < 1024 * 1024,
         "server RSS {} KiB",
-        rss_kib(pid)
+        corekv_tests::rss_kib(pid)
     );
     // Closed with a reset: 10,000 sockets in TIME_WAIT would hold ports that
     // later tests bind.
@@ -285,7 +276,7 @@ fn abusive_clients_do_not_stop_the_server_serving_others() {
     // Everyone else is still served, and memory stayed bounded.
     let mut fresh = t.client_of(0);
     assert_still_serves(&mut fresh);
-    let rss = rss_kib(pid);
+    let rss = corekv_tests::rss_kib(pid);
     eprintln!("after the abuse: server RSS {} MiB", rss / 1024);
     assert!(rss < 1024 * 1024, "server RSS {rss} KiB");
     drop(rude);

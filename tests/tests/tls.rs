@@ -298,15 +298,6 @@ fn mutual_tls_refuses_clients_without_a_certificate() {
     assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "v", "{out:?}");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn ten_thousand_connections_that_never_log_in_are_bounded_and_hold_no_one_up() {
     // Two shards: the node's client port spreads connections over both
@@ -315,7 +306,7 @@ fn ten_thousand_connections_that_never_log_in_are_bounded_and_hold_no_one_up() {
     let root = std::fs::read_to_string(t.cluster.enable_auth().unwrap()).unwrap();
     let addr = t.cluster.nodes[0].client_addr.clone();
     let pid = t.cluster.pid(0).expect("running");
-    let rss_before = rss_kib(pid);
+    let rss_before = corekv_tests::rss_kib(pid);
     let mut cfg = t.cluster.client_config();
     cfg.endpoints = vec![addr.clone()];
     cfg.credentials = Some(corekv_net::Credentials {
@@ -343,7 +334,7 @@ fn ten_thousand_connections_that_never_log_in_are_bounded_and_hold_no_one_up() {
         b"v"
     );
     good.put(b"held/k", b"v2", PutOptions::default()).unwrap();
-    let grown = rss_kib(pid).saturating_sub(rss_before);
+    let grown = corekv_tests::rss_kib(pid).saturating_sub(rss_before);
     eprintln!(
         "10,000 silent connections: server RSS grew {} MiB",
         grown / 1024
