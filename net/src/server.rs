@@ -287,6 +287,8 @@ async fn accept(listener: TcpListener, ctx: Rc<Accepting>) {
         ctx.next_id.set(id + 1);
         ctx.open.set(ctx.open.get() + 1);
         let ctx = ctx.clone();
+        // The handshake and the hello share one wait from the accept.
+        let hello_by = std::time::Instant::now() + HELLO_WAIT;
         glommio::spawn_local(async move {
             let peer = stream.peer_addr().ok();
             // The handshake holds a connection slot and is bounded in time;
@@ -295,9 +297,9 @@ async fn accept(listener: TcpListener, ctx: Rc<Accepting>) {
                 None => Some(tls::Stream::Plain(stream)),
                 Some(cfg) => {
                     let acceptor = tls::TlsAcceptor::from(cfg.clone());
-                    match tls::accept(&acceptor, stream).await {
-                        Ok(s) => Some(s),
-                        Err(_) => {
+                    match tls::by_deadline(hello_by, tls::accept(&acceptor, stream)).await {
+                        Some(Ok(s)) => Some(s),
+                        _ => {
                             ctx.info
                                 .gate
                                 .stats
@@ -309,7 +311,7 @@ async fn accept(listener: TcpListener, ctx: Rc<Accepting>) {
                 }
             };
             if let Some(stream) = stream {
-                connection(stream, peer, id, &ctx).await;
+                connection(stream, peer, id, hello_by, &ctx).await;
             }
             ctx.handler.on_close(id);
             ctx.open.set(ctx.open.get() - 1);
@@ -332,6 +334,7 @@ async fn connection(
     stream: tls::Stream<TcpStream>,
     peer: Option<std::net::SocketAddr>,
     id: u64,
+    hello_by: std::time::Instant,
     ctx: &Accepting,
 ) {
     let (info, limits, handler) = (&ctx.info, &ctx.limits, &ctx.handler);
@@ -393,7 +396,6 @@ async fn connection(
 
     let mut frames = FrameBuffer::new(limits.frame_bytes_max);
     let mut greeted = false;
-    let hello_by = std::time::Instant::now() + HELLO_WAIT;
     let mut principal = Principal::Anonymous;
     // Read size adapts: small for idle or chatty clients, up to 256 KiB for
     // clients that send large batches.
@@ -418,12 +420,7 @@ async fn connection(
             Some(read.await)
         } else {
             // A connection that does not say hello in time holds no slot.
-            let left = hello_by.saturating_duration_since(std::time::Instant::now());
-            futures_lite::future::or(async { Some(read.await) }, async {
-                glommio::timer::sleep(left).await;
-                None
-            })
-            .await
+            tls::by_deadline(hello_by, read).await
         };
         let n = match got {
             Some(Ok(0)) | Some(Err(_)) | None => {
@@ -566,7 +563,8 @@ async fn login(gate: &Gate, user: &str, token: &str) -> Result<Principal, WireEr
     }
 }
 
-/// How long a new connection has to send its hello (and log in).
+/// How long a new connection has, from the accept, to finish its TLS
+/// handshake and send its hello (and log in).
 pub const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Shard-local registry of open connections, for routing answers back.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use rustls::pki_types::pem::PemObject;
@@ -198,6 +198,39 @@ pub fn certifies_node(certs: &[CertificateDer<'_>], node_id: u64) -> bool {
         .is_ok_and(|p| rustls::client::verify_server_name(&p, &name).is_ok())
 }
 
+/// The nodes a certificate names for the peer port (`node-<id>.corekv` among
+/// its DNS names), for a peer's leaf certificate: empty for a client's.
+pub fn certified_nodes(certs: &[CertificateDer<'_>]) -> Vec<u64> {
+    let Some(leaf) = certs.first() else {
+        return Vec::new();
+    };
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return Vec::new();
+    };
+    cert.valid_dns_names()
+        .filter_map(|n| {
+            n.strip_prefix("node-")?
+                .strip_suffix(".corekv")?
+                .parse()
+                .ok()
+        })
+        .filter(|&id| id > 0)
+        .collect()
+}
+
+/// `f`'s output, or None once `deadline` has passed.
+pub async fn by_deadline<T>(
+    deadline: Instant,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    futures_lite::future::or(async { Some(f.await) }, async {
+        glommio::timer::sleep(left).await;
+        None
+    })
+    .await
+}
+
 /// An async connection, plain or TLS (glommio's sockets and the like).
 pub enum Stream<S> {
     /// No TLS.
@@ -224,14 +257,13 @@ impl<S> Stream<S> {
 async fn within_wait<T>(
     hs: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> std::io::Result<T> {
-    let hs = async { hs.await.map(Some) };
-    let timeout = async {
-        glommio::timer::sleep(HANDSHAKE_WAIT).await;
-        Ok(None)
-    };
-    futures_lite::future::or(hs, timeout)
-        .await?
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))
+    by_deadline(Instant::now() + HANDSHAKE_WAIT, hs)
+        .await
+        .unwrap_or_else(|| Err(timed_out()))
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
 }
 
 /// Accepts a TLS connection on `stream` within [`HANDSHAKE_WAIT`].
@@ -340,30 +372,70 @@ impl SyncStream {
     }
 }
 
+/// Drives `conn`'s handshake over `sock`, all of it within the socket's
+/// read timeout (or [`HANDSHAKE_WAIT`] when none is set): every read and
+/// write gets only the time left, so a peer that sends a byte at a time
+/// cannot stretch it.
 fn handshake<C, D>(conn: &mut C, sock: &mut TcpStream) -> std::io::Result<()>
 where
     C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
     D: rustls::SideData,
 {
-    let before = sock.read_timeout()?;
-    sock.set_read_timeout(Some(before.unwrap_or(HANDSHAKE_WAIT)))?;
-    let deadline = std::time::Instant::now() + before.unwrap_or(HANDSHAKE_WAIT);
+    let (before_r, before_w) = (sock.read_timeout()?, sock.write_timeout()?);
+    let mut io = Deadlined {
+        sock,
+        deadline: Instant::now() + before_r.unwrap_or(HANDSHAKE_WAIT),
+    };
     let mut result = Ok(());
     while conn.is_handshaking() {
-        if std::time::Instant::now() >= deadline {
-            result = Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "TLS handshake timed out",
-            ));
-            break;
-        }
-        if let Err(e) = conn.complete_io(sock) {
-            result = Err(e);
+        if let Err(e) = conn.complete_io(&mut io) {
+            // A socket timeout reads as WouldBlock.
+            result = Err(match e.kind() {
+                std::io::ErrorKind::WouldBlock => timed_out(),
+                _ => e,
+            });
             break;
         }
     }
-    sock.set_read_timeout(before)?;
+    io.sock.set_read_timeout(before_r)?;
+    io.sock.set_write_timeout(before_w)?;
     result
+}
+
+/// A socket whose reads and writes fail with `TimedOut` past `deadline`.
+struct Deadlined<'a> {
+    sock: &'a mut TcpStream,
+    deadline: Instant,
+}
+
+impl Deadlined<'_> {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.sock.set_read_timeout(Some(left))?;
+        self.sock.read(buf)
+    }
+}
+
+impl Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.sock.set_write_timeout(Some(left))?;
+        self.sock.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sock.flush()
+    }
 }
 
 impl Read for SyncStream {

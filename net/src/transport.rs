@@ -224,6 +224,12 @@ impl Transport {
         );
         let mut stream: Option<crate::tls::Stream<TcpStream>> = None;
         let mut delay = self.cfg.backoff_base;
+        // When the current connection was made: one that breaks sooner
+        // than LINK_STABLE (the other side refused it: over TLS 1.3 a
+        // refused certificate shows only as a broken connection) counts as
+        // a failed dial, so a refusing peer is redialed with backoff, not
+        // once per frame.
+        let mut connected_at = Instant::now();
         // A frame taken while gathering a batch that must wait (an injected
         // delay): it starts the next turn.
         let mut held: Option<Outgoing> = None;
@@ -239,7 +245,7 @@ impl Transport {
                 if let Some(mut s) = self.dial(to_node, addr).await {
                     if s.write_all(&hello).await.is_ok() && s.flush().await.is_ok() {
                         stream = Some(s);
-                        delay = self.cfg.backoff_base;
+                        connected_at = Instant::now();
                     }
                 }
             }
@@ -292,8 +298,15 @@ impl Transport {
                 e => e,
             };
             let written = result.is_ok();
+            let mut pause = None;
             if !written {
                 stream = None;
+                if connected_at.elapsed() < LINK_STABLE {
+                    pause = Some(delay);
+                    delay = (delay * 2).min(self.cfg.backoff_max);
+                } else {
+                    delay = self.cfg.backoff_base;
+                }
             }
             for out in batch {
                 if written {
@@ -307,9 +320,16 @@ impl Transport {
                     self.handler.on_report(out.tracked, written);
                 }
             }
+            if let Some(pause) = pause {
+                glommio::timer::sleep(pause).await;
+            }
         }
     }
 }
+
+/// How long a peer connection must last for its loss to count as a broken
+/// link (redialed at once) rather than a refusal (redialed with backoff).
+const LINK_STABLE: Duration = Duration::from_secs(1);
 
 impl Transport {
     /// A connection to `to_node` at `addr`, TLS when configured (the other
@@ -327,9 +347,19 @@ impl Transport {
     }
 }
 
+/// Peer connections a listener holds that have not said hello yet (TCP,
+/// TLS handshake, greeting); past it new connections are closed at once.
+pub const PEER_PENDING_MAX: usize = 128;
+/// Peer connections a listener holds in all.
+pub const PEER_CONNECTIONS_MAX: usize = 4096;
+/// How long, from the accept, a peer connection has to finish its TLS
+/// handshake and say hello.
+pub const PEER_HELLO_WAIT: Duration = Duration::from_secs(10);
+
 /// Accepts raft connections from other nodes until the listener fails;
-/// with `tls`, each must present a certificate from the CA naming the node
-/// its hello claims to be.
+/// each is read on its own task. Over TLS the peer's certificate must come
+/// from the CA and name a node (`node-<id>.corekv`), and its hello must
+/// name that node.
 pub async fn serve_peers(
     listener: TcpListener,
     frame_bytes_max: usize,
@@ -337,6 +367,7 @@ pub async fn serve_peers(
     faults: Rc<RefCell<FaultRules>>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    let counts = Rc::new(PeerCounts::default());
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -345,22 +376,75 @@ pub async fn serve_peers(
                 continue;
             }
         };
+        if counts.pending.get() >= PEER_PENDING_MAX || counts.open.get() >= PEER_CONNECTIONS_MAX {
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
+        let hello_by = Instant::now() + PEER_HELLO_WAIT;
+        let slot = PeerSlot::new(counts.clone());
         let (handler, faults, tls) = (handler.clone(), faults.clone(), tls.clone());
         glommio::spawn_local(async move {
             let stream = match tls {
                 None => crate::tls::Stream::Plain(stream),
                 Some(cfg) => {
                     let acceptor = crate::tls::TlsAcceptor::from(cfg);
-                    match crate::tls::accept(&acceptor, stream).await {
-                        Ok(s) => s,
-                        Err(_) => return,
+                    let accepted =
+                        crate::tls::by_deadline(hello_by, crate::tls::accept(&acceptor, stream));
+                    match accepted.await {
+                        Some(Ok(s)) => s,
+                        _ => return,
                     }
                 }
             };
-            peer_connection(stream, frame_bytes_max, handler, faults).await
+            // A certificate that names no node (a client's) has no
+            // business here, hello or not.
+            if let Some(certs) = stream.peer_certificates() {
+                if crate::tls::certified_nodes(certs).is_empty() {
+                    return;
+                }
+            }
+            peer_connection(stream, frame_bytes_max, handler, faults, hello_by, slot).await
         })
         .detach();
+    }
+}
+
+/// A listener's connection counts.
+#[derive(Default)]
+struct PeerCounts {
+    open: std::cell::Cell<usize>,
+    pending: std::cell::Cell<usize>,
+}
+
+/// One connection's place in [`PeerCounts`]: pending until greeted, open
+/// until dropped.
+struct PeerSlot {
+    counts: Rc<PeerCounts>,
+    pending: bool,
+}
+
+impl PeerSlot {
+    fn new(counts: Rc<PeerCounts>) -> PeerSlot {
+        counts.open.set(counts.open.get() + 1);
+        counts.pending.set(counts.pending.get() + 1);
+        PeerSlot {
+            counts,
+            pending: true,
+        }
+    }
+
+    fn greeted(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            self.counts.pending.set(self.counts.pending.get() - 1);
+        }
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        self.greeted();
+        self.counts.open.set(self.counts.open.get() - 1);
     }
 }
 
@@ -369,15 +453,23 @@ async fn peer_connection(
     frame_bytes_max: usize,
     handler: Rc<dyn RaftHandler>,
     faults: Rc<RefCell<FaultRules>>,
+    hello_by: Instant,
+    mut slot: PeerSlot,
 ) {
     let mut frames = FrameBuffer::new(frame_bytes_max);
     let mut greeted = false;
     let mut from = 0;
     loop {
         let spare = frames.spare(256 * 1024);
-        let n = match stream.read(spare).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let read = stream.read(spare);
+        let got = if greeted {
+            Some(read.await)
+        } else {
+            crate::tls::by_deadline(hello_by, read).await
+        };
+        let n = match got {
+            Some(Ok(0)) | Some(Err(_)) | None => return,
+            Some(Ok(n)) => n,
         };
         frames.filled(256 * 1024, n);
         loop {
@@ -403,6 +495,7 @@ async fn peer_connection(
                         return;
                     }
                     greeted = true;
+                    slot.greeted();
                     from = node_id;
                     handler.on_peer(node_id, shard_count, client_addr);
                 }
