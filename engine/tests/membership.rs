@@ -343,3 +343,95 @@ fn a_leader_reopened_on_another_shard_leads_again_without_an_election_timeout() 
         must_put(&mut c, "after", "follower reopened");
     }
 }
+
+#[test]
+fn a_replica_that_becomes_leader_and_then_applies_its_own_removal_steps_out_cleanly() {
+    // The removal of a follower is proposed; the leader dies before it
+    // learns the entry committed, and the follower, which holds the entry,
+    // is elected. It commits and applies its own removal as leader, and
+    // lives on while a log write of it is in flight: it must take no more
+    // part (raft-rs would panic on the next commit it counts), and the two
+    // others elect a leader among themselves and serve.
+    let mut exercised = 0;
+    for seed in 1..=12 {
+        // Slow log writes keep the removed replica alive for some rounds,
+        // as on a real node.
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = SimCluster::new(
+            dir.path(),
+            SimOptions {
+                nodes: 3,
+                regions: 1,
+                seed,
+                log_delay_ms: 40,
+                log_jitter_ms: 20,
+                config: Config::default(),
+                ..SimOptions::default()
+            },
+        )
+        .unwrap();
+        let l = leader(&mut c);
+        for i in 0..20 {
+            must_put(&mut c, &format!("k{i}"), "v");
+        }
+        let f = [1, 2, 3].into_iter().find(|&n| n != l).unwrap();
+        let _ = c.propose_change(l, 1, PeerChange::Remove { node_id: f });
+        c.tick().unwrap();
+        c.tick().unwrap();
+        c.crash(l);
+        c.run_ms(5).unwrap();
+        c.campaign(f, 1).unwrap();
+        // Writes reach it as soon as it leads, before it applies its
+        // removal: they follow the removal in its log.
+        let led = c.run_until(2000, |c| c.leader(1) == Some(f)).unwrap();
+        if led {
+            for i in 0..5 {
+                c.propose_in(f, 1, put(&format!("early{i}"), "x"));
+            }
+        }
+        // Once it applied its removal it serves nothing, not even a read
+        // at follower level (its state stopped at the removal).
+        let removed = c
+            .run_until(2000, |c| c.peer(f, 1).is_some_and(|p| p.is_removed()))
+            .unwrap();
+        if removed {
+            for level in [Consistency::Follower, Consistency::Linearizable] {
+                let id = c.read_in(f, 1, b"k0", level);
+                let r = c.wait(id, 1000).unwrap().map(|r| r.result);
+                assert!(
+                    matches!(r, Some(Err(Error::RegionNotFound(1)))),
+                    "seed {seed}: a removed replica answered a {level:?} read: {r:?}"
+                );
+            }
+        }
+        c.restart(l).unwrap();
+        if led && removed {
+            exercised += 1;
+            // Writes sent to it are refused while the node that died comes
+            // back; with the old code they reached raft and it panicked.
+            for i in 0..50 {
+                if c.has_replica(f, 1) {
+                    c.propose_in(f, 1, put(&format!("late{i}"), "x"));
+                }
+                c.run_ms(10).unwrap();
+            }
+        }
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != f).collect();
+        assert!(
+            c.run_until(5000, |c| c.leader(1).is_some_and(|n| others.contains(&n)))
+                .unwrap(),
+            "seed {seed}: no leader among {others:?}"
+        );
+        must_put(&mut c, "after", "removal");
+        let r = c.region_meta(c.leader(1).unwrap(), 1).unwrap();
+        assert!(r.peer_on_node(f).is_none(), "seed {seed}: {r:?}");
+        assert!(
+            c.run_until(3000, |c| !c.has_replica(f, 1)).unwrap(),
+            "seed {seed}: the removed replica stayed"
+        );
+    }
+    assert!(
+        exercised >= 3,
+        "the removed replica led in {exercised} of 12 runs"
+    );
+}

@@ -72,7 +72,9 @@ impl Peer {
         if self.raw.raft.leader_id != raft::INVALID_ID {
             self.campaign_hold = 0;
         }
-        if self.campaign_hold > 0 {
+        if self.removed {
+            // Out of the region (see `step`): no elections, no heartbeats.
+        } else if self.campaign_hold > 0 {
             self.campaign_hold -= 1;
         } else {
             self.raw.tick();
@@ -81,7 +83,7 @@ impl Peer {
         self.block_lease_while_transferring();
         self.expire_requests(replies);
         if !self.is_leader() {
-            if self.raw.raft.leader_id != raft::INVALID_ID {
+            if !self.removed && self.raw.raft.leader_id != raft::INVALID_ID {
                 for issue in
                     self.follower_reads
                         .reissue(now_ms, self.ticks, self.cfg.read_retry_ticks)
@@ -183,6 +185,12 @@ impl Peer {
 
     /// Steps a raft message from another replica.
     pub fn step(&mut self, msg: Message, replies: &mut Vec<Reply>) -> Result<()> {
+        // A replica that applied its own removal takes no more part: raft-rs
+        // keeps a removed leader leading and panics on the next commit it
+        // counts (its own progress is gone).
+        if self.removed {
+            return Ok(());
+        }
         let r = self.raw.step(msg);
         self.after_input(replies);
         // A follower may ask for leadership (raft's MsgTransferLeader).
@@ -246,6 +254,9 @@ impl Peer {
     /// Asks raft to hand leadership to `peer_id`. The lease ends at once.
     pub fn transfer_leader(&mut self, peer_id: u64) {
         self.lease_until_ms = 0;
+        if self.removed {
+            return;
+        }
         self.raw.transfer_leader(peer_id);
         self.block_lease_while_transferring();
     }

@@ -219,6 +219,9 @@ impl Peer {
         let tick = self.cfg.tick_interval_ms.max(1);
         let missed = (now_ms.saturating_sub(last_contact_ms) / tick) as usize;
         for _ in 0..missed.min(self.cfg.election_tick_max) {
+            if self.removed {
+                break;
+            }
             self.ticks += 1;
             self.raw.tick();
         }

@@ -408,7 +408,10 @@ impl Peer {
 
     /// True when this replica is the leader.
     pub fn is_leader(&self) -> bool {
-        self.raw.raft.state == StateRole::Leader
+        // A replica that applied its own removal while leading is out of
+        // the region, whatever raft-rs still says (it leaves such a leader
+        // in place).
+        self.raw.raft.state == StateRole::Leader && !self.removed
     }
 
     /// Node of the leader as far as this replica knows.

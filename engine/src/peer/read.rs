@@ -80,6 +80,14 @@ impl Peer {
         consistency: Consistency,
         replies: &mut Vec<Reply>,
     ) {
+        // Out of the region: no read of any level, not even through the
+        // leader (its state stopped at its removal).
+        if self.removed {
+            return replies.push(Reply {
+                id,
+                result: Err(Error::RegionNotFound(self.region_id())),
+            });
+        }
         if self.reads_pending() >= self.cfg.reads_pending_max {
             return replies.push(Reply {
                 id,
@@ -229,6 +237,10 @@ impl Peer {
             }
             examined += 1;
             last_hash = Some(hash);
+            if !key.starts_with(&scan.prefix) {
+                it.next();
+                continue;
+            }
             let record = if scan.keys_only {
                 crate::value::ValueRecord::decode_header(v)?
             } else {

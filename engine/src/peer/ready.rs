@@ -34,7 +34,8 @@ impl Peer {
             self.raw.read_index(issue.ctx.to_be_bytes().to_vec());
             self.counters.read_index_rounds += 1;
         }
-        let follower_can_issue = !self.is_leader() && self.raw.raft.leader_id != raft::INVALID_ID;
+        let follower_can_issue =
+            !self.is_leader() && !self.removed && self.raw.raft.leader_id != raft::INVALID_ID;
         if let Some(issue) = self
             .follower_reads
             .seal(follower_can_issue, self.now_ms, self.ticks)
@@ -501,8 +502,15 @@ impl Peer {
 
     /// Confirms that the log batch holding ready `number` is durable.
     pub fn on_persisted(&mut self, number: u64) {
-        self.raw.on_persist_ready(number);
         self.ready_persisted = self.ready_persisted.max(number);
+        if self.removed {
+            // Out of the region: raft-rs must not count this replica's
+            // writes (a removed leader has no progress of its own, and
+            // raft-rs panics looking for it); it is destroyed once its
+            // writes are all durable.
+            return;
+        }
+        self.raw.on_persist_ready(number);
         if let Some((n, index)) = self.snapshot_persisting {
             if n <= number {
                 self.snapshot_persisting = None;
