@@ -209,6 +209,7 @@ pub fn certified_nodes(certs: &[CertificateDer<'_>]) -> Vec<u64> {
     };
     cert.valid_dns_names()
         .filter_map(|n| {
+            let n = n.to_ascii_lowercase();
             n.strip_prefix("node-")?
                 .strip_suffix(".corekv")?
                 .parse()

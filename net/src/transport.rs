@@ -376,15 +376,39 @@ pub async fn serve_peers(
                 continue;
             }
         };
-        if counts.pending.get() >= PEER_PENDING_MAX || counts.open.get() >= PEER_CONNECTIONS_MAX {
+        if counts.open.get() >= PEER_CONNECTIONS_MAX {
             drop(stream);
             continue;
         }
+        // Full of connections that have not greeted: the oldest one goes.
+        // A node's own dial greets within milliseconds of its accept, so
+        // only a flood far faster than that could push it out; a bounded
+        // set of silent connections cannot lock new links out.
+        // (Connections no longer pending leave the line here, in this
+        // task: a task's handle is never dropped by the task itself.)
+        loop {
+            let front = counts.waiting.borrow().front().map(|(id, _)| *id);
+            match front {
+                Some(id) if !counts.is_pending(id) => {
+                    let done = counts.waiting.borrow_mut().pop_front();
+                    drop(done);
+                }
+                _ => break,
+            }
+        }
+        if counts.pending.get() >= PEER_PENDING_MAX {
+            let oldest = counts.waiting.borrow_mut().pop_front();
+            if let Some((_, oldest)) = oldest {
+                oldest.cancel();
+            }
+        }
         let _ = stream.set_nodelay(true);
+        keep_alive(&stream);
         let hello_by = Instant::now() + PEER_HELLO_WAIT;
         let slot = PeerSlot::new(counts.clone());
+        let id = slot.id;
         let (handler, faults, tls) = (handler.clone(), faults.clone(), tls.clone());
-        glommio::spawn_local(async move {
+        let task = glommio::spawn_local(async move {
             let stream = match tls {
                 None => crate::tls::Stream::Plain(stream),
                 Some(cfg) => {
@@ -407,36 +431,72 @@ pub async fn serve_peers(
             peer_connection(stream, frame_bytes_max, handler, faults, hello_by, slot).await
         })
         .detach();
+        // Unless it is already over (greeted or gone), it waits in line.
+        if counts.is_pending(id) {
+            counts.waiting.borrow_mut().push_back((id, task));
+        }
     }
 }
 
-/// A listener's connection counts.
+/// TCP keepalive on a peer connection: a peer that vanished without a FIN
+/// (power loss, a partition the dialer gave up on) is noticed in about a
+/// minute, so its connection does not hold a slot forever.
+fn keep_alive(stream: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is `stream`'s, open for the whole borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_tcp_keepalive(&ka);
+}
+
+/// A listener's connections: how many, which have not greeted yet, and
+/// the line of accepted connections (oldest first) the oldest pending one
+/// is pushed out of.
 #[derive(Default)]
 struct PeerCounts {
     open: std::cell::Cell<usize>,
     pending: std::cell::Cell<usize>,
+    next_id: std::cell::Cell<u64>,
+    waiting: RefCell<std::collections::VecDeque<(u64, glommio::task::JoinHandle<()>)>>,
+    pending_ids: RefCell<std::collections::HashSet<u64>>,
+}
+
+impl PeerCounts {
+    fn is_pending(&self, id: u64) -> bool {
+        self.pending_ids.borrow().contains(&id)
+    }
 }
 
 /// One connection's place in [`PeerCounts`]: pending until greeted, open
 /// until dropped.
 struct PeerSlot {
     counts: Rc<PeerCounts>,
+    id: u64,
     pending: bool,
 }
 
 impl PeerSlot {
     fn new(counts: Rc<PeerCounts>) -> PeerSlot {
+        let id = counts.next_id.get();
+        counts.next_id.set(id + 1);
         counts.open.set(counts.open.get() + 1);
         counts.pending.set(counts.pending.get() + 1);
+        counts.pending_ids.borrow_mut().insert(id);
         PeerSlot {
             counts,
+            id,
             pending: true,
         }
     }
 
     fn greeted(&mut self) {
         if std::mem::take(&mut self.pending) {
-            self.counts.pending.set(self.counts.pending.get() - 1);
+            let c = &self.counts;
+            c.pending.set(c.pending.get() - 1);
+            c.pending_ids.borrow_mut().remove(&self.id);
         }
     }
 }

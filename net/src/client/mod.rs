@@ -373,11 +373,16 @@ impl Client {
             if budget.is_zero() {
                 return Err("deadline passed".into());
             }
+            let started = Instant::now();
             let tcp =
                 TcpStream::connect_timeout(&sa, budget).map_err(|e| format!("{addr}: {e}"))?;
             tcp.set_nodelay(true).ok();
             // The TLS handshake gets what is left of the connect budget.
-            tcp.set_read_timeout(Some(budget)).ok();
+            let left = budget.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(format!("{addr}: connect budget spent before the handshake"));
+            }
+            tcp.set_read_timeout(Some(left)).ok();
             let mut stream = crate::tls::SyncStream::dial(tcp, addr, self.cfg.tls.as_ref())?;
             let creds = self
                 .cfg
