@@ -42,7 +42,7 @@ pub enum Consistency {
 /// A scan of a region's keys in hash order: every live key whose routing
 /// hash is at or after `from_hash` (within the region), at most `limit`
 /// keys, but never part of the keys of one hash value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scan {
     /// First hash to include.
     pub from_hash: u64,
@@ -50,6 +50,8 @@ pub struct Scan {
     pub limit: usize,
     /// Leave the values out.
     pub keys_only: bool,
+    /// Only keys beginning with this (empty: every key).
+    pub prefix: bytes::Bytes,
 }
 
 /// A read waiting to be served.

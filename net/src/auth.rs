@@ -221,6 +221,21 @@ impl User {
         })
     }
 
+    /// True if the user may read every key beginning with `prefix` (a
+    /// prefix scan); the empty prefix is every key.
+    pub fn may_read_prefix(&self, prefix: &[u8]) -> bool {
+        if prefix.is_empty() {
+            return self.may_read_all();
+        }
+        if corekv_engine::is_meta_key(prefix) {
+            return self.is_admin();
+        }
+        self.grants.iter().any(|g| match g {
+            Grant::Admin => true,
+            Grant::Read(p) | Grant::Write(p) => prefix.starts_with(p),
+        })
+    }
+
     /// True if the user may write every key (FLUSHDB).
     pub fn may_write_all(&self) -> bool {
         self.grants.iter().any(|g| match g {
@@ -1010,10 +1025,15 @@ fn check_user(user: &User, req: &Request) -> std::result::Result<(), String> {
                 return Err(format!("write {}", show(k)));
             }
         }
-        Op::Scan { .. } => {
-            // A page of a region holds keys of any prefix.
-            if !user.may_read_all() {
-                return Err("scan (it needs read on every key: read:*)".into());
+        Op::Scan { prefix, .. } => {
+            // A page of a region holds keys of any prefix, unless the scan
+            // names one: then read on that prefix is enough.
+            if !user.may_read_prefix(prefix) {
+                return Err(if prefix.is_empty() {
+                    "scan (it needs read on every key: read:*)".into()
+                } else {
+                    format!("scan of prefix {}", show(prefix))
+                });
             }
         }
         Op::Routes | Op::CancelWatch { .. } => {}
@@ -1284,14 +1304,29 @@ mod tests {
         );
         assert_eq!(code(&root, &req(Op::Status)), None);
         assert_eq!(code(&reader, &req(Op::Routes)), None);
-        let scan = req(Op::Scan {
-            from_hash: 0,
-            limit: 10,
-            keys_only: true,
-            consistency: Consistency::Linearizable,
-        });
+        let scan_of = |prefix: &str| {
+            req(Op::Scan {
+                from_hash: 0,
+                limit: 10,
+                keys_only: true,
+                consistency: Consistency::Linearizable,
+                prefix: Bytes::copy_from_slice(prefix.as_bytes()),
+            })
+        };
+        let scan = scan_of("");
         assert_eq!(code(&app, &scan), Some(ErrorCode::PermissionDenied));
         assert_eq!(code(&reader, &scan), None);
+        // A prefix scan needs read on that prefix only.
+        assert_eq!(code(&app, &scan_of("/app/")), None);
+        assert_eq!(code(&app, &scan_of("/app/payments/")), None);
+        assert_eq!(
+            code(&app, &scan_of("/ap")),
+            Some(ErrorCode::PermissionDenied)
+        );
+        assert_eq!(
+            code(&app, &scan_of("/other/")),
+            Some(ErrorCode::PermissionDenied)
+        );
         // Off: everyone may do everything.
         let mut off = t.clone();
         off.enabled = false;

@@ -314,8 +314,16 @@ impl Session {
             )))
         };
         match (spec.name, args.get(1)) {
+            // SCAN and KEYS whose pattern starts with a literal prefix
+            // need read on that prefix only.
+            ("scan" | "keys", _)
+                if match_prefix(spec.name, args).is_some_and(|p| user.may_read_prefix(p)) => {}
             ("scan" | "keys" | "dbsize" | "randomkey", _) if !user.may_read_all() => {
-                return denied(format!("run '{}' (it needs read:*)", spec.name));
+                let needs = match spec.name {
+                    "scan" | "keys" => "read:*, or a pattern under a prefix it may read",
+                    _ => "read:*",
+                };
+                return denied(format!("run '{}' (it needs {needs})", spec.name));
             }
             ("flushdb" | "flushall", _) if !user.may_write_all() => {
                 return denied(format!("run '{}' (it needs write:*)", spec.name));
@@ -598,11 +606,15 @@ impl Session {
     /// from the start, until it says stop.
     fn pages(
         &mut self,
+        prefix: &[u8],
         mut f: impl FnMut(&mut dyn Store, Vec<Bytes>) -> Result<bool, Reply>,
     ) -> Result<(), Reply> {
         let mut from = 0;
         loop {
-            let (items, next) = self.store.scan(from, PAGE_KEYS, true).map_err(store_err)?;
+            let (items, next) = self
+                .store
+                .scan_prefix(from, PAGE_KEYS, true, prefix)
+                .map_err(store_err)?;
             let keys = items.into_iter().map(|(k, _)| k).collect();
             if !f(self.store.as_mut(), keys)? {
                 return Ok(());
@@ -645,7 +657,8 @@ impl Session {
             i += 2;
         }
         let limit = count.min(PAGE_KEYS as i64) as u32;
-        let (items, next) = match self.store.scan(cursor, limit, true) {
+        let prefix = pattern.as_deref().map_or(&[][..], literal_prefix);
+        let (items, next) = match self.store.scan_prefix(cursor, limit, true, prefix) {
             Ok(r) => r,
             Err(e) => return store_err(e),
         };
@@ -665,7 +678,7 @@ impl Session {
         let pattern = a[1].clone();
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let r = self.pages(|_, keys| {
+        let r = self.pages(literal_prefix(&pattern), |_, keys| {
             for k in keys {
                 if glob_case(&pattern, &k) {
                     bytes += k.len();
@@ -740,7 +753,7 @@ impl Session {
             Some(m) if a.len() == 2 && (is(m, "async") || is(m, "sync")) => {}
             Some(_) => return commands::syntax_error(),
         }
-        let r = self.pages(|store, keys| {
+        let r = self.pages(&[], |store, keys| {
             for chunk in keys.chunks(16) {
                 let writes = chunk
                     .iter()
@@ -1016,6 +1029,28 @@ const CONFIG: &[(&str, &str)] = &[
 /// patterns use.
 pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
     glob_with(pattern, s, true)
+}
+
+/// The literal start of a glob pattern: what every key it matches begins
+/// with (up to the first `*`, `?`, `[` or `\\`).
+pub fn literal_prefix(pattern: &[u8]) -> &[u8] {
+    let end = pattern
+        .iter()
+        .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        .unwrap_or(pattern.len());
+    &pattern[..end]
+}
+
+/// The literal prefix of a SCAN's MATCH or a KEYS pattern, when it has one.
+fn match_prefix<'a>(name: &str, args: &'a [Bytes]) -> Option<&'a [u8]> {
+    let pattern = match name {
+        "keys" => args.get(1)?,
+        _ => {
+            let i = args.iter().skip(2).position(|a| is(a, "match"))?;
+            args.get(2 + i + 1)?
+        }
+    };
+    Some(literal_prefix(pattern)).filter(|p| !p.is_empty())
 }
 
 /// Glob match with `*` and `?`, case-sensitive, as KEYS and SCAN MATCH

@@ -141,6 +141,21 @@ pub trait Store {
         keys_only: bool,
     ) -> StoreResult<(Vec<(Bytes, Stored)>, Option<u64>)>;
 
+    /// Like [`Store::scan`], only keys beginning with `prefix` (a page may
+    /// then hold fewer keys, or none, and still be followed by more).
+    #[allow(clippy::type_complexity)]
+    fn scan_prefix(
+        &mut self,
+        from_hash: u64,
+        limit: u32,
+        keys_only: bool,
+        prefix: &[u8],
+    ) -> StoreResult<(Vec<(Bytes, Stored)>, Option<u64>)> {
+        let (mut items, next) = self.scan(from_hash, limit, keys_only)?;
+        items.retain(|(k, _)| k.starts_with(prefix));
+        Ok((items, next))
+    }
+
     /// Reads `keys` (all of one region) as a pipeline: in order, each
     /// linearizable, none older than the one before.
     fn get_pipelined(&mut self, keys: &[Bytes]) -> Vec<StoreResult<Option<Stored>>> {
@@ -319,9 +334,20 @@ impl Store for ClusterStore {
         limit: u32,
         keys_only: bool,
     ) -> StoreResult<(Vec<(Bytes, Stored)>, Option<u64>)> {
+        self.scan_prefix(from_hash, limit, keys_only, &[])
+    }
+
+    /// The node filters by prefix: only matching keys cross the network.
+    fn scan_prefix(
+        &mut self,
+        from_hash: u64,
+        limit: u32,
+        keys_only: bool,
+        prefix: &[u8],
+    ) -> StoreResult<(Vec<(Bytes, Stored)>, Option<u64>)> {
         let (items, next) = self
             .client()?
-            .scan_page(from_hash, limit, keys_only)
+            .scan_prefix_page(from_hash, limit, keys_only, prefix)
             .map_err(map_err)?;
         let items = items
             .into_iter()

@@ -44,9 +44,11 @@ pub struct SplitPolicy {
 impl Default for SplitPolicy {
     fn default() -> Self {
         SplitPolicy {
-            // Off unless asked for: on a host whose nodes share cores a split
-            // spreads leaders without adding CPU (docs/benchmarks.md).
-            load_ops: 0,
+            // Below what one region's leader serves on a production node,
+            // so a hot region is cut before its leader saturates; where the
+            // nodes share cores a split spreads leaders without adding CPU
+            // (docs/operations.md says what it costs there).
+            load_ops: 20_000,
             load_windows: 10,
             window_ms: 1000,
             keys_max: 4_000_000,

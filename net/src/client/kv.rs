@@ -407,11 +407,27 @@ impl Client {
         limit: u32,
         keys_only: bool,
     ) -> Result<(Vec<(Bytes, Value)>, Option<u64>)> {
+        self.scan_prefix_page(from_hash, limit, keys_only, &[])
+    }
+
+    /// Like [`Client::scan_page`], with only the keys that begin with
+    /// `prefix` (the node filters; a page still looks at the same records,
+    /// so a page may hold few keys or none and still be followed by more).
+    /// A user with read on `prefix` may scan it.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_prefix_page(
+        &mut self,
+        from_hash: u64,
+        limit: u32,
+        keys_only: bool,
+        prefix: &[u8],
+    ) -> Result<(Vec<(Bytes, Value)>, Option<u64>)> {
         let op = Op::Scan {
             from_hash,
             limit,
             keys_only,
             consistency: Consistency::Linearizable,
+            prefix: Bytes::copy_from_slice(prefix),
         };
         match self.execute_on(RouteBy::Hash(from_hash), op, true)? {
             (Outcome::Scanned { items, next_hash }, _) => Ok((
@@ -432,6 +448,50 @@ impl Client {
             )),
             (other, _) => Err(ClientError::Protocol(format!("scan answered {other:?}"))),
         }
+    }
+
+    /// Every live key beginning with `prefix` and after `after` (None: from
+    /// the first), in key order, at most `limit`: with their values unless
+    /// `keys_only`. Keys are spread over every region by hash, so this reads
+    /// every region's part of the prefix (each part a linearizable read of
+    /// its region; together not one snapshot) and sorts them: its cost is
+    /// the number of keys in the cluster, not in the answer. The second
+    /// value is true when more keys follow the last one returned (continue
+    /// with `after` = that key). `progress` hears after each page how many
+    /// keys under the prefix it has seen so far.
+    #[allow(clippy::type_complexity)]
+    pub fn list_prefix(
+        &mut self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        keys_only: bool,
+        mut progress: impl FnMut(usize),
+    ) -> Result<(Vec<(Bytes, Value)>, bool)> {
+        let mut found: Vec<(Bytes, Value)> = Vec::new();
+        let mut matched = 0usize;
+        let mut from = Some(0u64);
+        while let Some(h) = from {
+            let (items, next) = self.scan_prefix_page(h, 10_000, keys_only, prefix)?;
+            matched += items.len();
+            found.extend(
+                items
+                    .into_iter()
+                    .filter(|(k, _)| after.is_none_or(|a| &k[..] > a)),
+            );
+            // Keep only the first `limit` (and one more, to know if there
+            // are more): memory stays bounded by the answer.
+            if found.len() > limit.saturating_mul(2).max(1024) {
+                found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                found.truncate(limit.saturating_add(1));
+            }
+            progress(matched);
+            from = next;
+        }
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        Ok((found, more))
     }
 
     /// Reads several keys; one result per key, in order.

@@ -4580,6 +4580,7 @@ pub mod corekv {
             pub const VT_LIMIT: ::flatbuffers::VOffsetT = 6;
             pub const VT_KEYS_ONLY: ::flatbuffers::VOffsetT = 8;
             pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 10;
+            pub const VT_PREFIX: ::flatbuffers::VOffsetT = 12;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4593,10 +4594,13 @@ pub mod corekv {
                 A: ::flatbuffers::Allocator + 'bldr,
             >(
                 _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args ScanArgs,
+                args: &'args ScanArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<Scan<'bldr>> {
                 let mut builder = ScanBuilder::new(_fbb);
                 builder.add_from_hash(args.from_hash);
+                if let Some(x) = args.prefix {
+                    builder.add_prefix(x);
+                }
                 builder.add_limit(args.limit);
                 builder.add_consistency(args.consistency);
                 builder.add_keys_only(args.keys_only);
@@ -4639,6 +4643,19 @@ pub mod corekv {
                         .unwrap()
                 }
             }
+            #[inline]
+            pub fn prefix(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Scan::VT_PREFIX,
+                            None,
+                        )
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Scan<'_> {
@@ -4652,17 +4669,23 @@ pub mod corekv {
                     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
                     .visit_field::<bool>("keys_only", Self::VT_KEYS_ONLY, false)?
                     .visit_field::<Consistency>("consistency", Self::VT_CONSISTENCY, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "prefix",
+                        Self::VT_PREFIX,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
         }
-        pub struct ScanArgs {
+        pub struct ScanArgs<'a> {
             pub from_hash: u64,
             pub limit: u32,
             pub keys_only: bool,
             pub consistency: Consistency,
+            pub prefix: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
         }
-        impl<'a> Default for ScanArgs {
+        impl<'a> Default for ScanArgs<'a> {
             #[inline]
             fn default() -> Self {
                 ScanArgs {
@@ -4670,6 +4693,7 @@ pub mod corekv {
                     limit: 0,
                     keys_only: false,
                     consistency: Consistency::Linearizable,
+                    prefix: None,
                 }
             }
         }
@@ -4701,6 +4725,14 @@ pub mod corekv {
                 );
             }
             #[inline]
+            pub fn add_prefix(
+                &mut self,
+                prefix: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Scan::VT_PREFIX, prefix);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ScanBuilder<'a, 'b, A> {
@@ -4724,6 +4756,7 @@ pub mod corekv {
                 ds.field("limit", &self.limit());
                 ds.field("keys_only", &self.keys_only());
                 ds.field("consistency", &self.consistency());
+                ds.field("prefix", &self.prefix());
                 ds.finish()
             }
         }

@@ -214,6 +214,10 @@ pub(super) fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op
                 limit: sc.limit(),
                 keys_only: sc.keys_only(),
                 consistency: consistency_from_wire(sc.consistency())?,
+                prefix: sc
+                    .prefix()
+                    .map(|p| Bytes::copy_from_slice(p.bytes()))
+                    .unwrap_or_default(),
             }
         }
         wire::Op::Routes => Op::Routes,

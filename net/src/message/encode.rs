@@ -302,7 +302,9 @@ pub(super) fn encode_op<'a>(
             limit,
             keys_only,
             consistency,
+            prefix,
         } => {
+            let prefix = (!prefix.is_empty()).then(|| fbb.create_vector(prefix));
             let r = wire::Scan::create(
                 fbb,
                 &wire::ScanArgs {
@@ -310,6 +312,7 @@ pub(super) fn encode_op<'a>(
                     limit: *limit,
                     keys_only: *keys_only,
                     consistency: consistency_to_wire(*consistency),
+                    prefix,
                 },
             );
             (wire::Op::Scan, r.as_union_value())

@@ -88,6 +88,8 @@ pub enum Op {
         keys_only: bool,
         /// Consistency asked for.
         consistency: Consistency,
+        /// Only keys beginning with this (empty: every key).
+        prefix: Bytes,
     },
 }
 

@@ -664,6 +664,21 @@ fn with_authentication_on_commands_wait_for_a_login_and_keep_to_its_roles() {
             (&format!("AUTH app {app}"), "+OK\r\n"),
             ("SET cfg:a 1", "+OK\r\n"),
             ("GET cfg:a", "$1\r\n1\r\n"),
+            // Patterns under its prefix: served, filtered by the store.
+            ("KEYS cfg:*", "*1\r\n$5\r\ncfg:a\r\n"),
+            ("SCAN 0 MATCH cfg:a COUNT 1000", "*2\r\n$1\r\n0\r\n*1\r\n$5\r\ncfg:a\r\n"),
+            (
+                "KEYS *",
+                "-NOPERM user 'app' may not run 'keys' (it needs read:*, or a pattern under a prefix it may read)\r\n",
+            ),
+            (
+                "KEYS c*",
+                "-NOPERM user 'app' may not run 'keys' (it needs read:*, or a pattern under a prefix it may read)\r\n",
+            ),
+            (
+                "SCAN 0 MATCH other*",
+                "-NOPERM user 'app' may not run 'scan' (it needs read:*, or a pattern under a prefix it may read)\r\n",
+            ),
             (
                 "SET other 1",
                 "-NOPERM user 'app' may not write 'other'\r\n",

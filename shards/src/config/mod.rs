@@ -68,8 +68,8 @@ pub struct ServerArgs {
     pub watchers_max: Option<usize>,
     /// A region led here that serves this many requests per second for
     /// `--split-load-windows` seconds in a row splits where its load halves;
-    /// 0 = never by load. Default 0 (measure first: it pays when the nodes
-    /// have cores of their own, see docs/benchmarks.md).
+    /// 0 = never by load. Default 20000 (it pays when the nodes have cores
+    /// of their own; docs/operations.md says what it costs when they share).
     #[arg(long)]
     pub split_load_ops: Option<u64>,
     /// Seconds in a row a region must be over `--split-load-ops`. Default 10.

@@ -334,11 +334,13 @@ impl Shard {
                 limit,
                 keys_only,
                 consistency,
+                prefix,
             } => {
                 let scan = corekv_engine::read::Scan {
                     from_hash,
                     limit: limit as usize,
                     keys_only,
+                    prefix,
                 };
                 replicas.scan(region_id, id, scan, consistency, now, replies)
             }

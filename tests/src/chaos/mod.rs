@@ -3,7 +3,9 @@
 //! It starts a local cluster of real `corekv-server` processes, runs
 //! concurrent clients doing get/put/cas/delete on register keys and
 //! get/incr on counter keys (every written value unique; reads are
-//! `Linearizable`, `Lease` or `Follower`), and meanwhile
+//! `Linearizable`, `Lease` or `Follower`; 4% of register operations are prefix-scan
+//! pages, each checked as a read of every register key its hash range
+//! covers), and meanwhile
 //! injects faults one at a time:
 //!
 //! - `kill`: SIGKILL a node, restart it from its data directory later;
@@ -309,6 +311,8 @@ struct Shared {
     big_keys: Mutex<std::collections::BTreeSet<String>>,
     /// Nodes that did not start again after a SIGKILL.
     restart_failures: Mutex<Vec<String>>,
+    /// Scan pages that returned a key outside the prefix they asked for.
+    scan_strays: AtomicU64,
 }
 
 impl Shared {
@@ -426,6 +430,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         watch_unchecked: Mutex::new(Vec::new()),
         big_keys: Mutex::new(Default::default()),
         restart_failures: Mutex::new(Vec::new()),
+        scan_strays: AtomicU64::new(0),
     });
     // The first generation's keys are watched before anyone writes them.
     let mut watch_client = connect(&endpoints, &shared)?;
@@ -563,6 +568,12 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     divergence.extend(std::mem::take(
         &mut *shared.restart_failures.lock().unwrap(),
     ));
+    let strays = shared.scan_strays.load(Ordering::Relaxed);
+    if strays > 0 {
+        divergence.push(format!(
+            "{strays} scan page(s) returned keys outside their prefix"
+        ));
+    }
     cluster.stop();
     drop(dir);
 

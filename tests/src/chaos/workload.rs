@@ -121,6 +121,62 @@ pub(super) fn record_timed(
     }
 }
 
+/// Scans the page of keys under `prefix` that starts at `at`'s hash and
+/// records it as a read of each of `prefix0` .. `prefix{keys-1}` whose hash
+/// the page covers: present with its value, or absent. A page is one
+/// linearizable read of its region (ReadIndex), so each such read must fit
+/// the key's history like a get.
+fn scan_page(shared: &Shared, client: u64, c: &mut Client, prefix: &str, at: &str, keys: usize) {
+    let from = corekv_engine::route_hash(at.as_bytes());
+    let call = shared.now_us();
+    let page = c.scan_prefix_page(from, 10_000, false, prefix.as_bytes());
+    let ret = shared.now_us();
+    let (items, next) = match page {
+        Ok(p) => p,
+        // A scan that got no answer constrains nothing.
+        Err(_) => {
+            *shared
+                .by_kind
+                .lock()
+                .unwrap()
+                .entry("scan failed".into())
+                .or_default() += 1;
+            return;
+        }
+    };
+    if items.iter().any(|(k, _)| !k.starts_with(prefix.as_bytes())) {
+        shared.scan_strays.fetch_add(1, Ordering::Relaxed);
+    }
+    let found: BTreeMap<&[u8], String> = items
+        .iter()
+        .map(|(k, v)| (&k[..], String::from_utf8_lossy(&v.value).into_owned()))
+        .collect();
+    let end = next.unwrap_or(u64::MAX);
+    let all_to_end = next.is_none();
+    *shared
+        .by_kind
+        .lock()
+        .unwrap()
+        .entry("scan ok".into())
+        .or_default() += 1;
+    for i in 0..keys {
+        let key = format!("{prefix}{i}");
+        let h = corekv_engine::route_hash(key.as_bytes());
+        if h < from || (h >= end && !all_to_end) {
+            continue;
+        }
+        let seen = found.get(key.as_bytes()).cloned();
+        shared.ops.lock().unwrap().push(Operation {
+            client,
+            key,
+            call,
+            ret: Some(ret),
+            input: Input::Get,
+            output: Some(Output::Value(seen)),
+        });
+    }
+}
+
 /// One client: random operations until told to stop. Returns the keys used.
 pub(super) fn client_loop(
     client: u64,
@@ -171,6 +227,12 @@ pub(super) fn client_loop(
             continue;
         }
         match roll {
+            // A page of a prefix scan: one linearizable read of every
+            // register key of the generation whose hash the page covers.
+            0..=3 if !reader => {
+                let prefix = format!("g{generation}-reg-");
+                scan_page(shared, client, &mut c, &prefix, &key, opts.keys);
+            }
             0..=39 => {
                 let mut seen = None;
                 record(shared, client, &key, Input::Get, || {

@@ -4,7 +4,7 @@
 //! 4 outcome unknown (the write may or may not have been applied); 5 a watch
 //! asked for changes no longer kept (the current values are printed).
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -115,14 +115,25 @@ enum ConsistencyArg {
     Follower,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputArg {
+    Raw,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write a key; prints the new version.
+    /// Write a key; prints the new version. Without VALUE (or with
+    /// --file), the value is read from stdin (or the file), byte for byte.
     Put {
         /// Key.
         key: String,
-        /// Value.
-        value: String,
+        /// Value; omit it to read the value from stdin (binary-safe).
+        #[arg(conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         /// Expire after this many seconds.
         #[arg(long)]
         ttl: Option<u64>,
@@ -133,13 +144,39 @@ enum Cmd {
         #[arg(long, value_name = "V")]
         if_version: Option<u64>,
     },
-    /// Read a key; prints the value and a newline.
+    /// Read a key; prints the value's bytes unchanged, with a newline after
+    /// them only when stdout is a terminal.
     Get {
         /// Key.
         key: String,
         /// Consistency of the read.
         #[arg(long, value_enum, default_value = "linearizable")]
         consistency: ConsistencyArg,
+        /// `raw`: the value's bytes; `json`: one object with key, value
+        /// (or value_base64 when not UTF-8), version and ttl_ms.
+        #[arg(long, value_enum, default_value = "raw")]
+        output: OutputArg,
+    },
+    /// List the keys beginning with PREFIX, in key order: `KEY VALUE` per
+    /// line (values as stored; --json for binary ones). Reads every
+    /// region's part of the prefix linearizably; together they are not one
+    /// snapshot. Its cost is the number of keys in the cluster.
+    List {
+        /// Key prefix ("" for every key, which needs read on every key).
+        prefix: String,
+        /// Print only the keys.
+        #[arg(long)]
+        keys_only: bool,
+        /// At most N keys; when more follow, stderr says which --after
+        /// continues.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Start after this key (the last one of the previous page).
+        #[arg(long, value_name = "KEY")]
+        after: Option<String>,
+        /// One JSON object per line, as `get --output json` prints.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a key; prints 1 if a live value was removed, else 0.
     Del {
@@ -476,6 +513,51 @@ fn json_line(value: &impl serde::Serialize) -> String {
         Ok(text) => text + "\n",
         Err(e) => format!("{{\"error\":\"{e}\"}}\n"),
     }
+}
+
+/// Values read from stdin or a file stop here: no node takes more
+/// (`--value-bytes-max` is at most this), so a larger one is refused before
+/// it is sent.
+const VALUE_READ_MAX: usize = corekv_engine::config::VALUE_BYTES_CEILING;
+
+/// A value from `r`, all of it, refused past [`VALUE_READ_MAX`].
+fn read_value(r: impl std::io::Read) -> Result<Vec<u8>, String> {
+    let mut v = Vec::new();
+    std::io::Read::take(r, VALUE_READ_MAX as u64 + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| e.to_string())?;
+    if v.len() > VALUE_READ_MAX {
+        return Err(format!(
+            "value too large: over {VALUE_READ_MAX} bytes, the most any node accepts \
+             (the node's limit is --value-bytes-max, default 1 MiB)"
+        ));
+    }
+    Ok(v)
+}
+
+/// `corekv get --output json`: key, value (value_base64 when not UTF-8),
+/// version, and ttl_ms (absent without an expiry).
+fn value_json(key: &str, v: &corekv_net::Value) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut o = serde_json::Map::new();
+    o.insert("key".into(), key.into());
+    match std::str::from_utf8(&v.value) {
+        Ok(s) => o.insert("value".into(), s.into()),
+        Err(_) => o.insert(
+            "value_base64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(&v.value)
+                .into(),
+        ),
+    };
+    o.insert("version".into(), v.version.into());
+    if v.expire_at_ms > 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        o.insert("ttl_ms".into(), v.expire_at_ms.saturating_sub(now).into());
+    }
+    serde_json::Value::Object(o)
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -867,6 +949,7 @@ fn main() -> ExitCode {
         Cmd::Put {
             key,
             value,
+            file,
             ttl,
             if_absent,
             if_version,
@@ -876,14 +959,41 @@ fn main() -> ExitCode {
                 if_absent,
                 if_version,
             };
-            match client.put(key.as_bytes(), value.as_bytes(), opts) {
+            let value = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(path)) => match std::fs::File::open(&path) {
+                    Ok(f) => match read_value(f) {
+                        Ok(v) => v,
+                        Err(e) => return fail(3, format!("error: {}: {e}", path.display())),
+                    },
+                    Err(e) => return fail(3, format!("error: {}: {e}", path.display())),
+                },
+                (None, None) => {
+                    let stdin = std::io::stdin();
+                    if std::io::IsTerminal::is_terminal(&stdin) {
+                        return fail(
+                            3,
+                            "error: no value: give it after the key, with --file PATH, or on stdin",
+                        );
+                    }
+                    match read_value(stdin.lock()) {
+                        Ok(v) => v,
+                        Err(e) => return fail(3, format!("error: stdin: {e}")),
+                    }
+                }
+            };
+            match client.put(key.as_bytes(), &value, opts) {
                 Ok(v) => {
                     let _ = writeln!(stdout, "{v}");
                 }
                 Err(e) => return client_error(e),
             }
         }
-        Cmd::Get { key, consistency } => {
+        Cmd::Get {
+            key,
+            consistency,
+            output,
+        } => {
             let c = match consistency {
                 ConsistencyArg::Linearizable => Consistency::Linearizable,
                 ConsistencyArg::Lease => Consistency::Lease,
@@ -891,12 +1001,74 @@ fn main() -> ExitCode {
                 ConsistencyArg::Follower => Consistency::Follower,
             };
             match client.get(key.as_bytes(), c) {
+                Ok(Some(v)) if output == OutputArg::Json => {
+                    let _ = writeln!(stdout, "{}", value_json(&key, &v));
+                }
                 Ok(Some(v)) => {
                     let _ = stdout.write_all(&v.value);
-                    let _ = stdout.write_all(b"\n");
+                    if std::io::IsTerminal::is_terminal(&stdout) {
+                        let _ = stdout.write_all(b"\n");
+                    }
                 }
                 Ok(None) => return fail(1, "(not found)"),
                 Err(e) => return client_error(e),
+            }
+        }
+        Cmd::List {
+            prefix,
+            keys_only,
+            limit,
+            after,
+            json,
+        } => {
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let listed = client.list_prefix(
+                prefix.as_bytes(),
+                after.as_ref().map(|a| a.as_bytes()),
+                limit.map_or(usize::MAX, |l| l as usize),
+                keys_only,
+                |n| {
+                    if tty {
+                        eprint!("\r{n} keys found");
+                    }
+                },
+            );
+            if tty {
+                eprint!("\r\x1b[K");
+            }
+            let (items, more) = match listed {
+                Ok(l) => l,
+                Err(e) => return client_error(e),
+            };
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            for (k, v) in &items {
+                let key = String::from_utf8_lossy(k);
+                let _ = if json {
+                    let mut j = value_json(&key, v);
+                    if keys_only {
+                        if let Some(o) = j.as_object_mut() {
+                            o.remove("value");
+                            o.remove("value_base64");
+                        }
+                    }
+                    writeln!(out, "{j}")
+                } else if keys_only {
+                    writeln!(out, "{key}")
+                } else {
+                    out.write_all(key.as_bytes())
+                        .and_then(|_| out.write_all(b" "))
+                        .and_then(|_| out.write_all(&v.value))
+                        .and_then(|_| out.write_all(b"\n"))
+                };
+            }
+            let _ = out.flush();
+            if more {
+                if let Some((last, _)) = items.last() {
+                    eprintln!(
+                        "more keys follow: continue with --after '{}'",
+                        String::from_utf8_lossy(last)
+                    );
+                }
             }
         }
         Cmd::Del { key } => match client.delete(key.as_bytes(), None) {

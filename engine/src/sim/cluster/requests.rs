@@ -267,6 +267,7 @@ impl SimCluster {
                 from_hash,
                 limit,
                 keys_only,
+                prefix: bytes::Bytes::new(),
             };
             self.submit((leader, region, id), true, |r, replies| {
                 r.scan(region, id, scan, Consistency::Linearizable, now, replies)
