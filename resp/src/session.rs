@@ -1046,8 +1046,17 @@ fn match_prefix<'a>(name: &str, args: &'a [Bytes]) -> Option<&'a [u8]> {
     let pattern = match name {
         "keys" => args.get(1)?,
         _ => {
-            let i = args.iter().skip(2).position(|a| is(a, "match"))?;
-            args.get(2 + i + 1)?
+            // As SCAN reads its options: pairs from the third argument on,
+            // the last MATCH winning.
+            let mut pattern = None;
+            let mut i = 2;
+            while let (Some(k), Some(v)) = (args.get(i), args.get(i + 1)) {
+                if is(k, "match") {
+                    pattern = Some(v);
+                }
+                i += 2;
+            }
+            pattern?
         }
     };
     Some(literal_prefix(pattern)).filter(|p| !p.is_empty())

@@ -77,6 +77,16 @@ fn values_from_stdin_and_files_come_back_byte_for_byte() {
         o.stdout.len()
     );
 
+    // An empty stdin is refused (a missing value, most likely), nothing
+    // written; an empty value is given as ''.
+    let o = run(&t, &["put", "cli/empty"], Some(b""));
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("stdin was empty"), "{}", stderr(&o));
+    assert_eq!(run(&t, &["get", "cli/empty"], None).status.code(), Some(1));
+    let o = run(&t, &["put", "cli/empty", ""], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(run(&t, &["get", "cli/empty"], None).stdout, b"");
+
     // From a file, the same.
     let path = dir.path().join("config.json");
     let json = br#"{"feature": {"enabled": true}, "limit": 5}"#;

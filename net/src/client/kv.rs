@@ -474,10 +474,12 @@ impl Client {
         while let Some(h) = from {
             let (items, next) = self.scan_prefix_page(h, 10_000, keys_only, prefix)?;
             matched += items.len();
+            // (The node filters by prefix; a node that does not know the
+            // field would send every key, so the prefix is checked here too.)
             found.extend(
                 items
                     .into_iter()
-                    .filter(|(k, _)| after.is_none_or(|a| &k[..] > a)),
+                    .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| &k[..] > a)),
             );
             // Keep only the first `limit` (and one more, to know if there
             // are more): memory stays bounded by the answer.

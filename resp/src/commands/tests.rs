@@ -675,6 +675,12 @@ fn with_authentication_on_commands_wait_for_a_login_and_keep_to_its_roles() {
                 "KEYS c*",
                 "-NOPERM user 'app' may not run 'keys' (it needs read:*, or a pattern under a prefix it may read)\r\n",
             ),
+            // The pattern checked is the one used: the last MATCH.
+            (
+                "SCAN 0 MATCH cfg:* MATCH *",
+                "-NOPERM user 'app' may not run 'scan' (it needs read:*, or a pattern under a prefix it may read)\r\n",
+            ),
+            ("SCAN 0 MATCH * MATCH cfg:a", "*2\r\n$1\r\n0\r\n*1\r\n$5\r\ncfg:a\r\n"),
             (
                 "SCAN 0 MATCH other*",
                 "-NOPERM user 'app' may not run 'scan' (it needs read:*, or a pattern under a prefix it may read)\r\n",

@@ -128,7 +128,8 @@ enum Cmd {
     Put {
         /// Key.
         key: String,
-        /// Value; omit it to read the value from stdin (binary-safe).
+        /// Value; omit it to read the value from stdin (binary-safe; an empty
+        /// stdin is refused: give '' for an empty value).
         #[arg(conflicts_with = "file")]
         value: Option<String>,
         /// Read the value from this file.
@@ -977,6 +978,15 @@ fn main() -> ExitCode {
                         );
                     }
                     match read_value(stdin.lock()) {
+                        // An empty stdin is most often a mistake (a missing
+                        // argument in a script), not an empty value.
+                        Ok(v) if v.is_empty() => {
+                            return fail(
+                                3,
+                                "error: no value: stdin was empty (to store an empty value, \
+                                 give '' after the key)",
+                            )
+                        }
                         Ok(v) => v,
                         Err(e) => return fail(3, format!("error: stdin: {e}")),
                     }
