@@ -348,7 +348,7 @@ impl Transport {
 }
 
 /// Peer connections a listener holds that have not said hello yet (TCP,
-/// TLS handshake, greeting); past it new connections are closed at once.
+/// TLS handshake, greeting); past it the oldest of them is closed.
 pub const PEER_PENDING_MAX: usize = 128;
 /// Peer connections a listener holds in all.
 pub const PEER_CONNECTIONS_MAX: usize = 4096;
@@ -396,7 +396,7 @@ pub async fn serve_peers(
                 _ => break,
             }
         }
-        if counts.pending.get() >= PEER_PENDING_MAX {
+        if counts.pending() >= PEER_PENDING_MAX {
             let oldest = counts.waiting.borrow_mut().pop_front();
             if let Some((_, oldest)) = oldest {
                 oldest.cancel();
@@ -458,7 +458,6 @@ fn keep_alive(stream: &TcpStream) {
 #[derive(Default)]
 struct PeerCounts {
     open: std::cell::Cell<usize>,
-    pending: std::cell::Cell<usize>,
     next_id: std::cell::Cell<u64>,
     waiting: RefCell<std::collections::VecDeque<(u64, glommio::task::JoinHandle<()>)>>,
     pending_ids: RefCell<std::collections::HashSet<u64>>,
@@ -468,6 +467,10 @@ impl PeerCounts {
     fn is_pending(&self, id: u64) -> bool {
         self.pending_ids.borrow().contains(&id)
     }
+
+    fn pending(&self) -> usize {
+        self.pending_ids.borrow().len()
+    }
 }
 
 /// One connection's place in [`PeerCounts`]: pending until greeted, open
@@ -475,7 +478,6 @@ impl PeerCounts {
 struct PeerSlot {
     counts: Rc<PeerCounts>,
     id: u64,
-    pending: bool,
 }
 
 impl PeerSlot {
@@ -483,21 +485,13 @@ impl PeerSlot {
         let id = counts.next_id.get();
         counts.next_id.set(id + 1);
         counts.open.set(counts.open.get() + 1);
-        counts.pending.set(counts.pending.get() + 1);
         counts.pending_ids.borrow_mut().insert(id);
-        PeerSlot {
-            counts,
-            id,
-            pending: true,
-        }
+        PeerSlot { counts, id }
     }
 
+    /// No longer pending (idempotent).
     fn greeted(&mut self) {
-        if std::mem::take(&mut self.pending) {
-            let c = &self.counts;
-            c.pending.set(c.pending.get() - 1);
-            c.pending_ids.borrow_mut().remove(&self.id);
-        }
+        self.counts.pending_ids.borrow_mut().remove(&self.id);
     }
 }
 

@@ -319,6 +319,16 @@ impl Shared {
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
     }
+
+    /// Counts one operation of `kind` (the report's "by kind" line).
+    fn count(&self, kind: &str) {
+        *self
+            .by_kind
+            .lock()
+            .unwrap()
+            .entry(kind.to_string())
+            .or_default() += 1;
+    }
 }
 
 /// Runs the cluster, clients and faults, then checks the history.

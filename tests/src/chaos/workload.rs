@@ -110,12 +110,7 @@ pub(super) fn record_timed(
             ("failed", None)
         }
     };
-    *shared
-        .by_kind
-        .lock()
-        .unwrap()
-        .entry(format!("{kind} {outcome}"))
-        .or_default() += 1;
+    shared.count(&format!("{kind} {outcome}"));
     if let Some(op) = op {
         shared.ops.lock().unwrap().push(op);
     }
@@ -135,12 +130,7 @@ fn scan_page(shared: &Shared, client: u64, c: &mut Client, prefix: &str, at: &st
         Ok(p) => p,
         // A scan that got no answer constrains nothing.
         Err(_) => {
-            *shared
-                .by_kind
-                .lock()
-                .unwrap()
-                .entry("scan failed".into())
-                .or_default() += 1;
+            shared.count("scan failed");
             return;
         }
     };
@@ -153,12 +143,7 @@ fn scan_page(shared: &Shared, client: u64, c: &mut Client, prefix: &str, at: &st
         .collect();
     let end = next.unwrap_or(u64::MAX);
     let all_to_end = next.is_none();
-    *shared
-        .by_kind
-        .lock()
-        .unwrap()
-        .entry("scan ok".into())
-        .or_default() += 1;
+    shared.count("scan ok");
     for i in 0..keys {
         let key = format!("{prefix}{i}");
         let h = corekv_engine::route_hash(key.as_bytes());

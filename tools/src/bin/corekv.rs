@@ -962,11 +962,11 @@ fn main() -> ExitCode {
             };
             let value = match (value, file) {
                 (Some(v), _) => v.into_bytes(),
-                (None, Some(path)) => match std::fs::File::open(&path) {
-                    Ok(f) => match read_value(f) {
-                        Ok(v) => v,
-                        Err(e) => return fail(3, format!("error: {}: {e}", path.display())),
-                    },
+                (None, Some(path)) => match std::fs::File::open(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(read_value)
+                {
+                    Ok(v) => v,
                     Err(e) => return fail(3, format!("error: {}: {e}", path.display())),
                 },
                 (None, None) => {
