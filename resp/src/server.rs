@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use corekv_net::tls::SyncStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use corekv_engine::Consistency;
@@ -416,7 +416,49 @@ fn connection(tcp: TcpStream, shared: &Arc<Shared>) {
         shared.cfg.dial_tls.clone(),
     );
     let mut session = Session::new(shared.clone(), Box::new(store), peer);
-    serve(&mut stream, &mut session, &shared.cfg.limits, &shared.stats);
+    if serve(&mut stream, &mut session, &shared.cfg.limits, &shared.stats) == End::ProtocolError {
+        linger(stream.tcp());
+    }
+}
+
+/// How long a connection closed for a protocol error keeps reading what
+/// its client still sends, at most, and how much of it.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
+
+/// Closes a connection whose client may still be sending (a value over
+/// the limit, say) so that it reads the error reply: closing a socket with
+/// unread input resets the connection, and the reset can reach the client
+/// before the reply does. The write side is shut first (the client sees
+/// the reply, then the end), then input is drained until the client
+/// closes or the time or byte budget runs out.
+fn linger(tcp: &TcpStream) {
+    if tcp.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut sink = vec![0u8; 64 << 10];
+    let mut drained = 0;
+    let mut reader = tcp;
+    while drained < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match reader.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
+/// Why `serve` returned.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The client left or QUIT, or the connection broke.
+    Closed,
+    /// The client broke the protocol; the error reply was written.
+    ProtocolError,
 }
 
 /// Reads commands and writes replies until the client leaves, QUITs or
@@ -426,14 +468,14 @@ pub(crate) fn serve<S: Read + Write>(
     session: &mut Session,
     limits: &Limits,
     stats: &RespStats,
-) {
+) -> End {
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut chunk = vec![0u8; 64 << 10];
     let mut out = Vec::with_capacity(16 << 10);
     let mut reader = RequestReader::new(*limits);
     loop {
         let n = match stream.read(&mut chunk) {
-            Ok(0) => return,
+            Ok(0) => return End::Closed,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -442,11 +484,11 @@ pub(crate) fn serve<S: Read + Write>(
             {
                 continue
             }
-            Err(_) => return,
+            Err(_) => return End::Closed,
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
-        let mut close = false;
+        let mut close = None;
         // The complete commands that arrived, a few at a time (their
         // replies are bounded before they are written).
         loop {
@@ -470,19 +512,19 @@ pub(crate) fn serve<S: Read + Write>(
                 // never held whole.
                 if out.len() >= OUT_BYTES_MAX {
                     if stream.write_all(&out).is_err() {
-                        return;
+                        return End::Closed;
                     }
                     out.clear();
                 }
             }
             if session.closing {
-                close = true;
+                close = Some(End::Closed);
                 break;
             }
             if let Some(e) = bad {
                 stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 Reply::err(format!("Protocol error: {}", e.0)).encode(session.proto, &mut out);
-                close = true;
+                close = Some(End::ProtocolError);
                 break;
             }
             if !more {
@@ -491,16 +533,82 @@ pub(crate) fn serve<S: Read + Write>(
         }
         if !out.is_empty() {
             if stream.write_all(&out).is_err() {
-                return;
+                return End::Closed;
             }
             out.clear();
             out.shrink_to(64 << 10);
         }
-        if close {
-            return;
+        if let Some(end) = close {
+            return end;
         }
         if buf.capacity() > (1 << 20) && buf.is_empty() {
             buf = BytesMut::with_capacity(16 << 10);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mem::MemStore;
+
+    fn test_shared() -> Arc<Shared> {
+        Shared::new(
+            RespConfig {
+                node_id: 1,
+                endpoints: Vec::new(),
+                consistency: Consistency::Linearizable,
+                connections_max: 10,
+                limits: Default::default(),
+                view: Default::default(),
+                gate: corekv_net::auth::Gate::open(),
+                tls: None,
+                dial_tls: None,
+            },
+            0,
+        )
+    }
+
+    /// A client still sending a value over the limit reads the error reply,
+    /// not a reset: the connection lingers after the protocol error.
+    #[test]
+    fn a_value_over_the_limit_gets_its_error_not_a_reset() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = test_shared();
+        let server = std::thread::spawn(move || {
+            for _ in 0..20 {
+                let (mut tcp, _) = listener.accept().unwrap();
+                let mut session =
+                    Session::new(shared.clone(), Box::new(MemStore::new(1)), "test".into());
+                let limits = Limits::default();
+                if serve(&mut tcp, &mut session, &limits, &shared.stats) == End::ProtocolError {
+                    linger(&tcp);
+                }
+            }
+        });
+        let body = vec![b'x'; 2 << 20];
+        for round in 0..20 {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // The whole command is written before the reply is read, as
+            // simple clients do: the server replies after the length, long
+            // before the body is in, and must not reset the connection
+            // while the body is still coming.
+            let mut cmd = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", body.len()).into_bytes();
+            cmd.extend_from_slice(&body);
+            cmd.extend_from_slice(b"\r\n");
+            let w = c.write_all(&cmd);
+            assert!(w.is_ok(), "round {round}: writing the command: {w:?}");
+            let mut reply = Vec::new();
+            let r = c.read_to_end(&mut reply);
+            assert!(r.is_ok(), "round {round}: {r:?} after {reply:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&reply),
+                "-ERR Protocol error: invalid bulk length\r\n",
+                "round {round}"
+            );
+        }
+        server.join().unwrap();
     }
 }
