@@ -48,6 +48,24 @@ pub struct RespConfig {
     pub dial_tls: Option<corekv_net::tls::ClientTls>,
 }
 
+#[cfg(test)]
+impl RespConfig {
+    /// A listener without cluster, users or TLS, for the unit tests.
+    pub(crate) fn for_tests() -> RespConfig {
+        RespConfig {
+            node_id: 1,
+            endpoints: Vec::new(),
+            consistency: Consistency::Linearizable,
+            connections_max: 10,
+            limits: Default::default(),
+            view: Default::default(),
+            gate: corekv_net::auth::Gate::open(),
+            tls: None,
+            dial_tls: None,
+        }
+    }
+}
+
 /// Counters of the listener.
 #[derive(Debug, Default)]
 pub struct RespStats {
@@ -553,20 +571,7 @@ mod tests {
     use crate::store::mem::MemStore;
 
     fn test_shared() -> Arc<Shared> {
-        Shared::new(
-            RespConfig {
-                node_id: 1,
-                endpoints: Vec::new(),
-                consistency: Consistency::Linearizable,
-                connections_max: 10,
-                limits: Default::default(),
-                view: Default::default(),
-                gate: corekv_net::auth::Gate::open(),
-                tls: None,
-                dial_tls: None,
-            },
-            0,
-        )
+        Shared::new(RespConfig::for_tests(), 0)
     }
 
     /// A client still sending a value over the limit reads the error reply,

@@ -7,20 +7,9 @@ use crate::codec::split_args;
 use crate::server::{RespConfig, Shared};
 use crate::session::Session;
 use crate::store::mem::MemStore;
-use corekv_engine::Consistency;
 
 fn test_config() -> RespConfig {
-    RespConfig {
-        node_id: 1,
-        endpoints: Vec::new(),
-        consistency: Consistency::Linearizable,
-        connections_max: 10,
-        limits: Default::default(),
-        view: Default::default(),
-        gate: corekv_net::auth::Gate::open(),
-        tls: None,
-        dial_tls: None,
-    }
+    RespConfig::for_tests()
 }
 
 fn session(regions: u64) -> Session {
