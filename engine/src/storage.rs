@@ -81,6 +81,73 @@ impl RegionStorage {
         Ok(())
     }
 
+    /// Adds to `batch` a replica of `region` restored from a backup: the
+    /// backup's data and client sessions, everything up to its applied
+    /// index applied, the log starting empty after it (so versions go on
+    /// from the backup's), no change history before it. `region` is the
+    /// backup's region as the new cluster places it (its own replicas); the
+    /// same on every replica, so they start in agreement.
+    pub fn bootstrap_restored(
+        region: &Region,
+        data: &snapshot::SnapshotData,
+        db: &Db,
+        batch: &mut LogBatch,
+    ) -> Result<()> {
+        if (data.region.id, data.region.start_hash, data.region.end_hash)
+            != (region.id, region.start_hash, region.end_hash)
+        {
+            return Err(Error::Corruption(format!(
+                "backup of region {} [{:#x}, {:#x}) restored as region {} [{:#x}, {:#x})",
+                data.region.id,
+                data.region.start_hash,
+                data.region.end_hash,
+                region.id,
+                region.start_hash,
+                region.end_hash
+            )));
+        }
+        let index = data.applied_index.max(INIT_INDEX);
+        Self::write_initial(
+            region,
+            (index, INIT_TERM, data.clock_ms),
+            db,
+            &mut batch.inner,
+        );
+        let hs = HardState {
+            term: INIT_TERM,
+            commit: index,
+            ..Default::default()
+        };
+        batch.inner.put_cf(
+            cf(db, CF_RAFT),
+            keys::hard_state_key(region.id),
+            hs.write_to_bytes().expect("hard state encodes"),
+        );
+        let data_cf = cf(db, CF_DATA);
+        for (k, v) in &data.pairs {
+            match keys::split_data_key(k) {
+                Some((hash, _)) if region.contains(hash) => batch.inner.put_cf(data_cf, k, v),
+                _ => {
+                    return Err(Error::Corruption(format!(
+                        "backup of region {}: a record outside its range",
+                        region.id
+                    )))
+                }
+            }
+        }
+        let meta_cf = cf(db, CF_META);
+        for (client, session) in &data.sessions {
+            batch.inner.put_cf(
+                meta_cf,
+                keys::session_key(region.id, *client),
+                session.encode(),
+            );
+        }
+        crate::watch::set_floor(db, &mut batch.inner, region.id, index);
+        batch.must_sync = true;
+        Ok(())
+    }
+
     /// Adds to `batch` the state of a replica of `region` whose log starts
     /// empty after `index` (of `term`), everything up to it applied, its
     /// clock at `clock_ms`: membership from the region's peers. Used at

@@ -1006,6 +1006,13 @@ fn check_user(user: &User, req: &Request) -> std::result::Result<(), String> {
                 return Err(format!("read {}", show(key)));
             }
         }
+        Op::Watch {
+            prefix: Some(r), ..
+        } => {
+            if !user.may_read_prefix(&r.prefix) {
+                return Err(format!("watch the prefix {}", show(&r.prefix)));
+            }
+        }
         Op::Watch { keys, .. } => {
             if let Some(k) = keys.iter().find(|k| !user.may_read(k)) {
                 return Err(format!("watch {}", show(k)));
@@ -1050,6 +1057,11 @@ fn check_user(user: &User, req: &Request) -> std::result::Result<(), String> {
         | Op::Check => {
             if !user.is_admin() {
                 return Err("change placement (admin only)".into());
+            }
+        }
+        Op::Backup { .. } => {
+            if !user.is_admin() {
+                return Err("back up a region (admin only)".into());
             }
         }
     }

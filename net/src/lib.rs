@@ -4,6 +4,8 @@
 //! - `wire`: the generated flatbuffers code of `schema/corekv.fbs`.
 //! - `auth`: users, roles and token hashes (kept in the meta region), and
 //!   the gate every listener checks logins and requests against.
+//! - `backup`: the backup format (`ctl backup`, `corekv-server --restore`):
+//!   region files, the manifest with checksums, and the checks on reading.
 //! - `faults`: fault-injection rules for the raft transport (tests, chaos runs).
 //! - `frame`: length-prefixed framing and stream reassembly.
 //! - `message`: client-protocol messages as Rust values; encode and decode.
@@ -35,6 +37,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod client;
 pub mod faults;
 pub mod frame;
@@ -51,6 +54,6 @@ pub mod wake;
 pub mod watch_client;
 pub mod wire;
 
-pub use client::{Client, ClientConfig, ClientError, Credentials, PutOptions, Value};
+pub use client::{Client, ClientConfig, ClientError, Credentials, PutOptions, RegionBackup, Value};
 pub use corekv_engine::watch::{Change, ChangeKind};
-pub use watch_client::{StreamStatus, Watch};
+pub use watch_client::{Part, ResumeToken, StreamStatus, Watch};

@@ -9,8 +9,18 @@
 //! region, with no gap. Only a `Compacted` answer (the region no longer
 //! keeps the changes asked for) or an invalid request ends a stream; it is
 //! passed on with the keys' current values.
+//!
+//! [`crate::Client::watch_prefix`] runs one stream per region too, each
+//! following the prefix's keys in the region's hash range. When a split
+//! cuts a stream's range, the stream keeps the part still in its region and
+//! starts streams for the rest, from the version the split happened at.
+//! [`Watch::resume_token`] names every part with the version up to which
+//! the caller has taken every change: a later watch resumes from it with
+//! no gap and no repeat.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,7 +31,9 @@ use corekv_engine::route_hash;
 use corekv_engine::watch::Change;
 
 use crate::client::{wire_to_client, Client, ClientError, Conn, Result};
-use crate::message::{decode_frame, encode_requests, Frame, Op, Outcome, Request, WireError};
+use crate::message::{
+    decode_frame, encode_requests, Frame, Op, Outcome, Request, RouteInfo, WatchRange, WireError,
+};
 use crate::routing::Routing;
 use crate::wire::ErrorCode;
 
@@ -86,14 +98,115 @@ fn update(status: &SharedStatus, f: impl FnOnce(&mut StreamStatus)) {
 
 /// What streams hand to the [`Watch`].
 enum Item {
-    Event(Change),
+    /// A change, and the stream it came from.
+    Event(usize, Change),
     Failed(ClientError),
+    /// Where prefix streams stand once the items sent before this one are
+    /// taken: (stream, its part).
+    Parts(Vec<(usize, Part)>),
+}
+
+/// One region's part of a prefix watch: the prefix's keys with a hash in
+/// `[start_hash, end_hash)` (`end_hash` 0 = to the end), every change of
+/// them up to `cursor` taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// First hash.
+    pub start_hash: u64,
+    /// Hash past the last (0 = the end of the hash space).
+    pub end_hash: u64,
+    /// Every change up to this version (of the part's region) was taken.
+    pub cursor: u64,
+}
+
+/// Where a prefix watch stands: each part of the hash space with the
+/// version up to which every change was taken. Its text form (`Display`,
+/// `FromStr`) is what `corekv watch --prefix P --resume TOKEN` takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumeToken {
+    /// The parts, in hash order, covering the hash space.
+    pub parts: Vec<Part>,
+}
+
+impl std::fmt::Display for ResumeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "w1")?;
+        for p in &self.parts {
+            write!(f, ".{:x}-{:x}-{}", p.start_hash, p.end_hash, p.cursor)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for ResumeToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<ResumeToken, String> {
+        let bad = || format!("not a watch resume token: {s:?}");
+        let mut it = s.trim().split('.');
+        if it.next() != Some("w1") {
+            return Err(bad());
+        }
+        let mut parts = Vec::new();
+        for p in it {
+            let f: Vec<&str> = p.split('-').collect();
+            let [start, end, cursor] = f[..] else {
+                return Err(bad());
+            };
+            parts.push(Part {
+                start_hash: u64::from_str_radix(start, 16).map_err(|_| bad())?,
+                end_hash: u64::from_str_radix(end, 16).map_err(|_| bad())?,
+                cursor: cursor.parse().map_err(|_| bad())?,
+            });
+        }
+        let token = ResumeToken { parts };
+        token.check()?;
+        Ok(token)
+    }
+}
+
+impl ResumeToken {
+    /// Checks that the parts are in order and cover the hash space (the
+    /// meta region's one hash, `u64::MAX`, aside) without gap or overlap.
+    fn check(&self) -> std::result::Result<(), String> {
+        let mut next: u128 = 0;
+        for p in &self.parts {
+            let end = if p.end_hash == 0 {
+                1u128 << 64
+            } else {
+                u128::from(p.end_hash)
+            };
+            if p.cursor == 0 {
+                return Err(format!(
+                    "the resume token's part {:x}-{:x} has no version",
+                    p.start_hash, p.end_hash
+                ));
+            }
+            if u128::from(p.start_hash) != next || end <= next {
+                return Err(format!(
+                    "the resume token's parts do not cover the hash space in order \
+                     (part {:x}-{:x})",
+                    p.start_hash, p.end_hash
+                ));
+            }
+            next = end;
+        }
+        if next < u128::from(corekv_engine::META_HASH) {
+            return Err("the resume token's parts stop short of the end of the hash space".into());
+        }
+        Ok(())
+    }
 }
 
 /// A running watch. Dropping it stops its streams.
 pub struct Watch {
     rx: mpsc::Receiver<Item>,
     streams: Streams,
+    /// Items read off the channel for [`Watch::resume_token`] but not yet
+    /// taken by [`Watch::next`].
+    early: RefCell<VecDeque<Item>>,
+    /// The parts of a prefix watch by stream, as far as the caller took.
+    parts: RefCell<BTreeMap<usize, Part>>,
 }
 
 /// What every stream of a watch shares, to start more streams when a split
@@ -105,15 +218,68 @@ struct Streams {
     stop: Arc<AtomicBool>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     statuses: Arc<Mutex<Vec<SharedStatus>>>,
+    /// Numbers the streams.
+    next_stream: Arc<AtomicUsize>,
+}
+
+/// What one stream follows.
+#[derive(Clone, Debug)]
+enum Subject {
+    /// Keys of one region.
+    Keys(Vec<Bytes>),
+    /// A prefix's keys in a range of hashes of one region.
+    Prefix(WatchRange),
+}
+
+impl Subject {
+    /// The hash the stream is routed by.
+    fn hash(&self) -> u64 {
+        match self {
+            Subject::Keys(keys) => route_hash(&keys[0]),
+            Subject::Prefix(r) => r.start_hash,
+        }
+    }
+
+    fn part(&self, cursor: u64) -> Option<Part> {
+        match self {
+            Subject::Keys(_) => None,
+            Subject::Prefix(r) => Some(Part {
+                start_hash: r.start_hash,
+                end_hash: r.end_hash,
+                cursor,
+            }),
+        }
+    }
+}
+
+/// The parts of `[start, end)` (`end` 0 = to the end) in each region of
+/// `routes`, in hash order: (region, start, end). The meta region, which
+/// holds no user key, is left out. `None` if the routes leave a gap.
+fn pieces(routes: &[RouteInfo], start: u64, end: u64) -> Option<Vec<(u64, u64, u64)>> {
+    let wide = |h: u64| if h == 0 { 1u128 << 64 } else { u128::from(h) };
+    if !crate::routing::covers_hash_space(routes) {
+        return None;
+    }
+    let (start, end) = (u128::from(start), wide(end));
+    let mut out = Vec::new();
+    for r in routes.iter().filter(|r| !r.region.is_meta()) {
+        let s = start.max(u128::from(r.region.start_hash));
+        let e = end.min(wide(r.region.end_hash));
+        if s < e {
+            // Both fit: `s` < 2^64, and `e` is 2^64 only as the open end.
+            out.push((r.region.id, s as u64, (e & u128::from(u64::MAX)) as u64));
+        }
+    }
+    Some(out)
 }
 
 impl Streams {
-    /// Starts a stream of `keys` (one region) after `from_version`; `ready`
-    /// hears when a leader accepted it.
+    /// Starts stream number `number` of `subject` (one region) after
+    /// `from_version`; `ready` hears when a leader accepted it.
     fn spawn(
         &self,
         client: Client,
-        keys: Vec<Bytes>,
+        (number, subject): (usize, Subject),
         from_version: u64,
         ready: Option<mpsc::Sender<()>>,
     ) -> Result<()> {
@@ -125,7 +291,7 @@ impl Streams {
             .push(status.clone());
         let handle = std::thread::Builder::new()
             .name("corekv-watch".into())
-            .spawn(move || stream(client, keys, from_version, ready, me, status))
+            .spawn(move || stream(client, (number, subject), from_version, ready, me, status))
             .map_err(|e| ClientError::Protocol(format!("starting a watch thread: {e}")))?;
         self.threads
             .lock()
@@ -140,14 +306,67 @@ impl Watch {
     /// An error ends the watch of that error's keys (the other regions'
     /// streams go on).
     pub fn next(&self, timeout: Duration) -> Result<Option<Change>> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(Item::Event(c)) => Ok(Some(c)),
-            Ok(Item::Failed(e)) => Err(e),
-            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ClientError::Protocol(
-                "every stream of the watch ended".into(),
-            )),
+        let deadline = Instant::now() + timeout;
+        loop {
+            let early = self.early.borrow_mut().pop_front();
+            let item = match early {
+                Some(item) => item,
+                None => match self
+                    .rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    Ok(item) => item,
+                    Err(mpsc::RecvTimeoutError::Timeout) => return Ok(None),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(ClientError::Protocol(
+                            "every stream of the watch ended".into(),
+                        ))
+                    }
+                },
+            };
+            match item {
+                Item::Event(_, c) => return Ok(Some(c)),
+                Item::Failed(e) => return Err(e),
+                Item::Parts(parts) => self.parts.borrow_mut().extend(parts),
+            }
         }
+    }
+
+    /// Where a prefix watch stands: every change up to each part's cursor
+    /// was returned by [`Watch::next`]. `Client::watch_prefix_from` with it
+    /// goes on from there, with no gap and no repeat. `None` for a watch of
+    /// keys.
+    pub fn resume_token(&self) -> Option<ResumeToken> {
+        // A stream's position counts once every change it sent before it
+        // was taken: positions behind an untaken change of the same stream
+        // wait (other streams' changes do not hold them back).
+        let mut early = self.early.borrow_mut();
+        while let Ok(item) = self.rx.try_recv() {
+            early.push_back(item);
+        }
+        let mut parts = self.parts.borrow().clone();
+        let mut waiting = std::collections::HashSet::new();
+        for item in early.iter() {
+            match item {
+                Item::Event(n, _) => {
+                    waiting.insert(*n);
+                }
+                Item::Parts(ps) => {
+                    for (n, p) in ps {
+                        if !waiting.contains(n) {
+                            parts.insert(*n, *p);
+                        }
+                    }
+                }
+                Item::Failed(_) => {}
+            }
+        }
+        if parts.is_empty() {
+            return None;
+        }
+        let mut parts: Vec<Part> = parts.values().copied().collect();
+        parts.sort_by_key(|p| p.start_hash);
+        Some(ResumeToken { parts })
     }
 }
 
@@ -218,6 +437,86 @@ impl Client {
                 None => groups.push((region, vec![Bytes::copy_from_slice(k)])),
             }
         }
+        let subjects = groups
+            .into_iter()
+            .map(|(_, keys)| (Subject::Keys(keys), from_version))
+            .collect();
+        self.start_watch(subjects, deadline)
+    }
+
+    /// Watches every key beginning with `prefix` (empty: every key): every
+    /// change made after this call returns (it returns once each region's
+    /// leader has accepted its part), including to keys created later.
+    /// Changes come in version order per region; [`Watch::resume_token`]
+    /// says where the caller stands.
+    pub fn watch_prefix(&mut self, prefix: &[u8]) -> Result<Watch> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let pieces = self.prefix_pieces(0, 0, deadline)?;
+        let subjects = pieces
+            .into_iter()
+            .map(|(_, start_hash, end_hash)| {
+                let range = WatchRange {
+                    prefix: Bytes::copy_from_slice(prefix),
+                    start_hash,
+                    end_hash,
+                };
+                (Subject::Prefix(range), 0)
+            })
+            .collect();
+        self.start_watch(subjects, deadline)
+    }
+
+    /// Goes on with a prefix watch from where `token` says it stood
+    /// ([`Watch::resume_token`] of a watch of the same prefix): the changes
+    /// after each part's version. A part whose changes are no longer kept
+    /// ends with `Compacted`.
+    pub fn watch_prefix_from(&mut self, prefix: &[u8], token: &ResumeToken) -> Result<Watch> {
+        token.check().map_err(|message| ClientError::Invalid {
+            code: ErrorCode::InvalidRequest,
+            message,
+        })?;
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        if !crate::routing::covers_hash_space(&self.routes) {
+            self.refresh_routes(deadline)
+                .map_err(|last| ClientError::Unavailable { attempts: 1, last })?;
+        }
+        let subjects = token
+            .parts
+            .iter()
+            // The meta region's hash holds no user key.
+            .filter(|p| p.start_hash != corekv_engine::META_HASH)
+            .map(|p| {
+                let range = WatchRange {
+                    prefix: Bytes::copy_from_slice(prefix),
+                    start_hash: p.start_hash,
+                    end_hash: p.end_hash,
+                };
+                (Subject::Prefix(range), p.cursor)
+            })
+            .collect();
+        self.start_watch(subjects, deadline)
+    }
+
+    /// The parts of `[start, end)` in each region, from fresh routes if
+    /// the ones at hand leave a gap.
+    fn prefix_pieces(
+        &mut self,
+        start: u64,
+        end: u64,
+        deadline: Instant,
+    ) -> Result<Vec<(u64, u64, u64)>> {
+        if let Some(p) = pieces(&self.routes, start, end) {
+            return Ok(p);
+        }
+        self.refresh_routes(deadline)
+            .map_err(|last| ClientError::Unavailable { attempts: 1, last })?;
+        pieces(&self.routes, start, end).ok_or_else(|| {
+            ClientError::Protocol("the routing table leaves part of the hash space out".into())
+        })
+    }
+
+    /// Starts one stream per subject and waits until each is accepted.
+    fn start_watch(&mut self, subjects: Vec<(Subject, u64)>, deadline: Instant) -> Result<Watch> {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let streams = Streams {
@@ -226,30 +525,57 @@ impl Client {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Arc::new(Mutex::new(Vec::new())),
             statuses: Arc::new(Mutex::new(Vec::new())),
+            next_stream: Arc::new(AtomicUsize::new(0)),
         };
-        let count = groups.len();
+        let count = subjects.len();
+        let mut parts = BTreeMap::new();
+        for (i, (subject, from)) in subjects.iter().enumerate() {
+            if let Some(p) = subject.part(*from) {
+                parts.insert(i, p);
+            }
+        }
+        streams.next_stream.store(count, Ordering::Release);
         let watch = Watch {
             rx,
             streams: streams.clone(),
+            early: RefCell::new(VecDeque::new()),
+            parts: RefCell::new(parts),
         };
-        for (_, keys) in groups {
+        for (i, (subject, from)) in subjects.into_iter().enumerate() {
             let client = Client::connect(self.cfg.clone())?;
-            streams.spawn(client, keys, from_version, Some(ready_tx.clone()))?;
+            streams.spawn(client, (i, subject), from, Some(ready_tx.clone()))?;
         }
-        // A stream that fails drops its sender: the wait below ends then.
+        // Every stream drops its sender once accepted (or failed); streams
+        // started by a split before their parent was accepted hold a clone.
         drop(ready_tx);
-        for _ in 0..count {
+        let accepted = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if ready_rx.recv_timeout(left).is_err() {
-                // A stream that ended with an error has passed it on.
-                if let Ok(Item::Failed(e)) = watch.rx.try_recv() {
-                    return Err(e);
-                }
-                return Err(ClientError::Unavailable {
-                    attempts: 1,
-                    last: "no leader accepted the watch in time".into(),
-                });
+            match ready_rx.recv_timeout(left) {
+                Ok(()) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break true,
+                Err(mpsc::RecvTimeoutError::Timeout) => break false,
             }
+        };
+        // A stream that ended with an error has passed it on; what came
+        // before it stays for `next`.
+        let failed = {
+            let mut early = watch.early.borrow_mut();
+            while let Ok(item) = watch.rx.try_recv() {
+                early.push_back(item);
+            }
+            early
+                .iter()
+                .position(|i| matches!(i, Item::Failed(_)))
+                .and_then(|p| early.remove(p))
+        };
+        if let Some(Item::Failed(e)) = failed {
+            return Err(e);
+        }
+        if !accepted {
+            return Err(ClientError::Unavailable {
+                attempts: 1,
+                last: "no leader accepted the watch in time".into(),
+            });
         }
         Ok(watch)
     }
@@ -259,9 +585,9 @@ impl Client {
 enum Ended {
     /// Try again (after a pause unless `hinted`).
     Retry { hinted: bool },
-    /// The keys may be in several regions now (routes were reloaded).
-    /// Keys still in region `kept` resume from the cursor, the others from
-    /// `split_at` (0 = the cursor).
+    /// The keys (or the range) may be in several regions now (routes were
+    /// reloaded). What is still in region `kept` resumes from the cursor,
+    /// the rest from `split_at` (0 = the cursor).
     Regroup { kept: u64, split_at: u64 },
     /// The watch is over.
     Done,
@@ -269,7 +595,7 @@ enum Ended {
 
 fn stream(
     mut c: Client,
-    mut keys: Vec<Bytes>,
+    (number, mut subject): (usize, Subject),
     from_version: u64,
     mut ready: Option<mpsc::Sender<()>>,
     streams: Streams,
@@ -281,54 +607,99 @@ fn stream(
     let mut attempt = 0u32;
     while !stop.load(Ordering::Acquire) {
         attempt += 1;
-        let hash = route_hash(&keys[0]);
-        update(&status, |s| s.keys = keys.len());
+        update(&status, |s| {
+            s.keys = match &subject {
+                Subject::Keys(k) => k.len(),
+                Subject::Prefix(_) => 0,
+            }
+        });
         let ended = attempt_stream(
             &mut c,
-            &keys,
-            hash,
+            (number, &subject),
             &mut cursor,
             attempt,
             (tx, &mut ready),
             stop,
             &status,
         );
-        match ended {
+        let (kept, split_at) = match ended {
             Ended::Done => return,
-            Ended::Regroup { kept, split_at } => {
-                let mut groups: Vec<(u64, Vec<Bytes>)> = Vec::new();
+            Ended::Retry { hinted: true } => continue,
+            Ended::Retry { hinted: false } => {
+                let pause = Instant::now() + c.cfg.backoff_max * 2;
+                c.backoff(attempt.min(4), pause);
+                continue;
+            }
+            Ended::Regroup { kept, split_at } => (kept, split_at),
+        };
+        let from = |region: u64| {
+            if region == kept || split_at == 0 {
+                cursor
+            } else {
+                split_at
+            }
+        };
+        // (region, what the region holds of the subject)
+        let mut groups: Vec<(u64, Subject)> = Vec::new();
+        match subject {
+            Subject::Keys(mut keys) => {
                 for k in keys.drain(..) {
                     let region = c
                         .route_index(route_hash(&k))
                         .map_or(0, |i| c.routes[i].region.id);
                     match groups.iter_mut().find(|(r, _)| *r == region) {
-                        Some((_, g)) => g.push(k),
-                        None => groups.push((region, vec![k])),
+                        Some((_, Subject::Keys(g))) => g.push(k),
+                        _ => groups.push((region, Subject::Keys(vec![k]))),
                     }
                 }
-                let from = |region: u64| {
-                    if region == kept || split_at == 0 {
-                        cursor
-                    } else {
-                        split_at
-                    }
-                };
-                let (first_region, first) = groups.remove(0);
-                for (region, group) in groups {
-                    let started = Client::connect(streams.cfg.clone())
-                        .and_then(|client| streams.spawn(client, group, from(region), None));
-                    if let Err(e) = started {
-                        let _ = tx.send(Item::Failed(e));
-                        return;
-                    }
-                }
-                cursor = from(first_region);
-                keys = first;
             }
-            Ended::Retry { hinted: true } => {}
-            Ended::Retry { hinted: false } => {
-                let pause = Instant::now() + c.cfg.backoff_max * 2;
-                c.backoff(attempt.min(4), pause);
+            Subject::Prefix(r) => match pieces(&c.routes, r.start_hash, r.end_hash) {
+                Some(p) if !p.is_empty() => {
+                    for (region, start_hash, end_hash) in p {
+                        let range = WatchRange {
+                            prefix: r.prefix.clone(),
+                            start_hash,
+                            end_hash,
+                        };
+                        groups.push((region, Subject::Prefix(range)));
+                    }
+                }
+                // Routes with a gap: ask again as before.
+                _ => groups.push((kept, Subject::Prefix(r))),
+            },
+        }
+        // Routes that still show the old shape (a node that has not applied
+        // the split answered them): pause before asking again.
+        if groups.len() == 1 && groups[0].0 == kept {
+            let pause = Instant::now() + c.cfg.backoff_max * 2;
+            c.backoff(attempt.min(4), pause);
+        }
+        let (first_region, first) = groups.remove(0);
+        let mut parts = Vec::new();
+        let mut started = Vec::new();
+        for (region, group) in groups {
+            let n = streams.next_stream.fetch_add(1, Ordering::AcqRel);
+            if let Some(p) = group.part(from(region)) {
+                parts.push((n, p));
+            }
+            started.push((n, group, from(region)));
+        }
+        cursor = from(first_region);
+        subject = first;
+        if let Some(p) = subject.part(cursor) {
+            parts.push((number, p));
+        }
+        // The caller's token covers the new streams' parts before they run.
+        if !parts.is_empty() && tx.send(Item::Parts(parts)).is_err() {
+            return;
+        }
+        for (n, group, from) in started {
+            // Not accepted yet: the caller waits for these too.
+            let started = Client::connect(streams.cfg.clone())
+                .and_then(|client| streams.spawn(client, (n, group), from, ready.clone()));
+            if let Err(e) = started {
+                let _ = tx.send(Item::Failed(e));
+                return;
             }
         }
     }
@@ -337,8 +708,7 @@ fn stream(
 #[allow(clippy::too_many_arguments)]
 fn attempt_stream(
     c: &mut Client,
-    keys: &[Bytes],
-    hash: u64,
+    (number, subject): (usize, &Subject),
     cursor: &mut u64,
     attempt: u32,
     (tx, ready): (&mpsc::Sender<Item>, &mut Option<mpsc::Sender<()>>),
@@ -347,7 +717,7 @@ fn attempt_stream(
 ) -> Ended {
     let ended = |why: String| update(status, |s| s.last_end = why);
     let deadline = Instant::now() + c.cfg.request_timeout;
-    let Some(i) = c.route_index(hash) else {
+    let Some(i) = c.route_index(subject.hash()) else {
         let _ = c.refresh_routes(deadline);
         ended("no route for the keys".into());
         return Ended::Retry { hinted: false };
@@ -368,9 +738,17 @@ fn attempt_stream(
         id,
         region_id: c.routes[i].region.id,
         epoch: c.routes[i].region.epoch,
-        op: Op::Watch {
-            keys: keys.to_vec(),
-            from_version: *cursor,
+        op: match subject {
+            Subject::Keys(keys) => Op::Watch {
+                keys: keys.clone(),
+                from_version: *cursor,
+                prefix: None,
+            },
+            Subject::Prefix(range) => Op::Watch {
+                keys: Vec::new(),
+                from_version: *cursor,
+                prefix: Some(range.clone()),
+            },
         },
         session: None,
         system: false,
@@ -421,24 +799,44 @@ fn attempt_stream(
         for r in responses.into_iter().filter(|r| r.id == id) {
             match r.result {
                 Ok(Outcome::Events { progress, events }) => {
-                    // The first answer accepts the watch.
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
                     if first {
                         first = false;
                         update(status, |s| s.accepted += 1);
                     }
                     let mut sent = 0;
-                    for e in events {
-                        if e.version > *cursor {
-                            if tx.send(Item::Event(e)).is_err() {
-                                return Ended::Done;
+                    let floor = *cursor;
+                    let mut fresh = events.into_iter().filter(|e| e.version > floor).peekable();
+                    // A prefix stream's position moves past each version
+                    // once all of its changes are passed on.
+                    let mut told = floor;
+                    while let Some(e) = fresh.next() {
+                        let v = e.version;
+                        if tx.send(Item::Event(number, e)).is_err() {
+                            return Ended::Done;
+                        }
+                        sent += 1;
+                        if fresh.peek().is_none_or(|n| n.version != v) {
+                            if let Some(p) = subject.part(v) {
+                                if tx.send(Item::Parts(vec![(number, p)])).is_err() {
+                                    return Ended::Done;
+                                }
+                                told = v;
                             }
-                            sent += 1;
                         }
                     }
                     *cursor = (*cursor).max(progress);
+                    if *cursor > told {
+                        if let Some(p) = subject.part(*cursor) {
+                            if tx.send(Item::Parts(vec![(number, p)])).is_err() {
+                                return Ended::Done;
+                            }
+                        }
+                    }
+                    // The first answer accepts the watch (its position
+                    // is passed on first).
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
                     update(status, |s| {
                         s.events += sent;
                         s.cursor = *cursor;

@@ -64,6 +64,80 @@ pub fn initial_regions(nodes: &[u64], count: u64) -> Vec<Region> {
     regions
 }
 
+/// The regions of a new cluster of `nodes` restored from a backup: the
+/// backup's data regions (ids and ranges, in hash order) with replicas
+/// and preferred leaders placed as [`initial_regions`] places them, and
+/// the meta region.
+pub fn restored_regions(nodes: &[u64], backup: &[corekv_net::backup::RegionEntry]) -> Vec<Region> {
+    let n = nodes.len();
+    let replicas = REPLICAS.min(n);
+    let place = |i: usize, id: u64, start_hash: u64, end_hash: u64| {
+        Region::initial(
+            id,
+            start_hash,
+            end_hash,
+            (0..replicas).map(|k| nodes[(i + k) % n]),
+        )
+    };
+    let mut regions: Vec<Region> = backup
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut region = place(i, r.id, r.start_hash, r.end_hash);
+            // Routing answers of the new cluster are newer than any of
+            // the old one a client may still hold.
+            region.epoch.version = r.epoch_version + 1;
+            region
+        })
+        .collect();
+    regions.push(place(
+        backup.len(),
+        META_REGION_ID,
+        corekv_engine::META_HASH,
+        0,
+    ));
+    regions
+}
+
+/// Writes this node's replicas of a new cluster restored from `backup`
+/// (see [`restored_regions`]): the data regions from their backups, the
+/// meta region empty but for the region id allocator, which starts past
+/// every restored id.
+fn bootstrap_restored(
+    db: &Db,
+    node_id: u64,
+    regions: &[Region],
+    backup: &corekv_net::backup::Backup,
+) -> Result<(), String> {
+    use corekv_engine::storage::RegionStorage;
+    let mut batch = corekv_engine::LogBatch::default();
+    let mut next_id = corekv_engine::region::FIRST_ALLOCATED_ID;
+    for (region, data) in regions.iter().zip(&backup.regions) {
+        next_id = next_id.max(region.id + 1);
+        if region.peer_on_node(node_id).is_some() {
+            RegionStorage::bootstrap_restored(region, data, db, &mut batch)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let meta = regions.last().expect("the meta region");
+    if meta.peer_on_node(node_id).is_some() {
+        RegionStorage::bootstrap(meta, db, &mut batch).map_err(|e| e.to_string())?;
+        // As a put applied at the meta region's first index would leave it.
+        let key = corekv_net::meta::next_region_id_key();
+        let record = corekv_engine::ValueRecord {
+            value: next_id.to_string().into_bytes().into(),
+            version: corekv_engine::storage::INIT_INDEX,
+            expire_at_ms: 0,
+        };
+        batch.inner.put_cf(
+            cf(db, keys::CF_DATA),
+            keys::data_key(route_hash(&key), &key),
+            record.encode(),
+        );
+    }
+    db::write(db, batch.inner, true).map_err(|e| e.to_string())
+}
+
 /// The shard a region's replica goes on unless placed otherwise.
 pub fn default_shard(region_id: u64, shards: usize) -> usize {
     corekv_engine::directory::default_owner(region_id, shards)
@@ -112,18 +186,38 @@ pub fn open(cfg: &NodeConfig) -> Result<Opened, StartError> {
                     cfg.node_id
                 )));
             }
+            if let Some(dir) = &cfg.restore {
+                tracing::warn!(
+                    backup = %dir.display(),
+                    "the data directory holds this node already: --restore ignored"
+                );
+            }
             false
         }
         None => {
             let nodes: Vec<u64> = cfg.initial_cluster.keys().copied().collect();
             // A node joining a running cluster starts empty.
-            let regions = if cfg.join {
+            let regions = if let Some(dir) = &cfg.restore {
+                let backup = corekv_net::backup::read(dir).map_err(StartError::Restore)?;
+                let regions = restored_regions(&nodes, &backup.manifest.regions);
+                bootstrap_restored(&db, cfg.node_id, &regions, &backup).map_err(|e| {
+                    StartError::Restore(format!("restoring {}: {e}", dir.display()))
+                })?;
+                tracing::info!(
+                    backup = %dir.display(),
+                    regions = backup.regions.len(),
+                    keys = backup.regions.iter().map(|r| r.pairs.len()).sum::<usize>(),
+                    "new cluster restored from a backup"
+                );
+                regions
+            } else if cfg.join {
                 Vec::new()
             } else {
-                initial_regions(&nodes, cfg.regions)
+                let regions = initial_regions(&nodes, cfg.regions);
+                bootstrap_regions(&db, cfg.node_id, &regions)
+                    .map_err(|e| StartError::DataDir(e.to_string()))?;
+                regions
             };
-            bootstrap_regions(&db, cfg.node_id, &regions)
-                .map_err(|e| StartError::DataDir(e.to_string()))?;
             let mut wb = rocksdb::WriteBatch::default();
             for r in regions
                 .iter()

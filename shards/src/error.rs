@@ -81,6 +81,10 @@ pub enum StartError {
     /// another node or cluster.
     #[error("{0}")]
     DataDir(String),
+    /// The backup to restore from (`--restore`) is missing, partial or
+    /// damaged, or could not be written into the data directory.
+    #[error("--restore: {0}")]
+    Restore(String),
     /// The stored node list is damaged or cannot be read.
     #[error(transparent)]
     Nodes(#[from] NodesError),

@@ -39,6 +39,7 @@
 
 pub mod auth;
 pub mod autosplit;
+pub mod backup;
 pub mod bootstrap;
 pub mod config;
 pub mod error;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use corekv_engine::watch::{self, Change, ChangeKind, EntryChanges};
 use corekv_engine::{apply, route_hash, Peer, Replicas};
-use corekv_net::message::{Outcome, Response, WireError};
+use corekv_net::message::{Outcome, Response, WatchRange, WireError};
 use corekv_net::server::WatchLink;
 use corekv_net::wire::ErrorCode;
 
@@ -64,11 +64,187 @@ impl Default for WatchLimits {
     }
 }
 
+/// What a watch follows: some keys, or every key under a prefix in a range
+/// of hashes (one region's part of the prefix, as the client saw it).
+enum Filter {
+    Keys(HashSet<Bytes, ahash::RandomState>),
+    Prefix(WatchRange),
+}
+
+/// The hashes `[start, end)` of a range (`end` 0 = to the end of the hash
+/// space) as an inclusive last hash.
+fn last_hash(end: u64) -> u64 {
+    if end == 0 {
+        u64::MAX
+    } else {
+        end - 1
+    }
+}
+
+impl Filter {
+    fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            Filter::Keys(keys) => keys.contains(key),
+            Filter::Prefix(r) => {
+                key.starts_with(&r.prefix) && {
+                    let h = route_hash(key);
+                    h >= r.start_hash && h <= last_hash(r.end_hash)
+                }
+            }
+        }
+    }
+
+    /// Whether some of what the watch follows is outside `peer`'s region
+    /// now: `None` if nothing is; else the log index of the earliest split
+    /// since `version` that moved some of it away (`Some(None)` when this
+    /// replica does not know it).
+    fn moved(&self, peer: &Peer, version: u64) -> Option<Option<u64>> {
+        let region = peer.region();
+        match self {
+            Filter::Keys(keys) => {
+                let mut moved = keys
+                    .iter()
+                    .map(|k| route_hash(k))
+                    .filter(|h| !region.contains(*h))
+                    .peekable();
+                moved.peek()?;
+                // The earliest, if they left in different splits: a later
+                // one's keys then get `Compacted`, never a gap.
+                Some(
+                    moved
+                        .map(|h| peer.split_index_moving(version, h))
+                        .collect::<Option<Vec<u64>>>()
+                        .and_then(|v| v.into_iter().min()),
+                )
+            }
+            Filter::Prefix(r) => {
+                if r.start_hash < region.start_hash {
+                    // Hashes before the region were never split off it.
+                    return Some(None);
+                }
+                let last = last_hash(r.end_hash);
+                if last <= last_hash(region.end_hash) {
+                    return None;
+                }
+                // Every split since `version` that moved a hash of the
+                // range moved the range's last one too (a split moves the
+                // hashes at and past its point): the first of them is the
+                // earliest.
+                Some(peer.split_index_moving(version, last))
+            }
+        }
+    }
+
+    /// Like [`Filter::moved`] for a prefix range, by log index: the first
+    /// split at or after `index` that moved some of the range away.
+    fn moved_since(&self, peer: &Peer, index: u64) -> Option<Option<u64>> {
+        let region = peer.region();
+        let Filter::Prefix(r) = self else {
+            return self.moved(peer, 0);
+        };
+        if r.start_hash < region.start_hash {
+            return Some(None);
+        }
+        let last = last_hash(r.end_hash);
+        if last <= last_hash(region.end_hash) {
+            return None;
+        }
+        Some(peer.split_index_after(index, last))
+    }
+
+    /// The current values of what the watch follows, for `Compacted`;
+    /// a prefix with more than `max` live keys sends none (the client
+    /// lists the prefix instead).
+    fn current(
+        &self,
+        db: &rocksdb::DB,
+        region: &corekv_engine::Region,
+        max: usize,
+        wall_ms: u64,
+    ) -> Result<Vec<Change>, String> {
+        let keys: Vec<Bytes> = match self {
+            Filter::Keys(keys) => keys.iter().cloned().collect(),
+            Filter::Prefix(r) => {
+                match prefix_keys(db, r, region, max).map_err(|e| e.to_string())? {
+                    Some(found) => found,
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
+        let mut current = Vec::with_capacity(keys.len());
+        for k in keys {
+            let change = match apply::get(db, &k, wall_ms).map_err(|e| e.to_string())? {
+                Some(r) => Change {
+                    key: k,
+                    kind: ChangeKind::Put,
+                    value: r.value,
+                    version: r.version,
+                    expire_at_ms: r.expire_at_ms,
+                },
+                None if matches!(self, Filter::Prefix(_)) => continue,
+                None => Change {
+                    key: k,
+                    kind: ChangeKind::Delete,
+                    value: Bytes::new(),
+                    version: 0,
+                    expire_at_ms: 0,
+                },
+            };
+            current.push(change);
+        }
+        Ok(current)
+    }
+}
+
+/// Records a `Compacted` answer looks at, at most, for a prefix's keys.
+const CURRENT_EXAMINED_MAX: usize = 100_000;
+
+/// The keys under the range's prefix stored in its hashes within `region`
+/// (expired ones too: the caller reads each); `None` when there are more
+/// than `max`, or more than [`CURRENT_EXAMINED_MAX`] records to look at.
+fn prefix_keys(
+    db: &rocksdb::DB,
+    r: &WatchRange,
+    region: &corekv_engine::Region,
+    max: usize,
+) -> corekv_engine::Result<Option<Vec<Bytes>>> {
+    use corekv_engine::keys;
+    let start = r.start_hash.max(region.start_hash);
+    let end = match (r.end_hash, region.end_hash) {
+        (0, e) | (e, 0) => e,
+        (a, b) => a.min(b),
+    };
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(keys::data_range_end(end));
+    opts.fill_cache(false);
+    let mut it = db.raw_iterator_cf_opt(corekv_engine::db::cf(db, keys::CF_DATA), opts);
+    it.seek(keys::data_range_start(start));
+    let mut out = Vec::new();
+    let mut examined = 0;
+    while it.valid() {
+        examined += 1;
+        if examined > CURRENT_EXAMINED_MAX {
+            return Ok(None);
+        }
+        if let Some((_, key)) = it.key().and_then(keys::split_data_key) {
+            if key.starts_with(&r.prefix) {
+                if out.len() == max {
+                    return Ok(None);
+                }
+                out.push(Bytes::copy_from_slice(key));
+            }
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(Some(out))
+}
+
 struct Watcher {
     region: u64,
-    /// The region's epoch when the keys were last checked to be in it.
+    /// The region's epoch when the watch was last checked to be in it.
     epoch: corekv_engine::Epoch,
-    keys: HashSet<Bytes, ahash::RandomState>,
+    filter: Filter,
     /// Every change up to this version was sent.
     cursor: u64,
     synced: bool,
@@ -78,6 +254,9 @@ struct Watcher {
     /// the watch resumes from before that: the changes up to `at` come from
     /// the parent's history here.
     parent: Option<(u64, u64)>,
+    /// A split at this log index moved part of what the watch follows
+    /// away: it gets the changes up to there, then ends.
+    cut: Option<u64>,
 }
 
 /// A frame to send: the response to a watch request, over its link.
@@ -94,8 +273,10 @@ pub struct WatchFrame {
 pub struct Watches {
     limits: WatchLimits,
     watchers: HashMap<WatchTarget, Watcher, ahash::RandomState>,
-    /// Watches by region and key.
+    /// Key watches by region and key.
     by_key: HashMap<(u64, Bytes), Vec<WatchTarget>, ahash::RandomState>,
+    /// Prefix watches by region.
+    by_prefix: HashMap<u64, Vec<WatchTarget>, ahash::RandomState>,
     /// Watches by region.
     by_region: HashMap<u64, Vec<WatchTarget>, ahash::RandomState>,
     /// Changes sent so far.
@@ -131,6 +312,7 @@ impl Watches {
             limits,
             watchers: HashMap::default(),
             by_key: HashMap::default(),
+            by_prefix: HashMap::default(),
             by_region: HashMap::default(),
             events_sent: 0,
             catchups: 0,
@@ -187,32 +369,27 @@ impl Watches {
         let Some(w) = self.watchers.remove(&target) else {
             return false;
         };
-        for k in w.keys {
-            let ix = (w.region, k);
-            if let Some(v) = self.by_key.get_mut(&ix) {
-                v.retain(|t| *t != target);
-                if v.is_empty() {
-                    self.by_key.remove(&ix);
+        match w.filter {
+            Filter::Keys(keys) => {
+                for k in keys {
+                    unlist(&mut self.by_key, (w.region, k), target);
                 }
             }
+            Filter::Prefix(_) => unlist(&mut self.by_prefix, w.region, target),
         }
-        if let Some(v) = self.by_region.get_mut(&w.region) {
-            v.retain(|t| *t != target);
-            if v.is_empty() {
-                self.by_region.remove(&w.region);
-            }
-        }
+        unlist(&mut self.by_region, w.region, target);
         true
     }
 
-    /// Starts a watch of `keys` of the region `peer` leads, after
-    /// `from_version` (0 = from now). The first frame acknowledges it.
+    /// Starts a watch of `keys` of the region `peer` leads, or of the keys
+    /// under a prefix in a range of its hashes, after `from_version` (0 =
+    /// from now). The first frame acknowledges it.
     #[allow(clippy::too_many_arguments)]
     pub fn register(
         &mut self,
         target: WatchTarget,
         peer: &Peer,
-        (keys, client_epoch): (Vec<Bytes>, corekv_engine::Epoch),
+        (keys, range, client_epoch): (Vec<Bytes>, Option<WatchRange>, corekv_engine::Epoch),
         from_version: u64,
         db: &rocksdb::DB,
         now_ms: u64,
@@ -225,54 +402,98 @@ impl Watches {
                 message: format!("not the leader of region {}", peer.region_id()),
             });
         }
-        if keys.is_empty() || keys.len() > self.limits.keys_max {
-            return Err(WireError::new(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "a watch takes 1 to {} keys, got {}",
-                    self.limits.keys_max,
-                    keys.len()
-                ),
-            ));
-        }
-        let moved: Vec<Bytes> = keys
-            .iter()
-            .filter(|k| !peer.region().contains(route_hash(k)))
-            .cloned()
-            .collect();
-        // A watch resuming from before a split that moved some of its keys
-        // away first gets their changes up to the split from this region's
-        // history, then ends (see `split_ending`); one resuming after it is
-        // sent to the keys' regions.
-        let mut epoch = peer.region().epoch;
-        if !moved.is_empty() {
-            // The split that moved them (the earliest, if they left in
-            // different splits: a later one's keys then get `Compacted`,
-            // never a gap).
-            let at = if from_version == 0 {
-                Some(0)
-            } else {
-                moved
-                    .iter()
-                    .map(|k| peer.split_index_moving(client_epoch.version, route_hash(k)))
-                    .collect::<Option<Vec<u64>>>()
-                    .and_then(|v| v.into_iter().min())
-            };
-            // Unknown (the keys were never here, or this replica was restored
-            // from a snapshot taken after the split): the keys' regions
+        let filter = match range {
+            Some(_) if !keys.is_empty() => {
+                return Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    "a watch follows keys or a prefix, not both",
+                ));
+            }
+            Some(r) if r.end_hash != 0 && r.end_hash <= r.start_hash => {
+                return Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "a prefix watch's hash range [{}, {}) is empty",
+                        r.start_hash, r.end_hash
+                    ),
+                ));
+            }
+            Some(r) if r.prefix.len() > corekv_engine::config::KEY_BYTES_MAX => {
+                return Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "a watched prefix has at most {} bytes, got {}",
+                        corekv_engine::config::KEY_BYTES_MAX,
+                        r.prefix.len()
+                    ),
+                ));
+            }
+            Some(r) => Filter::Prefix(r),
+            None if keys.is_empty() || keys.len() > self.limits.keys_max => {
+                return Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "a watch takes 1 to {} keys, got {}",
+                        self.limits.keys_max,
+                        keys.len()
+                    ),
+                ));
+            }
+            None => {
+                let mut set =
+                    HashSet::with_capacity_and_hasher(keys.len(), ahash::RandomState::new());
+                set.extend(keys);
+                Filter::Keys(set)
+            }
+        };
+        // A watch resuming from before a split that moved some of what it
+        // follows away first gets their changes up to the split from this
+        // region's history, then ends (see `split_ending`); one resuming
+        // after it is sent to the new regions.
+        let epoch = peer.region().epoch;
+        let mut cut = None;
+        let moved = match &filter {
+            Filter::Keys(_) => filter.moved(peer, client_epoch.version),
+            // A range is cut by every split of its region: the one that
+            // matters is the first at or after the version resumed from.
+            Filter::Prefix(_) => filter.moved_since(peer, from_version),
+        };
+        if let Some(at) = moved {
+            let at = if from_version == 0 { Some(0) } else { at };
+            // Unknown (they were never here, or this replica was restored
+            // from a snapshot taken after the split): the other regions
             // check the version against their own history.
+            let unknown = at.is_none()
+                && from_version != 0
+                && matches!(&filter, Filter::Prefix(r) if r.start_hash >= peer.region().start_hash);
+            if unknown {
+                // A split this replica does not know cut the range: the
+                // version may be past it, where the new regions number
+                // versions apart from this one. Only the current values
+                // are safe.
+                let floor = peer.applied_index();
+                let keys_max = self.limits.keys_max;
+                return Err(compacted(
+                    db,
+                    (&filter, peer),
+                    keys_max,
+                    from_version,
+                    floor,
+                    wall_ms,
+                ));
+            }
             match at.unwrap_or(0) {
-                at if from_version != 0 && from_version < at => epoch = client_epoch,
+                at if from_version != 0 && from_version < at => cut = Some(at),
                 at => {
                     return Err(WireError::EpochNotMatch {
                         regions: vec![peer.region().clone()],
                         from_version: at,
                         message: format!(
-                            "watched keys are not in region {}: watch each region's keys \
+                            "the watch reaches past region {}: watch each region's part \
                              separately{}",
                             peer.region_id(),
                             if at > 0 {
-                                format!(", the moved ones from version {at}")
+                                format!(", the moved part from version {at}")
                             } else {
                                 String::new()
                             }
@@ -304,7 +525,17 @@ impl Watches {
             // split, but its parent's history on this node has it.
             match parent_history(db, peer.region_id(), from_version, floor) {
                 Some(p) => parent = Some(p),
-                None => return Err(compacted(db, &keys, from_version, floor, wall_ms)),
+                None => {
+                    let keys_max = self.limits.keys_max;
+                    return Err(compacted(
+                        db,
+                        (&filter, peer),
+                        keys_max,
+                        from_version,
+                        floor,
+                        wall_ms,
+                    ));
+                }
             }
         }
         let cursor = if from_version == 0 {
@@ -313,11 +544,16 @@ impl Watches {
             from_version
         };
         let region = peer.region_id();
-        let mut set = HashSet::with_capacity_and_hasher(keys.len(), ahash::RandomState::new());
-        for k in keys {
-            if set.insert(k.clone()) {
-                self.by_key.entry((region, k)).or_default().push(target);
+        match &filter {
+            Filter::Keys(keys) => {
+                for k in keys {
+                    self.by_key
+                        .entry((region, k.clone()))
+                        .or_default()
+                        .push(target);
+                }
             }
+            Filter::Prefix(_) => self.by_prefix.entry(region).or_default().push(target),
         }
         self.by_region.entry(region).or_default().push(target);
         self.watchers.insert(
@@ -325,12 +561,13 @@ impl Watches {
             Watcher {
                 region,
                 epoch,
-                keys: set,
+                filter,
                 cursor,
                 synced: cursor >= applied,
                 link: Arc::new(WatchLink::default()),
                 last_sent_ms: now_ms,
                 parent,
+                cut,
             },
         );
         self.send(target, events(cursor, Vec::new()), now_ms, out);
@@ -344,7 +581,13 @@ impl Watches {
 
     /// Hands the changes of this round's apply batch (already written) to
     /// the synced watches.
-    pub fn on_changes(&mut self, entries: &[EntryChanges], now_ms: u64, out: &mut Vec<WatchFrame>) {
+    pub fn on_changes(
+        &mut self,
+        entries: &[EntryChanges],
+        replicas: &Replicas,
+        now_ms: u64,
+        out: &mut Vec<WatchFrame>,
+    ) {
         if self.watchers.is_empty() || entries.is_empty() {
             return;
         }
@@ -355,13 +598,13 @@ impl Watches {
                 continue;
             }
             last_index.insert(e.region_id, e.index);
+            let prefixed = self.by_prefix.get(&e.region_id);
             for c in &e.changes {
-                let Some(ts) = self.by_key.get(&(e.region_id, c.key.clone())) else {
-                    continue;
-                };
-                for t in ts {
+                let keyed = self.by_key.get(&(e.region_id, c.key.clone()));
+                let ts = keyed.into_iter().flatten();
+                for t in ts.chain(prefixed.into_iter().flatten()) {
                     let w = &self.watchers[t];
-                    if w.synced && e.index > w.cursor {
+                    if w.synced && e.index > w.cursor && w.filter.matches(&c.key) {
                         pending.entry(*t).or_default().push(c.clone());
                     }
                 }
@@ -374,6 +617,18 @@ impl Watches {
                     continue;
                 };
                 if !w.synced || w.cursor >= last {
+                    continue;
+                }
+                // The region changed shape (a split may have cut what the
+                // watch follows): `maintain` goes on from the history, never
+                // past the split, so a cursor is valid in every region the
+                // watch's keys went to.
+                let reshaped = w.cut.is_some()
+                    || replicas
+                        .peer(region)
+                        .is_none_or(|p| p.region().epoch != w.epoch);
+                if reshaped {
+                    self.watchers.get_mut(&t).expect("watch exists").synced = false;
                     continue;
                 }
                 let changes = pending.remove(&t).unwrap_or_default();
@@ -452,17 +707,33 @@ impl Watches {
                 continue;
             };
             let applied = peer.applied_index();
-            if peer.region().epoch != w.epoch {
-                let moved = w
-                    .keys
-                    .iter()
-                    .any(|k| !peer.region().contains(route_hash(k)));
-                if !moved {
-                    self.watchers.get_mut(&t).unwrap().epoch = peer.region().epoch;
-                } else if let Some(e) = self.split_ending(t, peer, applied, now_ms, out) {
+            // A split cut what the watch follows at `cap`: it goes up to
+            // there, then ends.
+            let mut cap = applied;
+            if w.cut.is_none() && peer.region().epoch != w.epoch {
+                match w.filter.moved(peer, w.epoch.version) {
+                    None => self.watchers.get_mut(&t).unwrap().epoch = peer.region().epoch,
+                    Some(Some(at)) => self.watchers.get_mut(&t).unwrap().cut = Some(at),
+                    Some(None) => {
+                        // Where the split was is not known here (this
+                        // replica came by a snapshot taken after it): the
+                        // cursor may be past it, and the new regions number
+                        // their versions apart from this one; only the
+                        // current values are safe.
+                        let keys_max = self.limits.keys_max;
+                        let e =
+                            compacted(db, (&w.filter, peer), keys_max, w.cursor, applied, wall_ms);
+                        self.end(t, e, out);
+                        continue;
+                    }
+                }
+            }
+            if let Some(at) = self.watchers[&t].cut {
+                if let Some(e) = self.split_ending(t, peer, at, applied, now_ms, out) {
                     self.end(t, e, out);
                     continue;
                 }
+                cap = at.min(applied);
             }
             let w = &self.watchers[&t];
             if w.synced {
@@ -483,40 +754,41 @@ impl Watches {
             let (source, upto) = match w.parent {
                 Some((parent, at)) if w.cursor < at => {
                     if parent_history(db, w.region, w.cursor, at).is_none() {
-                        let keys: Vec<Bytes> = w.keys.iter().cloned().collect();
-                        let e = compacted(db, &keys, w.cursor, at, wall_ms);
+                        let keys_max = self.limits.keys_max;
+                        let e = compacted(db, (&w.filter, peer), keys_max, w.cursor, at, wall_ms);
                         self.end(t, e, out);
                         continue;
                     }
                     (parent, at)
                 }
-                _ => (w.region, applied),
+                _ => (w.region, cap),
             };
             if source == w.region && w.cursor < peer.history_floor() {
-                let keys: Vec<Bytes> = w.keys.iter().cloned().collect();
-                let e = compacted(db, &keys, w.cursor, peer.history_floor(), wall_ms);
+                let floor = peer.history_floor();
+                let keys_max = self.limits.keys_max;
+                let e = compacted(db, (&w.filter, peer), keys_max, w.cursor, floor, wall_ms);
                 self.end(t, e, out);
                 continue;
             }
             self.catchups += 1;
-            let page = match watch::read(db, source, w.cursor, upto, budget, |k| w.keys.contains(k))
-            {
-                Ok(p) => p,
-                Err(err) => {
-                    let e = WireError::new(
-                        ErrorCode::Internal,
-                        format!("reading the change history: {err}"),
-                    );
-                    self.end(t, e, out);
-                    continue;
-                }
-            };
+            let page =
+                match watch::read(db, source, w.cursor, upto, budget, |k| w.filter.matches(k)) {
+                    Ok(p) => p,
+                    Err(err) => {
+                        let e = WireError::new(
+                            ErrorCode::Internal,
+                            format!("reading the change history: {err}"),
+                        );
+                        self.end(t, e, out);
+                        continue;
+                    }
+                };
             let scanned = (page.scanned_to - w.cursor).max(1);
             budget = budget.saturating_sub(usize::try_from(scanned).unwrap_or(usize::MAX));
             let scanned_to = page.scanned_to;
             self.deliver(t, page.changes, scanned_to, now_ms, out);
             let w = self.watchers.get_mut(&t).unwrap();
-            if w.cursor >= applied {
+            if w.cursor >= applied && cap == applied {
                 w.synced = true;
             }
         }
@@ -542,22 +814,13 @@ impl Watches {
         &mut self,
         t: WatchTarget,
         peer: &Peer,
+        at: u64,
         applied: u64,
         now_ms: u64,
         out: &mut Vec<WatchFrame>,
     ) -> Option<WireError> {
         let w = &self.watchers[&t];
-        // Unknown split (should not happen): resume everything from the
-        // cursor, which is safe if possibly Compacted.
-        let at = w
-            .keys
-            .iter()
-            .filter(|k| !peer.region().contains(route_hash(k)))
-            .map(|k| peer.split_index_moving(w.epoch.version, route_hash(k)))
-            .collect::<Option<Vec<u64>>>()
-            .and_then(|v| v.into_iter().min())
-            .unwrap_or(0);
-        let reached = if w.synced { applied } else { w.cursor };
+        let reached = if w.synced { applied.min(at) } else { w.cursor };
         if reached < at {
             return None;
         }
@@ -568,49 +831,60 @@ impl Watches {
             regions: vec![peer.region().clone()],
             from_version: at,
             message: format!(
-                "region {} split at version {at}: watch the keys of each region separately, \
-                 the moved ones from version {at}",
+                "region {} split at version {at}: watch each region's part separately, \
+                 the moved part from version {at}",
                 peer.region_id()
             ),
         })
     }
 }
 
-/// The `Compacted` error: the history after `from` is gone; the keys'
-/// current state comes with it to restart from.
-fn compacted(db: &rocksdb::DB, keys: &[Bytes], from: u64, floor: u64, wall_ms: u64) -> WireError {
-    let mut current = Vec::with_capacity(keys.len());
-    for k in keys {
-        let change = match apply::get(db, k, wall_ms) {
-            Ok(Some(r)) => Change {
-                key: k.clone(),
-                kind: ChangeKind::Put,
-                value: r.value,
-                version: r.version,
-                expire_at_ms: r.expire_at_ms,
-            },
-            Ok(None) => Change {
-                key: k.clone(),
-                kind: ChangeKind::Delete,
-                value: Bytes::new(),
-                version: 0,
-                expire_at_ms: 0,
-            },
-            Err(err) => {
-                return WireError::new(
-                    ErrorCode::Internal,
-                    format!("reading the current values: {err}"),
-                )
-            }
-        };
-        current.push(change);
-    }
+/// The `Compacted` error: the history after `from` is gone; the current
+/// state of what the watch follows comes with it to restart from (for a
+/// prefix with more than `keys_max` keys, none: the client lists it).
+fn compacted(
+    db: &rocksdb::DB,
+    (filter, peer): (&Filter, &Peer),
+    keys_max: usize,
+    from: u64,
+    floor: u64,
+    wall_ms: u64,
+) -> WireError {
+    let current = match filter.current(db, peer.region(), keys_max, wall_ms) {
+        Ok(c) => c,
+        Err(err) => {
+            return WireError::new(
+                ErrorCode::Internal,
+                format!("reading the current values: {err}"),
+            )
+        }
+    };
+    let relist = matches!(filter, Filter::Prefix(_)) && current.is_empty();
     WireError::Compacted {
         current,
         message: format!(
             "changes after version {from} are no longer kept (history starts after {floor}): \
-             restart from the current values sent with this error"
+             restart from the current values {}",
+            if relist {
+                "(list the prefix: more keys than a watch carries, or none)"
+            } else {
+                "sent with this error"
+            }
         ),
+    }
+}
+
+/// Takes `target` off `index[key]`, dropping the entry when it empties.
+fn unlist<K: std::hash::Hash + Eq>(
+    index: &mut HashMap<K, Vec<WatchTarget>, ahash::RandomState>,
+    key: K,
+    target: WatchTarget,
+) {
+    if let Some(v) = index.get_mut(&key) {
+        v.retain(|t| *t != target);
+        if v.is_empty() {
+            index.remove(&key);
+        }
     }
 }
 

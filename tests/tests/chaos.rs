@@ -46,6 +46,11 @@ fn a_run_under_every_kind_of_fault_is_linearizable() {
         "{} changes watched, {puts} acknowledged puts",
         report.watch_events
     );
+    assert!(
+        report.prefix_watch_events as u64 >= puts,
+        "{} changes seen by the prefix watch, {puts} acknowledged puts",
+        report.prefix_watch_events
+    );
 }
 
 #[test]

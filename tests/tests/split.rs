@@ -546,6 +546,7 @@ fn a_watch_with_an_epoch_from_before_two_splits_is_told_the_split_that_moved_its
                 .map(|k| Bytes::copy_from_slice(k.as_bytes()))
                 .collect(),
             from_version: from,
+            prefix: None,
         },
         session: None,
         system: false,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corekv_engine::Consistency;
+use corekv_engine::{route_hash, Consistency};
 use corekv_net::message::{Frame, Op, Outcome, Request};
 use corekv_net::wire::ErrorCode;
 use corekv_net::{Change, ChangeKind, ClientError, PutOptions, Watch};
@@ -326,6 +326,7 @@ fn watch_req(id: u64, key: &str, from_version: u64) -> Request {
         op: Op::Watch {
             keys: vec![Bytes::copy_from_slice(key.as_bytes())],
             from_version,
+            prefix: None,
         },
         session: None,
         system: false,
@@ -518,4 +519,259 @@ fn a_slow_watcher_catches_up_from_history_and_watches_are_limited() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// What a writer of `/app/` and `/other/` keys did: acknowledged puts by
+/// value (key, version), every value tried, the keys of acknowledged
+/// deletes that removed something (one entry per delete).
+struct PrefixWrites {
+    acked: HashMap<String, (String, u64)>,
+    tried: HashMap<String, String>,
+    deletes: Vec<String>,
+}
+
+/// Writes under `/app/` (20 keys rewritten, and a new key every 7th
+/// write) and, as often, under `/other/`, until `stop`.
+fn prefix_writer(
+    mut c: corekv_net::Client,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<PrefixWrites> {
+    std::thread::spawn(move || {
+        let mut w = PrefixWrites {
+            acked: HashMap::new(),
+            tried: HashMap::new(),
+            deletes: Vec::new(),
+        };
+        let mut i = 0usize;
+        while !stop.load(Ordering::Acquire) {
+            let key = match i % 14 {
+                7 => format!("/app/new-{i}"),
+                n if n % 2 == 0 => format!("/app/k{}", i % 20),
+                _ => format!("/other/k{}", i % 20),
+            };
+            i += 1;
+            if i.is_multiple_of(31) {
+                match c.delete(key.as_bytes(), None) {
+                    Ok(true) => w.deletes.push(key),
+                    Ok(false) | Err(ClientError::Unknown(_)) => {}
+                    Err(e) => panic!("delete {key}: {e}"),
+                }
+                continue;
+            }
+            let value = format!("v{i}");
+            w.tried.insert(value.clone(), key.clone());
+            match c.put(key.as_bytes(), value.as_bytes(), PutOptions::default()) {
+                Ok(v) => {
+                    w.acked.insert(value, (key, v));
+                }
+                Err(ClientError::Unknown(_)) => {}
+                Err(e) => panic!("put {key}: {e}"),
+            }
+        }
+        w
+    })
+}
+
+/// Checks the changes a prefix watch (started before the writes) delivered
+/// against what was written: only keys under `/app/`, each change once and
+/// in version order per key, every acknowledged `/app/` put and delete
+/// there with its version, nothing that was not written, keys created
+/// during the watch among them.
+fn check_prefix_changes(what: &str, got: &[Change], writes: &PrefixWrites) {
+    let mut per_key: HashMap<&[u8], Vec<u64>> = HashMap::new();
+    for ch in got {
+        assert!(
+            ch.key.starts_with(b"/app/"),
+            "{what}: a change outside the prefix: {}",
+            describe(ch)
+        );
+        per_key.entry(&ch.key[..]).or_default().push(ch.version);
+    }
+    for (k, vs) in &per_key {
+        assert!(
+            vs.windows(2).all(|p| p[0] < p[1]),
+            "{what}: changes of {} repeated or out of order: {vs:?}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    let mut checked = 0;
+    for (value, (key, version)) in &writes.acked {
+        if !key.starts_with("/app/") {
+            continue;
+        }
+        checked += 1;
+        let ch = got
+            .iter()
+            .find(|c| c.key == key.as_bytes() && c.version == *version);
+        assert!(
+            ch.is_some_and(|c| c.kind == ChangeKind::Put && c.value == value.as_bytes()),
+            "{what}: acknowledged put {key} = {value} at {version} missing"
+        );
+    }
+    assert!(checked > 100, "{what}: only {checked} puts checked");
+    let mut deleted: HashMap<&str, usize> = HashMap::new();
+    for key in writes.deletes.iter().filter(|k| k.starts_with("/app/")) {
+        *deleted.entry(key).or_default() += 1;
+    }
+    for (key, n) in deleted {
+        let seen = got
+            .iter()
+            .filter(|c| c.key == key.as_bytes() && c.kind == ChangeKind::Delete)
+            .count();
+        assert!(
+            seen >= n,
+            "{what}: {n} acknowledged deletes of {key}, {seen} seen"
+        );
+    }
+    for ch in got.iter().filter(|c| c.kind == ChangeKind::Put) {
+        let value = String::from_utf8_lossy(&ch.value).to_string();
+        assert_eq!(
+            writes.tried.get(&value).map(String::as_bytes),
+            Some(&ch.key[..]),
+            "{what}: a change nobody wrote: {}",
+            describe(ch)
+        );
+    }
+    let new_keys = per_key
+        .keys()
+        .filter(|k| k.starts_with(b"/app/new-"))
+        .count();
+    assert!(
+        new_keys > 10,
+        "{what}: only {new_keys} keys created during the watch seen"
+    );
+}
+
+/// Takes a watch's changes until, for every (key, version) of `finals`,
+/// that change arrived (60 s at most).
+fn collect_until(what: &str, w: &Watch, finals: &[(String, u64)]) -> Vec<Change> {
+    let mut got: Vec<Change> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reached = |got: &[Change], (k, v): &(String, u64)| {
+        got.iter().any(|c| c.key == k.as_bytes() && c.version == *v)
+    };
+    while !finals.iter().all(|f| reached(&got, f)) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: stalled after {} changes; missing {:?}; streams:\n{}",
+            got.len(),
+            finals
+                .iter()
+                .filter(|f| !reached(&got, f))
+                .collect::<Vec<_>>(),
+            w.streams()
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        if let Some(ch) = w.next(Duration::from_millis(100)).unwrap() {
+            got.push(ch);
+        }
+    }
+    got
+}
+
+#[test]
+fn a_prefix_watch_sees_every_change_under_its_prefix_through_a_split_a_leader_kill_and_a_resume() {
+    let mut t = TestCluster::start(3, 2, &[]);
+    let mut wc = t.client();
+    let live = wc.watch_prefix(b"/app/").unwrap();
+    let token0 = live.resume_token().expect("a prefix watch has a token");
+    assert!(
+        token0.parts.len() >= 8,
+        "one part per data region: {token0}"
+    );
+    // A second watch stops early; it resumes from its token after the
+    // split and the kill.
+    let mut wc2 = t.client();
+    let early = wc2.watch_prefix(b"/app/").unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = prefix_writer(t.client(), stop.clone());
+    let mut first_part = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_part.len() < 60 {
+        assert!(
+            Instant::now() < deadline,
+            "the early watch got {} changes",
+            first_part.len()
+        );
+        if let Some(ch) = early.next(Duration::from_millis(100)).unwrap() {
+            first_part.push(ch);
+        }
+    }
+    let token = early.resume_token().unwrap();
+    drop(early);
+    let token: corekv_net::ResumeToken = token.to_string().parse().unwrap();
+
+    // A split of the region holding /app/k0, then a kill of node 1 (which
+    // leads some regions) and its restart, all under the writes.
+    let mut admin = t.client();
+    let r = admin
+        .routes()
+        .iter()
+        .find(|r| r.region.contains(route_hash(b"/app/k0")))
+        .unwrap()
+        .region
+        .clone();
+    eprint!(
+        "{}",
+        corekv_tools::ctl::split(&mut admin, r.id, None).unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    t.cluster.kill(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    t.cluster.start_node(0).unwrap();
+    t.must_be_ready(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Release);
+    let writes = writer.join().unwrap();
+
+    // A last put under the prefix in every region, the split-off one too.
+    let mut c = t.client();
+    c.refresh().unwrap();
+    let mut finals = Vec::new();
+    for route in corekv_tests::data_routes(&c) {
+        let key = (0..)
+            .map(|i| format!("/app/final-{i}"))
+            .find(|k| route.region.contains(route_hash(k.as_bytes())))
+            .unwrap();
+        let v = c
+            .put(key.as_bytes(), b"final", PutOptions::default())
+            .unwrap();
+        finals.push((key, v));
+    }
+    assert!(finals.len() >= 9, "the split added a region: {finals:?}");
+    let not_final = |c: &Change| !c.key.starts_with(b"/app/final-");
+    let got = collect_until("live watch", &live, &finals);
+    let got: Vec<Change> = got.into_iter().filter(not_final).collect();
+    check_prefix_changes("live watch", &got, &writes);
+
+    // The early watch's first part plus what it got after resuming: each
+    // change once, nothing missing: the same changes the live watch saw
+    // (both started before the first write).
+    let mut rc = t.client();
+    let resumed = rc.watch_prefix_from(b"/app/", &token).unwrap();
+    let rest = collect_until("resumed watch", &resumed, &finals);
+    let mut joined = first_part.clone();
+    joined.extend(rest.into_iter().filter(not_final));
+    check_prefix_changes("early + resumed watch", &joined, &writes);
+    let sorted = |cs: &[Change]| {
+        let mut v: Vec<(Vec<u8>, u64)> = cs.iter().map(|c| (c.key.to_vec(), c.version)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(&joined),
+        sorted(&got),
+        "the resumed watch saw what the live one saw"
+    );
+    eprintln!(
+        "live watch: {} changes; early watch {} + resumed {}; {} acknowledged puts",
+        got.len(),
+        first_part.len(),
+        joined.len() - first_part.len(),
+        writes.acked.len()
+    );
 }

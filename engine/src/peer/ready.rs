@@ -423,6 +423,17 @@ impl Peer {
         self.split_log.push((version, index, Some(split_hash)));
     }
 
+    /// The log index of the first split at or after log index `index`
+    /// that moved `hash` out of this region, if this replica recorded it
+    /// (a replica that came by a snapshot knows only the splits after it).
+    pub fn split_index_after(&self, index: u64, hash: u64) -> Option<u64> {
+        self.split_log
+            .iter()
+            .filter(|(_, i, _)| *i >= index)
+            .find(|(_, _, at)| at.is_none_or(|at| at <= hash))
+            .map(|(_, index, _)| *index)
+    }
+
     /// Log index of the split after epoch version `version` that moved the
     /// key hashing to `hash` out of this region, if this replica applied it
     /// (a replica restored from a snapshot knows only the splits after the

@@ -44,6 +44,7 @@ mod routes;
 
 pub use crate::routing::{covers_hash_space, merge_routes};
 use crate::routing::{RouteTable, Routing};
+pub use admin::RegionBackup;
 pub(crate) use conn::Conn;
 use conn::*;
 

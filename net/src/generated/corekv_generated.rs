@@ -372,13 +372,13 @@ pub mod corekv {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 17;
+        pub const ENUM_MAX_OP: u8 = 18;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 18] = [
+        pub const ENUM_VALUES_OP: [Op; 19] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -397,6 +397,7 @@ pub mod corekv {
             Op::Check,
             Op::Txn,
             Op::Scan,
+            Op::Backup,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -422,9 +423,10 @@ pub mod corekv {
             pub const Check: Self = Self(15);
             pub const Txn: Self = Self(16);
             pub const Scan: Self = Self(17);
+            pub const Backup: Self = Self(18);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 17;
+            pub const ENUM_MAX: u8 = 18;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -444,6 +446,7 @@ pub mod corekv {
                 Self::Check,
                 Self::Txn,
                 Self::Scan,
+                Self::Backup,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -466,6 +469,7 @@ pub mod corekv {
                     Self::Check => Some("Check"),
                     Self::Txn => Some("Txn"),
                     Self::Scan => Some("Scan"),
+                    Self::Backup => Some("Backup"),
                     _ => None,
                 }
             }
@@ -3604,6 +3608,10 @@ pub mod corekv {
         impl<'a> Watch<'a> {
             pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
             pub const VT_FROM_VERSION: ::flatbuffers::VOffsetT = 6;
+            pub const VT_PREFIX_WATCH: ::flatbuffers::VOffsetT = 8;
+            pub const VT_PREFIX: ::flatbuffers::VOffsetT = 10;
+            pub const VT_HASH_START: ::flatbuffers::VOffsetT = 12;
+            pub const VT_HASH_END: ::flatbuffers::VOffsetT = 14;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3620,10 +3628,16 @@ pub mod corekv {
                 args: &'args WatchArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<Watch<'bldr>> {
                 let mut builder = WatchBuilder::new(_fbb);
+                builder.add_hash_end(args.hash_end);
+                builder.add_hash_start(args.hash_start);
                 builder.add_from_version(args.from_version);
+                if let Some(x) = args.prefix {
+                    builder.add_prefix(x);
+                }
                 if let Some(x) = args.keys {
                     builder.add_keys(x);
                 }
+                builder.add_prefix_watch(args.prefix_watch);
                 builder.finish()
             }
 
@@ -3652,6 +3666,44 @@ pub mod corekv {
                         .unwrap()
                 }
             }
+            #[inline]
+            pub fn prefix_watch(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(Watch::VT_PREFIX_WATCH, Some(false))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn prefix(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Watch::VT_PREFIX,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn hash_start(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Watch::VT_HASH_START, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn hash_end(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Watch::VT_HASH_END, Some(0)).unwrap() }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Watch<'_> {
@@ -3665,6 +3717,14 @@ pub mod corekv {
                         ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<WatchKey>>,
                     >>("keys", Self::VT_KEYS, false)?
                     .visit_field::<u64>("from_version", Self::VT_FROM_VERSION, false)?
+                    .visit_field::<bool>("prefix_watch", Self::VT_PREFIX_WATCH, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "prefix",
+                        Self::VT_PREFIX,
+                        false,
+                    )?
+                    .visit_field::<u64>("hash_start", Self::VT_HASH_START, false)?
+                    .visit_field::<u64>("hash_end", Self::VT_HASH_END, false)?
                     .finish();
                 Ok(())
             }
@@ -3676,6 +3736,10 @@ pub mod corekv {
                 >,
             >,
             pub from_version: u64,
+            pub prefix_watch: bool,
+            pub prefix: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub hash_start: u64,
+            pub hash_end: u64,
         }
         impl<'a> Default for WatchArgs<'a> {
             #[inline]
@@ -3683,6 +3747,10 @@ pub mod corekv {
                 WatchArgs {
                     keys: None,
                     from_version: 0,
+                    prefix_watch: false,
+                    prefix: None,
+                    hash_start: 0,
+                    hash_end: 0,
                 }
             }
         }
@@ -3708,6 +3776,28 @@ pub mod corekv {
                     .push_slot::<u64>(Watch::VT_FROM_VERSION, from_version, 0);
             }
             #[inline]
+            pub fn add_prefix_watch(&mut self, prefix_watch: bool) {
+                self.fbb_
+                    .push_slot::<bool>(Watch::VT_PREFIX_WATCH, prefix_watch, false);
+            }
+            #[inline]
+            pub fn add_prefix(
+                &mut self,
+                prefix: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Watch::VT_PREFIX, prefix);
+            }
+            #[inline]
+            pub fn add_hash_start(&mut self, hash_start: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Watch::VT_HASH_START, hash_start, 0);
+            }
+            #[inline]
+            pub fn add_hash_end(&mut self, hash_end: u64) {
+                self.fbb_.push_slot::<u64>(Watch::VT_HASH_END, hash_end, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> WatchBuilder<'a, 'b, A> {
@@ -3729,6 +3819,10 @@ pub mod corekv {
                 let mut ds = f.debug_struct("Watch");
                 ds.field("keys", &self.keys());
                 ds.field("from_version", &self.from_version());
+                ds.field("prefix_watch", &self.prefix_watch());
+                ds.field("prefix", &self.prefix());
+                ds.field("hash_start", &self.hash_start());
+                ds.field("hash_end", &self.hash_end());
                 ds.finish()
             }
         }
@@ -4760,6 +4854,129 @@ pub mod corekv {
                 ds.finish()
             }
         }
+        pub enum BackupOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct Backup<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Backup<'a> {
+            type Inner = Backup<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Backup<'a> {
+            pub const VT_BACKUP_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Backup { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args BackupArgs,
+            ) -> ::flatbuffers::WIPOffset<Backup<'bldr>> {
+                let mut builder = BackupBuilder::new(_fbb);
+                builder.add_offset(args.offset);
+                builder.add_backup_id(args.backup_id);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn backup_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Backup::VT_BACKUP_ID, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn offset(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Backup::VT_OFFSET, Some(0)).unwrap() }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Backup<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("backup_id", Self::VT_BACKUP_ID, false)?
+                    .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct BackupArgs {
+            pub backup_id: u64,
+            pub offset: u64,
+        }
+        impl<'a> Default for BackupArgs {
+            #[inline]
+            fn default() -> Self {
+                BackupArgs {
+                    backup_id: 0,
+                    offset: 0,
+                }
+            }
+        }
+
+        pub struct BackupBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_backup_id(&mut self, backup_id: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Backup::VT_BACKUP_ID, backup_id, 0);
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: u64) {
+                self.fbb_.push_slot::<u64>(Backup::VT_OFFSET, offset, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> BackupBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                BackupBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Backup<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Backup<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Backup");
+                ds.field("backup_id", &self.backup_id());
+                ds.field("offset", &self.offset());
+                ds.finish()
+            }
+        }
         pub enum RequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -5162,6 +5379,21 @@ pub mod corekv {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_backup(&self) -> Option<Backup<'a>> {
+                if self.op_type() == Op::Backup {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Backup::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -5193,6 +5425,7 @@ pub mod corekv {
           Op::Check => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Check>>("Op::Check", pos),
           Op::Txn => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Txn>>("Op::Txn", pos),
           Op::Scan => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Scan>>("Op::Scan", pos),
+          Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
           _ => Ok(()),
         }
      })?
@@ -5466,6 +5699,16 @@ pub mod corekv {
                     }
                     Op::Scan => {
                         if let Some(x) = self.op_as_scan() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Backup => {
+                        if let Some(x) = self.op_as_backup() {
                             ds.field("op", &x)
                         } else {
                             ds.field(
@@ -5776,6 +6019,10 @@ pub mod corekv {
             pub const VT_SCANNED: ::flatbuffers::VOffsetT = 28;
             pub const VT_SCAN_MORE: ::flatbuffers::VOffsetT = 30;
             pub const VT_SCAN_NEXT_HASH: ::flatbuffers::VOffsetT = 32;
+            pub const VT_BACKUP_DATA: ::flatbuffers::VOffsetT = 34;
+            pub const VT_BACKUP_ID: ::flatbuffers::VOffsetT = 36;
+            pub const VT_BACKUP_TOTAL: ::flatbuffers::VOffsetT = 38;
+            pub const VT_BACKUP_OFFSET: ::flatbuffers::VOffsetT = 40;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5792,11 +6039,17 @@ pub mod corekv {
                 args: &'args ResponseArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<Response<'bldr>> {
                 let mut builder = ResponseBuilder::new(_fbb);
+                builder.add_backup_offset(args.backup_offset);
+                builder.add_backup_total(args.backup_total);
+                builder.add_backup_id(args.backup_id);
                 builder.add_scan_next_hash(args.scan_next_hash);
                 builder.add_counter(args.counter);
                 builder.add_expire_at_ms(args.expire_at_ms);
                 builder.add_version(args.version);
                 builder.add_id(args.id);
+                if let Some(x) = args.backup_data {
+                    builder.add_backup_data(x);
+                }
                 if let Some(x) = args.scanned {
                     builder.add_scanned(x);
                 }
@@ -5989,6 +6242,52 @@ pub mod corekv {
                         .unwrap()
                 }
             }
+            #[inline]
+            pub fn backup_data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            Response::VT_BACKUP_DATA,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn backup_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Response::VT_BACKUP_ID, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn backup_total(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Response::VT_BACKUP_TOTAL, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn backup_offset(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Response::VT_BACKUP_OFFSET, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -6033,6 +6332,14 @@ pub mod corekv {
                     >>("scanned", Self::VT_SCANNED, false)?
                     .visit_field::<bool>("scan_more", Self::VT_SCAN_MORE, false)?
                     .visit_field::<u64>("scan_next_hash", Self::VT_SCAN_NEXT_HASH, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "backup_data",
+                        Self::VT_BACKUP_DATA,
+                        false,
+                    )?
+                    .visit_field::<u64>("backup_id", Self::VT_BACKUP_ID, false)?
+                    .visit_field::<u64>("backup_total", Self::VT_BACKUP_TOTAL, false)?
+                    .visit_field::<u64>("backup_offset", Self::VT_BACKUP_OFFSET, false)?
                     .finish();
                 Ok(())
             }
@@ -6069,6 +6376,10 @@ pub mod corekv {
             >,
             pub scan_more: bool,
             pub scan_next_hash: u64,
+            pub backup_data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub backup_id: u64,
+            pub backup_total: u64,
+            pub backup_offset: u64,
         }
         impl<'a> Default for ResponseArgs<'a> {
             #[inline]
@@ -6089,6 +6400,10 @@ pub mod corekv {
                     scanned: None,
                     scan_more: false,
                     scan_next_hash: 0,
+                    backup_data: None,
+                    backup_id: 0,
+                    backup_total: 0,
+                    backup_offset: 0,
                 }
             }
         }
@@ -6196,6 +6511,31 @@ pub mod corekv {
                     .push_slot::<u64>(Response::VT_SCAN_NEXT_HASH, scan_next_hash, 0);
             }
             #[inline]
+            pub fn add_backup_data(
+                &mut self,
+                backup_data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    Response::VT_BACKUP_DATA,
+                    backup_data,
+                );
+            }
+            #[inline]
+            pub fn add_backup_id(&mut self, backup_id: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Response::VT_BACKUP_ID, backup_id, 0);
+            }
+            #[inline]
+            pub fn add_backup_total(&mut self, backup_total: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Response::VT_BACKUP_TOTAL, backup_total, 0);
+            }
+            #[inline]
+            pub fn add_backup_offset(&mut self, backup_offset: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Response::VT_BACKUP_OFFSET, backup_offset, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ResponseBuilder<'a, 'b, A> {
@@ -6230,6 +6570,10 @@ pub mod corekv {
                 ds.field("scanned", &self.scanned());
                 ds.field("scan_more", &self.scan_more());
                 ds.field("scan_next_hash", &self.scan_next_hash());
+                ds.field("backup_data", &self.backup_data());
+                ds.field("backup_id", &self.backup_id());
+                ds.field("backup_total", &self.backup_total());
+                ds.field("backup_offset", &self.backup_offset());
                 ds.finish()
             }
         }

@@ -222,6 +222,15 @@ pub(super) fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op
         }
         wire::Op::Routes => Op::Routes,
         wire::Op::Check => Op::Check,
+        wire::Op::Backup => {
+            let b = r
+                .op_as_backup()
+                .ok_or_else(|| content("backup without body"))?;
+            Op::Backup {
+                backup_id: b.backup_id(),
+                offset: b.offset(),
+            }
+        }
         wire::Op::Status => Op::Status,
         wire::Op::Watch => {
             let w = r
@@ -233,6 +242,14 @@ pub(super) fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op
                     .map(|ks| ks.iter().map(|k| bytes_of(src, k.key())).collect())
                     .unwrap_or_default(),
                 from_version: w.from_version(),
+                prefix: w.prefix_watch().then(|| WatchRange {
+                    prefix: w
+                        .prefix()
+                        .map(|p| Bytes::copy_from_slice(p.bytes()))
+                        .unwrap_or_default(),
+                    start_hash: w.hash_start(),
+                    end_hash: w.hash_end(),
+                }),
             }
         }
         wire::Op::Split => {
@@ -296,6 +313,14 @@ pub(super) fn decode_response(r: wire::Response<'_>, src: Option<&Bytes>) -> Res
         None => {
             if let Some(json) = r.status_json() {
                 Ok(Outcome::Status(json.to_string()))
+            } else if r.backup_data().is_some() {
+                Ok(Outcome::BackupChunk(BackupChunk {
+                    backup_id: r.backup_id(),
+                    applied_index: r.version(),
+                    total: r.backup_total(),
+                    offset: r.backup_offset(),
+                    data: bytes_of(src, r.backup_data()),
+                }))
             } else if r.scanned().is_some() {
                 Ok(Outcome::Scanned {
                     items: decode_events(r.scanned(), src),

@@ -219,7 +219,11 @@ pub(super) fn encode_op<'a>(
             );
             (wire::Op::Get, g.as_union_value())
         }
-        Op::Watch { keys, from_version } => {
+        Op::Watch {
+            keys,
+            from_version,
+            prefix,
+        } => {
             let ks: Vec<_> = keys
                 .iter()
                 .map(|k| {
@@ -228,11 +232,16 @@ pub(super) fn encode_op<'a>(
                 })
                 .collect();
             let ks = fbb.create_vector(&ks);
+            let p = prefix.as_ref().map(|r| fbb.create_vector(&r.prefix));
             let w = wire::Watch::create(
                 fbb,
                 &wire::WatchArgs {
                     keys: Some(ks),
                     from_version: *from_version,
+                    prefix_watch: prefix.is_some(),
+                    prefix: p,
+                    hash_start: prefix.as_ref().map_or(0, |r| r.start_hash),
+                    hash_end: prefix.as_ref().map_or(0, |r| r.end_hash),
                 },
             );
             (wire::Op::Watch, w.as_union_value())
@@ -296,6 +305,16 @@ pub(super) fn encode_op<'a>(
         Op::Check => {
             let r = wire::Check::create(fbb, &wire::CheckArgs {});
             (wire::Op::Check, r.as_union_value())
+        }
+        Op::Backup { backup_id, offset } => {
+            let r = wire::Backup::create(
+                fbb,
+                &wire::BackupArgs {
+                    backup_id: *backup_id,
+                    offset: *offset,
+                },
+            );
+            (wire::Op::Backup, r.as_union_value())
         }
         Op::Scan {
             from_hash,
@@ -533,6 +552,13 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
                 args.scanned = Some(encode_events(&mut fbb, items));
                 args.scan_more = next_hash.is_some();
                 args.scan_next_hash = next_hash.unwrap_or(0);
+            }
+            Ok(Outcome::BackupChunk(c)) => {
+                args.backup_data = Some(fbb.create_vector(&c.data));
+                args.backup_id = c.backup_id;
+                args.backup_total = c.total;
+                args.backup_offset = c.offset;
+                args.version = c.applied_index;
             }
             Ok(Outcome::Routes { regions, nodes }) => {
                 let rs: Vec<_> = regions

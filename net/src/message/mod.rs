@@ -46,13 +46,15 @@ pub enum Op {
     Routes,
     /// The node's status document (JSON).
     Status,
-    /// Stream the changes of keys of one region after a version (0 = from
-    /// now).
+    /// Stream the changes of keys of one region, or of the keys under a
+    /// prefix in a range of its hashes, after a version (0 = from now).
     Watch {
-        /// Keys (all in one region).
+        /// Keys (all in one region); empty for a prefix watch.
         keys: Vec<Bytes>,
         /// Resume after this version.
         from_version: u64,
+        /// A prefix watch: what it follows (sent with the region id).
+        prefix: Option<WatchRange>,
     },
     /// End the watch started by request `watch_id` on this connection.
     CancelWatch {
@@ -91,6 +93,27 @@ pub enum Op {
         /// Only keys beginning with this (empty: every key).
         prefix: Bytes,
     },
+    /// A chunk of a backup of the region (see the schema): a new one when
+    /// `backup_id` is 0.
+    Backup {
+        /// The backup (0 = build one now).
+        backup_id: u64,
+        /// Where the chunk starts.
+        offset: u64,
+    },
+}
+
+/// What a prefix watch follows: the keys beginning with `prefix` whose
+/// hash is in `[start_hash, end_hash)` (`end_hash` 0 = to the end of the
+/// hash space), one region's part of the prefix as the client saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchRange {
+    /// Key prefix (empty: every key).
+    pub prefix: Bytes,
+    /// First hash.
+    pub start_hash: u64,
+    /// Hash past the last one (0 = the end of the hash space).
+    pub end_hash: u64,
 }
 
 /// One request of a batch.
@@ -172,6 +195,24 @@ pub enum Outcome {
         /// The next page's first hash.
         next_hash: Option<u64>,
     },
+    /// A chunk of a region backup.
+    BackupChunk(BackupChunk),
+}
+
+/// A chunk of a region backup held by its leader (see the schema's
+/// `Backup`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupChunk {
+    /// The backup, for the next chunk.
+    pub backup_id: u64,
+    /// The region's applied index the backup holds.
+    pub applied_index: u64,
+    /// Bytes of the whole backup.
+    pub total: u64,
+    /// Where this chunk starts.
+    pub offset: u64,
+    /// The chunk.
+    pub data: Bytes,
 }
 
 /// The answer to request `id`.
@@ -371,6 +412,23 @@ mod tests {
                 op: Op::Watch {
                     keys: vec![b("a"), b("b")],
                     from_version: 41,
+                    prefix: None,
+                },
+                session: None,
+                system: false,
+            },
+            Request {
+                id: 12,
+                region_id: 3,
+                epoch: Epoch::default(),
+                op: Op::Watch {
+                    keys: Vec::new(),
+                    from_version: 7,
+                    prefix: Some(WatchRange {
+                        prefix: b("/app/"),
+                        start_hash: 1 << 62,
+                        end_hash: 0,
+                    }),
                 },
                 session: None,
                 system: false,
@@ -382,6 +440,17 @@ mod tests {
                 op: Op::CancelWatch { watch_id: 8 },
                 session: None,
                 system: false,
+            },
+            Request {
+                id: 11,
+                region_id: 5,
+                epoch: Epoch::default(),
+                op: Op::Backup {
+                    backup_id: 77,
+                    offset: 4 << 20,
+                },
+                session: None,
+                system: true,
             },
             Request {
                 id: 10,
@@ -478,6 +547,16 @@ mod tests {
             Response {
                 id: 2,
                 result: Ok(Outcome::Value(None)),
+            },
+            Response {
+                id: 20,
+                result: Ok(Outcome::BackupChunk(BackupChunk {
+                    backup_id: 77,
+                    applied_index: 1234,
+                    total: 10,
+                    offset: 4,
+                    data: b("chunk!"),
+                })),
             },
             Response {
                 id: 3,

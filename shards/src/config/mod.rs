@@ -177,6 +177,14 @@ pub struct ServerArgs {
     /// the running nodes and this one.
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub join: Option<bool>,
+    /// Start a new cluster from the backup in this directory (`corekv ctl
+    /// backup`): on its first start the node takes the backup's regions,
+    /// their data and versions instead of empty regions (every node of the
+    /// new cluster is started with the same backup). A damaged or partial
+    /// backup is refused. A data directory that holds a node already is
+    /// never overwritten: there the flag is ignored.
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
     /// The cluster's node key: a file holding a secret of at least 32
     /// characters, the same on every node (`openssl rand -hex 32 >
     /// node.key`). Nodes log in to each other with it; authentication
@@ -228,6 +236,8 @@ pub struct NodeConfig {
     pub regions: u64,
     /// Joins a running cluster: bootstraps no region.
     pub join: bool,
+    /// Bootstraps the regions of this backup instead of empty ones.
+    pub restore: Option<PathBuf>,
     /// Engine settings.
     pub engine: EngineConfig,
     /// RocksDB settings.
@@ -449,6 +459,7 @@ impl ServerArgs {
             fault_file,
             log_level,
             join,
+            restore,
             auth_key_file,
             insecure,
             tls_cert,
@@ -645,6 +656,9 @@ impl ServerArgs {
                 )
             }
         };
+        if self.restore.is_some() && self.join == Some(true) {
+            return Err("--restore starts a new cluster: it does not go with --join".into());
+        }
         let tls_client_auth = self.tls_client_auth.unwrap_or(false);
         if tls_client_auth && tls.is_none() {
             return Err("--tls-client-auth needs --tls-cert, --tls-key and --tls-ca".into());
@@ -658,6 +672,7 @@ impl ServerArgs {
             shards,
             regions,
             join: self.join.unwrap_or(false),
+            restore: self.restore,
             engine,
             db,
             frame_bytes_max,

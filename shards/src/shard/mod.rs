@@ -202,6 +202,8 @@ pub struct Shard {
     cache_at_status: std::cell::Cell<(u64, u64)>,
     last_counters: std::cell::Cell<corekv_engine::peer::PeerCounters>,
     watches: RefCell<Watches>,
+    /// Region backups being fetched (`ctl backup`).
+    backups: RefCell<crate::backup::Backups>,
     /// Watch frames waiting to go to other shards, in order, and whether a
     /// task is sending them.
     watch_out: RefCell<HashMap<usize, (VecDeque<WatchFrame>, bool)>>,
@@ -274,6 +276,7 @@ impl Shard {
                 watchers_max,
                 ..WatchLimits::default()
             })),
+            backups: RefCell::new(Default::default()),
         })
     }
 

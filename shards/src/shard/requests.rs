@@ -20,6 +20,7 @@ pub(super) fn op_name(op: &Op, system: bool) -> &'static str {
         Op::MoveShard { .. } => "move_shard",
         Op::Check => "check",
         Op::Scan { .. } => "scan",
+        Op::Backup { .. } => "backup",
         Op::Write(w) => match w {
             corekv_engine::WriteRequest::Put { .. } => "put",
             corekv_engine::WriteRequest::Delete { .. } => "delete",
@@ -99,6 +100,19 @@ impl Shard {
                 return answer(out, Ok(Outcome::Status(crate::status::document(node))));
             }
             Op::Get { key, .. } => key.clone(),
+            // A prefix watch names its region.
+            Op::Watch {
+                prefix: Some(_), ..
+            } if req.region_id != 0 => Bytes::new(),
+            Op::Watch {
+                prefix: Some(_), ..
+            } => {
+                let e = WireError::new(
+                    ErrorCode::InvalidRequest,
+                    "prefix watch without a region id",
+                );
+                return answer(out, Err(e));
+            }
             Op::Watch { keys, .. } => match keys.first() {
                 Some(k) => k.clone(),
                 None => {
@@ -114,6 +128,7 @@ impl Shard {
             | Op::MoveShard { .. }
             | Op::Check
             | Op::Scan { .. }
+            | Op::Backup { .. }
                 if req.region_id != 0 =>
             {
                 Bytes::new()
@@ -124,7 +139,8 @@ impl Shard {
             | Op::ChangePeer(_)
             | Op::MoveShard { .. }
             | Op::Check
-            | Op::Scan { .. } => {
+            | Op::Scan { .. }
+            | Op::Backup { .. } => {
                 let e = WireError::new(ErrorCode::InvalidRequest, "request without a region id");
                 return answer(out, Err(e));
             }
@@ -244,16 +260,28 @@ impl Shard {
             }
         }
         match &req.op {
-            Op::Watch { keys, from_version } => {
+            Op::Watch {
+                keys,
+                from_version,
+                prefix,
+            } => {
                 let Some(peer) = replicas.peer(region_id) else {
                     let e = WireError::new(ErrorCode::RegionNotFound, "region not on this shard");
                     return answer(out, Err(e));
                 };
+                if prefix.is_some() && !req.system && peer.region().is_meta() {
+                    let e = WireError::new(
+                        ErrorCode::InvalidRequest,
+                        "the meta region holds the cluster's metadata only: prefix watches \
+                         cover the other regions",
+                    );
+                    return answer(out, Err(e));
+                }
                 let target = origin.watch_target(self.id, req.id);
                 let result = self.watches.borrow_mut().register(
                     target,
                     peer,
-                    (keys.clone(), req.epoch),
+                    (keys.clone(), prefix.clone(), req.epoch),
                     *from_version,
                     &node.db,
                     now,
@@ -270,6 +298,16 @@ impl Shard {
                 let target = origin.watch_target(self.id, *watch_id);
                 let existed = self.watches.borrow_mut().cancel(target);
                 return answer(out, Ok(Outcome::Cancelled { existed }));
+            }
+            Op::Backup { backup_id, offset } => {
+                let result = self.backups.borrow_mut().serve(
+                    replicas.peer(region_id),
+                    region_id,
+                    (*backup_id, *offset),
+                    &node.db,
+                    Instant::now(),
+                );
+                return answer(out, result);
             }
             _ => {}
         }
@@ -368,6 +406,7 @@ impl Shard {
             | Op::Status
             | Op::Watch { .. }
             | Op::CancelWatch { .. }
+            | Op::Backup { .. }
             | Op::MoveShard { .. } => {
                 unreachable!("answered above")
             }

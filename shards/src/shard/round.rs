@@ -274,7 +274,7 @@ impl RoundHost for ShardHost<'_> {
         shard.open_splits(replicas, replies);
         shard.follow_membership(replicas, replies);
         let mut watches = shard.watches.borrow_mut();
-        watches.on_changes(&changes, self.now, &mut self.out.watch);
+        watches.on_changes(&changes, replicas, self.now, &mut self.out.watch);
         watches.maintain(
             replicas,
             &shard.node.db,

@@ -44,6 +44,9 @@
 //! write (the next generation's watch opens when the current one starts);
 //! [`crate::watch_check`] checks what it saw against each key's operations:
 //! every committed change once, in order, nothing that was not written.
+//! A prefix watch of `g` (every generation's keys), opened before the
+//! first write and kept through every fault, split and move, is checked
+//! the same way, key by key, and must show nothing else.
 //!
 //! Last, what no client history shows: the consistency check (`corekv ctl
 //! check --all`: every replica's digest against its leader's at one raft
@@ -307,6 +310,10 @@ struct Shared {
     watch_streams: Mutex<Vec<String>>,
     /// Generations left out of the watch check, and why.
     watch_unchecked: Mutex<Vec<(u128, String)>>,
+    /// What the prefix watch saw, by key.
+    prefix_watched: Mutex<BTreeMap<String, Vec<Change>>>,
+    /// Why the prefix watch stopped early, if it did.
+    prefix_failure: Mutex<Option<String>>,
     /// Keys written with large values by `kill-loop` faults.
     big_keys: Mutex<std::collections::BTreeSet<String>>,
     /// Nodes that did not start again after a SIGKILL.
@@ -438,6 +445,8 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         watch_stop: AtomicBool::new(false),
         watch_streams: Mutex::new(Vec::new()),
         watch_unchecked: Mutex::new(Vec::new()),
+        prefix_watched: Mutex::new(BTreeMap::new()),
+        prefix_failure: Mutex::new(None),
         big_keys: Mutex::new(Default::default()),
         restart_failures: Mutex::new(Vec::new()),
         scan_strays: AtomicU64::new(0),
@@ -449,6 +458,13 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     let watcher = {
         let (shared, opts) = (shared.clone(), opts.clone());
         std::thread::spawn(move || watch_loop(&shared, watch_client, first, &opts))
+    };
+    let mut prefix_client = connect(&endpoints, &shared)?;
+    let prefix_watch = watch_prefix_of_all(&mut prefix_client)
+        .map_err(|e| anyhow::anyhow!("watching the prefix of every generation: {e}"))?;
+    let prefix_watcher = {
+        let shared = shared.clone();
+        std::thread::spawn(move || prefix_watch_loop(&shared, prefix_watch))
     };
     let mut workers = Vec::new();
     let resp_addrs: Vec<String> = cluster
@@ -563,7 +579,17 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
             state == *v
         });
         drop(watched);
-        if matches {
+        let watched = shared.prefix_watched.lock().unwrap();
+        let prefix_matches = finals.iter().all(|(k, v)| {
+            let last = watched.get(k).and_then(|e| e.last());
+            let state = last.and_then(|c| {
+                (c.kind == corekv_net::ChangeKind::Put)
+                    .then(|| String::from_utf8_lossy(&c.value).into_owned())
+            });
+            state == *v || !k.starts_with(GENERATIONS_PREFIX)
+        });
+        drop(watched);
+        if matches && (prefix_matches || shared.prefix_failure.lock().unwrap().is_some()) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -572,6 +598,9 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     watcher
         .join()
         .map_err(|_| anyhow::anyhow!("the watcher thread panicked"))?;
+    let prefix_streams = prefix_watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the prefix watcher thread panicked"))?;
     let big_keys = std::mem::take(&mut *shared.big_keys.lock().unwrap());
     let (convergence, mut divergence, replica_reads) =
         check_replicas(&endpoints, &used_keys, &big_keys, opts.progress)?;
@@ -656,7 +685,33 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     if checked_keys == 0 && !by_key.is_empty() {
         watch_anomalies.push("no key generation could be watched".into());
     }
-    let watch_streams = std::mem::take(&mut *shared.watch_streams.lock().unwrap());
+    // The prefix watch: every key of every generation, nothing else.
+    let prefix_watched = std::mem::take(&mut *shared.prefix_watched.lock().unwrap());
+    let prefix_anomalies_from = watch_anomalies.len();
+    if let Some(f) = shared.prefix_failure.lock().unwrap().take() {
+        watch_anomalies.push(f);
+    }
+    for (key, key_ops) in by_key
+        .iter()
+        .filter(|(k, _)| k.starts_with(GENERATIONS_PREFIX))
+    {
+        let events = prefix_watched.get(key).map_or(&[][..], Vec::as_slice);
+        watch_anomalies.extend(check_watch(
+            key,
+            events,
+            key_ops,
+            &failed_values,
+            finals.get(key).cloned(),
+        ));
+    }
+    for key in prefix_watched.keys().filter(|k| !by_key.contains_key(*k)) {
+        watch_anomalies.push(format!("{key}: changes of a key no client wrote"));
+    }
+    for a in &mut watch_anomalies[prefix_anomalies_from..] {
+        *a = format!("prefix watch: {a}");
+    }
+    let mut watch_streams = std::mem::take(&mut *shared.watch_streams.lock().unwrap());
+    watch_streams.extend(prefix_streams.into_iter().map(|l| format!("prefix: {l}")));
     let shrinking = Instant::now();
     // The smallest of the first few anomalies, shrunk.
     let smallest_failure = anomalies
@@ -680,6 +735,7 @@ pub fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
         minimize_time: shrinking.elapsed(),
         history_file: opts.history_file.clone(),
         watch_events: watched.values().map(Vec::len).sum(),
+        prefix_watch_events: prefix_watched.values().map(Vec::len).sum(),
         watch_anomalies,
         watch_streams,
         watch_unchecked: watch_unchecked

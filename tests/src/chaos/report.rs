@@ -33,6 +33,8 @@ pub struct Report {
     pub history_file: PathBuf,
     /// Changes the watcher saw.
     pub watch_events: usize,
+    /// Changes the prefix watch saw.
+    pub prefix_watch_events: usize,
     /// What the watcher saw wrong (and why it stopped, if it did).
     pub watch_anomalies: Vec<String>,
     /// The state of every watch stream when the watcher stopped, one line
@@ -121,11 +123,18 @@ impl Report {
                 "watch:       {} changes seen, each committed change once and in order",
                 self.watch_events
             );
+            let _ = writeln!(
+                s,
+                "prefix:      {} changes seen by one prefix watch, each committed change once \
+                 and in order, nothing outside the prefix",
+                self.prefix_watch_events
+            );
         } else {
             let _ = writeln!(
                 s,
-                "watch:       {} changes seen, {} PROBLEM(S):",
+                "watch:       {} changes seen ({} by the prefix watch), {} PROBLEM(S):",
                 self.watch_events,
+                self.prefix_watch_events,
                 self.watch_anomalies.len()
             );
             for p in self.watch_anomalies.iter().take(20) {

@@ -1,5 +1,6 @@
-//! The watcher: follows every generation of keys and records each change it
-//! is sent, for the watch checker.
+//! The watchers: one follows every generation of keys, another the prefix
+//! of all of them; both record each change they are sent, for the watch
+//! checker.
 
 use super::*;
 
@@ -104,4 +105,45 @@ pub(super) fn watch_generations(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The prefix every generation's keys begin with.
+pub(super) const GENERATIONS_PREFIX: &str = "g";
+
+/// A prefix watch of every generation's keys (leaders may be changing:
+/// tries for a while).
+pub(super) fn watch_prefix_of_all(c: &mut Client) -> Result<Watch, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.watch_prefix(GENERATIONS_PREFIX.as_bytes()) {
+            Ok(w) => return Ok(w),
+            Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Gathers the prefix watch's changes into `shared.prefix_watched` until
+/// told to stop; returns its streams' states.
+pub(super) fn prefix_watch_loop(shared: &Shared, w: Watch) -> Vec<String> {
+    while !shared.watch_stop.load(Ordering::SeqCst) {
+        match w.next(Duration::from_millis(50)) {
+            Ok(Some(ch)) => {
+                let key = String::from_utf8_lossy(&ch.key).into_owned();
+                shared
+                    .prefix_watched
+                    .lock()
+                    .unwrap()
+                    .entry(key)
+                    .or_default()
+                    .push(ch);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                *shared.prefix_failure.lock().unwrap() = Some(format!("it ended: {e}"));
+                break;
+            }
+        }
+    }
+    w.streams().iter().map(|s| s.to_string()).collect()
 }

@@ -192,18 +192,28 @@ enum Cmd {
         #[arg(default_value_t = 1, allow_negative_numbers = true)]
         by: i64,
     },
-    /// Print every change to the keys, one line each, as it happens:
-    /// `VERSION put KEY VALUE`, `VERSION delete KEY` or `VERSION expire KEY`.
-    /// Survives leader changes and node restarts without missing or
-    /// repeating a change. Runs until Ctrl-C, --count or --for-secs.
+    /// Print every change to the keys, or to every key under a prefix, one
+    /// line each, as it happens: `VERSION put KEY VALUE`, `VERSION delete
+    /// KEY` or `VERSION expire KEY`. Survives leader changes, splits and
+    /// node restarts without missing or repeating a change. Runs until
+    /// Ctrl-C, --count or --for-secs; a prefix watch that ends by --count or
+    /// --for-secs prints `resume TOKEN` on stderr, for --resume.
     Watch {
         /// Keys to watch.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
         keys: Vec<String>,
+        /// Watch every key beginning with this instead (across every
+        /// region; keys created later too).
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+        /// With --prefix: go on from where a previous prefix watch stopped
+        /// (the token it printed).
+        #[arg(long, value_name = "TOKEN", requires = "prefix")]
+        resume: Option<String>,
         /// Start after this version (the last one a previous watch printed)
         /// instead of from now. Versions are per region: give it for keys of
         /// one region.
-        #[arg(long, value_name = "V")]
+        #[arg(long, value_name = "V", conflicts_with = "prefix")]
         from_version: Option<u64>,
         /// Exit after this many changes.
         #[arg(long, value_name = "N")]
@@ -341,6 +351,21 @@ enum CtlCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Back up every region into DIR (new or empty): each region's data,
+    /// versions, expiries and sessions at one applied index, holding every
+    /// write acknowledged before the command started; progress on stderr,
+    /// a manifest with SHA-256 checksums last. Restore with
+    /// `corekv-server --restore DIR` on every node of a new cluster.
+    Backup {
+        /// Directory to write.
+        dir: PathBuf,
+    },
+    /// Check a backup as a restore would (complete, every checksum, every
+    /// region decodes, the hash space covered) and list its regions.
+    VerifyBackup {
+        /// Backup directory.
+        dir: PathBuf,
     },
     /// Split a region in two at a hash (default: the middle of its range);
     /// prints the two regions.
@@ -583,17 +608,38 @@ fn client_error(e: ClientError) -> ExitCode {
     }
 }
 
+/// What `corekv watch` follows.
+enum Watched<'a> {
+    Keys(&'a [String], Option<u64>),
+    Prefix(&'a str, Option<&'a str>),
+}
+
 fn watch(
     client: &mut Client,
-    keys: &[String],
-    from_version: Option<u64>,
+    what: Watched<'_>,
     count: Option<u64>,
     for_secs: Option<u64>,
 ) -> ExitCode {
-    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-    let w = match client.watch(&keys, from_version.unwrap_or(0)) {
+    let started = match what {
+        Watched::Keys(keys, from_version) => {
+            let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+            client.watch(&keys, from_version.unwrap_or(0))
+        }
+        Watched::Prefix(prefix, None) => client.watch_prefix(prefix.as_bytes()),
+        Watched::Prefix(prefix, Some(token)) => match token.parse::<corekv_net::ResumeToken>() {
+            Ok(t) => client.watch_prefix_from(prefix.as_bytes(), &t),
+            Err(e) => return fail(2, format!("error: --resume: {e}")),
+        },
+    };
+    let w = match started {
         Ok(w) => w,
         Err(e) => return client_error(e),
+    };
+    let done = |w: &corekv_net::Watch| {
+        if let Some(t) = w.resume_token() {
+            eprintln!("resume {t}");
+        }
+        ExitCode::SUCCESS
     };
     let until = for_secs.map(|s| std::time::Instant::now() + Duration::from_secs(s));
     let mut seen = 0u64;
@@ -601,7 +647,7 @@ fn watch(
     loop {
         if count.is_some_and(|n| seen >= n) || until.is_some_and(|t| std::time::Instant::now() >= t)
         {
-            return ExitCode::SUCCESS;
+            return done(&w);
         }
         match w.next(Duration::from_millis(200)) {
             Ok(Some(c)) => {
@@ -884,6 +930,32 @@ fn main() -> ExitCode {
             corekv_tools::ctl::split(c, *region, *at)
         });
     }
+    if let Cmd::Ctl {
+        cmd: CtlCmd::VerifyBackup { dir },
+    } = &cli.cmd
+    {
+        return match corekv_tools::backup::verify(dir) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, format!("error: {e:#}")),
+        };
+    }
+    if let Cmd::Ctl {
+        cmd: CtlCmd::Backup { dir },
+    } = &cli.cmd
+    {
+        return ctl_text(endpoints, cli.timeout_ms, |c| {
+            let m = corekv_tools::backup::backup(c, dir, &mut std::io::stderr())?;
+            Ok(format!(
+                "{}: {} regions, {} keys\n",
+                dir.display(),
+                m.regions.len(),
+                m.regions.iter().map(|r| r.keys).sum::<u64>()
+            ))
+        });
+    }
     if let Cmd::Ctl { cmd } = &cli.cmd {
         let docs = match corekv_tools::ctl::gather_with(client_config(endpoints, cli.timeout_ms)) {
             Ok(d) => d,
@@ -926,6 +998,8 @@ fn main() -> ExitCode {
             | CtlCmd::TransferLeader { .. }
             | CtlCmd::Check { .. }
             | CtlCmd::Split { .. }
+            | CtlCmd::Backup { .. }
+            | CtlCmd::VerifyBackup { .. }
             | CtlCmd::Balance { .. }
             | CtlCmd::MoveReplica { .. }
             | CtlCmd::AddNode { .. }
@@ -1095,10 +1169,18 @@ fn main() -> ExitCode {
         },
         Cmd::Watch {
             keys,
+            prefix,
+            resume,
             from_version,
             count,
             for_secs,
-        } => return watch(&mut client, &keys, from_version, count, for_secs),
+        } => {
+            let what = match &prefix {
+                Some(p) => Watched::Prefix(p, resume.as_deref()),
+                None => Watched::Keys(&keys, from_version),
+            };
+            return watch(&mut client, what, count, for_secs);
+        }
         Cmd::Dev { .. } | Cmd::Ctl { .. } => unreachable!("handled above"),
     }
     ExitCode::SUCCESS
