@@ -619,20 +619,36 @@ impl Watches {
                 if !w.synced || w.cursor >= last {
                     continue;
                 }
-                // The region changed shape (a split may have cut what the
-                // watch follows): `maintain` goes on from the history, never
-                // past the split, so a cursor is valid in every region the
-                // watch's keys went to.
-                let reshaped = w.cut.is_some()
-                    || replicas
-                        .peer(region)
-                        .is_none_or(|p| p.region().epoch != w.epoch);
-                if reshaped {
-                    self.watchers.get_mut(&t).expect("watch exists").synced = false;
+                // A split that cut what the watch follows stops it at the
+                // split's index (`maintain` ends it there), so a cursor is
+                // valid in every region the watch's keys went to; a split
+                // this replica cannot place leaves it to `maintain`.
+                let peer = replicas.peer(region);
+                let limit = match (w.cut, peer) {
+                    (Some(at), _) => Some(at),
+                    (None, None) => {
+                        self.watchers.get_mut(&t).expect("watch exists").synced = false;
+                        continue;
+                    }
+                    (None, Some(p)) if p.region().epoch != w.epoch => {
+                        match w.filter.moved(p, w.epoch.version) {
+                            None => None,
+                            Some(Some(at)) => Some(at),
+                            Some(None) => {
+                                self.watchers.get_mut(&t).expect("watch exists").synced = false;
+                                continue;
+                            }
+                        }
+                    }
+                    (None, Some(_)) => None,
+                };
+                let upto = limit.map_or(last, |at| at.min(last));
+                if w.cursor >= upto {
                     continue;
                 }
-                let changes = pending.remove(&t).unwrap_or_default();
-                self.deliver(t, changes, last, now_ms, out);
+                let mut changes = pending.remove(&t).unwrap_or_default();
+                changes.retain(|c| c.version <= upto);
+                self.deliver(t, changes, upto, now_ms, out);
             }
         }
     }
@@ -790,6 +806,12 @@ impl Watches {
             let w = self.watchers.get_mut(&t).unwrap();
             if w.cursor >= applied && cap == applied {
                 w.synced = true;
+            }
+            // Caught up to the split that cut it: ends now.
+            if let Some(at) = w.cut.filter(|at| w.cursor >= *at) {
+                if let Some(e) = self.split_ending(t, peer, at, applied, now_ms, out) {
+                    self.end(t, e, out);
+                }
             }
         }
     }
