@@ -20,7 +20,7 @@ fn a_preload_while_leaders_move_writes_every_key() {
         nodes: client.nodes().clone(),
         shard_ports: HashMap::new(),
     };
-    let keys = 60_000;
+    let keys = 150_000;
     let spec = LoadSpec {
         mix: Mix::WriteOnly,
         keys,
@@ -38,8 +38,9 @@ fn a_preload_while_leaders_move_writes_every_key() {
     };
     // Leaders move every 100 ms while the preload runs.
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mover = {
-        let (stop, mut c) = (stop.clone(), t.client());
+        let (stop, mut c, started) = (stop.clone(), t.client(), started.clone());
         std::thread::spawn(move || {
             let mut moves = 0u64;
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -50,11 +51,18 @@ fn a_preload_while_leaders_move_writes_every_key() {
                         moves += 1;
                     }
                 }
+                started.store(moves, Ordering::Release);
                 std::thread::sleep(Duration::from_millis(100));
             }
             moves
         })
     };
+    // The preload starts once a first round of moves is under way (a move
+    // is committed before the leader hands over, within about a second).
+    let wait = Instant::now() + Duration::from_secs(30);
+    while started.load(Ordering::Acquire) < 8 && Instant::now() < wait {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (stats, took) = driver::run(spec, target, Arc::new(Progress::default())).unwrap();
     stop.store(true, Ordering::Relaxed);
     let moves = mover.join().unwrap();
