@@ -134,7 +134,7 @@ impl LogBatch {
 pub fn write(db: &DB, batch: rocksdb::WriteBatch, sync: bool) -> Result<()> {
     let mut wo = WriteOptions::default();
     wo.set_sync(sync);
-    db.write_opt(batch, &wo).map_err(Error::Storage)
+    db.write_opt(batch, &wo).map_err(Error::from)
 }
 
 /// Syncs the WAL: every write made before the call is durable once it
@@ -142,7 +142,7 @@ pub fn write(db: &DB, batch: rocksdb::WriteBatch, sync: bool) -> Result<()> {
 /// while the disk syncs, so other writers (the shards' apply batches) go on
 /// meanwhile. A failure is fatal for the node, as for [`write`].
 pub fn sync_wal(db: &DB) -> Result<()> {
-    db.flush_wal(true).map_err(Error::Storage)
+    db.flush_wal(true).map_err(Error::from)
 }
 
 #[cfg(test)]

@@ -2,30 +2,26 @@
 //! sockets, threads or wall clock of its own (time comes in as ticks and `now`
 //! parameters).
 //!
+//! The data model (`error`, `config`, `hash`, `ids`, `codec`, `keys`,
+//! `region`, `value`, `command`, `session`, and the pure parts of `watch`,
+//! `snapshot`, `membership` and `read`) lives in `corekv-types`, which the
+//! client shares; it is re-exported here under the same paths.
+//!
 //! # Layout
-//! - `error`: the engine's typed errors (retryable / request / fatal) and codes.
-//! - `config`: [`Config`], every limit and timeout of a region peer, validated.
-//! - `hash`: the stable routing hash (xxh3-64, seed 0).
-//! - `ids`: node, region and replica id limits and constructors.
-//! - `codec`: the explicit binary codec of stored and replicated records.
-//! - `keys`: column families and key layouts of the shared RocksDB.
 //! - `db`: opening RocksDB, the shared [`LogBatch`], synced writes.
 //! - `digest`: a replica's replicated state in one hash, to compare replicas.
 //! - `directory`: which owner (shard) of a node holds which region and
 //!   range, so that no two replicas of a node cover the same hashes.
-//! - `region`: region metadata: hash range, epoch, replicas.
 //! - `state`: per-region local and apply state records, node identity.
 //! - `storage`: `raft::Storage` of one region over the shared RocksDB.
-//! - `value`: how a user value is stored (version, expiry, bytes).
-//! - `command`: client writes as logged, their validation and outcomes.
 //! - `admin`: region administration through the raft log (preferred leader,
 //!   consistency checks).
 //! - `membership`: replica changes (learner, promote, remove) as raft conf
-//!   changes checked against the region; node id limits.
+//!   changes checked against the region.
 //! - `apply`: the state machine applying committed writes; reads.
 //! - `expire`: active expiry: the leader's sweep and the replicated removal.
 //! - `cache`: the bounded hot-key read cache kept behind the apply point.
-//! - `snapshot`: building and decoding region snapshots.
+//! - `snapshot`: building region snapshots (their payload: `corekv-types`).
 //! - `read`: ReadIndex batching (leader and follower reads) and the lease.
 //! - `peer`: [`Peer`], one region replica (RawNode + state machine), one file
 //!   per operation: `load` (open, create), `drive` (ticks, messages,
@@ -39,11 +35,11 @@
 //!   the server's shards and the simulator through [`round::RoundHost`];
 //!   `pipeline`: log batches in flight by sequence number, readies released
 //!   when theirs is durable.
-//! - `session`: per-region client sessions for exactly-once writes.
 //! - `sim`: deterministic in-process cluster with a faulty network, for tests
 //!   and the demo.
 //! - `slog_fields`: raft-rs log records' key-value pairs as text.
-//! - `watch`: the per-region change history watchers read and resume from.
+//! - `watch`: the per-region change history watchers read and resume from
+//!   (the changes themselves: `corekv-types`).
 //!
 //! Where new code goes: a new kind of replicated entry in `command`/`admin`
 //! and `apply`; per-replica behaviour in `peer/` (the file of its
@@ -52,34 +48,26 @@
 //! both hosts); I/O never (the hosts do it).
 #![deny(missing_docs)]
 
+pub use corekv_types::{codec, command, config, error, hash, ids, keys, region, session, value};
+
 pub mod admin;
 pub mod apply;
 pub mod cache;
-pub mod codec;
-pub mod command;
-pub mod config;
 pub mod db;
 pub mod digest;
 pub mod directory;
-pub mod error;
 pub mod expire;
-pub mod hash;
 pub mod hibernate;
-pub mod ids;
-pub mod keys;
 pub mod membership;
 pub mod peer;
 pub mod read;
-pub mod region;
 pub mod replicas;
 pub mod round;
-pub mod session;
 pub mod sim;
 pub mod slog_fields;
 pub mod snapshot;
 pub mod state;
 pub mod storage;
-pub mod value;
 pub mod watch;
 
 pub use command::{

@@ -25,30 +25,9 @@ use crate::region::{PeerMeta, PeerRole, Region};
 
 const CONTEXT_FORMAT: u8 = 1;
 
-pub use crate::ids::NODE_ID_MAX;
+pub use corekv_types::ids::NODE_ID_MAX;
 
-/// A change of one region's replicas.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerChange {
-    /// A learner on `node_id`.
-    AddLearner {
-        /// Node to host it.
-        node_id: u64,
-    },
-    /// The learner on `node_id` becomes a voter; with `remove_node` != 0
-    /// the voter there leaves in the same (joint) change.
-    Promote {
-        /// Node of the learner.
-        node_id: u64,
-        /// Node whose voter leaves (0 = none).
-        remove_node: u64,
-    },
-    /// The replica on `node_id` leaves.
-    Remove {
-        /// Node of the replica.
-        node_id: u64,
-    },
-}
+pub use corekv_types::membership::PeerChange;
 
 /// Id of a replica added to a region by the change that makes `conf_ver`
 /// ([`crate::ids::added_peer_id`]).
@@ -72,96 +51,98 @@ fn replica(region: &Region, node_id: u64) -> Result<&PeerMeta> {
     })
 }
 
-impl PeerChange {
-    /// The conf change that makes this change to `region` (as applied by
-    /// the leader `leader_peer`), and the replicas it adds, which go in the
-    /// entry's context. Refuses changes that cannot apply.
-    pub fn plan(&self, region: &Region, leader_peer: u64) -> Result<(ConfChangeV2, Vec<PeerMeta>)> {
-        let mut cc = ConfChangeV2::default();
-        let mut added = Vec::new();
-        let voters = region
-            .peers
-            .iter()
-            .filter(|p| p.role == PeerRole::Voter)
-            .count();
-        match *self {
-            PeerChange::AddLearner { node_id } => {
-                if node_id == 0 || node_id > NODE_ID_MAX {
-                    return Err(Error::InvalidRequest(format!(
-                        "node id {node_id} is outside 1..={NODE_ID_MAX}"
-                    )));
-                }
-                if region.peer_on_node(node_id).is_some() {
-                    return Err(Error::InvalidRequest(format!(
-                        "region {} already has a replica on node {node_id}",
-                        region.id
-                    )));
-                }
-                let peer = PeerMeta {
-                    id: new_peer_id(region.epoch.conf_ver + 1, node_id),
-                    node_id,
-                    role: PeerRole::Learner,
-                };
-                cc.mut_changes()
-                    .push(single(ConfChangeType::AddLearnerNode, peer.id));
-                added.push(peer);
+/// The conf change that makes `change` to `region` (as applied by the
+/// leader `leader_peer`), and the replicas it adds, which go in the entry's
+/// context. Refuses changes that cannot apply.
+pub fn plan(
+    change: &PeerChange,
+    region: &Region,
+    leader_peer: u64,
+) -> Result<(ConfChangeV2, Vec<PeerMeta>)> {
+    let mut cc = ConfChangeV2::default();
+    let mut added = Vec::new();
+    let voters = region
+        .peers
+        .iter()
+        .filter(|p| p.role == PeerRole::Voter)
+        .count();
+    match *change {
+        PeerChange::AddLearner { node_id } => {
+            if node_id == 0 || node_id > NODE_ID_MAX {
+                return Err(Error::InvalidRequest(format!(
+                    "node id {node_id} is outside 1..={NODE_ID_MAX}"
+                )));
             }
-            PeerChange::Promote {
+            if region.peer_on_node(node_id).is_some() {
+                return Err(Error::InvalidRequest(format!(
+                    "region {} already has a replica on node {node_id}",
+                    region.id
+                )));
+            }
+            let peer = PeerMeta {
+                id: new_peer_id(region.epoch.conf_ver + 1, node_id),
                 node_id,
-                remove_node,
-            } => {
-                let learner = replica(region, node_id)?;
-                if learner.role != PeerRole::Learner {
+                role: PeerRole::Learner,
+            };
+            cc.mut_changes()
+                .push(single(ConfChangeType::AddLearnerNode, peer.id));
+            added.push(peer);
+        }
+        PeerChange::Promote {
+            node_id,
+            remove_node,
+        } => {
+            let learner = replica(region, node_id)?;
+            if learner.role != PeerRole::Learner {
+                return Err(Error::InvalidRequest(format!(
+                    "the replica of region {} on node {node_id} is already a voter",
+                    region.id
+                )));
+            }
+            cc.mut_changes()
+                .push(single(ConfChangeType::AddNode, learner.id));
+            if remove_node != 0 {
+                let old = replica(region, remove_node)?;
+                if old.role != PeerRole::Voter {
                     return Err(Error::InvalidRequest(format!(
-                        "the replica of region {} on node {node_id} is already a voter",
+                        "the replica of region {} on node {remove_node} is not a voter",
                         region.id
                     )));
                 }
-                cc.mut_changes()
-                    .push(single(ConfChangeType::AddNode, learner.id));
-                if remove_node != 0 {
-                    let old = replica(region, remove_node)?;
-                    if old.role != PeerRole::Voter {
-                        return Err(Error::InvalidRequest(format!(
-                            "the replica of region {} on node {remove_node} is not a voter",
-                            region.id
-                        )));
-                    }
-                    if old.id == leader_peer {
-                        return Err(Error::InvalidRequest(format!(
-                            "the replica of region {} on node {remove_node} leads it: \
-                             transfer leadership first",
-                            region.id
-                        )));
-                    }
-                    cc.mut_changes()
-                        .push(single(ConfChangeType::RemoveNode, old.id));
-                    // Two changes at once need joint consensus; raft leaves
-                    // it by itself once it is applied.
-                    cc.set_transition(ConfChangeTransition::Implicit);
-                }
-            }
-            PeerChange::Remove { node_id } => {
-                let old = replica(region, node_id)?;
                 if old.id == leader_peer {
                     return Err(Error::InvalidRequest(format!(
-                        "the replica of region {} on node {node_id} leads it: \
-                         transfer leadership first",
-                        region.id
-                    )));
-                }
-                if old.role == PeerRole::Voter && voters <= 1 {
-                    return Err(Error::InvalidRequest(format!(
-                        "region {} would have no voter left",
+                        "the replica of region {} on node {remove_node} leads it: \
+                             transfer leadership first",
                         region.id
                     )));
                 }
                 cc.mut_changes()
                     .push(single(ConfChangeType::RemoveNode, old.id));
+                // Two changes at once need joint consensus; raft leaves
+                // it by itself once it is applied.
+                cc.set_transition(ConfChangeTransition::Implicit);
             }
         }
-        Ok((cc, added))
+        PeerChange::Remove { node_id } => {
+            let old = replica(region, node_id)?;
+            if old.id == leader_peer {
+                return Err(Error::InvalidRequest(format!(
+                    "the replica of region {} on node {node_id} leads it: \
+                         transfer leadership first",
+                    region.id
+                )));
+            }
+            if old.role == PeerRole::Voter && voters <= 1 {
+                return Err(Error::InvalidRequest(format!(
+                    "region {} would have no voter left",
+                    region.id
+                )));
+            }
+            cc.mut_changes()
+                .push(single(ConfChangeType::RemoveNode, old.id));
+        }
     }
+    Ok((cc, added))
 }
 
 /// Encodes the replicas a conf change adds (its entry context).
@@ -263,9 +244,7 @@ mod tests {
     #[test]
     fn a_move_adds_a_learner_then_swaps_it_for_the_old_voter_in_one_joint_change() {
         let r = region();
-        let (cc, added) = PeerChange::AddLearner { node_id: 4 }
-            .plan(&r, 7001)
-            .unwrap();
+        let (cc, added) = plan(&PeerChange::AddLearner { node_id: 4 }, &r, 7001).unwrap();
         assert_eq!(added.len(), 1);
         assert_eq!(added[0].id, new_peer_id(2, 4));
         assert!(added[0].id > 7004, "above bootstrap ids");
@@ -283,7 +262,7 @@ mod tests {
             node_id: 4,
             remove_node: 3,
         };
-        let (cc, added) = promote.plan(&r2, 7001).unwrap();
+        let (cc, added) = plan(&promote, &r2, 7001).unwrap();
         assert!(added.is_empty());
         assert_eq!(cc.changes.len(), 2);
         // Joint: node 3 still votes in the outgoing half.
@@ -309,7 +288,7 @@ mod tests {
     #[test]
     fn changes_that_cannot_apply_are_refused() {
         let r = region();
-        let refused = |c: PeerChange| c.plan(&r, 7001).is_err();
+        let refused = |c: PeerChange| plan(&c, &r, 7001).is_err();
         assert!(refused(PeerChange::AddLearner { node_id: 2 }));
         assert!(refused(PeerChange::AddLearner { node_id: 0 }));
         assert!(refused(PeerChange::AddLearner {

@@ -23,21 +23,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-/// Consistency a read asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Consistency {
-    /// ReadIndex through a quorum (default).
-    Linearizable,
-    /// Served by the leader without a quorum round while its lease holds
-    /// (falls back to ReadIndex otherwise). Assumes bounded clock drift.
-    Lease,
-    /// Served from this replica's applied state; may be behind.
-    Stale,
-    /// Linearizable, served by any replica: a follower asks the leader for
-    /// the read index, waits until it has applied that far, then reads its
-    /// own state. Spreads reads over every replica.
-    Follower,
-}
+pub use corekv_types::Consistency;
 
 /// A scan of a region's keys in hash order: every live key whose routing
 /// hash is at or after `from_hash` (within the region), at most `limit`

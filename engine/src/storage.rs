@@ -447,7 +447,7 @@ impl RegionStorage {
         }
         let term = raft::Storage::term(self, index).map_err(|e| match e {
             raft::Error::Store(StorageError::Compacted) => Error::Compacted,
-            other => Error::Raft(other),
+            other => Error::from(other),
         })?;
         batch.delete_range_cf(
             cf(&self.db, CF_RAFT),

@@ -1,14 +1,14 @@
 //! corekv wire formats, the raft transport codec and the native client.
 //!
 //! # Layout
-//! - `wire`: the generated flatbuffers code of `schema/corekv.fbs`.
+//! - `wire`, `frame`, `message`: the client protocol (crate `corekv-wire`,
+//!   re-exported here): the generated flatbuffers code of
+//!   `schema/corekv.fbs`, framing, and the messages as Rust values.
 //! - `auth`: users, roles and token hashes (kept in the meta region), and
 //!   the gate every listener checks logins and requests against.
 //! - `backup`: the backup format (`ctl backup`, `corekv-server --restore`):
 //!   region files, the manifest with checksums, and the checks on reading.
 //! - `faults`: fault-injection rules for the raft transport (tests, chaos runs).
-//! - `frame`: length-prefixed framing and stream reassembly.
-//! - `message`: client-protocol messages as Rust values; encode and decode.
 //! - `peer_codec`: frames of the raft transport between nodes.
 //! - `routing`: the routing table a client keeps (I/O-free): which region
 //!   a hash is in, and what an error answer means for it.
@@ -28,21 +28,21 @@
 //!   region).
 //!
 //! Where new code goes: a new request or answer in `schema/corekv.fbs`,
-//! then its type in `message/mod.rs` and its two directions in
+//! then its type in `wire/src/message/mod.rs` and its two directions in
 //! `message/encode.rs` and `message/decode.rs`; a new error detail as a
 //! `WireError` variant (`message/error.rs`); how a client reacts to an
 //! answer in `routing` (shared with `corekv-bench`); a new client operation
 //! in `client/kv.rs` (data) or `client/admin.rs` / `admin` (placement).
 #![deny(missing_docs)]
 
+pub use corekv_wire::{frame, message, wire};
+
 pub mod admin;
 pub mod auth;
 pub mod backup;
 pub mod client;
 pub mod faults;
-pub mod frame;
 pub mod listen;
-pub mod message;
 pub mod meta;
 pub mod peer_codec;
 pub mod routing;
@@ -52,7 +52,6 @@ pub mod tls;
 pub mod transport;
 pub mod wake;
 pub mod watch_client;
-pub mod wire;
 
 pub use client::{Client, ClientConfig, ClientError, Credentials, PutOptions, RegionBackup, Value};
 pub use corekv_engine::watch::{Change, ChangeKind};

@@ -48,7 +48,7 @@ impl Peer {
                 Error::Busy("a membership change of the region is in progress"),
             );
         }
-        let (cc, added) = match change.plan(&self.region, self.peer_id) {
+        let (cc, added) = match crate::membership::plan(&change, &self.region, self.peer_id) {
             Ok(p) => p,
             Err(e) => return fail(replies, e),
         };
@@ -115,7 +115,7 @@ impl Peer {
         if let Err(e) = proposed {
             let e = match e {
                 raft::Error::ProposalDropped => Error::ProposalDropped,
-                other => Error::Raft(other),
+                other => Error::from(other),
             };
             return fail(replies, e);
         }

@@ -6,13 +6,13 @@
 //! |---|---|---|
 //! | `raft` | `0x01 region_id index` | raft `Entry` (protobuf) |
 //! | `raft` | `0x02 region_id` | raft `HardState` (protobuf) |
-//! | `meta` | `0x01 region_id` | [`crate::state::RegionLocalState`] |
-//! | `meta` | `0x02 region_id` | [`crate::state::ApplyState`] |
-//! | `meta` | `0x03` | [`crate::state::StoreIdent`] |
+//! | `meta` | `0x01 region_id` | `corekv_engine::state::RegionLocalState` |
+//! | `meta` | `0x02 region_id` | `corekv_engine::state::ApplyState` |
+//! | `meta` | `0x03` | `corekv_engine::state::StoreIdent` |
 //! | `meta` | `0x04 region_id` | shard owning the region (u32, node runtime) |
 //! | `meta` | `0x05 region_id client_id` | [`crate::session::ClientSession`] |
 //! | `meta` | `0x06 region_id epoch_version` | log index of the split that made that epoch (u64) |
-//! | `meta` | `0x0B region_id` | the replica's last consistency check ([`crate::peer::CheckVerdict`]) |
+//! | `meta` | `0x0B region_id` | the replica's last consistency check (`corekv_engine::peer::CheckVerdict`) |
 //! | `data` | `route_hash key` | [`crate::value::ValueRecord`] |
 //! | `history` | `0x01 region_id index` | changes of one entry ([`crate::watch`]) |
 //! | `history` | `0x02 region_id` | history floor (u64) |

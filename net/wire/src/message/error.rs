@@ -99,8 +99,8 @@ impl WireError {
     }
 
     /// The wire form of an engine error.
-    pub fn from_engine(e: &corekv_engine::Error) -> Self {
-        use corekv_engine::Error as E;
+    pub fn from_engine(e: &corekv_types::Error) -> Self {
+        use corekv_types::Error as E;
         match e {
             E::NotLeader { leader_node, .. } => WireError::NotLeader {
                 leader_node: leader_node.unwrap_or(0),

@@ -261,7 +261,7 @@ pub(super) fn decode_op(r: &wire::Request<'_>, src: Option<&Bytes>) -> Result<Op
             }
         }
         wire::Op::ChangePeer => {
-            use corekv_engine::membership::PeerChange;
+            use corekv_types::membership::PeerChange;
             let t = r
                 .op_as_change_peer()
                 .ok_or_else(|| content("change peer without body"))?;

@@ -265,7 +265,7 @@ pub(super) fn encode_op<'a>(
             (wire::Op::Split, t.as_union_value())
         }
         Op::ChangePeer(change) => {
-            use corekv_engine::membership::PeerChange;
+            use corekv_types::membership::PeerChange;
             let (kind, node_id, remove_node) = match *change {
                 PeerChange::AddLearner { node_id } => (0, node_id, 0),
                 PeerChange::Promote {

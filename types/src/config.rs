@@ -85,7 +85,7 @@ pub struct Config {
     pub consistency_check_interval_ms: u64,
     /// A region whose leader found nothing new this many ticks in a row
     /// hibernates: no ticks, no heartbeats, until a message or a request
-    /// wakes it (see [`crate::hibernate`]); 0: regions never sleep.
+    /// wakes it (see `corekv_engine::hibernate`); 0: regions never sleep.
     /// Default 50 (500 ms).
     pub hibernate_after_ticks: usize,
     /// An owner with sleeping leaders beats to the nodes of their

@@ -10,8 +10,8 @@
 //! - `decode`: frames into values (verified first).
 
 use bytes::Bytes;
-use corekv_engine::watch::{Change, ChangeKind};
-use corekv_engine::{
+use corekv_types::watch::{Change, ChangeKind};
+use corekv_types::{
     Condition, Consistency, Epoch, Expiry, PeerMeta, PeerRole, PutItem, Region, SessionTag,
     TxnCheck, TxnOp, ValueRecord, WriteOutcome, WriteRequest,
 };
@@ -72,7 +72,7 @@ pub enum Op {
         split_hash: u64,
     },
     /// Change the region's replicas.
-    ChangePeer(corekv_engine::membership::PeerChange),
+    ChangePeer(corekv_types::membership::PeerChange),
     /// Move the asked node's replica of the region to shard `to_shard`.
     MoveShard {
         /// Target shard.
@@ -130,7 +130,7 @@ pub struct Request {
     /// Write de-duplication tag.
     pub session: Option<SessionTag>,
     /// Sent by the cluster's own components: may write the metadata keys
-    /// ([`corekv_engine::META_PREFIX`]).
+    /// ([`corekv_types::META_PREFIX`]).
     pub system: bool,
 }
 
@@ -474,7 +474,7 @@ mod tests {
                 id: 12,
                 region_id: 2,
                 epoch: Epoch::default(),
-                op: Op::ChangePeer(corekv_engine::membership::PeerChange::Promote {
+                op: Op::ChangePeer(corekv_types::membership::PeerChange::Promote {
                     node_id: 4,
                     remove_node: 1,
                 }),
@@ -707,7 +707,7 @@ mod tests {
 
     #[test]
     fn every_engine_error_has_the_schemas_code_of_its_name() {
-        use corekv_engine::Error as E;
+        use corekv_types::Error as E;
         let errors = [
             (
                 E::NotLeader {

@@ -1,4 +1,4 @@
-//! Errors of the region engine.
+//! Errors of corekv's data model and engine, shared by server and client.
 //!
 //! Two families, kept apart on purpose (STYLE rule 5):
 //! - *retryable* errors tell the caller to try elsewhere or later (`NotLeader`,
@@ -24,6 +24,10 @@
 //! | 100 | Internal | [`Error::Compacted`] (raft log entries, never a client's), [`Error::Corruption`], [`Error::Storage`], [`Error::Raft`], [`Error::Config`] |
 
 use crate::region::Region;
+
+/// A failure of a component below the engine (RocksDB, raft), kept as a
+/// trait object so that this crate needs neither.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Result of engine operations.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -84,12 +88,14 @@ pub enum Error {
     /// Stored bytes failed to decode: the data directory is damaged.
     #[error("corruption: {0}")]
     Corruption(String),
-    /// RocksDB failed: the node must stop (fail-stop).
+    /// RocksDB failed: the node must stop (fail-stop). (Converted from
+    /// `rocksdb::Error` with the `rocksdb` feature.)
     #[error("storage failure: {0}")]
-    Storage(#[from] rocksdb::Error),
-    /// Raft failed in a way the engine cannot recover from.
+    Storage(#[source] BoxError),
+    /// Raft failed in a way the engine cannot recover from. (Converted from
+    /// `raft::Error` with the `raft` feature.)
     #[error("raft: {0}")]
-    Raft(#[from] raft::Error),
+    Raft(#[source] BoxError),
     /// Configuration rejected by [`crate::Config::validate`].
     #[error("invalid config: {0}")]
     Config(String),
@@ -135,5 +141,19 @@ impl Error {
                 | Error::Busy(_)
                 | Error::ProposalDropped
         )
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::Storage(Box::new(e))
+    }
+}
+
+#[cfg(feature = "raft")]
+impl From<raft::Error> for Error {
+    fn from(e: raft::Error) -> Self {
+        Error::Raft(Box::new(e))
     }
 }
