@@ -6,15 +6,41 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use corekv_engine::db::cf;
+use corekv_engine::digest::Digest;
 use corekv_engine::keys::{self, CF_DATA};
+use corekv_engine::peer::CheckVerdict;
 use corekv_net::status::{
-    EpochStatus, LogWriterStatus, NodeStatus, PeerStatus, RegionStatus, Role, ShardStatus,
+    CheckStatus, DigestStatus, EpochStatus, LogWriterStatus, NodeStatus, PeerStatus, RegionStatus,
+    Role, ShardStatus, Verdict,
 };
 
 use crate::node::NodeShared;
 
 /// Seconds between two scans of region sizes.
 pub const SIZE_SCAN_SECS: u64 = 10;
+
+/// A replica's last consistency check as the status document shows it.
+fn check_status(c: &CheckVerdict) -> CheckStatus {
+    let verdict = match c.verdict() {
+        "match" => Verdict::Match,
+        "mismatch" => Verdict::Mismatch,
+        _ => Verdict::Skipped,
+    };
+    CheckStatus {
+        index: c.index,
+        verdict,
+        leader: digest_status(&c.leader),
+        own: c.own.as_ref().map(digest_status),
+    }
+}
+
+fn digest_status(d: &Digest) -> DigestStatus {
+    DigestStatus {
+        hash: d.hash,
+        keys: d.keys,
+        bytes: d.bytes,
+    }
+}
 
 /// The status document of `node`, as JSON text.
 pub fn document(node: &NodeShared) -> String {
@@ -62,7 +88,7 @@ pub fn status(node: &NodeShared) -> NodeStatus {
                     bytes,
                     read_ops_per_sec: tenths(r.read_ops_per_sec),
                     write_ops_per_sec: tenths(r.write_ops_per_sec),
-                    check: r.check.as_ref().map(Into::into),
+                    check: r.check.as_ref().map(check_status),
                 }
             })
             .collect();

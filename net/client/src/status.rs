@@ -295,32 +295,6 @@ impl std::fmt::Display for DigestStatus {
     }
 }
 
-impl From<&corekv_engine::digest::Digest> for DigestStatus {
-    fn from(d: &corekv_engine::digest::Digest) -> Self {
-        DigestStatus {
-            hash: d.hash,
-            keys: d.keys,
-            bytes: d.bytes,
-        }
-    }
-}
-
-impl From<&corekv_engine::peer::CheckVerdict> for CheckStatus {
-    fn from(c: &corekv_engine::peer::CheckVerdict) -> Self {
-        let verdict = match c.verdict() {
-            "match" => Verdict::Match,
-            "mismatch" => Verdict::Mismatch,
-            _ => Verdict::Skipped,
-        };
-        CheckStatus {
-            index: c.index,
-            verdict,
-            leader: (&c.leader).into(),
-            own: c.own.as_ref().map(Into::into),
-        }
-    }
-}
-
 /// A node as `corekv ctl status` reports it: its document, or why it gave
 /// none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -27,8 +27,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corekv_engine::route_hash;
-use corekv_engine::watch::Change;
+use corekv_types::route_hash;
+use corekv_types::watch::Change;
 
 use crate::client::{wire_to_client, Client, ClientError, Conn, Result};
 use crate::message::{
@@ -191,7 +191,7 @@ impl ResumeToken {
             }
             next = end;
         }
-        if next < u128::from(corekv_engine::META_HASH) {
+        if next < u128::from(corekv_types::META_HASH) {
             return Err("the resume token's parts stop short of the end of the hash space".into());
         }
         Ok(())
@@ -484,7 +484,7 @@ impl Client {
             .parts
             .iter()
             // The meta region's hash holds no user key.
-            .filter(|p| p.start_hash != corekv_engine::META_HASH)
+            .filter(|p| p.start_hash != corekv_types::META_HASH)
             .map(|p| {
                 let range = WatchRange {
                     prefix: Bytes::copy_from_slice(prefix),

@@ -48,7 +48,7 @@ fn redo_plan(fates: &[FateKind]) -> Vec<Redo> {
 /// are retried after a lost answer, each of them is still remembered if
 /// it was applied: a retry is never applied twice.
 pub const PIPELINED_WRITES_MAX: usize = 16;
-const _: () = assert!(PIPELINED_WRITES_MAX <= corekv_engine::session::RESULTS_PER_CLIENT);
+const _: () = assert!(PIPELINED_WRITES_MAX <= corekv_types::session::RESULTS_PER_CLIENT);
 
 impl Client {
     /// Reads `key`.
@@ -149,7 +149,7 @@ impl Client {
             matches!(
                 o,
                 TxnOp::Put {
-                    expiry: corekv_engine::Expiry::After(0),
+                    expiry: corekv_types::Expiry::After(0),
                     ..
                 }
             )

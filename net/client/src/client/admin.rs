@@ -5,7 +5,7 @@
 use super::*;
 
 /// A backup of one region, as its leader built it (the payload format of
-/// [`corekv_engine::snapshot::SnapshotData`]).
+/// [`corekv_types::snapshot::SnapshotData`]).
 #[derive(Clone, Debug)]
 pub struct RegionBackup {
     /// The region.
@@ -230,7 +230,7 @@ impl Client {
     pub fn change_peer(
         &mut self,
         region_id: u64,
-        change: corekv_engine::membership::PeerChange,
+        change: corekv_types::membership::PeerChange,
     ) -> Result<u64> {
         let (_, f) = self.execute_on(RouteBy::Region(region_id), Op::ChangePeer(change), false)?;
         Ok(f.version)

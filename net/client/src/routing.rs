@@ -185,7 +185,7 @@ impl IndexMut<usize> for RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corekv_engine::region::Region;
+    use corekv_types::region::Region;
 
     fn table() -> RouteTable {
         let mid = 1u64 << 63;

@@ -25,7 +25,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corekv_engine::{
+use corekv_types::{
     route_hash, Condition, Consistency, PutItem, SessionTag, TxnCheck, TxnOp, WriteRequest,
 };
 use rand::Rng;
@@ -174,7 +174,7 @@ pub enum ClientError {
         message: String,
         /// The watched keys' current state: a put with the live value and
         /// its version, or a delete (version 0) for an absent key.
-        current: Vec<corekv_engine::watch::Change>,
+        current: Vec<corekv_types::watch::Change>,
     },
 }
 
@@ -672,7 +672,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corekv_engine::{Epoch, Region};
+    use corekv_types::{Epoch, Region};
 
     fn route(id: u64, start: u64, end: u64, version: u64, conf_ver: u64) -> RouteInfo {
         RouteInfo {

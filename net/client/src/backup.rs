@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! DIR/region-ID.snap        one region at one applied index (the payload
-//!                           of corekv_engine::snapshot::SnapshotData)
+//!                           of corekv_types::snapshot::SnapshotData)
 //! DIR/manifest.json         written last: the regions, their ranges,
 //!                           applied indexes, sizes and SHA-256 checksums
 //! DIR/manifest.json.sha256  the manifest's own SHA-256
@@ -17,7 +17,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use corekv_engine::snapshot::SnapshotData;
+use corekv_types::snapshot::SnapshotData;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -40,7 +40,7 @@ pub struct Manifest {
     /// When it was complete (Unix ms).
     pub finished_unix_ms: u64,
     /// The data regions, in hash order, covering the hash space below
-    /// [`corekv_engine::META_HASH`].
+    /// [`corekv_types::META_HASH`].
     pub regions: Vec<RegionEntry>,
 }
 
@@ -214,7 +214,7 @@ pub fn check_coverage(regions: &[RegionEntry]) -> Result<(), String> {
         }
         next = r.end_hash;
     }
-    if next != corekv_engine::META_HASH {
+    if next != corekv_types::META_HASH {
         return Err(format!(
             "no region covers hashes from {next:#x} to the end of the hash space"
         ));
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn regions_must_cover_the_hash_space_once() {
-        let m = corekv_engine::META_HASH;
+        let m = corekv_types::META_HASH;
         assert!(check_coverage(&[entry(1, 0, 10), entry(2, 10, m)]).is_ok());
         let gap = check_coverage(&[entry(1, 0, 10), entry(2, 11, m)]).unwrap_err();
         assert!(gap.contains("no region covers"), "{gap}");
