@@ -4,6 +4,8 @@
 //! sockets.
 //!
 //! # Layout
+//! - `aio`: the async client (tokio): one shared, pipelined instance per
+//!   process ([`AsyncClient`]).
 //! - `client`: the blocking client (region cache, leader hints, retries,
 //!   sessions for exactly-once writes, admin operations).
 //! - `watch_client`: watches (one resuming stream per region).
@@ -19,6 +21,7 @@
 
 pub use corekv_wire::{frame, message, wire};
 
+pub mod aio;
 pub mod backup;
 pub mod client;
 pub mod routing;
@@ -26,6 +29,7 @@ pub mod status;
 pub mod tls;
 pub mod watch_client;
 
+pub use aio::AsyncClient;
 pub use client::{Client, ClientConfig, ClientError, Credentials, PutOptions, RegionBackup, Value};
 pub use corekv_types::watch::{Change, ChangeKind};
 pub use corekv_types::Consistency;

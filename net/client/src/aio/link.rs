@@ -1,0 +1,281 @@
+//! One pipelined connection of the async client: any number of requests in
+//! flight, matched to their answers by request id.
+//!
+//! A writer task takes what callers queued and sends it in as few frames as
+//! the queue allows (everything queued while the last frame was written goes
+//! in the next one); a reader task hands each answer to the caller waiting
+//! for its id. When either side fails the link is closed: every caller still
+//! waiting learns its answer is lost, and the next call opens a new link.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::frame::FrameBuffer;
+use crate::message::{
+    decode_frame, decode_frame_with_fields, encode_client_hello, encode_requests, Frame, Request,
+    Response, ResponseFields,
+};
+use crate::wire::ErrorCode;
+
+/// Requests sent in one frame at most.
+const FRAME_REQUESTS_MAX: usize = 256;
+
+/// Bytes read per read call at least.
+const READ_BYTES: usize = 64 * 1024;
+
+/// An answer, or why none will come.
+pub(super) type Answer = std::result::Result<(Response, ResponseFields), String>;
+
+type Waiters = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
+
+/// Why a link could not be opened.
+pub(super) enum OpenError {
+    /// The node refused the login: another node would say the same.
+    Refused(String),
+    /// Anything else (unreachable, timed out, not a corekv node).
+    Failed(String),
+}
+
+/// A connection to one address.
+pub(super) struct Link {
+    queue: mpsc::UnboundedSender<Request>,
+    waiters: Arc<Waiters>,
+    closed: Arc<AtomicBool>,
+    /// The per-shard client ports the node's `Hello` gave (index = shard).
+    pub(super) shard_ports: Vec<u16>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+impl Link {
+    /// Connects to `addr`, logs in and reads the node's `Hello`, all within
+    /// `budget`.
+    pub(super) async fn open(
+        addr: &str,
+        cfg: &crate::ClientConfig,
+        budget: Duration,
+    ) -> std::result::Result<Link, OpenError> {
+        let failed = |e: String| OpenError::Failed(format!("{addr}: {e}"));
+        let (io, hello) = tokio::time::timeout(budget, Self::handshake(addr, cfg))
+            .await
+            .map_err(|_| failed("no hello within the connect timeout".into()))??;
+        let shard_ports = match decode_frame(&hello).map_err(|e| failed(e.to_string()))? {
+            Frame::Hello { shard_ports, .. } => shard_ports,
+            Frame::Error(e) if e.code() == ErrorCode::Unauthenticated => {
+                return Err(OpenError::Refused(format!("{addr}: {}", e.message())))
+            }
+            Frame::Error(e) => return Err(failed(e.message().to_string())),
+            other => return Err(failed(format!("expected hello, got {other:?}"))),
+        };
+        let (rd, wr) = tokio::io::split(io);
+        let (queue, rx) = mpsc::unbounded_channel();
+        let waiters: Arc<Waiters> = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(write_loop(wr, rx, waiters.clone(), closed.clone()));
+        tokio::spawn(read_loop(
+            rd,
+            FrameBuffer::new(cfg.frame_bytes_max),
+            waiters.clone(),
+            closed.clone(),
+        ));
+        Ok(Link {
+            queue,
+            waiters,
+            closed,
+            shard_ports,
+        })
+    }
+
+    async fn handshake(
+        addr: &str,
+        cfg: &crate::ClientConfig,
+    ) -> std::result::Result<(Box<dyn Io>, Vec<u8>), OpenError> {
+        let failed = |e: String| OpenError::Failed(format!("{addr}: {e}"));
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tcp.set_nodelay(true).ok();
+        let mut io: Box<dyn Io> = match &cfg.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let name = crate::tls::server_name_of(addr).map_err(OpenError::Failed)?;
+                let s = tokio_rustls::TlsConnector::from(tls.0.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| {
+                        failed(format!(
+                            "TLS handshake: {e} (the node must serve TLS with a certificate \
+                             from this CA that names {addr})"
+                        ))
+                    })?;
+                Box::new(s)
+            }
+        };
+        let creds = cfg
+            .credentials
+            .as_ref()
+            .map(|c| (c.user.as_str(), c.token.as_str()));
+        io.write_all(&encode_client_hello(creds))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut frames = FrameBuffer::new(cfg.frame_bytes_max);
+        loop {
+            if let Some(body) = frames.next_frame().map_err(|e| failed(e.to_string()))? {
+                return Ok((io, body.to_vec()));
+            }
+            let n = io
+                .read(frames.spare(READ_BYTES))
+                .await
+                .map_err(|e| failed(e.to_string()));
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    frames.filled(READ_BYTES, 0);
+                    return Err(e);
+                }
+            };
+            frames.filled(READ_BYTES, n);
+            if n == 0 {
+                let hint = if cfg.tls.is_none() {
+                    " (if the cluster serves TLS, give its CA)"
+                } else {
+                    ""
+                };
+                return Err(failed(format!("connection closed by the server{hint}")));
+            }
+        }
+    }
+
+    /// False once the connection failed.
+    pub(super) fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+
+    /// Queues `req`; the receiver gets its answer, or an error once the
+    /// link fails before the answer came. Never blocks.
+    pub(super) fn send(&self, req: Request) -> oneshot::Receiver<Answer> {
+        let (tx, rx) = oneshot::channel();
+        let id = req.id;
+        self.waiters.lock().unwrap().insert(id, tx);
+        // Checked after the waiter is in: a link that closes from now on
+        // fails it; one that closed before is seen here.
+        if !self.is_open() || self.queue.send(req).is_err() {
+            if let Some(tx) = self.waiters.lock().unwrap().remove(&id) {
+                let _ = tx.send(Err("connection closed".into()));
+            }
+        }
+        rx
+    }
+
+    /// Forgets the caller waiting for `id` (it gave up).
+    pub(super) fn forget(&self, id: u64) {
+        self.waiters.lock().unwrap().remove(&id);
+    }
+}
+
+/// Marks the link closed and fails every caller still waiting.
+fn close(waiters: &Waiters, closed: &AtomicBool, why: &str) {
+    closed.store(true, Ordering::Release);
+    let all: Vec<_> = waiters.lock().unwrap().drain().collect();
+    for (_, tx) in all {
+        let _ = tx.send(Err(why.to_string()));
+    }
+}
+
+async fn write_loop(
+    mut wr: tokio::io::WriteHalf<Box<dyn Io>>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    waiters: Arc<Waiters>,
+    closed: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::with_capacity(FRAME_REQUESTS_MAX);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < FRAME_REQUESTS_MAX {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let frame = encode_requests(&batch);
+        batch.clear();
+        if let Err(e) = wr.write_all(&frame).await {
+            close(&waiters, &closed, &format!("write: {e}"));
+            return;
+        }
+        if closed.load(Ordering::Acquire) {
+            return;
+        }
+    }
+    // Every handle is gone: say so to the node, whose close ends the reader.
+    let _ = wr.shutdown().await;
+}
+
+async fn read_loop(
+    mut rd: tokio::io::ReadHalf<Box<dyn Io>>,
+    mut frames: FrameBuffer,
+    waiters: Arc<Waiters>,
+    closed: Arc<AtomicBool>,
+) {
+    let why = loop {
+        // Every whole frame buffered, then more bytes.
+        let mut failed = None;
+        loop {
+            match frames.next_frame() {
+                Ok(Some(body)) => match decode_frame_with_fields(body) {
+                    Ok((Frame::Responses(rs), fields)) => {
+                        let mut w = waiters.lock().unwrap();
+                        for (r, f) in rs.into_iter().zip(fields) {
+                            if let Some(tx) = w.remove(&r.id) {
+                                let _ = tx.send(Ok((r, f)));
+                            }
+                        }
+                    }
+                    Ok((Frame::Error(e), _)) => {
+                        failed = Some(format!("closed by the server: {}", e.message()));
+                        break;
+                    }
+                    Ok((other, _)) => {
+                        failed = Some(format!("unexpected frame {other:?}"));
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(why) = failed {
+            break why;
+        }
+        if closed.load(Ordering::Acquire) {
+            break "closed".to_string();
+        }
+        let n = rd.read(frames.spare(READ_BYTES)).await;
+        match n {
+            Ok(0) => {
+                frames.filled(READ_BYTES, 0);
+                break "connection closed by the server".to_string();
+            }
+            Ok(n) => frames.filled(READ_BYTES, n),
+            Err(e) => {
+                frames.filled(READ_BYTES, 0);
+                break format!("read: {e}");
+            }
+        }
+    };
+    close(&waiters, &closed, &why);
+}

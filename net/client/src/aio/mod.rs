@@ -1,0 +1,568 @@
+//! The async client (tokio): one shared instance per process, any number of
+//! requests in flight.
+//!
+//! [`AsyncClient`] is `Clone + Send + Sync`; clones share the routing table
+//! and the connections. Each connection is pipelined ([`link`]): requests
+//! from every task go out in shared frames and answers are matched by
+//! request id, so 10,000 concurrent reads need a handful of sockets, not
+//! 10,000 threads. Routing is the blocking client's ([`crate::routing`]):
+//! NotLeader hints are followed at once, EpochNotMatch and RegionNotFound
+//! reload the table, Busy and silent nodes back off; writes carry a session
+//! tag, so a write retried after a lost answer is applied once.
+//!
+//! Not here yet: watches, scans, batches, transactions and admin operations
+//! (use the blocking [`crate::Client`] for those).
+
+mod link;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use corekv_types::{route_hash, Condition, Consistency, SessionTag, WriteRequest};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::client::{wire_to_client, ClientConfig, ClientError, PutOptions, Result, Value};
+use crate::message::{NodeInfo, Op, Outcome, Request, ResponseFields, RouteInfo};
+use crate::routing::{covers_hash_space, merge_routes, RouteTable, Routing};
+use crate::wire::ErrorCode;
+use link::{Link, OpenError};
+
+/// How long a node that did not answer is avoided.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+/// A shared, pipelined, region-aware client for tokio.
+#[derive(Clone)]
+pub struct AsyncClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AsyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AsyncClient {{ endpoints: {:?} }}",
+            self.inner.cfg.endpoints
+        )
+    }
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    state: Mutex<State>,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    /// One connection attempt per address at a time: a burst of requests
+    /// to a node not yet connected opens one socket, not one per request.
+    opening: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One table reload at a time; the others wait for it and use its
+    /// result (`generation` tells them it happened).
+    reload: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    next_id: AtomicU64,
+    client_id: u64,
+    seq: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    routes: RouteTable,
+    nodes: HashMap<u64, String>,
+    /// Per-shard client ports of each node address, as its `Hello` gave them.
+    shard_ports: HashMap<String, Vec<u16>>,
+    down_until: HashMap<u64, std::time::Instant>,
+    spread: usize,
+    login_refused: Option<String>,
+}
+
+enum CallError {
+    /// Nothing was sent: safe to retry anything.
+    NotSent(String),
+    /// Sent, no answer: a write's outcome is unknown.
+    Lost(String),
+}
+
+impl State {
+    fn is_down(&self, node: u64) -> bool {
+        self.down_until
+            .get(&node)
+            .is_some_and(|t| *t > std::time::Instant::now())
+    }
+
+    /// Where to send region `i`'s request: the leader (on its shard's port
+    /// when known), else a replica by attempt number; a follower read goes
+    /// round-robin over the replicas.
+    fn target(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        spread: bool,
+        shard_aware: bool,
+    ) -> Option<(u64, String)> {
+        let r = &self.routes[i];
+        if !spread && r.leader_node != 0 && !self.is_down(r.leader_node) {
+            if let Some(a) = self.nodes.get(&r.leader_node) {
+                let shard_port = r
+                    .leader_shard
+                    .filter(|_| shard_aware)
+                    .and_then(|s| self.shard_ports.get(a)?.get(s as usize).copied())
+                    .filter(|p| *p != 0);
+                let addr = match (shard_port, a.rsplit_once(':')) {
+                    (Some(p), Some((host, _))) => format!("{host}:{p}"),
+                    _ => a.clone(),
+                };
+                return Some((r.leader_node, addr));
+            }
+        }
+        let peers = &r.region.peers;
+        let n = peers.len();
+        if n == 0 {
+            return None;
+        }
+        let start = if spread {
+            self.spread += 1;
+            self.spread % n
+        } else {
+            attempt as usize % n
+        };
+        let pick = (0..n)
+            .map(|k| &peers[(start + k) % n])
+            .find(|p| !self.is_down(p.node_id))
+            .unwrap_or(&peers[start]);
+        self.nodes
+            .get(&pick.node_id)
+            .map(|a| (pick.node_id, a.clone()))
+    }
+}
+
+impl AsyncClient {
+    /// Connects to the cluster: loads the routing table from the first
+    /// endpoint that answers. Must run inside a tokio runtime.
+    pub async fn connect(cfg: ClientConfig) -> Result<AsyncClient> {
+        if cfg.endpoints.is_empty() {
+            return Err(ClientError::Protocol("no endpoints".into()));
+        }
+        let c = AsyncClient {
+            inner: Arc::new(Inner {
+                cfg,
+                state: Mutex::default(),
+                links: Mutex::default(),
+                opening: Mutex::default(),
+                reload: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(0),
+                next_id: AtomicU64::new(1),
+                client_id: rand::thread_rng().gen_range(1..u64::MAX),
+                seq: AtomicU64::new(0),
+            }),
+        };
+        let deadline = Instant::now() + c.inner.cfg.request_timeout;
+        let mut last = String::new();
+        for attempt in 0..c.inner.cfg.attempts_max {
+            match c.load_routes(deadline).await {
+                Ok(()) => return Ok(c),
+                Err(e) => last = e,
+            }
+            if let Some(why) = c.inner.state.lock().unwrap().login_refused.take() {
+                return Err(ClientError::Unauthenticated(why));
+            }
+            if !c.backoff(attempt, deadline).await {
+                break;
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts: c.inner.cfg.attempts_max,
+            last,
+        })
+    }
+
+    /// The regions as last loaded.
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        self.inner.state.lock().unwrap().routes.to_vec()
+    }
+
+    /// Open connections (pipelined; shared by every clone and task).
+    pub fn connections(&self) -> usize {
+        let links = self.inner.links.lock().unwrap();
+        links.values().filter(|l| l.is_open()).count()
+    }
+
+    /// Reads `key`.
+    pub async fn get(&self, key: &[u8], consistency: Consistency) -> Result<Option<Value>> {
+        let op = Op::Get {
+            key: Bytes::copy_from_slice(key),
+            consistency,
+        };
+        match self.execute(route_hash(key), op, true).await? {
+            (Outcome::Value(v), _) => Ok(v.map(|r| Value {
+                value: r.value,
+                version: r.version,
+                expire_at_ms: r.expire_at_ms,
+            })),
+            (other, _) => Err(ClientError::Protocol(format!("get answered {other:?}"))),
+        }
+    }
+
+    /// Writes `key`; returns the new version.
+    pub async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<u64> {
+        let condition = match (opts.if_absent, opts.if_version) {
+            (false, None) => Condition::None,
+            (true, None) => Condition::IfAbsent,
+            (false, Some(v)) => Condition::IfVersion(v),
+            (true, Some(_)) => {
+                return Err(ClientError::Invalid {
+                    code: ErrorCode::InvalidRequest,
+                    message: "if_absent and if_version together".into(),
+                })
+            }
+        };
+        let w = WriteRequest::Put {
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+            ttl_ms: opts.ttl.map(|t| t.as_millis().max(1) as u64),
+            condition,
+        };
+        let (_, f) = self.execute(route_hash(key), Op::Write(w), false).await?;
+        Ok(f.version)
+    }
+
+    /// Deletes `key`; returns whether a live value was removed.
+    pub async fn delete(&self, key: &[u8], if_version: Option<u64>) -> Result<bool> {
+        let w = WriteRequest::Delete {
+            key: Bytes::copy_from_slice(key),
+            if_version,
+        };
+        let (_, f) = self.execute(route_hash(key), Op::Write(w), false).await?;
+        Ok(f.existed)
+    }
+
+    /// Reloads the routing table (regions, epochs, leaders).
+    pub async fn refresh(&self) -> Result<()> {
+        let deadline = Instant::now() + self.inner.cfg.request_timeout;
+        self.load_routes(deadline)
+            .await
+            .map_err(|last| ClientError::Unavailable { attempts: 1, last })
+    }
+
+    fn new_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn backoff(&self, attempt: u32, deadline: Instant) -> bool {
+        let cfg = &self.inner.cfg;
+        let d = cfg
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(cfg.backoff_max);
+        if Instant::now() + d >= deadline {
+            return false;
+        }
+        tokio::time::sleep(d).await;
+        true
+    }
+
+    /// The open link to `addr`, or a new one.
+    async fn link(&self, addr: &str, deadline: Instant) -> std::result::Result<Arc<Link>, String> {
+        let open =
+            |links: &HashMap<String, Arc<Link>>| links.get(addr).filter(|l| l.is_open()).cloned();
+        if let Some(l) = open(&self.inner.links.lock().unwrap()) {
+            return Ok(l);
+        }
+        let gate = {
+            let mut opening = self.inner.opening.lock().unwrap();
+            opening.entry(addr.to_string()).or_default().clone()
+        };
+        let _turn = tokio::time::timeout_at(deadline, gate.lock())
+            .await
+            .map_err(|_| format!("{addr}: timed out waiting for the connection"))?;
+        if let Some(l) = open(&self.inner.links.lock().unwrap()) {
+            return Ok(l);
+        }
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.inner.cfg.connect_timeout);
+        if budget.is_zero() {
+            return Err("deadline passed".into());
+        }
+        let link = match Link::open(addr, &self.inner.cfg, budget).await {
+            Ok(l) => Arc::new(l),
+            Err(OpenError::Refused(why)) => {
+                self.inner.state.lock().unwrap().login_refused = Some(why.clone());
+                return Err(why);
+            }
+            Err(OpenError::Failed(why)) => return Err(why),
+        };
+        self.inner
+            .state
+            .lock()
+            .unwrap()
+            .shard_ports
+            .insert(addr.to_string(), link.shard_ports.clone());
+        self.inner
+            .links
+            .lock()
+            .unwrap()
+            .insert(addr.to_string(), link.clone());
+        Ok(link)
+    }
+
+    async fn call(
+        &self,
+        addr: &str,
+        req: Request,
+        deadline: Instant,
+    ) -> std::result::Result<(crate::message::Response, ResponseFields), CallError> {
+        let link = self
+            .link(addr, deadline)
+            .await
+            .map_err(CallError::NotSent)?;
+        let id = req.id;
+        let rx = link.send(req);
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(why))) => Err(CallError::Lost(format!("{addr}: {why}"))),
+            Ok(Err(_)) => Err(CallError::Lost(format!("{addr}: connection closed"))),
+            Err(_) => {
+                link.forget(id);
+                Err(CallError::Lost(format!(
+                    "{addr}: timed out waiting for the server"
+                )))
+            }
+        }
+    }
+
+    /// Avoids `node` for a while and drops its connections.
+    fn mark_down(&self, node: u64) {
+        let mut st = self.inner.state.lock().unwrap();
+        st.down_until
+            .insert(node, std::time::Instant::now() + DOWN_FOR);
+        let Some(addr) = st.nodes.get(&node).cloned() else {
+            return;
+        };
+        let ports = st.shard_ports.remove(&addr).unwrap_or_default();
+        drop(st);
+        let mut links = self.inner.links.lock().unwrap();
+        links.remove(&addr);
+        if let Some((host, _)) = addr.rsplit_once(':') {
+            for p in ports {
+                links.remove(&format!("{host}:{p}"));
+            }
+        }
+    }
+
+    /// Reloads the table unless another task did since `seen` (its
+    /// generation when it found the table wanting).
+    async fn reload_after(&self, seen: u64, deadline: Instant) -> std::result::Result<(), String> {
+        let _gate = self.inner.reload.lock().await;
+        if self.inner.generation.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        self.load_routes(deadline).await
+    }
+
+    /// Loads the routing table: answers of the nodes merged (newest epoch
+    /// of each region wins) until they cover the hash space or every node
+    /// was asked.
+    async fn load_routes(&self, deadline: Instant) -> std::result::Result<(), String> {
+        let mut candidates: Vec<String> = {
+            let st = self.inner.state.lock().unwrap();
+            st.nodes.values().cloned().collect()
+        };
+        candidates.extend(self.inner.cfg.endpoints.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|a| seen.insert(a.clone()));
+        let mut last = String::from("no endpoint answered");
+        let mut merged: Vec<RouteInfo> = Vec::new();
+        let mut nodes_seen: Vec<NodeInfo> = Vec::new();
+        let mut answered = false;
+        for addr in candidates {
+            let req = Request {
+                id: self.new_id(),
+                region_id: 0,
+                epoch: Default::default(),
+                op: Op::Routes,
+                session: None,
+                system: false,
+            };
+            match self.call(&addr, req, deadline).await {
+                Ok((resp, _)) => match resp.result {
+                    Ok(Outcome::Routes { regions, nodes }) => {
+                        answered = true;
+                        merge_routes(&mut merged, regions);
+                        nodes_seen.extend(nodes);
+                        if covers_hash_space(&merged) {
+                            break;
+                        }
+                    }
+                    Ok(other) => last = format!("{addr}: unexpected {other:?}"),
+                    Err(e) => {
+                        last = format!("{addr}: {}", e.message());
+                        if e.code() == ErrorCode::Unauthenticated {
+                            self.inner.state.lock().unwrap().login_refused = Some(last.clone());
+                            break;
+                        }
+                    }
+                },
+                Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => last = e,
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        if !answered {
+            return Err(last);
+        }
+        let mut st = self.inner.state.lock().unwrap();
+        st.routes.replace(merged);
+        for n in nodes_seen {
+            if !n.client_addr.is_empty() {
+                st.nodes.insert(n.node_id, n.client_addr);
+            }
+        }
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Runs one operation on the region owning `hash`, with retries (the
+    /// rules of the blocking client's `execute_tagged`).
+    async fn execute(
+        &self,
+        hash: u64,
+        op: Op,
+        idempotent: bool,
+    ) -> Result<(Outcome, ResponseFields)> {
+        let cfg = &self.inner.cfg;
+        let deadline = Instant::now() + cfg.request_timeout;
+        let spread = matches!(
+            op,
+            Op::Get {
+                consistency: Consistency::Follower,
+                ..
+            }
+        );
+        let session = match (&op, idempotent) {
+            (Op::Write(_), false) => Some(SessionTag {
+                client_id: self.inner.client_id,
+                seq: self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
+                retry: false,
+            }),
+            _ => None,
+        };
+        let mut last = String::new();
+        let mut attempt = 0;
+        let mut uncertain = false;
+        while attempt < cfg.attempts_max && Instant::now() < deadline {
+            attempt += 1;
+            let generation = self.inner.generation.load(Ordering::Acquire);
+            let picked = {
+                let mut st = self.inner.state.lock().unwrap();
+                if let Some(why) = st.login_refused.take() {
+                    return Err(ClientError::Unauthenticated(why));
+                }
+                match st.routes.index(hash) {
+                    None => None,
+                    Some(i) => {
+                        let region = (st.routes[i].region.id, st.routes[i].region.epoch);
+                        Some((region, st.target(i, attempt, spread, cfg.shard_aware)))
+                    }
+                }
+            };
+            let Some(((region_id, epoch), target)) = picked else {
+                if let Err(e) = self.reload_after(generation, deadline).await {
+                    last = e;
+                    self.backoff(attempt, deadline).await;
+                }
+                continue;
+            };
+            let Some((node, addr)) = target else {
+                last = "no replica address known".into();
+                let _ = self.reload_after(generation, deadline).await;
+                self.backoff(attempt, deadline).await;
+                continue;
+            };
+            let req = Request {
+                id: self.new_id(),
+                region_id,
+                epoch,
+                op: op.clone(),
+                // Once an attempt may have been applied, every later one
+                // says so: a region that forgot it answers Timeout rather
+                // than apply it twice.
+                session: session.map(|s| SessionTag {
+                    retry: uncertain,
+                    ..s
+                }),
+                system: cfg.system,
+            };
+            match self.call(&addr, req, deadline).await {
+                Ok((resp, fields)) => match resp.result {
+                    Ok(o) => return Ok((o, fields)),
+                    Err(e) => {
+                        last = format!("{addr}: {e}");
+                        let routing = {
+                            let mut st = self.inner.state.lock().unwrap();
+                            // The table may have been replaced meanwhile:
+                            // learn only into the entry this request used.
+                            match st.routes.position(region_id) {
+                                Some(j) if st.routes[j].region.epoch == epoch => {
+                                    st.routes.on_error(j, &e)
+                                }
+                                _ => match e.code() {
+                                    ErrorCode::NotLeader => Routing::Retry { hinted: false },
+                                    _ => Routing::Reload,
+                                },
+                            }
+                        };
+                        match routing {
+                            Routing::Retry { hinted: true } => {}
+                            Routing::Retry { hinted: false } | Routing::Backoff => {
+                                self.backoff(attempt, deadline).await;
+                            }
+                            Routing::Reload => {
+                                let _ = self.reload_after(generation, deadline).await;
+                            }
+                            // A write is retried with the same tag: the
+                            // region applies it once.
+                            Routing::Other if e.code() == ErrorCode::Timeout => {
+                                uncertain |= !idempotent;
+                                self.backoff(attempt, deadline).await;
+                            }
+                            Routing::Other => return Err(wire_to_client(e)),
+                        }
+                    }
+                },
+                Err(CallError::NotSent(e)) => {
+                    last = e;
+                    self.mark_down(node);
+                    self.forget_leader(region_id, epoch);
+                    self.backoff(attempt, deadline).await;
+                }
+                Err(CallError::Lost(e)) => {
+                    self.mark_down(node);
+                    uncertain |= !idempotent;
+                    last = e;
+                    self.forget_leader(region_id, epoch);
+                    self.backoff(attempt, deadline).await;
+                }
+            }
+        }
+        if uncertain {
+            // A try may have been applied and no retry got its answer.
+            return Err(ClientError::Unknown(last));
+        }
+        Err(ClientError::Unavailable {
+            attempts: attempt,
+            last,
+        })
+    }
+
+    fn forget_leader(&self, region_id: u64, epoch: corekv_types::Epoch) {
+        let mut st = self.inner.state.lock().unwrap();
+        if let Some(j) = st.routes.position(region_id) {
+            if st.routes[j].region.epoch == epoch {
+                st.routes.forget_leader(j);
+            }
+        }
+    }
+}
