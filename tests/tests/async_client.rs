@@ -65,7 +65,45 @@ fn ten_thousand_concurrent_gets_share_one_client_on_either_runtime() {
         .unwrap();
     let (took, links) = current.block_on(async {
         let c = AsyncClient::connect(cfg.clone()).await.unwrap();
-        concurrent_gets(c).await
+        let r = concurrent_gets(c.clone()).await;
+        // On one thread every put below is queued before the connection's
+        // writer runs.
+        // 40 puts of 900 KB at once to one region (one connection): more
+        // than a node takes in one frame (16 MiB) if they went in one, so
+        // the client must split them.
+        let routes = c.routes();
+        let region_of = |k: &str| {
+            let h = corekv_engine::route_hash(k.as_bytes());
+            routes.iter().position(|r| r.region.contains(h))
+        };
+        let keys: Vec<String> = (0..)
+            .map(|j| format!("big-{j}"))
+            .filter(|k| region_of(k) == region_of("big-0"))
+            .take(40)
+            .collect();
+        let big: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let (c, k) = (c.clone(), k.clone());
+                tokio::spawn(async move {
+                    let v = vec![b'a' + (i % 26) as u8; 900 << 10];
+                    c.put(k.as_bytes(), &v, PutOptions::default())
+                        .await
+                        .map(|_| v)
+                })
+            })
+            .collect();
+        for (k, t) in keys.iter().zip(big) {
+            let v = t.await.unwrap().unwrap_or_else(|e| panic!("{k}: {e}"));
+            let got = c
+                .get(k.as_bytes(), Consistency::Linearizable)
+                .await
+                .unwrap()
+                .expect("big value written");
+            assert!(got.value == v, "{k} read back different bytes");
+        }
+        r
     });
     eprintln!("current-thread runtime: {CONCURRENT} gets in {took:?} over {links} connections");
     assert!(

@@ -26,6 +26,12 @@ enum ConsistencyArg {
     Follower,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientArg {
+    Driver,
+    Async,
+}
+
 #[derive(Parser)]
 #[command(name = "corekv-bench", version, about = "corekv load generator")]
 struct Args {
@@ -87,6 +93,12 @@ struct Args {
     /// Regions of the embedded cluster.
     #[arg(long, default_value_t = 8)]
     regions: u64,
+    /// Which corekv client sends the run's requests: `driver` (this tool's
+    /// own, on glommio) or `async` (the `corekv-client` library's
+    /// AsyncClient on tokio, one shared instance; closed loop only). The
+    /// preload always uses the driver.
+    #[arg(long, value_enum, default_value = "driver")]
+    client: ClientArg,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -177,6 +189,7 @@ fn load(
     target: Target,
     label: &'static str,
     servers: &[u32],
+    async_client: bool,
 ) -> anyhow::Result<(corekv_bench::report::Stats, Duration, Option<ServerCpu>)> {
     let progress = Arc::new(Progress::default());
     let t = progress_thread(progress.clone(), label);
@@ -191,7 +204,12 @@ fn load(
             )
         })
     });
-    let r = driver::run(spec, target, progress.clone());
+    let r = match (&target, async_client) {
+        (Target::Corekv { nodes, .. }, true) => {
+            driver::run_async(spec, nodes.values().cloned().collect(), progress.clone())
+        }
+        _ => driver::run(spec, target, progress.clone()),
+    };
     let end = (cpu_time(servers), progress.done.load(Ordering::Relaxed));
     progress.stop.store(true, Ordering::Relaxed);
     let _ = t.join();
@@ -214,6 +232,14 @@ fn main() -> anyhow::Result<()> {
         "--connections and --pipeline must be > 0"
     );
     anyhow::ensure!(a.duration > 0.0, "--duration must be > 0");
+    anyhow::ensure!(
+        a.client == ClientArg::Driver || a.target.is_none(),
+        "--client async is corekv's client: not for --target"
+    );
+    anyhow::ensure!(
+        a.client == ClientArg::Driver || a.rate.is_none(),
+        "--client async runs closed loop only (no --rate)"
+    );
     let consistency = match a.consistency {
         ConsistencyArg::Linearizable => Consistency::Linearizable,
         ConsistencyArg::Lease => Consistency::Lease,
@@ -347,7 +373,7 @@ fn main() -> anyhow::Result<()> {
             rate: None,
             ..spec.clone()
         };
-        let (stats, took, _) = load(preload, target.clone(), "preload", &[])?;
+        let (stats, took, _) = load(preload, target.clone(), "preload", &[], false)?;
         let written = stats.write.len();
         eprintln!(
             "preloaded {written} keys in {took:.1?} ({:.0} writes/s), errors {:?}",
@@ -361,7 +387,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "running {} for {:.0}s after {:.0}s warm-up: {} clients x {} in flight{}",
+        "running {} for {:.0}s after {:.0}s warm-up: {} clients x {} in flight{}{}",
         mix.name(),
         a.duration,
         a.warmup,
@@ -369,7 +395,12 @@ fn main() -> anyhow::Result<()> {
         a.pipeline,
         a.rate
             .map(|r| format!(", open loop at {r:.0} ops/s"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if a.client == ClientArg::Async {
+            ", through the async client library"
+        } else {
+            ""
+        }
     );
     let servers = pids_listening_on(&server_ports(&target));
     if servers.is_empty() {
@@ -377,7 +408,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         eprintln!("measuring the CPU of server processes {servers:?}");
     }
-    let (stats, elapsed, server_cpu) = load(spec, target, "run", &servers)?;
+    let (stats, elapsed, server_cpu) =
+        load(spec, target, "run", &servers, a.client == ClientArg::Async)?;
     if a.target.is_none() {
         let endpoints = match &embedded {
             Some((c, _)) => c.endpoints().split(',').map(String::from).collect(),

@@ -15,6 +15,8 @@
 //!   shared state and completion;
 //! - `corekv`: corekv clients (routing, shard ports, batching);
 //! - `redis`: Redis clients (RESP pipelining).
+//! - `async_client`: the load through `corekv_client::AsyncClient` on tokio
+//!   (`--client async`), to measure the library against this driver.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -57,8 +59,11 @@ pub fn client_config(endpoints: Vec<String>) -> corekv_net::ClientConfig {
 }
 use crate::workload::{KeyDist, KeyPicker, KeyTable, Mix};
 
+mod async_client;
 mod corekv;
 mod redis;
+
+pub use async_client::run_async;
 
 use corekv::corekv_client;
 use redis::redis_client;

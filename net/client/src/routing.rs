@@ -83,6 +83,22 @@ pub enum Routing {
     Other,
 }
 
+/// What `e` means for routing when the entry it answered for is no longer
+/// in the table (replaced meanwhile): a leader or range change reloads,
+/// a transient error backs off, anything else is the caller's.
+pub fn classify(e: &WireError) -> Routing {
+    match e {
+        WireError::NotLeader { .. } | WireError::EpochNotMatch { .. } => Routing::Reload,
+        e => match e.code() {
+            ErrorCode::RegionNotFound => Routing::Reload,
+            ErrorCode::Busy | ErrorCode::ProposalDropped | ErrorCode::ShuttingDown => {
+                Routing::Backoff
+            }
+            _ => Routing::Other,
+        },
+    }
+}
+
 /// The regions a client routes by, sorted by start hash.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {

@@ -26,6 +26,22 @@ use crate::wire::ErrorCode;
 /// Requests sent in one frame at most.
 const FRAME_REQUESTS_MAX: usize = 256;
 
+/// Keys and values in one frame at most, well under a node's frame limit
+/// (16 MiB by default); a single larger request still goes alone.
+const FRAME_PAYLOAD_MAX: usize = 4 << 20;
+
+/// Keys and values a request carries (what its frame size grows with).
+fn payload_bytes(r: &Request) -> usize {
+    use crate::message::Op;
+    use corekv_types::WriteRequest;
+    64 + match &r.op {
+        Op::Get { key, .. } => key.len(),
+        Op::Write(WriteRequest::Put { key, value, .. }) => key.len() + value.len(),
+        Op::Write(WriteRequest::Delete { key, .. }) => key.len(),
+        _ => 0,
+    }
+}
+
 /// Bytes read per read call at least.
 const READ_BYTES: usize = 64 * 1024;
 
@@ -49,6 +65,17 @@ pub(super) struct Link {
     closed: Arc<AtomicBool>,
     /// The per-shard client ports the node's `Hello` gave (index = shard).
     pub(super) shard_ports: Vec<u16>,
+    tasks: [tokio::task::AbortHandle; 2],
+}
+
+impl Drop for Link {
+    /// The last handle is gone: the socket closes with its tasks.
+    fn drop(&mut self) {
+        close(&self.waiters, &self.closed, "connection dropped");
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -78,8 +105,14 @@ impl Link {
         let (queue, rx) = mpsc::unbounded_channel();
         let waiters: Arc<Waiters> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_loop(wr, rx, waiters.clone(), closed.clone()));
-        tokio::spawn(read_loop(
+        let writer = tokio::spawn(write_loop(
+            wr,
+            rx,
+            waiters.clone(),
+            closed.clone(),
+            cfg.request_timeout,
+        ));
+        let reader = tokio::spawn(read_loop(
             rd,
             FrameBuffer::new(cfg.frame_bytes_max),
             waiters.clone(),
@@ -90,6 +123,7 @@ impl Link {
             waiters,
             closed,
             shard_ports,
+            tasks: [writer.abort_handle(), reader.abort_handle()],
         })
     }
 
@@ -159,19 +193,19 @@ impl Link {
     }
 
     /// Queues `req`; the receiver gets its answer, or an error once the
-    /// link fails before the answer came. Never blocks.
-    pub(super) fn send(&self, req: Request) -> oneshot::Receiver<Answer> {
+    /// link fails before the answer came. None: the link is closed and
+    /// nothing was sent. Never blocks.
+    pub(super) fn send(&self, req: Request) -> Option<oneshot::Receiver<Answer>> {
         let (tx, rx) = oneshot::channel();
         let id = req.id;
         self.waiters.lock().unwrap().insert(id, tx);
         // Checked after the waiter is in: a link that closes from now on
         // fails it; one that closed before is seen here.
         if !self.is_open() || self.queue.send(req).is_err() {
-            if let Some(tx) = self.waiters.lock().unwrap().remove(&id) {
-                let _ = tx.send(Err("connection closed".into()));
-            }
+            self.waiters.lock().unwrap().remove(&id);
+            return None;
         }
-        rx
+        Some(rx)
     }
 
     /// Forgets the caller waiting for `id` (it gave up).
@@ -194,28 +228,67 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Request>,
     waiters: Arc<Waiters>,
     closed: Arc<AtomicBool>,
+    write_wait: Duration,
 ) {
     let mut batch = Vec::with_capacity(FRAME_REQUESTS_MAX);
-    while let Some(first) = rx.recv().await {
+    let mut carry: Option<Request> = None;
+    loop {
+        let first = match carry.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let mut bytes = payload_bytes(&first);
         batch.push(first);
+        // Let the tasks woken with this one queue theirs too: one frame for
+        // all of them rather than one each.
+        tokio::task::yield_now().await;
         while batch.len() < FRAME_REQUESTS_MAX {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) if bytes + payload_bytes(&r) > FRAME_PAYLOAD_MAX => {
+                    carry = Some(r);
+                    break;
+                }
+                Ok(r) => {
+                    bytes += payload_bytes(&r);
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }
+        // A caller that gave up (its deadline passed) is not sent for.
+        {
+            let w = waiters.lock().unwrap();
+            batch.retain(|r| w.contains_key(&r.id));
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let frame = encode_requests(&batch);
         batch.clear();
-        if let Err(e) = wr.write_all(&frame).await {
-            close(&waiters, &closed, &format!("write: {e}"));
-            return;
+        let wrote = tokio::time::timeout(write_wait, async {
+            wr.write_all(&frame).await?;
+            // TLS may hold the end of the frame until flushed.
+            wr.flush().await
+        })
+        .await;
+        match wrote {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                close(&waiters, &closed, &format!("write: {e}"));
+                return;
+            }
+            Err(_) => {
+                close(&waiters, &closed, "write: the node takes nothing in");
+                return;
+            }
         }
         if closed.load(Ordering::Acquire) {
             return;
         }
     }
-    // Every handle is gone: say so to the node, whose close ends the reader.
-    let _ = wr.shutdown().await;
 }
 
 async fn read_loop(

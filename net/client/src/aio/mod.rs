@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::client::{wire_to_client, ClientConfig, ClientError, PutOptions, Result, Value};
 use crate::message::{NodeInfo, Op, Outcome, Request, ResponseFields, RouteInfo};
-use crate::routing::{covers_hash_space, merge_routes, RouteTable, Routing};
+use crate::routing::{classify, covers_hash_space, merge_routes, RouteTable, Routing};
 use crate::wire::ErrorCode;
 use link::{Link, OpenError};
 
@@ -62,8 +62,44 @@ struct Inner {
     reload: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     next_id: AtomicU64,
-    client_id: u64,
-    seq: AtomicU64,
+    /// Idle write sessions (client id, last sequence number used). A
+    /// region applies a retried write once only if its client has one write
+    /// in flight at a time (see `corekv_types::session`), so each write
+    /// takes a session of its own and gives it back when it is done; the
+    /// pool grows to the number of writes ever in flight at once.
+    sessions: Mutex<Vec<(u64, u64)>>,
+}
+
+/// A write session lent to one write; back to the pool on drop.
+struct Lent<'a> {
+    pool: &'a Mutex<Vec<(u64, u64)>>,
+    tag: SessionTag,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let (id, seq) = (self.tag.client_id, self.tag.seq);
+        self.pool.lock().unwrap().push((id, seq));
+    }
+}
+
+impl Inner {
+    fn lend_session(&self) -> Lent<'_> {
+        let (client_id, seq) = self
+            .sessions
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| (rand::thread_rng().gen_range(1..u64::MAX), 0));
+        Lent {
+            pool: &self.sessions,
+            tag: SessionTag {
+                client_id,
+                seq: seq + 1,
+                retry: false,
+            },
+        }
+    }
 }
 
 #[derive(Default)]
@@ -75,6 +111,8 @@ struct State {
     down_until: HashMap<u64, std::time::Instant>,
     spread: usize,
     login_refused: Option<String>,
+    /// The last failed connection attempt to each address, and why.
+    failed_open: HashMap<String, (Instant, String)>,
 }
 
 enum CallError {
@@ -82,6 +120,9 @@ enum CallError {
     NotSent(String),
     /// Sent, no answer: a write's outcome is unknown.
     Lost(String),
+    /// Sent, no answer before the operation's deadline: unknown too, but
+    /// the node is not to blame (the connection stays).
+    TimedOut(String),
 }
 
 impl State {
@@ -153,8 +194,7 @@ impl AsyncClient {
                 reload: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),
-                client_id: rand::thread_rng().gen_range(1..u64::MAX),
-                seq: AtomicU64::new(0),
+                sessions: Mutex::default(),
             }),
         };
         let deadline = Instant::now() + c.inner.cfg.request_timeout;
@@ -273,11 +313,20 @@ impl AsyncClient {
             let mut opening = self.inner.opening.lock().unwrap();
             opening.entry(addr.to_string()).or_default().clone()
         };
+        let waited_from = Instant::now();
         let _turn = tokio::time::timeout_at(deadline, gate.lock())
             .await
             .map_err(|_| format!("{addr}: timed out waiting for the connection"))?;
         if let Some(l) = open(&self.inner.links.lock().unwrap()) {
             return Ok(l);
+        }
+        // An attempt that failed while this one waited speaks for it too: a
+        // burst of requests to an unreachable node fails over at once
+        // instead of each spending the connect timeout in turn.
+        if let Some((at, why)) = self.inner.state.lock().unwrap().failed_open.get(addr) {
+            if *at >= waited_from {
+                return Err(why.clone());
+            }
         }
         let budget = deadline
             .saturating_duration_since(Instant::now())
@@ -291,8 +340,14 @@ impl AsyncClient {
                 self.inner.state.lock().unwrap().login_refused = Some(why.clone());
                 return Err(why);
             }
-            Err(OpenError::Failed(why)) => return Err(why),
+            Err(OpenError::Failed(why)) => {
+                let mut st = self.inner.state.lock().unwrap();
+                st.failed_open
+                    .insert(addr.to_string(), (Instant::now(), why.clone()));
+                return Err(why);
+            }
         };
+        self.inner.state.lock().unwrap().failed_open.remove(addr);
         self.inner
             .state
             .lock()
@@ -318,21 +373,24 @@ impl AsyncClient {
             .await
             .map_err(CallError::NotSent)?;
         let id = req.id;
-        let rx = link.send(req);
+        let Some(rx) = link.send(req) else {
+            return Err(CallError::NotSent(format!("{addr}: connection closed")));
+        };
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(answer))) => Ok(answer),
             Ok(Ok(Err(why))) => Err(CallError::Lost(format!("{addr}: {why}"))),
             Ok(Err(_)) => Err(CallError::Lost(format!("{addr}: connection closed"))),
             Err(_) => {
                 link.forget(id);
-                Err(CallError::Lost(format!(
+                Err(CallError::TimedOut(format!(
                     "{addr}: timed out waiting for the server"
                 )))
             }
         }
     }
 
-    /// Avoids `node` for a while and drops its connections.
+    /// Avoids `node` for a while and drops its failed connections (an open
+    /// one, perhaps just made by another task, stays).
     fn mark_down(&self, node: u64) {
         let mut st = self.inner.state.lock().unwrap();
         st.down_until
@@ -343,10 +401,15 @@ impl AsyncClient {
         let ports = st.shard_ports.remove(&addr).unwrap_or_default();
         drop(st);
         let mut links = self.inner.links.lock().unwrap();
-        links.remove(&addr);
+        let mut drop_closed = |a: &str| {
+            if links.get(a).is_some_and(|l| !l.is_open()) {
+                links.remove(a);
+            }
+        };
+        drop_closed(&addr);
         if let Some((host, _)) = addr.rsplit_once(':') {
             for p in ports {
-                links.remove(&format!("{host}:{p}"));
+                drop_closed(&format!("{host}:{p}"));
             }
         }
     }
@@ -404,7 +467,9 @@ impl AsyncClient {
                         }
                     }
                 },
-                Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => last = e,
+                Err(CallError::NotSent(e))
+                | Err(CallError::Lost(e))
+                | Err(CallError::TimedOut(e)) => last = e,
             }
             if Instant::now() > deadline {
                 break;
@@ -441,14 +506,11 @@ impl AsyncClient {
                 ..
             }
         );
-        let session = match (&op, idempotent) {
-            (Op::Write(_), false) => Some(SessionTag {
-                client_id: self.inner.client_id,
-                seq: self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
-                retry: false,
-            }),
+        let lent = match (&op, idempotent) {
+            (Op::Write(_), false) => Some(self.inner.lend_session()),
             _ => None,
         };
+        let session = lent.as_ref().map(|l| l.tag);
         let mut last = String::new();
         let mut attempt = 0;
         let mut uncertain = false;
@@ -508,10 +570,7 @@ impl AsyncClient {
                                 Some(j) if st.routes[j].region.epoch == epoch => {
                                     st.routes.on_error(j, &e)
                                 }
-                                _ => match e.code() {
-                                    ErrorCode::NotLeader => Routing::Retry { hinted: false },
-                                    _ => Routing::Reload,
-                                },
+                                _ => classify(&e),
                             }
                         };
                         match routing {
@@ -545,6 +604,11 @@ impl AsyncClient {
                     self.forget_leader(region_id, epoch);
                     self.backoff(attempt, deadline).await;
                 }
+                // The deadline passed: the loop ends here.
+                Err(CallError::TimedOut(e)) => {
+                    uncertain |= !idempotent;
+                    last = e;
+                }
             }
         }
         if uncertain {
@@ -564,5 +628,40 @@ impl AsyncClient {
                 st.routes.forget_leader(j);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner() -> Inner {
+        Inner {
+            cfg: ClientConfig::new(vec!["127.0.0.1:1".into()]),
+            state: Mutex::default(),
+            links: Mutex::default(),
+            opening: Mutex::default(),
+            reload: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            sessions: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn writes_in_flight_at_once_never_share_a_session() {
+        let i = inner();
+        let a = i.lend_session();
+        let b = i.lend_session();
+        assert_ne!(a.tag.client_id, b.tag.client_id);
+        assert_eq!((a.tag.seq, b.tag.seq), (1, 1));
+        let a_id = a.tag.client_id;
+        drop(a);
+        // A session given back is reused with the next sequence number.
+        let c = i.lend_session();
+        assert_eq!((c.tag.client_id, c.tag.seq), (a_id, 2));
+        assert!(!c.tag.retry);
+        drop((b, c));
+        assert_eq!(i.sessions.lock().unwrap().len(), 2);
     }
 }
