@@ -127,6 +127,16 @@ fn ten_thousand_concurrent_gets_share_one_client_on_either_runtime() {
     );
 }
 
+/// The sequence number a writer's value holds (0: not written).
+fn seq_of(v: Option<corekv_client::Value>) -> u64 {
+    v.map_or(0, |v| {
+        std::str::from_utf8(&v.value)
+            .expect("a writer's value is text")
+            .parse()
+            .expect("a writer's value is a number")
+    })
+}
+
 /// What one writer task saw of its own key.
 #[derive(Default, Debug)]
 struct Writer {
@@ -183,14 +193,7 @@ fn a_leader_kill_and_a_split_under_load_lose_nothing_and_answer_nothing_wrong() 
                     Ok(v) => {
                         // Linearizable: at least the last acknowledged
                         // write, never one not yet sent.
-                        let got: u64 = v
-                            .map(|v| {
-                                String::from_utf8(v.value.to_vec())
-                                    .unwrap()
-                                    .parse()
-                                    .unwrap()
-                            })
-                            .unwrap_or(0);
+                        let got = seq_of(v);
                         assert!(
                             got >= me.acked && got <= me.attempted,
                             "{key}: read {got}, acknowledged {}, sent {}",
@@ -262,16 +265,11 @@ fn a_leader_kill_and_a_split_under_load_lose_nothing_and_answer_nothing_wrong() 
     );
     // Every acknowledged write is there, read through another client.
     for (key, me) in finals {
-        let got: u64 = blocking
-            .get(key.as_bytes(), Consistency::Linearizable)
-            .unwrap()
-            .map(|v| {
-                String::from_utf8(v.value.to_vec())
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            })
-            .unwrap_or(0);
+        let got = seq_of(
+            blocking
+                .get(key.as_bytes(), Consistency::Linearizable)
+                .unwrap(),
+        );
         assert!(
             got >= me.acked && got <= me.attempted,
             "{key}: final value {got}, acknowledged {}, sent {}",

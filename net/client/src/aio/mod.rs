@@ -21,11 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use corekv_types::{route_hash, Condition, Consistency, SessionTag, WriteRequest};
+use corekv_types::{route_hash, Consistency, SessionTag, WriteRequest};
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::client::{wire_to_client, ClientConfig, ClientError, PutOptions, Result, Value};
+use crate::client::{
+    put_request, wire_to_client, ClientConfig, ClientError, PutOptions, Result, Value,
+};
 use crate::message::{NodeInfo, Op, Outcome, Request, ResponseFields, RouteInfo};
 use crate::routing::{classify, covers_hash_space, merge_routes, RouteTable, Routing};
 use crate::wire::ErrorCode;
@@ -246,23 +248,7 @@ impl AsyncClient {
 
     /// Writes `key`; returns the new version.
     pub async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<u64> {
-        let condition = match (opts.if_absent, opts.if_version) {
-            (false, None) => Condition::None,
-            (true, None) => Condition::IfAbsent,
-            (false, Some(v)) => Condition::IfVersion(v),
-            (true, Some(_)) => {
-                return Err(ClientError::Invalid {
-                    code: ErrorCode::InvalidRequest,
-                    message: "if_absent and if_version together".into(),
-                })
-            }
-        };
-        let w = WriteRequest::Put {
-            key: Bytes::copy_from_slice(key),
-            value: Bytes::copy_from_slice(value),
-            ttl_ms: opts.ttl.map(|t| t.as_millis().max(1) as u64),
-            condition,
-        };
+        let w = put_request(key, value, opts)?;
         let (_, f) = self.execute(route_hash(key), Op::Write(w), false).await?;
         Ok(f.version)
     }

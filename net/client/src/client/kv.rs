@@ -50,6 +50,27 @@ fn redo_plan(fates: &[FateKind]) -> Vec<Redo> {
 pub const PIPELINED_WRITES_MAX: usize = 16;
 const _: () = assert!(PIPELINED_WRITES_MAX <= corekv_types::session::RESULTS_PER_CLIENT);
 
+/// The write a put with `opts` sends (both clients).
+pub(crate) fn put_request(key: &[u8], value: &[u8], opts: PutOptions) -> Result<WriteRequest> {
+    let condition = match (opts.if_absent, opts.if_version) {
+        (false, None) => Condition::None,
+        (true, None) => Condition::IfAbsent,
+        (false, Some(v)) => Condition::IfVersion(v),
+        (true, Some(_)) => {
+            return Err(ClientError::Invalid {
+                code: ErrorCode::InvalidRequest,
+                message: "if_absent and if_version together".into(),
+            })
+        }
+    };
+    Ok(WriteRequest::Put {
+        key: Bytes::copy_from_slice(key),
+        value: Bytes::copy_from_slice(value),
+        ttl_ms: opts.ttl.map(|t| t.as_millis().max(1) as u64),
+        condition,
+    })
+}
+
 impl Client {
     /// Reads `key`.
     pub fn get(&mut self, key: &[u8], consistency: Consistency) -> Result<Option<Value>> {
@@ -69,23 +90,7 @@ impl Client {
 
     /// Writes `key`; returns the new version.
     pub fn put(&mut self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<u64> {
-        let condition = match (opts.if_absent, opts.if_version) {
-            (false, None) => Condition::None,
-            (true, None) => Condition::IfAbsent,
-            (false, Some(v)) => Condition::IfVersion(v),
-            (true, Some(_)) => {
-                return Err(ClientError::Invalid {
-                    code: ErrorCode::InvalidRequest,
-                    message: "if_absent and if_version together".into(),
-                })
-            }
-        };
-        let w = WriteRequest::Put {
-            key: Bytes::copy_from_slice(key),
-            value: Bytes::copy_from_slice(value),
-            ttl_ms: opts.ttl.map(|t| t.as_millis().max(1) as u64),
-            condition,
-        };
+        let w = put_request(key, value, opts)?;
         let (_, f) = self.execute(key, Op::Write(w), false)?;
         Ok(f.version)
     }

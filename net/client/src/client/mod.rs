@@ -47,6 +47,7 @@ use crate::routing::{RouteTable, Routing};
 pub use admin::RegionBackup;
 pub(crate) use conn::Conn;
 use conn::*;
+pub(crate) use kv::put_request;
 
 /// Client settings.
 #[derive(Clone, Debug)]
