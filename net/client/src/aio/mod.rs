@@ -266,7 +266,9 @@ impl AsyncClient {
     /// Reloads the routing table (regions, epochs, leaders).
     pub async fn refresh(&self) -> Result<()> {
         let deadline = Instant::now() + self.inner.cfg.request_timeout;
-        self.load_routes(deadline)
+        // Through the gate, so it never races another task's reload.
+        let seen = self.inner.generation.load(Ordering::Acquire);
+        self.reload_after(seen, deadline)
             .await
             .map_err(|last| ClientError::Unavailable { attempts: 1, last })
     }
@@ -403,7 +405,9 @@ impl AsyncClient {
     /// Reloads the table unless another task did since `seen` (its
     /// generation when it found the table wanting).
     async fn reload_after(&self, seen: u64, deadline: Instant) -> std::result::Result<(), String> {
-        let _gate = self.inner.reload.lock().await;
+        let _gate = tokio::time::timeout_at(deadline, self.inner.reload.lock())
+            .await
+            .map_err(|_| "timed out waiting for the routing table".to_string())?;
         if self.inner.generation.load(Ordering::Acquire) != seen {
             return Ok(());
         }
