@@ -86,6 +86,19 @@ impl Drop for Lent<'_> {
 }
 
 impl Inner {
+    fn new(cfg: ClientConfig) -> Inner {
+        Inner {
+            cfg,
+            state: Mutex::default(),
+            links: Mutex::default(),
+            opening: Mutex::default(),
+            reload: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            sessions: Mutex::default(),
+        }
+    }
+
     fn lend_session(&self) -> Lent<'_> {
         let (client_id, seq) = self
             .sessions
@@ -188,16 +201,7 @@ impl AsyncClient {
             return Err(ClientError::Protocol("no endpoints".into()));
         }
         let c = AsyncClient {
-            inner: Arc::new(Inner {
-                cfg,
-                state: Mutex::default(),
-                links: Mutex::default(),
-                opening: Mutex::default(),
-                reload: tokio::sync::Mutex::new(()),
-                generation: AtomicU64::new(0),
-                next_id: AtomicU64::new(1),
-                sessions: Mutex::default(),
-            }),
+            inner: Arc::new(Inner::new(cfg)),
         };
         let deadline = Instant::now() + c.inner.cfg.request_timeout;
         let mut last = String::new();
@@ -626,16 +630,7 @@ mod tests {
     use super::*;
 
     fn inner() -> Inner {
-        Inner {
-            cfg: ClientConfig::new(vec!["127.0.0.1:1".into()]),
-            state: Mutex::default(),
-            links: Mutex::default(),
-            opening: Mutex::default(),
-            reload: tokio::sync::Mutex::new(()),
-            generation: AtomicU64::new(0),
-            next_id: AtomicU64::new(1),
-            sessions: Mutex::default(),
-        }
+        Inner::new(ClientConfig::new(vec!["127.0.0.1:1".into()]))
     }
 
     #[test]
