@@ -295,8 +295,13 @@ fn scan_pages_chained_from_zero_return_every_live_key_once_in_hash_order() {
         let mut seen = std::collections::BTreeSet::new();
         let (mut from, mut pages, mut last) = (0u64, 0, None);
         loop {
-            let (items, next) = c.scan_page(from, limit, keys_only, 5000).unwrap();
+            let (items, next, read_index) = c.scan_page(from, limit, keys_only, 5000).unwrap();
             pages += 1;
+            // The page holds what was applied up to its index, no more.
+            assert!(
+                items.iter().all(|(_, r)| r.version <= read_index),
+                "a key newer than the page's index {read_index}"
+            );
             for (k, r) in &items {
                 let h = corekv_engine::route_hash(k);
                 assert!(
@@ -331,6 +336,13 @@ fn scan_pages_chained_from_zero_return_every_live_key_once_in_hash_order() {
             "limit {limit}: {pages} pages (4 regions, and budgets)"
         );
     }
+    // A page read after a write was acknowledged is read at or past it
+    // (what a client's cache relies on to prove it caught up).
+    let version = must_put(&mut c, "after-the-scans", "v");
+    let hash = corekv_engine::route_hash(b"after-the-scans");
+    let (items, _, read_index) = c.scan_page(hash, 1, true, 5000).unwrap();
+    assert!(read_index >= version, "read at {read_index}, write at {version}");
+    assert_eq!(&items[0].0[..], b"after-the-scans");
 }
 
 #[test]

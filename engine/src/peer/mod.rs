@@ -76,6 +76,8 @@ pub enum Response {
         items: Vec<(Bytes, ValueRecord)>,
         /// Where the next page starts, if the region has more.
         next_hash: Option<u64>,
+        /// The applied index the page was read at.
+        read_index: u64,
     },
 }
 

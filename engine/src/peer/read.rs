@@ -161,7 +161,11 @@ impl Peer {
             if let Some(scan) = r.scan {
                 let result = self
                     .scan_now(&db, scan)
-                    .map(|(items, next_hash)| Response::Scanned { items, next_hash });
+                    .map(|(items, next_hash)| Response::Scanned {
+                        items,
+                        next_hash,
+                        read_index: applied,
+                    });
                 replies.push(Reply { id: r.id, result });
                 continue;
             }

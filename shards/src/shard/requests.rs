@@ -335,6 +335,7 @@ impl Shard {
             let done = Outcome::Scanned {
                 items: Vec::new(),
                 next_hash: None,
+                read_index: 0,
             };
             return answer(out, Ok(done));
         }

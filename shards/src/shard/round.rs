@@ -89,7 +89,11 @@ impl Shard {
             let result = match r.result {
                 Ok(EngineResponse::Value(v)) => Ok(Outcome::Value(v)),
                 Ok(EngineResponse::Write(w)) => Ok(Outcome::Write(w)),
-                Ok(EngineResponse::Scanned { items, next_hash }) => Ok(Outcome::Scanned {
+                Ok(EngineResponse::Scanned {
+                    items,
+                    next_hash,
+                    read_index,
+                }) => Ok(Outcome::Scanned {
                     items: items
                         .into_iter()
                         .map(|(key, r)| corekv_engine::watch::Change {
@@ -101,6 +105,7 @@ impl Shard {
                         })
                         .collect(),
                     next_hash,
+                    read_index,
                 }),
                 Err(e) if e.is_fatal() => {
                     drop(st);

@@ -239,8 +239,8 @@ impl SimCluster {
 
     /// One page of a scan from `from_hash` (see [`crate::read::Scan`]),
     /// through whichever node leads the region holding that hash, following
-    /// leader changes, for up to `max_ms`: the keys with their records and
-    /// the next page's first hash.
+    /// leader changes, for up to `max_ms`: the keys with their records, the
+    /// next page's first hash, and the applied index the page was read at.
     #[allow(clippy::type_complexity)]
     pub fn scan_page(
         &mut self,
@@ -248,7 +248,7 @@ impl SimCluster {
         limit: usize,
         keys_only: bool,
         max_ms: u64,
-    ) -> Result<(Vec<(Bytes, ValueRecord)>, Option<u64>)> {
+    ) -> Result<(Vec<(Bytes, ValueRecord)>, Option<u64>, u64)> {
         let end = self.now_ms + max_ms;
         while self.now_ms < end {
             let region = self
@@ -274,9 +274,14 @@ impl SimCluster {
             });
             match self.wait(id, end.saturating_sub(self.now_ms))? {
                 Some(Reply {
-                    result: Ok(Response::Scanned { items, next_hash }),
+                    result:
+                        Ok(Response::Scanned {
+                            items,
+                            next_hash,
+                            read_index,
+                        }),
                     ..
-                }) => return Ok((items, next_hash)),
+                }) => return Ok((items, next_hash, read_index)),
                 Some(Reply { result: Err(e), .. }) if e.is_retryable() => self.tick()?,
                 Some(Reply { result: Err(e), .. }) => return Err(e),
                 Some(other) => panic!("unexpected reply {other:?}"),

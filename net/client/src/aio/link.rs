@@ -48,7 +48,27 @@ const READ_BYTES: usize = 64 * 1024;
 /// An answer, or why none will come.
 pub(super) type Answer = std::result::Result<(Response, ResponseFields), String>;
 
-type Waiters = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
+/// Who waits for the answers to a request: one caller for one answer, or a
+/// watch for every frame of its stream.
+enum Waiter {
+    Once(oneshot::Sender<Answer>),
+    Stream(mpsc::UnboundedSender<Answer>),
+}
+
+impl Waiter {
+    fn fail(self, why: &str) {
+        match self {
+            Waiter::Once(tx) => {
+                let _ = tx.send(Err(why.to_string()));
+            }
+            Waiter::Stream(tx) => {
+                let _ = tx.send(Err(why.to_string()));
+            }
+        }
+    }
+}
+
+type Waiters = Mutex<HashMap<u64, Waiter>>;
 
 /// Why a link could not be opened.
 pub(super) enum OpenError {
@@ -197,15 +217,33 @@ impl Link {
     /// nothing was sent. Never blocks.
     pub(super) fn send(&self, req: Request) -> Option<oneshot::Receiver<Answer>> {
         let (tx, rx) = oneshot::channel();
+        self.queue_with(req, Waiter::Once(tx)).then_some(rx)
+    }
+
+    /// Queues a request answered by a stream of frames (a watch): the
+    /// receiver gets each of them, then an error once the link fails. The
+    /// stream's waiter stays until [`Link::forget`] or the link closes.
+    pub(super) fn send_stream(&self, req: Request) -> Option<mpsc::UnboundedReceiver<Answer>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.queue_with(req, Waiter::Stream(tx)).then_some(rx)
+    }
+
+    fn queue_with(&self, req: Request, waiter: Waiter) -> bool {
         let id = req.id;
-        self.waiters.lock().unwrap().insert(id, tx);
+        self.waiters.lock().unwrap().insert(id, waiter);
         // Checked after the waiter is in: a link that closes from now on
         // fails it; one that closed before is seen here.
         if !self.is_open() || self.queue.send(req).is_err() {
             self.waiters.lock().unwrap().remove(&id);
-            return None;
+            return false;
         }
-        Some(rx)
+        true
+    }
+
+    /// Queues `req` with no one waiting for its answer (a watch's cancel).
+    pub(super) fn send_and_forget(&self, req: Request) {
+        let (tx, _) = oneshot::channel();
+        self.queue_with(req, Waiter::Once(tx));
     }
 
     /// Forgets the caller waiting for `id` (it gave up).
@@ -218,8 +256,8 @@ impl Link {
 fn close(waiters: &Waiters, closed: &AtomicBool, why: &str) {
     closed.store(true, Ordering::Release);
     let all: Vec<_> = waiters.lock().unwrap().drain().collect();
-    for (_, tx) in all {
-        let _ = tx.send(Err(why.to_string()));
+    for (_, w) in all {
+        w.fail(why);
     }
 }
 
@@ -306,8 +344,21 @@ async fn read_loop(
                     Ok((Frame::Responses(rs), fields)) => {
                         let mut w = waiters.lock().unwrap();
                         for (r, f) in rs.into_iter().zip(fields) {
-                            if let Some(tx) = w.remove(&r.id) {
-                                let _ = tx.send(Ok((r, f)));
+                            let id = r.id;
+                            // A watch's waiter stays for its next frames
+                            // (until its reader is gone); any other goes.
+                            let Some(waiter) = w.remove(&id) else {
+                                continue;
+                            };
+                            match waiter {
+                                Waiter::Stream(tx) => {
+                                    if tx.send(Ok((r, f))).is_ok() {
+                                        w.insert(id, Waiter::Stream(tx));
+                                    }
+                                }
+                                Waiter::Once(tx) => {
+                                    let _ = tx.send(Ok((r, f)));
+                                }
                             }
                         }
                     }

@@ -10,10 +10,18 @@
 //! reload the table, Busy and silent nodes back off; writes carry a session
 //! tag, so a write retried after a lost answer is applied once.
 //!
-//! Not here yet: watches, scans, batches, transactions and admin operations
-//! (use the blocking [`crate::Client`] for those).
+//! [`AsyncClient::cached`] keeps a prefix or a list of keys in process
+//! memory, current by watch, never staler than a bound ([`cache`]).
+//! [`AsyncClient::scan_prefix`] pages through a prefix;
+//! [`AsyncClient::watch_prefix`] and [`AsyncClient::watch`] are
+//! [`futures_core::Stream`]s of changes.
+//!
+//! Not here yet: batches, transactions and admin operations (use the
+//! blocking [`crate::Client`] for those).
 
+pub mod cache;
 mod link;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +40,12 @@ use crate::message::{NodeInfo, Op, Outcome, Request, ResponseFields, RouteInfo};
 use crate::routing::{classify, covers_hash_space, merge_routes, RouteTable, Routing};
 use crate::wire::ErrorCode;
 use link::{Link, OpenError};
+
+pub use cache::{CacheOptions, CacheStats, Cached, Selection};
+pub use stream::{ScanPages, WatchStream};
+
+/// The region (id, epoch) a request was routed to.
+pub(crate) type Routed = (u64, corekv_types::Epoch);
 
 /// How long a node that did not answer is avoided.
 const DOWN_FOR: Duration = Duration::from_secs(1);
@@ -128,6 +142,30 @@ struct State {
     login_refused: Option<String>,
     /// The last failed connection attempt to each address, and why.
     failed_open: HashMap<String, (Instant, String)>,
+}
+
+/// A watch a leader accepted: its first answer, and the stream of the
+/// rest. Dropping it cancels the watch.
+pub(crate) struct OpenWatch {
+    link: Arc<Link>,
+    id: u64,
+    rx: tokio::sync::mpsc::UnboundedReceiver<link::Answer>,
+    /// The first answer's progress and changes.
+    first: (u64, Vec<corekv_types::watch::Change>),
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.link.forget(self.id);
+        self.link.send_and_forget(Request {
+            id: self.id.wrapping_add(1 << 63),
+            region_id: 0,
+            epoch: Default::default(),
+            op: Op::CancelWatch { watch_id: self.id },
+            session: None,
+            system: false,
+        });
+    }
 }
 
 enum CallError {
@@ -241,19 +279,19 @@ impl AsyncClient {
             consistency,
         };
         match self.execute(route_hash(key), op, true).await? {
-            (Outcome::Value(v), _) => Ok(v.map(|r| Value {
+            (Outcome::Value(v), _, _) => Ok(v.map(|r| Value {
                 value: r.value,
                 version: r.version,
                 expire_at_ms: r.expire_at_ms,
             })),
-            (other, _) => Err(ClientError::Protocol(format!("get answered {other:?}"))),
+            (other, _, _) => Err(ClientError::Protocol(format!("get answered {other:?}"))),
         }
     }
 
     /// Writes `key`; returns the new version.
     pub async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<u64> {
         let w = put_request(key, value, opts)?;
-        let (_, f) = self.execute(route_hash(key), Op::Write(w), false).await?;
+        let (_, f, _) = self.execute(route_hash(key), Op::Write(w), false).await?;
         Ok(f.version)
     }
 
@@ -263,7 +301,7 @@ impl AsyncClient {
             key: Bytes::copy_from_slice(key),
             if_version,
         };
-        let (_, f) = self.execute(route_hash(key), Op::Write(w), false).await?;
+        let (_, f, _) = self.execute(route_hash(key), Op::Write(w), false).await?;
         Ok(f.existed)
     }
 
@@ -484,13 +522,14 @@ impl AsyncClient {
     }
 
     /// Runs one operation on the region owning `hash`, with retries (the
-    /// rules of the blocking client's `execute_tagged`).
+    /// rules of the blocking client's `execute_tagged`); says which region
+    /// (id and epoch) answered.
     async fn execute(
         &self,
         hash: u64,
         op: Op,
         idempotent: bool,
-    ) -> Result<(Outcome, ResponseFields)> {
+    ) -> Result<(Outcome, ResponseFields, Routed)> {
         let cfg = &self.inner.cfg;
         let deadline = Instant::now() + cfg.request_timeout;
         let spread = matches!(
@@ -553,21 +592,10 @@ impl AsyncClient {
             };
             match self.call(&addr, req, deadline).await {
                 Ok((resp, fields)) => match resp.result {
-                    Ok(o) => return Ok((o, fields)),
+                    Ok(o) => return Ok((o, fields, (region_id, epoch))),
                     Err(e) => {
                         last = format!("{addr}: {e}");
-                        let routing = {
-                            let mut st = self.inner.state.lock().unwrap();
-                            // The table may have been replaced meanwhile:
-                            // learn only into the entry this request used.
-                            match st.routes.position(region_id) {
-                                Some(j) if st.routes[j].region.epoch == epoch => {
-                                    st.routes.on_error(j, &e)
-                                }
-                                _ => classify(&e),
-                            }
-                        };
-                        match routing {
+                        match self.learn((region_id, epoch), &e) {
                             Routing::Retry { hinted: true } => {}
                             Routing::Retry { hinted: false } | Routing::Backoff => {
                                 self.backoff(attempt, deadline).await;
@@ -613,6 +641,115 @@ impl AsyncClient {
             attempts: attempt,
             last,
         })
+    }
+
+    /// Starts a watch on region `routed` (its leader, by the table) after
+    /// `from` and waits until the leader accepts it. `Err(None)`: it may
+    /// work later (no leader yet, connection lost, deadline); `Err(Some)`:
+    /// it never will as asked (the region changed, the history is gone,
+    /// the request was refused).
+    async fn open_watch(
+        &self,
+        (region_id, epoch): Routed,
+        op: Op,
+    ) -> std::result::Result<OpenWatch, Option<ClientError>> {
+        let cfg = &self.inner.cfg;
+        let deadline = Instant::now() + cfg.request_timeout;
+        let mut attempt = 0;
+        while Instant::now() < deadline {
+            attempt += 1;
+            let generation = self.inner.generation.load(Ordering::Acquire);
+            let target = {
+                let mut st = self.inner.state.lock().unwrap();
+                match st.routes.position(region_id) {
+                    Some(i) if st.routes[i].region.epoch == epoch => {
+                        st.target(i, attempt, false, cfg.shard_aware)
+                    }
+                    _ => {
+                        return Err(Some(ClientError::Protocol(format!(
+                            "region {region_id} changed (split or merged)"
+                        ))))
+                    }
+                }
+            };
+            let Some((node, addr)) = target else {
+                let _ = self.reload_after(generation, deadline).await;
+                self.backoff(attempt, deadline).await;
+                continue;
+            };
+            let Ok(link) = self.link(&addr, deadline).await else {
+                self.mark_down(node);
+                self.forget_leader(region_id, epoch);
+                self.backoff(attempt, deadline).await;
+                continue;
+            };
+            let id = self.new_id();
+            let req = Request {
+                id,
+                region_id,
+                epoch,
+                op: op.clone(),
+                session: None,
+                system: cfg.system,
+            };
+            let Some(mut rx) = link.send_stream(req) else {
+                self.backoff(attempt, deadline).await;
+                continue;
+            };
+            let first = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Ok((resp, _)))) => resp.result,
+                Ok(_) => {
+                    self.mark_down(node);
+                    self.forget_leader(region_id, epoch);
+                    self.backoff(attempt, deadline).await;
+                    continue;
+                }
+                Err(_) => {
+                    link.forget(id);
+                    return Err(None);
+                }
+            };
+            match first {
+                Ok(Outcome::Events { progress, events }) => {
+                    return Ok(OpenWatch {
+                        link,
+                        id,
+                        rx,
+                        first: (progress, events),
+                    })
+                }
+                Ok(other) => {
+                    link.forget(id);
+                    let e = ClientError::Protocol(format!("watch answered {other:?}"));
+                    return Err(Some(e));
+                }
+                Err(e) => {
+                    link.forget(id);
+                    match self.learn((region_id, epoch), &e) {
+                        Routing::Retry { hinted: true } => {}
+                        Routing::Retry { hinted: false } | Routing::Backoff => {
+                            self.backoff(attempt, deadline).await;
+                        }
+                        Routing::Other if e.code() == ErrorCode::Timeout => {
+                            self.backoff(attempt, deadline).await;
+                        }
+                        Routing::Reload | Routing::Other => return Err(Some(wire_to_client(e))),
+                    }
+                }
+            }
+        }
+        Err(None)
+    }
+
+    /// What error `e` of a request routed to `routed` means, learnt into
+    /// the table (a leader hint, a stale table). The table may have been
+    /// replaced meanwhile: only the entry the request used learns.
+    fn learn(&self, (region_id, epoch): Routed, e: &crate::message::WireError) -> Routing {
+        let mut st = self.inner.state.lock().unwrap();
+        match st.routes.position(region_id) {
+            Some(j) if st.routes[j].region.epoch == epoch => st.routes.on_error(j, e),
+            _ => classify(e),
+        }
     }
 
     fn forget_leader(&self, region_id: u64, epoch: corekv_types::Epoch) {

@@ -435,7 +435,12 @@ impl Client {
             prefix: Bytes::copy_from_slice(prefix),
         };
         match self.execute_on(RouteBy::Hash(from_hash), op, true)? {
-            (Outcome::Scanned { items, next_hash }, _) => Ok((
+            (
+                Outcome::Scanned {
+                    items, next_hash, ..
+                },
+                _,
+            ) => Ok((
                 items
                     .into_iter()
                     .map(|c| {

@@ -6023,6 +6023,7 @@ pub mod corekv {
             pub const VT_BACKUP_ID: ::flatbuffers::VOffsetT = 36;
             pub const VT_BACKUP_TOTAL: ::flatbuffers::VOffsetT = 38;
             pub const VT_BACKUP_OFFSET: ::flatbuffers::VOffsetT = 40;
+            pub const VT_SCAN_READ_INDEX: ::flatbuffers::VOffsetT = 42;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6039,6 +6040,7 @@ pub mod corekv {
                 args: &'args ResponseArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<Response<'bldr>> {
                 let mut builder = ResponseBuilder::new(_fbb);
+                builder.add_scan_read_index(args.scan_read_index);
                 builder.add_backup_offset(args.backup_offset);
                 builder.add_backup_total(args.backup_total);
                 builder.add_backup_id(args.backup_id);
@@ -6288,6 +6290,17 @@ pub mod corekv {
                         .unwrap()
                 }
             }
+            #[inline]
+            pub fn scan_read_index(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Response::VT_SCAN_READ_INDEX, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -6340,6 +6353,7 @@ pub mod corekv {
                     .visit_field::<u64>("backup_id", Self::VT_BACKUP_ID, false)?
                     .visit_field::<u64>("backup_total", Self::VT_BACKUP_TOTAL, false)?
                     .visit_field::<u64>("backup_offset", Self::VT_BACKUP_OFFSET, false)?
+                    .visit_field::<u64>("scan_read_index", Self::VT_SCAN_READ_INDEX, false)?
                     .finish();
                 Ok(())
             }
@@ -6380,6 +6394,7 @@ pub mod corekv {
             pub backup_id: u64,
             pub backup_total: u64,
             pub backup_offset: u64,
+            pub scan_read_index: u64,
         }
         impl<'a> Default for ResponseArgs<'a> {
             #[inline]
@@ -6404,6 +6419,7 @@ pub mod corekv {
                     backup_id: 0,
                     backup_total: 0,
                     backup_offset: 0,
+                    scan_read_index: 0,
                 }
             }
         }
@@ -6536,6 +6552,11 @@ pub mod corekv {
                     .push_slot::<u64>(Response::VT_BACKUP_OFFSET, backup_offset, 0);
             }
             #[inline]
+            pub fn add_scan_read_index(&mut self, scan_read_index: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Response::VT_SCAN_READ_INDEX, scan_read_index, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ResponseBuilder<'a, 'b, A> {
@@ -6574,6 +6595,7 @@ pub mod corekv {
                 ds.field("backup_id", &self.backup_id());
                 ds.field("backup_total", &self.backup_total());
                 ds.field("backup_offset", &self.backup_offset());
+                ds.field("scan_read_index", &self.scan_read_index());
                 ds.finish()
             }
         }

@@ -325,6 +325,7 @@ pub(super) fn decode_response(r: wire::Response<'_>, src: Option<&Bytes>) -> Res
                 Ok(Outcome::Scanned {
                     items: decode_events(r.scanned(), src),
                     next_hash: r.scan_more().then(|| r.scan_next_hash()),
+                    read_index: r.scan_read_index(),
                 })
             } else if r.events().is_some() {
                 Ok(Outcome::Events {

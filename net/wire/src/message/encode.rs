@@ -548,10 +548,15 @@ pub fn encode_responses(resps: &[Response]) -> Vec<u8> {
                 args.events = Some(encode_events(&mut fbb, events));
             }
             Ok(Outcome::Cancelled { existed }) => args.existed = *existed,
-            Ok(Outcome::Scanned { items, next_hash }) => {
+            Ok(Outcome::Scanned {
+                items,
+                next_hash,
+                read_index,
+            }) => {
                 args.scanned = Some(encode_events(&mut fbb, items));
                 args.scan_more = next_hash.is_some();
                 args.scan_next_hash = next_hash.unwrap_or(0);
+                args.scan_read_index = *read_index;
             }
             Ok(Outcome::BackupChunk(c)) => {
                 args.backup_data = Some(fbb.create_vector(&c.data));

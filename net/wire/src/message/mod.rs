@@ -194,6 +194,10 @@ pub enum Outcome {
         items: Vec<Change>,
         /// The next page's first hash.
         next_hash: Option<u64>,
+        /// The region's applied index the page was read at: every write
+        /// up to it is in the page, none after (0: not known, from a node
+        /// of an earlier release).
+        read_index: u64,
     },
     /// A chunk of a region backup.
     BackupChunk(BackupChunk),
@@ -547,6 +551,14 @@ mod tests {
             Response {
                 id: 2,
                 result: Ok(Outcome::Value(None)),
+            },
+            Response {
+                id: 21,
+                result: Ok(Outcome::Scanned {
+                    items: Vec::new(),
+                    next_hash: Some(99),
+                    read_index: 4321,
+                }),
             },
             Response {
                 id: 20,
