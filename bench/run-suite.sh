@@ -121,6 +121,17 @@ for shape in $shapes; do
     run "shape-corekv-$shape" --workload read-only --shards "$shards" --connections "$c" --pipeline "$p"
 done
 
+# The async client (corekv_client::AsyncClient, one shared instance, its
+# tasks sharing pipelined connections) beside the hand-made driver, at the
+# two shapes, alternated: driver, async, driver, async.
+for shape in $shapes; do
+    c=${shape%x*}; p=${shape#*x}
+    for i in 1 2; do
+        run "client-driver-$shape-$i" --workload read-only --shards "$shards" --connections "$c" --pipeline "$p"
+        run "client-async-$shape-$i" --workload read-only --shards "$shards" --connections "$c" --pipeline "$p" --client async
+    done
+done
+
 # Shard ports: requests sent straight to the shard serving their region
 # (default) or to the node's shared client port, whose shard passes on
 # those of regions served by the other shard. Two shards per node; the
@@ -223,6 +234,24 @@ row() { # key label
         c=$(field "${R[$ck]}" 'd["ops_per_sec"]')
         r=$(field "${R[$rk]}" 'd["ops_per_sec"]')
         echo "| ${shape/x/ x } | $(field "${R[$ck]}" 'int(d["ops_per_sec"])') | $(field "${R[$ck]}" 'd["read"]["p99_us"]') | $(field "${R[$ck]}" 'd.get("server_cpu_us_per_op")') | $(field "${R[$rk]}" 'int(d["ops_per_sec"])') | $(field "${R[$rk]}" 'd.get("server_cpu_us_per_op")') | $(python3 -c "print(f'{$c/$r:.2f}')") |"
+    done
+    echo
+    echo "## The async client beside the driver (linearizable reads)"
+    echo
+    echo "\`--client async\`: one shared \`AsyncClient\` whose tasks (clients x in flight"
+    echo "of them) share one pipelined connection per node and shard port, against the"
+    echo "generator's own driver (each client its own connections). Two runs each,"
+    echo "alternated."
+    echo
+    echo "| clients x in flight | driver ops/s | async ops/s | async / driver | driver CPU µs/op | async CPU µs/op | driver p99 µs | async p99 µs |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for shape in $shapes; do
+        d1=${R[client-driver-$shape-1]}; d2=${R[client-driver-$shape-2]}
+        a1=${R[client-async-$shape-1]}; a2=${R[client-async-$shape-2]}
+        ds="$(field "$d1" 'int(d["ops_per_sec"])'), $(field "$d2" 'int(d["ops_per_sec"])')"
+        as="$(field "$a1" 'int(d["ops_per_sec"])'), $(field "$a2" 'int(d["ops_per_sec"])')"
+        ratio=$(python3 -c "print(f'{($(field "$a1" 'd["ops_per_sec"]')+$(field "$a2" 'd["ops_per_sec"]'))/($(field "$d1" 'd["ops_per_sec"]')+$(field "$d2" 'd["ops_per_sec"]')):.2f}')")
+        echo "| ${shape/x/ x } | $ds | $as | $ratio | $(field "$d1" 'd.get("server_cpu_us_per_op")'), $(field "$d2" 'd.get("server_cpu_us_per_op")') | $(field "$a1" 'd.get("server_cpu_us_per_op")'), $(field "$a2" 'd.get("server_cpu_us_per_op")') | $(field "$d1" 'd["read"]["p99_us"]'), $(field "$d2" 'd["read"]["p99_us"]') | $(field "$a1" 'd["read"]["p99_us"]'), $(field "$a2" 'd["read"]["p99_us"]') |"
     done
     echo
     echo "## Ratios to Redis (same workload, same run)"
