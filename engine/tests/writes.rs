@@ -341,7 +341,10 @@ fn scan_pages_chained_from_zero_return_every_live_key_once_in_hash_order() {
     let version = must_put(&mut c, "after-the-scans", "v");
     let hash = corekv_engine::route_hash(b"after-the-scans");
     let (items, _, read_index) = c.scan_page(hash, 1, true, 5000).unwrap();
-    assert!(read_index >= version, "read at {read_index}, write at {version}");
+    assert!(
+        read_index >= version,
+        "read at {read_index}, write at {version}"
+    );
     assert_eq!(&items[0].0[..], b"after-the-scans");
 }
 

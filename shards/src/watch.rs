@@ -681,6 +681,14 @@ impl Watches {
         if n == 0 {
             if let Some(w) = self.watchers.get_mut(&t) {
                 w.cursor = upto;
+                // A long catch-up with nothing to send still says how far
+                // it got, as synced watches do: clients take a silent
+                // watch for a lost one.
+                if now_ms.saturating_sub(w.last_sent_ms) >= self.limits.heartbeat_ms
+                    && w.link.queued() < self.limits.frames_max
+                {
+                    self.send(t, events(upto, Vec::new()), now_ms, out);
+                }
             }
         }
     }

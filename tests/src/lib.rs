@@ -600,3 +600,22 @@ pub fn must_check_all(c: &mut Client) {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// The sum of the series named `names` (any labels) on the metrics endpoint
+/// at `addr`.
+pub fn scrape_sum(addr: &str, names: &[&str]) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            names.contains(&name)
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use corekv_client::aio::{CacheOptions, Selection};
 use corekv_client::{AsyncClient, Consistency, PutOptions};
-use corekv_tests::TestCluster;
+use corekv_tests::{scrape_sum, TestCluster};
 
 const KEYS: usize = 24;
 
@@ -71,6 +71,28 @@ fn check_hits(acked: &[Acked], hits: &[Hit], bound: Duration) -> Duration {
         }
     }
     worst
+}
+
+/// Waits until no node serves a watch (a dropped cache cancels its own,
+/// on connections its client keeps open).
+fn assert_no_watches_left(t: &TestCluster) {
+    let started = Instant::now();
+    loop {
+        let left: f64 = t
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| scrape_sum(n.metrics_addr.as_ref().unwrap(), &["corekv_watches"]))
+            .sum();
+        if left == 0.0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{left} watches still served after the caches were dropped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The node leading the region of `key(k)`, by the client's table.
@@ -252,6 +274,12 @@ fn a_cached_read_is_never_older_than_its_bound_while_a_leader_is_cut_off() {
         "only {} writes acknowledged",
         acked.len()
     );
+    // Every watch the cache opened, including those left behind on the
+    // stopped node, ends with it.
+    drop(Arc::into_inner(cache).expect("the reader is done"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_no_watches_left(&t);
+    drop(client);
     // The cut-off or stopped leader's region cannot prove freshness: its
     // keys miss.
     assert!(misses_cut > 0, "no read missed while a leader was cut off");
@@ -262,8 +290,10 @@ fn a_cached_read_is_never_older_than_its_bound_while_a_leader_is_cut_off() {
 }
 
 #[test]
-fn a_cache_of_keys_reloads_after_a_split_and_a_small_cache_reads_the_rest_from_the_cluster() {
-    let t = TestCluster::start(3, 1, &[]);
+fn a_cache_of_keys_reloads_after_a_split_not_after_a_replica_move_and_a_small_cache_reads_the_rest_from_the_cluster(
+) {
+    // Four nodes: a region's replica can move to the one without it.
+    let t = TestCluster::start(4, 1, &[]);
     let mut blocking = t.client();
     for i in 0..KEYS {
         blocking
@@ -345,6 +375,64 @@ fn a_cache_of_keys_reloads_after_a_split_and_a_small_cache_reads_the_rest_from_t
             cache.last_reload()
         );
 
+        // A replica of the keys' region moves to the node without one: the
+        // range is the same, the cache goes on without a reload.
+        client.refresh().await.unwrap();
+        let region = client
+            .routes()
+            .into_iter()
+            .find(|r| {
+                r.region
+                    .contains(corekv_engine::route_hash(key(0).as_bytes()))
+            })
+            .unwrap();
+        let holders: Vec<u64> = region.region.peers.iter().map(|p| p.node_id).collect();
+        let to = t
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .find(|n| !holders.contains(n))
+            .unwrap();
+        let from = *holders.iter().find(|&&n| n != region.leader_node).unwrap();
+        tokio::task::block_in_place(|| {
+            corekv_tests::ctl_move(&mut admin, region.region.id, from, to)
+        })
+        .unwrap();
+        // Right after the move a leader may change: a put that did not get
+        // its answer is tried again.
+        for i in 0..KEYS {
+            let mut tries = 0;
+            while let Err(e) = client
+                .put(key(i).as_bytes(), b"fourth", PutOptions::default())
+                .await
+            {
+                tries += 1;
+                assert!(tries < 10, "put {} after the move: {e}", key(i));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let started = Instant::now();
+        while !all_cached(b"fourth") {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{:?}, last reload: {}",
+                cache.stats(),
+                cache.last_reload()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Probes keep proving it through the new membership.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(all_cached(b"fourth"), "{:?}", cache.stats());
+        let after = cache.stats();
+        assert_eq!(
+            after.resyncs,
+            stats.resyncs,
+            "the cache reloaded after a replica move: {}",
+            cache.last_reload()
+        );
+
         // A prefix cache with room for 5 of the 24 keys: the rest are read
         // from the cluster, and still right.
         let mut opts = CacheOptions::new(Duration::from_secs(2));
@@ -361,7 +449,7 @@ fn a_cache_of_keys_reloads_after_a_split_and_a_small_cache_reads_the_rest_from_t
         }
         for i in 0..KEYS {
             let v = small.get(key(i).as_bytes()).await.unwrap().unwrap();
-            assert_eq!(v.value, &b"third"[..], "{}", key(i));
+            assert_eq!(v.value, &b"fourth"[..], "{}", key(i));
         }
         let s = small.stats();
         assert!(!s.complete && s.entries <= 5, "{s:?}");
@@ -376,5 +464,10 @@ fn a_cache_of_keys_reloads_after_a_split_and_a_small_cache_reads_the_rest_from_t
             .await
             .unwrap();
         assert!(got.is_some());
+        // The client and its connections stay; the caches' watches go.
+        drop((cache, small));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::task::block_in_place(|| assert_no_watches_left(&t));
+        assert!(client.connections() > 0);
     });
 }

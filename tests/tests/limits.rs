@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use corekv_engine::Consistency;
 use corekv_net::wire::ErrorCode;
 use corekv_net::{ClientError, PutOptions};
-use corekv_tests::TestCluster;
+use corekv_tests::{scrape_sum, TestCluster};
 
 fn is_no_space(e: &ClientError) -> bool {
     matches!(e, ClientError::Invalid { code, .. } if *code == ErrorCode::NoSpace)
@@ -107,23 +107,6 @@ fn over_the_disk_quota_writes_get_no_space_while_reads_deletes_and_failover_work
             .value,
         &b"1"[..]
     );
-}
-
-fn scrape_sum(addr: &str, names: &[&str]) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let name = l.split(['{', ' ']).next().unwrap_or("");
-            names.contains(&name)
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

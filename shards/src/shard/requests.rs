@@ -213,7 +213,9 @@ impl Shard {
         let current = replicas.peer(region_id).map_or(region, |p| p.region());
         // A watch checks its keys itself (and says where a split moved them);
         // a shard move does not depend on the region's shape.
-        let is_watch = matches!(req.op, Op::Watch { .. });
+        // A watch checks the epoch itself (it follows splits); a cancel
+        // names its watch by id, whatever the region became since.
+        let is_watch = matches!(req.op, Op::Watch { .. } | Op::CancelWatch { .. });
         if let Op::MoveShard { to_shard } = req.op {
             let to = to_shard as usize;
             let result = if to >= node.cfg.shards || to == self.id {

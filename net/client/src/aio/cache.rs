@@ -32,7 +32,12 @@
 //! # What it does not give
 //! A cached read is not linearizable: it may miss writes of the last
 //! `max_staleness`, and two keys in different regions may be seen at
-//! different moments. Use [`AsyncClient::get`] where that matters.
+//! different moments. Use [`AsyncClient::get`] where that matters. Expiry
+//! (TTL) is judged by the client's clock: a value past its expiry by it is
+//! read from the cluster, but a client clock behind the cluster's may show
+//! a value the cluster has expired until the expiry's change arrives.
+//! A list of keys may hold at most 1,024 keys of one region (a watch's
+//! limit): more, and its loads fail (see [`Cached::last_reload`]).
 //!
 //! # Bounds
 //! At most [`CacheOptions::entries_max`] keys and
@@ -327,19 +332,29 @@ impl Cached {
                 .map(|i| (v.generation, v.regions[i].dropped))
         };
         let got = s.client.get(key, Consistency::Linearizable).await?;
-        if let Some(seen) = seen {
-            let mut v = s.view.write().unwrap();
-            let now = v
-                .region_of(hash)
-                .map(|i| (v.generation, v.regions[i].dropped));
-            if now == Some(seen) && !v.complete && !v.entries.contains_key(key) {
-                let e = Entry {
-                    version: got.as_ref().map_or(0, |g| g.version),
-                    value: got.clone(),
-                };
-                let limits = (s.opts.entries_max, s.opts.bytes_max);
-                v.merge(&Bytes::copy_from_slice(key), e, true, limits);
-            }
+        // An absence is not kept: a read does not say at which version the
+        // key was absent, and an older put still on its way would look
+        // newer.
+        let Some(value) = got.clone() else {
+            return Ok(None);
+        };
+        let e = Entry {
+            version: value.version,
+            value: Some(value),
+        };
+        let limits = (s.opts.entries_max, s.opts.bytes_max);
+        let mut v = s.view.write().unwrap();
+        let key = Bytes::copy_from_slice(key);
+        let now = v
+            .region_of(hash)
+            .map(|i| (v.generation, v.regions[i].dropped));
+        if v.entries.contains_key(&key) {
+            // A newer value of a key held is always safe to keep: later
+            // changes are newer still, and a delete would have removed it
+            // or left a newer version.
+            v.merge(&key, e, false, limits);
+        } else if seen.is_some() && now == seen && !v.complete {
+            v.merge(&key, e, true, limits);
         }
         Ok(got)
     }
@@ -437,8 +452,8 @@ async fn run(s: Arc<Shared>) {
             };
         }
         *s.last_reload.lock().unwrap() = why.to_string();
-        // A load that keeps failing at once is retried less and less often.
-        pause = if started.elapsed() < Duration::from_secs(2) {
+        // A load that keeps failing soon is retried less and less often.
+        pause = if started.elapsed() < Duration::from_secs(30) {
             (pause * 2).min(Duration::from_secs(5))
         } else {
             Duration::from_millis(100)
@@ -523,45 +538,6 @@ async fn region(
     (routed, start_hash, end_hash): (Routed, u64, u64),
 ) -> ClientError {
     let limits = (s.opts.entries_max, s.opts.bytes_max);
-    // The load: the index it read at is where the watch starts.
-    let from = match &s.what {
-        Selection::Prefix(prefix) => {
-            let mut from_hash = start_hash;
-            let mut first_index = None;
-            loop {
-                let page = match scan(s, routed, from_hash, prefix.clone(), s.opts.page).await {
-                    Ok(p) => p,
-                    Err(e) => return e,
-                };
-                first_index.get_or_insert(page.2);
-                let added = with_region(s, generation, routed, |v, _| {
-                    for c in page.0 {
-                        let e = Entry {
-                            version: c.version,
-                            value: Some(Value {
-                                value: c.value,
-                                version: c.version,
-                                expire_at_ms: c.expire_at_ms,
-                            }),
-                        };
-                        v.merge(&c.key, e, true, limits);
-                    }
-                });
-                if added.is_none() {
-                    return stale_load();
-                }
-                match page.1 {
-                    Some(next) if next != end_hash => from_hash = next,
-                    _ => break,
-                }
-            }
-            first_index.unwrap_or(0)
-        }
-        Selection::Keys(_) => match scan(s, routed, start_hash, Bytes::new(), 1).await {
-            Ok(p) => p.2,
-            Err(e) => return e,
-        },
-    };
     let range = WatchRange {
         prefix: match &s.what {
             Selection::Prefix(p) => p.clone(),
@@ -587,10 +563,57 @@ async fn region(
         }
     };
     let spec = WatchSpec { keys, range };
+    let probe = probe_of(&s.what, &spec, (start_hash, end_hash));
+    let load_page = |v: &mut View, items: Vec<Change>| {
+        for c in items {
+            let e = Entry {
+                version: c.version,
+                value: Some(Value {
+                    value: c.value,
+                    version: c.version,
+                    expire_at_ms: c.expire_at_ms,
+                }),
+            };
+            v.merge(&c.key, e, true, limits);
+        }
+    };
+    // The first page (or, for keys, a probe) gives the index the watch
+    // starts from. The watch starts before the rest of the load, so a long
+    // load of a busy region does not outrun the region's change history;
+    // its frames wait in the link's queue and are applied once the load is
+    // done (the region serves nothing until a probe sent after the load is
+    // caught up with, so what an early frame briefly undoes is never seen).
+    let (first_page, from) = match &s.what {
+        Selection::Prefix(prefix) => {
+            match scan(s, routed, start_hash, prefix.clone(), s.opts.page).await {
+                Ok((items, next, index)) => (Some((items, next)), index),
+                Err(e) => return e,
+            }
+        }
+        Selection::Keys(_) => match scan(s, routed, probe.0, probe.1.clone(), 1).await {
+            Ok(p) => (None, p.2),
+            Err(e) => return e,
+        },
+    };
     let mut watch = match s.client.open_watch(routed, spec.op(from)).await {
         Ok(w) => w,
         Err(e) => return e.unwrap_or_else(|| unavailable("no leader accepted the watch")),
     };
+    if let (Some((items, mut next)), Selection::Prefix(prefix)) = (first_page, &s.what) {
+        if with_region(s, generation, routed, |v, _| load_page(v, items)).is_none() {
+            return stale_load();
+        }
+        while let Some(from_hash) = next.filter(|n| *n != end_hash) {
+            let page = match scan(s, routed, from_hash, prefix.clone(), s.opts.page).await {
+                Ok(p) => p,
+                Err(e) => return e,
+            };
+            if with_region(s, generation, routed, |v, _| load_page(v, page.0)).is_none() {
+                return stale_load();
+            }
+            next = page.1;
+        }
+    }
     let first = std::mem::take(&mut watch.first);
     if apply(s, generation, routed, first).is_none() {
         return stale_load();
@@ -620,7 +643,7 @@ async fn region(
         return stale_load();
     }
     let mut both = JoinSet::new();
-    both.spawn(probe_loop(s.clone(), generation, (routed, start_hash)));
+    both.spawn(probe_loop(s.clone(), generation, routed, probe));
     both.spawn(follow_watch(
         s.clone(),
         generation,
@@ -633,6 +656,27 @@ async fn region(
         Some(Err(e)) => ClientError::Protocol(format!("cache task failed: {e}")),
         None => stale_load(),
     }
+}
+
+/// Where a region's probe scans: from its last hash (so it looks at a
+/// record or two, not a page), within what the cache follows (so a user
+/// allowed to read only that may send it).
+fn probe_of(
+    what: &Selection,
+    spec: &WatchSpec,
+    (start_hash, end_hash): (u64, u64),
+) -> (u64, Bytes) {
+    // The meta region owns the last hash of all: a data region ends before.
+    let last = if end_hash == 0 {
+        corekv_types::META_HASH - 1
+    } else {
+        end_hash - 1
+    };
+    let prefix = match what {
+        Selection::Prefix(p) => p.clone(),
+        Selection::Keys(_) => spec.keys.first().cloned().unwrap_or_default(),
+    };
+    (last.max(start_hash), prefix)
 }
 
 /// What a region's watch asks for.
@@ -789,7 +833,7 @@ async fn scan(
         prefix,
     };
     let (outcome, _, by) = s.client.execute(from_hash, op, true).await?;
-    if by != routed {
+    if !super::same_range(by, routed) {
         return Err(ClientError::Protocol(format!(
             "region {} changed (split or merged)",
             routed.0
@@ -817,7 +861,8 @@ async fn scan(
 async fn probe_loop(
     s: Arc<Shared>,
     generation: u64,
-    (routed, start_hash): (Routed, u64),
+    routed: Routed,
+    (from_hash, prefix): (u64, Bytes),
 ) -> ClientError {
     let every = (s.opts.max_staleness / 4).max(Duration::from_millis(5));
     let mut tick = tokio::time::interval(every);
@@ -836,7 +881,7 @@ async fn probe_loop(
         // A probe answered after the bound proves nothing still useful.
         let probe = tokio::time::timeout(
             s.opts.max_staleness,
-            scan(&s, routed, start_hash, Bytes::from_static(b"\xff"), 1),
+            scan(&s, routed, from_hash, prefix.clone(), 1),
         )
         .await;
         let index = match probe {

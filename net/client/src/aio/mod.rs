@@ -47,6 +47,12 @@ pub use stream::{ScanPages, WatchStream};
 /// The region (id, epoch) a request was routed to.
 pub(crate) type Routed = (u64, corekv_types::Epoch);
 
+/// Whether two routings name the same region with the same key range: a
+/// change of its replicas (`conf_ver`) leaves both alone.
+pub(crate) fn same_range(a: Routed, b: Routed) -> bool {
+    a.0 == b.0 && a.1.version == b.1.version
+}
+
 /// How long a node that did not answer is avoided.
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
@@ -149,6 +155,8 @@ struct State {
 pub(crate) struct OpenWatch {
     link: Arc<Link>,
     id: u64,
+    /// The region it was sent to (its cancel goes there too).
+    region: Routed,
     rx: tokio::sync::mpsc::UnboundedReceiver<link::Answer>,
     /// The first answer's progress and changes.
     first: (u64, Vec<corekv_types::watch::Change>),
@@ -159,8 +167,8 @@ impl Drop for OpenWatch {
         self.link.forget(self.id);
         self.link.send_and_forget(Request {
             id: self.id.wrapping_add(1 << 63),
-            region_id: 0,
-            epoch: Default::default(),
+            region_id: self.region.0,
+            epoch: self.region.1,
             op: Op::CancelWatch { watch_id: self.id },
             session: None,
             system: false,
@@ -659,11 +667,19 @@ impl AsyncClient {
         while Instant::now() < deadline {
             attempt += 1;
             let generation = self.inner.generation.load(Ordering::Acquire);
-            let target = {
+            let (target, epoch) = {
                 let mut st = self.inner.state.lock().unwrap();
                 match st.routes.position(region_id) {
-                    Some(i) if st.routes[i].region.epoch == epoch => {
-                        st.target(i, attempt, false, cfg.shard_aware)
+                    // Sent with the table's epoch: the replicas may have
+                    // changed since, the range not.
+                    Some(i)
+                        if same_range(
+                            (region_id, st.routes[i].region.epoch),
+                            (region_id, epoch),
+                        ) =>
+                    {
+                        let current = st.routes[i].region.epoch;
+                        (st.target(i, attempt, false, cfg.shard_aware), current)
                     }
                     _ => {
                         return Err(Some(ClientError::Protocol(format!(
@@ -692,11 +708,20 @@ impl AsyncClient {
                 session: None,
                 system: cfg.system,
             };
-            let Some(mut rx) = link.send_stream(req) else {
+            let Some(rx) = link.send_stream(req) else {
                 self.backoff(attempt, deadline).await;
                 continue;
             };
-            let first = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            // From here on, dropping it (this future too) cancels the
+            // watch on the server.
+            let mut watch = OpenWatch {
+                link,
+                id,
+                region: (region_id, epoch),
+                rx,
+                first: Default::default(),
+            };
+            let first = match tokio::time::timeout_at(deadline, watch.rx.recv()).await {
                 Ok(Some(Ok((resp, _)))) => resp.result,
                 Ok(_) => {
                     self.mark_down(node);
@@ -704,38 +729,27 @@ impl AsyncClient {
                     self.backoff(attempt, deadline).await;
                     continue;
                 }
-                Err(_) => {
-                    link.forget(id);
-                    return Err(None);
-                }
+                Err(_) => return Err(None),
             };
             match first {
                 Ok(Outcome::Events { progress, events }) => {
-                    return Ok(OpenWatch {
-                        link,
-                        id,
-                        rx,
-                        first: (progress, events),
-                    })
+                    watch.first = (progress, events);
+                    return Ok(watch);
                 }
                 Ok(other) => {
-                    link.forget(id);
                     let e = ClientError::Protocol(format!("watch answered {other:?}"));
                     return Err(Some(e));
                 }
-                Err(e) => {
-                    link.forget(id);
-                    match self.learn((region_id, epoch), &e) {
-                        Routing::Retry { hinted: true } => {}
-                        Routing::Retry { hinted: false } | Routing::Backoff => {
-                            self.backoff(attempt, deadline).await;
-                        }
-                        Routing::Other if e.code() == ErrorCode::Timeout => {
-                            self.backoff(attempt, deadline).await;
-                        }
-                        Routing::Reload | Routing::Other => return Err(Some(wire_to_client(e))),
+                Err(e) => match self.learn((region_id, epoch), &e) {
+                    Routing::Retry { hinted: true } => {}
+                    Routing::Retry { hinted: false } | Routing::Backoff => {
+                        self.backoff(attempt, deadline).await;
                     }
-                }
+                    Routing::Other if e.code() == ErrorCode::Timeout => {
+                        self.backoff(attempt, deadline).await;
+                    }
+                    Routing::Reload | Routing::Other => return Err(Some(wire_to_client(e))),
+                },
             }
         }
         Err(None)
@@ -747,7 +761,9 @@ impl AsyncClient {
     fn learn(&self, (region_id, epoch): Routed, e: &crate::message::WireError) -> Routing {
         let mut st = self.inner.state.lock().unwrap();
         match st.routes.position(region_id) {
-            Some(j) if st.routes[j].region.epoch == epoch => st.routes.on_error(j, e),
+            Some(j) if same_range((region_id, st.routes[j].region.epoch), (region_id, epoch)) => {
+                st.routes.on_error(j, e)
+            }
             _ => classify(e),
         }
     }
