@@ -59,10 +59,15 @@ common="--duration $duration --warmup 2 --keys $keys --value-size $value --conne
 declare -A C R
 run() { # key target-args... : the command in C[key], its JSON report in R[key]
     local key=$1; shift
-    C[$key]="corekv-bench $common $*"
+    # A run that gives its own client shape replaces the suite's.
+    local base=$common
+    case " $* " in
+        *" --connections "*) base=${common/--connections $conns --pipeline $pipeline /} ;;
+    esac
+    C[$key]="corekv-bench $base $*"
     echo "== ${C[$key]}" >&2
     # shellcheck disable=SC2086
-    R[$key]=$("$bench" $common --json "$@" | json)
+    R[$key]=$("$bench" $base --json "$@" | json)
 }
 
 # Generator check: corekv-bench (which first writes every key) and

@@ -141,6 +141,27 @@ pub(crate) async fn queued_now<T>(rx: &local_channel::LocalReceiver<T>) -> Optio
     futures_lite::future::poll_once(rx.recv()).await.flatten()
 }
 
+/// Keys and values in one response frame at most: the answers of a round
+/// (say, 100 gets of 1 MiB values pipelined on one connection) go in
+/// several frames rather than one larger than a client takes (64 MiB by
+/// default). A single larger answer still goes alone.
+pub const RESPONSE_FRAME_PAYLOAD_MAX: usize = 8 << 20;
+
+/// Bytes of keys and values an answer carries (what its frame grows with).
+fn payload_bytes(r: &Response) -> usize {
+    use corekv_wire::message::Outcome;
+    64 + match &r.result {
+        Ok(Outcome::Value(Some(v))) => v.value.len(),
+        Ok(Outcome::Scanned { items, .. }) | Ok(Outcome::Events { events: items, .. }) => {
+            items.iter().map(|c| c.key.len() + c.value.len() + 32).sum()
+        }
+        Ok(Outcome::BackupChunk(c)) => c.data.len(),
+        Ok(Outcome::Status(s)) => s.len(),
+        Ok(Outcome::Routes { regions, nodes }) => 128 * (regions.len() + nodes.len()),
+        _ => 0,
+    }
+}
+
 /// A frame waiting for the connection's writer.
 struct OutFrame {
     bytes: Vec<u8>,
@@ -161,13 +182,26 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    /// Queues responses as one frame. Returns false (and closes the
-    /// connection) if the client is not reading.
+    /// Queues responses in as few frames as [`RESPONSE_FRAME_PAYLOAD_MAX`]
+    /// allows (one, unless their values are large). Returns false (and
+    /// closes the connection) if the client is not reading.
     pub fn send(&self, responses: &[Response]) -> bool {
         self.inflight
             .set(self.inflight.get().saturating_sub(responses.len()));
         self.answered.notify();
-        self.push(encode_responses(responses))
+        let mut from = 0;
+        let mut bytes = 0;
+        for (i, r) in responses.iter().enumerate() {
+            let b = payload_bytes(r);
+            if i > from && bytes + b > RESPONSE_FRAME_PAYLOAD_MAX {
+                if !self.push(encode_responses(&responses[from..i])) {
+                    return false;
+                }
+                (from, bytes) = (i, 0);
+            }
+            bytes += b;
+        }
+        self.push(encode_responses(&responses[from..]))
     }
 
     /// Queues one response of a watch stream. The watch counted the frame

@@ -103,6 +103,20 @@ fn ten_thousand_concurrent_gets_share_one_client_on_either_runtime() {
                 .expect("big value written");
             assert!(got.value == v, "{k} read back different bytes");
         }
+        // 300 gets of those values at once, on the one connection: 270 MB
+        // of answers, far more than the client takes in one frame (64 MiB)
+        // if the node answered them in one (seen failing so: every read
+        // "timed out waiting for the server").
+        let reads: Vec<_> = (0..300)
+            .map(|n| {
+                let (c, k) = (c.clone(), keys[n % keys.len()].clone());
+                tokio::spawn(async move { c.get(k.as_bytes(), Consistency::Linearizable).await })
+            })
+            .collect();
+        for (n, t) in reads.into_iter().enumerate() {
+            let got = t.await.unwrap().unwrap_or_else(|e| panic!("read {n}: {e}"));
+            assert_eq!(got.expect("written").value.len(), 900 << 10, "read {n}");
+        }
         r
     });
     eprintln!("current-thread runtime: {CONCURRENT} gets in {took:?} over {links} connections");

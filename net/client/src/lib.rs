@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - `aio`: the async client (tokio): one shared, pipelined instance per
-//!   process ([`AsyncClient`]).
+//!   process ([`AsyncClient`]); scans as pages and watches as streams; a
+//!   local cache never staler than a bound ([`aio::cache`]).
 //! - `client`: the blocking client (region cache, leader hints, retries,
 //!   sessions for exactly-once writes, admin operations).
 //! - `watch_client`: watches (one resuming stream per region).

@@ -351,8 +351,14 @@ impl Cached {
         if v.entries.contains_key(&key) {
             // A newer value of a key held is always safe to keep: later
             // changes are newer still, and a delete would have removed it
-            // or left a newer version.
-            v.merge(&key, e, false, limits);
+            // or left a newer version. One that does not fit removes the
+            // key: that counts as a change not held, so an older read
+            // under way cannot put its value back.
+            if v.merge(&key, e, false, limits) == Merge::Dropped {
+                if let Some(i) = v.region_of(hash) {
+                    v.regions[i].dropped += 1;
+                }
+            }
         } else if seen.is_some() && now == seen && !v.complete {
             v.merge(&key, e, true, limits);
         }
