@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corekv_client::aio::{CacheOptions, Selection};
+use corekv_client::aio::{CacheOptions, Cached, Selection};
 use corekv_client::{AsyncClient, Consistency, PutOptions};
 use corekv_tests::{scrape_sum, TestCluster};
 
@@ -92,6 +92,29 @@ fn assert_no_watches_left(t: &TestCluster) {
             "{left} watches still served after the caches were dropped"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether the cache answers every key with `want`, from memory.
+fn all_cached(cache: &Cached, want: &[u8]) -> bool {
+    (0..KEYS).all(|i| {
+        cache
+            .get_cached(key(i).as_bytes())
+            .is_some_and(|v| v.is_some_and(|v| v.value == want))
+    })
+}
+
+/// Waits (20 s at most) until the cache answers every key with `want`.
+async fn until_cached(cache: &Cached, want: &[u8]) {
+    let started = Instant::now();
+    while !all_cached(cache, want) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}, last reload: {}",
+            cache.stats(),
+            cache.last_reload()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -310,22 +333,7 @@ fn a_cache_of_keys_reloads_after_a_split_not_after_a_replica_move_and_a_small_ca
             CacheOptions::new(Duration::from_secs(2)),
         );
         let mut changes = cache.subscribe();
-        let all_cached = |want: &'static [u8]| {
-            (0..KEYS).all(|i| {
-                cache
-                    .get_cached(key(i).as_bytes())
-                    .is_some_and(|v| v.is_some_and(|v| v.value == want))
-            })
-        };
-        let started = Instant::now();
-        while !all_cached(b"first") {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{:?}",
-                cache.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_cached(&cache, b"first").await;
         client
             .put(key(3).as_bytes(), b"second", PutOptions::default())
             .await
@@ -357,16 +365,7 @@ fn a_cache_of_keys_reloads_after_a_split_not_after_a_replica_move_and_a_small_ca
                 .await
                 .unwrap();
         }
-        let started = Instant::now();
-        while !all_cached(b"third") {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{:?}, last reload: {}",
-                cache.stats(),
-                cache.last_reload()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_cached(&cache, b"third").await;
         let stats = cache.stats();
         assert!(stats.resyncs >= 1, "no reload after the split: {stats:?}");
         assert!(stats.hits > 0 && stats.invalidations > 0, "{stats:?}");
@@ -412,19 +411,10 @@ fn a_cache_of_keys_reloads_after_a_split_not_after_a_replica_move_and_a_small_ca
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        let started = Instant::now();
-        while !all_cached(b"fourth") {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{:?}, last reload: {}",
-                cache.stats(),
-                cache.last_reload()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_cached(&cache, b"fourth").await;
         // Probes keep proving it through the new membership.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(all_cached(b"fourth"), "{:?}", cache.stats());
+        assert!(all_cached(&cache, b"fourth"), "{:?}", cache.stats());
         let after = cache.stats();
         assert_eq!(
             after.resyncs,
