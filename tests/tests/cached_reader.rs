@@ -118,14 +118,13 @@ async fn until_cached(cache: &Cached, want: &[u8]) {
     }
 }
 
-/// The node leading the region of `key(k)`, by the client's table.
-fn leader_of(client: &AsyncClient, k: usize) -> u64 {
+/// The region of `key(k)`, by the client's table.
+fn route_of(client: &AsyncClient, k: usize) -> corekv_client::message::RouteInfo {
     let h = corekv_engine::route_hash(key(k).as_bytes());
     client
         .routes()
-        .iter()
+        .into_iter()
         .find(|r| r.region.contains(h))
-        .map(|r| r.leader_node)
         .unwrap()
 }
 
@@ -238,7 +237,7 @@ fn a_cached_read_is_never_older_than_its_bound_while_a_leader_is_cut_off() {
     // silent while another replica takes over. Once it has, a writer that
     // knows only the other nodes writes /cfg/k0 there (the first writer
     // waits on the stopped node).
-    let leader = leader_of(&client, 0);
+    let leader = route_of(&client, 0).leader_node;
     let paused = t.cluster.nodes.iter().position(|n| n.id == leader).unwrap();
     let misses_before = misses.load(Ordering::Relaxed);
     t.cluster.signal(paused, libc::SIGSTOP);
@@ -349,14 +348,7 @@ fn a_cache_of_keys_reloads_after_a_split_not_after_a_replica_move_and_a_small_ca
 
         // A split of the keys' region: the cache loads again, then serves
         // what is current.
-        let region = client
-            .routes()
-            .into_iter()
-            .find(|r| {
-                r.region
-                    .contains(corekv_engine::route_hash(key(0).as_bytes()))
-            })
-            .unwrap();
+        let region = route_of(&client, 0);
         let mut admin = t.client();
         tokio::task::block_in_place(|| admin.split(region.region.id, None)).unwrap();
         for i in 0..KEYS {
@@ -377,14 +369,7 @@ fn a_cache_of_keys_reloads_after_a_split_not_after_a_replica_move_and_a_small_ca
         // A replica of the keys' region moves to the node without one: the
         // range is the same, the cache goes on without a reload.
         client.refresh().await.unwrap();
-        let region = client
-            .routes()
-            .into_iter()
-            .find(|r| {
-                r.region
-                    .contains(corekv_engine::route_hash(key(0).as_bytes()))
-            })
-            .unwrap();
+        let region = route_of(&client, 0);
         let holders: Vec<u64> = region.region.peers.iter().map(|p| p.node_id).collect();
         let to = t
             .cluster
