@@ -214,6 +214,68 @@ fn scan_region(c: &mut Client, id: u64) -> (Vec<Bytes>, Option<u64>) {
     (items.into_iter().map(|(k, _)| k).collect(), next)
 }
 
+/// A user who may read only `/cfg/` caches `/cfg/` and keys under it: the
+/// cache's loads, watches and freshness probes stay within the prefix.
+#[test]
+fn a_user_with_read_on_a_prefix_alone_can_cache_it() {
+    use corekv_client::aio::{CacheOptions, Selection};
+    let t = TestCluster::start_keyed(3, 1, &[]);
+    let root_token = turn_on(&t);
+    let mut root = admin_as(t.endpoints(), login("root", &root_token)).unwrap();
+    let token = auth::add_user(
+        &mut root,
+        "cfg-reader",
+        vec![Grant::Read(b"/cfg/".to_vec())],
+    )
+    .unwrap();
+    put(&mut root, "/cfg/limit", "100").unwrap();
+    put(&mut root, "/cfg/mode", "blue").unwrap();
+    let mut cfg = corekv_client::ClientConfig::new(t.endpoints());
+    cfg.credentials = login("cfg-reader", &token);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = corekv_client::AsyncClient::connect(cfg).await.unwrap();
+        let prefix = client.cached(
+            Selection::Prefix(Bytes::from_static(b"/cfg/")),
+            CacheOptions::new(Duration::from_secs(1)),
+        );
+        let keys = client.cached(
+            Selection::Keys(vec![Bytes::from_static(b"/cfg/mode")]),
+            CacheOptions::new(Duration::from_secs(1)),
+        );
+        let started = Instant::now();
+        loop {
+            let a = prefix.get_cached(b"/cfg/limit");
+            let b = keys.get_cached(b"/cfg/mode");
+            if let (Some(Some(a)), Some(Some(b))) = (a, b) {
+                assert_eq!((&a.value[..], &b.value[..]), (&b"100"[..], &b"blue"[..]));
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "never served from memory: {:?} ({}), {:?} ({})",
+                prefix.stats(),
+                prefix.last_reload(),
+                keys.stats(),
+                keys.last_reload()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Writes it may not do are still refused.
+        let denied = client
+            .put(b"/cfg/limit", b"1", corekv_client::PutOptions::default())
+            .await;
+        assert!(
+            matches!(denied, Err(ClientError::PermissionDenied(_))),
+            "{denied:?}"
+        );
+    });
+}
+
 #[test]
 fn logins_hold_across_restarts_and_leader_moves_and_rotation_locks_out_new_connections() {
     let mut t = TestCluster::start_keyed(3, 1, &[]);
