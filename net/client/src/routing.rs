@@ -13,8 +13,106 @@
 
 use std::ops::{Deref, Index, IndexMut};
 
-use crate::message::{RouteInfo, WireError};
+use crate::message::{NodeInfo, Op, Outcome, Request, RouteInfo, WireError};
 use crate::wire::ErrorCode;
+
+/// One attempt at `op` on region `(region_id, epoch)`. Once an attempt of
+/// a write may have been applied (`uncertain`), every later one says so: a
+/// region that forgot it answers Timeout rather than apply it twice.
+pub fn attempt_request(
+    id: u64,
+    (region_id, epoch): (u64, corekv_types::Epoch),
+    op: &Op,
+    (session, uncertain): (Option<corekv_types::SessionTag>, bool),
+    system: bool,
+) -> Request {
+    Request {
+        id,
+        region_id,
+        epoch,
+        op: op.clone(),
+        session: session.map(|s| corekv_types::SessionTag {
+            retry: uncertain,
+            ..s
+        }),
+        system,
+    }
+}
+
+/// Loading the table from the nodes, one answer at a time (both clients
+/// drive it over their own I/O): the answers are merged until they cover
+/// the hash space.
+#[derive(Default)]
+pub struct RoutesLoad {
+    merged: Vec<RouteInfo>,
+    nodes: Vec<NodeInfo>,
+    answered: bool,
+    last: String,
+}
+
+/// What to do after an answer to a `Routes` request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoadStep {
+    /// Ask the next node.
+    Next,
+    /// The table covers the hash space: stop asking.
+    Done,
+    /// The node refused the login; another would say the same.
+    Refused(String),
+}
+
+impl RoutesLoad {
+    /// The request to send.
+    pub fn request(id: u64) -> Request {
+        Request {
+            id,
+            region_id: 0,
+            epoch: Default::default(),
+            op: Op::Routes,
+            session: None,
+            system: false,
+        }
+    }
+
+    /// Takes `addr`'s answer.
+    pub fn answer(&mut self, addr: &str, result: Result<Outcome, WireError>) -> LoadStep {
+        match result {
+            Ok(Outcome::Routes { regions, nodes }) => {
+                self.answered = true;
+                merge_routes(&mut self.merged, regions);
+                self.nodes.extend(nodes);
+                if covers_hash_space(&self.merged) {
+                    return LoadStep::Done;
+                }
+            }
+            Ok(other) => self.last = format!("{addr}: unexpected {other:?}"),
+            Err(e) => {
+                self.last = format!("{addr}: {}", e.message());
+                if e.code() == ErrorCode::Unauthenticated {
+                    return LoadStep::Refused(self.last.clone());
+                }
+            }
+        }
+        LoadStep::Next
+    }
+
+    /// `addr` could not be asked, or did not answer.
+    pub fn failed(&mut self, why: String) {
+        self.last = why;
+    }
+
+    /// The merged regions and the nodes, or why no node answered.
+    pub fn finish(self) -> Result<(Vec<RouteInfo>, Vec<NodeInfo>), String> {
+        if !self.answered {
+            return Err(if self.last.is_empty() {
+                "no endpoint answered".into()
+            } else {
+                self.last
+            });
+        }
+        Ok((self.merged, self.nodes))
+    }
+}
 
 /// Adds `more` to `routes`: of two answers for one region the newer epoch
 /// wins (a known leader breaks ties); a region overlapped by one of a newer

@@ -36,8 +36,8 @@ use tokio::time::Instant;
 use crate::client::{
     put_request, wire_to_client, ClientConfig, ClientError, PutOptions, Result, Value,
 };
-use crate::message::{NodeInfo, Op, Outcome, Request, ResponseFields, RouteInfo};
-use crate::routing::{classify, covers_hash_space, merge_routes, RouteTable, Routing};
+use crate::message::{Op, Outcome, Request, ResponseFields, RouteInfo};
+use crate::routing::{attempt_request, classify, LoadStep, RouteTable, RoutesLoad, Routing};
 use crate::wire::ErrorCode;
 use link::{Link, OpenError};
 
@@ -475,49 +475,27 @@ impl AsyncClient {
         candidates.extend(self.inner.cfg.endpoints.iter().cloned());
         let mut seen = std::collections::HashSet::new();
         candidates.retain(|a| seen.insert(a.clone()));
-        let mut last = String::from("no endpoint answered");
-        let mut merged: Vec<RouteInfo> = Vec::new();
-        let mut nodes_seen: Vec<NodeInfo> = Vec::new();
-        let mut answered = false;
+        let mut load = RoutesLoad::default();
         for addr in candidates {
-            let req = Request {
-                id: self.new_id(),
-                region_id: 0,
-                epoch: Default::default(),
-                op: Op::Routes,
-                session: None,
-                system: false,
-            };
+            let req = RoutesLoad::request(self.new_id());
             match self.call(&addr, req, deadline).await {
-                Ok((resp, _)) => match resp.result {
-                    Ok(Outcome::Routes { regions, nodes }) => {
-                        answered = true;
-                        merge_routes(&mut merged, regions);
-                        nodes_seen.extend(nodes);
-                        if covers_hash_space(&merged) {
-                            break;
-                        }
-                    }
-                    Ok(other) => last = format!("{addr}: unexpected {other:?}"),
-                    Err(e) => {
-                        last = format!("{addr}: {}", e.message());
-                        if e.code() == ErrorCode::Unauthenticated {
-                            self.inner.state.lock().unwrap().login_refused = Some(last.clone());
-                            break;
-                        }
+                Ok((resp, _)) => match load.answer(&addr, resp.result) {
+                    LoadStep::Next => {}
+                    LoadStep::Done => break,
+                    LoadStep::Refused(why) => {
+                        self.inner.state.lock().unwrap().login_refused = Some(why);
+                        break;
                     }
                 },
                 Err(CallError::NotSent(e))
                 | Err(CallError::Lost(e))
-                | Err(CallError::TimedOut(e)) => last = e,
+                | Err(CallError::TimedOut(e)) => load.failed(e),
             }
             if Instant::now() > deadline {
                 break;
             }
         }
-        if !answered {
-            return Err(last);
-        }
+        let (merged, nodes_seen) = load.finish()?;
         let mut st = self.inner.state.lock().unwrap();
         st.routes.replace(merged);
         for n in nodes_seen {
@@ -584,20 +562,13 @@ impl AsyncClient {
                 self.backoff(attempt, deadline).await;
                 continue;
             };
-            let req = Request {
-                id: self.new_id(),
-                region_id,
-                epoch,
-                op: op.clone(),
-                // Once an attempt may have been applied, every later one
-                // says so: a region that forgot it answers Timeout rather
-                // than apply it twice.
-                session: session.map(|s| SessionTag {
-                    retry: uncertain,
-                    ..s
-                }),
-                system: cfg.system,
-            };
+            let req = attempt_request(
+                self.new_id(),
+                (region_id, epoch),
+                &op,
+                (session, uncertain),
+                cfg.system,
+            );
             match self.call(&addr, req, deadline).await {
                 Ok((resp, fields)) => match resp.result {
                     Ok(o) => return Ok((o, fields, (region_id, epoch))),

@@ -588,20 +588,13 @@ impl Client {
                 continue;
             };
             let (region_id, epoch) = (self.routes[i].region.id, self.routes[i].region.epoch);
-            let req = Request {
-                id: self.new_id(),
-                region_id,
-                epoch,
-                op: op.clone(),
-                // Once an attempt may have been applied, every later one
-                // says so: a region that forgot it answers Timeout rather
-                // than apply it twice.
-                session: session.map(|s| SessionTag {
-                    retry: uncertain,
-                    ..s
-                }),
-                system: self.cfg.system,
-            };
+            let req = crate::routing::attempt_request(
+                self.new_id(),
+                (region_id, epoch),
+                &op,
+                (session, uncertain),
+                self.cfg.system,
+            );
             match self.call(&addr, std::slice::from_ref(&req), deadline) {
                 Ok(mut rs) => {
                     let (resp, fields) = rs.remove(0);

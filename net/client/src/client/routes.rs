@@ -3,6 +3,7 @@
 //! [`crate::routing`]).
 
 use super::*;
+use crate::routing::{LoadStep, RoutesLoad};
 
 impl Client {
     /// Reloads the routing table. A node answers with the regions it has a
@@ -14,49 +15,25 @@ impl Client {
         candidates.extend(self.cfg.endpoints.iter().cloned());
         let mut seen = std::collections::HashSet::new();
         candidates.retain(|a| seen.insert(a.clone()));
-        let mut last = String::from("no endpoint answered");
-        let mut merged: Vec<RouteInfo> = Vec::new();
-        let mut nodes_seen: Vec<NodeInfo> = Vec::new();
-        let mut answered = false;
+        let mut load = RoutesLoad::default();
         for addr in candidates {
-            let id = self.new_id();
-            let req = Request {
-                id,
-                region_id: 0,
-                epoch: Default::default(),
-                op: Op::Routes,
-                session: None,
-                system: false,
-            };
+            let req = RoutesLoad::request(self.new_id());
             match self.call(&addr, &[req], deadline) {
-                Ok(mut rs) => match rs.remove(0).0.result {
-                    Ok(Outcome::Routes { regions, nodes }) => {
-                        answered = true;
-                        merge_routes(&mut merged, regions);
-                        nodes_seen.extend(nodes);
-                        if covers_hash_space(&merged) {
-                            break;
-                        }
-                    }
-                    Ok(other) => last = format!("{addr}: unexpected {other:?}"),
-                    Err(e) => {
-                        last = format!("{addr}: {}", e.message());
-                        if e.code() == ErrorCode::Unauthenticated {
-                            // Another node would say the same.
-                            self.login_refused = Some(last.clone());
-                            break;
-                        }
+                Ok(mut rs) => match load.answer(&addr, rs.remove(0).0.result) {
+                    LoadStep::Next => {}
+                    LoadStep::Done => break,
+                    LoadStep::Refused(why) => {
+                        self.login_refused = Some(why);
+                        break;
                     }
                 },
-                Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => last = e,
+                Err(CallError::NotSent(e)) | Err(CallError::Lost(e)) => load.failed(e),
             }
             if Instant::now() > deadline {
                 break;
             }
         }
-        if !answered {
-            return Err(last);
-        }
+        let (merged, nodes_seen) = load.finish()?;
         self.install_routes(merged, nodes_seen);
         Ok(())
     }
