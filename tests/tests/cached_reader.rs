@@ -324,6 +324,9 @@ fn a_cache_of_keys_reloads_after_a_split_not_after_a_replica_move_and_a_small_ca
     }
     let cfg = t.cluster.client_config();
     let rt = runtime();
+    // Made (and dropped) outside the runtime: its calls block, so the
+    // async code below makes them in `block_in_place`.
+    let mut admin = t.client();
     rt.block_on(async {
         let client = AsyncClient::connect(cfg).await.unwrap();
         let keys: Vec<bytes::Bytes> = (0..KEYS).map(|i| key(i).into()).collect();
@@ -349,8 +352,7 @@ fn a_cache_of_keys_reloads_after_a_split_not_after_a_replica_move_and_a_small_ca
         // A split of the keys' region: the cache loads again, then serves
         // what is current.
         let region = route_of(&client, 0);
-        let mut admin = t.client();
-        tokio::task::block_in_place(|| admin.split(region.region.id, None)).unwrap();
+        client.split(region.region.id, None).await.unwrap();
         for i in 0..KEYS {
             client
                 .put(key(i).as_bytes(), b"third", PutOptions::default())

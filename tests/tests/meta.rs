@@ -164,7 +164,7 @@ fn the_meta_region_holds_nodes_routes_and_ids_and_any_node_routes_everything() {
     eventually("node 4 routes the whole hash space", || {
         let mut c = t.client_of(idx);
         c.refresh().is_ok()
-            && covers_hash_space(c.routes())
+            && covers_hash_space(&c.routes())
             && c.routes().iter().any(|r| r.region.is_meta())
     });
     eprintln!(

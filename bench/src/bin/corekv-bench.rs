@@ -417,7 +417,11 @@ fn main() -> anyhow::Result<()> {
         };
         if let Ok(c) = Client::connect(driver::client_config(endpoints)) {
             // The regions holding the workload's keys: not the meta region.
-            let data: Vec<_> = c.routes().iter().filter(|r| !r.region.is_meta()).collect();
+            let data: Vec<_> = c
+                .routes()
+                .into_iter()
+                .filter(|r| !r.region.is_meta())
+                .collect();
             let leaders: std::collections::BTreeSet<u64> =
                 data.iter().map(|r| r.leader_node).collect();
             eprintln!(

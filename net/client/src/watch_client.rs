@@ -1,8 +1,8 @@
 //! Watches in the native client.
 //!
 //! [`crate::Client::watch`] groups the keys by region and runs one stream per
-//! region on a thread of its own, with its own connection to the region's
-//! leader. Each stream remembers the version up to which it has delivered
+//! region on a thread of its own, with its own client (and so its own
+//! connection) to the region's leader. Each stream remembers the version up to which it has delivered
 //! every change (the server's progress); after a lost connection, a leader
 //! change or a server restart it asks the new leader for the changes after
 //! that version, so the caller sees every change once, in version order per
@@ -30,10 +30,9 @@ use bytes::Bytes;
 use corekv_types::route_hash;
 use corekv_types::watch::Change;
 
-use crate::client::{wire_to_client, Client, ClientError, Conn, Result};
-use crate::message::{
-    decode_frame, encode_requests, Frame, Op, Outcome, Request, RouteInfo, WatchRange, WireError,
-};
+use crate::aio::{OpenWatch, Picked};
+use crate::client::{wire_to_client, Client, ClientError, Result, RouteBy};
+use crate::message::{Op, Outcome, Request, RouteInfo, WatchRange, WireError};
 use crate::routing::Routing;
 use crate::wire::ErrorCode;
 
@@ -98,8 +97,10 @@ fn update(status: &SharedStatus, f: impl FnOnce(&mut StreamStatus)) {
 
 /// What streams hand to the [`Watch`].
 enum Item {
-    /// A change, and the stream it came from.
-    Event(usize, Change),
+    /// A change, the stream it came from, and where that stream stands once
+    /// the change is taken (given with the last change of each version: in
+    /// one item, so a token made between the two cannot miss it).
+    Event(usize, Change, Option<Part>),
     Failed(ClientError),
     /// Where prefix streams stand once the items sent before this one are
     /// taken: (stream, its part).
@@ -325,7 +326,12 @@ impl Watch {
                 },
             };
             match item {
-                Item::Event(_, c) => return Ok(Some(c)),
+                Item::Event(n, c, part) => {
+                    if let Some(p) = part {
+                        self.parts.borrow_mut().insert(n, p);
+                    }
+                    return Ok(Some(c));
+                }
                 Item::Failed(e) => return Err(e),
                 Item::Parts(parts) => self.parts.borrow_mut().extend(parts),
             }
@@ -348,7 +354,7 @@ impl Watch {
         let mut waiting = std::collections::HashSet::new();
         for item in early.iter() {
             match item {
-                Item::Event(n, _) => {
+                Item::Event(n, _, _) => {
                     waiting.insert(*n);
                 }
                 Item::Parts(ps) => {
@@ -418,20 +424,21 @@ impl Client {
                 message: "watch needs at least one key".into(),
             });
         }
-        let deadline = Instant::now() + self.cfg.request_timeout;
+        let deadline = Instant::now() + self.config().request_timeout;
         let mut groups: Vec<(u64, Vec<Bytes>)> = Vec::new();
         for k in keys {
             let hash = route_hash(k);
-            let i = match self.route_index(hash) {
-                Some(i) => i,
+            let region = match self.as_async().region_at(hash) {
+                Some(r) => r,
                 None => {
-                    self.refresh_routes(deadline)
-                        .map_err(|last| ClientError::Unavailable { attempts: 1, last })?;
-                    self.route_index(hash)
+                    self.refresh()?;
+                    self.as_async()
+                        .region_at(hash)
                         .ok_or_else(|| ClientError::Protocol("no region covers the key".into()))?
                 }
-            };
-            let region = self.routes[i].region.id;
+            }
+            .region
+            .id;
             match groups.iter_mut().find(|(r, _)| *r == region) {
                 Some((_, g)) => g.push(Bytes::copy_from_slice(k)),
                 None => groups.push((region, vec![Bytes::copy_from_slice(k)])),
@@ -450,8 +457,8 @@ impl Client {
     /// Changes come in version order per region; [`Watch::resume_token`]
     /// says where the caller stands.
     pub fn watch_prefix(&mut self, prefix: &[u8]) -> Result<Watch> {
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        let pieces = self.prefix_pieces(0, 0, deadline)?;
+        let deadline = Instant::now() + self.config().request_timeout;
+        let pieces = self.prefix_pieces(0, 0)?;
         let subjects = pieces
             .into_iter()
             .map(|(_, start_hash, end_hash)| {
@@ -475,10 +482,9 @@ impl Client {
             code: ErrorCode::InvalidRequest,
             message,
         })?;
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        if !crate::routing::covers_hash_space(&self.routes) {
-            self.refresh_routes(deadline)
-                .map_err(|last| ClientError::Unavailable { attempts: 1, last })?;
+        let deadline = Instant::now() + self.config().request_timeout;
+        if !crate::routing::covers_hash_space(&self.routes()) {
+            self.refresh()?;
         }
         let subjects = token
             .parts
@@ -499,18 +505,12 @@ impl Client {
 
     /// The parts of `[start, end)` in each region, from fresh routes if
     /// the ones at hand leave a gap.
-    fn prefix_pieces(
-        &mut self,
-        start: u64,
-        end: u64,
-        deadline: Instant,
-    ) -> Result<Vec<(u64, u64, u64)>> {
-        if let Some(p) = pieces(&self.routes, start, end) {
+    fn prefix_pieces(&mut self, start: u64, end: u64) -> Result<Vec<(u64, u64, u64)>> {
+        if let Some(p) = pieces(&self.routes(), start, end) {
             return Ok(p);
         }
-        self.refresh_routes(deadline)
-            .map_err(|last| ClientError::Unavailable { attempts: 1, last })?;
-        pieces(&self.routes, start, end).ok_or_else(|| {
+        self.refresh()?;
+        pieces(&self.routes(), start, end).ok_or_else(|| {
             ClientError::Protocol("the routing table leaves part of the hash space out".into())
         })
     }
@@ -520,7 +520,7 @@ impl Client {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let streams = Streams {
-            cfg: self.cfg.clone(),
+            cfg: self.config().clone(),
             tx,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Arc::new(Mutex::new(Vec::new())),
@@ -542,7 +542,7 @@ impl Client {
             parts: RefCell::new(parts),
         };
         for (i, (subject, from)) in subjects.into_iter().enumerate() {
-            let client = Client::connect(self.cfg.clone())?;
+            let client = Client::connect(self.config().clone())?;
             streams.spawn(client, (i, subject), from, Some(ready_tx.clone()))?;
         }
         // Every stream drops its sender once accepted (or failed); streams
@@ -626,8 +626,7 @@ fn stream(
             Ended::Done => return,
             Ended::Retry { hinted: true } => continue,
             Ended::Retry { hinted: false } => {
-                let pause = Instant::now() + c.cfg.backoff_max * 2;
-                c.backoff(attempt.min(4), pause);
+                pause(c.config(), attempt);
                 continue;
             }
             Ended::Regroup { kept, split_at } => (kept, split_at),
@@ -645,15 +644,16 @@ fn stream(
             Subject::Keys(mut keys) => {
                 for k in keys.drain(..) {
                     let region = c
-                        .route_index(route_hash(&k))
-                        .map_or(0, |i| c.routes[i].region.id);
+                        .as_async()
+                        .region_at(route_hash(&k))
+                        .map_or(0, |r| r.region.id);
                     match groups.iter_mut().find(|(r, _)| *r == region) {
                         Some((_, Subject::Keys(g))) => g.push(k),
                         _ => groups.push((region, Subject::Keys(vec![k]))),
                     }
                 }
             }
-            Subject::Prefix(r) => match pieces(&c.routes, r.start_hash, r.end_hash) {
+            Subject::Prefix(r) => match pieces(&c.routes(), r.start_hash, r.end_hash) {
                 Some(p) if !p.is_empty() => {
                     for (region, start_hash, end_hash) in p {
                         let range = WatchRange {
@@ -671,8 +671,7 @@ fn stream(
         // Routes that still show the old shape (a node that has not applied
         // the split answered them): pause before asking again.
         if groups.len() == 1 && groups[0].0 == kept {
-            let pause = Instant::now() + c.cfg.backoff_max * 2;
-            c.backoff(attempt.min(4), pause);
+            pause(c.config(), attempt);
         }
         let (first_region, first) = groups.remove(0);
         let mut parts = Vec::new();
@@ -705,6 +704,16 @@ fn stream(
     }
 }
 
+/// The pause before a stream asks again: the client's backoff for
+/// `attempt`, within twice its longest.
+fn pause(cfg: &crate::ClientConfig, attempt: u32) {
+    let d = cfg
+        .backoff_base
+        .saturating_mul(1u32 << attempt.min(4))
+        .min(cfg.backoff_max * 2);
+    std::thread::sleep(d);
+}
+
 #[allow(clippy::too_many_arguments)]
 fn attempt_stream(
     c: &mut Client,
@@ -716,28 +725,43 @@ fn attempt_stream(
     status: &SharedStatus,
 ) -> Ended {
     let ended = |why: String| update(status, |s| s.last_end = why);
-    let deadline = Instant::now() + c.cfg.request_timeout;
-    let Some(i) = c.route_index(subject.hash()) else {
-        let _ = c.refresh_routes(deadline);
-        ended("no route for the keys".into());
-        return Ended::Retry { hinted: false };
+    let ac = c.as_async().clone();
+    let (region, node, addr) = match ac.pick(RouteBy::Hash(subject.hash()), attempt) {
+        Picked::At(region, node, addr) => (region, node, addr),
+        Picked::NoRoute => {
+            let _ = c.refresh();
+            ended("no route for the keys".into());
+            return Ended::Retry { hinted: false };
+        }
+        Picked::NoReplica => {
+            let _ = c.refresh();
+            ended("no replica to ask".into());
+            return Ended::Retry { hinted: false };
+        }
     };
-    let Some((node, addr)) = c.target(i, attempt) else {
-        let _ = c.refresh_routes(deadline);
-        ended("no replica to ask".into());
-        return Ended::Retry { hinted: false };
-    };
+    let (region_id, epoch) = region;
     update(status, |s| {
-        s.region = c.routes[i].region.id;
+        s.region = region_id;
         s.addr = addr.clone();
         s.cursor = *cursor;
         s.attempts += 1;
     });
-    let id = c.new_id();
+    let lost = |why: &str| {
+        ended(why.to_string());
+        ac.close_link(&addr);
+        ac.mark_down(node);
+        ac.forget_leader(region_id, epoch);
+        Ended::Retry { hinted: false }
+    };
+    let deadline = tokio::time::Instant::now() + c.config().request_timeout;
+    let Ok(link) = c.block_on(ac.link(&addr, deadline)) else {
+        return lost("could not connect");
+    };
+    let id = ac.new_id();
     let req = Request {
         id,
-        region_id: c.routes[i].region.id,
-        epoch: c.routes[i].region.epoch,
+        region_id,
+        epoch,
         op: match subject {
             Subject::Keys(keys) => Op::Watch {
                 keys: keys.clone(),
@@ -753,144 +777,180 @@ fn attempt_stream(
         session: None,
         system: false,
     };
-    let lost = |c: &mut Client, addr: &str, why: &str| {
-        ended(why.to_string());
-        c.conns.remove(addr);
-        c.mark_down(node);
-        c.routes[i].leader_node = 0;
-        Ended::Retry { hinted: false }
+    let Some(rx) = link.send_stream(req) else {
+        return lost("could not send the watch");
     };
-    let sent = match c.conn(&addr, deadline) {
-        Ok(conn) => {
-            use std::io::Write;
-            conn.stream.write_all(&encode_requests(&[req])).is_ok()
-        }
-        Err(_) => false,
+    // Dropped (on every way out) it cancels the watch on the server.
+    let mut watch = OpenWatch {
+        link,
+        id,
+        region,
+        rx,
+        first: Default::default(),
     };
-    if !sent {
-        return lost(c, &addr, "could not send the watch");
-    }
     let mut heard = Instant::now();
     let mut first = true;
     loop {
         if stop.load(Ordering::Acquire) {
-            // Closing the connection ends the watch on the server.
-            c.conns.remove(&addr);
             return Ended::Done;
         }
         if heard.elapsed() > SILENT_MAX {
-            return lost(c, &addr, "the connection fell silent");
+            return lost("the connection fell silent");
         }
-        let conn = c.conns.get_mut(&addr).expect("connection open");
-        let frame = match poll_frame(conn) {
-            Ok(Some(f)) => f,
-            Ok(None) => continue,
-            Err(e) => return lost(c, &addr, &format!("connection lost: {e}")),
+        // (The timer is made inside the runtime.)
+        let next = async { tokio::time::timeout(POLL, watch.rx.recv()).await };
+        let answer = match c.block_on(next) {
+            Ok(Some(Ok((resp, _)))) => resp,
+            Ok(Some(Err(e))) => return lost(&format!("connection lost: {e}")),
+            Ok(None) => return lost("connection lost"),
+            Err(_) => continue,
         };
         heard = Instant::now();
-        let responses = match frame {
-            Frame::Responses(rs) => rs,
-            _ => return lost(c, &addr, "the server sent a frame that is not a response"),
-        };
         update(status, |s| {
             s.frames += 1;
             s.last_frame = Some(heard);
         });
-        for r in responses.into_iter().filter(|r| r.id == id) {
-            match r.result {
-                Ok(Outcome::Events { progress, events }) => {
-                    if first {
-                        first = false;
-                        update(status, |s| s.accepted += 1);
+        match answer.result {
+            Ok(Outcome::Events { progress, events }) => {
+                if first {
+                    first = false;
+                    update(status, |s| s.accepted += 1);
+                }
+                let mut sent = 0;
+                let floor = *cursor;
+                let mut fresh = events.into_iter().filter(|e| e.version > floor).peekable();
+                // A prefix stream's position moves past each version once
+                // all of its changes are passed on.
+                let mut told = floor;
+                while let Some(e) = fresh.next() {
+                    let v = e.version;
+                    let part = if fresh.peek().is_none_or(|n| n.version != v) {
+                        subject.part(v)
+                    } else {
+                        None
+                    };
+                    if part.is_some() {
+                        told = v;
                     }
-                    let mut sent = 0;
-                    let floor = *cursor;
-                    let mut fresh = events.into_iter().filter(|e| e.version > floor).peekable();
-                    // A prefix stream's position moves past each version
-                    // once all of its changes are passed on.
-                    let mut told = floor;
-                    while let Some(e) = fresh.next() {
-                        let v = e.version;
-                        if tx.send(Item::Event(number, e)).is_err() {
+                    if tx.send(Item::Event(number, e, part)).is_err() {
+                        return Ended::Done;
+                    }
+                    sent += 1;
+                }
+                *cursor = (*cursor).max(progress);
+                if *cursor > told {
+                    if let Some(p) = subject.part(*cursor) {
+                        if tx.send(Item::Parts(vec![(number, p)])).is_err() {
                             return Ended::Done;
                         }
-                        sent += 1;
-                        if fresh.peek().is_none_or(|n| n.version != v) {
-                            if let Some(p) = subject.part(v) {
-                                if tx.send(Item::Parts(vec![(number, p)])).is_err() {
-                                    return Ended::Done;
-                                }
-                                told = v;
-                            }
-                        }
                     }
-                    *cursor = (*cursor).max(progress);
-                    if *cursor > told {
-                        if let Some(p) = subject.part(*cursor) {
-                            if tx.send(Item::Parts(vec![(number, p)])).is_err() {
-                                return Ended::Done;
-                            }
-                        }
+                }
+                // The first answer accepts the watch (its position is
+                // passed on first).
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                update(status, |s| {
+                    s.events += sent;
+                    s.cursor = *cursor;
+                });
+            }
+            Ok(other) => {
+                let _ = tx.send(Item::Failed(ClientError::Protocol(format!(
+                    "watch answered {other:?}"
+                ))));
+                return Ended::Done;
+            }
+            Err(e) => {
+                ended(e.to_string());
+                // This stream's link to a node that refused it goes (the
+                // next attempt may go elsewhere).
+                ac.close_link(&addr);
+                return match ac.learn(region, &e) {
+                    Routing::Retry { hinted } => Ended::Retry { hinted },
+                    Routing::Reload => {
+                        let _ = c.refresh();
+                        let (kept, split_at) = match &e {
+                            WireError::EpochNotMatch {
+                                regions,
+                                from_version,
+                                ..
+                            } => (regions.first().map_or(0, |r| r.id), *from_version),
+                            _ => (0, 0),
+                        };
+                        Ended::Regroup { kept, split_at }
                     }
-                    // The first answer accepts the watch (its position
-                    // is passed on first).
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
+                    Routing::Backoff => Ended::Retry { hinted: false },
+                    Routing::Other if e.code() == ErrorCode::Timeout => {
+                        ac.forget_leader(region_id, epoch);
+                        Ended::Retry { hinted: false }
                     }
-                    update(status, |s| {
-                        s.events += sent;
-                        s.cursor = *cursor;
-                    });
-                }
-                Ok(other) => {
-                    let _ = tx.send(Item::Failed(ClientError::Protocol(format!(
-                        "watch answered {other:?}"
-                    ))));
-                    return Ended::Done;
-                }
-                Err(e) => {
-                    c.conns.remove(&addr);
-                    ended(e.to_string());
-                    return match c.routes.on_error(i, &e) {
-                        Routing::Retry { hinted } => Ended::Retry { hinted },
-                        Routing::Reload => {
-                            let _ = c.refresh_routes(deadline);
-                            let (kept, split_at) = match &e {
-                                WireError::EpochNotMatch {
-                                    regions,
-                                    from_version,
-                                    ..
-                                } => (regions.first().map_or(0, |r| r.id), *from_version),
-                                _ => (0, 0),
-                            };
-                            Ended::Regroup { kept, split_at }
-                        }
-                        Routing::Backoff => Ended::Retry { hinted: false },
-                        Routing::Other if e.code() == ErrorCode::Timeout => {
-                            c.routes.forget_leader(i);
-                            Ended::Retry { hinted: false }
-                        }
-                        Routing::Other => {
-                            let _ = tx.send(Item::Failed(wire_to_client(e)));
-                            Ended::Done
-                        }
-                    };
-                }
+                    Routing::Other => {
+                        let _ = tx.send(Item::Failed(wire_to_client(e)));
+                        Ended::Done
+                    }
+                };
             }
         }
     }
 }
 
-/// Reads one frame, waiting at most [`POLL`]; `Ok(None)` if none came.
-fn poll_frame(conn: &mut Conn) -> std::result::Result<Option<Frame>, String> {
-    loop {
-        match conn.frames.next_frame() {
-            Ok(Some(body)) => return decode_frame(body).map(Some).map_err(|e| e.to_string()),
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch() -> (Watch, mpsc::Sender<Item>) {
+        let (tx, rx) = mpsc::channel();
+        let streams = Streams {
+            cfg: crate::ClientConfig::new(vec![]),
+            tx: tx.clone(),
+            stop: Arc::default(),
+            threads: Arc::default(),
+            statuses: Arc::default(),
+            next_stream: Arc::default(),
+        };
+        let w = Watch {
+            rx,
+            streams,
+            early: RefCell::default(),
+            parts: RefCell::default(),
+        };
+        (w, tx)
+    }
+
+    fn part(cursor: u64) -> Part {
+        Part {
+            start_hash: 0,
+            end_hash: 0,
+            cursor,
         }
-        if !conn.read_more(POLL)? {
-            return Ok(None);
+    }
+
+    fn change(version: u64) -> Change {
+        Change {
+            key: Bytes::from_static(b"/app/k"),
+            kind: corekv_types::watch::ChangeKind::Put,
+            value: Bytes::from_static(b"v"),
+            version,
+            expire_at_ms: 0,
         }
+    }
+
+    /// A token made right after a change was taken, before its stream sent
+    /// anything more, counts that change (a resume from it would repeat
+    /// it otherwise), and not the ones not taken yet.
+    #[test]
+    fn a_token_made_right_after_a_change_is_taken_counts_it() {
+        let (w, tx) = watch();
+        w.parts.borrow_mut().insert(0, part(16));
+        tx.send(Item::Event(0, change(17), Some(part(17)))).unwrap();
+        tx.send(Item::Event(0, change(18), Some(part(18)))).unwrap();
+        let got = w.next(Duration::from_secs(1)).unwrap().unwrap();
+        assert_eq!(got.version, 17);
+        let token = w.resume_token().unwrap();
+        assert_eq!(token.parts[0].cursor, 17, "{token}");
+        // The untaken one is still delivered, then counted.
+        assert_eq!(w.next(Duration::from_secs(1)).unwrap().unwrap().version, 18);
+        assert_eq!(w.resume_token().unwrap().parts[0].cursor, 18);
     }
 }

@@ -46,7 +46,7 @@ fn payload_bytes(r: &Request) -> usize {
 const READ_BYTES: usize = 64 * 1024;
 
 /// An answer, or why none will come.
-pub(super) type Answer = std::result::Result<(Response, ResponseFields), String>;
+pub(crate) type Answer = std::result::Result<(Response, ResponseFields), String>;
 
 /// Who waits for the answers to a request: one caller for one answer, or a
 /// watch for every frame of its stream.
@@ -79,7 +79,7 @@ pub(super) enum OpenError {
 }
 
 /// A connection to one address.
-pub(super) struct Link {
+pub(crate) struct Link {
     queue: mpsc::UnboundedSender<Request>,
     waiters: Arc<Waiters>,
     closed: Arc<AtomicBool>,
@@ -198,7 +198,7 @@ impl Link {
             frames.filled(READ_BYTES, n);
             if n == 0 {
                 let hint = if cfg.tls.is_none() {
-                    " (if the cluster serves TLS, give its CA)"
+                    " (if the cluster serves TLS, give its CA: ClientConfig::tls, --tls-ca)"
                 } else {
                     ""
                 };
@@ -208,14 +208,14 @@ impl Link {
     }
 
     /// False once the connection failed.
-    pub(super) fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
     }
 
     /// Queues `req`; the receiver gets its answer, or an error once the
     /// link fails before the answer came. None: the link is closed and
     /// nothing was sent. Never blocks.
-    pub(super) fn send(&self, req: Request) -> Option<oneshot::Receiver<Answer>> {
+    pub(crate) fn send(&self, req: Request) -> Option<oneshot::Receiver<Answer>> {
         let (tx, rx) = oneshot::channel();
         self.queue_with(req, Waiter::Once(tx)).then_some(rx)
     }
@@ -223,7 +223,7 @@ impl Link {
     /// Queues a request answered by a stream of frames (a watch): the
     /// receiver gets each of them, then an error once the link fails. The
     /// stream's waiter stays until [`Link::forget`] or the link closes.
-    pub(super) fn send_stream(&self, req: Request) -> Option<mpsc::UnboundedReceiver<Answer>> {
+    pub(crate) fn send_stream(&self, req: Request) -> Option<mpsc::UnboundedReceiver<Answer>> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.queue_with(req, Waiter::Stream(tx)).then_some(rx)
     }
@@ -241,13 +241,13 @@ impl Link {
     }
 
     /// Queues `req` with no one waiting for its answer (a watch's cancel).
-    pub(super) fn send_and_forget(&self, req: Request) {
+    pub(crate) fn send_and_forget(&self, req: Request) {
         let (tx, _) = oneshot::channel();
         self.queue_with(req, Waiter::Once(tx));
     }
 
     /// Forgets the caller waiting for `id` (it gave up).
-    pub(super) fn forget(&self, id: u64) {
+    pub(crate) fn forget(&self, id: u64) {
         self.waiters.lock().unwrap().remove(&id);
     }
 }

@@ -16,15 +16,19 @@
 //! [`AsyncClient::watch_prefix`] and [`AsyncClient::watch`] are
 //! [`futures_core::Stream`]s of changes.
 //!
-//! Not here yet: batches, transactions and admin operations (use the
-//! blocking [`crate::Client`] for those).
+//! Every other operation is here too: counters, compare-and-set,
+//! transactions, pipelines and batches ([`ops`]), and administration
+//! ([`admin`]). The blocking [`crate::Client`] runs these same futures on
+//! a runtime of its own.
 
+mod admin;
 pub mod cache;
-mod link;
+pub(crate) mod link;
+mod ops;
 mod stream;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,14 +38,16 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::client::{
-    put_request, wire_to_client, ClientConfig, ClientError, PutOptions, Result, Value,
+    put_request, wire_to_client, ClientConfig, ClientError, PutOptions, Result, RouteBy, Value,
 };
 use crate::message::{Op, Outcome, Request, ResponseFields, RouteInfo};
 use crate::routing::{attempt_request, classify, LoadStep, RouteTable, RoutesLoad, Routing};
 use crate::wire::ErrorCode;
 use link::{Link, OpenError};
 
+pub use admin::RegionBackup;
 pub use cache::{CacheOptions, CacheStats, Cached, Selection};
+pub use ops::PIPELINED_WRITES_MAX;
 pub use stream::{ScanPages, WatchStream};
 
 /// The region (id, epoch) a request was routed to.
@@ -74,6 +80,8 @@ impl std::fmt::Debug for AsyncClient {
 
 struct Inner {
     cfg: ClientConfig,
+    /// Requests go as the cluster's own (see [`ClientConfig::system`]).
+    system: AtomicBool,
     state: Mutex<State>,
     links: Mutex<HashMap<String, Arc<Link>>>,
     /// One connection attempt per address at a time: a burst of requests
@@ -108,6 +116,7 @@ impl Drop for Lent<'_> {
 impl Inner {
     fn new(cfg: ClientConfig) -> Inner {
         Inner {
+            system: AtomicBool::new(cfg.system),
             cfg,
             state: Mutex::default(),
             links: Mutex::default(),
@@ -153,13 +162,13 @@ struct State {
 /// A watch a leader accepted: its first answer, and the stream of the
 /// rest. Dropping it cancels the watch.
 pub(crate) struct OpenWatch {
-    link: Arc<Link>,
-    id: u64,
+    pub(crate) link: Arc<Link>,
+    pub(crate) id: u64,
     /// The region it was sent to (its cancel goes there too).
-    region: Routed,
-    rx: tokio::sync::mpsc::UnboundedReceiver<link::Answer>,
+    pub(crate) region: Routed,
+    pub(crate) rx: tokio::sync::mpsc::UnboundedReceiver<link::Answer>,
     /// The first answer's progress and changes.
-    first: (u64, Vec<corekv_types::watch::Change>),
+    pub(crate) first: (u64, Vec<corekv_types::watch::Change>),
 }
 
 impl Drop for OpenWatch {
@@ -176,7 +185,7 @@ impl Drop for OpenWatch {
     }
 }
 
-enum CallError {
+pub(crate) enum CallError {
     /// Nothing was sent: safe to retry anything.
     NotSent(String),
     /// Sent, no answer: a write's outcome is unknown.
@@ -186,7 +195,33 @@ enum CallError {
     TimedOut(String),
 }
 
+/// Where one attempt at a request goes.
+pub(crate) enum Picked {
+    /// No region in the table for it: reload.
+    NoRoute,
+    /// The region, but no replica address: reload, back off.
+    NoReplica,
+    /// The region, and the node (id, address) to send to.
+    At(Routed, u64, String),
+}
+
 impl State {
+    /// Region `by` and where attempt number `attempt` at it goes.
+    fn pick(&mut self, by: RouteBy, attempt: u32, spread: bool, shard_aware: bool) -> Picked {
+        let found = match by {
+            RouteBy::Hash(h) => self.routes.index(h),
+            RouteBy::Region(id) => self.routes.position(id),
+        };
+        let Some(i) = found else {
+            return Picked::NoRoute;
+        };
+        let region = (self.routes[i].region.id, self.routes[i].region.epoch);
+        match self.target(i, attempt, spread, shard_aware) {
+            Some((node, addr)) => Picked::At(region, node, addr),
+            None => Picked::NoReplica,
+        }
+    }
+
     fn is_down(&self, node: u64) -> bool {
         self.down_until
             .get(&node)
@@ -269,6 +304,11 @@ impl AsyncClient {
         })
     }
 
+    /// The settings it was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
     /// The regions as last loaded.
     pub fn routes(&self) -> Vec<RouteInfo> {
         self.inner.state.lock().unwrap().routes.to_vec()
@@ -323,11 +363,11 @@ impl AsyncClient {
             .map_err(|last| ClientError::Unavailable { attempts: 1, last })
     }
 
-    fn new_id(&self) -> u64 {
+    pub(crate) fn new_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    async fn backoff(&self, attempt: u32, deadline: Instant) -> bool {
+    pub(crate) async fn backoff(&self, attempt: u32, deadline: Instant) -> bool {
         let cfg = &self.inner.cfg;
         let d = cfg
             .backoff_base
@@ -341,7 +381,11 @@ impl AsyncClient {
     }
 
     /// The open link to `addr`, or a new one.
-    async fn link(&self, addr: &str, deadline: Instant) -> std::result::Result<Arc<Link>, String> {
+    pub(crate) async fn link(
+        &self,
+        addr: &str,
+        deadline: Instant,
+    ) -> std::result::Result<Arc<Link>, String> {
         let open =
             |links: &HashMap<String, Arc<Link>>| links.get(addr).filter(|l| l.is_open()).cloned();
         if let Some(l) = open(&self.inner.links.lock().unwrap()) {
@@ -400,7 +444,7 @@ impl AsyncClient {
         Ok(link)
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         addr: &str,
         req: Request,
@@ -429,7 +473,7 @@ impl AsyncClient {
 
     /// Avoids `node` for a while and drops its failed connections (an open
     /// one, perhaps just made by another task, stays).
-    fn mark_down(&self, node: u64) {
+    pub(crate) fn mark_down(&self, node: u64) {
         let mut st = self.inner.state.lock().unwrap();
         st.down_until
             .insert(node, std::time::Instant::now() + DOWN_FOR);
@@ -454,7 +498,11 @@ impl AsyncClient {
 
     /// Reloads the table unless another task did since `seen` (its
     /// generation when it found the table wanting).
-    async fn reload_after(&self, seen: u64, deadline: Instant) -> std::result::Result<(), String> {
+    pub(crate) async fn reload_after(
+        &self,
+        seen: u64,
+        deadline: Instant,
+    ) -> std::result::Result<(), String> {
         let _gate = tokio::time::timeout_at(deadline, self.inner.reload.lock())
             .await
             .map_err(|_| "timed out waiting for the routing table".to_string())?;
@@ -507,14 +555,35 @@ impl AsyncClient {
         Ok(())
     }
 
-    /// Runs one operation on the region owning `hash`, with retries (the
-    /// rules of the blocking client's `execute_tagged`); says which region
-    /// (id and epoch) answered.
-    async fn execute(
+    /// Runs one operation on the region owning `hash`, with retries; says
+    /// which region (id and epoch) answered.
+    pub(crate) async fn execute(
         &self,
         hash: u64,
         op: Op,
         idempotent: bool,
+    ) -> Result<(Outcome, ResponseFields, Routed)> {
+        self.execute_by(RouteBy::Hash(hash), op, idempotent, None)
+            .await
+    }
+
+    /// Whether requests go as the cluster's own.
+    pub(crate) fn system(&self) -> bool {
+        self.inner.system.load(Ordering::Relaxed)
+    }
+
+    /// Runs one operation on a region chosen by key hash or id, with
+    /// retries: NotLeader hints are followed, a stale table reloaded, Busy
+    /// and silent nodes backed off from. A non-idempotent write carries a
+    /// session tag (`preset`, an earlier attempt's with `retry` saying
+    /// whether that one may have been applied, or a new one) and is retried
+    /// with it after a lost answer: the region applies it once.
+    pub(crate) async fn execute_by(
+        &self,
+        by: RouteBy,
+        op: Op,
+        idempotent: bool,
+        preset: Option<SessionTag>,
     ) -> Result<(Outcome, ResponseFields, Routed)> {
         let cfg = &self.inner.cfg;
         let deadline = Instant::now() + cfg.request_timeout;
@@ -525,14 +594,20 @@ impl AsyncClient {
                 ..
             }
         );
-        let lent = match (&op, idempotent) {
-            (Op::Write(_), false) => Some(self.inner.lend_session()),
+        let lent = match (&op, idempotent, preset) {
+            (Op::Write(_), false, None) => Some(self.inner.lend_session()),
             _ => None,
         };
-        let session = lent.as_ref().map(|l| l.tag);
+        let session = match (&op, idempotent) {
+            (Op::Write(_), false) => preset.or(lent.as_ref().map(|l| l.tag)),
+            _ => None,
+        };
         let mut last = String::new();
         let mut attempt = 0;
-        let mut uncertain = false;
+        let mut uncertain = session.is_some_and(|s| s.retry);
+        // An operation that is neither idempotent nor tagged (a split, a
+        // membership change) is never sent twice: a lost answer ends it.
+        let at_most_once = !idempotent && session.is_none();
         while attempt < cfg.attempts_max && Instant::now() < deadline {
             attempt += 1;
             let generation = self.inner.generation.load(Ordering::Acquire);
@@ -541,33 +616,30 @@ impl AsyncClient {
                 if let Some(why) = st.login_refused.take() {
                     return Err(ClientError::Unauthenticated(why));
                 }
-                match st.routes.index(hash) {
-                    None => None,
-                    Some(i) => {
-                        let region = (st.routes[i].region.id, st.routes[i].region.epoch);
-                        Some((region, st.target(i, attempt, spread, cfg.shard_aware)))
+                st.pick(by, attempt, spread, cfg.shard_aware)
+            };
+            let ((region_id, epoch), node, addr) = match picked {
+                Picked::At(region, node, addr) => (region, node, addr),
+                Picked::NoRoute => {
+                    if let Err(e) = self.reload_after(generation, deadline).await {
+                        last = e;
+                        self.backoff(attempt, deadline).await;
                     }
+                    continue;
                 }
-            };
-            let Some(((region_id, epoch), target)) = picked else {
-                if let Err(e) = self.reload_after(generation, deadline).await {
-                    last = e;
+                Picked::NoReplica => {
+                    last = "no replica address known".into();
+                    let _ = self.reload_after(generation, deadline).await;
                     self.backoff(attempt, deadline).await;
+                    continue;
                 }
-                continue;
-            };
-            let Some((node, addr)) = target else {
-                last = "no replica address known".into();
-                let _ = self.reload_after(generation, deadline).await;
-                self.backoff(attempt, deadline).await;
-                continue;
             };
             let req = attempt_request(
                 self.new_id(),
                 (region_id, epoch),
                 &op,
                 (session, uncertain),
-                cfg.system,
+                self.system(),
             );
             match self.call(&addr, req, deadline).await {
                 Ok((resp, fields)) => match resp.result {
@@ -585,6 +657,9 @@ impl AsyncClient {
                             // A write is retried with the same tag: the
                             // region applies it once.
                             Routing::Other if e.code() == ErrorCode::Timeout => {
+                                if at_most_once {
+                                    return Err(ClientError::Unknown(last));
+                                }
                                 uncertain |= !idempotent;
                                 self.backoff(attempt, deadline).await;
                             }
@@ -600,6 +675,9 @@ impl AsyncClient {
                 }
                 Err(CallError::Lost(e)) => {
                     self.mark_down(node);
+                    if at_most_once {
+                        return Err(ClientError::Unknown(e));
+                    }
                     uncertain |= !idempotent;
                     last = e;
                     self.forget_leader(region_id, epoch);
@@ -677,7 +755,7 @@ impl AsyncClient {
                 epoch,
                 op: op.clone(),
                 session: None,
-                system: cfg.system,
+                system: self.system(),
             };
             let Some(rx) = link.send_stream(req) else {
                 self.backoff(attempt, deadline).await;
@@ -729,7 +807,11 @@ impl AsyncClient {
     /// What error `e` of a request routed to `routed` means, learnt into
     /// the table (a leader hint, a stale table). The table may have been
     /// replaced meanwhile: only the entry the request used learns.
-    fn learn(&self, (region_id, epoch): Routed, e: &crate::message::WireError) -> Routing {
+    pub(crate) fn learn(
+        &self,
+        (region_id, epoch): Routed,
+        e: &crate::message::WireError,
+    ) -> Routing {
         let mut st = self.inner.state.lock().unwrap();
         match st.routes.position(region_id) {
             Some(j) if same_range((region_id, st.routes[j].region.epoch), (region_id, epoch)) => {
@@ -739,7 +821,7 @@ impl AsyncClient {
         }
     }
 
-    fn forget_leader(&self, region_id: u64, epoch: corekv_types::Epoch) {
+    pub(crate) fn forget_leader(&self, region_id: u64, epoch: corekv_types::Epoch) {
         let mut st = self.inner.state.lock().unwrap();
         if let Some(j) = st.routes.position(region_id) {
             if st.routes[j].region.epoch == epoch {

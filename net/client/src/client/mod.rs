@@ -1,5 +1,8 @@
 //! The native client: a blocking library usable from any application thread
-//! (no async runtime needed).
+//! (no async runtime needed), a thin wrapper over [`crate::AsyncClient`]:
+//! each call runs the async client's future on a single-threaded runtime
+//! the client owns, so both clients share one request path (routing,
+//! retries, sessions, pipelined connections).
 //!
 //! It keeps a region cache (hash range → region, epoch, leader node) loaded
 //! from any endpoint, sends each request straight to the region's leader,
@@ -11,42 +14,31 @@
 //! answer within the time budget, the write is reported as
 //! [`ClientError::Unknown`].
 //!
+//! A `Client`'s calls block: from async code use [`crate::AsyncClient`], or
+//! call it in `spawn_blocking`/`block_in_place` (on a runtime's worker
+//! thread itself tokio refuses to block, with a panic; dropping a `Client`
+//! there panics too, as it ends the client's runtime).
+//!
 //! # Layout
-//! - this file: settings, errors, the client and its request path (call,
-//!   execute with retries);
-//! - `routes`: the routing table and where each request goes;
-//! - `conn`: one connection (framing, deadlines);
+//! - this file: settings, errors, the client;
 //! - `kv`: reads and writes;
 //! - `admin`: checks, transfers, splits, membership, shard moves, status.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use corekv_types::{
-    route_hash, Condition, Consistency, PutItem, SessionTag, TxnCheck, TxnOp, WriteRequest,
-};
-use rand::Rng;
+use corekv_types::{Condition, Consistency, TxnCheck, TxnOp, WriteRequest};
 
-use crate::frame::FrameBuffer;
-use crate::message::{
-    decode_frame_with_fields, encode_client_hello, encode_requests, Frame, NodeInfo, Op, Outcome,
-    Request, Response, ResponseFields, RouteInfo, WireError,
-};
+use crate::message::{Outcome, ResponseFields, RouteInfo, WireError};
 use crate::wire::ErrorCode;
+use crate::AsyncClient;
 
 mod admin;
-mod conn;
 mod kv;
-mod routes;
 
+pub use crate::aio::RegionBackup;
 pub use crate::routing::{covers_hash_space, merge_routes};
-use crate::routing::{RouteTable, Routing};
-pub use admin::RegionBackup;
-pub(crate) use conn::Conn;
-use conn::*;
 pub(crate) use kv::put_request;
 
 /// Client settings.
@@ -204,31 +196,12 @@ pub struct PutOptions {
     pub if_version: Option<u64>,
 }
 
-enum CallError {
-    /// Nothing was sent: safe to retry anything.
-    NotSent(String),
-    /// Sent, no answer: a write's outcome is unknown.
-    Lost(String),
-}
-
-/// A connection-pooling, region-aware client.
+/// A region-aware client whose calls block: [`AsyncClient`]'s request
+/// path, run on a runtime of its own.
 pub struct Client {
-    pub(crate) cfg: ClientConfig,
-    pub(crate) routes: RouteTable,
-    nodes: HashMap<u64, String>,
-    pub(crate) conns: HashMap<String, Conn>,
-    /// Per-shard client ports of each address, as its `Hello` gave them.
-    shard_ports: HashMap<String, Vec<u16>>,
-    next_id: u64,
-    client_id: u64,
-    seq: u64,
-    /// Nodes that failed to answer recently, avoided until the instant given.
-    down_until: HashMap<u64, Instant>,
-    /// Turn of the follower-read round-robin.
-    spread: usize,
-    /// Why a node refused this client's login, if one did: operations end
-    /// with it instead of trying other nodes with the same credentials.
-    login_refused: Option<String>,
+    // (Dropped in this order: the connections, then their runtime.)
+    inner: AsyncClient,
+    rt: tokio::runtime::Runtime,
 }
 
 /// How an operation picks its region.
@@ -239,9 +212,6 @@ pub(crate) enum RouteBy {
     /// The region with this id.
     Region(u64),
 }
-
-/// How long a node that did not answer is avoided.
-const DOWN_FOR: Duration = Duration::from_secs(1);
 
 pub(crate) fn wire_to_client(e: WireError) -> ClientError {
     match e {
@@ -272,394 +242,68 @@ pub(crate) fn wire_to_client(e: WireError) -> ClientError {
 
 impl Client {
     /// Connects to the cluster: loads the routing table from the first
-    /// endpoint that answers.
+    /// endpoint that answers. Blocks: not from async code on a runtime's
+    /// worker thread (tokio panics there), but from any other thread,
+    /// `spawn_blocking` and `block_in_place` included.
     pub fn connect(cfg: ClientConfig) -> Result<Client> {
-        if cfg.endpoints.is_empty() {
-            return Err(ClientError::Protocol("no endpoints".into()));
-        }
-        let mut c = Client {
-            cfg,
-            routes: RouteTable::default(),
-            nodes: HashMap::new(),
-            conns: HashMap::new(),
-            shard_ports: HashMap::new(),
-            next_id: 1,
-            client_id: rand::thread_rng().gen_range(1..u64::MAX),
-            seq: 0,
-            down_until: HashMap::new(),
-            spread: 0,
-            login_refused: None,
-        };
-        let deadline = Instant::now() + c.cfg.request_timeout;
-        let mut last = String::new();
-        for attempt in 0..c.cfg.attempts_max {
-            match c.refresh_routes(deadline) {
-                Ok(()) => return Ok(c),
-                Err(e) => last = e,
-            }
-            if let Some(why) = c.login_refused.take() {
-                return Err(ClientError::Unauthenticated(why));
-            }
-            if !c.backoff(attempt, deadline) {
-                break;
-            }
-        }
-        Err(ClientError::Unavailable {
-            attempts: c.cfg.attempts_max,
-            last,
-        })
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| ClientError::Protocol(format!("starting the client's runtime: {e}")))?;
+        let inner = rt.block_on(AsyncClient::connect(cfg))?;
+        Ok(Client { rt, inner })
+    }
+
+    /// Runs one of the async client's operations to its end.
+    fn run<'a, T, F>(&'a self, op: impl FnOnce(&'a AsyncClient) -> F) -> T
+    where
+        F: std::future::Future<Output = T> + 'a,
+    {
+        self.rt.block_on(op(&self.inner))
+    }
+
+    /// Runs `f` on the client's runtime (its connections' tasks run
+    /// meanwhile).
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// The async client underneath (its connections' tasks run only inside
+    /// this client's calls: not for use on another runtime).
+    pub(crate) fn as_async(&self) -> &AsyncClient {
+        &self.inner
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &ClientConfig {
+        self.inner.config()
     }
 
     /// The regions as last loaded.
-    pub fn routes(&self) -> &[RouteInfo] {
-        &self.routes
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        self.inner.routes()
     }
 
     /// Node client addresses as last loaded.
-    pub fn nodes(&self) -> &HashMap<u64, String> {
-        &self.nodes
+    pub fn nodes(&self) -> HashMap<u64, String> {
+        self.inner.nodes()
     }
 
     /// The per-shard client ports `node` gave in its `Hello` (connecting
     /// to it if need be; index = shard, 0 = none); empty when it has none.
     pub fn shard_ports_of(&mut self, node: u64) -> Result<Vec<u16>> {
-        let addr = self
-            .nodes
-            .get(&node)
-            .cloned()
-            .ok_or_else(|| ClientError::Protocol(format!("node {node} is not known")))?;
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        self.conn(&addr, deadline)
-            .map_err(|e| ClientError::Unavailable {
-                attempts: 1,
-                last: e,
-            })?;
-        Ok(self.shard_ports.get(&addr).cloned().unwrap_or_default())
+        self.run(|c| c.shard_ports_of(node))
     }
 
     /// Node ids and client addresses as last loaded, by node id.
     pub fn nodes_sorted(&self) -> Vec<(u64, String)> {
-        let mut v: Vec<(u64, String)> = self.nodes.iter().map(|(n, a)| (*n, a.clone())).collect();
-        v.sort_unstable();
-        v
-    }
-
-    pub(crate) fn backoff(&self, attempt: u32, deadline: Instant) -> bool {
-        let exp = self
-            .cfg
-            .backoff_base
-            .saturating_mul(1u32 << attempt.min(16));
-        let d = exp.min(self.cfg.backoff_max);
-        let now = Instant::now();
-        if now + d >= deadline {
-            return false;
-        }
-        std::thread::sleep(d);
-        true
-    }
-
-    pub(crate) fn conn(
-        &mut self,
-        addr: &str,
-        deadline: Instant,
-    ) -> std::result::Result<&mut Conn, String> {
-        if !self.conns.contains_key(addr) {
-            let sa = addr
-                .to_socket_addrs()
-                .map_err(|e| format!("{addr}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{addr}: no address"))?;
-            let budget = deadline
-                .saturating_duration_since(Instant::now())
-                .min(self.cfg.connect_timeout);
-            if budget.is_zero() {
-                return Err("deadline passed".into());
-            }
-            let started = Instant::now();
-            let tcp =
-                TcpStream::connect_timeout(&sa, budget).map_err(|e| format!("{addr}: {e}"))?;
-            tcp.set_nodelay(true).ok();
-            // The TLS handshake gets what is left of the connect budget.
-            let left = budget.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                return Err(format!("{addr}: connect budget spent before the handshake"));
-            }
-            tcp.set_read_timeout(Some(left)).ok();
-            let mut stream = crate::tls::SyncStream::dial(tcp, addr, self.cfg.tls.as_ref())?;
-            let creds = self
-                .cfg
-                .credentials
-                .as_ref()
-                .map(|c| (c.user.as_str(), c.token.as_str()));
-            stream
-                .write_all(&encode_client_hello(creds))
-                .map_err(|e| format!("{addr}: {e}"))?;
-            let mut conn = Conn {
-                stream,
-                frames: FrameBuffer::new(self.cfg.frame_bytes_max),
-            };
-            // The hello must come back quickly: a node that accepts but does
-            // not answer (paused, overloaded) is not worth the whole budget.
-            let hello_deadline = deadline.min(Instant::now() + self.cfg.connect_timeout);
-            let plain = self.cfg.tls.is_none();
-            let hello = read_frame(&mut conn, hello_deadline).map_err(|e| {
-                // A node with TLS closes plain connections without a word.
-                if plain && e.contains("closed by the server") {
-                    format!("{addr}: {e} (if the cluster serves TLS, give its CA: --tls-ca)")
-                } else {
-                    format!("{addr}: {e}")
-                }
-            })?;
-            match hello {
-                Frame::Hello { shard_ports, .. } => {
-                    self.shard_ports.insert(addr.to_string(), shard_ports);
-                }
-                Frame::Error(e) => {
-                    let why = format!("{addr}: {}", e.message());
-                    if e.code() == ErrorCode::Unauthenticated {
-                        self.login_refused = Some(why.clone());
-                    }
-                    return Err(why);
-                }
-                other => return Err(format!("{addr}: expected hello, got {other:?}")),
-            }
-            self.conns.insert(addr.to_string(), conn);
-        }
-        Ok(self.conns.get_mut(addr).unwrap())
-    }
-
-    fn call(
-        &mut self,
-        addr: &str,
-        reqs: &[Request],
-        deadline: Instant,
-    ) -> std::result::Result<Vec<(Response, ResponseFields)>, CallError> {
-        match self.call_partial(addr, reqs, deadline) {
-            (_, Some(e)) => Err(e),
-            (got, None) => Ok(got.into_iter().map(|r| r.expect("all answered")).collect()),
-        }
-    }
-
-    /// Sends `reqs` in one frame and collects the answers, in request
-    /// order, until all came or the connection failed: then the error, and
-    /// the answers that came before it.
-    #[allow(clippy::type_complexity)]
-    fn call_partial(
-        &mut self,
-        addr: &str,
-        reqs: &[Request],
-        deadline: Instant,
-    ) -> (Vec<Option<(Response, ResponseFields)>>, Option<CallError>) {
-        let mut got: Vec<Option<(Response, ResponseFields)>> = vec![None; reqs.len()];
-        let conn = match self.conn(addr, deadline) {
-            Ok(c) => c,
-            Err(e) => return (got, Some(CallError::NotSent(e))),
-        };
-        let frame = encode_requests(reqs);
-        if let Err(e) = conn.stream.write_all(&frame) {
-            self.conns.remove(addr);
-            // A partial write may have delivered the frame.
-            return (got, Some(CallError::Lost(format!("{addr}: {e}"))));
-        }
-        let mut missing = reqs.len();
-        while missing > 0 {
-            let conn = self.conns.get_mut(addr).unwrap();
-            let (frame, fields) = match read_frame_with_fields(conn, deadline) {
-                Ok(f) => f,
-                Err(e) => {
-                    self.conns.remove(addr);
-                    return (got, Some(CallError::Lost(e)));
-                }
-            };
-            match frame {
-                Frame::Responses(rs) => {
-                    for (r, f) in rs.into_iter().zip(fields) {
-                        if let Some(i) = reqs.iter().position(|q| q.id == r.id) {
-                            if got[i].is_none() {
-                                missing -= 1;
-                            }
-                            got[i] = Some((r, f));
-                        }
-                    }
-                }
-                Frame::Error(e) => {
-                    self.conns.remove(addr);
-                    let e = CallError::Lost(format!("{addr}: {}", e.message()));
-                    return (got, Some(e));
-                }
-                other => {
-                    self.conns.remove(addr);
-                    let e = CallError::Lost(format!("{addr}: unexpected {other:?}"));
-                    return (got, Some(e));
-                }
-            }
-        }
-        (got, None)
-    }
-
-    /// A session tag for a new write of this client.
-    pub(crate) fn new_tag(&mut self) -> SessionTag {
-        self.seq += 1;
-        SessionTag {
-            client_id: self.client_id,
-            seq: self.seq,
-            retry: false,
-        }
-    }
-
-    pub(crate) fn new_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    /// Runs one operation on the region owning `key`, with retries.
-    fn execute(
-        &mut self,
-        key: &[u8],
-        op: Op,
-        idempotent: bool,
-    ) -> Result<(Outcome, ResponseFields)> {
-        self.execute_on(RouteBy::Hash(route_hash(key)), op, idempotent)
-    }
-
-    /// Runs one operation on a region chosen by a key hash or by id.
-    fn execute_on(
-        &mut self,
-        by: RouteBy,
-        op: Op,
-        idempotent: bool,
-    ) -> Result<(Outcome, ResponseFields)> {
-        self.execute_tagged(by, op, idempotent, None)
-    }
-
-    /// Like [`Client::execute_on`]; a write with `preset` goes with that
-    /// session tag (an earlier attempt's, its `retry` saying whether that
-    /// one may have been applied) instead of a new one.
-    pub(crate) fn execute_tagged(
-        &mut self,
-        by: RouteBy,
-        op: Op,
-        idempotent: bool,
-        preset: Option<SessionTag>,
-    ) -> Result<(Outcome, ResponseFields)> {
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        let spread = matches!(
-            op,
-            Op::Get {
-                consistency: Consistency::Follower,
-                ..
-            }
-        );
-        let session = match (&op, idempotent, preset) {
-            (Op::Write(_), false, Some(tag)) => Some(tag),
-            (Op::Write(_), false, None) => Some(self.new_tag()),
-            _ => None,
-        };
-        let mut last = String::new();
-        let mut attempt = 0;
-        let mut uncertain = session.is_some_and(|s| s.retry);
-        while attempt < self.cfg.attempts_max && Instant::now() < deadline {
-            attempt += 1;
-            if let Some(why) = self.login_refused.take() {
-                return Err(ClientError::Unauthenticated(why));
-            }
-            let found = match by {
-                RouteBy::Hash(hash) => self.route_index(hash),
-                RouteBy::Region(id) => self.routes.position(id),
-            };
-            let Some(i) = found else {
-                if let Err(e) = self.refresh_routes(deadline) {
-                    last = e;
-                    self.backoff(attempt, deadline);
-                }
-                continue;
-            };
-            let picked = if spread {
-                self.spread += 1;
-                self.any_replica(i, self.spread)
-            } else {
-                self.learn_shard_ports(i, deadline);
-                self.target(i, attempt)
-            };
-            let Some((node, addr)) = picked else {
-                last = "no replica address known".into();
-                let _ = self.refresh_routes(deadline);
-                self.backoff(attempt, deadline);
-                continue;
-            };
-            let (region_id, epoch) = (self.routes[i].region.id, self.routes[i].region.epoch);
-            let req = crate::routing::attempt_request(
-                self.new_id(),
-                (region_id, epoch),
-                &op,
-                (session, uncertain),
-                self.cfg.system,
-            );
-            match self.call(&addr, std::slice::from_ref(&req), deadline) {
-                Ok(mut rs) => {
-                    let (resp, fields) = rs.remove(0);
-                    match resp.result {
-                        Ok(o) => return Ok((o, fields)),
-                        Err(e) => {
-                            last = format!("{addr}: {e}");
-                            match self.routes.on_error(i, &e) {
-                                Routing::Retry { hinted: true } => {}
-                                Routing::Retry { hinted: false } | Routing::Backoff => {
-                                    self.backoff(attempt, deadline);
-                                }
-                                Routing::Reload => {
-                                    let _ = self.refresh_routes(deadline);
-                                }
-                                // A write with a session tag is retried with
-                                // the same tag: the region applies it once.
-                                Routing::Other
-                                    if e.code() == ErrorCode::Timeout
-                                        && (idempotent || session.is_some()) =>
-                                {
-                                    uncertain |= !idempotent;
-                                    self.backoff(attempt, deadline);
-                                }
-                                Routing::Other if e.code() == ErrorCode::Timeout => {
-                                    return Err(ClientError::Unknown(last))
-                                }
-                                Routing::Other => return Err(wire_to_client(e)),
-                            }
-                        }
-                    }
-                }
-                Err(CallError::NotSent(e)) => {
-                    last = e;
-                    self.mark_down(node);
-                    self.routes[i].leader_node = 0;
-                    self.backoff(attempt, deadline);
-                }
-                Err(CallError::Lost(e)) => {
-                    self.mark_down(node);
-                    if !idempotent && session.is_none() {
-                        return Err(ClientError::Unknown(e));
-                    }
-                    uncertain |= !idempotent;
-                    last = e;
-                    self.routes[i].leader_node = 0;
-                    self.backoff(attempt, deadline);
-                }
-            }
-        }
-        if uncertain {
-            // A try may have been applied and no retry got its answer.
-            return Err(ClientError::Unknown(last));
-        }
-        Err(ClientError::Unavailable {
-            attempts: attempt,
-            last,
-        })
+        self.inner.nodes_sorted()
     }
 
     /// Reloads the routing table (regions, epochs, leaders).
     pub fn refresh(&mut self) -> Result<()> {
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        self.refresh_routes(deadline)
-            .map_err(|last| ClientError::Unavailable { attempts: 1, last })
+        self.run(|c| c.refresh())
     }
 }
 
@@ -680,6 +324,25 @@ mod tests {
             leader_node: 0,
             leader_shard: None,
         }
+    }
+
+    #[test]
+    fn the_blocking_client_runs_on_a_blocking_thread_of_an_async_runtime() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Nothing listens there: it tries, and says so (no panic about
+        // runtimes within runtimes).
+        let mut cfg = ClientConfig::new(vec!["127.0.0.1:1".into()]);
+        cfg.request_timeout = Duration::from_millis(200);
+        let blocking = rt.spawn_blocking(move || Client::connect(cfg).err());
+        let got = rt.block_on(blocking).unwrap();
+        assert!(
+            matches!(got, Some(ClientError::Unavailable { .. })),
+            "{got:?}"
+        );
     }
 
     #[test]
