@@ -4,11 +4,15 @@
 //! The writer takes everything waiting (up to a bound), writes the batches in
 //! order, syncs the WAL once after them (a WAL sync, not a synced write, so
 //! the shards' own writes are not held while the disk syncs), and then tells each shard
-//! which of its rounds are durable. One fsync therefore covers the entries of
+//! which of its rounds are durable ([`Done`]: a channel of sequence numbers
+//! and a doorbell socket the shard's executor waits on, one ring per shard
+//! per group). One fsync therefore covers the entries of
 //! many regions from many shards. A write or sync failure stops the process
 //! at once (fail-stop): nothing written after the failure is ever
 //! acknowledged.
 
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,7 +34,47 @@ pub struct WriteTask {
     /// The writes.
     pub batch: LogBatch,
     /// Where to report `seq` once durable.
-    pub done: Sender<u64>,
+    pub done: Done,
+}
+
+/// Where a shard hears which of its rounds are durable: the sequence
+/// numbers go over a channel, and a byte on a socket (the doorbell) wakes
+/// the shard's executor through io_uring, with no helper thread between.
+/// Every report is followed by a ring, so a listener that drains the
+/// channel after each ring it reads misses none.
+#[derive(Clone)]
+pub struct Done {
+    tx: Sender<u64>,
+    bell: Arc<UnixStream>,
+}
+
+impl Done {
+    /// Reports over `tx`, ringing `bell` (made non-blocking here).
+    pub fn new(tx: Sender<u64>, bell: UnixStream) -> std::io::Result<Done> {
+        bell.set_nonblocking(true)?;
+        Ok(Done {
+            tx,
+            bell: Arc::new(bell),
+        })
+    }
+
+    /// Queues `seq`; false if the shard no longer listens.
+    fn send(&self, seq: u64) -> bool {
+        self.tx.send(seq).is_ok()
+    }
+
+    /// Wakes the shard. A full socket already holds unread rings, so one
+    /// more is not needed; a closed one has no listener left.
+    pub fn ring(&self) {
+        let _ = (&*self.bell).write(&[1]);
+    }
+
+    /// Queues `seq` and rings.
+    pub fn report(&self, seq: u64) {
+        if self.send(seq) {
+            self.ring();
+        }
+    }
 }
 
 /// Counters of the log writer (monotonic).
@@ -105,9 +149,16 @@ fn run(db: Db, rx: Receiver<WriteTask>, stats: Arc<LogStats>, fail: Arc<AtomicBo
             stop("injected failure (fault file rule fail-log-write)");
         }
         write_group(&db, &mut group, &stats);
-        for t in group {
+        // Every shard's reports first, then one ring per shard.
+        let mut ring: Vec<(usize, &Done)> = Vec::new();
+        for t in &group {
             // A shard that stopped no longer listens; nothing to do.
-            let _ = t.done.send(t.seq);
+            if t.done.send(t.seq) && !ring.iter().any(|(s, _)| *s == t.shard) {
+                ring.push((t.shard, &t.done));
+            }
+        }
+        for (_, done) in ring {
+            done.ring();
         }
     }
 }

@@ -475,6 +475,17 @@ async fn shard_main(
         replicas.hold_first_campaign(hold, |r| crate::bootstrap::preferred_leader(r) == me);
     }
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let (bell_tx, bell_rx) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| StartError::Runtime(format!("log writer doorbell: {e}")))?;
+    let done_tx = crate::log_writer::Done::new(done_tx, bell_tx)
+        .map_err(|e| StartError::Runtime(format!("log writer doorbell: {e}")))?;
+    // The shard's end, read through this executor's ring (glommio reads it
+    // with MSG_DONTWAIT first, then waits for readiness).
+    let bell_rx = unsafe {
+        <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(
+            std::os::fd::IntoRawFd::into_raw_fd(bell_rx),
+        )
+    };
     let shard = Shard::new(id, node.clone(), replicas, done_tx);
 
     let (senders, mut receivers) = mesh
@@ -553,7 +564,12 @@ async fn shard_main(
     .detach();
     let tick = std::time::Duration::from_millis(cfg.engine.tick_interval_ms);
     glommio::spawn_local(Shard::run_ticker(Rc::downgrade(&shard), tick)).detach();
-    glommio::spawn_local(Shard::run_persist_listener(Rc::downgrade(&shard), done_rx)).detach();
+    glommio::spawn_local(Shard::run_persist_listener(
+        Rc::downgrade(&shard),
+        done_rx,
+        bell_rx,
+    ))
+    .detach();
     shard.clone().run().await;
     shard.close();
     Ok(())

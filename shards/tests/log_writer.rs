@@ -6,7 +6,7 @@ use std::time::Duration;
 use corekv_engine::db::{self, DbConfig, LogBatch};
 use corekv_engine::storage::RegionStorage;
 use corekv_engine::{Epoch, PeerMeta, PeerRole, Region};
-use corekv_shards::log_writer::{LogWriter, WriteTask};
+use corekv_shards::log_writer::{Done, LogWriter, WriteTask};
 use raft::eraftpb::Entry;
 use raft::Storage;
 
@@ -37,6 +37,8 @@ fn one_fsync_covers_regions_of_several_shards() {
 
     let (tx, rx) = crossbeam_channel::bounded(16);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let (bell, mut bell_rx) = std::os::unix::net::UnixStream::pair().unwrap();
+    let done = Done::new(done_tx, bell).unwrap();
     // Three shards, two regions each, three entries per region: queued before
     // the writer starts, so it finds them all waiting.
     for shard in 0..3u64 {
@@ -57,7 +59,7 @@ fn one_fsync_covers_regions_of_several_shards() {
             shard: shard as usize,
             seq: 1,
             batch,
-            done: done_tx.clone(),
+            done: done.clone(),
         })
         .unwrap();
     }
@@ -66,6 +68,19 @@ fn one_fsync_covers_regions_of_several_shards() {
     for _ in 0..3 {
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
     }
+    // The doorbell rang once per shard of the group.
+    use std::io::Read;
+    bell_rx
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rings = [0u8; 16];
+    let mut heard = 0;
+    while heard < 3 {
+        let n = bell_rx.read(&mut rings).unwrap();
+        assert!(n > 0, "the doorbell closed");
+        heard += n;
+    }
+    assert_eq!(heard, 3, "one ring per shard");
     let (fsyncs, batches, entries, bytes) = writer.stats.snapshot();
     assert_eq!(fsyncs, 1, "one fsync for the whole group");
     assert_eq!(wal_syncs() - syncs_before, 1, "RocksDB synced its WAL once");

@@ -184,7 +184,7 @@ pub struct Shard {
     conns: Connections,
     transport: OnceCell<Rc<Transport>>,
     mesh: OnceCell<Rc<Senders<ShardMsg>>>,
-    done_tx: crossbeam_channel::Sender<u64>,
+    done_tx: crate::log_writer::Done,
     /// Fault-injection rules applied by the transport (empty = none).
     pub faults: Rc<RefCell<FaultRules>>,
     fault_file: RefCell<Option<FaultFile>>,
@@ -233,7 +233,7 @@ impl Shard {
         id: usize,
         node: Arc<NodeShared>,
         replicas: Replicas,
-        done_tx: crossbeam_channel::Sender<u64>,
+        done_tx: crate::log_writer::Done,
     ) -> Rc<Shard> {
         let fault_file = node.cfg.fault_file.clone().map(FaultFile::new);
         let metrics = RefCell::new(node.metrics.shard(id));
@@ -401,33 +401,39 @@ impl Shard {
         }
     }
 
-    /// Waits for the log writer's reports (on a helper thread, since a
-    /// crossbeam receiver cannot wake the executor).
-    pub async fn run_persist_listener(me: Weak<Self>, rx: crossbeam_channel::Receiver<u64>) {
+    /// Takes the log writer's reports: waits for a ring of the doorbell
+    /// (`bell`, the shard's end of the socket [`crate::log_writer::Done`]
+    /// rings), then takes every sequence number queued. Ends at the first
+    /// ring after the shard stopped or went, or when the socket closes (else
+    /// with its executor).
+    pub async fn run_persist_listener(
+        me: Weak<Self>,
+        rx: crossbeam_channel::Receiver<u64>,
+        mut bell: glommio::net::UnixStream,
+    ) {
+        use futures_lite::AsyncReadExt;
+        let mut rings = [0u8; 256];
         loop {
-            let r = rx.clone();
-            let got = glommio::executor()
-                .spawn_blocking(move || {
-                    let first = r.recv_timeout(Duration::from_millis(200));
-                    let mut max = match first {
-                        Ok(s) => s,
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Some(0),
-                        Err(_) => return None,
-                    };
-                    while let Ok(s) = r.try_recv() {
-                        max = max.max(s);
-                    }
-                    Some(max)
-                })
-                .await;
-            let Some(s) = me.upgrade() else { return };
-            match got {
-                Some(0) => {}
-                Some(seq) => s.on_persisted(seq),
-                None => return,
+            let mut max = 0;
+            while let Ok(s) = rx.try_recv() {
+                max = max.max(s);
             }
-            if s.state.borrow().stopped {
-                return;
+            {
+                let Some(s) = me.upgrade() else { return };
+                if max > 0 {
+                    s.on_persisted(max);
+                }
+                if s.state.borrow().stopped {
+                    return;
+                }
+            }
+            match bell.read(&mut rings).await {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    let Some(s) = me.upgrade() else { return };
+                    s.fatal("log writer doorbell", e);
+                }
             }
         }
     }
