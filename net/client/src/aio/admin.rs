@@ -11,7 +11,6 @@ use tokio::time::Instant;
 use super::{AsyncClient, CallError, Picked};
 use crate::client::{wire_to_client, ClientError, Result, RouteBy};
 use crate::message::{Op, Outcome, Request, WireError};
-use crate::routing::Routing;
 use crate::wire::ErrorCode;
 
 /// A backup of one region, as its leader built it (the payload format of
@@ -88,21 +87,16 @@ impl AsyncClient {
                 Ok(b) => return Ok(b),
                 Err(Failed::Answer(e)) => {
                     last = format!("{addr}: {e}");
-                    match self.learn(region, &e) {
-                        Routing::Retry { hinted: true } => {}
-                        Routing::Retry { hinted: false } | Routing::Backoff => {
-                            self.backoff(attempt, deadline).await;
-                        }
-                        Routing::Reload => {
-                            let _ = self.reload_after(generation, deadline).await;
-                        }
-                        Routing::Other if e.code() == ErrorCode::Timeout => {
-                            self.backoff(attempt, deadline).await;
-                        }
-                        // A backup dropped while it was fetched: again.
-                        Routing::Other if e.code() == ErrorCode::InvalidRequest => {}
-                        Routing::Other => return Err(wire_to_client(e)),
+                    let routing = self.learn(region, &e);
+                    if self.follow(routing, attempt, (deadline, generation)).await {
+                        continue;
                     }
+                    match e.code() {
+                        ErrorCode::Timeout => self.backoff(attempt, deadline).await,
+                        // A backup dropped while it was fetched: again.
+                        ErrorCode::InvalidRequest => true,
+                        _ => return Err(wire_to_client(e)),
+                    };
                 }
                 Err(Failed::Conn(e)) => {
                     last = e;

@@ -646,25 +646,20 @@ impl AsyncClient {
                     Ok(o) => return Ok((o, fields, (region_id, epoch))),
                     Err(e) => {
                         last = format!("{addr}: {e}");
-                        match self.learn((region_id, epoch), &e) {
-                            Routing::Retry { hinted: true } => {}
-                            Routing::Retry { hinted: false } | Routing::Backoff => {
-                                self.backoff(attempt, deadline).await;
-                            }
-                            Routing::Reload => {
-                                let _ = self.reload_after(generation, deadline).await;
-                            }
-                            // A write is retried with the same tag: the
-                            // region applies it once.
-                            Routing::Other if e.code() == ErrorCode::Timeout => {
-                                if at_most_once {
-                                    return Err(ClientError::Unknown(last));
-                                }
-                                uncertain |= !idempotent;
-                                self.backoff(attempt, deadline).await;
-                            }
-                            Routing::Other => return Err(wire_to_client(e)),
+                        let routing = self.learn((region_id, epoch), &e);
+                        if self.follow(routing, attempt, (deadline, generation)).await {
+                            continue;
                         }
+                        // A write is retried with the same tag: the region
+                        // applies it once.
+                        if e.code() != ErrorCode::Timeout {
+                            return Err(wire_to_client(e));
+                        }
+                        if at_most_once {
+                            return Err(ClientError::Unknown(last));
+                        }
+                        uncertain |= !idempotent;
+                        self.backoff(attempt, deadline).await;
                     }
                 },
                 Err(CallError::NotSent(e)) => {
@@ -802,6 +797,28 @@ impl AsyncClient {
             }
         }
         Err(None)
+    }
+
+    /// Acts on a routing verdict: retries at once, after a pause, or after
+    /// reloading the table (unless another task did since `generation`);
+    /// false for [`Routing::Other`], which is the caller's to handle.
+    pub(crate) async fn follow(
+        &self,
+        routing: Routing,
+        attempt: u32,
+        (deadline, generation): (Instant, u64),
+    ) -> bool {
+        match routing {
+            Routing::Retry { hinted: true } => {}
+            Routing::Retry { hinted: false } | Routing::Backoff => {
+                self.backoff(attempt, deadline).await;
+            }
+            Routing::Reload => {
+                let _ = self.reload_after(generation, deadline).await;
+            }
+            Routing::Other => return false,
+        }
+        true
     }
 
     /// What error `e` of a request routed to `routed` means, learnt into
