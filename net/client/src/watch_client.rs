@@ -436,9 +436,7 @@ impl Client {
                         .region_at(hash)
                         .ok_or_else(|| ClientError::Protocol("no region covers the key".into()))?
                 }
-            }
-            .region
-            .id;
+            };
             match groups.iter_mut().find(|(r, _)| *r == region) {
                 Some((_, g)) => g.push(Bytes::copy_from_slice(k)),
                 None => groups.push((region, vec![Bytes::copy_from_slice(k)])),
@@ -643,10 +641,7 @@ fn stream(
         match subject {
             Subject::Keys(mut keys) => {
                 for k in keys.drain(..) {
-                    let region = c
-                        .as_async()
-                        .region_at(route_hash(&k))
-                        .map_or(0, |r| r.region.id);
+                    let region = c.as_async().region_at(route_hash(&k)).unwrap_or(0);
                     match groups.iter_mut().find(|(r, _)| *r == region) {
                         Some((_, Subject::Keys(g))) => g.push(k),
                         _ => groups.push((region, Subject::Keys(vec![k]))),

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{AsyncClient, CallError, Picked};
 use crate::client::{wire_to_client, ClientError, Result, RouteBy, Value};
-use crate::message::{Op, Outcome, Request, ResponseFields, RouteInfo};
+use crate::message::{Op, Outcome, Request, ResponseFields};
 use crate::wire::ErrorCode;
 
 /// What became of one write of a pipelined frame, as far as a redo cares.
@@ -196,8 +196,8 @@ impl AsyncClient {
         st.pick(by, attempt, false, shard_aware)
     }
 
-    /// The region holding `hash`, by the table as it is.
-    pub(crate) fn region_at(&self, hash: u64) -> Option<RouteInfo> {
+    /// The id of the region holding `hash`, by the table as it is.
+    pub(crate) fn region_at(&self, hash: u64) -> Option<u64> {
         self.regions_of(std::iter::once(hash)).remove(0)
     }
 
@@ -207,12 +207,12 @@ impl AsyncClient {
         self.inner.links.lock().unwrap().remove(addr);
     }
 
-    /// The region of each hash in `hashes` by the table, under one look at
-    /// it.
-    fn regions_of(&self, hashes: impl Iterator<Item = u64>) -> Vec<Option<RouteInfo>> {
+    /// The id of the region of each hash in `hashes` by the table, under
+    /// one look at it.
+    fn regions_of(&self, hashes: impl Iterator<Item = u64>) -> Vec<Option<u64>> {
         let st = self.inner.state.lock().unwrap();
         hashes
-            .map(|h| st.routes.index(h).map(|i| st.routes[i].clone()))
+            .map(|h| st.routes.index(h).map(|i| st.routes[i].region.id))
             .collect()
     }
 
@@ -224,18 +224,15 @@ impl AsyncClient {
         if found(self).is_none() {
             let _ = self.refresh().await;
         }
-        found(self).map_or(0, |r| r.region.id)
+        found(self).unwrap_or(0)
     }
 
     /// The leader's address of the one region holding every key of
     /// `hashes`, if they are all in one.
     fn one_region(&self, hashes: &[u64]) -> Option<(super::Routed, u64, String)> {
-        let routes = self.regions_of(hashes.iter().copied());
-        let first = routes.first()?.as_ref()?.region.id;
-        if !routes
-            .iter()
-            .all(|r| r.as_ref().is_some_and(|r| r.region.id == first))
-        {
+        let regions = self.regions_of(hashes.iter().copied());
+        let first = (*regions.first()?)?;
+        if !regions.iter().all(|r| *r == Some(first)) {
             return None;
         }
         match self.pick(RouteBy::Region(first), 1) {
@@ -629,7 +626,7 @@ impl AsyncClient {
         let regions = self.regions_of(items.iter().map(|(k, _)| route_hash(k)));
         let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
         for (n, r) in regions.iter().enumerate() {
-            let region = r.as_ref().map_or(u64::MAX, |r| r.region.id);
+            let region = r.unwrap_or(u64::MAX);
             match groups.iter_mut().find(|(r, _)| *r == region) {
                 Some((_, v)) => v.push(n),
                 None => groups.push((region, vec![n])),
